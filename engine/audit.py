@@ -1,0 +1,96 @@
+"""`audit`: replay a run from its events and check everything that must hold.
+
+- the hash chain and the sequence numbers are intact (nothing edited, inserted or removed);
+- every payload is a valid event of a known type;
+- settled + reserved never exceeded a limit (the ledger's own check, event by event);
+- no settled query was dispatched or settled again;
+- every dispatched attempt ended (settled, failed, abandoned) or was closed by a resume;
+- the spend recomputed from the events matches what was reported at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..store.eventstore import EventStore, StoredEvent
+from ..store.hashing import GENESIS, chain_hash
+from .events import EVENT_TYPES, parse_event
+from .ledger import BudgetSpec, Ledger, Violation, budget_from_dict
+
+
+@dataclass
+class AuditReport:
+    run_id: str
+    ok: bool
+    events: int
+    spent: dict[str, Any]
+    budget: dict[str, Any]
+    by_role: dict[str, Any]
+    by_strategy: dict[str, Any]
+    by_model: dict[str, Any]
+    counts: dict[str, Any]
+    violations: list[Violation] = field(default_factory=list)
+    status: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "ok": self.ok, "events": self.events, "status": self.status,
+            "spent": self.spent, "budget": self.budget, "by_role": self.by_role,
+            "by_strategy": self.by_strategy, "by_model": self.by_model, "counts": self.counts,
+            "violations": [{"seq": v.seq, "message": v.message} for v in self.violations],
+        }
+
+
+def audit_events(run_id: str, events: Any, *, validate: bool = True) -> AuditReport:
+    ledger = Ledger(BudgetSpec())
+    violations: list[Violation] = []
+    prev_hash, expected_seq, n = GENESIS, 1, 0
+    status = None
+    open_attempts: dict[str, int] = {}
+    for ev in events:  # type: StoredEvent
+        n += 1
+        if ev.seq != expected_seq:
+            violations.append(Violation(ev.seq, f"sequence gap: expected {expected_seq}, found {ev.seq}"))
+        expected_seq = ev.seq + 1
+        raw = ev.raw.encode() if isinstance(ev.raw, str) else ev.raw
+        if chain_hash(prev_hash, ev.seq, ev.type, ev.schema_version, ev.ts, raw) != ev.hash:
+            violations.append(Violation(ev.seq, "hash chain broken: event was altered or the chain re-linked"))
+        prev_hash = ev.hash
+        if ev.type not in EVENT_TYPES:
+            violations.append(Violation(ev.seq, f"unknown event type {ev.type!r}"))
+            continue
+        try:
+            payload = ev.payload
+            if validate:
+                parse_event(ev.type, payload)
+        except (ValidationError, ValueError) as exc:
+            violations.append(Violation(ev.seq, f"invalid {ev.type} payload: {str(exc).splitlines()[0]}"))
+            continue
+        if ev.type in ("run_started", "run_resumed") and payload.get("budget"):
+            ledger.spec = budget_from_dict(payload["budget"])
+        if ev.type == "run_resumed":
+            open_attempts.clear()
+        elif ev.type == "query_dispatched":
+            open_attempts[payload["query_id"]] = ev.seq
+        elif ev.type in ("query_settled", "attempt_failed", "query_abandoned"):
+            open_attempts.pop(payload["query_id"], None)
+        elif ev.type == "run_finished":
+            status = payload["status"]
+            if status in ("completed", "budget_exhausted") and open_attempts:
+                qid, seq = next(iter(open_attempts.items()))
+                violations.append(Violation(seq, f"query {qid} dispatched but never settled, failed or abandoned "
+                                                 f"before the run finished ({len(open_attempts)} open)"))
+        ledger.apply(ev.seq, ev.type, payload)
+    violations.extend(ledger.violations)
+    violations.sort(key=lambda v: v.seq)
+    snap = ledger.snapshot()
+    return AuditReport(run_id=run_id, ok=not violations, events=n, spent=snap["spent"], budget=snap["budget"],
+                       by_role=snap["by_role"], by_strategy=snap["by_strategy"], by_model=snap["by_model"],
+                       counts=snap["counts"], violations=violations, status=status)
+
+
+def audit_run(store: EventStore, run_id: str) -> AuditReport:
+    return audit_events(run_id, store.iter_events(run_id))

@@ -1,0 +1,91 @@
+"""Turn a validated RunConfig into live parts: task, seeds, strategy, verifier and model endpoints.
+
+Everything here may fail on bad input (unknown plugin, bad plugin options, a seed file with a
+broken row, a missing API key); it all happens before the run's first event is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import plugins
+from .config import ConfigError, ModelSection, RunConfig, validate_plugin_options
+from .dispatcher import Endpoint
+from .ledger import BudgetSpec
+from .pricing import ModelPrice, price_for
+from .scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
+from .strategy import Seed, Strategy, Task, Verifier, draw_subset
+
+
+@dataclass
+class Parts:
+    task: Task
+    seeds: list[Seed]
+    strategy: Strategy
+    verifier: Verifier
+    budget: BudgetSpec
+    roles: tuple[str, ...]
+
+
+def _plugin(kind: str, name: str, section: str) -> Any:
+    try:
+        return plugins.get(kind, name)
+    except plugins.UnknownPlugin as exc:
+        raise ConfigError(f"[{section}] {exc}") from None
+
+
+def build_parts(cfg: RunConfig) -> Parts:
+    task = _plugin("tasks", cfg.task.name, "task")()
+    source_cls = _plugin("seed_sources", cfg.seeds.source, "seeds")
+    source_opts = validate_plugin_options(source_cls.Options, cfg.seeds.extras(), "seeds")
+    seeds = draw_subset(source_cls(source_opts, base_dir=cfg.base_dir).load(), cfg.seeds.size, cfg.run.seed)
+    if not seeds:
+        raise ConfigError("[seeds] the seed source produced no seeds")
+    strat_cls = _plugin("strategies", cfg.strategy.name, "strategy")
+    strat_opts = validate_plugin_options(strat_cls.Options, cfg.strategy.extras(), "strategy")
+    strategy = strat_cls(strat_opts, seeds, task, cfg.run.seed)
+    ver_cls = _plugin("verifiers", cfg.verifier.name, "verifier")
+    ver_opts = validate_plugin_options(ver_cls.Options, cfg.verifier.extras(), "verifier")
+    verifier = ver_cls(ver_opts, task)
+    shares = strategy.budget_fractions() if hasattr(strategy, "budget_fractions") else None
+    roles = tuple(dict.fromkeys(("teacher", *strategy.roles, *verifier.roles)))
+    return Parts(task, seeds, strategy, verifier, cfg.budget.spec(shares), roles)
+
+
+def _section_key(section: ModelSection) -> str:
+    return section.model_dump_json()
+
+
+def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoint]:
+    """One endpoint per distinct model section; roles that share a section share its rate limits."""
+    overrides = {m: ModelPrice(p.input_per_mtok, p.output_per_mtok) for m, p in cfg.pricing.items()}
+    by_section: dict[str, Endpoint] = {}
+    out: dict[str, Endpoint] = {}
+    lim = cfg.limits
+    for role in roles:
+        section = cfg.model_for(role)
+        key = _section_key(section)
+        if key not in by_section:
+            factory = _plugin("teachers", section.provider, role if role in ("teacher", "augmenter") else "teacher")
+            teacher = factory(section.model_dump(exclude_none=True))
+            price = price_for(section.model, section.provider, overrides)
+            if price is None and cfg.budget.usd is not None:
+                raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price; "
+                                  f"add [pricing.\"{section.model}\"] input_per_mtok/output_per_mtok")
+            params: dict[str, Any] = {"max_tokens": section.max_tokens, "temperature": section.temperature}
+            if section.top_p is not None:
+                params["top_p"] = section.top_p
+            initial = lim.initial_concurrency or min(lim.max_concurrency, 64)
+            by_section[key] = Endpoint(
+                teacher=teacher, model=section.model, params=params,
+                limiter=RateLimiter(lim.requests_per_minute, lim.tokens_per_minute),
+                concurrency=AdaptiveConcurrency(initial=min(initial, lim.max_concurrency),
+                                                maximum=lim.max_concurrency),
+                breaker=CircuitBreaker(lim.breaker_threshold, lim.breaker_cooldown_s, cooldown_factor=2.0),
+                retry=RetryPolicy(max_attempts=lim.max_attempts, base_s=lim.backoff_base_s,
+                                  max_s=max(lim.backoff_max_s, lim.backoff_base_s)),
+                price=price, timeout_s=section.timeout_s,
+            )
+        out[role] = by_section[key]
+    return out

@@ -1,0 +1,254 @@
+"""A run described by a TOML file, validated before anything is written.
+
+Core sections are typed here; the keys a plugin understands beyond `name`/`source`/`provider`
+are validated by that plugin's own `Options` model, so a misspelt option fails with its key path
+(`strategy.num_exampels: unknown key`) instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .ledger import BudgetSpec, Limits
+from ..store.hashing import canonical
+
+
+class ConfigError(ValueError):
+    """A config problem, with every offending key path in the message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Open(BaseModel):
+    """A section whose extra keys belong to a plugin; they are checked against its Options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def extras(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+SECRET_KEY = re.compile(r"(^|_)(api_?key|secret|token|password)$", re.I)
+
+
+class RunSection(_Strict):
+    name: str = Field(min_length=1)
+    store: str | None = None
+    seed: int = 0
+    description: str | None = None
+
+
+class SeedsSection(_Open):
+    source: str = "jsonl"
+    size: int | None = Field(default=None, gt=0)
+
+
+class ModelSection(_Open):
+    """A model endpoint for one role (the teacher, the augmenter...)."""
+
+    provider: str = "openai-compatible"
+    model: str
+    base_url: str | None = None
+    max_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> "ModelSection":
+        for key in self.extras():
+            if SECRET_KEY.search(key):
+                raise ValueError(f"{key}: API keys come from the environment only; set api_key_env "
+                                 "to the name of the variable that holds it")
+        return self
+
+
+class LimitsSection(_Strict):
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)
+    initial_concurrency: int | None = Field(default=None, ge=1)
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    breaker_threshold: int = Field(default=8, ge=1)
+    breaker_cooldown_s: float = Field(default=5.0, ge=0)
+
+
+class LimitValues(_Strict):
+    queries: int | None = Field(default=None, ge=0)
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+    usd: float | None = Field(default=None, ge=0)
+
+    def limits(self) -> Limits:
+        return Limits(self.queries, self.input_tokens, self.output_tokens, self.usd)
+
+
+class BudgetSection(LimitValues):
+    counted_roles: list[str] | None = None  # roles counting against the totals (default: all)
+    roles: dict[str, LimitValues] = {}
+
+    def spec(self, strategy_shares: dict[str, float] | None = None) -> BudgetSpec:
+        total = self.limits()
+        shares = {name: total.scaled(f) for name, f in (strategy_shares or {}).items()}
+        return BudgetSpec(total=total, roles={k: v.limits() for k, v in self.roles.items()},
+                          strategies=shares,
+                          counted_roles=frozenset(self.counted_roles) if self.counted_roles is not None else None)
+
+
+class Price(_Strict):
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class NamedSection(_Open):
+    name: str
+
+
+class TaskSection(_Strict):
+    name: str = "gsm8k"
+
+
+class DedupeSection(_Strict):
+    enabled: bool = True
+    threshold: float = Field(default=0.8, gt=0, le=1)
+    ngram: int = Field(default=5, ge=1)
+
+
+class RunConfig(_Strict):
+    run: RunSection
+    seeds: SeedsSection
+    teacher: ModelSection
+    augmenter: ModelSection | None = None
+    limits: LimitsSection = LimitsSection()
+    budget: BudgetSection = BudgetSection()
+    pricing: dict[str, Price] = {}
+    strategy: NamedSection
+    verifier: NamedSection = NamedSection(name="none")
+    task: TaskSection = TaskSection()
+    dedupe: DedupeSection = DedupeSection()
+
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_has_a_limit(cls, b: BudgetSection) -> BudgetSection:
+        if b.limits().is_empty() and not b.roles:
+            raise ValueError("set at least one of queries, input_tokens, output_tokens, usd")
+        return b
+
+    def model_for(self, role: str) -> ModelSection:
+        if role == "augmenter" and self.augmenter is not None:
+            return self.augmenter
+        return self.teacher
+
+    def snapshot(self) -> dict[str, Any]:
+        """The config as recorded in the run_started event (no secrets can be in it: see ModelSection)."""
+        return self.model_dump(mode="json", exclude={"base_dir"})
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(canonical(self.snapshot())).hexdigest()[:16]
+
+    def plan_view(self) -> dict[str, Any]:
+        """The part of the config that decides *what* is asked: changing it mid-run would mix two plans."""
+        snap = self.snapshot()
+
+        def model_part(m: dict[str, Any] | None) -> dict[str, Any] | None:
+            if m is None:
+                return None
+            return {k: v for k, v in m.items() if k not in ("base_url", "api_key_env", "timeout_s")}
+
+        return {
+            "seed": snap["run"]["seed"],
+            "seeds": snap["seeds"],
+            "teacher": model_part(snap["teacher"]),
+            "augmenter": model_part(snap["augmenter"]),
+            "strategy": snap["strategy"],
+            "verifier": snap["verifier"],
+            "task": snap["task"],
+            "dedupe": snap["dedupe"],
+        }
+
+    def plan_hash(self) -> str:
+        return hashlib.sha256(canonical(self.plan_view())).hexdigest()[:16]
+
+
+def _format_errors(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        path = f"{prefix}{path}" if path else prefix.rstrip(".") or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key")
+        elif err["type"] == "missing":
+            lines.append(f"  {path}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`teacher.model=gpt-4o` -> (["teacher", "model"], "gpt-4o"); values are read as TOML when they can be."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return [k for k in key.strip().split(".") if k], value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, base_dir=str(path.resolve().parent), source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "config") -> RunConfig:
+    try:
+        cfg = RunConfig.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n{_format_errors(exc)}") from None
+    return cfg
+
+
+def validate_plugin_options(options_cls: type[BaseModel], data: dict[str, Any], section: str) -> BaseModel:
+    try:
+        return options_cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid [{section}] options\n{_format_errors(exc, prefix=section + '.')}") from None

@@ -1,0 +1,58 @@
+"""The `Context` a strategy or verifier sees while it works on one plan item."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from .events import QuestionAdmitted, SampleRejected
+from .strategy import PlanItem, Seed, Task
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+
+class ItemContext:
+    def __init__(self, runner: "Runner", item: PlanItem) -> None:
+        self._runner = runner
+        self.item = item
+        self.task: Task = runner.parts.task
+        self.seeds: list[Seed] = runner.parts.seeds
+        self.query_ids: list[str] = []
+        self.roles: dict[str, str] = {}
+        self.rejected = False
+        self.admitted_question: str | None = None
+
+    async def ask(self, role: str, messages: list[dict[str, str]], *, purpose: str, sample_index: int = 0,
+                  max_tokens: int | None = None, temperature: float | None = None) -> str:
+        runner = self._runner
+        runner.unpledge(self.item, role)
+        qid, text = await runner.dispatcher.ask(
+            role=runner.route(role), messages=messages, purpose=purpose, strategy=self.item.strategy,
+            item=self.item.key, sample_index=sample_index,
+            overrides={"max_tokens": max_tokens, "temperature": temperature})
+        self.query_ids.append(qid)
+        self.roles[qid] = role
+        return text
+
+    def check_new_question(self, question: str) -> str | None:
+        index = self._runner.dedupe
+        if index is None:
+            return None
+        reason = index.check(question)
+        if reason is None:
+            index.add(question, self.item.key)
+            self.admitted_question = question
+            self._runner.recorder.emit(QuestionAdmitted(item=self.item.key, question=question))
+        return reason
+
+    def reject(self, reason: str, **details: Any) -> None:
+        stage = details.pop("stage", "question")
+        question = details.pop("question", None)
+        self.rejected = True
+        self._runner.recorder.emit(SampleRejected(
+            item=self.item.key, strategy=self.item.strategy, stage=stage, reason=reason,
+            details=details, question=question))
+
+    def rng(self, *salt: Any) -> random.Random:
+        return random.Random(f"{self._runner.cfg.run.seed}|{self.item.key}|{'|'.join(map(str, salt))}")

@@ -1,0 +1,50 @@
+"""The dataset is a projection of the run's events: accepted samples, with their provenance."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from ..store.eventstore import EventStore
+
+DATASET_TYPES = ("sample_proposed", "sample_accepted", "run_started")
+
+
+def accepted_rows(store: EventStore, run_id: str, *, include_seeds: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows in the order their samples were accepted. Proposals wait in memory only until decided."""
+    proposed: dict[str, dict[str, Any]] = {}
+    config: dict[str, Any] | None = None
+    for ev in store.iter_events(run_id, types=DATASET_TYPES + ("sample_rejected",)):
+        p = ev.payload
+        if ev.type == "run_started":
+            config = p.get("config")
+        elif ev.type == "sample_proposed":
+            proposed[p["sample_id"]] = p
+        elif ev.type == "sample_rejected":
+            if p.get("sample_id"):
+                proposed.pop(p["sample_id"], None)
+        elif ev.type == "sample_accepted":
+            s = proposed.pop(p["sample_id"], None)
+            if s is None:
+                continue
+            yield {
+                "run_id": run_id, "sample_id": s["sample_id"], "question": s["question"], "answer": s["answer"],
+                "strategy": s["strategy"], "seed_id": s.get("seed_id"), "reference": s.get("reference"),
+                "role": "teacher", "model": (s.get("models") or {}).get("teacher"),
+                "models": s.get("models") or {}, "query_ids": s.get("query_ids", []) + p.get("query_ids", []),
+                "verification": {"accepted": True, "reason": p.get("reason", ""), "details": p.get("details", {})},
+            }
+    if include_seeds and config is not None:
+        yield from _seed_rows(config, run_id)
+
+
+def _seed_rows(config: dict[str, Any], run_id: str) -> Iterator[dict[str, Any]]:
+    from .build import build_parts
+    from .config import RunConfig
+
+    cfg = RunConfig.model_validate(config)
+    for seed in build_parts(cfg).seeds:
+        if seed.answer:
+            yield {"run_id": run_id, "sample_id": f"seed-{seed.id}", "question": seed.question,
+                   "answer": seed.answer, "strategy": "seed", "seed_id": seed.id, "reference": None,
+                   "role": "seed", "model": None, "models": {}, "query_ids": [],
+                   "verification": {"accepted": True, "reason": "seed", "details": {}}}

@@ -1,0 +1,218 @@
+"""The event vocabulary. Everything a run did is one of these, appended in order to the store.
+
+Budget spent, progress and the dataset are folds over this stream, so fields here are the
+contract between a run in progress, a resumed run, `audit` and `export`. Add fields with
+defaults; never repurpose one. Bump SCHEMA_VERSION when a payload changes meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Cost(BaseModel):
+    """An amount in every budget dimension at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+
+
+class RunStarted(_Event):
+    type: Literal["run_started"] = "run_started"
+    config: dict[str, Any]
+    config_hash: str
+    plan_hash: str
+    version: str
+    kind: str = "generate"
+    budget: dict[str, Any] = {}  # the BudgetSpec the ledger enforces (mix shares resolved)
+
+
+class RunResumed(_Event):
+    type: Literal["run_resumed"] = "run_resumed"
+    pid: int
+    unsettled: list[str] = []
+    config_hash: str = ""
+    budget: dict[str, Any] = {}
+
+
+class QueryReserved(_Event):
+    type: Literal["query_reserved"] = "query_reserved"
+    query_id: str
+    attempt: int = 1
+    key: str  # content hash of (provider, model, params, messages, sample index)
+    role: str
+    purpose: str
+    strategy: str
+    item: str
+    provider: str
+    model: str
+    worst: Cost
+    # Set on the first reservation of a query only (later attempts repeat nothing).
+    messages: list[dict[str, str]] | None = None
+    params: dict[str, Any] | None = None
+
+
+class QueryDispatched(_Event):
+    type: Literal["query_dispatched"] = "query_dispatched"
+    query_id: str
+    attempt: int
+
+
+class AttemptFailed(_Event):
+    type: Literal["attempt_failed"] = "attempt_failed"
+    query_id: str
+    attempt: int
+    kind: str
+    maybe_billed: bool
+    message: str = ""
+    status: int | None = None
+    retry_after: float | None = None
+    body_excerpt: str | None = None
+
+
+class QuerySettled(_Event):
+    type: Literal["query_settled"] = "query_settled"
+    query_id: str
+    attempt: int
+    actual: Cost
+    text: str
+    finish_reason: str | None = None
+    latency_s: float | None = None
+
+
+class QueryAbandoned(_Event):
+    type: Literal["query_abandoned"] = "query_abandoned"
+    query_id: str
+    reason: str
+
+
+class SampleProposed(_Event):
+    type: Literal["sample_proposed"] = "sample_proposed"
+    sample_id: str
+    item: str
+    strategy: str
+    seed_id: str | None
+    question: str
+    answer: str
+    reference: str | None = None
+    query_ids: list[str] = []
+    roles: dict[str, str] = {}  # query id -> role
+    models: dict[str, str] = {}  # role -> model
+    meta: dict[str, Any] = {}
+
+
+class SampleAccepted(_Event):
+    type: Literal["sample_accepted"] = "sample_accepted"
+    sample_id: str
+    reason: str = ""
+    details: dict[str, Any] = {}
+    query_ids: list[str] = []
+
+
+class SampleRejected(_Event):
+    type: Literal["sample_rejected"] = "sample_rejected"
+    sample_id: str | None = None
+    item: str
+    strategy: str
+    stage: Literal["question", "verification", "parse", "failed"] = "verification"
+    reason: str
+    details: dict[str, Any] = {}
+    question: str | None = None
+
+
+class ItemDone(_Event):
+    """Marks a plan item finished (whatever came of it), so resume skips it."""
+
+    type: Literal["item_done"] = "item_done"
+    item: str
+    strategy: str
+    outcome: Literal["accepted", "rejected", "failed", "budget"]
+
+
+class QuestionAdmitted(_Event):
+    """A generated question passed near-duplicate control; later questions are checked against it."""
+
+    type: Literal["question_admitted"] = "question_admitted"
+    item: str
+    question: str
+
+
+class RunFinished(_Event):
+    type: Literal["run_finished"] = "run_finished"
+    status: Literal["completed", "budget_exhausted", "failed", "interrupted"]
+    message: str = ""
+
+
+class TrainingStarted(_Event):
+    type: Literal["training_started"] = "training_started"
+    model_config = ConfigDict(extra="allow")
+
+
+class TrainingProgress(_Event):
+    type: Literal["training_progress"] = "training_progress"
+    model_config = ConfigDict(extra="allow")
+
+
+class TrainingFinished(_Event):
+    type: Literal["training_finished"] = "training_finished"
+    model_config = ConfigDict(extra="allow")
+
+
+class TrainingFailed(_Event):
+    type: Literal["training_failed"] = "training_failed"
+    model_config = ConfigDict(extra="allow")
+    reason: str
+
+
+class EvalStarted(_Event):
+    type: Literal["eval_started"] = "eval_started"
+    model_config = ConfigDict(extra="allow")
+
+
+class EvalFinished(_Event):
+    type: Literal["eval_finished"] = "eval_finished"
+    model_config = ConfigDict(extra="allow")
+
+
+Event = Annotated[
+    Union[
+        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
+        QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
+        RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
+        EvalStarted, EvalFinished,
+    ],
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+EVENT_TYPES = frozenset(
+    m.model_fields["type"].default
+    for m in (
+        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
+        QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
+        RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
+        EvalStarted, EvalFinished,
+    )
+)
+
+
+def parse_event(type_: str, payload: dict[str, Any]) -> Any:
+    """A stored payload back to its typed event (raises pydantic.ValidationError on a bad one)."""
+    return EVENT_ADAPTER.validate_python({**payload, "type": type_})
+
+
+def to_payload(event: BaseModel) -> tuple[str, dict[str, Any]]:
+    data = event.model_dump(mode="json", exclude_none=False)
+    return data.pop("type"), data

@@ -1,0 +1,349 @@
+"""The budget ledger: a pure fold over a run's events.
+
+Nothing here talks to a model or a database. The dispatcher asks `can_reserve` before it writes a
+reservation; the same `apply` that updates its in-memory ledger is what `audit` and `--resume`
+replay, so the numbers a user sees after a crash are the numbers the live run enforced.
+
+Accounting rules (the research's unit is a settled teacher query, but every role is tracked):
+- a reservation holds the worst case of one attempt (1 query, prompt-token bound, max_tokens, $);
+- settling replaces it with the actual usage;
+- a failed attempt that provably never reached the model keeps the reservation for the retry;
+- a failed attempt that may have been billed (timeout after send, dropped mid-response, a garbled
+  200) turns its worst case into spent, and a retry must reserve afresh;
+- at a resume, attempts that were in flight when the process died are treated the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+EPS = 1e-9
+DIMENSIONS = ("queries", "input_tokens", "output_tokens", "usd")
+
+
+@dataclass
+class Amount:
+    queries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+
+    @classmethod
+    def of(cls, d: dict[str, Any] | None) -> "Amount":
+        if not d:
+            return cls()
+        return cls(int(d.get("queries", 0)), int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0)),
+                   float(d.get("usd", 0.0)))
+
+    def add(self, other: "Amount", sign: int = 1) -> None:
+        self.queries += sign * other.queries
+        self.input_tokens += sign * other.input_tokens
+        self.output_tokens += sign * other.output_tokens
+        self.usd += sign * other.usd
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"queries": self.queries, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "usd": round(self.usd, 9)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    queries: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    usd: float | None = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, d) is None for d in DIMENSIONS)
+
+    def scaled(self, fraction: float) -> "Limits":
+        """A share of these limits (for mixes). Integer dimensions round down so shares never sum above."""
+        def part(v: Any, integral: bool) -> Any:
+            if v is None:
+                return None
+            return int(v * fraction + EPS) if integral else v * fraction
+        return Limits(part(self.queries, True), part(self.input_tokens, True), part(self.output_tokens, True),
+                      part(self.usd, False))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {d: getattr(self, d) for d in DIMENSIONS}
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    total: Limits = Limits()
+    roles: dict[str, Limits] = field(default_factory=dict)
+    strategies: dict[str, Limits] = field(default_factory=dict)
+    counted_roles: frozenset[str] | None = None  # roles that count against `total`; None = every role
+
+    def scopes(self, role: str, strategy: str) -> list[tuple[str, Limits]]:
+        out: list[tuple[str, Limits]] = []
+        if self.counted_roles is None or role in self.counted_roles:
+            out.append(("total", self.total))
+        if role in self.roles:
+            out.append((f"role:{role}", self.roles[role]))
+        if strategy in self.strategies:
+            out.append((f"strategy:{strategy}", self.strategies[strategy]))
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total.as_dict(), "roles": {k: v.as_dict() for k, v in self.roles.items()},
+                "strategies": {k: v.as_dict() for k, v in self.strategies.items()},
+                "counted_roles": sorted(self.counted_roles) if self.counted_roles is not None else None}
+
+
+@dataclass
+class QueryState:
+    role: str
+    strategy: str
+    model: str
+    key: str
+    worst: Amount = field(default_factory=Amount)
+    holding: bool = False  # a reservation is active
+    dispatched_attempt: int = 0  # attempt in flight (0 = none)
+    attempts: int = 0
+    status: str = "reserved"  # reserved | settled | abandoned | interrupted
+
+
+@dataclass
+class Violation:
+    seq: int
+    message: str
+
+
+class Ledger:
+    def __init__(self, spec: BudgetSpec) -> None:
+        self.spec = spec
+        # Open queries only: settled and abandoned ones leave, so a long run's memory stays flat.
+        self.queries: dict[str, QueryState] = {}
+        self.settled: set[int] = set()  # hash(query_id) of every settled query
+        self.spent: dict[str, Amount] = {}
+        self.reserved: dict[str, Amount] = {}
+        self.by_role: dict[str, Amount] = {}
+        self.by_strategy: dict[str, Amount] = {}
+        self.by_model: dict[str, Amount] = {}
+        self.violations: list[Violation] = []
+        self.counts = {"settled": 0, "failed_attempts": 0, "rate_limited": 0, "retries": 0, "abandoned": 0,
+                       "lost": 0, "dispatched": 0}
+        self.in_flight = 0
+        self.last_seq = 0
+
+    # ---- queries used by the dispatcher ----------------------------------------------
+    def _bucket(self, table: dict[str, Amount], key: str) -> Amount:
+        amt = table.get(key)
+        if amt is None:
+            amt = table[key] = Amount()
+        return amt
+
+    def headroom(self, role: str, strategy: str, worst: Amount) -> str | None:
+        """None if `worst` fits under every limit that applies, else which limit it would break."""
+        for scope, limits in self.spec.scopes(role, strategy):
+            spent = self.spent.get(scope) or Amount()
+            held = self.reserved.get(scope) or Amount()
+            for dim in DIMENSIONS:
+                limit = getattr(limits, dim)
+                if limit is None:
+                    continue
+                if getattr(spent, dim) + getattr(held, dim) + getattr(worst, dim) > limit + EPS:
+                    return f"{scope} {dim} limit {limit}"
+        return None
+
+    def limits_for(self, scope: str) -> Limits | None:
+        if scope == "total":
+            return self.spec.total
+        kind, _, name = scope.partition(":")
+        table = self.spec.roles if kind == "role" else self.spec.strategies if kind == "strategy" else {}
+        return table.get(name)
+
+    def remaining(self, scope: str = "total") -> dict[str, Any]:
+        """What is left under each limit of `scope` after spent and reserved (None: no limit)."""
+        limits = self.limits_for(scope) or Limits()
+        spent = self.spent.get(scope) or Amount()
+        held = self.reserved.get(scope) or Amount()
+        return {d: (None if getattr(limits, d) is None else getattr(limits, d) - getattr(spent, d) - getattr(held, d))
+                for d in DIMENSIONS}
+
+    # ---- the fold ----------------------------------------------------------------------
+    def apply_all(self, events: Iterable[Any]) -> "Ledger":
+        for ev in events:
+            self.apply(ev.seq, ev.type, ev.payload)
+        return self
+
+    def apply(self, seq: int, type_: str, p: dict[str, Any]) -> None:
+        self.last_seq = seq
+        handler = _HANDLERS.get(type_)
+        if handler is not None:
+            handler(self, seq, p)
+
+    def _scopes(self, q: QueryState) -> list[str]:
+        return [s for s, _ in self.spec.scopes(q.role, q.strategy)]
+
+    def _move(self, seq: int, q: QueryState, amount: Amount, *, release: Amount | None, spend: bool) -> None:
+        for scope in self._scopes(q):
+            if release is not None:
+                self._bucket(self.reserved, scope).add(release, -1)
+            if spend:
+                self._bucket(self.spent, scope).add(amount)
+        if spend:
+            self._bucket(self.by_role, q.role).add(amount)
+            self._bucket(self.by_strategy, q.strategy).add(amount)
+            self._bucket(self.by_model, q.model).add(amount)
+            self._check(seq, q)
+
+    def _check(self, seq: int, q: QueryState) -> None:
+        for scope, limits in self.spec.scopes(q.role, q.strategy):
+            spent = self.spent.get(scope) or Amount()
+            held = self.reserved.get(scope) or Amount()
+            for dim in DIMENSIONS:
+                limit = getattr(limits, dim)
+                if limit is not None and getattr(spent, dim) + getattr(held, dim) > limit + EPS:
+                    self.violations.append(Violation(seq, f"{scope} {dim}: spent+reserved "
+                                                          f"{getattr(spent, dim) + getattr(held, dim)} > limit {limit}"))
+
+    def _on_reserved(self, seq: int, p: dict[str, Any]) -> None:
+        qid = p["query_id"]
+        q = self.queries.get(qid)
+        worst = Amount.of(p.get("worst"))
+        if hash(qid) in self.settled:
+            self.violations.append(Violation(seq, f"query {qid} reserved after it settled"))
+        if q is None:
+            q = self.queries[qid] = QueryState(p.get("role", "teacher"), p.get("strategy", ""),
+                                               p.get("model", ""), p.get("key", ""))
+        elif q.holding:
+            self.violations.append(Violation(seq, f"query {qid} reserved twice"))
+            return
+        q.worst = worst
+        q.holding = True
+        q.status = "reserved"
+        for scope in self._scopes(q):
+            self._bucket(self.reserved, scope).add(worst)
+        self._check(seq, q)
+
+    def _on_dispatched(self, seq: int, p: dict[str, Any]) -> None:
+        q = self.queries.get(p["query_id"])
+        if hash(p["query_id"]) in self.settled:
+            self.violations.append(Violation(seq, f"settled query {p['query_id']} dispatched again"))
+        if q is None or not q.holding:
+            self.violations.append(Violation(seq, f"query {p['query_id']} dispatched without a reservation"))
+            return
+        if q.dispatched_attempt:
+            self.violations.append(Violation(seq, f"query {p['query_id']} dispatched while an attempt is open"))
+        q.dispatched_attempt = int(p.get("attempt", 1))
+        q.attempts += 1
+        if q.attempts > 1:
+            self.counts["retries"] += 1
+        self.counts["dispatched"] += 1
+        self.in_flight += 1
+
+    def _close_attempt(self, q: QueryState) -> None:
+        if q.dispatched_attempt:
+            q.dispatched_attempt = 0
+            self.in_flight -= 1
+
+    def _on_failed(self, seq: int, p: dict[str, Any]) -> None:
+        q = self.queries.get(p["query_id"])
+        if q is None:
+            self.violations.append(Violation(seq, f"failure of unknown query {p['query_id']}"))
+            return
+        self._close_attempt(q)
+        self.counts["failed_attempts"] += 1
+        if p.get("kind") == "rate_limited":
+            self.counts["rate_limited"] += 1
+        if p.get("maybe_billed") and q.holding:
+            q.holding = False
+            self.counts["lost"] += 1
+            self._move(seq, q, q.worst, release=q.worst, spend=True)
+
+    def _on_settled(self, seq: int, p: dict[str, Any]) -> None:
+        qid = p["query_id"]
+        if hash(qid) in self.settled:
+            self.violations.append(Violation(seq, f"query {qid} settled twice"))
+            return
+        q = self.queries.pop(qid, None)
+        if q is None or not q.holding:
+            self.violations.append(Violation(seq, f"query {qid} settled without a reservation"))
+            if q is None:
+                return
+        self._close_attempt(q)
+        release = q.worst if q.holding else None
+        q.holding = False
+        q.status = "settled"
+        self.counts["settled"] += 1
+        self.settled.add(hash(qid))
+        self._move(seq, q, Amount.of(p.get("actual")), release=release, spend=True)
+
+    def _on_abandoned(self, seq: int, p: dict[str, Any]) -> None:
+        q = self.queries.pop(p["query_id"], None)
+        if q is None:
+            return
+        self._close_attempt(q)
+        if q.holding:
+            q.holding = False
+            self._move(seq, q, q.worst, release=q.worst, spend=False)
+        q.status = "abandoned"
+        self.counts["abandoned"] += 1
+
+    def _on_resumed(self, seq: int, _p: dict[str, Any]) -> None:
+        """Whatever was in flight when the last process died may have been billed: keep it spent."""
+        for q in list(self.queries.values()):
+            if not q.holding:
+                continue
+            q.holding = False
+            q.status = "interrupted"
+            if q.dispatched_attempt:
+                self._close_attempt(q)
+                self.counts["lost"] += 1
+                self._move(seq, q, q.worst, release=q.worst, spend=True)
+            else:  # reserved but never sent (the dispatch event is written before sending)
+                self._move(seq, q, q.worst, release=q.worst, spend=False)
+        self.queries = {k: q for k, q in self.queries.items() if q.status != "interrupted"}
+
+    def is_settled(self, query_id: str) -> bool:
+        return hash(query_id) in self.settled
+
+    # ---- reporting ---------------------------------------------------------------------
+    def total_spent(self) -> Amount:
+        return self.spent.get("total") or Amount()
+
+    def total_reserved(self) -> Amount:
+        return self.reserved.get("total") or Amount()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "spent": self.total_spent().as_dict(),
+            "reserved": self.total_reserved().as_dict(),
+            "budget": self.spec.total.as_dict(),
+            "by_role": {k: v.as_dict() for k, v in sorted(self.by_role.items())},
+            "by_strategy": {k: v.as_dict() for k, v in sorted(self.by_strategy.items())},
+            "by_model": {k: v.as_dict() for k, v in sorted(self.by_model.items())},
+            "counts": dict(self.counts),
+            "in_flight": self.in_flight,
+        }
+
+
+_HANDLERS = {
+    "query_reserved": Ledger._on_reserved,
+    "query_dispatched": Ledger._on_dispatched,
+    "attempt_failed": Ledger._on_failed,
+    "query_settled": Ledger._on_settled,
+    "query_abandoned": Ledger._on_abandoned,
+    "run_resumed": Ledger._on_resumed,
+}
+
+
+def budget_from_dict(d: dict[str, Any] | None) -> BudgetSpec:
+    """The BudgetSpec recorded in a run's config snapshot (see engine.config)."""
+    d = d or {}
+
+    def lim(x: dict[str, Any] | None) -> Limits:
+        x = x or {}
+        return Limits(x.get("queries"), x.get("input_tokens"), x.get("output_tokens"), x.get("usd"))
+
+    roles = d.get("counted_roles")
+    return BudgetSpec(
+        total=lim(d.get("total")),
+        roles={k: lim(v) for k, v in (d.get("roles") or {}).items()},
+        strategies={k: lim(v) for k, v in (d.get("strategies") or {}).items()},
+        counted_roles=frozenset(roles) if roles is not None else None,
+    )

@@ -1,0 +1,146 @@
+"""The plugin host: loads every `synthledger` entry point and collects what the plugins register.
+
+Built-in plugins are entry points of the `synthledger` distribution itself, so they load through
+exactly the path a third-party package uses. `SYNTHLEDGER_PLUGINS` (comma-separated entry-point or
+distribution names; `synthledger` selects the built-ins) restricts what loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+
+GROUP = "synthledger"
+ENV_VAR = "SYNTHLEDGER_PLUGINS"
+KINDS = ("teachers", "strategies", "verifiers", "seed_sources", "tasks", "trainers", "evaluators")
+BUILTIN_MODULES = {
+    "teachers": "synthledger.plugins.teachers",
+    "strategies": "synthledger.plugins.strategies",
+    "verifiers": "synthledger.plugins.verifiers",
+    "seed_sources": "synthledger.plugins.seeds",
+    "tasks": "synthledger.plugins.tasks",
+    "trainers": "synthledger.plugins.trainers",
+    "evaluators": "synthledger.plugins.evaluators",
+}
+
+
+class PluginError(Exception):
+    pass
+
+
+class UnknownPlugin(PluginError):
+    pass
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str
+    name: str
+    factory: Any
+    plugin: str
+    distribution: str
+    version: str
+
+
+class PluginHost:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self._plugin_dist: dict[str, tuple[str, str]] = {}
+        self._registry: dict[str, dict[str, Registration]] | None = None
+
+    def load_entry_points(self, allowed: set[str] | None = None) -> None:
+        found_builtin = False
+        for ep in entry_points(group=GROUP):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            version = ep.dist.version if ep.dist is not None else "?"
+            if allowed is not None and ep.name not in allowed and dist not in allowed:
+                continue
+            if dist == "synthledger":
+                found_builtin = True
+            if self.pm.has_plugin(ep.name):
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not take the CLI down silently
+                raise PluginError(f"plugin {ep.name!r} from {dist} failed to load: {exc}") from exc
+            self.add(module, ep.name, dist, version)
+        if not found_builtin and (allowed is None or "synthledger" in allowed):
+            # Running from a source checkout that was never pip-installed: same modules, same hooks.
+            from .. import __version__
+
+            for name, modname in BUILTIN_MODULES.items():
+                if allowed is not None and name not in allowed and "synthledger" not in allowed:
+                    continue
+                if not self.pm.has_plugin(name):
+                    self.add(importlib.import_module(modname), name, "synthledger", __version__)
+
+    def add(self, module: Any, name: str, distribution: str = "local", version: str = "?") -> None:
+        self.pm.register(module, name=name)
+        self._plugin_dist[name] = (distribution, version)
+        self._registry = None
+
+    def _collect(self) -> dict[str, dict[str, Registration]]:
+        if self._registry is not None:
+            return self._registry
+        registry: dict[str, dict[str, Registration]] = {k: {} for k in KINDS}
+        for kind in KINDS:
+            hook = getattr(self.pm.hook, f"register_{kind}")
+            for impl in hook.get_hookimpls():
+                plugin_name = self.pm.get_name(impl.plugin) or "?"
+                dist, version = self._plugin_dist.get(plugin_name, ("local", "?"))
+
+                def register(name: str, factory: Any, _kind: str = kind, _p: str = plugin_name,
+                             _d: str = dist, _v: str = version) -> None:
+                    registry[_kind][name] = Registration(_kind, name, factory, _p, _d, _v)
+
+                impl.function(register=register)
+        self._registry = registry
+        return registry
+
+    def get(self, kind: str, name: str) -> Any:
+        entries = self._collect()[kind]
+        if name not in entries:
+            known = ", ".join(sorted(entries)) or "none"
+            raise UnknownPlugin(f"no {kind[:-1].replace('_', ' ')} named {name!r} (known: {known})")
+        return entries[name].factory
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._collect()[kind])
+
+    def registrations(self) -> list[Registration]:
+        return [r for kind in KINDS for r in self._collect()[kind].values()]
+
+
+_host: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide host, loaded on first use from entry points (honouring SYNTHLEDGER_PLUGINS)."""
+    global _host
+    if _host is None:
+        host = PluginHost()
+        raw = os.environ.get(ENV_VAR)
+        allowed = {p.strip() for p in raw.split(",") if p.strip()} if raw is not None else None
+        host.load_entry_points(allowed)
+        _host = host
+    return _host
+
+
+def reset_host() -> None:
+    global _host
+    _host = None
+
+
+def get(kind: str, name: str) -> Any:
+    return get_host().get(kind, name)
+
+
+Factory = Callable[..., Any]

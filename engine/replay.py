@@ -1,0 +1,78 @@
+"""Rebuild a run's state from its events: what `--resume` starts from and what `show` reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .ledger import BudgetSpec, Ledger, budget_from_dict
+
+
+@dataclass
+class RunState:
+    ledger: Ledger
+    done_items: set[str] = field(default_factory=set)
+    admitted: list[tuple[str, str]] = field(default_factory=list)  # (item, question) of finished items
+    answered: dict[str, str] = field(default_factory=dict)  # query id -> text, for unfinished items
+    config: dict[str, Any] | None = None
+    plan_hash: str | None = None
+    status: str | None = None
+    message: str = ""
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason (shortened) -> count
+    proposed: int = 0
+    items_by_outcome: dict[str, int] = field(default_factory=dict)
+
+
+def _reason_key(reason: str) -> str:
+    return reason.split(" of ")[0].split(":")[0].split("(")[0].strip()[:60] or "unspecified"
+
+
+def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
+    """One pass, memory bounded by what is still open (unfinished items, open queries)."""
+    ledger = Ledger(spec or BudgetSpec())
+    state = RunState(ledger=ledger)
+    admitted_open: dict[str, str] = {}
+    texts_open: dict[str, dict[str, str]] = {}
+    query_item: dict[str, str] = {}
+    for ev in events:
+        t, p = ev.type, ev.payload
+        if t == "run_started":
+            state.config = p.get("config")
+            state.plan_hash = p.get("plan_hash")
+        if t in ("run_started", "run_resumed") and spec is None and p.get("budget"):
+            ledger.spec = budget_from_dict(p["budget"])
+        ledger.apply(ev.seq, t, p)
+        if t == "query_reserved":
+            query_item[p["query_id"]] = p.get("item", "")
+        elif t == "query_settled":
+            item = query_item.pop(p["query_id"], None)
+            if item is not None and item not in state.done_items:
+                texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
+        elif t == "query_abandoned":
+            query_item.pop(p["query_id"], None)
+        elif t == "question_admitted":
+            admitted_open[p["item"]] = p["question"]
+        elif t == "sample_proposed":
+            state.proposed += 1
+        elif t == "sample_accepted":
+            state.accepted += 1
+        elif t == "sample_rejected":
+            k = f"{p.get('stage', '?')}: {_reason_key(p.get('reason', ''))}"
+            state.rejected[k] = state.rejected.get(k, 0) + 1
+        elif t == "item_done":
+            item = p["item"]
+            state.done_items.add(item)
+            texts_open.pop(item, None)
+            q = admitted_open.pop(item, None)
+            if q is not None:
+                state.admitted.append((item, q))
+            state.items_by_outcome[p["outcome"]] = state.items_by_outcome.get(p["outcome"], 0) + 1
+        elif t == "run_finished":
+            state.status = p["status"]
+            state.message = p.get("message", "")
+        elif t == "run_resumed":
+            state.status = None
+    for texts in texts_open.values():
+        state.answered.update(texts)
+    return state

@@ -1,0 +1,369 @@
+"""Run orchestration: walk the strategy's plan, start items the budget can carry, record outcomes.
+
+The runner owns pacing at the level of whole plan items (an item is started only when the budget
+can cover its worst case on top of what running items may still ask for), while the dispatcher
+enforces the exact per-query reservation. Together they spend the budget to the last query
+without going over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .. import __version__
+from ..store.eventstore import EventStore, owner_token
+from .build import Parts, build_endpoints, build_parts
+from .config import RunConfig
+from .context import ItemContext
+from .dedupe import NearDuplicateIndex
+from .dispatcher import Dispatcher, FatalRunError
+from .events import (ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted, SampleProposed,
+                     SampleRejected)
+from .ledger import DIMENSIONS, Amount, Ledger
+from .progress import RunProgress
+from .recorder import Recorder
+from .replay import replay
+from .strategy import BudgetExhausted, PlanItem, QueryFailed
+
+
+class ResumeRefused(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    message: str
+    snapshot: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "budget_exhausted")
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, store: EventStore | str | None = None, *, show_progress: bool = True) -> None:
+        self.cfg = cfg
+        self.show_progress = show_progress
+        # Everything that can fail on bad input happens before the store is even opened.
+        self.parts: Parts = build_parts(cfg)
+        self.endpoints = build_endpoints(cfg, self.parts.roles)
+        self.store = store if isinstance(store, EventStore) else EventStore(store or cfg.run.store)
+        self.owner = owner_token()
+        self.dedupe: NearDuplicateIndex | None = None
+        self.recorder: Recorder
+        self.dispatcher: Dispatcher
+        self.ledger: Ledger
+        self._pledged: dict[str, Amount] = {}
+        self._item_pledges: dict[str, dict[str, int]] = {}
+        self._in_flight_items = 0
+        self._item_finished = anyio.Event()
+        self._budget_hits: dict[str, int] = {}
+        self._fatal: str | None = None
+
+    # ---- routing and pacing ------------------------------------------------------------
+    def route(self, role: str) -> str:
+        return role if role in self.endpoints else "teacher"
+
+    def _estimate(self, role: str) -> Amount:
+        ep = self.endpoints[self.route(role)]
+        max_tokens = int(ep.params.get("max_tokens", 256))
+        prompt = 512
+        usd = ep.price.cost(prompt, max_tokens) if ep.price else 0.0
+        return Amount(1, prompt, max_tokens, usd)
+
+    def _item_cost(self, item: PlanItem) -> dict[str, int]:
+        cost = dict(self.parts.strategy.item_cost(item))
+        for role, n in self.parts.verifier.item_cost().items():
+            cost[role] = cost.get(role, 0) + n
+        return cost
+
+    def _fits(self, item: PlanItem, cost: dict[str, int]) -> bool:
+        need: dict[str, Amount] = {}
+        limits = {}
+        for role, n in cost.items():
+            est = self._estimate(role)
+            for scope, lim in self.ledger.spec.scopes(role, item.strategy):
+                amt = need.setdefault(scope, Amount())
+                for _ in range(n):
+                    amt.add(est)
+                limits[scope] = lim
+        for scope, amt in need.items():
+            spent = self.ledger.spent.get(scope) or Amount()
+            held = self.ledger.reserved.get(scope) or Amount()
+            pledged = self._pledged.get(scope) or Amount()
+            for dim in DIMENSIONS:
+                limit = getattr(limits[scope], dim)
+                if limit is None or dim in ("input_tokens", "usd"):  # prompt sizes are unknown up front
+                    continue
+                used = getattr(spent, dim) + getattr(held, dim) + getattr(pledged, dim)
+                if used + getattr(amt, dim) > limit:
+                    return False
+        return True
+
+    def _pledge(self, item: PlanItem, cost: dict[str, int], sign: int) -> None:
+        for role, n in cost.items():
+            est = self._estimate(role)
+            for scope, _ in self.ledger.spec.scopes(role, item.strategy):
+                amt = self._pledged.setdefault(scope, Amount())
+                for _ in range(n):
+                    amt.add(est, sign)
+
+    def unpledge(self, item: PlanItem, role: str) -> None:
+        left = self._item_pledges.get(item.key)
+        if left and left.get(role, 0) > 0:
+            left[role] -= 1
+            self._pledge(item, {role: 1}, -1)
+
+    # ---- entry points -----------------------------------------------------------------
+    def start_new(self) -> str:
+        cfg = self.cfg
+        run_id = self.store.create_run(cfg.run.name, cfg.snapshot(), cfg.config_hash(), owner=self.owner)
+        self.ledger = Ledger(self.parts.budget)
+        self.recorder = Recorder(self.store, run_id, 0, "0" * 64, self.owner, self.ledger)
+        self.recorder.emit(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
+                                      plan_hash=cfg.plan_hash(), version=__version__,
+                                      budget=self.parts.budget.as_dict()))
+        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
+                                     lookup_settled=self._lookup_settled)
+        self._init_dedupe([])
+        self._done: set[str] = set()
+        return run_id
+
+    def start_resume(self, run_id: str) -> str:
+        info = self.store.get_run(run_id)
+        events = self.store.iter_events(run_id)
+        state = replay(events)
+        if state.plan_hash != self.cfg.plan_hash():
+            diffs = _diff(self._plan_view_of(state.config or {}), self.cfg.plan_view())
+            raise ResumeRefused(
+                f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
+                + "\n  ".join(diffs or ["(plan hash differs)"]))
+        self.store.acquire(run_id, self.owner)
+        info = self.store.get_run(run_id)
+        self.ledger = state.ledger
+        self.ledger.spec = self.parts.budget  # budgets and limits may change between sessions
+        self.recorder = Recorder(self.store, run_id, info.last_seq, info.head_hash, self.owner, self.ledger)
+        unsettled = list(self.ledger.queries)
+        self.recorder.emit(RunResumed(pid=os.getpid(), unsettled=unsettled, config_hash=self.cfg.config_hash(),
+                                      budget=self.parts.budget.as_dict()))
+        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
+                                     lookup_settled=self._lookup_settled)
+        self._init_dedupe([q for _, q in state.admitted])
+        self._done = state.done_items
+        return run_id
+
+    def _plan_view_of(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return RunConfig.model_validate(snapshot).plan_view()
+        except Exception:
+            return snapshot
+
+    def _init_dedupe(self, admitted: list[str]) -> None:
+        d = self.cfg.dedupe
+        if not d.enabled:
+            return
+        self.dedupe = NearDuplicateIndex(threshold=d.threshold, ngram=d.ngram, seed=self.cfg.run.seed)
+        for s in self.parts.seeds:
+            self.dedupe.add(s.question, f"seed {s.id}")
+        for i, q in enumerate(admitted):
+            self.dedupe.add(q, f"question {i}")
+
+    def _lookup_settled(self, qid: str) -> str | None:
+        for ev in self.store.iter_events(self.recorder.run_id, types=["query_settled"]):
+            if ev.payload.get("query_id") == qid:
+                return ev.payload.get("text")
+        return None
+
+    # ---- the loop ----------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        run_id = self.recorder.run_id
+        status, message = "completed", "the plan is complete"
+        progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress)
+        try:
+            with progress:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self.recorder.run)
+                    outer.start_soon(self._tick, progress)
+                    try:
+                        status, message = await self._feed()
+                    except BaseException:
+                        status, message = "interrupted", "stopped before the plan finished"
+                        raise
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            if self._fatal:
+                                status, message = "failed", self._fatal
+                            self.recorder.emit(RunFinished(status=status, message=message))
+                            await self.recorder.close()
+                        outer.cancel_scope.cancel()
+        finally:
+            try:
+                self.store.release(run_id, self.owner, status)
+            except Exception:
+                pass
+            for ep in {id(e): e for e in self.endpoints.values()}.values():
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await ep.teacher.aclose()
+                    except Exception:
+                        pass
+        return RunResult(run_id, status, message, self.ledger.snapshot())
+
+    async def _tick(self, progress: RunProgress) -> None:
+        while True:
+            progress.update()
+            await anyio.sleep(0.25)
+
+    async def _wait_item(self) -> None:
+        ev = self._item_finished
+        await ev.wait()
+
+    async def _feed(self) -> tuple[str, str]:
+        strategy = self.parts.strategy
+        exhausted: set[str] = set()
+        all_names = set(getattr(strategy, "budget_fractions", lambda: {})()) or None
+        max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()))
+        async with anyio.create_task_group() as items:
+            for item in strategy.plan():
+                if self._fatal:
+                    break
+                if item.key in self._done or item.strategy in exhausted:
+                    if all_names is None and exhausted:
+                        break
+                    if all_names is not None and all_names <= exhausted:
+                        break
+                    continue
+                cost = self._item_cost(item)
+                while (self._in_flight_items >= max_items
+                       or (self._in_flight_items > 0 and not self._fits(item, cost))):
+                    await self._wait_item()
+                    if self._fatal:
+                        break
+                if self._fatal:
+                    break
+                tail = not self._fits(item, cost)
+                hits_before = self._budget_hits.get(item.strategy, 0)
+                self._start(items, item, cost)
+                if tail:  # the budget may not cover a whole item: run it alone and see what it spends
+                    while self._in_flight_items > 0:
+                        await self._wait_item()
+                    if self._budget_hits.get(item.strategy, 0) > hits_before:
+                        exhausted.add(item.strategy)
+                        if all_names is None or all_names <= exhausted:
+                            break
+            else:
+                while self._in_flight_items > 0:
+                    await self._wait_item()
+                if not self._fatal:
+                    return "completed", "the plan is complete"
+        if self._fatal:
+            return "failed", self._fatal
+        spent = self.ledger.total_spent()
+        return "budget_exhausted", (f"budget exhausted: spent {spent.queries} queries, {spent.input_tokens} in / "
+                                    f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
+
+    def _start(self, tg: Any, item: PlanItem, cost: dict[str, int]) -> None:
+        self._in_flight_items += 1
+        self._item_pledges[item.key] = dict(cost)
+        self._pledge(item, cost, +1)
+        tg.start_soon(self._run_item, item)
+
+    async def _run_item(self, item: PlanItem) -> None:
+        ctx = ItemContext(self, item)
+        rec = self.recorder
+        try:
+            sample = await self.parts.strategy.run(item, ctx)
+            if sample is None:
+                outcome = "rejected"
+                if not ctx.rejected:
+                    rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="parse",
+                                            reason="strategy produced no sample"))
+            else:
+                sid = f"s-{item.key}"
+                models = {ctx.roles[q]: self.endpoints[self.route(ctx.roles[q])].model for q in ctx.query_ids}
+                rec.emit(SampleProposed(sample_id=sid, item=item.key, strategy=sample.strategy or item.strategy,
+                                        seed_id=sample.seed_id, question=sample.question, answer=sample.answer,
+                                        reference=sample.reference, query_ids=list(ctx.query_ids),
+                                        roles=dict(ctx.roles), models=models, meta=sample.meta))
+                n_before = len(ctx.query_ids)
+                verdict = await self.parts.verifier.verify(sample, ctx)
+                extra = ctx.query_ids[n_before:]
+                if verdict.accepted:
+                    rec.emit(SampleAccepted(sample_id=sid, reason=verdict.reason, details=verdict.details,
+                                            query_ids=extra))
+                    outcome = "accepted"
+                else:
+                    rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy,
+                                            stage="verification", reason=verdict.reason, details=verdict.details,
+                                            question=sample.question))
+                    outcome = "rejected"
+            rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome=outcome))
+        except BudgetExhausted:
+            self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
+        except QueryFailed as exc:
+            rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="failed", reason=str(exc)))
+            rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome="failed"))
+        except FatalRunError as exc:
+            self._fatal = str(exc)
+        finally:
+            left = self._item_pledges.pop(item.key, {})
+            self._pledge(item, left, -1)
+            self._in_flight_items -= 1
+            done, self._item_finished = self._item_finished, anyio.Event()
+            done.set()
+
+
+async def _run_with_signals(runner: Runner) -> RunResult:
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                scope.cancel()
+                return
+
+    result: RunResult | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        try:
+            result = await runner.run()
+        finally:
+            tg.cancel_scope.cancel()
+    if result is None:  # cancelled by a signal: the finally blocks above recorded `interrupted`
+        return RunResult(runner.recorder.run_id, "interrupted", "stopped by a signal", runner.ledger.snapshot())
+    return result
+
+
+def generate(cfg: RunConfig, store: EventStore | str | None = None, *, resume: bool = False,
+             run_id: str | None = None, show_progress: bool = True) -> RunResult:
+    """Start a run (or resume one) and drive it to the end. Bad input fails before any event."""
+    runner = Runner(cfg, store, show_progress=show_progress)
+    if resume or run_id:
+        target = runner.store.resolve(run_id).id if run_id else _latest_unfinished(runner.store, cfg.run.name)
+        runner.start_resume(target)
+    else:
+        runner.start_new()
+    return anyio.run(_run_with_signals, runner)
+
+
+def _latest_unfinished(store: EventStore, name: str) -> str:
+    runs = [r for r in store.list_runs(name=name, kind="generate")
+            if r.status not in ("completed", "budget_exhausted")]
+    if not runs:
+        raise ResumeRefused(f"no unfinished run named {name!r} to resume in {store.url}; "
+                            "run without --resume to start one")
+    return runs[-1].id
