@@ -1,0 +1,168 @@
+"""One mapping from HTTP outcomes to `TeacherError`, shared by every HTTP provider.
+
+The scheduler retries by kind and the ledger keeps by `maybe_billed`, so three SDKs must agree
+exactly on both; keeping the table in one place is how they do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from synthledger.engine.teacher import (
+    FailureKind,
+    RateLimitInfo,
+    TeacherError,
+    parse_retry_after,
+    rate_limits_from_headers,
+)
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Prefer the exact `retry-after-ms` (OpenAI, our test server) over whole-second `retry-after`."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def _seconds_until(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _int(v: str | None) -> int | None:
+    try:
+        return int(float(v)) if v is not None else None
+    except ValueError:
+        return None
+
+
+def rate_limits(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
+    """`x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*` (reset as an RFC 3339 instant)."""
+    if headers is None:
+        return None
+    info = rate_limits_from_headers(headers)
+    if info is not None:
+        return info
+    if (
+        headers.get("anthropic-ratelimit-requests-limit") is None
+        and headers.get("anthropic-ratelimit-tokens-limit") is None
+    ):
+        return None
+    return RateLimitInfo(
+        limit_requests=_int(headers.get("anthropic-ratelimit-requests-limit")),
+        remaining_requests=_int(headers.get("anthropic-ratelimit-requests-remaining")),
+        reset_requests_s=_seconds_until(headers.get("anthropic-ratelimit-requests-reset")),
+        limit_tokens=_int(headers.get("anthropic-ratelimit-tokens-limit")),
+        remaining_tokens=_int(headers.get("anthropic-ratelimit-tokens-remaining")),
+        reset_tokens_s=_seconds_until(headers.get("anthropic-ratelimit-tokens-reset")),
+    )
+
+
+def status_error(
+    status: int, message: str, headers: Mapping[str, str] | None, body: str | None
+) -> TeacherError:
+    """Classify a non-2xx response. Only a gateway timeout (504) or a 408 can hide a billed call:
+    the model may have run behind a proxy that gave up waiting."""
+    maybe_billed = False
+    if status == 429:
+        kind = FailureKind.RATE_LIMITED
+    elif status in (401, 403):
+        kind = FailureKind.AUTH
+    elif status == 408:
+        kind, maybe_billed = FailureKind.TIMEOUT, True
+    elif status == 409:  # a conflict on the provider's side; OpenAI's own SDK retries it
+        kind = FailureKind.SERVER_ERROR
+    elif status >= 500:
+        kind, maybe_billed = FailureKind.SERVER_ERROR, status == 504
+    else:  # other 4xx, and 1xx/3xx (usually a wrong base_url): retrying will not help
+        kind = FailureKind.BAD_REQUEST
+    return TeacherError(
+        kind,
+        f"HTTP {status}: {message}",
+        maybe_billed=maybe_billed,
+        retry_after=retry_after(headers),
+        status=status,
+        body_excerpt=body,
+        rate_limits=rate_limits(headers),
+    )
+
+
+def malformed(message: str, status: int | None, body: str | bytes | None, headers: Any = None) -> TeacherError:
+    """A 2xx whose body we cannot use. The model did run, so the attempt may be billed."""
+    if isinstance(body, (bytes, bytearray)):
+        body = bytes(body[:2000]).decode("utf-8", "replace")
+    return TeacherError(
+        FailureKind.MALFORMED,
+        f"malformed response: {message}",
+        maybe_billed=True,
+        status=status,
+        body_excerpt=body,
+        rate_limits=rate_limits(headers),
+    )
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """The provider's own words from an OpenAI- or Anthropic-shaped error body, if any."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+    return fallback
+
+
+# Transport failures that happen before any byte of the request is sent, by exception class name
+# (the same in httpx and httpx2, so the SDKs' choice of HTTP library does not matter here).
+_NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout"})
+_MISCONFIGURED = frozenset({"UnsupportedProtocol", "InvalidURL"})
+
+
+def _cause_names(exc: BaseException) -> set[str]:
+    names: set[str] = set()
+    seen: set[int] = set()
+    cur: BaseException | None = exc.__cause__ or exc.__context__
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        names.add(type(cur).__name__)
+        cur = cur.__cause__ or cur.__context__
+    return names
+
+
+def _response_text(response: Any) -> str | None:
+    try:
+        return response.text
+    except Exception:  # a body that cannot be decoded must not hide the status
+        return None
+
+
+def sdk_error(exc: Exception, sdk: Any) -> TeacherError | None:
+    """Map an `openai` or `anthropic` SDK exception (they share a hierarchy); None if not one."""
+    if isinstance(exc, sdk.APIStatusError):
+        resp = exc.response
+        return status_error(exc.status_code, error_message(exc.body, exc.message), resp.headers, _response_text(resp))
+    if isinstance(exc, sdk.APIResponseValidationError):
+        return malformed(exc.message, exc.status_code, _response_text(exc.response), exc.response.headers)
+    if isinstance(exc, sdk.APIConnectionError):
+        causes = _cause_names(exc)
+        cause = exc.__cause__
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else type(exc).__name__
+        if causes & _MISCONFIGURED:
+            return TeacherError(FailureKind.BAD_REQUEST, f"cannot send the request ({detail}); check base_url")
+        sent = not (causes & _NOT_SENT)
+        if isinstance(exc, sdk.APITimeoutError):
+            return TeacherError(FailureKind.TIMEOUT, f"request timed out ({detail})", maybe_billed=sent)
+        return TeacherError(FailureKind.CONNECTION, f"connection failed ({detail})", maybe_billed=sent)
+    return None

@@ -1,0 +1,68 @@
+"""The `[teacher]` section of a run config, shared by the HTTP teacher providers."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY"}
+LOCAL_PLACEHOLDER_KEY = "sk-local-placeholder"
+
+
+class MissingApiKey(ValueError):
+    """The environment variable that should hold the provider's API key is unset or empty."""
+
+
+class TeacherSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_tokens: int = Field(default=256, gt=0)
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    timeout_s: float = Field(default=60.0, gt=0.0)
+    max_connections: int = Field(default=256, ge=1)
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+        return v
+
+    @property
+    def key_env(self) -> str:
+        return self.api_key_env or DEFAULT_KEY_ENV.get(self.provider, "OPENAI_API_KEY")
+
+    def base_url_is_local(self) -> bool:
+        if not self.base_url:
+            return False
+        host = urlsplit(self.base_url).hostname or ""
+        return host in ("127.0.0.1", "localhost", "::1")
+
+
+def resolve_api_key(settings: TeacherSettings, *, local_placeholder: bool = False) -> str:
+    """Read the key now, so a missing one fails at startup rather than on the first query.
+
+    `local_placeholder` lets a self-hosted server on this machine (which usually ignores the key)
+    run without one."""
+    key = os.environ.get(settings.key_env, "").strip()
+    if key:
+        return key
+    if local_placeholder and settings.base_url_is_local():
+        return LOCAL_PLACEHOLDER_KEY
+    raise MissingApiKey(
+        f"teacher provider {settings.provider!r} needs an API key in the environment variable "
+        f"{settings.key_env} (set it, or name another variable with [teacher] api_key_env)"
+    )
+
+
+def as_settings(settings: TeacherSettings | dict) -> TeacherSettings:
+    """Factories accept the model or the raw `[teacher]` table (validated here, with its errors)."""
+    return settings if isinstance(settings, TeacherSettings) else TeacherSettings.model_validate(settings)
