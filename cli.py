@@ -254,6 +254,98 @@ def recommend(seeds: int = typer.Option(..., "--seeds", min=1), budget: int = ty
     out.print(r.render() if hasattr(r, "render") else str(r))
 
 
+@app.command()
+@_handled
+def train(
+    source: str = typer.Argument(..., metavar="RUN", help="A generation run (id or name) or an exported .jsonl file."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config (TOML): [trainer], [data], "
+                                                                         "[output], optional [eval]."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. trainer.epochs=1 (repeatable)."),
+    store: Optional[str] = StoreOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fine-tune a student (LoRA) on a run's dataset; recorded as a `train` run linked to it."""
+    from synthledger.engine.experiments import eval_run, load_train_config, train_run
+
+    cfg = load_train_config(config, set_)
+    st = _store(store)
+    result = train_run(source, cfg, st, progress=progress)
+    print(f"trained: final loss {result.get('final_loss')}, {result.get('steps')} steps, "
+          f"{result.get('tokens_per_s', 0):.0f} tokens/s; adapter in {result['out_dir']}")
+    if cfg.eval is not None:
+        e = cfg.eval
+        scored = eval_run(result["out_dir"], e.heldout, st, limit=e.limit, task_name=e.task or "gsm8k",
+                          evaluator=e.evaluator, options={"batch_size": e.batch_size,
+                                                          "max_new_tokens": e.max_new_tokens}, progress=progress)
+        print(f"eval run {scored['run_id']}: accuracy {scored['accuracy']:.4f} on {scored['n']} examples")
+    print(f"run {result['run_id']} completed")
+
+
+@app.command("eval")
+@_handled
+def eval_(
+    model: str = typer.Argument(..., metavar="MODEL_OR_ADAPTER"),
+    on: str = typer.Option("reasoning-gym:gsm_symbolic:1234", "--on",
+                           help="Held-out set: reasoning-gym:NAME[:SEED], gsm8k, or a .jsonl file."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    task: str = typer.Option("gsm8k", "--task"),
+    exclude_run: Optional[str] = typer.Option(None, "--exclude-run", help="Refuse held-out questions this run "
+                                                                           "trained on (automatic for our adapters)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Per-example predictions (JSONL)."),
+    store: Optional[str] = StoreOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Accuracy of a model or adapter on a held-out set; recorded as an `eval` run."""
+    from synthledger.engine.experiments import eval_run
+
+    result = eval_run(model, on, _store(store), limit=limit, task_name=task, exclude_run=exclude_run,
+                      out_path=out_path, options={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
+                      progress=progress)
+    print(f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}); predictions in "
+          f"{result['predictions_path']}")
+    print(f"run {result['run_id']} completed")
+
+
+@app.command()
+@_handled
+def demo(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run this config instead of the embedded one."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
+    out_path: Path = typer.Option(Path(".synthledger/demo.chat.jsonl"), "--out"),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """The main job on embedded defaults: generate offline (local teacher), audit, export, show rows."""
+    import tomllib
+
+    from synthledger.engine.audit import audit_run
+    from synthledger.engine.config import apply_overrides, config_from_dict, load_config
+    from synthledger.engine.dataset import accepted_rows
+    from synthledger.engine.defaults import DEMO_CONFIG
+    from synthledger.engine.export_formats import write_rows
+    from synthledger.engine.runner import generate as run_generate
+
+    if config is not None:
+        cfg = load_config(config, set_)
+    else:
+        cfg = config_from_dict(apply_overrides(tomllib.loads(DEMO_CONFIG), set_), source="embedded demo config")
+    err.print(f"[bold]synthledger demo[/bold]: {cfg.strategy.name} with {cfg.teacher.provider}:{cfg.teacher.model}, "
+              f"{cfg.seeds.size} seeds, budget {cfg.budget.queries} queries")
+    result = run_generate(cfg, store)
+    st = result_store = _store(store or cfg.run.store)
+    report = audit_run(result_store, result.run_id)
+    n = write_rows(accepted_rows(st, result.run_id), "chat", out_path)
+    table = Table("question", "teacher answer", title=f"{n} rows exported to {out_path}", show_lines=True)
+    for row in list(accepted_rows(st, result.run_id))[:3]:
+        table.add_row(row["question"][:200], row["answer"][:300])
+    out.print(table)
+    out.print(f"audit: {'ok' if report.ok else 'FAILED'}; spent {report.spent}")
+    print(f"run {result.run_id} {result.status}")
+    if not (result.ok and report.ok):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -38,7 +38,10 @@ def _plugin(kind: str, name: str, section: str) -> Any:
 def build_parts(cfg: RunConfig) -> Parts:
     task = _plugin("tasks", cfg.task.name, "task")()
     source_cls = _plugin("seed_sources", cfg.seeds.source, "seeds")
-    source_opts = validate_plugin_options(source_cls.Options, cfg.seeds.extras(), "seeds")
+    extras = cfg.seeds.extras()
+    if "size" in source_cls.Options.model_fields and cfg.seeds.size is not None:
+        extras.setdefault("size", cfg.seeds.size)  # a generator (reasoning-gym) makes exactly |S| seeds
+    source_opts = validate_plugin_options(source_cls.Options, extras, "seeds")
     seeds = draw_subset(source_cls(source_opts, base_dir=cfg.base_dir).load(), cfg.seeds.size, cfg.run.seed)
     if not seeds:
         raise ConfigError("[seeds] the seed source produced no seeds")

@@ -1,0 +1,195 @@
+"""Training and evaluation as recorded runs of their own (kind "train" / "eval"), linked to the
+generation run they came from, so an experiment can be audited from data to score."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..store.eventstore import EventStore, NewEvent, owner_token
+from ..store.hashing import GENESIS, canonical
+from . import plugins
+from .config import ConfigError, NamedSection, _Strict, tomllib, validate_plugin_options, _format_errors
+from .dataset import accepted_rows
+from .events import SCHEMA_VERSION, parse_event
+
+
+class DataSection(_Strict):
+    include_seeds: bool = False
+
+
+class OutputSection(_Strict):
+    dir: str = ".synthledger/students/{run}"
+
+
+class EvalSection(_Strict):
+    """Optional: evaluate the trained adapter right after training."""
+
+    evaluator: str = "accuracy"
+    heldout: str = "reasoning-gym:gsm_symbolic:1234"
+    limit: int | None = Field(default=None, ge=1)
+    task: str | None = None
+    batch_size: int = Field(default=16, ge=1)
+    max_new_tokens: int = Field(default=256, ge=1)
+
+
+class TrainerSection(NamedSection):
+    name: str = "lora_sft"
+
+
+class TrainConfig(_Strict):
+    trainer: TrainerSection = TrainerSection()
+    data: DataSection = DataSection()
+    output: OutputSection = OutputSection()
+    eval: EvalSection | None = None
+
+
+def load_train_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    from pydantic import ValidationError
+
+    from .config import apply_overrides
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"train config {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = apply_overrides(data, overrides or [])
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path or 'train config'}: invalid config\n{_format_errors(exc)}") from None
+
+
+class RunLog:
+    """Synchronous, durable-per-event writer for sparse runs (training, evaluation)."""
+
+    def __init__(self, store: EventStore, name: str, kind: str, config: dict[str, Any],
+                 parent_id: str | None = None) -> None:
+        self.store = store
+        self.owner = owner_token()
+        self.run_id = store.create_run(name, config, hashlib.sha256(canonical(config)).hexdigest()[:16],
+                                       kind=kind, parent_id=parent_id, owner=self.owner)
+        self.seq, self.head = 0, GENESIS
+        self.emit("run_started", {"config": config, "config_hash": "", "plan_hash": "", "version": __version__,
+                                  "kind": kind, "budget": {}})
+
+    def emit(self, type_: str, payload: dict[str, Any]) -> None:
+        parse_event(type_, payload)  # the vocabulary is enforced for these runs too
+        payload = json.loads(json.dumps(payload, default=str))
+        self.seq, self.head = self.store.append(self.run_id, [NewEvent(type_, payload, SCHEMA_VERSION)],
+                                                self.seq, self.head, owner=self.owner)
+
+    def finish(self, status: str, message: str = "") -> None:
+        self.emit("run_finished", {"status": status, "message": message})
+        self.store.release(self.run_id, self.owner, status)
+
+
+def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[list[dict[str, Any]], str | None, str]:
+    """Chat rows from a run (id or name) or from an exported .jsonl file."""
+    from .export_formats import chat_record
+
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json") and path.exists():
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+            rows.append(row if "messages" in row else chat_record(row))
+        return rows, None, path.stem
+    info = store.resolve(source)
+    return [chat_record(r) for r in accepted_rows(store, info.id, include_seeds=include_seeds)], info.id, info.name
+
+
+def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: bool = True) -> dict[str, Any]:
+    trainer_cls = plugins.get("trainers", cfg.trainer.name)
+    options = validate_plugin_options(trainer_cls.Options, cfg.trainer.extras(), "trainer")
+    rows, parent, label = _rows_from(source, store, cfg.data.include_seeds)
+    if not rows:
+        raise ConfigError(f"{source}: no accepted samples to train on (export it or check `show {source}`)")
+    student = getattr(options, "student", None)
+    if student is not None:
+        _check_model(student)
+    out_dir = Path(cfg.output.dir.format(run=label))
+    log = RunLog(store, f"train-{label}", "train",
+                 {"train": cfg.model_dump(mode="json"), "source": source}, parent_id=parent)
+    trainer = trainer_cls(options)
+    try:
+        finished = trainer.train(rows, out_dir, on_event=log.emit, progress=progress)
+    except BaseException as exc:
+        log.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    (out_dir / "provenance.json").write_text(json.dumps(
+        {"train_run_id": log.run_id, "source_run_id": parent, "store": store.url}, indent=2))
+    log.finish("completed", f"adapter in {out_dir}")
+    return {"run_id": log.run_id, "out_dir": str(out_dir), **finished}
+
+
+def _check_model(name: str) -> None:
+    """Fail on an unknown model before a run is recorded (needs the `train` extra)."""
+    from ..plugins.hf_models import resolve_model
+
+    resolve_model(name)
+
+
+def training_questions(store: EventStore, run_id: str) -> set[str]:
+    """Every question a generation run trained on (its seeds and its generated questions)."""
+    from .build import build_parts
+    from .config import RunConfig
+
+    questions = {ev.payload["question"] for ev in store.iter_events(run_id, types=["sample_proposed"])}
+    info = store.get_run(run_id)
+    try:
+        cfg = RunConfig.model_validate(info.config)
+        questions |= {s.question for s in build_parts(cfg).seeds}
+    except Exception:
+        pass
+    return questions
+
+
+def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None = None, task_name: str = "gsm8k",
+             evaluator: str = "accuracy", exclude_run: str | None = None, out_path: Path | None = None,
+             options: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    if (Path(model) / "adapter" / "adapter_config.json").is_file():  # a `train` output folder
+        model = str(Path(model) / "adapter")
+    _check_model(model)
+    ev_cls = plugins.get("evaluators", evaluator)
+    opts = validate_plugin_options(ev_cls.Options, {"heldout": heldout, "limit": limit, **(options or {})}, "eval")
+    task = plugins.get("tasks", task_name)()
+    parent = None
+    prov = Path(model).parent / "provenance.json"
+    if not prov.exists():
+        prov = Path(model) / "provenance.json"
+    if exclude_run is None and prov.exists():
+        meta = json.loads(prov.read_text())
+        exclude_run, parent = meta.get("source_run_id"), meta.get("train_run_id")
+    exclude: set[str] | None = None
+    if exclude_run:
+        exclude = training_questions(store, store.resolve(exclude_run).id)
+    evaluator_obj = ev_cls(opts)
+    examples = evaluator_obj.heldout(exclude)
+    out = out_path or Path(".synthledger/evals") / f"{Path(model).name or 'model'}-{heldout.replace(':', '_')}.jsonl"
+    log = RunLog(store, f"eval-{Path(model).name}", "eval",
+                 {"model": model, "heldout": heldout, "limit": limit, "task": task_name,
+                  "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run}, parent_id=parent)
+    try:
+        result = evaluator_obj.evaluate(model, examples, task, out, on_event=log.emit, progress=progress)
+    except BaseException as exc:
+        log.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    log.finish("completed", f"accuracy {result.get('accuracy')}")
+    return {"run_id": log.run_id, **result}
