@@ -1,0 +1,484 @@
+"""The scheduler building blocks, each alone, on real (short) time under anyio/asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import anyio
+import pytest
+
+from synthledger.engine.scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
+from synthledger.engine.teacher import FailureKind, RateLimitInfo
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """Most events inside any closed window [t, t + window] (the strictest sliding-window reading)."""
+    ts = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(ts):
+        while t - ts[lo] > window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+async def release_times(limiter: RateLimiter, n: int, tokens: int = 0) -> list[float]:
+    times: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire(tokens)
+        times.append(anyio.current_time())
+
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+    return times
+
+
+async def wait_until(predicate, timeout: float = 2.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.001)
+
+
+# ---------------------------------------------------------------------------------- RateLimiter
+
+
+# Throughput is judged on the best of up to 3 runs: a busy machine can only make a pacer late,
+# never early, so noise lowers the rate but cannot fake it. Safety (never over the limit) is
+# asserted on every run.
+ATTEMPTS = 3
+
+
+async def test_rpm_is_paced_not_burst_and_reaches_the_limit() -> None:
+    # 6000 RPM enforced over 1 s windows means at most 100 requests in any second.
+    best = 0.0
+    for _ in range(ATTEMPTS):
+        times = await release_times(RateLimiter(requests_per_minute=6000, tokens_per_minute=None), 300)
+        elapsed = max(times) - min(times)
+        assert elapsed >= 2.85, elapsed  # a whole minute's capacity must not go out in a burst
+        assert max_in_window(times, 1.0) <= 100
+        # Paced, not bunched: no tenth of a second holds much more than its share (~10).
+        assert max_in_window(times, 0.1) <= 11
+        best = max(best, (len(times) - 1) / elapsed)
+        if best >= 0.97 * 100:
+            break
+    assert 0.97 * 100 <= best <= 100, best
+
+
+async def test_high_rate_limits_keep_up() -> None:
+    # The engine needs >= 1500 acquisitions/s; pacing at 2000/s must not lose rate to overhead.
+    best = 0.0
+    for _ in range(ATTEMPTS):
+        times = await release_times(RateLimiter(requests_per_minute=120_000, tokens_per_minute=None), 2150)
+        assert max_in_window(times, 1.0) <= 2000
+        best = max(best, (len(times) - 1) / (max(times) - min(times)))
+        if best >= 0.97 * 2000:
+            break
+    assert 0.97 * 2000 <= best <= 2000, best
+
+
+async def test_unlimited_acquire_is_cheap() -> None:
+    limiter = RateLimiter(None, None)
+    start = anyio.current_time()
+    for _ in range(20_000):
+        await limiter.acquire(1000)
+    assert anyio.current_time() - start < 0.5
+
+
+async def test_tpm_is_paced() -> None:
+    # 120k TPM = 2000 tokens/s; 100-token requests should go out ~20 per second, evenly.
+    best = 0.0
+    for _ in range(ATTEMPTS):
+        limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=120_000)
+        times = sorted(await release_times(limiter, 21, tokens=100))
+        # Evenly: ~5 per quarter second (plus the one at each edge), never a burst.
+        assert max_in_window(times, 0.25) <= 6
+        best = max(best, 100 * (len(times) - 1) / (times[-1] - times[0]))
+        if best >= 0.97 * 2000:
+            break
+    assert 0.97 * 2000 <= best <= 2000, best
+
+
+async def test_both_limits_apply() -> None:
+    # The request limit allows 10/s, the token limit only 5/s at 100 tokens: tokens bind.
+    limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=30_000)
+    times = sorted(await release_times(limiter, 6, tokens=100))
+    assert times[-1] - times[0] >= 5 * 0.2 * 0.98 - 0.02
+
+
+async def test_settle_refunds_and_charges_tokens() -> None:
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=60_000)  # ~985 tokens/s
+    # Estimated 1000 but used 100: the next 100-token request need not wait a whole second.
+    await limiter.acquire(1000)
+    t0 = anyio.current_time()
+    limiter.settle(estimated=1000, actual=100)
+    await limiter.acquire(100)
+    assert anyio.current_time() - t0 < 0.15
+
+    # Estimated 100 but used 500: the overage is charged before the next release.
+    limiter2 = RateLimiter(requests_per_minute=None, tokens_per_minute=60_000)
+    await limiter2.acquire(100)
+    t0 = anyio.current_time()
+    limiter2.settle(estimated=100, actual=500)
+    await limiter2.acquire(100)
+    assert anyio.current_time() - t0 >= 500 / 985 - 0.02
+
+
+async def test_refund_wakes_a_sleeping_waiter() -> None:
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=60_000)
+    await limiter.acquire(2000)  # the next release is ~2 s away
+    t0 = anyio.current_time()
+    released: list[float] = []
+
+    async def waiter() -> None:
+        await limiter.acquire(10)
+        released.append(anyio.current_time())
+
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            limiter.settle(estimated=2000, actual=10)
+    assert released and released[0] - t0 < 0.2
+
+
+async def test_pause_for_is_honoured() -> None:
+    for limiter in (RateLimiter(None, None), RateLimiter(6000, 1_000_000)):
+        t0 = anyio.current_time()
+        limiter.pause_for(0.3)
+        limiter.pause_for(0.1)  # a shorter pause must not cut the longer one
+        times = await release_times(limiter, 3, tokens=10)
+        assert min(times) - t0 >= 0.3 - 0.005
+        assert max(times) - t0 < 0.6
+
+
+async def test_pause_until_absolute() -> None:
+    limiter = RateLimiter(6000, None)
+    t0 = anyio.current_time()
+    limiter.pause_until(t0 + 0.2)
+    await limiter.acquire()
+    assert anyio.current_time() - t0 >= 0.2 - 0.005
+
+
+async def test_adopts_lower_limits_from_headers_only() -> None:
+    limiter = RateLimiter(requests_per_minute=6000, tokens_per_minute=1_000_000)
+    limiter.update_from_headers(RateLimitInfo(limit_requests=10_000, limit_tokens=5_000_000))
+    assert (limiter.current_rpm, limiter.current_tpm) == (6000, 1_000_000)
+    limiter.update_from_headers(RateLimitInfo(limit_requests=600, limit_tokens=500_000))
+    assert (limiter.current_rpm, limiter.current_tpm) == (600, 500_000)
+    # Now ~10/s: four releases span ~3 intervals of ~0.1 s (less the 10 ms jitter allowance).
+    times = sorted(await release_times(limiter, 4))
+    assert times[-1] - times[0] >= 3 * 60 / (600 * 0.985) - 0.015
+
+    unlimited = RateLimiter(None, None)
+    unlimited.update_from_headers(RateLimitInfo(limit_requests=1200))
+    assert unlimited.current_rpm == 1200
+
+
+async def test_exhausted_headers_pause_until_reset() -> None:
+    limiter = RateLimiter(requests_per_minute=60_000, tokens_per_minute=None)
+    t0 = anyio.current_time()
+    limiter.update_from_headers(RateLimitInfo(limit_requests=60_000, remaining_requests=0, reset_requests_s=0.25))
+    await limiter.acquire()
+    assert anyio.current_time() - t0 >= 0.25 - 0.005
+
+    t0 = anyio.current_time()
+    limiter.update_from_headers(RateLimitInfo(remaining_tokens=0, reset_tokens_s=0.2))
+    await limiter.acquire()
+    assert anyio.current_time() - t0 >= 0.2 - 0.005
+
+    t0 = anyio.current_time()
+    limiter.update_from_headers(RateLimitInfo(remaining_requests=5, reset_requests_s=3.0))
+    await limiter.acquire()
+    assert anyio.current_time() - t0 < 0.1  # requests remain: no pause
+
+
+async def test_waiters_are_released_in_fifo_order() -> None:
+    limiter = RateLimiter(requests_per_minute=6000, tokens_per_minute=None)
+    limiter.pause_for(0.4)  # hold everyone until all have queued
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        await limiter.acquire()
+        order.append(i)
+
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        async with anyio.create_task_group() as tg:
+            for i in range(25):
+                tg.start_soon(worker, i)
+                await wait_until(lambda: limiter.waiting == i + 1)
+            assert order == []
+    assert order == list(range(25))
+
+
+async def test_cancelled_waiter_does_not_leak_capacity() -> None:
+    limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=60_000)  # ~0.1 s apart
+    await limiter.acquire(10)
+    await limiter.acquire(10)  # schedule is now one full interval ahead
+    t0 = anyio.current_time()
+    got: dict[str, float] = {}
+
+    async def waiter(name: str) -> None:
+        await limiter.acquire(10)
+        got[name] = anyio.current_time()
+
+    doomed = anyio.CancelScope()
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_run_in, doomed, waiter, "a")
+            await wait_until(lambda: limiter.waiting == 1)
+            tg.start_soon(waiter, "b")
+            await wait_until(lambda: limiter.waiting == 2)
+            await anyio.sleep(0.03)
+            doomed.cancel()
+    assert "a" not in got
+    interval = 60 / (600 * 0.985)
+    # b takes a's slot (~1 interval), not the one after it (~2 intervals).
+    assert got["b"] - t0 < 1.5 * interval
+    assert limiter.waiting == 0
+
+
+async def _run_in(scope: anyio.CancelScope, func, *args) -> None:
+    with scope:
+        await func(*args)
+
+
+def test_limiter_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="requests_per_minute"):
+        RateLimiter(requests_per_minute=0, tokens_per_minute=None)
+    with pytest.raises(ValueError, match="tokens_per_minute"):
+        RateLimiter(requests_per_minute=None, tokens_per_minute=-5)
+    with pytest.raises(ValueError, match="safety"):
+        RateLimiter(100, None, safety=1.5)
+
+
+# ---------------------------------------------------------------------------------- RetryPolicy
+
+
+def test_retry_decisions() -> None:
+    policy = RetryPolicy(max_attempts=4)
+    for kind in (FailureKind.RATE_LIMITED, FailureKind.SERVER_ERROR, FailureKind.CONNECTION,
+                 FailureKind.TIMEOUT, FailureKind.MALFORMED):
+        assert [policy.should_retry(kind, a) for a in (1, 2, 3, 4, 5)] == [True, True, True, False, False]
+    for kind in (FailureKind.BAD_REQUEST, FailureKind.AUTH):
+        assert not policy.should_retry(kind, 1)
+    assert policy.should_retry("server_error", 1)
+
+
+def test_retry_delays_are_bounded_jittered_and_honour_retry_after() -> None:
+    policy = RetryPolicy(base_s=0.5, max_s=30.0)
+    rng = random.Random(7)
+    for attempt in range(1, 12):
+        cap = min(30.0, 0.5 * 2 ** (attempt - 1))
+        draws = [policy.delay(attempt, None, rng) for _ in range(500)]
+        assert all(0.0 <= d <= cap for d in draws)
+        assert min(draws) < 0.1 * cap and max(draws) > 0.9 * cap  # full jitter spreads over [0, cap]
+    assert policy.delay(10_000, None, rng) <= 30.0
+    # retry-after is a floor, even above max_s and whatever the jitter draws.
+    assert all(policy.delay(1, 7.0, rng) >= 7.0 for _ in range(100))
+    assert policy.delay(3, 45.0, rng) == 45.0
+    assert all(policy.delay(8, 2.0, rng) >= 2.0 for _ in range(100))
+    assert RetryPolicy(jitter="none").delay(3, None, rng) == 2.0
+    # The same seed gives the same delays (runs are reproducible).
+    assert [policy.delay(4, None, random.Random(1)) for _ in range(3)] == [policy.delay(4, None, random.Random(1))] * 3
+
+
+def test_retry_policy_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="jitter"):
+        RetryPolicy(jitter="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_s"):
+        RetryPolicy(base_s=5, max_s=1)
+
+
+# ---------------------------------------------------------------------------------- CircuitBreaker
+
+
+async def test_breaker_open_half_open_close_cycle() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=0.15, cooldown_factor=2.0, max_cooldown_s=0.25)
+    for _ in range(2):
+        breaker.record_failure()
+    assert breaker.state == "closed"
+    await breaker.wait_ready()  # closed: immediate
+    breaker.record_failure()
+    assert breaker.state == "open" and breaker.opened_count == 1
+    t_open = anyio.current_time()
+
+    passed: list[tuple[int, float]] = []
+
+    async def caller(i: int) -> None:
+        await breaker.wait_ready()
+        passed.append((i, anyio.current_time()))
+
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(caller, i)
+            # Exactly one probe after the cooldown; everyone else still held.
+            await wait_until(lambda: len(passed) == 1)
+            assert passed[0][1] - t_open >= 0.15 - 0.005
+            assert breaker.state == "half_open"
+            await anyio.sleep(0.05)
+            assert len(passed) == 1
+
+            # The probe fails: open again, for a doubled (capped) cooldown.
+            breaker.record_failure()
+            t_reopen = anyio.current_time()
+            assert breaker.state == "open" and breaker.opened_count == 2
+            await wait_until(lambda: len(passed) == 2)
+            assert passed[1][1] - t_reopen >= 0.25 - 0.005
+            assert breaker.state == "half_open"
+            await anyio.sleep(0.03)
+            assert len(passed) == 2
+
+            # This probe succeeds: closed, and every waiter goes at once.
+            breaker.record_success()
+            assert breaker.state == "closed"
+            await wait_until(lambda: len(passed) == 5, timeout=0.1)
+    assert breaker.opened_count == 2
+    assert breaker.current_cooldown_s == 0.15  # reset after closing
+
+
+async def test_breaker_counts_only_consecutive_failures() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, cooldown_s=0.1)
+    for _ in range(5):
+        breaker.record_failure()
+        breaker.record_failure()
+        breaker.record_success()
+    assert breaker.state == "closed" and breaker.opened_count == 0
+
+
+async def test_breaker_probe_that_never_reports_expires() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=0.1)
+    breaker.record_failure()
+    await breaker.wait_ready()  # the probe, which never reports back
+    t0 = anyio.current_time()
+    await breaker.wait_ready()  # the next caller becomes the probe after a cooldown
+    assert anyio.current_time() - t0 >= 0.1 - 0.005
+    assert breaker.state == "half_open"
+
+
+# ---------------------------------------------------------------------------------- AdaptiveConcurrency
+
+
+async def test_aimd_halves_once_per_burst_and_recovers_additively() -> None:
+    acc = AdaptiveConcurrency(initial=16, maximum=20, minimum=3, cooldown_s=0.1)
+    cuts = [acc.on_rate_limited() for _ in range(10)]  # ten simultaneous 429s: one overload
+    assert cuts.count(True) == 1 and acc.limit == 8
+    await anyio.sleep(0.12)
+    assert acc.on_rate_limited() and acc.limit == 4
+    await anyio.sleep(0.12)
+    acc.on_rate_limited()
+    assert acc.limit == 3  # never below minimum
+
+    # +1 per window of `limit` successes: 3 successes -> 4, then 4 more -> 5.
+    for _ in range(2):
+        acc.on_success()
+    assert acc.limit == 3
+    acc.on_success()
+    assert acc.limit == 4
+    for _ in range(4):
+        acc.on_success()
+    assert acc.limit == 5
+    for _ in range(1000):
+        acc.on_success()
+    assert acc.limit == 20  # capped at maximum
+
+
+async def test_shrinking_does_not_cancel_in_flight_work() -> None:
+    acc = AdaptiveConcurrency(initial=4, maximum=8, cooldown_s=0.0)
+    done = [anyio.Event() for _ in range(4)]
+    finished: list[int] = []
+    late_started: list[int] = []
+
+    async def busy(i: int) -> None:
+        async with acc.slot():
+            await done[i].wait()
+        finished.append(i)
+
+    async def late() -> None:
+        async with acc.slot():
+            late_started.append(acc.in_flight)
+
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(busy, i)
+            await wait_until(lambda: acc.in_flight == 4)
+            acc.on_rate_limited()
+            assert acc.limit == 2 and acc.in_flight == 4  # nothing cancelled
+            tg.start_soon(late)
+            await wait_until(lambda: acc.waiting == 1)
+            for i in range(2):  # 4 -> 2 in flight: still not below the limit
+                done[i].set()
+                await wait_until(lambda: len(finished) == i + 1)
+            await anyio.sleep(0.02)
+            assert late_started == []
+            done[2].set()  # 1 in flight < 2: the late one may start
+            await wait_until(lambda: late_started != [])
+            done[3].set()
+    assert late_started == [2]
+    assert sorted(finished) == [0, 1, 2, 3] and acc.in_flight == 0
+
+
+async def test_concurrency_waiters_fifo_and_cancellation_safe() -> None:
+    acc = AdaptiveConcurrency(initial=1, maximum=1)
+    order: list[str] = []
+    gate = anyio.Event()
+
+    async def holder() -> None:
+        async with acc.slot():
+            await gate.wait()
+
+    async def worker(name: str) -> None:
+        async with acc.slot():
+            order.append(name)
+
+    doomed = anyio.CancelScope()
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder)
+            await wait_until(lambda: acc.in_flight == 1)
+            tg.start_soon(_run_in, doomed, worker, "cancelled")
+            await wait_until(lambda: acc.waiting == 1)
+            for name in ("a", "b", "c"):
+                tg.start_soon(worker, name)
+                await wait_until(lambda: acc.waiting == 2 + "abc".index(name))
+            doomed.cancel()
+            await wait_until(lambda: acc.waiting == 3)
+            gate.set()
+    assert order == ["a", "b", "c"] and acc.in_flight == 0
+
+
+async def test_concurrency_slot_handed_over_while_cancelled_is_passed_on() -> None:
+    # anyio itself will not cancel a task whose wait already completed, but plain asyncio
+    # cancellation (asyncio.timeout, task.cancel) can land between the hand-over and the wake-up.
+    acc = AdaptiveConcurrency(initial=1, maximum=1)
+    await acc.acquire()
+    got: list[str] = []
+
+    async def worker(name: str) -> None:
+        async with acc.slot():
+            got.append(name)
+
+    x = asyncio.create_task(worker("x"))
+    await wait_until(lambda: acc.waiting == 1)
+    y = asyncio.create_task(worker("y"))
+    await wait_until(lambda: acc.waiting == 2)
+    acc.release()  # hands the slot to x ...
+    x.cancel()  # ... which is cancelled before it runs: y must get it
+    with anyio.fail_after(10):  # a deadlock fails, never hangs
+        await asyncio.gather(x, y, return_exceptions=True)
+    assert x.cancelled()
+    assert got == ["y"] and acc.in_flight == 0
+
+
+def test_concurrency_rejects_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="initial <= maximum"):
+        AdaptiveConcurrency(initial=10, maximum=5)
+    with pytest.raises(ValueError, match="minimum"):
+        AdaptiveConcurrency(initial=1, maximum=5, minimum=0)
