@@ -126,7 +126,7 @@ class SampleRejected(_Event):
     sample_id: str | None = None
     item: str
     strategy: str
-    stage: Literal["question", "verification", "parse", "failed"] = "verification"
+    stage: str = "verification"  # question | check | verification | parse | failed | ... (strategy-defined)
     reason: str
     details: dict[str, Any] = {}
     question: str | None = None

@@ -186,9 +186,42 @@ def _wrong(answer: str) -> str:
         return answer + "0"
 
 
-def reply_text(digest: bytes, answer: str | None, wrong_rate: float) -> str:
-    """A short step-by-step answer ending in `#### <answer>`."""
+_NAMES = ("Ava", "Bilal", "Chen", "Dara", "Emeka", "Farah", "Goran", "Hana", "Ines", "Jonas", "Kemi", "Luca",
+          "Mira", "Nikhil", "Oona", "Pavel", "Quinn", "Rosa", "Sami", "Tove", "Umar", "Vera", "Wen", "Yusuf")
+_THINGS = ("marbles", "apples", "stamps", "pencils", "tickets", "shells", "coins", "stickers", "books", "cupcakes",
+           "bricks", "seeds", "lanterns", "kites", "buttons", "candles", "postcards", "acorns")
+_PLACES = ("at the market", "in the garden", "at school", "on the farm", "at the fair", "in the workshop",
+           "at the library", "on the boat", "in the bakery", "at the station")
+_ACTIONS = (("buys", "more"), ("gives away", "of them"), ("finds", "extra"), ("sells", "of them"),
+            ("receives", "as a gift"), ("loses", "on the way home"))
+
+
+def _question(x: int) -> str:
+    """A varied word problem, so near-duplicate control sees distinct questions as real models write them."""
+    name, other = _NAMES[x % len(_NAMES)], _NAMES[(x >> 5) % len(_NAMES)]
+    thing, place = _THINGS[(x >> 10) % len(_THINGS)], _PLACES[(x >> 15) % len(_PLACES)]
+    verb, tail = _ACTIONS[(x >> 20) % len(_ACTIONS)]
+    a, b, c = 3 + (x >> 24) % 97, 2 + (x >> 31) % 48, 2 + (x >> 37) % 9
+    return (f"{name} has {a} {thing} {place}. {name} {verb} {b} {tail}. {other} has {c} times as many "
+            f"{thing} as {name} has now. How many {thing} does {other} have?"
+            if (x >> 44) % 2 else
+            f"{place.capitalize()}, {name} packs {a} {thing} into each of {c} boxes and {verb} {b} {tail}. "
+            f"How many {thing} does {name} have in the end?")
+
+
+def reply_text(digest: bytes, answer: str | None, wrong_rate: float, prompt: str = "") -> str:
+    """What a cooperative model would say: a new or rewritten question when asked to write one, a
+    verdict when asked to check or grade, else a short step-by-step answer ending in `#### <answer>`."""
     x = int.from_bytes(digest[:8], "little")
+    low = prompt.lower()
+    if low.startswith("repeat:"):  # lets tests make a model that copies its input (duplicates, echoes)
+        return prompt[len("repeat:"):].strip()
+    if "well-posed" in low:
+        return "The question gives all the numbers needed.\nVerdict: " + ("NO" if x % 10 == 0 else "YES")
+    if "score:" in low or "grade" in low:
+        return f"The answer follows from the question.\nScore: {6 + x % 5}/10"
+    if "new problem" in low or "new question" in low or "rewrite the following question" in low:
+        return _question(x)
     a, b = 10 + x % 90, 10 + (x >> 8) % 90
     if answer is None:
         final = str((x >> 16) % 1000)

@@ -382,7 +382,7 @@ class TeacherServer:
         for _ in range(p.n):
             self._counter += 1
             digest = blake2b(body + self._counter.to_bytes(8, "little"), digest_size=16).digest()
-            text, words, reason = shape(reply_text(digest, answer, cfg.wrong_rate), p.max_tokens, p.stop)
+            text, words, reason = shape(reply_text(digest, answer, cfg.wrong_rate, p.last_user), p.max_tokens, p.stop)
             ctoks += words
             outs.append((text, reason))
         if proto == OPENAI:

@@ -1,0 +1,205 @@
+"""Each strategy family through the real engine against the real test server: exact spend per role,
+resume after kill -9 without duplicates or gaps, and exported rows that `datasets` loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synthledger.engine.config import config_from_dict
+from synthledger.engine.runner import generate
+from synthledger.store.eventstore import EventStore
+from synthledger.testing.server import ServerConfig, run_in_thread
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "cli.py")]
+
+
+def seeds_file(tmp: Path, n: int = 12) -> Path:
+    path = tmp / "seeds.jsonl"
+    with path.open("w") as f:
+        for i in range(n):
+            a, b = 3 + i, 2 * i + 1
+            f.write(json.dumps({"id": f"s{i}", "question": f"A shop has {a} red boxes and {b} blue boxes of "
+                                f"size {i}. How many boxes are there in all?", "answer": f"#### {a + b}"}) + "\n")
+    return path
+
+
+def config(tmp: Path, url: str, strategy: dict, budget: dict, **extra) -> dict:
+    cfg = {
+        "run": {"name": f"e2e-{strategy['name']}", "store": f"sqlite:///{tmp / 'store.db'}"},
+        "seeds": {"source": "jsonl", "path": str(seeds_file(tmp))},
+        "teacher": {"provider": "openai-compatible", "base_url": url + "/v1", "model": "teacher-m",
+                    "max_tokens": 64},
+        "limits": {"max_concurrency": 16, "backoff_base_s": 0.01, "backoff_max_s": 0.05},
+        "budget": budget,
+        "strategy": strategy,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def audit(store_url: str, run_id: str) -> dict:
+    out = subprocess.run(CLI + ["audit", run_id, "--json", "--store", store_url], capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["ok"], report["violations"]
+    return report
+
+
+def rows(store_url: str, run_id: str, tmp: Path, fmt: str = "jsonl") -> list[dict]:
+    out = tmp / f"export.{fmt}"
+    subprocess.run(CLI + ["export", run_id, "--format", fmt, "--out", str(out), "--store", store_url], check=True,
+                   capture_output=True)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("strategy, expected_roles", [
+    ({"name": "answer_augmentation"}, {"teacher"}),
+    ({"name": "question_rephrase"}, {"augmenter", "teacher"}),
+    ({"name": "new_question", "check_well_posed": True}, {"augmenter", "teacher"}),
+    ({"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.4},
+                               {"name": "new_question", "fraction": 0.6}]}, {"augmenter", "teacher"}),
+])
+def test_each_strategy_spends_exactly_its_budget(tmp_path, strategy, expected_roles):
+    with run_in_thread(ServerConfig(latency_ms=2)) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 60}))
+        result = generate(cfg, show_progress=False)
+        answered = srv.stats()["answered"]
+    assert result.status == "budget_exhausted"
+    report = audit(cfg.run.store, result.run_id)
+    assert report["spent"]["queries"] == 60 == answered
+    assert set(report["by_role"]) == expected_roles
+    if strategy["name"] == "mix":  # each part gets its share of the budget, exactly
+        assert report["by_strategy"]["answer_augmentation"]["queries"] == 24
+        assert report["by_strategy"]["new_question"]["queries"] == 36
+    data = rows(cfg.run.store, result.run_id, tmp_path)
+    assert data and len({r["sample_id"] for r in data}) == len(data)
+    assert all(r["query_ids"] and r["strategy"] != "mix" for r in data)
+
+
+def test_per_role_limits_and_counted_roles(tmp_path):
+    budget = {"queries": 30, "counted_roles": ["teacher"], "roles": {"augmenter": {"queries": 50}}}
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, {"name": "question_rephrase"}, budget))
+        result = generate(cfg, show_progress=False)
+    report = audit(cfg.run.store, result.run_id)
+    by_role = report["by_role"]
+    assert by_role["teacher"]["queries"] == 30  # only the teacher counts against `queries`
+    assert by_role["augmenter"]["queries"] <= 50
+
+
+def test_augmenter_can_be_another_model(tmp_path):
+    with run_in_thread(ServerConfig()) as srv:
+        raw = config(tmp_path, srv.url, {"name": "new_question", "check_well_posed": False}, {"queries": 20})
+        raw["augmenter"] = {**raw["teacher"], "model": "augmenter-m", "temperature": 1.0}
+        cfg = config_from_dict(raw)
+        result = generate(cfg, show_progress=False)
+    report = audit(cfg.run.store, result.run_id)
+    assert set(report["by_model"]) == {"teacher-m", "augmenter-m"}
+    assert report["spent"]["queries"] == 20
+
+
+def test_near_duplicates_are_rejected_before_they_are_answered(tmp_path):
+    # A rephrase template that makes the test server's augmenter echo the seed: every "rewrite" is an
+    # exact duplicate of its seed, so it must be rejected before the teacher is asked anything.
+    strategy = {"name": "question_rephrase", "rephrase_template": "Repeat: {question}"}
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 10}))
+        result = generate(cfg, show_progress=False)
+    st = EventStore(cfg.run.store)
+    rejected = [e.payload for e in st.iter_events(result.run_id, types=["sample_rejected"])]
+    reserved = [e.payload for e in st.iter_events(result.run_id, types=["query_reserved"])]
+    dup_items = {r["item"] for r in rejected if "duplicate" in r["reason"]}
+    teacher_items = {r["item"] for r in reserved if r["role"] == "teacher"}
+    assert not (dup_items & teacher_items)
+    assert len(dup_items) == 10 and not teacher_items  # the whole budget went to (rejected) rewrites
+
+
+def test_export_formats_load_with_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, {"name": "answer_augmentation"}, {"queries": 12}))
+        result = generate(cfg, show_progress=False)
+    chat = rows(cfg.run.store, result.run_id, tmp_path, "chat")
+    assert len(chat) == 12 and chat[0]["messages"][1]["role"] == "assistant"
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "export.chat"), split="train")
+    assert len(ds) == 12
+    out = tmp_path / "hf"
+    subprocess.run(CLI + ["export", result.run_id, "--format", "hf", "--out", str(out), "--store", cfg.run.store],
+                   check=True, capture_output=True)
+    assert len(datasets.load_from_disk(str(out))) == 12
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _settled(store_url: str) -> int:
+    import sqlite3
+
+    path = store_url.split(":///", 1)[1]
+    if not os.path.exists(path):
+        return 0
+    try:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT COUNT(*) FROM events WHERE type = 'query_settled'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["answer_augmentation", "question_rephrase", "new_question"])
+def test_kill_9_mid_plan_then_resume_has_no_duplicates_or_gaps(tmp_path, strategy):
+    budget = 90
+    with run_in_thread(ServerConfig(latency_ms=30, jitter_ms=10)) as srv:
+        raw = config(tmp_path, srv.url, {"name": strategy}, {"queries": budget})
+        raw["limits"]["max_concurrency"] = 8
+        cfg_path = tmp_path / "run.toml"
+        cfg_path.write_text(_toml(raw))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.Popen(CLI + ["generate", "--config", str(cfg_path), "--no-progress"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait_for(lambda: _settled(raw["run"]["store"]) >= budget // 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        out = subprocess.run(CLI + ["generate", "--config", str(cfg_path), "--resume", "--no-progress"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        answered = srv.stats()["answered"]
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip().splitlines()[-1].split()[1]
+    report = audit(raw["run"]["store"], run_id)
+    assert answered <= budget and report["spent"]["queries"] == budget
+    st = EventStore(raw["run"]["store"])
+    done = [e.payload["item"] for e in st.iter_events(run_id, types=["item_done"])]
+    assert len(done) == len(set(done)), "an item finished twice"
+    data = rows(raw["run"]["store"], run_id, tmp_path)
+    assert len({r["sample_id"] for r in data}) == len(data)
+    settled = {e.payload["query_id"] for e in st.iter_events(run_id, types=["query_settled"])}
+    # No gaps: every accepted row's queries settled, and every item of the plan prefix is done or open.
+    assert all(set(r["query_ids"]) <= settled for r in data)
+
+
+def _toml(d: dict, prefix: str = "") -> str:
+    lines, tables = [], []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append(f"{k} = {json.dumps(v)}")
+    out = "\n".join(lines) + "\n"
+    for k, v in tables:
+        name = f"{prefix}{k}"
+        out += f"\n[{name}]\n" + _toml(v, name + ".")
+    return out
