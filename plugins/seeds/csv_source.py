@@ -1,0 +1,56 @@
+"""Seeds from a CSV file with a header row. Errors name the physical line where the row ends."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any, ClassVar, Iterator
+
+from pydantic import field_validator
+
+from synthledger.engine.strategy import Seed, SeedError, SeedSource
+
+from .rows import FieldOptions, build_seeds, resolve
+
+
+class CsvSeedSource(SeedSource):
+    name: ClassVar[str] = "csv"
+
+    class Options(FieldOptions):
+        delimiter: str = ","
+
+        @field_validator("delimiter")
+        @classmethod
+        def _one_char(cls, value: str) -> str:
+            if len(value) != 1:
+                raise ValueError("must be a single character")
+            return value
+
+    options: Options
+
+    def load(self) -> list[Seed]:
+        path = resolve(self.options.path, self.base_dir)
+        if not path.is_file():
+            raise SeedError(f"{path}: seed file not found")
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                return build_seeds(self._rows(fh, str(path)), self.options, str(path))
+        except UnicodeDecodeError as exc:
+            raise SeedError(f"{path}: not UTF-8 ({exc.reason})") from None
+        except csv.Error as exc:
+            raise SeedError(f"{path}: malformed CSV ({exc})") from None
+
+    def _rows(self, fh: Any, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        reader = csv.reader(fh, delimiter=self.options.delimiter)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise SeedError(
+                    f"{where}, line {reader.line_num}: {len(cells)} fields but the header has {len(header)}"
+                )
+            # Empty cells are missing values, so an empty answer is "no answer", not "".
+            yield reader.line_num, {k: v for k, v in zip(header, cells) if v != ""}

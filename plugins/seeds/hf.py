@@ -1,0 +1,57 @@
+"""Seeds from a Hugging Face dataset on disk: a `save_to_disk` folder, or json/jsonl/parquet/csv
+files read through `datasets.load_dataset`. Nothing is downloaded; `datasets` is imported only
+when this source is used, so the core install does not need it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from synthledger.engine.strategy import Seed, SeedError, SeedSource
+
+from .rows import FieldOptions, build_seeds, numbered, resolve
+
+_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class HFSeedSource(SeedSource):
+    name: ClassVar[str] = "hf"
+
+    class Options(FieldOptions):
+        split: str = "train"
+        format: Literal["auto", "disk", "json", "parquet", "csv"] = "auto"
+
+    options: Options
+
+    def load(self) -> list[Seed]:
+        path = resolve(self.options.path, self.base_dir)
+        if not path.exists():
+            raise SeedError(f"{path}: seed dataset not found")
+        try:
+            import datasets
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise SeedError("the 'hf' seed source needs the datasets package (pip install synthledger[seeds])") from exc
+        fmt = self._format(path)
+        where = f"{path} (split {self.options.split!r})"
+        try:
+            if fmt == "disk":
+                loaded: Any = datasets.load_from_disk(str(path))
+            else:
+                loaded = datasets.load_dataset(fmt, data_files={self.options.split: str(path)})
+        except Exception as exc:  # datasets raises many types; the user needs the file and the cause
+            raise SeedError(f"{path}: could not load as {fmt} dataset ({type(exc).__name__}: {exc})") from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            if self.options.split not in loaded:
+                raise SeedError(f"{path}: no split {self.options.split!r} (splits: {', '.join(loaded)})")
+            loaded = loaded[self.options.split]
+        return build_seeds(numbered(loaded), self.options, where, unit="row")
+
+    def _format(self, path: Path) -> str:
+        if self.options.format != "auto":
+            return self.options.format
+        if path.is_dir():
+            return "disk"
+        fmt = _FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise SeedError(f"{path}: cannot tell the dataset format from the name; set format")
+        return fmt

@@ -1,0 +1,92 @@
+"""Question rephrase: a seed question reworded (same meaning, same answer), then answered.
+
+Robust to a weak augmenter, because rewording is easier than inventing. With
+`reuse_seed_answer`, the seed's own answer is kept and no teacher query is spent.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Iterator
+
+from pydantic import Field, field_validator
+
+from synthledger.engine.strategy import Context, PlanItem, Sample, Strategy
+
+from .common import answer_prompt, clean_question, round_robin, seed_reference, user, validate_template
+from .options import AnswerOptions
+
+DEFAULT_REPHRASE_TEMPLATE = (
+    "Rewrite the following question so that it is worded differently but keeps exactly the same "
+    "meaning, the same numbers and the same answer. Do not solve it. Reply with the rewritten "
+    "question only.\n\nQuestion: {question}"
+)
+
+
+class QuestionRephrase(Strategy):
+    name: ClassVar[str] = "question_rephrase"
+    roles: ClassVar[tuple[str, ...]] = ("augmenter", "teacher")
+
+    class Options(AnswerOptions):
+        rephrase_template: str = DEFAULT_REPHRASE_TEMPLATE
+        temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+        answer_temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+        reuse_seed_answer: bool = False
+        rephrases_per_seed: int | None = Field(default=None, ge=1)
+
+        @field_validator("rephrase_template")
+        @classmethod
+        def _rephrase_template(cls, value: str) -> str:
+            return validate_template(value, "rephrase_template", {"question"}, {"question"})
+
+    options: Options
+
+    def plan(self) -> Iterator[PlanItem]:
+        salt = f"{self.name}:{self.random_seed}"
+        for r, seed in round_robin(self.seeds, salt, self.options.rephrases_per_seed):
+            yield PlanItem(key=f"qr:{seed.id}:{r}", strategy=self.name, seed=seed, sample_index=r)
+
+    def _reuses(self, item: PlanItem) -> bool:
+        return self.options.reuse_seed_answer and item.seed.answer is not None
+
+    def item_cost(self, item: PlanItem) -> dict[str, int]:
+        return {"augmenter": 1} if self._reuses(item) else {"augmenter": 1, "teacher": 1}
+
+    async def run(self, item: PlanItem, ctx: Context) -> Sample | None:
+        seed = item.seed
+        raw = await ctx.ask(
+            "augmenter",
+            user(self.options.rephrase_template.format(question=seed.question)),
+            purpose="rephrase",
+            sample_index=item.sample_index,
+            temperature=self.options.temperature,
+        )
+        question = clean_question(raw)
+        if not question:
+            ctx.reject("augmenter returned no question", stage="rephrase", reply=raw[:500])
+            return None
+        duplicate = ctx.check_new_question(question)
+        if duplicate is not None:
+            ctx.reject(duplicate, stage="dedupe", question=question)
+            return None
+        if self._reuses(item):
+            answer, source = seed.answer or "", "seed"
+        else:
+            answer = await ctx.ask(
+                "teacher",
+                answer_prompt(self.options.answer_template, question, self.task),
+                purpose="answer",
+                temperature=self.options.answer_temperature,
+                max_tokens=self.options.max_tokens,
+            )
+            source = "teacher"
+            if not answer.strip():
+                ctx.reject("teacher returned an empty answer", stage="answer", question=question)
+                return None
+        return Sample(
+            question=question,
+            answer=answer.strip(),
+            seed_id=seed.id,
+            strategy=item.strategy,
+            reference=seed_reference(seed, self.task),
+            meta={"final": self.task.extract(answer), "answer_source": source, "seed_question": seed.question},
+        )

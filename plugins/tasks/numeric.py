@@ -1,0 +1,121 @@
+"""GSM8K-style numeric answers.
+
+Teachers rarely follow the requested `#### <number>` format perfectly, so extraction tries the
+explicit markers first and only then falls back to the last number in the text (the usual
+"flexible extract" of GSM8K evaluation). Extracted answers are normalised to a canonical number
+string so that "$1,234.00", "1234" and "1234 dollars" compare (and deduplicate) as equal.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from typing import ClassVar
+
+from synthledger.engine.strategy import Task
+
+# A number: optional sign, thousands-separated or plain digits, optional decimals, or a leading-dot
+# decimal. Thousands groups must be exactly three digits so "1,2" is not read as 12.
+_NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+"
+# Only at the start of the answer text ("3/4 of the cake", "1 1/2 cups"), so a ratio further on
+# in a sentence is not taken for the answer.
+_FRACTION = re.compile(rf"^\s*({_NUM})\s*/\s*({_NUM})(?!\d)")
+_MIXED = re.compile(rf"^\s*({_NUM})\s+(\d+)\s*/\s*(\d+)(?!\d)")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
+_NUMBER = re.compile(_NUM)
+_HASHES = re.compile(r"####\s*(.+)")
+_ANSWER_IS = re.compile(
+    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|=|:)\s*[:\s]*(.+)", re.IGNORECASE
+)
+_BOXED = "\\boxed{"
+_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-"})
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every \\boxed{...}, braces balanced (a regex cannot nest \\frac{}{} inside)."""
+    found: list[str] = []
+    start = text.find(_BOXED)
+    while start != -1:
+        i = start + len(_BOXED)
+        depth = 1
+        j = i
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        if depth == 0:
+            found.append(text[i : j - 1])
+        start = text.find(_BOXED, j)
+    return found
+
+
+def _to_fraction(token: str) -> Fraction:
+    return Fraction(token.replace(",", ""))
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The number a short answer string denotes: fractions and mixed numbers first (so "3/4" is not
+    read as 3), then the first number in the string (so "$42 dollars." is 42)."""
+    s = text.translate(_MINUS_SIGNS)
+    s = _LATEX_FRAC.sub(r"\1/\2", s)
+    s = re.sub(r"\$\s*", "", s).replace("\\%", "%").strip().rstrip(".")
+    try:
+        m = _MIXED.match(s)
+        if m:
+            whole = _to_fraction(m.group(1))
+            frac = Fraction(int(m.group(2)), int(m.group(3)))
+            return whole - frac if whole < 0 else whole + frac
+        m = _FRACTION.match(s)
+        if m:
+            return _to_fraction(m.group(1)) / _to_fraction(m.group(2))
+        m = _NUMBER.search(s)
+        return _to_fraction(m.group(0)) if m else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def format_number(value: Fraction) -> str:
+    """Canonical text: integers without decimals, others as a short decimal."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    text = f"{float(value):.10g}"
+    return text if "e" not in text else repr(float(value))
+
+
+class GSM8KTask(Task):
+    name: ClassVar[str] = "gsm8k"
+    instruction: ClassVar[str] = (
+        "Solve the problem step by step. Then end your reply with a final line of the form "
+        "'#### <number>' containing only the numeric answer."
+    )
+    rel_tol: ClassVar[float] = 1e-6
+    abs_tol: ClassVar[float] = 1e-9
+
+    def extract(self, text: str) -> str | None:
+        if not text:
+            return None
+        candidates: list[str] = []
+        hashes = _HASHES.findall(text)
+        if hashes:
+            candidates.append(hashes[-1])
+        boxed = _boxed_contents(text)
+        if boxed:
+            candidates.append(boxed[-1])
+        answer_is = _ANSWER_IS.findall(text)
+        if answer_is:
+            candidates.append(answer_is[-1])
+        for candidate in candidates:
+            value = parse_number(candidate)
+            if value is not None:
+                return format_number(value)
+        # Fallback: the last number anywhere (the flexible extract of GSM8K evaluation).
+        numbers = _NUMBER.findall(text.translate(_MINUS_SIGNS))
+        return format_number(_to_fraction(numbers[-1])) if numbers else None
+
+    def equivalent(self, a: str | None, b: str | None) -> bool:
+        if a is None or b is None:
+            return False
+        x, y = parse_number(a), parse_number(b)
+        if x is None or y is None:
+            return a.strip().casefold() == b.strip().casefold()
+        return math.isclose(float(x), float(y), rel_tol=self.rel_tol, abs_tol=self.abs_tol)

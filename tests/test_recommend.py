@@ -1,0 +1,84 @@
+import pytest
+
+from synthledger.engine.recommend import crossover, recommend
+from synthledger.plugins.strategies import Mix
+
+
+def test_low_budget_ratio_recommends_answer_augmentation():
+    rec = recommend(seeds=100, budget=500)
+    assert rec.strategy == "answer_augmentation" and rec.fractions is None
+    assert rec.ratio == 5.0
+    assert any("BR = 500/100 = 5.0" in r for r in rec.reasons)
+
+
+def test_high_ratio_depends_on_the_augmenter():
+    assert recommend(100, 20_000, augmenter="strong").strategy == "new_question"
+    assert recommend(100, 20_000, augmenter="weak").strategy == "question_rephrase"
+
+
+def test_intermediate_band_gives_a_mix_that_shifts_with_the_ratio():
+    low = recommend(100, 3_000)
+    high = recommend(100, 4_800)
+    for rec in (low, high):
+        assert rec.strategy == "mix"
+        assert set(rec.fractions) == {"answer_augmentation", "new_question"}
+        assert sum(rec.fractions.values()) == pytest.approx(1.0)
+    assert high.fractions["new_question"] > low.fractions["new_question"]
+    weak = recommend(100, 3_500, augmenter="weak")
+    assert set(weak.fractions) == {"answer_augmentation", "question_rephrase"}
+
+
+def test_mix_recommendation_is_a_valid_strategy_config():
+    config = recommend(100, 3_500).strategy_config()
+    assert config["name"] == "mix"
+    options = Mix.Options(parts=config["parts"])  # fractions sum to 1 as the mix demands
+    assert [p.name for p in options.parts] == ["answer_augmentation", "new_question"]
+    assert recommend(10, 10).strategy_config() == {"name": "answer_augmentation"}
+
+
+def test_crossover_follows_the_reported_points_and_falls_with_seed_set_size():
+    assert 27 <= crossover(100).value <= 51
+    assert crossover(1000).value == 17.6
+    assert crossover(7473).value == 16.4
+    sizes = [10, 100, 200, 500, 1000, 3000, 7473, 50_000]
+    values = [crossover(s).value for s in sizes]
+    assert values == sorted(values, reverse=True)
+    assert crossover(10).value == crossover(100).value  # held, not extrapolated
+    assert "interpolated" in crossover(300).source
+    assert "2409.19759" in crossover(1000).source
+
+
+def test_the_same_ratio_flips_with_seed_set_size():
+    # BR 25 is below the crossover for 100 seeds but above it for 1,000.
+    assert recommend(100, 2_500).strategy in ("answer_augmentation", "mix")
+    assert recommend(100, 2_500).fractions is None or recommend(100, 2_500).fractions["answer_augmentation"] > 0.5
+    big = recommend(1000, 25_000)
+    assert big.strategy == "new_question"
+    assert any("matters much less" in r for r in big.reasons)
+    assert not any("matters much less" in r for r in recommend(100, 25_000).reasons)
+
+
+def test_thresholds_carry_their_sources():
+    rec = recommend(300, 6_000)
+    assert {"crossover_br", "mix_band_low", "mix_band_high", "crossover_br_mistral_student"} <= set(rec.thresholds)
+    assert rec.thresholds["mix_band_low"].value < rec.thresholds["crossover_br"].value < rec.thresholds["mix_band_high"].value
+    assert rec.thresholds["crossover_br_mistral_student"].value == 12
+    assert all(t.source for t in rec.thresholds.values())
+    assert any("starting points" in r for r in rec.reasons)
+
+
+def test_verification_only_when_free():
+    assert recommend(100, 500, verifiable=True).verifier == "final_answer"
+    assert recommend(100, 20_000, augmenter="weak", verifiable=True).verifier == "final_answer"
+    nq = recommend(100, 20_000, verifiable=True)
+    assert nq.verifier == "none"
+    assert any("more data" in r for r in nq.reasons)
+    assert recommend(100, 500, verifiable=False).verifier == "none"
+    assert recommend(100, 500).verifier == "none"
+
+
+@pytest.mark.parametrize("kwargs", [{"seeds": 0, "budget": 10}, {"seeds": 5, "budget": 0},
+                                    {"seeds": 5, "budget": 10, "augmenter": "medium"}])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        recommend(**kwargs)

@@ -1,0 +1,148 @@
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from synthledger.engine import plugins
+from synthledger.engine.strategy import SeedError
+from synthledger.plugins.seeds import CsvSeedSource, HFSeedSource, JsonlSeedSource, ReasoningGymSeedSource
+
+
+def load(cls, base: Path, **options):
+    return cls(cls.Options(**options), base_dir=str(base)).load()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def jsonl(path: Path, rows: list) -> Path:
+    return write(path, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def test_registered_names():
+    assert plugins.get("seed_sources", "jsonl") is JsonlSeedSource
+    assert plugins.get("seed_sources", "csv") is CsvSeedSource
+    assert plugins.get("seed_sources", "hf") is HFSeedSource
+    assert plugins.get("seed_sources", "reasoning-gym") is ReasoningGymSeedSource
+
+
+def test_jsonl_loads_in_order_with_line_number_ids_relative_to_base_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    jsonl(tmp_path / "data" / "s.jsonl", [
+        {"question": "  What is 2+2? ", "answer": "2+2=4\n#### 4"},
+        "",
+        {"question": "Q two", "answer": 7},
+        {"question": "Q three"},
+    ])
+    seeds = load(JsonlSeedSource, tmp_path, path="data/s.jsonl")
+    assert [s.id for s in seeds] == ["1", "3", "4"]  # line numbers; blank line 2 skipped
+    assert seeds[0].question == "What is 2+2?"
+    assert seeds[0].answer == "2+2=4\n#### 4"  # the full answer text is kept
+    assert seeds[1].answer == "7"
+    assert seeds[2].answer is None
+
+
+def test_jsonl_custom_fields_and_ids(tmp_path):
+    jsonl(tmp_path / "s.jsonl", [{"id": "a", "problem": "P1", "solution": "S1"}, {"id": 2, "problem": "P2"}])
+    seeds = load(JsonlSeedSource, tmp_path, path="s.jsonl", question_field="problem",
+                 answer_field="solution", id_field="id")
+    assert [(s.id, s.question, s.answer) for s in seeds] == [("a", "P1", "S1"), ("2", "P2", None)]
+
+
+@pytest.mark.parametrize(
+    "rows, options, message",
+    [
+        ([{"question": "ok"}, "{not json"], {}, "line 2: bad JSON"),
+        ([{"question": "ok"}, [1, 2]], {}, "line 2: expected a JSON object, got list"),
+        ([{"question": "ok"}, {"q": "x"}], {}, "line 2: missing field 'question' (fields: q)"),
+        ([{"question": 5}], {}, "line 1: field 'question' must be a string, got int"),
+        ([{"question": "ok"}, {"question": "   "}], {}, "line 2: field 'question' is empty"),
+        ([{"question": "ok", "answer": ["x"]}], {}, "line 1: field 'answer' must be a string or number, got list"),
+        ([{"question": "a", "id": "x"}, {"question": "b", "id": "x"}], {"id_field": "id"},
+         "line 2: duplicate id 'x' (first seen at line 1)"),
+        ([{"question": "a"}], {"id_field": "id"}, "line 1: missing field 'id'"),
+        ([{"question": "a", "answer": "1"}], {"answer_field": "anwser"}, "answer_field 'anwser' is not present in any row"),
+    ],
+)
+def test_jsonl_errors_name_file_and_line(tmp_path, rows, options, message):
+    path = jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(SeedError) as err:
+        load(JsonlSeedSource, tmp_path, path="bad.jsonl", **options)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_jsonl_empty_or_missing_file_is_an_error(tmp_path):
+    write(tmp_path / "empty.jsonl", "\n  \n")
+    with pytest.raises(SeedError, match="empty.jsonl: contains no seeds"):
+        load(JsonlSeedSource, tmp_path, path="empty.jsonl")
+    with pytest.raises(SeedError, match="nope.jsonl: seed file not found"):
+        load(JsonlSeedSource, tmp_path, path="nope.jsonl")
+
+
+def test_jsonl_bad_utf8_names_the_line(tmp_path):
+    (tmp_path / "b.jsonl").write_bytes(b'{"question": "ok"}\n{"question": "\xff"}\n')
+    with pytest.raises(SeedError, match="line 2: not UTF-8"):
+        load(JsonlSeedSource, tmp_path, path="b.jsonl")
+
+
+def test_answer_field_null_means_no_answers(tmp_path):
+    jsonl(tmp_path / "s.jsonl", [{"question": "a", "answer": "1"}])
+    assert load(JsonlSeedSource, tmp_path, path="s.jsonl", answer_field=None)[0].answer is None
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(ValidationError, match="questionfield"):
+        JsonlSeedSource.Options(path="x", questionfield="q")
+
+
+def test_csv_loads_and_names_lines(tmp_path):
+    write(tmp_path / "s.csv", 'question,answer\n"What is 2,000 + 1?",#### 2001\n"multi\nline",\nlast,3\n')
+    seeds = load(CsvSeedSource, tmp_path, path="s.csv")
+    assert [(s.id, s.question, s.answer) for s in seeds] == [
+        ("2", "What is 2,000 + 1?", "#### 2001"), ("4", "multi\nline", None), ("5", "last", "3")
+    ]
+    write(tmp_path / "bad.csv", "question,answer\nok,1\ntoo,many,fields\n")
+    with pytest.raises(SeedError, match=r"bad.csv, line 3: 3 fields but the header has 2"):
+        load(CsvSeedSource, tmp_path, path="bad.csv")
+    write(tmp_path / "noq.csv", "question,answer\nok,1\n,2\n")
+    with pytest.raises(SeedError, match=r"noq.csv, line 3: missing field 'question'"):
+        load(CsvSeedSource, tmp_path, path="noq.csv")
+    write(tmp_path / "empty.csv", "question,answer\n")
+    with pytest.raises(SeedError, match="contains no seeds"):
+        load(CsvSeedSource, tmp_path, path="empty.csv")
+
+
+def test_hf_reads_json_files_and_saved_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    jsonl(tmp_path / "s.jsonl", [{"question": "Q1", "answer": "#### 1"}, {"question": "Q2", "answer": "#### 2"}])
+    seeds = load(HFSeedSource, tmp_path, path="s.jsonl")
+    assert [(s.id, s.question) for s in seeds] == [("1", "Q1"), ("2", "Q2")]
+
+    ds = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([{"q": "A", "a": "1"}, {"q": "B", "a": "2"}]),
+        "test": datasets.Dataset.from_list([{"q": "C", "a": "3"}]),
+    })
+    ds.save_to_disk(str(tmp_path / "saved"))
+    seeds = load(HFSeedSource, tmp_path, path="saved", split="test", question_field="q", answer_field="a")
+    assert [(s.id, s.question, s.answer) for s in seeds] == [("1", "C", "3")]
+    with pytest.raises(SeedError, match="no split 'dev'"):
+        load(HFSeedSource, tmp_path, path="saved", split="dev", question_field="q")
+    datasets.Dataset.from_list([{"q": "A"}, {"q": ""}]).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(SeedError, match=r"bad \(split 'train'\), row 2: field 'q' is empty"):
+        load(HFSeedSource, tmp_path, path="bad", question_field="q")
+
+
+def test_reasoning_gym_is_reproducible_and_keeps_the_solution():
+    pytest.importorskip("reasoning_gym")
+    a = load(ReasoningGymSeedSource, Path("."), size=5, seed=3)
+    b = load(ReasoningGymSeedSource, Path("."), size=5, seed=3)
+    assert a == b and len(a) == 5
+    assert len({s.id for s in a}) == 5
+    assert all(s.answer and s.answer.strip().lstrip("-").replace(".", "").isdigit() for s in a)
+    assert all(s.meta.get("solution") for s in a)
+    with pytest.raises(SeedError, match="'no_such_set'"):
+        load(ReasoningGymSeedSource, Path("."), dataset="no_such_set", size=2)
