@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import plugins
-from .config import ConfigError, ModelSection, RunConfig, validate_plugin_options
+from pydantic import ValidationError
+
+from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
 from .dispatcher import Endpoint
 from .ledger import BudgetSpec
 from .pricing import ModelPrice, price_for
@@ -71,7 +73,11 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
         key = _section_key(section)
         if key not in by_section:
             factory = _plugin("teachers", section.provider, role if role in ("teacher", "augmenter") else "teacher")
-            teacher = factory(section.model_dump(exclude_none=True))
+            where = "augmenter" if role == "augmenter" and cfg.augmenter is not None else "teacher"
+            try:
+                teacher = factory(section.model_dump(exclude_none=True))
+            except ValidationError as exc:  # the provider's own settings model: report full key paths
+                raise options_error(exc, where) from None
             price = price_for(section.model, section.provider, overrides)
             if price is None and cfg.budget.usd is not None:
                 raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price; "

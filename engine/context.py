@@ -39,9 +39,8 @@ class ItemContext:
         index = self._runner.dedupe
         if index is None:
             return None
-        reason = index.check(question)
+        reason = index.check_and_add(question, f"question of {self.item.key}")
         if reason is None:
-            index.add(question, self.item.key)
             self.admitted_question = question
             self._runner.recorder.emit(QuestionAdmitted(item=self.item.key, question=question))
         return reason

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 
@@ -22,11 +23,19 @@ from .pricing import ModelPrice
 from .recorder import Recorder
 from .scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
 from .strategy import BudgetExhausted, QueryFailed
-from .teacher import ChatRequest, Completion, FailureKind, Teacher, TeacherError
+from .teacher import ChatRequest, Completion, FailureKind, RateLimitInfo, Teacher, TeacherError
+
+# How many settled answers stay in memory for repeats of the same query (older ones are read back
+# from the store): enough for any verifier's look-back, small enough that memory stays flat.
+ANSWER_CACHE = 4096
 
 
 class FatalRunError(RuntimeError):
     """Something no retry can fix (bad credentials, a teacher that never recovers): stop the run."""
+
+
+class RunStopping(Exception):
+    """The run is being stopped (a signal): no new query may start. Not a failure of the item."""
 
 
 @dataclass
@@ -46,10 +55,41 @@ class Endpoint:
 
 
 def request_key(provider: str, model: str, params: dict[str, Any], messages: list[dict[str, str]],
-                sample_index: int) -> str:
-    """Identity of a query: same provider, model, parameters, messages and sample index = same query."""
-    blob = canonical({"p": provider, "m": model, "params": params, "msgs": messages, "i": sample_index})
+                sample_index: int, purpose: str = "") -> str:
+    """Identity of a query: same provider, model, parameters, messages, sample index and purpose = same
+    query. Purpose is part of it so that, say, a verifier's k-th vote is never the strategy's k-th answer."""
+    blob = canonical({"p": provider, "m": model, "params": params, "msgs": messages, "i": sample_index,
+                      "why": purpose})
     return hashlib.sha256(blob).hexdigest()
+
+
+def _rate_limited_cap(ep: Endpoint) -> int:
+    """429s say "later", not "broken": they do not use up `max_attempts`, but a provider that only
+    ever answers 429 must still end the query some time."""
+    return max(20, 4 * ep.retry.max_attempts)
+
+
+def pacing_hint(info: RateLimitInfo | None, tokens_estimate: int) -> RateLimitInfo | None:
+    """What of a provider's `x-ratelimit-*` headers the limiter may act on.
+
+    Announced limits are left out: providers mean "per minute", but some (and gateways with short
+    windows) announce a per-window count, and adopting that as RPM would throttle a run 60-fold.
+    Configured limits plus the 429 feedback (retry-after, AIMD) pace correctly either way. A
+    "none remaining" is kept, with its pause cut to about one slot's worth: the reset header is the
+    time until the *whole* window refills, and waiting all of it idles a paced run for nothing."""
+    if info is None:
+        return None
+    out = RateLimitInfo()
+    if info.remaining_requests is not None and info.remaining_requests <= 0 and info.reset_requests_s:
+        out.remaining_requests = 0
+        out.reset_requests_s = info.reset_requests_s / max(1, info.limit_requests or 1)
+    if info.remaining_tokens is not None and info.remaining_tokens <= 0 and info.reset_tokens_s:
+        share = min(1.0, tokens_estimate / info.limit_tokens) if info.limit_tokens else 1.0
+        out.remaining_tokens = 0
+        out.reset_tokens_s = info.reset_tokens_s * share
+    if out.remaining_requests is None and out.remaining_tokens is None:
+        return None
+    return out
 
 
 @dataclass
@@ -59,8 +99,13 @@ class Dispatcher:
     endpoints: dict[str, Endpoint]
     # Settled texts of unfinished items, filled at resume; other repeats are looked up in the store.
     answered: dict[str, str] = field(default_factory=dict)
-    lookup_settled: Any = None  # callable(query_id) -> str | None
+    lookup_settled: Callable[[str], str | None] | None = None
     rng: random.Random = field(default_factory=random.Random)
+    stopping: bool = False  # set by the runner on a signal: start nothing new
+    # Recent settled answers by query id (bounded), and queries being asked right now: a second
+    # asker of the same query waits for the first instead of paying for it again.
+    _recent: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    _asking: dict[str, anyio.Event] = field(default_factory=dict)
 
     def worst_case(self, role: str, request: ChatRequest) -> Amount:
         ep = self.endpoints[role]
@@ -82,25 +127,60 @@ class Dispatcher:
             params=(request.model_dump(exclude={"messages", "model"}, exclude_none=True) if first else None),
         ))
 
+    def _settled_text(self, qid: str) -> str | None:
+        if not self.ledger.is_settled(qid):
+            return None
+        text = self._recent.get(qid)
+        if text is None:
+            text = self.answered.get(qid)
+        if text is None and self.lookup_settled is not None:
+            text = self.lookup_settled(qid)
+        return text
+
+    def _remember(self, qid: str, text: str) -> None:
+        self._recent[qid] = text
+        if len(self._recent) > ANSWER_CACHE:
+            self._recent.popitem(last=False)
+
     async def ask(self, *, role: str, messages: list[dict[str, str]], purpose: str, strategy: str, item: str,
                   sample_index: int = 0, overrides: dict[str, Any] | None = None) -> tuple[str, str]:
-        """Returns (query_id, text). Raises BudgetExhausted, QueryFailed or FatalRunError."""
+        """Returns (query_id, text). Raises BudgetExhausted, QueryFailed, FatalRunError or RunStopping.
+
+        An identical query (same provider, model, parameters, messages, sample index) is paid for
+        once per run: a repeat gets the recorded answer, and a repeat that arrives while the first
+        is still out waits for it."""
         ep = self.endpoints[role]
         params = {**ep.params, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        key = request_key(ep.teacher.provider, ep.model, params, messages, sample_index)
+        key = request_key(ep.teacher.provider, ep.model, params, messages, sample_index, purpose)
         qid = "q" + key[:19]
-        if self.ledger.is_settled(qid):  # identical query already paid for in this run
-            text = self.answered.get(qid)
-            if text is None and self.lookup_settled is not None:
-                text = self.lookup_settled(qid)
+        while True:
+            text = self._settled_text(qid)
             if text is not None:
                 return qid, text
+            busy = self._asking.get(qid)
+            if busy is None:
+                break
+            await busy.wait()  # the first asker settles it (then we read its answer) or gives up
+        if self.stopping:
+            raise RunStopping("the run is stopping")
+        done = self._asking[qid] = anyio.Event()
+        try:
+            text = await self._ask_new(ep, role, qid, key, params, messages, purpose, strategy, item)
+        finally:
+            del self._asking[qid]
+            done.set()
+        self._remember(qid, text)
+        return qid, text
+
+    async def _ask_new(self, ep: Endpoint, role: str, qid: str, key: str, params: dict[str, Any],
+                       messages: list[dict[str, str]], purpose: str, strategy: str, item: str) -> str:
         request = ChatRequest(model=ep.model, messages=tuple(messages), **params)
         worst = self.worst_case(role, request)
         attempt = self.ledger.queries[qid].attempts + 1 if qid in self.ledger.queries else 1
         self._reserve(qid, attempt, key, role, purpose, strategy, item, request, worst,
                       first=qid not in self.ledger.queries)
         holding = True
+        counted = 0  # failed attempts that count against max_attempts (429s do not)
         while True:
             try:
                 if not holding:
@@ -113,25 +193,35 @@ class Dispatcher:
                 if err.kind is FailureKind.AUTH:
                     self._abandon(qid, holding, f"authentication failed: {err.message}")
                     raise FatalRunError(f"the {role} rejected our credentials: {err.message}") from err
-                if not ep.retry.should_retry(err.kind, attempt):
+                if err.kind is FailureKind.RATE_LIMITED and "insufficient_quota" in (err.body_excerpt or ""):
+                    self._abandon(qid, holding, f"no quota left: {err.message}")
+                    raise FatalRunError(f"the {role} account has no quota left: {err.message}") from err
+                limited = err.kind is FailureKind.RATE_LIMITED
+                if not limited:
+                    counted += 1
+                retry = (attempt < _rate_limited_cap(ep)) if limited else ep.retry.should_retry(err.kind, counted)
+                if not retry:
                     reason = (f"{err.kind.value} after {attempt} attempt(s): {err.message}")
                     self._abandon(qid, holding, reason)
                     if ep.breaker.opened_count >= ep.max_breaker_trips:
                         raise FatalRunError(f"the {role} keeps failing ({reason}); stopping") from err
                     raise QueryFailed(reason) from err
-                await anyio.sleep(ep.retry.delay(attempt, err.retry_after, self.rng))
+                await anyio.sleep(ep.retry.delay(max(1, counted), err.retry_after, self.rng))
                 attempt += 1
                 if ep.breaker.opened_count >= ep.max_breaker_trips:
                     self._abandon(qid, holding, f"{err.kind.value}: teacher unavailable")
                     raise FatalRunError(f"the {role} did not recover after {ep.breaker.opened_count} "
                                         f"pauses ({err.kind.value}: {err.message}); stopping") from err
+                if self.stopping:
+                    self._abandon(qid, holding, "the run stopped before a retry")
+                    raise RunStopping("the run is stopping") from err
                 if not holding:
                     why = self.ledger.headroom(role, strategy, worst)
                     if why is not None:
                         self._abandon(qid, False, f"budget cannot cover a retry ({why})")
                         raise BudgetExhausted(why) from err
                 continue
-            return qid, completion.texts[0] if completion.texts else ""
+            return completion.texts[0] if completion.texts else ""
 
     def _abandon(self, qid: str, holding: bool, reason: str) -> None:
         self.recorder.emit(QueryAbandoned(query_id=qid, reason=reason))
@@ -142,6 +232,9 @@ class Dispatcher:
         await ep.breaker.wait_ready()
         async with ep.concurrency.slot():
             await ep.limiter.acquire(est)
+            if self.stopping:
+                self._abandon(qid, True, "the run stopped before this query was sent")
+                raise RunStopping("the run is stopping")
             self.recorder.emit(QueryDispatched(query_id=qid, attempt=attempt))
             await self.recorder.flush()  # recorded before it is sent
             started = time.monotonic()
@@ -154,6 +247,14 @@ class Dispatcher:
                 raise err from None
             except TeacherError as err:
                 self._failed(ep, qid, attempt, err, est)
+                raise
+            except anyio.get_cancelled_exc_class():
+                # The run is being torn down with this request out: the provider may bill it, so
+                # the ledger keeps its worst case now rather than leaving the attempt open.
+                err = TeacherError(FailureKind.CONNECTION, "cancelled while in flight (the run stopped)",
+                                   maybe_billed=True)
+                self.recorder.emit(AttemptFailed(query_id=qid, attempt=attempt, kind=err.kind.value,
+                                                 maybe_billed=True, message=err.message))
                 raise
             except Exception as exc:  # a provider bug must not lose the accounting
                 err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {exc}", maybe_billed=True)
@@ -172,7 +273,7 @@ class Dispatcher:
         ))
         ep.limiter.settle(est, usage.input_tokens + usage.output_tokens)
         if completion.rate_limits is not None:
-            ep.limiter.update_from_headers(completion.rate_limits)
+            ep.limiter.update_from_headers(pacing_hint(completion.rate_limits, est))
         ep.breaker.record_success()
         ep.concurrency.on_success()
         return completion
@@ -187,7 +288,7 @@ class Dispatcher:
                 ep.limiter.pause_for(err.retry_after)
             ep.concurrency.on_rate_limited()
             if err.rate_limits is not None:
-                ep.limiter.update_from_headers(err.rate_limits)
+                ep.limiter.update_from_headers(pacing_hint(err.rate_limits, est))
             if not err.maybe_billed:
                 ep.limiter.settle(est, 0)
         else:

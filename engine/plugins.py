@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -35,6 +36,11 @@ class PluginError(Exception):
     pass
 
 
+def _normalize(name: str) -> str:
+    """Distribution names compare the way pip compares them: `Synthledger_Echo` is `synthledger-echo`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 class UnknownPlugin(PluginError):
     pass
 
@@ -58,13 +64,23 @@ class PluginHost:
 
     def load_entry_points(self, allowed: set[str] | None = None) -> None:
         found_builtin = False
-        for ep in entry_points(group=GROUP):
+        allowed = {_normalize(a) for a in allowed} if allowed is not None else None
+        eps = list(entry_points(group=GROUP))
+        if allowed is not None:
+            known = {"synthledger", *map(_normalize, BUILTIN_MODULES)}
+            known |= {_normalize(ep.name) for ep in eps}
+            known |= {_normalize(ep.dist.name) for ep in eps if ep.dist is not None}
+            unknown = sorted(allowed - known)
+            if unknown:  # a typo here would silently drop a plugin: say so instead
+                raise PluginError(f"{ENV_VAR} names {', '.join(map(repr, unknown))}, which is no installed "
+                                  f"plugin or distribution (installed: {', '.join(sorted(known))})")
+        for ep in eps:
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "?"
-            if allowed is not None and ep.name not in allowed and dist not in allowed:
-                continue
             if dist == "synthledger":
                 found_builtin = True
+            if allowed is not None and _normalize(ep.name) not in allowed and _normalize(dist) not in allowed:
+                continue
             if self.pm.has_plugin(ep.name):
                 continue
             try:
@@ -72,12 +88,12 @@ class PluginHost:
             except Exception as exc:  # a broken third-party plugin must not take the CLI down silently
                 raise PluginError(f"plugin {ep.name!r} from {dist} failed to load: {exc}") from exc
             self.add(module, ep.name, dist, version)
-        if not found_builtin and (allowed is None or "synthledger" in allowed):
+        if not found_builtin:
             # Running from a source checkout that was never pip-installed: same modules, same hooks.
             from .. import __version__
 
             for name, modname in BUILTIN_MODULES.items():
-                if allowed is not None and name not in allowed and "synthledger" not in allowed:
+                if allowed is not None and _normalize(name) not in allowed and "synthledger" not in allowed:
                     continue
                 if not self.pm.has_plugin(name):
                     self.add(importlib.import_module(modname), name, "synthledger", __version__)
@@ -99,6 +115,11 @@ class PluginHost:
 
                 def register(name: str, factory: Any, _kind: str = kind, _p: str = plugin_name,
                              _d: str = dist, _v: str = version) -> None:
+                    prior = registry[_kind].get(name)
+                    if prior is not None and prior.plugin != _p:  # never let one plugin shadow another
+                        raise PluginError(
+                            f"{_kind[:-1].replace('_', ' ')} {name!r} is registered by both {prior.plugin} "
+                            f"({prior.distribution}) and {_p} ({_d}); uninstall one, or choose with {ENV_VAR}")
                     registry[_kind][name] = Registration(_kind, name, factory, _p, _d, _v)
 
                 impl.function(register=register)
@@ -109,7 +130,8 @@ class PluginHost:
         entries = self._collect()[kind]
         if name not in entries:
             known = ", ".join(sorted(entries)) or "none"
-            raise UnknownPlugin(f"no {kind[:-1].replace('_', ' ')} named {name!r} (known: {known})")
+            singular = {"strategies": "strategy", "seed_sources": "seed source"}.get(kind, kind[:-1])
+            raise UnknownPlugin(f"no {singular} named {name!r} (known: {known})")
         return entries[name].factory
 
     def names(self, kind: str) -> list[str]:
