@@ -60,11 +60,10 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             pass
         try:
             return fn(*args, **kwargs)
-        except known as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
-        except ValueError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        except (*known, ValueError) as exc:
+            from rich.markup import escape
+
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,10 @@ class AuditReport:
         }
 
 
-def audit_events(run_id: str, events: Any, *, validate: bool = True) -> AuditReport:
+def audit_events(run_id: str, events: Any, *, validate: bool = True,
+                 head: tuple[int, str] | None = None) -> AuditReport:
+    """`head` is (last_seq, head_hash) as the store's run row recorded them at the last commit: it
+    catches events cut from the end of the log, which the chain alone cannot see."""
     ledger = Ledger(BudgetSpec())
     violations: list[Violation] = []
     prev_hash, expected_seq, n = GENESIS, 1, 0
@@ -52,8 +56,12 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True) -> AuditRep
     open_attempts: dict[str, int] = {}
     for ev in events:  # type: StoredEvent
         n += 1
-        if ev.seq != expected_seq:
-            violations.append(Violation(ev.seq, f"sequence gap: expected {expected_seq}, found {ev.seq}"))
+        if ev.seq > expected_seq:  # name the first missing number: that is where the log was cut
+            missing = f"{expected_seq}" if ev.seq == expected_seq + 1 else f"{expected_seq}..{ev.seq - 1}"
+            violations.append(Violation(expected_seq, f"sequence gap: event(s) {missing} missing "
+                                                      f"(next stored event is {ev.seq})"))
+        elif ev.seq < expected_seq:
+            violations.append(Violation(ev.seq, f"sequence out of order: expected {expected_seq}, found {ev.seq}"))
         expected_seq = ev.seq + 1
         raw = ev.raw.encode() if isinstance(ev.raw, str) else ev.raw
         if chain_hash(prev_hash, ev.seq, ev.type, ev.schema_version, ev.ts, raw) != ev.hash:
@@ -80,10 +88,22 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True) -> AuditRep
         elif ev.type == "run_finished":
             status = payload["status"]
             if status in ("completed", "budget_exhausted") and open_attempts:
+                # Reported where it became certain (the finish), so the first bad seq stays meaningful.
                 qid, seq = next(iter(open_attempts.items()))
-                violations.append(Violation(seq, f"query {qid} dispatched but never settled, failed or abandoned "
-                                                 f"before the run finished ({len(open_attempts)} open)"))
+                violations.append(Violation(ev.seq, f"query {qid} dispatched at seq {seq} but never settled, "
+                                                    f"failed or abandoned before the run finished "
+                                                    f"({len(open_attempts)} open)"))
         ledger.apply(ev.seq, ev.type, payload)
+    if head is not None:
+        last_seq, head_hash = head
+        if expected_seq - 1 < last_seq:
+            violations.append(Violation(expected_seq, f"events {expected_seq}..{last_seq} missing: the run "
+                                                      f"recorded {last_seq} events, the log ends at {expected_seq - 1}"))
+        elif expected_seq - 1 > last_seq:
+            violations.append(Violation(last_seq + 1, f"events after {last_seq}, the last one the run recorded "
+                                                      "at its last commit, were added outside the store"))
+        elif last_seq > 0 and prev_hash != head_hash:
+            violations.append(Violation(last_seq, "head hash differs from the one recorded at the last commit"))
     violations.extend(ledger.violations)
     violations.sort(key=lambda v: v.seq)
     snap = ledger.snapshot()
@@ -93,4 +113,17 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True) -> AuditRep
 
 
 def audit_run(store: EventStore, run_id: str) -> AuditReport:
-    return audit_events(run_id, store.iter_events(run_id))
+    """Audit the run as of now. A run still being written is read up to the head it had when the
+    audit began, so a live append is never mistaken for tampering; rows beyond the recorded head
+    that no append wrote are still caught."""
+    info = store.get_run(run_id)
+    upto = info.last_seq
+    events = itertools.takewhile(lambda ev: ev.seq <= upto, store.iter_events(run_id))
+    report = audit_events(run_id, events, head=(info.last_seq, info.head_hash))
+    recorded, stored = store.log_end(run_id)
+    if stored > recorded:
+        report.violations.append(Violation(recorded + 1, f"events {recorded + 1}..{stored} were added outside "
+                                                         f"the store (the run recorded {recorded})"))
+        report.violations.sort(key=lambda v: v.seq)
+        report.ok = False
+    return report

@@ -68,6 +68,14 @@ class ModelSection(_Open):
     api_key_env: str | None = None
     timeout_s: float = Field(default=60.0, gt=0)
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must be the *name* of an environment variable (like OPENAI_API_KEY), "
+                             "not the key itself")
+        return v
+
     @model_validator(mode="after")
     def _no_secrets(self) -> "ModelSection":
         for key in self.extras():
@@ -218,13 +226,31 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         path, value = parse_override(item)
+        if not path:
+            raise ConfigError(f"override {item!r} names no key; it must look like section.key=value")
         node = data
-        for k in path[:-1]:
+        for i, k in enumerate(path[:-1]):
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k} is not a section")
+                raise ConfigError(f"override {item!r}: {'.'.join(path[:i + 1])} is not a section")
         node[path[-1]] = value
     return data
+
+
+def find_secrets(data: Any, path: str = "") -> list[str]:
+    """Key paths that look like credentials. A run's config is recorded verbatim in its first event,
+    so a key written into the file would end up in the store and in every export of it."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            where = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and SECRET_KEY.search(k):
+                found.append(where)
+            found += find_secrets(v, where)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += find_secrets(v, f"{path}[{i}]")
+    return found
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -240,6 +266,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "config") -> RunConfig:
+    secrets = find_secrets(data)
+    if secrets:
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(
+            f"  {k}: secrets are not allowed in a run config (it is recorded in the event store); "
+            "put the key in an environment variable and name it with api_key_env" for k in secrets))
     try:
         cfg = RunConfig.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
@@ -247,8 +278,13 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "c
     return cfg
 
 
+def options_error(exc: ValidationError, section: str) -> ConfigError:
+    """A plugin's own validation error, re-phrased with full key paths (`teacher.foo: unknown key`)."""
+    return ConfigError(f"invalid [{section}] options\n{_format_errors(exc, prefix=section + '.')}")
+
+
 def validate_plugin_options(options_cls: type[BaseModel], data: dict[str, Any], section: str) -> BaseModel:
     try:
         return options_cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid [{section}] options\n{_format_errors(exc, prefix=section + '.')}") from None
+        raise options_error(exc, section) from None

@@ -15,7 +15,7 @@ Accounting rules (the research's unit is a settled teacher query, but every role
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 EPS = 1e-9
@@ -167,8 +167,15 @@ class Ledger:
     # ---- the fold ----------------------------------------------------------------------
     def apply_all(self, events: Iterable[Any]) -> "Ledger":
         for ev in events:
-            self.apply(ev.seq, ev.type, ev.payload)
+            self.apply_event(ev)
         return self
+
+    def apply_event(self, ev: Any) -> None:
+        """Fold one stored event; its payload is decoded only when the ledger cares about its type."""
+        self.last_seq = ev.seq
+        handler = _HANDLERS.get(ev.type)
+        if handler is not None:
+            handler(self, ev.seq, ev.payload)
 
     def apply(self, seq: int, type_: str, p: dict[str, Any]) -> None:
         self.last_seq = seq
@@ -303,6 +310,20 @@ class Ledger:
         return hash(query_id) in self.settled
 
     # ---- reporting ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything the fold has accumulated, as plain data: two ledgers that replayed the same
+        events compare equal on it, whatever path the events took (live, replayed, resumed)."""
+        def table(t: dict[str, Amount]) -> dict[str, Any]:
+            return {k: asdict(v) for k, v in sorted(t.items())}  # raw floats: exact comparison
+
+        return {
+            "spent": table(self.spent), "reserved": table(self.reserved), "by_role": table(self.by_role),
+            "by_strategy": table(self.by_strategy), "by_model": table(self.by_model),
+            "queries": {k: asdict(q) for k, q in sorted(self.queries.items())},
+            "settled": sorted(self.settled), "counts": dict(self.counts), "in_flight": self.in_flight,
+            "last_seq": self.last_seq, "violations": [(v.seq, v.message) for v in self.violations],
+        }
+
     def total_spent(self) -> Amount:
         return self.spent.get("total") or Amount()
 

@@ -1,0 +1,159 @@
+"""The read-side commands (runs, show, events, audit) on a real run recorded against the test server:
+stable JSON shapes, run references by id, prefix or name, and where the store is found."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthledger.store.eventstore import EventStore
+from synthledger.testing.server import run_in_thread
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+AMOUNT_KEYS = {"queries", "input_tokens", "output_tokens", "usd"}
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def cli(*args: str, cwd: Path | None = None, store_env: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    env.pop("SYNTHLEDGER_STORE", None)
+    if store_env is not None:
+        env["SYNTHLEDGER_STORE"] = store_env
+    r = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    r.stderr = " ".join(r.stderr.split())
+    return r
+
+
+def ok_json(r: subprocess.CompletedProcess):
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """One real `generate` run (6 queries) in a file store; returns (url, run id, project dir)."""
+    project = tmp_path_factory.mktemp("cli")
+    (project / "seeds.jsonl").write_text("".join(
+        json.dumps({"question": f"Bo has {i} cards and gets 3 more. How many cards now?", "answer": f"#### {i + 3}"})
+        + "\n" for i in range(3)))
+    with run_in_thread() as srv:
+        (project / "run.toml").write_text(f"""
+[run]
+name = "basics"
+[seeds]
+source = "jsonl"
+path = "seeds.jsonl"
+[teacher]
+provider = "openai-compatible"
+base_url = "{srv.url}/v1"
+model = "test-teacher"
+max_tokens = 32
+[budget]
+queries = 6
+[strategy]
+name = "answer_augmentation"
+""")
+        url = f"sqlite:///{project / 'store.db'}"
+        r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=project)
+        assert r.returncode == 0, r.stderr
+    run_id = re.search(r"run ([0-9a-f]{12}) ", r.stdout).group(1)
+    return url, run_id, project
+
+
+def test_runs_json_has_stable_keys(recorded):
+    url, run_id, _ = recorded
+    runs = ok_json(cli("runs", "--json", "--store", url))
+    assert [r["id"] for r in runs] == [run_id]
+    run = runs[0]
+    assert {"id", "name", "status", "created"} <= set(run)
+    assert run["name"] == "basics" and run["status"] == "budget_exhausted" and ISO.match(run["created"])
+    assert run["kind"] == "generate" and run["events"] > 6
+
+
+def test_runs_json_on_an_empty_store(tmp_path):
+    assert ok_json(cli("runs", "--json", "--store", f"sqlite:///{tmp_path / 'empty.db'}")) == []
+
+
+def test_audit_json_keys(recorded):
+    url, run_id, _ = recorded
+    report = ok_json(cli("audit", run_id, "--json", "--store", url))
+    assert report["ok"] is True and report["violations"] == []
+    assert set(report["spent"]) == AMOUNT_KEYS and set(report["budget"]) == AMOUNT_KEYS
+    assert report["spent"]["queries"] == 6 and report["budget"]["queries"] == 6
+    assert set(report["by_role"]) == {"teacher"} and set(report["by_role"]["teacher"]) == AMOUNT_KEYS
+    assert report["by_role"]["teacher"] == report["spent"]
+    assert report["status"] == "budget_exhausted"
+
+
+def test_audit_json_violations_are_seq_and_message(recorded, tmp_path):
+    url, run_id, project = recorded
+    broken = tmp_path / "broken.db"
+    broken.write_bytes((project / "store.db").read_bytes())
+    con = sqlite3.connect(broken)
+    (seq,) = con.execute("SELECT min(seq) FROM events WHERE type = 'query_settled'").fetchone()
+    con.execute("UPDATE events SET payload = replace(payload, '\"queries\":1', '\"queries\":0') WHERE seq = ?",
+                (seq,))  # a settlement that claims the query was free
+    assert con.total_changes == 1
+    con.commit()
+    con.close()
+    r = cli("audit", run_id, "--json", "--store", f"sqlite:///{broken}")
+    report = json.loads(r.stdout)
+    assert r.returncode == 1 and report["ok"] is False
+    assert report["violations"] and all(set(v) == {"seq", "message"} for v in report["violations"])
+    assert report["violations"][0]["seq"] == seq
+
+
+def test_run_by_id_prefix_or_name(recorded):
+    url, run_id, _ = recorded
+    for ref in (run_id, run_id[:6], "basics"):
+        shown = ok_json(cli("show", ref, "--json", "--store", url))
+        assert shown["id"] == run_id and shown["name"] == "basics"
+    r = cli("show", "no-such-run", "--store", url)
+    assert r.returncode == 2 and "no run with id or name 'no-such-run'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ambiguous_name_is_an_error_listing_the_ids(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    st = EventStore(url)
+    a, b = st.create_run("twin", {}, "h"), st.create_run("twin", {}, "h")
+    st.close()
+    r = cli("audit", "twin", "--store", url)
+    assert r.returncode == 2 and "'twin' names 2 runs" in r.stderr and a in r.stderr and b in r.stderr
+    assert ok_json(cli("audit", a, "--json", "--store", url))["events"] == 0  # by id it is fine
+
+
+def test_store_option_and_environment_variable(recorded, tmp_path):
+    url, run_id, _ = recorded
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    EventStore(other).close()
+    assert [r["id"] for r in ok_json(cli("runs", "--json", store_env=url))] == [run_id]
+    assert ok_json(cli("runs", "--json", "--store", other, store_env=url)) == []  # --store wins
+    # neither: the project-local default, relative to the working directory
+    assert ok_json(cli("runs", "--json", cwd=tmp_path)) == []
+    assert (tmp_path / ".synthledger" / "synthledger.db").exists()
+    assert ok_json(cli("audit", run_id, "--json", store_env=url))["ok"] is True
+
+
+def test_events_dump(recorded):
+    url, run_id, _ = recorded
+    r = cli("events", run_id, "--store", url)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    n = ok_json(cli("runs", "--json", "--store", url))[0]["events"]
+    assert [e["seq"] for e in lines] == list(range(1, n + 1))
+    assert all(set(e) == {"seq", "type", "v", "ts", "hash", "payload"} for e in lines)
+    assert lines[0]["type"] == "run_started" and lines[-1]["type"] == "run_finished"
+    settled = [json.loads(x) for x in cli("events", "basics", "--store", url, "--type", "query_settled").stdout.splitlines()]
+    assert len(settled) == 6 and {e["type"] for e in settled} == {"query_settled"}
+    assert all(e["payload"]["actual"]["queries"] == 1 for e in settled)
+    tail = cli("events", run_id, "--store", url, "--from", str(n - 1)).stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in tail] == [n - 1, n]
+    assert len(cli("events", run_id, "--store", url, "--limit", "3").stdout.splitlines()) == 3
+

@@ -1,0 +1,256 @@
+"""Run configs: every mistake is reported with its key path, and none of them writes to the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthledger.engine.config import ConfigError, config_from_dict, load_config, validate_plugin_options
+from synthledger.plugins.strategies import AnswerAugmentation
+from synthledger.store.eventstore import EventStore
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+
+GOOD_TOML = """\
+[run]
+name = "cfg-test"
+
+[seeds]
+source = "jsonl"
+path = "seeds.jsonl"
+
+[teacher]
+provider = "openai-compatible"
+base_url = "http://127.0.0.1:9/v1"
+model = "gpt-4o-mini"
+max_tokens = 64
+
+[budget]
+queries = 20
+
+[strategy]
+name = "answer_augmentation"
+"""
+
+
+def good() -> dict:
+    return {
+        "run": {"name": "cfg-test"},
+        "seeds": {"source": "jsonl", "path": "seeds.jsonl"},
+        "teacher": {"provider": "openai-compatible", "model": "gpt-4o-mini", "max_tokens": 64},
+        "budget": {"queries": 20},
+        "strategy": {"name": "answer_augmentation"},
+    }
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, source="run.toml")
+    return str(info.value)
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "seeds.jsonl").write_text(
+        "\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) for i in range(5)) + "\n")
+    (tmp_path / "run.toml").write_text(GOOD_TOML)
+    return tmp_path
+
+
+def generate(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "sk-test"}
+    env.pop("SYNTHLEDGER_STORE", None)
+    r = subprocess.run([sys.executable, CLI, "generate", "--no-progress", *args], cwd=project, env=env,
+                       capture_output=True, text=True, timeout=60)
+    r.stderr = " ".join(r.stderr.split())  # the console wraps long lines
+    return r
+
+
+# ---- validation errors name their key path --------------------------------------------------------
+
+
+def test_a_good_config_loads(project):
+    cfg = load_config(project / "run.toml")
+    assert cfg.run.name == "cfg-test" and cfg.budget.queries == 20 and cfg.teacher.max_tokens == 64
+    assert cfg.base_dir == str(project.resolve())
+
+
+@pytest.mark.parametrize("section,key", [("run", "bogus"), ("limits", "max_concurency"), ("budget", "querys"),
+                                         ("dedupe", "treshold")])
+def test_unknown_key_in_a_core_section(section, key):
+    data = good()
+    data.setdefault(section, {})[key] = 1
+    assert f"{section}.{key}: unknown key" in error_of(data)
+
+
+def test_unknown_top_level_section():
+    assert "teachr: unknown key" in error_of({**good(), "teachr": {"model": "x"}})
+
+
+@pytest.mark.parametrize("path,value", [
+    (("teacher", "max_tokens"), "lots"),
+    (("budget", "queries"), "ten"),
+    (("limits", "max_concurrency"), 0),
+    (("budget", "roles", "augmenter", "queries"), -1),
+    (("run", "seed"), [1, 2]),
+])
+def test_wrong_type_names_its_path(path, value):
+    data = good()
+    node = data
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = value
+    msg = error_of(data)
+    assert f"  {'.'.join(path)}: " in msg and "unknown key" not in msg
+
+
+@pytest.mark.parametrize("section", ["run", "teacher", "strategy", "seeds"])
+def test_missing_section(section):
+    data = good()
+    del data[section]
+    assert f"{section}: required key is missing" in error_of(data)
+
+
+def test_missing_key_inside_a_section():
+    data = good()
+    del data["teacher"]["model"]
+    assert "teacher.model: required key is missing" in error_of(data)
+
+
+def test_budget_needs_a_limit():
+    data = good()
+    data["budget"] = {}
+    assert "budget: set at least one of queries" in error_of(data)
+
+
+def test_every_error_is_listed_at_once():
+    data = good()
+    data["run"]["bogus"] = 1
+    data["teacher"]["max_tokens"] = "x"
+    msg = error_of(data)
+    assert "run.bogus" in msg and "teacher.max_tokens" in msg
+
+
+@pytest.mark.parametrize("path", [("teacher", "api_key"), ("teacher", "openai_api_key"), ("augmenter", "secret"),
+                                  ("strategy", "auth", "password"), ("seeds", "hf_token")])
+def test_secrets_are_refused_without_echoing_them(path):
+    data = good()
+    node = data
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+    node[path[-1]] = "sk-live-123456"
+    msg = error_of(data)
+    assert f"{'.'.join(path)}: secrets are not allowed" in msg
+    assert "sk-live-123456" not in msg
+
+
+def test_api_key_env_must_name_a_variable():
+    data = good()
+    data["teacher"]["api_key_env"] = "sk-live-123456"
+    msg = error_of(data)
+    assert "teacher.api_key_env: must be the *name* of an environment variable" in msg
+    assert "sk-live-123456" not in msg
+    data["teacher"]["api_key_env"] = "MY_TEACHER_KEY"
+    assert config_from_dict(data).teacher.api_key_env == "MY_TEACHER_KEY"
+
+
+def test_bad_toml_names_file_and_line(project):
+    (project / "run.toml").write_text(GOOD_TOML + "\n[budget\nqueries = 3\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: not valid TOML: .*line 2[0-9]"):
+        load_config(project / "run.toml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(project / "missing.toml")
+
+
+# ---- --set overrides --------------------------------------------------------------------------------
+
+
+def test_overrides_are_read_as_toml_values(project):
+    cfg = load_config(project / "run.toml", [
+        "budget.queries=50", "teacher.temperature=0.25", 'run.name="with spaces"', "teacher.model=gpt-4o",
+        "budget.roles.augmenter.queries=3", "dedupe.enabled=false", "budget.counted_roles=['teacher']",
+    ])
+    assert cfg.budget.queries == 50 and isinstance(cfg.budget.queries, int)
+    assert cfg.teacher.temperature == 0.25
+    assert cfg.run.name == "with spaces"
+    assert cfg.teacher.model == "gpt-4o"  # not valid TOML: taken as a plain string
+    assert cfg.budget.roles["augmenter"].queries == 3
+    assert cfg.dedupe.enabled is False
+    assert cfg.budget.counted_roles == ["teacher"]
+    assert cfg.config_hash() != load_config(project / "run.toml").config_hash()
+
+
+def test_override_errors_name_the_override_or_key(project):
+    with pytest.raises(ConfigError, match="budget.queries: "):
+        load_config(project / "run.toml", ["budget.queries=abc"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(project / "run.toml", ["budget.queries"])
+    with pytest.raises(ConfigError, match="run.name is not a section"):
+        load_config(project / "run.toml", ["run.name.first.x=1"])
+    with pytest.raises(ConfigError, match="names no key"):
+        load_config(project / "run.toml", ["=3"])
+
+
+# ---- plugin options ----------------------------------------------------------------------------------
+
+
+def test_plugin_option_errors_name_strategy_keys():
+    with pytest.raises(ConfigError) as info:
+        validate_plugin_options(AnswerAugmentation.Options, {"num_exampels": 3, "temperature": "hot"}, "strategy")
+    msg = str(info.value)
+    assert "strategy.num_exampels: unknown key" in msg and "strategy.temperature: " in msg
+    ok = validate_plugin_options(AnswerAugmentation.Options, {"temperature": 0.9}, "strategy")
+    assert ok.temperature == 0.9
+
+
+# ---- through the CLI: a clear message, exit 2, and nothing written --------------------------------------
+
+
+BAD_RUNS = {
+    "unknown core key": ["--set", "run.bogus=1"],
+    "wrong type": ["--set", "teacher.max_tokens=\"lots\""],
+    "secret": ["--set", "teacher.api_key=\"sk-live-9\""],
+    "plugin option": ["--set", "strategy.num_exampels=3"],
+    "unknown plugin": ["--set", "strategy.name=\"no_such_strategy\""],
+    "seed file": ["--set", "seeds.path=\"missing.jsonl\""],
+}
+EXPECTED = {
+    "unknown core key": "run.bogus: unknown key",
+    "wrong type": "teacher.max_tokens:",
+    "secret": "teacher.api_key: secrets are not allowed",
+    "plugin option": "strategy.num_exampels: unknown key",
+    "unknown plugin": "no_such_strategy",
+    "seed file": "missing.jsonl",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUNS))
+def test_cli_config_error_writes_nothing(project, case):
+    fresh = project / "fresh" / "store.db"  # no store yet: none may be created
+    r = generate(project, "-c", "run.toml", "--store", f"sqlite:///{fresh}", *BAD_RUNS[case])
+    assert r.returncode == 2, r.stderr
+    assert EXPECTED[case] in r.stderr and "Traceback" not in r.stderr
+    assert "sk-live-9" not in r.stderr
+    assert not fresh.exists() and not fresh.parent.exists()
+    assert not (project / ".synthledger").exists()
+
+
+def test_cli_config_error_leaves_an_existing_store_untouched(project):
+    db = project / "existing.db"
+    EventStore(f"sqlite:///{db}").close()
+    before = db.read_bytes()
+    r = generate(project, "-c", "run.toml", "--store", f"sqlite:///{db}", "--set", "budget.queries=-5")
+    assert r.returncode == 2 and "budget.queries:" in r.stderr
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    assert db.read_bytes() == before
+
+
+def test_cli_unknown_teacher_key_names_teacher_foo(project):
+    r = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}", "--set", "teacher.foo=1")
+    assert r.returncode == 2 and "teacher.foo" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,161 @@
+"""Plugins load through entry points: the built-ins, and a third-party package built and installed
+from tests/fixtures/thirdparty_plugin exactly as an outside author's would be (offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import synthledger
+from synthledger.testing.server import run_in_thread
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(ROOT / "cli.py")
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "thirdparty_plugin"
+BUILTIN_KINDS = {"teachers", "strategies", "verifiers", "seed_sources", "tasks", "trainers", "evaluators"}
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory) -> str:
+    """Build and install the fixture package into a directory of its own; nothing is downloaded."""
+    work = tmp_path_factory.mktemp("thirdparty")
+    src = work / "src"
+    shutil.copytree(FIXTURE, src)  # building writes build/ and egg-info: keep them out of the repository
+    target = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps",
+                    "--no-index", "--disable-pip-version-check", "--target", str(target), str(src)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    assert (target / "synthledger_echo.py").exists()
+    return str(target)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with run_in_thread() as srv:
+        yield srv
+
+
+def cli(*args: str, plugins: str | None = None, only: str | None = None, cwd: Path | None = None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    env.pop("SYNTHLEDGER_PLUGINS", None)
+    env.pop("SYNTHLEDGER_STORE", None)
+    if plugins:
+        env["PYTHONPATH"] = plugins + os.pathsep + env.get("PYTHONPATH", "")
+    if only is not None:
+        env["SYNTHLEDGER_PLUGINS"] = only
+    r = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    r.stderr = " ".join(r.stderr.split())
+    return r
+
+
+def listed(r) -> list[dict]:
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_builtins_come_from_the_synthledger_distribution():
+    regs = listed(cli("plugins", "--json"))
+    assert {r["kind"] for r in regs} == BUILTIN_KINDS
+    assert {(r["distribution"], r["version"]) for r in regs} == {("synthledger", synthledger.__version__)}
+    names = {(r["kind"], r["name"]) for r in regs}
+    assert {("strategies", "answer_augmentation"), ("teachers", "openai-compatible"), ("seed_sources", "jsonl"),
+            ("strategies", "mix")} <= names
+    assert not any(r["name"] == "echo_strategy" for r in regs)
+
+
+def test_third_party_plugin_is_listed_with_its_distribution(plugin_path):
+    regs = listed(cli("plugins", "--json", plugins=plugin_path))
+    echo = [r for r in regs if r["name"] == "echo_strategy"]
+    assert echo == [{"kind": "strategies", "name": "echo_strategy", "plugin": "echo",
+                     "distribution": "synthledger-echo", "version": "0.3.1"}]
+    assert any(r["distribution"] == "synthledger" for r in regs)  # the built-ins are still there
+
+
+@pytest.mark.parametrize("only,echo,builtins", [
+    ("synthledger", False, True),
+    ("synthledger-echo", True, False),
+    ("Synthledger_Echo", True, False),  # distribution names compare as pip compares them
+    ("echo,teachers", True, True),
+])
+def test_synthledger_plugins_restricts_loading(plugin_path, only, echo, builtins):
+    regs = listed(cli("plugins", "--json", plugins=plugin_path, only=only))
+    assert any(r["name"] == "echo_strategy" for r in regs) == echo
+    assert any(r["distribution"] == "synthledger" for r in regs) == builtins
+    if only == "echo,teachers":
+        assert {r["kind"] for r in regs} == {"teachers", "strategies"}
+
+
+def test_a_misspelt_restriction_is_an_error(plugin_path):
+    r = cli("plugins", "--json", plugins=plugin_path, only="synthledger,ecoh")
+    assert r.returncode == 2 and "SYNTHLEDGER_PLUGINS names 'ecoh'" in r.stderr and "Traceback" not in r.stderr
+
+
+def write_project(tmp_path: Path, server_url: str, extra: str = "") -> Path:
+    (tmp_path / "seeds.jsonl").write_text("".join(
+        json.dumps({"question": f"Ann has {i} pens and buys 2 more. How many pens now?", "answer": f"#### {i + 2}"})
+        + "\n" for i in range(4)))
+    (tmp_path / "run.toml").write_text(f"""
+[run]
+name = "echo-run"
+
+[seeds]
+source = "jsonl"
+path = "seeds.jsonl"
+
+[teacher]
+provider = "openai-compatible"
+base_url = "{server_url}/v1"
+model = "test-teacher"
+max_tokens = 32
+
+[budget]
+queries = 10
+
+[strategy]
+name = "echo_strategy"
+prefix = "Echo, please:"
+{extra}
+""")
+    return tmp_path
+
+
+def test_generate_with_a_third_party_strategy(plugin_path, server, tmp_path):
+    project = write_project(tmp_path, server.url)
+    before = server.stats()["received"]
+    url = f"sqlite:///{project / 'store.db'}"
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, plugins=plugin_path, cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "completed" in r.stdout
+    assert server.stats()["received"] - before == 4  # one query per seed, as the plugin plans
+    audit = cli("audit", "echo-run", "--json", "--store", url, plugins=plugin_path)
+    report = json.loads(audit.stdout)
+    assert audit.returncode == 0 and report["ok"] and report["spent"]["queries"] == 4
+    assert report["by_strategy"]["echo_strategy"]["queries"] == 4
+    con = sqlite3.connect(project / "store.db")
+    prompts = [json.loads(p)["messages"][0]["content"] for (p,) in
+               con.execute("SELECT payload FROM events WHERE type = 'query_reserved' ORDER BY seq")]
+    assert len(prompts) == 4 and all(p.startswith("Echo, please: Ann has") for p in prompts)
+    config = json.loads(con.execute("SELECT payload FROM events WHERE seq = 1").fetchone()[0])["config"]
+    assert config["strategy"] == {"name": "echo_strategy", "prefix": "Echo, please:"}
+
+
+def test_third_party_options_are_validated_with_key_paths(plugin_path, server, tmp_path):
+    project = write_project(tmp_path, server.url, extra='prefx = "typo"')
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{project / 'store.db'}",
+            plugins=plugin_path, cwd=project)
+    assert r.returncode == 2 and "strategy.prefx: unknown key" in r.stderr
+    assert not (project / "store.db").exists()
+
+
+def test_restricted_out_plugin_cannot_be_used(plugin_path, server, tmp_path):
+    project = write_project(tmp_path, server.url)
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{project / 'store.db'}",
+            plugins=plugin_path, only="synthledger", cwd=project)
+    assert r.returncode == 2 and "no strategy named 'echo_strategy'" in r.stderr
