@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .. import __version__
 from ..store.eventstore import EventStore, NewEvent, owner_token
@@ -98,18 +96,14 @@ class RunLog:
 def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[list[dict[str, Any]], str | None, str]:
     """Chat rows from a run (id or name) or from an exported .jsonl file."""
     from .export_formats import chat_record
+    from .jsonl import JsonlError, read_jsonl
 
     path = Path(source)
     if path.suffix in (".jsonl", ".json") and path.exists():
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-            rows.append(row if "messages" in row else chat_record(row))
+        try:
+            rows = [row if "messages" in row else chat_record(row) for _, row in read_jsonl(path)]
+        except JsonlError as exc:
+            raise ConfigError(str(exc)) from None
         return rows, None, path.stem
     info = store.resolve(source)
     return [chat_record(r) for r in accepted_rows(store, info.id, include_seeds=include_seeds)], info.id, info.name

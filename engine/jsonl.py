@@ -1,0 +1,36 @@
+"""Read JSON Lines files of objects, with errors that name the file and line.
+
+Seed files, held-out sets and exported datasets are all hand-edited JSONL at some point; one
+reader means one set of messages a user learns to read ("file, line N: what is wrong").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["JsonlError", "read_jsonl"]
+
+
+class JsonlError(ValueError):
+    """A line is not a JSON object; the message starts with "<file>, line <n>:"."""
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a UTF-8 byte-order mark is accepted."""
+    with Path(path).open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise JsonlError(f"{path}, line {number}: not UTF-8 ({exc.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JsonlError(f"{path}, line {number}: bad JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise JsonlError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
