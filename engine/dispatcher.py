@@ -22,6 +22,7 @@ from .ledger import Amount, Ledger
 from .pricing import ModelPrice
 from .recorder import Recorder
 from .scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
+from .shaper import SendShaper
 from .strategy import BudgetExhausted, QueryFailed
 from .teacher import ChatRequest, Completion, FailureKind, RateLimitInfo, Teacher, TeacherError
 
@@ -52,6 +53,7 @@ class Endpoint:
     price: ModelPrice | None
     timeout_s: float
     max_breaker_trips: int = 6
+    shaper: SendShaper | None = None  # exact send spacing under a request-rate limit
 
 
 def request_key(provider: str, model: str, params: dict[str, Any], messages: list[dict[str, str]],
@@ -69,21 +71,24 @@ def _rate_limited_cap(ep: Endpoint) -> int:
     return max(20, 4 * ep.retry.max_attempts)
 
 
-def pacing_hint(info: RateLimitInfo | None, tokens_estimate: int) -> RateLimitInfo | None:
+def pacing_hint(info: RateLimitInfo | None, tokens_estimate: int, limiter: RateLimiter) -> RateLimitInfo | None:
     """What of a provider's `x-ratelimit-*` headers the limiter may act on.
 
     Announced limits are left out: providers mean "per minute", but some (and gateways with short
     windows) announce a per-window count, and adopting that as RPM would throttle a run 60-fold.
     Configured limits plus the 429 feedback (retry-after, AIMD) pace correctly either way. A
-    "none remaining" is kept, with its pause cut to about one slot's worth: the reset header is the
-    time until the *whole* window refills, and waiting all of it idles a paced run for nothing."""
+    "none remaining" is kept only for a dimension the limiter does not pace (a paced run hits zero
+    remaining at every full window, by design), with its pause cut to about one slot's worth: the
+    reset header is the time until the *whole* window refills."""
     if info is None:
         return None
     out = RateLimitInfo()
-    if info.remaining_requests is not None and info.remaining_requests <= 0 and info.reset_requests_s:
+    if (limiter.current_rpm is None and info.remaining_requests is not None and info.remaining_requests <= 0
+            and info.reset_requests_s):
         out.remaining_requests = 0
         out.reset_requests_s = info.reset_requests_s / max(1, info.limit_requests or 1)
-    if info.remaining_tokens is not None and info.remaining_tokens <= 0 and info.reset_tokens_s:
+    if (limiter.current_tpm is None and info.remaining_tokens is not None and info.remaining_tokens <= 0
+            and info.reset_tokens_s):
         share = min(1.0, tokens_estimate / info.limit_tokens) if info.limit_tokens else 1.0
         out.remaining_tokens = 0
         out.reset_tokens_s = info.reset_tokens_s * share
@@ -235,8 +240,11 @@ class Dispatcher:
             if self.stopping:
                 self._abandon(qid, True, "the run stopped before this query was sent")
                 raise RunStopping("the run is stopping")
+            slot = ep.shaper.slot(anyio.current_time()) if ep.shaper is not None else None
             self.recorder.emit(QueryDispatched(query_id=qid, attempt=attempt))
             await self.recorder.flush()  # recorded before it is sent
+            if slot is not None:
+                await ep.shaper.wait(slot)  # type: ignore[union-attr]  # commit jitter stays off the wire
             started = time.monotonic()
             try:
                 with anyio.fail_after(ep.timeout_s):
@@ -273,7 +281,7 @@ class Dispatcher:
         ))
         ep.limiter.settle(est, usage.input_tokens + usage.output_tokens)
         if completion.rate_limits is not None:
-            ep.limiter.update_from_headers(pacing_hint(completion.rate_limits, est))
+            ep.limiter.update_from_headers(pacing_hint(completion.rate_limits, est, ep.limiter))
         ep.breaker.record_success()
         ep.concurrency.on_success()
         return completion
@@ -284,11 +292,18 @@ class Dispatcher:
             message=err.message[:300], status=err.status, retry_after=err.retry_after,
             body_excerpt=err.body_excerpt))
         if err.kind is FailureKind.RATE_LIMITED:
-            if err.retry_after:
+            rpm = ep.limiter.current_rpm
+            if err.retry_after and (rpm is None or err.retry_after > 60.0 / rpm):
+                # Hold everyone back. A wait shorter than one paced interval is left to this
+                # request's own retry: pausing the limiter for it would restart its schedule, and
+                # the catch-up after a restart is itself the next 429 one window later.
                 ep.limiter.pause_for(err.retry_after)
-            ep.concurrency.on_rate_limited()
+            if ep.limiter.current_rpm is None and ep.limiter.current_tpm is None:
+                # Unknown capacity: fewer in flight is the only lever. With a configured rate the
+                # limiter already paces, and halving concurrency would only starve a slow provider.
+                ep.concurrency.on_rate_limited()
             if err.rate_limits is not None:
-                ep.limiter.update_from_headers(pacing_hint(err.rate_limits, est))
+                ep.limiter.update_from_headers(pacing_hint(err.rate_limits, est, ep.limiter))
             if not err.maybe_billed:
                 ep.limiter.settle(est, 0)
         else:

@@ -39,6 +39,7 @@ class Recorder:
         self._committed = anyio.Event()
         self._error: BaseException | None = None
         self._closed = False
+        self._writer_gone = False  # the writer task ended (cancelled or failed)
         self._last_commit = time.monotonic()
 
     @property
@@ -67,10 +68,15 @@ class Recorder:
                 raise StoreError(f"event writer failed: {self._error}") from self._error
             if self._closed:
                 raise StoreError("event writer is closed")
+            if self._writer_gone:  # the writer task is gone (cancelled at shutdown): commit here
+                self.commit_now()
+                return
             await self._committed.wait()
 
     async def run(self) -> None:
-        """The writer loop; run it in the run's task group and call `close()` to end it."""
+        """The writer loop; run it in the run's task group and call `close()` to end it.
+
+        Being cancelled is not a failure: what is queued then is committed by `close()` itself."""
         try:
             while True:
                 if not self._pending:
@@ -84,10 +90,15 @@ class Recorder:
                             await anyio.to_thread.run_sync(self.store.heartbeat, self.run_id, self.owner)
                         continue
                 await self._commit_some()
+        except anyio.get_cancelled_exc_class():
+            raise
         except BaseException as exc:
             self._error = exc
-            self._committed.set()
             raise
+        finally:
+            self._writer_gone = True
+            done, self._committed = self._committed, anyio.Event()
+            done.set()  # flushers waiting on a commit re-check, and commit themselves if need be
 
     async def _commit_some(self) -> None:
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
@@ -100,7 +111,10 @@ class Recorder:
 
     async def close(self) -> None:
         """Commit what is queued and stop the writer loop."""
-        await self.flush()
+        if self._writer_gone:
+            self.commit_now()
+        else:
+            await self.flush()
         self._closed = True
         self._wakeup.set()
 

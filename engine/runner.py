@@ -21,7 +21,7 @@ from .build import Parts, build_endpoints, build_parts
 from .config import RunConfig
 from .context import ItemContext
 from .dedupe import NearDuplicateIndex
-from .dispatcher import Dispatcher, FatalRunError
+from .dispatcher import Dispatcher, FatalRunError, RunStopping
 from .events import (ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted, SampleProposed,
                      SampleRejected)
 from .ledger import DIMENSIONS, Amount, Ledger
@@ -29,6 +29,11 @@ from .progress import RunProgress
 from .recorder import Recorder
 from .replay import replay
 from .strategy import BudgetExhausted, PlanItem, QueryFailed
+
+
+# After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
+# (its answers are paid for either way); a second signal, or the end of the grace, cuts it short.
+STOP_GRACE_S = 5.0
 
 
 class ResumeRefused(RuntimeError):
@@ -75,6 +80,8 @@ class Runner:
         self._item_finished = anyio.Event()
         self._budget_hits: dict[str, int] = {}
         self._fatal: str | None = None
+        self._stopping = False
+        self._items_scope: anyio.CancelScope | None = None
 
     # ---- routing and pacing ------------------------------------------------------------
     def route(self, role: str) -> str:
@@ -190,10 +197,31 @@ class Runner:
                 return ev.payload.get("text")
         return None
 
+    # ---- stopping ----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Start nothing new; items in flight end at their next query (or when cut by `hard_stop`)."""
+        self._stopping = True
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.stopping = True
+        self._notify_item()
+
+    def hard_stop(self) -> None:
+        """Cancel whatever is still in flight; its attempts are recorded as possibly billed."""
+        self.request_stop()
+        if self._items_scope is not None:
+            self._items_scope.cancel()
+
+    def _fail(self, reason: str) -> None:
+        """A fatal error stops the run at once: nothing queued behind a dead teacher should wait."""
+        if self._fatal is None:
+            self._fatal = reason
+        if self._items_scope is not None:
+            self._items_scope.cancel()
+
     # ---- the loop ----------------------------------------------------------------------
     async def run(self) -> RunResult:
         run_id = self.recorder.run_id
-        status, message = "completed", "the plan is complete"
+        status, message = "interrupted", "stopped before the plan finished"
         progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress)
         try:
             with progress:
@@ -202,9 +230,6 @@ class Runner:
                     outer.start_soon(self._tick, progress)
                     try:
                         status, message = await self._feed()
-                    except BaseException:
-                        status, message = "interrupted", "stopped before the plan finished"
-                        raise
                     finally:
                         with anyio.CancelScope(shield=True):
                             if self._fatal:
@@ -234,14 +259,35 @@ class Runner:
         ev = self._item_finished
         await ev.wait()
 
+    def _notify_item(self) -> None:
+        done, self._item_finished = self._item_finished, anyio.Event()
+        done.set()
+
+    def _halted(self) -> bool:
+        return self._fatal is not None or self._stopping
+
+    async def _drain(self) -> None:
+        while self._in_flight_items > 0:
+            await self._wait_item()
+
     async def _feed(self) -> tuple[str, str]:
+        """Start plan items while the budget can carry them.
+
+        An item whose worst case no longer fits (or that follows one that ran into the budget) runs
+        alone: if even alone it cannot get its queries reserved, its strategy's budget is spent.
+        That is also what ends a run whose limit the pledges cannot foresee (input tokens, USD)."""
         strategy = self.parts.strategy
         exhausted: set[str] = set()
+        seen_hits: dict[str, int] = {}
         all_names = set(getattr(strategy, "budget_fractions", lambda: {})()) or None
         max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()))
+        finished = False
         async with anyio.create_task_group() as items:
+            self._items_scope = items.cancel_scope
+            if self._stopping:
+                items.cancel_scope.cancel()
             for item in strategy.plan():
-                if self._fatal:
+                if self._halted():
                     break
                 if item.key in self._done or item.strategy in exhausted:
                     if all_names is None and exhausted:
@@ -250,30 +296,34 @@ class Runner:
                         break
                     continue
                 cost = self._item_cost(item)
-                while (self._in_flight_items >= max_items
-                       or (self._in_flight_items > 0 and not self._fits(item, cost))):
-                    await self._wait_item()
-                    if self._fatal:
+                while True:
+                    tail = (not self._fits(item, cost)
+                            or self._budget_hits.get(item.strategy, 0) > seen_hits.get(item.strategy, 0))
+                    if self._halted() or self._in_flight_items == 0:
                         break
-                if self._fatal:
+                    if not tail and self._in_flight_items < max_items:
+                        break
+                    await self._wait_item()
+                if self._halted():
                     break
-                tail = not self._fits(item, cost)
-                hits_before = self._budget_hits.get(item.strategy, 0)
+                hits_before = seen_hits[item.strategy] = self._budget_hits.get(item.strategy, 0)
                 self._start(items, item, cost)
-                if tail:  # the budget may not cover a whole item: run it alone and see what it spends
-                    while self._in_flight_items > 0:
-                        await self._wait_item()
+                if tail:
+                    await self._drain()
                     if self._budget_hits.get(item.strategy, 0) > hits_before:
                         exhausted.add(item.strategy)
                         if all_names is None or all_names <= exhausted:
                             break
             else:
-                while self._in_flight_items > 0:
-                    await self._wait_item()
-                if not self._fatal:
-                    return "completed", "the plan is complete"
+                finished = True
+            await self._drain()
+        self._items_scope = None
         if self._fatal:
             return "failed", self._fatal
+        if finished and not self._stopping:
+            return "completed", "the plan is complete"
+        if self._stopping and not exhausted:
+            return "interrupted", "stopped by a signal; `generate --resume` continues the run"
         spent = self.ledger.total_spent()
         return "budget_exhausted", (f"budget exhausted: spent {spent.queries} queries, {spent.input_tokens} in / "
                                     f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
@@ -316,36 +366,43 @@ class Runner:
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome=outcome))
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
+        except RunStopping:
+            pass  # not done: a resume runs the item again, its settled answers come from the store
         except QueryFailed as exc:
             rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="failed", reason=str(exc)))
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome="failed"))
         except FatalRunError as exc:
-            self._fatal = str(exc)
+            self._fail(str(exc))
         finally:
             left = self._item_pledges.pop(item.key, {})
             self._pledge(item, left, -1)
             self._in_flight_items -= 1
-            done, self._item_finished = self._item_finished, anyio.Event()
-            done.set()
+            self._notify_item()
 
 
-async def _run_with_signals(runner: Runner) -> RunResult:
-    async def watch(scope: anyio.CancelScope) -> None:
+async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:
+    """SIGINT/SIGTERM stop a run cleanly: nothing new starts, in-flight requests get `grace_s` to
+    finish, and the run is recorded as `interrupted` (a second signal cuts the grace short)."""
+
+    async def cut_after_grace() -> None:
+        await anyio.sleep(grace_s)
+        runner.hard_stop()
+
+    async def watch(tg: Any) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
-                scope.cancel()
-                return
+                if runner._stopping:
+                    runner.hard_stop()
+                else:
+                    runner.request_stop()
+                    tg.start_soon(cut_after_grace)
 
-    result: RunResult | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg.cancel_scope)
+        tg.start_soon(watch, tg)
         try:
-            result = await runner.run()
+            return await runner.run()
         finally:
             tg.cancel_scope.cancel()
-    if result is None:  # cancelled by a signal: the finally blocks above recorded `interrupted`
-        return RunResult(runner.recorder.run_id, "interrupted", "stopped by a signal", runner.ledger.snapshot())
-    return result
 
 
 def generate(cfg: RunConfig, store: EventStore | str | None = None, *, resume: bool = False,

@@ -1,0 +1,50 @@
+"""Put paced requests on the wire on the limiter's schedule, not whenever their commit finished.
+
+Between the rate limiter's release and the send, the dispatcher makes the attempt durable (a
+group commit: a few milliseconds, varying with the disk). Sending straight after the commit
+would carry that jitter to the provider, whose sliding window then sees two sends closer than
+the paced interval and answers 429. The shaper gives each release an ideal slot (one interval
+after the previous slot, or the release itself after an idle spell) and holds the send until
+that slot plus a fixed lag longer than a typical commit, so sends keep the interval exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+
+__all__ = ["SendShaper"]
+
+# Sends go out this long after their slot: longer than a typical durable commit, short next to
+# any provider's latency.
+SEND_LAG_S = 0.025
+# A release later than its ideal slot by up to this much keeps the slot (no drift from a busy
+# event loop); a later one starts the schedule afresh at the release.
+_TOLERANCE_S = 0.010
+
+
+class SendShaper:
+    """Per-endpoint send spacing for a request-rate limit of `rpm` paced at `safety` of it."""
+
+    def __init__(self, rpm: float, safety: float) -> None:
+        if not rpm > 0 or math.isinf(rpm):
+            raise ValueError(f"SendShaper: rpm must be a positive finite number, got {rpm!r}")
+        if not 0.0 < safety <= 1.0:
+            raise ValueError(f"SendShaper: safety must be in (0, 1], got {safety!r}")
+        self.interval_s = 60.0 / (rpm * safety)
+        self._slot = -math.inf
+
+    def slot(self, released_at: float) -> float:
+        """Claim the send slot of a request the limiter released at loop time `released_at`.
+
+        Call in release order, right after the release (before any await)."""
+        self._slot = max(self._slot + self.interval_s, released_at - _TOLERANCE_S)
+        return self._slot
+
+    @staticmethod
+    async def wait(slot: float) -> None:
+        """Sleep until `slot` + the lag (at once if the commit took longer than that)."""
+        delay = slot + SEND_LAG_S - anyio.current_time()
+        if delay > 0:
+            await anyio.sleep(delay)
