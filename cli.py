@@ -54,8 +54,9 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
                                                   StoreError, FileNotFoundError)
         try:
             from synthledger.plugins.teachers.settings import MissingApiKey
+            from synthledger.plugins.trainers.options import TrainingError
 
-            known += (MissingApiKey,)
+            known += (MissingApiKey, TrainingError)
         except ImportError:
             pass
         try:
@@ -257,16 +258,18 @@ def recommend(seeds: int = typer.Option(..., "--seeds", min=1), budget: int = ty
 @_handled
 def train(
     source: str = typer.Argument(..., metavar="RUN", help="A generation run (id or name) or an exported .jsonl file."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config (TOML): [trainer], [data], "
-                                                                         "[output], optional [eval]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config (TOML): \\[trainer], \\[data], "
+                                                                         "\\[output], optional \\[eval]."),
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. trainer.epochs=1 (repeatable)."),
+    merge: bool = typer.Option(False, "--merge", help="Also write the student with the adapter merged in "
+                                                      "(a plain model folder, for serving or further training)."),
     store: Optional[str] = StoreOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Fine-tune a student (LoRA) on a run's dataset; recorded as a `train` run linked to it."""
     from synthledger.engine.experiments import eval_run, load_train_config, train_run
 
-    cfg = load_train_config(config, set_)
+    cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
     st = _store(store)
     result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss')}, {result.get('steps')} steps, "

@@ -1,0 +1,66 @@
+"""`train` as a user runs it: bad input is one clear line and exit 2, recorded as a failed `train`
+run; `--merge` writes a plain model folder next to the adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    env.pop("SYNTHLEDGER_STORE", None)
+    return subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from synthledger.testing.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "rows.jsonl"
+    with path.open("w") as fh:
+        for i in range(6):
+            fh.write(json.dumps({"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                              {"role": "assistant", "content": f"{i} plus {i} is {2 * i}. #### {2 * i}"}]}) + "\n")
+    return path
+
+
+def test_all_rows_too_long_is_a_clear_error_and_a_failed_train_run(tmp_path: Path, tiny: Path, data: Path) -> None:
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("train", str(data), "--store", store, "--no-progress", "--set", f"trainer.student={tiny}",
+            "--set", "trainer.max_length=8", "--set", "trainer.overlength=drop", cwd=tmp_path)
+    assert r.returncode == 2
+    message = " ".join(r.stderr.split())
+    assert "all 6 training rows were dropped (6 longer than max_length)" in message and "Traceback" not in message
+    runs = json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout)
+    assert [(x["kind"], x["status"]) for x in runs] == [("train", "failed")]
+
+
+def test_unknown_student_names_it(tmp_path: Path, data: Path) -> None:
+    r = cli("train", str(data), "--store", f"sqlite:///{tmp_path / 's.db'}", "--no-progress",
+            "--set", f"trainer.student={tmp_path / 'nope'}", cwd=tmp_path)
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_merge_flag_writes_a_merged_model(tmp_path: Path, tiny: Path, data: Path) -> None:
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("train", str(data), "--store", store, "--no-progress", "--merge", "--set", f"trainer.student={tiny}",
+            "--set", "trainer.max_steps=1", "--set", "trainer.batch_size=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].endswith("completed")
+    out_dir = tmp_path / Path(r.stdout.split("adapter in ")[1].split()[0].rstrip(";"))
+    assert (out_dir / "adapter" / "adapter_config.json").is_file()
+    assert (out_dir / "merged" / "config.json").is_file() and not (out_dir / "merged" / "adapter_config.json").exists()
