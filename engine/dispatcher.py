@@ -181,9 +181,11 @@ class Dispatcher:
                        messages: list[dict[str, str]], purpose: str, strategy: str, item: str) -> str:
         request = ChatRequest(model=ep.model, messages=tuple(messages), **params)
         worst = self.worst_case(role, request)
-        attempt = self.ledger.queries[qid].attempts + 1 if qid in self.ledger.queries else 1
-        self._reserve(qid, attempt, key, role, purpose, strategy, item, request, worst,
-                      first=qid not in self.ledger.queries)
+        known = self.ledger.queries.get(qid)
+        prior = known.attempts if known is not None else self.ledger.interrupted.get(qid)
+        attempt = (prior or 0) + 1
+        # The messages and parameters are recorded once per query, on its first reservation ever.
+        self._reserve(qid, attempt, key, role, purpose, strategy, item, request, worst, first=prior is None)
         holding = True
         counted = 0  # failed attempts that count against max_attempts (429s do not)
         while True:

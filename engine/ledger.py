@@ -118,6 +118,9 @@ class Ledger:
         # Open queries only: settled and abandoned ones leave, so a long run's memory stays flat.
         self.queries: dict[str, QueryState] = {}
         self.settled: set[int] = set()  # hash(query_id) of every settled query
+        # Attempts made by queries a dead process left open: a resumed query continues its count
+        # (and its attempt cap) rather than starting again at 1. Bounded by what was in flight.
+        self.interrupted: dict[str, int] = {}
         self.spent: dict[str, Amount] = {}
         self.reserved: dict[str, Amount] = {}
         self.by_role: dict[str, Amount] = {}
@@ -217,6 +220,7 @@ class Ledger:
         if q is None:
             q = self.queries[qid] = QueryState(p.get("role", "teacher"), p.get("strategy", ""),
                                                p.get("model", ""), p.get("key", ""))
+            q.attempts = self.interrupted.pop(qid, 0)
         elif q.holding:
             self.violations.append(Violation(seq, f"query {qid} reserved twice"))
             return
@@ -293,11 +297,12 @@ class Ledger:
 
     def _on_resumed(self, seq: int, _p: dict[str, Any]) -> None:
         """Whatever was in flight when the last process died may have been billed: keep it spent."""
-        for q in list(self.queries.values()):
+        for qid, q in list(self.queries.items()):
             if not q.holding:
                 continue
             q.holding = False
             q.status = "interrupted"
+            self.interrupted[qid] = q.attempts
             if q.dispatched_attempt:
                 self._close_attempt(q)
                 self.counts["lost"] += 1
@@ -320,7 +325,7 @@ class Ledger:
             "spent": table(self.spent), "reserved": table(self.reserved), "by_role": table(self.by_role),
             "by_strategy": table(self.by_strategy), "by_model": table(self.by_model),
             "queries": {k: asdict(q) for k, q in sorted(self.queries.items())},
-            "settled": sorted(self.settled), "counts": dict(self.counts), "in_flight": self.in_flight,
+            "settled": sorted(self.settled), "interrupted": dict(sorted(self.interrupted.items())), "counts": dict(self.counts), "in_flight": self.in_flight,
             "last_seq": self.last_seq, "violations": [(v.seq, v.message) for v in self.violations],
         }
 

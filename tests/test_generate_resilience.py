@@ -247,6 +247,18 @@ def test_kill_9_mid_run_then_resume_pays_nothing_twice(make_run):
     rows = assert_dataset_exact(run, run_id)
     assert before <= {r["metadata"]["sample_id"] for r in rows}, "samples accepted before the kill were lost"
     assert len(rows) == report["counts"]["settled"]  # answer_augmentation: one query, one sample
+    # A query the kill left open continues its attempt count after the resume (so its attempt cap
+    # holds across processes), and its messages are recorded once, on its first reservation.
+    attempts: dict[str, list[int]] = {}
+    with_messages: list[str] = []
+    for type_, p in run.events("query_reserved", "query_dispatched"):
+        if type_ == "query_dispatched":
+            attempts.setdefault(p["query_id"], []).append(p["attempt"])
+        elif p.get("messages") is not None:
+            with_messages.append(p["query_id"])
+    assert any(len(a) > 1 for a in attempts.values()), "no interrupted query was sent again"
+    assert all(a == list(range(1, len(a) + 1)) for a in attempts.values()), "attempt numbers restarted"
+    assert len(with_messages) == len(set(with_messages)) == len(attempts)
 
 
 def test_second_process_is_refused_while_the_first_runs_and_sigterm_stops_cleanly(make_run):
