@@ -83,8 +83,10 @@ def _when(ts: float) -> str:
 @app.command()
 @_handled
 def generate(
-    config: Path = typer.Option(..., "--config", "-c", help="Run config (TOML)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this config."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config (TOML). Optional with "
+                                                                      "--resume/--run: the run's recorded config is used."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this config "
+                                                        "(without --config: the latest unfinished run in the store)."),
     run: Optional[str] = typer.Option(None, "--run", help="Resume this run (id or name)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
     store: Optional[str] = StoreOpt,
@@ -92,10 +94,18 @@ def generate(
 ) -> None:
     """Query the teacher under the config's budget and record everything as events."""
     from synthledger.engine.config import load_config
-    from synthledger.engine.runner import generate as run_generate
+    from synthledger.engine.runner import generate as run_generate, recorded_config
 
-    cfg = load_config(config, set_)
-    result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress)
+    if config is not None:
+        cfg = load_config(config, set_)
+        result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress)
+    elif resume or run:
+        st = _store(store)
+        cfg, run_id = recorded_config(st, run, set_)
+        err.print(f"resuming run {run_id} ({cfg.run.name}) with its recorded config")
+        result = run_generate(cfg, st, resume=True, run_id=run_id, show_progress=progress)
+    else:
+        raise CliError("--config is required to start a run (--resume or --run continue one from its recorded config)")
     spent = result.snapshot.get("spent", {})
     err.print(f"{result.message}")
     print(f"run {result.run_id} {result.status} (queries {spent.get('queries')}, "

@@ -37,6 +37,7 @@ class RunStarted(_Event):
     version: str
     kind: str = "generate"
     budget: dict[str, Any] = {}  # the BudgetSpec the ledger enforces (mix shares resolved)
+    config_dir: str | None = None  # where relative paths in the config (seed files) resolve
 
 
 class RunResumed(_Event):
@@ -45,6 +46,10 @@ class RunResumed(_Event):
     unsettled: list[str] = []
     config_hash: str = ""
     budget: dict[str, Any] = {}
+    # The config this session runs with (a resume may change the budget), so a later
+    # `generate --resume` without --config continues with what was last in effect.
+    config: dict[str, Any] | None = None
+    config_dir: str | None = None
 
 
 class QueryReserved(_Event):

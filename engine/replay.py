@@ -14,7 +14,9 @@ class RunState:
     done_items: set[str] = field(default_factory=set)
     admitted: list[tuple[str, str]] = field(default_factory=list)  # (item, question) of finished items
     answered: dict[str, str] = field(default_factory=dict)  # query id -> text, for unfinished items
-    config: dict[str, Any] | None = None
+    config: dict[str, Any] | None = None  # as first recorded: what the plan is checked against
+    latest_config: dict[str, Any] | None = None  # as last in effect (a resume may change the budget)
+    config_dir: str | None = None
     plan_hash: str | None = None
     status: str | None = None
     message: str = ""
@@ -40,6 +42,9 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
         if t == "run_started":
             state.config = p.get("config")
             state.plan_hash = p.get("plan_hash")
+        if t in ("run_started", "run_resumed") and p.get("config") is not None:
+            state.latest_config = p["config"]
+            state.config_dir = p.get("config_dir") or state.config_dir
         if t in ("run_started", "run_resumed") and spec is None and p.get("budget"):
             ledger.spec = budget_from_dict(p["budget"])
         ledger.apply(ev.seq, t, p)

@@ -145,7 +145,7 @@ class Runner:
         self.recorder = Recorder(self.store, run_id, 0, "0" * 64, self.owner, self.ledger)
         self.recorder.emit(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
                                       plan_hash=cfg.plan_hash(), version=__version__,
-                                      budget=self.parts.budget.as_dict()))
+                                      budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
                                      lookup_settled=self._lookup_settled)
         self._init_dedupe([])
@@ -168,7 +168,8 @@ class Runner:
         self.recorder = Recorder(self.store, run_id, info.last_seq, info.head_hash, self.owner, self.ledger)
         unsettled = list(self.ledger.queries)
         self.recorder.emit(RunResumed(pid=os.getpid(), unsettled=unsettled, config_hash=self.cfg.config_hash(),
-                                      budget=self.parts.budget.as_dict()))
+                                      budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
+                                      config_dir=self.cfg.base_dir))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
                                      lookup_settled=self._lookup_settled)
         self._init_dedupe([q for _, q in state.admitted])
@@ -417,10 +418,32 @@ def generate(cfg: RunConfig, store: EventStore | str | None = None, *, resume: b
     return anyio.run(_run_with_signals, runner)
 
 
-def _latest_unfinished(store: EventStore, name: str) -> str:
+def _latest_unfinished(store: EventStore, name: str | None) -> str:
     runs = [r for r in store.list_runs(name=name, kind="generate")
             if r.status not in ("completed", "budget_exhausted")]
     if not runs:
-        raise ResumeRefused(f"no unfinished run named {name!r} to resume in {store.url}; "
-                            "run without --resume to start one")
+        named = f" named {name!r}" if name else ""
+        raise ResumeRefused(f"no unfinished run{named} to resume in {store.url}; "
+                            "run with --config (and without --resume) to start one")
     return runs[-1].id
+
+
+def recorded_config(store: EventStore, run_ref: str | None = None,
+                    overrides: list[str] | None = None) -> tuple[RunConfig, str]:
+    """The config a run last ran with, read back from its events, and the run's id.
+
+    What `generate --resume` without --config continues from: the latest unfinished generation
+    run (or `run_ref`). Relative paths resolve where the original config file was; `overrides`
+    (`section.key=value`) apply on top, as they would to a file."""
+    from .config import ConfigError, apply_overrides, config_from_dict
+
+    run_id = store.resolve(run_ref).id if run_ref else _latest_unfinished(store, None)
+    info = store.get_run(run_id)
+    if info.kind != "generate":
+        raise ResumeRefused(f"run {run_id} is a {info.kind!r} run; only generation runs can be resumed")
+    state = replay(store.iter_events(run_id))
+    snapshot = state.latest_config or state.config
+    if snapshot is None:
+        raise ConfigError(f"run {run_id} has no recorded config (its run_started event is missing)")
+    data = apply_overrides(snapshot, overrides or [])
+    return config_from_dict(data, base_dir=state.config_dir or ".", source=f"the recorded config of run {run_id}"), run_id

@@ -261,6 +261,37 @@ def test_kill_9_mid_run_then_resume_pays_nothing_twice(make_run):
     assert len(with_messages) == len(set(with_messages)) == len(attempts)
 
 
+def test_resume_without_the_config_file_uses_the_recorded_config(make_run, tmp_path):
+    # `generate --resume` alone, from another directory, with the config file gone: the run's
+    # recorded config (seed path relative to where the file was) carries it, and --set still applies.
+    run, server = make_run("--latency-ms", "50")
+    run.sections["seeds"] = {"path": "seeds.jsonl"}  # relative to the config file's folder
+    cfg = run.write(budget={"queries": 200}, limits={"max_concurrency": 8})
+    proc = run.popen_generate(cfg)
+    wait_for(lambda: run.count("query_settled") >= 40, 60, "40 queries settled", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    cfg.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    refused = subprocess.run([sys.executable, CLI, "generate", "--no-progress", "--store", run.store],
+                             cwd=elsewhere, env=_env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--config is required" in refused.stderr
+    res = subprocess.run([sys.executable, CLI, "generate", "--resume", "--no-progress", "--store", run.store,
+                          "--set", "budget.queries=240"], cwd=elsewhere, env=_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "budget_exhausted"
+    report = run.audit(run_id)
+    assert report["spent"]["queries"] == 240 == report["budget"]["queries"]
+    assert server.stats()["answered"] <= 240
+    assert_dataset_exact(run, run_id)
+    again = subprocess.run([sys.executable, CLI, "generate", "--resume", "--no-progress", "--store", run.store],
+                           cwd=elsewhere, env=_env(), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "no unfinished run" in again.stderr
+
+
 def test_second_process_is_refused_while_the_first_runs_and_sigterm_stops_cleanly(make_run):
     run, server = make_run("--latency-ms", "100")
     cfg = run.write(budget={"queries": 200}, limits={"max_concurrency": 2})
