@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from synthledger.store.eventstore import EventStore
+from synthledger.testing.projects import write_project
 from synthledger.testing.server import run_in_thread
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
@@ -40,26 +41,8 @@ def ok_json(r: subprocess.CompletedProcess):
 def recorded(tmp_path_factory):
     """One real `generate` run (6 queries) in a file store; returns (url, run id, project dir)."""
     project = tmp_path_factory.mktemp("cli")
-    (project / "seeds.jsonl").write_text("".join(
-        json.dumps({"question": f"Bo has {i} cards and gets 3 more. How many cards now?", "answer": f"#### {i + 3}"})
-        + "\n" for i in range(3)))
     with run_in_thread() as srv:
-        (project / "run.toml").write_text(f"""
-[run]
-name = "basics"
-[seeds]
-source = "jsonl"
-path = "seeds.jsonl"
-[teacher]
-provider = "openai-compatible"
-base_url = "{srv.url}/v1"
-model = "test-teacher"
-max_tokens = 32
-[budget]
-queries = 6
-[strategy]
-name = "answer_augmentation"
-""")
+        write_project(project, srv.url, name="basics", seeds=3, queries=6)
         url = f"sqlite:///{project / 'store.db'}"
         r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=project)
         assert r.returncode == 0, r.stderr

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from synthledger.testing.projects import write_project
 from synthledger.testing.server import run_in_thread
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
@@ -37,29 +38,9 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_generate_audit_export_show_plugins_without_torch(tmp_path: Path) -> None:
-    (tmp_path / "seeds.jsonl").write_text("".join(
-        json.dumps({"question": f"Ann has {i} apples and buys 2 more. How many now?", "answer": f"#### {i + 2}"}) + "\n"
-        for i in range(4)))
     store = f"sqlite:///{tmp_path / 'store.db'}"
     with run_in_thread() as srv:
-        (tmp_path / "run.toml").write_text(f"""
-[run]
-name = "no-torch"
-[seeds]
-source = "jsonl"
-path = "seeds.jsonl"
-[teacher]
-provider = "openai-compatible"
-base_url = "{srv.url}/v1"
-model = "test-teacher"
-max_tokens = 32
-[budget]
-queries = 8
-[strategy]
-name = "answer_augmentation"
-[verifier]
-name = "none"
-""")
+        write_project(tmp_path, srv.url, name="no-torch", queries=8)
         gen = cli("generate", "-c", "run.toml", "--no-progress", "--store", store, cwd=tmp_path)
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.splitlines()[-1].split()[2] == "budget_exhausted"

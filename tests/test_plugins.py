@@ -98,31 +98,10 @@ def test_a_misspelt_restriction_is_an_error(plugin_path):
 
 
 def write_project(tmp_path: Path, server_url: str, extra: str = "") -> Path:
-    (tmp_path / "seeds.jsonl").write_text("".join(
-        json.dumps({"question": f"Ann has {i} pens and buys 2 more. How many pens now?", "answer": f"#### {i + 2}"})
-        + "\n" for i in range(4)))
-    (tmp_path / "run.toml").write_text(f"""
-[run]
-name = "echo-run"
+    from synthledger.testing.projects import write_project as write
 
-[seeds]
-source = "jsonl"
-path = "seeds.jsonl"
-
-[teacher]
-provider = "openai-compatible"
-base_url = "{server_url}/v1"
-model = "test-teacher"
-max_tokens = 32
-
-[budget]
-queries = 10
-
-[strategy]
-name = "echo_strategy"
-prefix = "Echo, please:"
-{extra}
-""")
+    write(tmp_path, server_url, name="echo-run", queries=10, strategy="echo_strategy",
+          extra='prefix = "Echo, please:"\n' + extra)
     return tmp_path
 
 
