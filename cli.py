@@ -276,7 +276,9 @@ def recommend(seeds: int = typer.Option(..., "--seeds", min=1), budget: int = ty
 
         print(json.dumps(asdict(r), default=str))
         return
-    out.print(r.render() if hasattr(r, "render") else str(r))
+    from rich.markup import escape
+
+    out.print(escape(r.render()), highlight=False)
 
 
 @app.command()

@@ -44,6 +44,21 @@ class Recommendation:
     reasons: list[str] = field(default_factory=list)
     thresholds: dict[str, Threshold] = field(default_factory=dict)
 
+    def render(self) -> str:
+        """What a person reads: the choice, the config section to paste, the reasons and the
+        thresholds with where each comes from."""
+        choice = self.strategy if self.fractions is None else "mix (" + ", ".join(
+            f"{name} {share:.0%}" for name, share in self.fractions.items()) + ")"
+        lines = [f"recommended: {choice}; verifier: {self.verifier}", "", "[strategy]"]
+        section = self.strategy_config()
+        lines.append(f'name = "{section["name"]}"')
+        for part in section.get("parts", []):  # type: ignore[union-attr]
+            lines.append(f'[[strategy.parts]]\nname = "{part["name"]}"\nfraction = {part["fraction"]}')
+        lines += ["", "why:"] + [f"  - {reason}" for reason in self.reasons]
+        if self.thresholds:
+            lines += ["", "thresholds:"] + [f"  {name} = {t.value}  ({t.source})" for name, t in self.thresholds.items()]
+        return "\n".join(lines)
+
     def strategy_config(self) -> dict[str, object]:
         """The `[strategy]` config section this recommends."""
         if self.fractions is None:

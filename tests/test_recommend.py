@@ -82,3 +82,24 @@ def test_verification_only_when_free():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         recommend(**kwargs)
+
+
+@pytest.mark.parametrize("budget", [500, 3_000, 20_000])
+def test_render_reads_as_text_and_its_strategy_block_is_valid_config(budget):
+    import subprocess
+    import sys
+    from synthledger.engine.config import tomllib
+    from pathlib import Path
+
+    rec = recommend(100, budget)
+    text = rec.render()
+    assert text.splitlines()[0].startswith("recommended: ") and "Recommendation(" not in text
+    block = text.split("\n\n")[1]  # the [strategy] section, to paste into a run config
+    section = tomllib.loads(block)["strategy"]
+    assert section == rec.strategy_config()
+    if section["name"] == "mix":
+        Mix.Options.model_validate({k: v for k, v in section.items() if k != "name"})
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    shown = subprocess.run([sys.executable, str(cli), "recommend", "--seeds", "100", "--budget", str(budget)],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "[strategy]" in shown.stdout and "Recommendation(" not in shown.stdout
