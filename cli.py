@@ -145,6 +145,19 @@ def runs(store: Optional[str] = StoreOpt, as_json: bool = typer.Option(False, "-
     out.print(table)
 
 
+def _fmt_value(value: Any, section: str) -> str:
+    """One summary value as a person reads it: amounts compact, no limit said as such, maps as k=v."""
+    from rich.markup import escape
+
+    if isinstance(value, dict) and "queries" in value:
+        return _fmt_amount(value)
+    if value is None:
+        return "no limit" if section == "budget" else "-"
+    if isinstance(value, dict):
+        return escape(", ".join(f"{k}={v}" for k, v in value.items()) or "-")
+    return escape(str(value))
+
+
 def _fmt_amount(d: dict[str, Any]) -> str:
     return f"{d['queries']} q, {d['input_tokens']}/{d['output_tokens']} tok, ${d['usd']:.4f}"
 
@@ -154,6 +167,8 @@ def _fmt_amount(d: dict[str, Any]) -> str:
 def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Summarise a run: status, spend, samples, rejections and data statistics."""
+    from rich.markup import escape
+
     from synthledger.engine.summary import summarize
 
     st = _store(store)
@@ -169,10 +184,12 @@ def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = S
             continue
         if isinstance(v, dict):
             out.print(f"[bold]{k}[/bold]")
+            if not v:
+                out.print("  (none)")
             for kk, vv in v.items():
-                out.print(f"  {kk}: {_fmt_amount(vv) if isinstance(vv, dict) and 'queries' in vv else vv}")
+                out.print(f"  {escape(str(kk))}: {_fmt_value(vv, k)}", highlight=False)
         else:
-            out.print(f"[bold]{k}[/bold]: {v}")
+            out.print(f"[bold]{k}[/bold]: {escape(str(v))}", highlight=False)
 
 
 @app.command()
@@ -212,7 +229,8 @@ def audit(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = 
         for model, amt in report.by_model.items():
             table.add_row(f"model {model}", *map(str, amt.values()))
         out.print(table)
-        out.print(f"events {report.events}, status {report.status}, counts {report.counts}")
+        counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+        out.print(f"events {report.events}, status {report.status}; queries: {counts}", highlight=False)
         if report.ok:
             out.print("[green]audit ok[/green]: hash chain, sequence and budget invariants hold")
         else:

@@ -140,3 +140,17 @@ def test_events_dump(recorded):
     assert [json.loads(x)["seq"] for x in tail] == [n - 1, n]
     assert len(cli("events", run_id, "--store", url, "--limit", "3").stdout.splitlines()) == 3
 
+
+
+def test_show_and_audit_read_as_text(recorded):
+    url, run_id, _ = recorded
+    r = subprocess.run([sys.executable, CLI, "show", run_id, "--store", url], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"}, timeout=60)
+    text = r.stdout
+    assert r.returncode == 0, r.stderr
+    assert "input_tokens: no limit" in text and "queries: 6" in text
+    assert "rows_per_strategy: answer_augmentation=6" in text
+    assert "None" not in text and "{'" not in text  # no Python reprs
+    audit = subprocess.run([sys.executable, CLI, "audit", run_id, "--store", url], capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "200"}, timeout=60)
+    assert audit.returncode == 0 and "queries: settled 6" in audit.stdout and "{'" not in audit.stdout
