@@ -50,10 +50,10 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from synthledger.engine.config import ConfigError
-        from synthledger.engine.plugins import PluginError
-        from synthledger.engine.runner import ResumeRefused
-        from synthledger.engine.strategy import SeedError
+        from synthledger.engine.run.config import ConfigError
+        from synthledger.engine.host import PluginError
+        from synthledger.engine.run.runner import ResumeRefused
+        from synthledger.engine.api import SeedError
         from synthledger.store.eventstore import StoreError
 
         known: tuple[type[BaseException], ...] = (CliError, ConfigError, PluginError, ResumeRefused, SeedError,
@@ -108,8 +108,8 @@ def generate(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Query the teacher under the config's budget and record everything as events."""
-    from synthledger.engine.config import load_config
-    from synthledger.engine.runner import generate as run_generate, recorded_config
+    from synthledger.engine.run.config import load_config
+    from synthledger.engine.run.runner import generate as run_generate, recorded_config
 
     if config is not None:
         cfg = load_config(config, set_)
@@ -169,7 +169,7 @@ def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = S
     """Summarise a run: status, spend, samples, rejections and data statistics."""
     from rich.markup import escape
 
-    from synthledger.engine.summary import summarize
+    from synthledger.engine.output.summary import summarize
 
     st = _store(store)
     info = st.resolve(ref)
@@ -211,7 +211,7 @@ def events(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] =
 def audit(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Replay a run, verify its hash chain and budget invariants; non-zero exit on any violation."""
-    from synthledger.engine.audit import audit_run
+    from synthledger.engine.ledger.audit import audit_run
 
     st = _store(store)
     info = st.resolve(ref)
@@ -247,8 +247,8 @@ def export(ref: str = typer.Argument(..., metavar="RUN"), fmt: str = typer.Optio
            out_path: Path = typer.Option(..., "--out"), include_seeds: bool = typer.Option(False, "--include-seeds"),
            store: Optional[str] = StoreOpt) -> None:
     """Write the run's accepted samples (with provenance) as jsonl, chat jsonl or a datasets folder."""
-    from synthledger.engine.dataset import accepted_rows
-    from synthledger.engine.export_formats import write_rows
+    from synthledger.engine.output.dataset import accepted_rows
+    from synthledger.engine.output.export import write_rows
 
     if fmt not in ("jsonl", "chat", "hf"):
         raise CliError(f"--format must be jsonl, chat or hf (got {fmt!r})")
@@ -262,7 +262,7 @@ def export(ref: str = typer.Argument(..., metavar="RUN"), fmt: str = typer.Optio
 @_handled
 def plugins(as_json: bool = typer.Option(False, "--json")) -> None:
     """List every plugin with its kind, name, distribution and version."""
-    from synthledger.engine.plugins import get_host
+    from synthledger.engine.host import get_host
 
     regs = get_host().registrations()
     if as_json:
@@ -312,7 +312,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Fine-tune a student (LoRA) on a run's dataset; recorded as a `train` run linked to it."""
-    from synthledger.engine.experiments import eval_run, load_train_config, train_run
+    from synthledger.engine.student.runs import eval_run, load_train_config, train_run
 
     cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
     st = _store(store)
@@ -345,7 +345,7 @@ def eval_(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Accuracy of a model or adapter on a held-out set; recorded as an `eval` run."""
-    from synthledger.engine.experiments import eval_run
+    from synthledger.engine.student.runs import eval_run
 
     result = eval_run(model, on, _store(store), limit=limit, task_name=task, exclude_run=exclude_run,
                       out_path=out_path, options={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
@@ -366,12 +366,12 @@ def demo(
     """The main job on embedded defaults: generate offline (local teacher), audit, export, show rows."""
     import tomllib
 
-    from synthledger.engine.audit import audit_run
-    from synthledger.engine.config import apply_overrides, config_from_dict, load_config
-    from synthledger.engine.dataset import accepted_rows
-    from synthledger.engine.defaults import DEMO_CONFIG
-    from synthledger.engine.export_formats import write_rows
-    from synthledger.engine.runner import generate as run_generate
+    from synthledger.engine.ledger.audit import audit_run
+    from synthledger.engine.run.config import apply_overrides, config_from_dict, load_config
+    from synthledger.engine.output.dataset import accepted_rows
+    from synthledger.engine.run.defaults import DEMO_CONFIG
+    from synthledger.engine.output.export import write_rows
+    from synthledger.engine.run.runner import generate as run_generate
 
     if config is not None:
         cfg = load_config(config, set_)

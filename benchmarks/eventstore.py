@@ -144,7 +144,7 @@ def bench_raw_sqlite(src: str, dst: str, run_id: str, batch: int) -> dict[str, A
 
 def replay_child(url: str, run_id: str) -> None:
     """Runs in a fresh interpreter: stream the run into the ledger, report rate and peak RSS."""
-    from synthledger.engine.ledger import BudgetSpec, Ledger, budget_from_dict
+    from synthledger.engine.ledger.ledger import BudgetSpec, Ledger, budget_from_dict
     from synthledger.store.eventstore import EventStore
 
     store = EventStore(url)
@@ -168,7 +168,7 @@ def replay_child(url: str, run_id: str) -> None:
 
 def audit_child(url: str, run_id: str) -> None:
     """The full `audit` (hash chain + payload validation + ledger) for comparison; not a target."""
-    from synthledger.engine.audit import audit_run
+    from synthledger.engine.ledger.audit import audit_run
     from synthledger.store.eventstore import EventStore
 
     store = EventStore(url)

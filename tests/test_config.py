@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from synthledger.engine.config import ConfigError, config_from_dict, load_config, validate_plugin_options
+from synthledger.engine.run.config import ConfigError, config_from_dict, load_config, validate_plugin_options
 from synthledger.plugins.strategies import AnswerAugmentation
 from synthledger.store.eventstore import EventStore
 

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from synthledger.engine.dedupe import NearDuplicateIndex, choose_banding, jaccard, normalise, shingles
+from synthledger.engine.run.dedupe import NearDuplicateIndex, choose_banding, jaccard, normalise, shingles
 
 
 def words(rng: random.Random, n: int) -> list[str]:

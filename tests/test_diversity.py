@@ -1,6 +1,6 @@
 import pytest
 
-from synthledger.engine.diversity import distinct_ngram_ratio, diversity_stats
+from synthledger.engine.output.diversity import distinct_ngram_ratio, diversity_stats
 
 
 def test_distinct_bigrams():

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from synthledger.engine.strategy import Task
+from synthledger.engine.api import Task
 from synthledger.plugins.evaluators import AccuracyEvaluator, HeldoutError, load_heldout
 from synthledger.plugins.evaluators.heldout import GSM8K_TEST_ROWS
 from synthledger.plugins.tasks.numeric import GSM8KTask
@@ -145,7 +145,7 @@ def test_run_loads_the_configured_heldout_and_checks_overlap(tiny: Path, tmp_pat
 
 
 def test_registered_under_plugin_host() -> None:
-    from synthledger.engine.plugins import PluginHost
+    from synthledger.engine.host import PluginHost
 
     host = PluginHost()
     import synthledger.plugins.evaluators as evaluators

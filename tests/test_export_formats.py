@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from synthledger.engine.export_formats import ExportError, write_rows
+from synthledger.engine.output.export import ExportError, write_rows
 
 
 def rows(n=3):

@@ -17,10 +17,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synthledger.engine.audit import audit_events
-from synthledger.engine.events import (AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QueryReserved,
+from synthledger.engine.ledger.audit import audit_events
+from synthledger.engine.ledger.events import (AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QueryReserved,
                                        QuerySettled, RunResumed, RunStarted, to_payload)
-from synthledger.engine.ledger import DIMENSIONS, EPS, Amount, BudgetSpec, Ledger, Limits, budget_from_dict
+from synthledger.engine.ledger.ledger import DIMENSIONS, EPS, Amount, BudgetSpec, Ledger, Limits, budget_from_dict
 from synthledger.store.eventstore import EventStore, NewEvent
 from synthledger.store.hashing import GENESIS
 

@@ -55,7 +55,7 @@ def reference_greedy(folder: Path, content: str, max_new_tokens: int) -> list[in
 
 
 def test_is_a_teacher_and_factory_reads_engine_section(tiny: Path) -> None:
-    from synthledger.engine.config import ModelSection
+    from synthledger.engine.run.config import ModelSection
 
     section = ModelSection(provider="local", model=str(tiny), max_tokens=32, temperature=0.0,
                            batch_size=4, batch_wait_ms=5, device="cpu")
@@ -233,8 +233,8 @@ async def test_real_smollm2_answers_and_counts_exactly(monkeypatch: pytest.Monke
 
 
 def test_unknown_local_teacher_keys_are_config_errors_naming_the_key(tmp_path: Path) -> None:
-    from synthledger.engine.build import build_endpoints
-    from synthledger.engine.config import ConfigError, RunConfig
+    from synthledger.engine.run.assemble import build_endpoints
+    from synthledger.engine.run.config import ConfigError, RunConfig
 
     cfg = RunConfig.model_validate({
         "run": {"name": "typo"}, "seeds": {"source": "reasoning-gym", "size": 2},

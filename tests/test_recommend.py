@@ -88,7 +88,7 @@ def test_bad_arguments(kwargs):
 def test_render_reads_as_text_and_its_strategy_block_is_valid_config(budget):
     import subprocess
     import sys
-    from synthledger.engine.config import tomllib
+    from synthledger.engine.run.config import tomllib
     from pathlib import Path
 
     rec = recommend(100, budget)

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from synthledger.engine import plugins
-from synthledger.engine.strategy import SeedError
+from synthledger.engine import host as plugins
+from synthledger.engine.api import SeedError
 from synthledger.plugins.seeds import CsvSeedSource, HFSeedSource, JsonlSeedSource, ReasoningGymSeedSource
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from synthledger.engine.events import (Cost, ItemDone, QueryDispatched, QueryReserved, QuerySettled, RunFinished,
+from synthledger.engine.ledger.events import (Cost, ItemDone, QueryDispatched, QueryReserved, QuerySettled, RunFinished,
                                        RunStarted, to_payload)
-from synthledger.engine.ledger import BudgetSpec, Limits
+from synthledger.engine.ledger.ledger import BudgetSpec, Limits
 from synthledger.store.eventstore import (ENV_STORE, ConcurrencyError, EventStore, NewEvent, RunNotFound,
                                           StoreError, owner_token, resolve_url)
 from synthledger.store.hashing import GENESIS

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from synthledger.engine.config import config_from_dict
-from synthledger.engine.runner import generate
+from synthledger.engine.run.config import config_from_dict
+from synthledger.engine.run.runner import generate
 from synthledger.store.eventstore import EventStore
 from synthledger.testing.server import ServerConfig, run_in_thread
 

@@ -5,8 +5,8 @@ import tracemalloc
 import pytest
 from pydantic import ValidationError
 
-from synthledger.engine import plugins
-from synthledger.engine.strategy import Seed
+from synthledger.engine import host as plugins
+from synthledger.engine.api import Seed
 from synthledger.plugins.strategies import AnswerAugmentation, Mix, NewQuestion, QuestionRephrase
 from synthledger.plugins.strategies.common import clean_question, parse_yes_no
 from synthledger.plugins.tasks import GSM8KTask

@@ -1,6 +1,6 @@
 import pytest
 
-from synthledger.engine import plugins
+from synthledger.engine import host as plugins
 from synthledger.plugins.tasks import FreeformTask, GSM8KTask, MultipleChoiceTask
 
 gsm = GSM8KTask()

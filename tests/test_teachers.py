@@ -10,7 +10,7 @@ import sys
 import pydantic
 import pytest
 
-from synthledger.engine.plugins import PluginHost
+from synthledger.engine.host import PluginHost
 from synthledger.engine.teacher import ChatRequest, FailureKind, Teacher, TeacherError, utf8_prompt_bound
 from synthledger.plugins import teachers as teachers_plugin
 from synthledger.plugins.teachers.errors import rate_limits, status_error

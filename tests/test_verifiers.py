@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from synthledger.engine import plugins
-from synthledger.engine.strategy import Sample, Seed
+from synthledger.engine import host as plugins
+from synthledger.engine.api import Sample, Seed
 from synthledger.plugins.tasks import FreeformTask, GSM8KTask
 from synthledger.plugins.verifiers import FinalAnswer, LLMJudge, NoVerification, SelfConsistency
 from synthledger.plugins.verifiers.llm_judge import parse_judgement

@@ -1,5 +1,5 @@
 """Scheduler building blocks: each paces, retries, trips or sizes one thing, knows nothing of
-events or budgets, and is composed by `synthledger.engine.dispatcher`."""
+events or budgets, and is composed by `synthledger.engine.run.dispatcher`."""
 
 from synthledger.engine.scheduler.breaker import CircuitBreaker
 from synthledger.engine.scheduler.concurrency import AdaptiveConcurrency

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from synthledger.engine.hookspecs import hookimpl
-from synthledger.engine.strategy import Task
+from synthledger.engine.api import Task
 
 from .heldout import HeldoutError, load_heldout
 from .options import AccuracyOptions

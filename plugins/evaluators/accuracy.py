@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from synthledger.engine.strategy import Task
+from synthledger.engine.api import Task
 
 from .options import AccuracyOptions
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from synthledger.engine.jsonl import JsonlError, read_jsonl
+from synthledger.engine.output.jsonl import JsonlError, read_jsonl
 
 DEFAULT_RG_SEED = 10_000  # far from the seed sources' default (0), so sets differ by default
 DEFAULT_RG_SIZE = 200

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from synthledger.engine.strategy import PluginOptions
+from synthledger.engine.api import PluginOptions
 
 
 class AccuracyOptions(PluginOptions):

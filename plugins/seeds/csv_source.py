@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Iterator
 
 from pydantic import field_validator
 
-from synthledger.engine.strategy import Seed, SeedError, SeedSource
+from synthledger.engine.api import Seed, SeedError, SeedSource
 
 from .rows import FieldOptions, build_seeds, resolve
 

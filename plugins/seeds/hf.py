@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from synthledger.engine.strategy import Seed, SeedError, SeedSource
+from synthledger.engine.api import Seed, SeedError, SeedSource
 
 from .rows import FieldOptions, build_seeds, numbered, resolve
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Iterator
 
-from synthledger.engine.jsonl import JsonlError, read_jsonl
-from synthledger.engine.strategy import SeedError, Seed, SeedSource
+from synthledger.engine.output.jsonl import JsonlError, read_jsonl
+from synthledger.engine.api import SeedError, Seed, SeedSource
 
 from .rows import FieldOptions, build_seeds, resolve
 

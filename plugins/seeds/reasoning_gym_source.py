@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from synthledger.engine.strategy import PluginOptions, Seed, SeedError, SeedSource
+from synthledger.engine.api import PluginOptions, Seed, SeedError, SeedSource
 
 
 class ReasoningGymSeedSource(SeedSource):

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator
 
 from pydantic import field_validator
 
-from synthledger.engine.strategy import PluginOptions, Seed, SeedError
+from synthledger.engine.api import PluginOptions, Seed, SeedError
 
 
 class FieldOptions(PluginOptions):

@@ -9,7 +9,7 @@ from typing import ClassVar, Iterator
 
 from pydantic import Field
 
-from synthledger.engine.strategy import Context, PlanItem, Sample, Strategy
+from synthledger.engine.api import Context, PlanItem, Sample, Strategy
 
 from .common import answer_prompt, round_robin, seed_reference
 from .options import AnswerOptions

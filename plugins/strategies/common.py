@@ -9,7 +9,7 @@ import re
 import string
 from typing import Iterator
 
-from synthledger.engine.strategy import Seed, Task
+from synthledger.engine.api import Seed, Task
 
 _FORMATTER = string.Formatter()
 

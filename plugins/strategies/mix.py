@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from synthledger.engine.strategy import Context, PlanItem, PluginOptions, Sample, Strategy
+from synthledger.engine.api import Context, PlanItem, PluginOptions, Sample, Strategy
 
 
 class MixPart(BaseModel):
@@ -48,7 +48,7 @@ class Mix(Strategy):
 
         @model_validator(mode="after")
         def _check_parts(self) -> "Mix.Options":
-            from synthledger.engine import plugins  # at validation time: the registry is loaded lazily
+            from synthledger.engine import host  # at validation time: the registry is loaded lazily
 
             total = sum(part.fraction for part in self.parts)
             if abs(total - 1.0) > 1e-6:
@@ -64,8 +64,8 @@ class Mix(Strategy):
                     raise ValueError(f"{where}: strategy listed twice; give each strategy one part")
                 seen.add(part.name)
                 try:
-                    cls = plugins.get("strategies", part.name)
-                except plugins.UnknownPlugin as exc:
+                    cls = host.get("strategies", part.name)
+                except host.UnknownPlugin as exc:
                     raise ValueError(f"{where}: {exc}") from None
                 try:
                     options = cls.Options.model_validate(part.sub_options)

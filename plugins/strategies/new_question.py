@@ -13,7 +13,7 @@ from typing import ClassVar, Iterator
 
 from pydantic import Field, field_validator
 
-from synthledger.engine.strategy import Context, PlanItem, Sample, Seed, Strategy
+from synthledger.engine.api import Context, PlanItem, Sample, Seed, Strategy
 
 from .common import answer_prompt, clean_question, parse_yes_no, user, validate_template
 from .options import AnswerOptions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from synthledger.engine.strategy import PluginOptions
+from synthledger.engine.api import PluginOptions
 
 from .common import ANSWER_FIELDS, DEFAULT_ANSWER_TEMPLATE, validate_template
 

@@ -10,7 +10,7 @@ from typing import ClassVar, Iterator
 
 from pydantic import Field, field_validator
 
-from synthledger.engine.strategy import Context, PlanItem, Sample, Strategy
+from synthledger.engine.api import Context, PlanItem, Sample, Strategy
 
 from .common import answer_prompt, clean_question, round_robin, seed_reference, user, validate_template
 from .options import AnswerOptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from synthledger.engine.strategy import Task
+from synthledger.engine.api import Task
 
 _WS = re.compile(r"\s+")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from synthledger.engine.strategy import Task
+from synthledger.engine.api import Task
 
 _L = r"[A-Ea-e]"
 # After "answer is"/"Answer:", an upper-case letter may be followed by more words ("B because"),

@@ -13,7 +13,7 @@ import re
 from fractions import Fraction
 from typing import ClassVar
 
-from synthledger.engine.strategy import Task
+from synthledger.engine.api import Task
 
 # A number: optional sign, thousands-separated or plain digits, optional decimals, or a leading-dot
 # decimal. Thousands groups must be exactly three digits so "1,2" is not read as 12.

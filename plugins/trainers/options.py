@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from synthledger.engine.strategy import PluginOptions
+from synthledger.engine.api import PluginOptions
 
 
 class TrainingError(RuntimeError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from synthledger.engine.strategy import Context, PluginOptions, Sample, Verdict, Verifier
+from synthledger.engine.api import Context, PluginOptions, Sample, Verdict, Verifier
 
 
 class NoVerification(Verifier):

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from synthledger.engine.strategy import Context, PluginOptions, Sample, Verdict, Verifier
+from synthledger.engine.api import Context, PluginOptions, Sample, Verdict, Verifier
 from synthledger.plugins.strategies.common import user, validate_template
 
 DEFAULT_RUBRIC = (

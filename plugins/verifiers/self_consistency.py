@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from synthledger.engine.strategy import Context, Sample, Task, Verdict, Verifier
+from synthledger.engine.api import Context, Sample, Task, Verdict, Verifier
 from synthledger.plugins.strategies.common import answer_prompt
 from synthledger.plugins.strategies.options import AnswerOptions
 

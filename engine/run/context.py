@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from .events import QuestionAdmitted, SampleRejected
-from .strategy import PlanItem, Seed, Task
+from ..ledger.events import QuestionAdmitted, SampleRejected
+from ..api import PlanItem, Seed, Task
 
 if TYPE_CHECKING:
     from .runner import Runner

@@ -9,16 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import plugins
+from .. import host
 from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
 from .dispatcher import Endpoint
-from .ledger import BudgetSpec
-from .pricing import ModelPrice, price_for
-from .scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
-from .shaper import SendShaper
-from .strategy import Seed, Strategy, Task, Verifier, draw_subset
+from ..ledger.ledger import BudgetSpec
+from ..ledger.pricing import ModelPrice, price_for
+from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
+from ..scheduler.shaper import SendShaper
+from ..api import Seed, Strategy, Task, Verifier, draw_subset
 
 # Pace at 99.5% of a configured limit. The limiter's own default (98.5%) never trips a one-second
 # window even when the event loop is late, but leaves 1.5% of a paid-for quota unused; at 99.5% a
@@ -38,8 +38,8 @@ class Parts:
 
 def _plugin(kind: str, name: str, section: str) -> Any:
     try:
-        return plugins.get(kind, name)
-    except plugins.UnknownPlugin as exc:
+        return host.get(kind, name)
+    except host.UnknownPlugin as exc:
         raise ConfigError(f"[{section}] {exc}") from None
 
 

@@ -20,8 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .ledger import BudgetSpec, Limits
-from ..store.hashing import canonical
+from ..ledger.ledger import BudgetSpec, Limits
+from ...store.hashing import canonical
 
 
 class ConfigError(ValueError):

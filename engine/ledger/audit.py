@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..store.eventstore import EventStore
-from ..store.hashing import GENESIS, chain_hash
+from ...store.eventstore import EventStore
+from ...store.hashing import GENESIS, chain_hash
 from .events import EVENT_TYPES, parse_event
 from .ledger import BudgetSpec, Ledger, Violation, budget_from_dict
 

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .ledger import Ledger
+from ..ledger.ledger import Ledger
 
 
 def _budget_axis(ledger: Ledger) -> tuple[str, float, float]:

@@ -16,15 +16,15 @@ from typing import Any, Callable
 
 import anyio
 
-from ..store.hashing import canonical
-from .events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QueryReserved, QuerySettled
-from .ledger import Amount, Ledger
-from .pricing import ModelPrice
-from .recorder import Recorder
-from .scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
-from .shaper import SendShaper
-from .strategy import BudgetExhausted, QueryFailed
-from .teacher import ChatRequest, Completion, FailureKind, RateLimitInfo, Teacher, TeacherError
+from ...store.hashing import canonical
+from ..ledger.events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QueryReserved, QuerySettled
+from ..ledger.ledger import Amount, Ledger
+from ..ledger.pricing import ModelPrice
+from ..ledger.journal import Recorder
+from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
+from ..scheduler.shaper import SendShaper
+from ..api import BudgetExhausted, QueryFailed
+from ..teacher import ChatRequest, Completion, FailureKind, RateLimitInfo, Teacher, TeacherError
 
 # How many settled answers stay in memory for repeats of the same query (older ones are read back
 # from the store): enough for any verifier's look-back, small enough that memory stays flat.

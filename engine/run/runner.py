@@ -15,20 +15,20 @@ from typing import Any
 
 import anyio
 
-from .. import __version__
-from ..store.eventstore import EventStore, owner_token
-from .build import Parts, build_endpoints, build_parts
+from ... import __version__
+from ...store.eventstore import EventStore, owner_token
+from .assemble import Parts, build_endpoints, build_parts
 from .config import RunConfig
 from .context import ItemContext
 from .dedupe import NearDuplicateIndex
 from .dispatcher import Dispatcher, FatalRunError, RunStopping
-from .events import (ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted, SampleProposed,
+from ..ledger.events import (ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted, SampleProposed,
                      SampleRejected)
-from .ledger import DIMENSIONS, Amount, Ledger
+from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
-from .recorder import Recorder
-from .replay import replay
-from .strategy import BudgetExhausted, PlanItem, QueryFailed
+from ..ledger.journal import Recorder
+from ..ledger.replay import replay
+from ..api import BudgetExhausted, PlanItem, QueryFailed
 
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..store.eventstore import EventStore
+from ...store.eventstore import EventStore
 
 DATASET_TYPES = ("sample_proposed", "sample_accepted", "run_started")
 
@@ -38,8 +38,8 @@ def accepted_rows(store: EventStore, run_id: str, *, include_seeds: bool = False
 
 
 def _seed_rows(config: dict[str, Any], run_id: str) -> Iterator[dict[str, Any]]:
-    from .build import build_parts
-    from .config import RunConfig
+    from ..run.assemble import build_parts
+    from ..run.config import RunConfig
 
     cfg = RunConfig.model_validate(config)
     for seed in build_parts(cfg).seeds:

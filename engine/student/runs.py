@@ -10,13 +10,13 @@ from typing import Any
 
 from pydantic import Field
 
-from .. import __version__
-from ..store.eventstore import EventStore, NewEvent, owner_token
-from ..store.hashing import GENESIS, canonical
-from . import plugins
-from .config import ConfigError, NamedSection, _Strict, tomllib, validate_plugin_options, _format_errors
-from .dataset import accepted_rows
-from .events import SCHEMA_VERSION, parse_event
+from ... import __version__
+from ...store.eventstore import EventStore, NewEvent, owner_token
+from ...store.hashing import GENESIS, canonical
+from .. import host
+from ..run.config import ConfigError, NamedSection, _Strict, tomllib, validate_plugin_options, _format_errors
+from ..output.dataset import accepted_rows
+from ..ledger.events import SCHEMA_VERSION, parse_event
 
 
 class DataSection(_Strict):
@@ -52,7 +52,7 @@ class TrainConfig(_Strict):
 def load_train_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
     from pydantic import ValidationError
 
-    from .config import apply_overrides
+    from ..run.config import apply_overrides
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -95,8 +95,8 @@ class RunLog:
 
 def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[list[dict[str, Any]], str | None, str]:
     """Chat rows from a run (id or name) or from an exported .jsonl file."""
-    from .export_formats import chat_record
-    from .jsonl import JsonlError, read_jsonl
+    from ..output.export import chat_record
+    from ..output.jsonl import JsonlError, read_jsonl
 
     path = Path(source)
     if path.suffix in (".jsonl", ".json") and path.exists():
@@ -110,7 +110,7 @@ def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[lis
 
 
 def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: bool = True) -> dict[str, Any]:
-    trainer_cls = plugins.get("trainers", cfg.trainer.name)
+    trainer_cls = host.get("trainers", cfg.trainer.name)
     options = validate_plugin_options(trainer_cls.Options, cfg.trainer.extras(), "trainer")
     rows, parent, label = _rows_from(source, store, cfg.data.include_seeds)
     if not rows:
@@ -135,15 +135,15 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
 
 def _check_model(name: str) -> None:
     """Fail on an unknown model before a run is recorded (needs the `train` extra)."""
-    from ..plugins.hf_models import resolve_model
+    from ...plugins.hf_models import resolve_model
 
     resolve_model(name)
 
 
 def training_questions(store: EventStore, run_id: str) -> set[str]:
     """Every question a generation run trained on (its seeds and its generated questions)."""
-    from .build import build_parts
-    from .config import RunConfig
+    from ..run.assemble import build_parts
+    from ..run.config import RunConfig
 
     questions = {ev.payload["question"] for ev in store.iter_events(run_id, types=["sample_proposed"])}
     info = store.get_run(run_id)
@@ -161,9 +161,9 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
     if (Path(model) / "adapter" / "adapter_config.json").is_file():  # a `train` output folder
         model = str(Path(model) / "adapter")
     _check_model(model)
-    ev_cls = plugins.get("evaluators", evaluator)
+    ev_cls = host.get("evaluators", evaluator)
     opts = validate_plugin_options(ev_cls.Options, {"heldout": heldout, "limit": limit, **(options or {})}, "eval")
-    task = plugins.get("tasks", task_name)()
+    task = host.get("tasks", task_name)()
     parent = None
     prov = Path(model).parent / "provenance.json"
     if not prov.exists():

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import anyio
 from pydantic import BaseModel
 
-from ..store.eventstore import EventStore, NewEvent, StoreError
+from ...store.eventstore import EventStore, NewEvent, StoreError
 from .events import SCHEMA_VERSION, to_payload
 from .ledger import Ledger
 

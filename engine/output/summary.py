@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.eventstore import EventStore, RunInfo
+from ...store.eventstore import EventStore, RunInfo
 from .diversity import distinct_ngram_ratio
-from .replay import replay
+from ..ledger.replay import replay
 
 
 def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""What leaves a run: the dataset fold, export formats, the `show` summary and diversity figures."""

@@ -1,0 +1,1 @@
+"""The student: training and evaluation, each recorded as a run of its own."""
