@@ -50,21 +50,11 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from synthledger.engine.run.config import ConfigError
-        from synthledger.engine.host import PluginError
-        from synthledger.engine.run.runner import ResumeRefused
-        from synthledger.engine.api import SeedError
-        from synthledger.store.eventstore import StoreError
+        from synthledger.engine.errors import SynthledgerError
 
-        known: tuple[type[BaseException], ...] = (CliError, ConfigError, PluginError, ResumeRefused, SeedError,
-                                                  StoreError, FileNotFoundError)
-        try:
-            from synthledger.plugins.teachers.settings import MissingApiKey
-            from synthledger.plugins.trainers.options import TrainingError
-
-            known += (MissingApiKey, TrainingError)
-        except ImportError:
-            pass
+        # The root covers every error synthledger raises for a user (see engine/errors.py); a
+        # third-party plugin's ValueError is still a bad input rather than a crash.
+        known: tuple[type[BaseException], ...] = (CliError, SynthledgerError, FileNotFoundError, ValueError)
         try:
             return fn(*args, **kwargs)
         except ModuleNotFoundError as exc:
@@ -76,7 +66,7 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"[red]error:[/red] this needs {exc.name}, which is not installed; "
                       + escape(f"install it with: pip install 'synthledger[{extra}]'"), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except (*known, ValueError) as exc:
+        except known as exc:
             from rich.markup import escape
 
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -1,9 +1,17 @@
-"""What a generation strategy, a verifier, a task format and a seed source look like to the engine.
+"""What a plugin author imports: the contracts of strategies, verifiers, tasks, seed sources,
+teachers, trainers and evaluators, and the errors they may raise.
 
 A strategy is a small class: it lays out a deterministic, lazy plan of items, and turns one item
 into a sample by asking models through `ctx.ask(...)`. Chaining (rephrase, then answer) is plain
 `await` in Python. The engine behind `ctx` does the budgeting, rate limiting, retries, caching of
 settled queries and event recording, so a strategy never sees any of that.
+
+A teacher (a model provider) turns a `ChatRequest` into a `Completion` or raises `TeacherError`
+with one of a small set of failure kinds, plus the one fact the budget ledger needs: could the
+failed attempt have been billed? Providers differ in SDKs, headers and error shapes; the
+scheduler must not care.
+
+Everything here is stable for plugins; `synthledger.engine.strategy` and `.teacher` re-export it.
 """
 
 from __future__ import annotations
@@ -11,9 +19,20 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Protocol
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import BudgetExhausted, FailureKind, QueryFailed, SeedError, TeacherError
+from .scheduler.headers import RateLimitInfo, parse_reset, parse_retry_after, rate_limits_from_headers
+
+__all__ = [
+    "BudgetExhausted", "ChatRequest", "Completion", "Context", "Evaluator", "FailureKind", "PlanItem",
+    "PluginOptions", "QueryFailed", "RateLimitInfo", "Sample", "Seed", "SeedError", "SeedSource", "Strategy",
+    "Task", "Teacher", "TeacherError", "Trainer", "Usage", "Verdict", "Verifier", "draw_subset",
+    "parse_reset", "parse_retry_after", "rate_limits_from_headers", "utf8_prompt_bound",
+]
 
 
 class Seed(BaseModel):
@@ -57,14 +76,6 @@ class Verdict:
     accepted: bool
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
-
-
-class BudgetExhausted(Exception):
-    """Raised by ctx.ask when the budget cannot cover another query of that role."""
-
-
-class QueryFailed(Exception):
-    """Raised by ctx.ask when a query was abandoned (attempts exhausted, or a non-retryable error)."""
 
 
 class Context(Protocol):
@@ -158,10 +169,6 @@ class Verifier(ABC):
     async def verify(self, sample: Sample, ctx: Context) -> Verdict: ...
 
 
-class SeedError(ValueError):
-    """A seed file or row is unusable; the message names the file and line."""
-
-
 class SeedSource(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[PluginOptions]] = PluginOptions
@@ -182,3 +189,90 @@ def draw_subset(seeds: list[Seed], size: int | None, random_seed: int) -> list[S
     rng = random.Random(f"seeds:{random_seed}")
     picked = sorted(rng.sample(range(len(seeds)), size))
     return [seeds[i] for i in picked]
+
+
+# ---- teachers ---------------------------------------------------------------------------------
+
+
+class ChatRequest(BaseModel):
+    """One call to a chat model. `n` > 1 asks for several samples of the same prompt."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    messages: tuple[dict[str, str], ...]
+    max_tokens: int = Field(gt=0)
+    temperature: float = 0.7
+    top_p: float | None = None
+    n: int = Field(default=1, ge=1)
+    seed: int | None = None
+    stop: tuple[str, ...] | None = None
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    texts: list[str]
+    usage: Usage
+    finish_reasons: list[str | None] = field(default_factory=list)
+    rate_limits: RateLimitInfo | None = None
+    raw_model: str | None = None
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A model endpoint. Implementations must be safe to call concurrently from one event loop."""
+
+    provider: str
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
+        """A number of prompt tokens the provider will not exceed for this request.
+
+        The budget reserves this before dispatch, so it must be an upper bound, not a guess."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def utf8_prompt_bound(messages: tuple[dict[str, str], ...] | list[dict[str, Any]]) -> int:
+    """An upper bound on prompt tokens for byte-level BPE tokenizers: no token is shorter than one
+    byte, plus a generous allowance for the chat template's special tokens."""
+    total = 16
+    for m in messages:
+        total += len(str(m.get("content", "")).encode("utf-8")) + len(str(m.get("role", ""))) + 8
+    return total
+
+
+# ---- students ---------------------------------------------------------------------------------
+
+OnEvent = Callable[[str, dict[str, Any]], None]  # (event type, payload): recorded on the train/eval run
+
+
+class Trainer(Protocol):
+    """Trains a student on chat rows (`{"messages": [...], "metadata": {...}}`); a class with `name`
+    and `Options`, built as `cls(options)`. Heavy imports belong inside `train`."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]]
+
+    def train(self, rows: list[dict[str, Any]], out_dir: Path | str, on_event: OnEvent | None = None,
+              progress: bool = True) -> dict[str, Any]: ...
+
+
+class Evaluator(Protocol):
+    """Scores a model on a held-out set; built as `cls(options)` with the `heldout`/`limit` options."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[PluginOptions]]
+
+    def heldout(self, exclude_questions: set[str] | None = None) -> list[dict[str, str]]: ...
+
+    def evaluate(self, model_or_adapter: str, examples: list[dict[str, str]], task: Task, out_path: Path | str,
+                 on_event: OnEvent | None = None, progress: bool = True) -> dict[str, Any]: ...

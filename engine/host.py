@@ -17,10 +17,12 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
+from .errors import PluginError, UnknownPlugin
 
 GROUP = "synthledger"
 ENV_VAR = "SYNTHLEDGER_PLUGINS"
-KINDS = ("teachers", "strategies", "verifiers", "seed_sources", "tasks", "trainers", "evaluators")
+# The kinds of plugin are the hooks of hookspecs.py (`register_<kind>`), in the order written there.
+KINDS = tuple(name.removeprefix("register_") for name in vars(hookspecs) if name.startswith("register_"))
 BUILTIN_MODULES = {
     "teachers": "synthledger.plugins.teachers",
     "strategies": "synthledger.plugins.strategies",
@@ -32,17 +34,15 @@ BUILTIN_MODULES = {
 }
 
 
-class PluginError(Exception):
-    pass
+def singular(kind: str) -> str:
+    """How messages name one plugin of a kind: "strategies" -> "strategy", "seed_sources" -> "seed source"."""
+    word = kind.replace("_", " ")
+    return word[:-3] + "y" if word.endswith("ies") else word[:-1]
 
 
 def _normalize(name: str) -> str:
     """Distribution names compare the way pip compares them: `Synthledger_Echo` is `synthledger-echo`."""
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-class UnknownPlugin(PluginError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class PluginHost:
                     prior = registry[_kind].get(name)
                     if prior is not None and prior.plugin != _p:  # never let one plugin shadow another
                         raise PluginError(
-                            f"{_kind[:-1].replace('_', ' ')} {name!r} is registered by both {prior.plugin} "
+                            f"{singular(_kind)} {name!r} is registered by both {prior.plugin} "
                             f"({prior.distribution}) and {_p} ({_d}); uninstall one, or choose with {ENV_VAR}")
                     registry[_kind][name] = Registration(_kind, name, factory, _p, _d, _v)
 
@@ -130,8 +130,7 @@ class PluginHost:
         entries = self._collect()[kind]
         if name not in entries:
             known = ", ".join(sorted(entries)) or "none"
-            singular = {"strategies": "strategy", "seed_sources": "seed source"}.get(kind, kind[:-1])
-            raise UnknownPlugin(f"no {singular} named {name!r} (known: {known})")
+            raise UnknownPlugin(f"no {singular(kind)} named {name!r} (known: {known})")
         return entries[name].factory
 
     def names(self, kind: str) -> list[str]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthledger.engine.errors import SynthledgerError
+
 SMOLLM2_ALIASES = frozenset({"smollm2", "smollm2-135m-instruct", "smollm2-135m"})
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
 _COMPLETE_MARKER = ".synthledger-converted"
@@ -29,7 +31,7 @@ _TRUTHY = {"1", "true", "yes", "on"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-class UnknownModel(ValueError):
+class UnknownModel(SynthledgerError, ValueError):
     """A model name that is neither an alias, a local folder, nor (online) a hub id."""
 
 

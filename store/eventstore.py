@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from ..engine.errors import SynthledgerError
 from .hashing import GENESIS, canonical, chain_hash
 from .migrations import migrate
 
@@ -30,7 +31,7 @@ ENV_STORE = "SYNTHLEDGER_STORE"
 PAGE = 5000
 
 
-class StoreError(RuntimeError):
+class StoreError(SynthledgerError, RuntimeError):
     """The store cannot be opened or read (bad URL, not a database, newer schema...)."""
 
 

@@ -3,7 +3,7 @@
 Replies depend only on the request bytes and a per-server counter, so a run against the server is
 reproducible, yet two samples of the same prompt differ (as they would at temperature > 0). Token
 counts follow simple, documented rules that tests can recompute: prompt tokens are UTF-8 bytes // 4
-(always below `engine.teacher.utf8_prompt_bound`), completion tokens are whitespace-separated words.
+(always below `engine.api.utf8_prompt_bound`), completion tokens are whitespace-separated words.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from synthledger.engine.teacher import ChatRequest, FailureKind, Teacher, TeacherError
+from synthledger.engine.api import ChatRequest, FailureKind, Teacher, TeacherError
 from synthledger.plugins.teachers.local import LocalTeacher, create, settings_from
 from synthledger.testing.tiny_model import build_tiny_llama
 

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from synthledger.engine.scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
-from synthledger.engine.teacher import FailureKind, RateLimitInfo
+from synthledger.engine.api import FailureKind, RateLimitInfo
 
 
 def max_in_window(times: list[float], window: float) -> int:

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from synthledger.engine.host import PluginHost
-from synthledger.engine.teacher import ChatRequest, FailureKind, Teacher, TeacherError, utf8_prompt_bound
+from synthledger.engine.api import ChatRequest, FailureKind, Teacher, TeacherError, utf8_prompt_bound
 from synthledger.plugins import teachers as teachers_plugin
 from synthledger.plugins.teachers.errors import rate_limits, status_error
 from synthledger.plugins.teachers.settings import MissingApiKey, TeacherSettings

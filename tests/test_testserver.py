@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from synthledger.engine.teacher import utf8_prompt_bound
+from synthledger.engine.api import utf8_prompt_bound
 from synthledger.testing.server import ServerConfig, TeacherServer, run_in_thread
 
 ANTHROPIC_HEADERS = {"anthropic-version": "2026-10-21"}

@@ -359,7 +359,7 @@ _HANDLERS = {
 
 
 def budget_from_dict(d: dict[str, Any] | None) -> BudgetSpec:
-    """The BudgetSpec recorded in a run's config snapshot (see engine.config)."""
+    """The BudgetSpec recorded in a run's config snapshot (see engine.run.config)."""
     d = d or {}
 
     def lim(x: dict[str, Any] | None) -> Limits:

@@ -14,14 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..errors import ExportError
+
 FORMATS = ("jsonl", "chat", "hf")
 COLUMNS = (
     "question", "answer", "strategy", "seed_id", "role", "model", "query_ids", "verification", "sample_id", "run_id",
 )
-
-
-class ExportError(ValueError):
-    """A row cannot be exported; the message names the row."""
 
 
 def _checked(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -10,11 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import JsonlError
+
 __all__ = ["JsonlError", "read_jsonl"]
-
-
-class JsonlError(ValueError):
-    """A line is not a JSON object; the message starts with "<file>, line <n>:"."""
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

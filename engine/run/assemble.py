@@ -13,7 +13,7 @@ from .. import host
 from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
-from .dispatcher import Endpoint
+from ..scheduler.endpoint import Endpoint
 from ..ledger.ledger import BudgetSpec
 from ..ledger.pricing import ModelPrice, price_for
 from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy

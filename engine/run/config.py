@@ -20,12 +20,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from ..errors import ConfigError
 from ..ledger.ledger import BudgetSpec, Limits
 from ...store.hashing import canonical
-
-
-class ConfigError(ValueError):
-    """A config problem, with every offending key path in the message."""
 
 
 class _Strict(BaseModel):

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..ledger.events import QuestionAdmitted, SampleRejected
 from ..api import PlanItem, Seed, Task
 
-if TYPE_CHECKING:
-    from .runner import Runner
+
+class ItemHost(Protocol):
+    """What a context needs of the run around it (the Runner provides it)."""
+
+    parts: Any  # .task, .seeds
+    cfg: Any  # .run.seed
+    dispatcher: Any
+    recorder: Any
+    dedupe: Any
+
+    def route(self, role: str) -> str: ...
+
+    def unpledge(self, item: PlanItem, role: str) -> None: ...
 
 
 class ItemContext:
-    def __init__(self, runner: "Runner", item: PlanItem) -> None:
+    def __init__(self, runner: ItemHost, item: PlanItem) -> None:
         self._runner = runner
         self.item = item
         self.task: Task = runner.parts.task

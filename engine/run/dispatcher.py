@@ -19,41 +19,14 @@ import anyio
 from ...store.hashing import canonical
 from ..ledger.events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QueryReserved, QuerySettled
 from ..ledger.ledger import Amount, Ledger
-from ..ledger.pricing import ModelPrice
 from ..ledger.journal import Recorder
-from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
-from ..scheduler.shaper import SendShaper
-from ..api import BudgetExhausted, QueryFailed
-from ..teacher import ChatRequest, Completion, FailureKind, RateLimitInfo, Teacher, TeacherError
+from ..scheduler.endpoint import Endpoint
+from ..api import ChatRequest, Completion
+from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
 
 # How many settled answers stay in memory for repeats of the same query (older ones are read back
 # from the store): enough for any verifier's look-back, small enough that memory stays flat.
 ANSWER_CACHE = 4096
-
-
-class FatalRunError(RuntimeError):
-    """Something no retry can fix (bad credentials, a teacher that never recovers): stop the run."""
-
-
-class RunStopping(Exception):
-    """The run is being stopped (a signal): no new query may start. Not a failure of the item."""
-
-
-@dataclass
-class Endpoint:
-    """A model serving one or more roles, with its own pacing and failure handling."""
-
-    teacher: Teacher
-    model: str
-    params: dict[str, Any]
-    limiter: RateLimiter
-    concurrency: AdaptiveConcurrency
-    breaker: CircuitBreaker
-    retry: RetryPolicy
-    price: ModelPrice | None
-    timeout_s: float
-    max_breaker_trips: int = 6
-    shaper: SendShaper | None = None  # exact send spacing under a request-rate limit
 
 
 def request_key(provider: str, model: str, params: dict[str, Any], messages: list[dict[str, str]],
@@ -63,38 +36,6 @@ def request_key(provider: str, model: str, params: dict[str, Any], messages: lis
     blob = canonical({"p": provider, "m": model, "params": params, "msgs": messages, "i": sample_index,
                       "why": purpose})
     return hashlib.sha256(blob).hexdigest()
-
-
-def _rate_limited_cap(ep: Endpoint) -> int:
-    """429s say "later", not "broken": they do not use up `max_attempts`, but a provider that only
-    ever answers 429 must still end the query some time."""
-    return max(20, 4 * ep.retry.max_attempts)
-
-
-def pacing_hint(info: RateLimitInfo | None, tokens_estimate: int, limiter: RateLimiter) -> RateLimitInfo | None:
-    """What of a provider's `x-ratelimit-*` headers the limiter may act on.
-
-    Announced limits are left out: providers mean "per minute", but some (and gateways with short
-    windows) announce a per-window count, and adopting that as RPM would throttle a run 60-fold.
-    Configured limits plus the 429 feedback (retry-after, AIMD) pace correctly either way. A
-    "none remaining" is kept only for a dimension the limiter does not pace (a paced run hits zero
-    remaining at every full window, by design), with its pause cut to about one slot's worth: the
-    reset header is the time until the *whole* window refills."""
-    if info is None:
-        return None
-    out = RateLimitInfo()
-    if (limiter.current_rpm is None and info.remaining_requests is not None and info.remaining_requests <= 0
-            and info.reset_requests_s):
-        out.remaining_requests = 0
-        out.reset_requests_s = info.reset_requests_s / max(1, info.limit_requests or 1)
-    if (limiter.current_tpm is None and info.remaining_tokens is not None and info.remaining_tokens <= 0
-            and info.reset_tokens_s):
-        share = min(1.0, tokens_estimate / info.limit_tokens) if info.limit_tokens else 1.0
-        out.remaining_tokens = 0
-        out.reset_tokens_s = info.reset_tokens_s * share
-    if out.remaining_requests is None and out.remaining_tokens is None:
-        return None
-    return out
 
 
 @dataclass
@@ -206,7 +147,7 @@ class Dispatcher:
                 limited = err.kind is FailureKind.RATE_LIMITED
                 if not limited:
                     counted += 1
-                retry = (attempt < _rate_limited_cap(ep)) if limited else ep.retry.should_retry(err.kind, counted)
+                retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
                 if not retry:
                     reason = (f"{err.kind.value} after {attempt} attempt(s): {err.message}")
                     self._abandon(qid, holding, reason)
@@ -281,11 +222,7 @@ class Dispatcher:
             finish_reason=completion.finish_reasons[0] if completion.finish_reasons else None,
             latency_s=round(latency, 4),
         ))
-        ep.limiter.settle(est, usage.input_tokens + usage.output_tokens)
-        if completion.rate_limits is not None:
-            ep.limiter.update_from_headers(pacing_hint(completion.rate_limits, est, ep.limiter))
-        ep.breaker.record_success()
-        ep.concurrency.on_success()
+        ep.on_success(est, usage.input_tokens + usage.output_tokens, completion.rate_limits)
         return completion
 
     def _failed(self, ep: Endpoint, qid: str, attempt: int, err: TeacherError, est: int) -> None:
@@ -293,20 +230,4 @@ class Dispatcher:
             query_id=qid, attempt=attempt, kind=err.kind.value, maybe_billed=err.maybe_billed,
             message=err.message[:300], status=err.status, retry_after=err.retry_after,
             body_excerpt=err.body_excerpt))
-        if err.kind is FailureKind.RATE_LIMITED:
-            rpm = ep.limiter.current_rpm
-            if err.retry_after and (rpm is None or err.retry_after > 60.0 / rpm):
-                # Hold everyone back. A wait shorter than one paced interval is left to this
-                # request's own retry: pausing the limiter for it would restart its schedule, and
-                # the catch-up after a restart is itself the next 429 one window later.
-                ep.limiter.pause_for(err.retry_after)
-            if ep.limiter.current_rpm is None and ep.limiter.current_tpm is None:
-                # Unknown capacity: fewer in flight is the only lever. With a configured rate the
-                # limiter already paces, and halving concurrency would only starve a slow provider.
-                ep.concurrency.on_rate_limited()
-            if err.rate_limits is not None:
-                ep.limiter.update_from_headers(pacing_hint(err.rate_limits, est, ep.limiter))
-            if not err.maybe_billed:
-                ep.limiter.settle(est, 0)
-        else:
-            ep.breaker.record_failure()
+        ep.on_failure(err, est)

@@ -21,23 +21,20 @@ from .assemble import Parts, build_endpoints, build_parts
 from .config import RunConfig
 from .context import ItemContext
 from .dedupe import NearDuplicateIndex
-from .dispatcher import Dispatcher, FatalRunError, RunStopping
+from .dispatcher import Dispatcher
 from ..ledger.events import (ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted, SampleProposed,
                      SampleRejected)
 from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
 from ..ledger.journal import Recorder
 from ..ledger.replay import replay
-from ..api import BudgetExhausted, PlanItem, QueryFailed
+from ..api import PlanItem
+from ..errors import BudgetExhausted, FatalRunError, QueryFailed, ResumeRefused, RunStopping
 
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
 # (its answers are paid for either way); a second signal, or the end of the grace, cuts it short.
 STOP_GRACE_S = 5.0
-
-
-class ResumeRefused(RuntimeError):
-    pass
 
 
 @dataclass

@@ -24,7 +24,7 @@ import math
 
 import anyio
 
-from synthledger.engine.teacher import RateLimitInfo
+from .headers import RateLimitInfo
 
 __all__ = ["RateLimiter"]
 

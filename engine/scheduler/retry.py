@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from synthledger.engine.teacher import FailureKind
+from ..errors import FailureKind
 
 __all__ = ["RetryPolicy"]
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from synthledger.engine.errors import SynthledgerError
 from synthledger.engine.output.jsonl import JsonlError, read_jsonl
 
 DEFAULT_RG_SEED = 10_000  # far from the seed sources' default (0), so sets differ by default
@@ -19,7 +20,7 @@ DEFAULT_RG_SIZE = 200
 GSM8K_TEST_ROWS = 1319
 
 
-class HeldoutError(ValueError):
+class HeldoutError(SynthledgerError, ValueError):
     """The held-out set cannot be used; the message says which set, and why."""
 
 

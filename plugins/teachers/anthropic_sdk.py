@@ -13,7 +13,7 @@ from typing import Any
 
 import anthropic
 
-from synthledger.engine.teacher import ChatRequest, Completion, Usage, utf8_prompt_bound
+from synthledger.engine.api import ChatRequest, Completion, Usage, utf8_prompt_bound
 
 from .errors import malformed, rate_limits, sdk_error
 from .settings import TeacherSettings, as_settings, resolve_api_key

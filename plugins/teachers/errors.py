@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from synthledger.engine.teacher import (
+from synthledger.engine.api import (
     FailureKind,
     RateLimitInfo,
     TeacherError,

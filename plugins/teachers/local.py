@@ -14,7 +14,7 @@ from typing import Any, Hashable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synthledger.engine.teacher import ChatRequest, Completion, FailureKind, TeacherError, Usage
+from synthledger.engine.api import ChatRequest, Completion, FailureKind, TeacherError, Usage
 
 from .local_batcher import MicroBatcher
 

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from synthledger.engine.teacher import ChatRequest, Completion, FailureKind, TeacherError, Usage, utf8_prompt_bound
+from synthledger.engine.api import ChatRequest, Completion, FailureKind, TeacherError, Usage, utf8_prompt_bound
 
 from .errors import error_message, malformed, rate_limits, status_error
 from .settings import TeacherSettings, as_settings, resolve_api_key

@@ -7,11 +7,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from synthledger.engine.errors import SynthledgerError
+
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY"}
 LOCAL_PLACEHOLDER_KEY = "sk-local-placeholder"
 
 
-class MissingApiKey(ValueError):
+class MissingApiKey(SynthledgerError, ValueError):
     """The environment variable that should hold the provider's API key is unset or empty."""
 
 

@@ -8,9 +8,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from synthledger.engine.api import PluginOptions
+from synthledger.engine.errors import SynthledgerError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SynthledgerError, RuntimeError):
     """Training cannot start or did not finish; the message says why."""
 
 
