@@ -1,5 +1,8 @@
 """The event store: appends, reads, optimistic concurrency, leases, URLs, migrations, corruption and
-the hash chain as `audit` checks it (through the real command line)."""
+the hash chain as `audit` checks it (through the real command line).
+
+Every guarantee is checked on SQLite and on a real PostgreSQL server (`store_url`, tests/conftest.py):
+both enforce it in the database, not in the process."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 from synthledger.engine.ledger.events import (Cost, ItemDone, QueryDispatched, QueryReserved, QuerySettled, RunFinished,
                                        RunStarted, to_payload)
@@ -55,10 +59,22 @@ def db_url(tmp_path: Path, name: str = "store.db") -> str:
 
 
 @pytest.fixture
-def store(tmp_path):
-    st = EventStore(db_url(tmp_path))
+def store(store_url):
+    st = EventStore(store_url)
     yield st
     st.close()
+
+
+def raw_sql(url: str, statement: str, *params) -> list[tuple]:
+    """Run SQL on the store behind our back (as a tamperer or another tool would), `?` placeholders."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            marks = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            res = conn.exec_driver_sql(statement.replace("?", marks), tuple(params))
+            return [tuple(r) for r in res] if res.returns_rows else []
+    finally:
+        engine.dispose()
 
 
 def count_events(st: EventStore, run_id: str) -> int:
@@ -113,9 +129,9 @@ def test_stale_expected_seq_fails_and_writes_nothing(store):
     assert store.append(run_id, [ev("c")], seq, head)[0] == 3
 
 
-def test_two_store_instances_race_for_the_same_seq(tmp_path):
-    """Two processes' views of one file: only one of two appends after seq 0 can win."""
-    a, b = EventStore(db_url(tmp_path)), EventStore(db_url(tmp_path))
+def test_two_store_instances_race_for_the_same_seq(store_url):
+    """Two processes' views of one store: only one of two appends after seq 0 can win."""
+    a, b = EventStore(store_url), EventStore(store_url)
     run_id = a.create_run("r", {}, "h")
     a.append(run_id, [ev("from_a")], 0, GENESIS)
     with pytest.raises(ConcurrencyError):
@@ -209,26 +225,36 @@ def test_url_precedence(monkeypatch, tmp_path):
     assert resolve_url("sqlite:///explicit.db") == "sqlite:///explicit.db"
 
 
-def test_migrations_are_recorded_once(tmp_path):
-    EventStore(db_url(tmp_path)).close()
-    EventStore(db_url(tmp_path)).close()  # reopening applies nothing twice
-    con = sqlite3.connect(tmp_path / "store.db")
-    rows = con.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+def test_migrations_are_recorded_once(store_url):
+    EventStore(store_url).close()
+    EventStore(store_url).close()  # reopening applies nothing twice
+    rows = raw_sql(store_url, "SELECT version, name FROM schema_migrations ORDER BY version")
     assert rows == [(v, n) for v, n, _ in MIGRATIONS]
     assert rows[-1][0] == LATEST
-    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if store_url.startswith("sqlite"):
+        tables = {r[0] for r in raw_sql(store_url, "SELECT name FROM sqlite_master WHERE type='table'")}
+    else:
+        tables = {r[0] for r in raw_sql(store_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"runs", "events", "schema_migrations"} <= tables
 
 
-def test_store_from_a_newer_release_is_refused(tmp_path):
-    EventStore(db_url(tmp_path)).close()
-    con = sqlite3.connect(tmp_path / "store.db")
-    con.execute("INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", (LATEST + 1,))
-    con.commit()
-    con.close()
+def test_many_processes_opening_a_new_store_migrate_it_once(store_url):
+    """Several writers starting at once on a fresh store: one migrates, the others wait and find it done."""
+    code = "import sys; from synthledger.store.eventstore import EventStore; EventStore(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, store_url], stderr=subprocess.PIPE, text=True, env=ENV)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    rows = raw_sql(store_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert rows == [(v,) for v, _, _ in MIGRATIONS]
+
+
+def test_store_from_a_newer_release_is_refused(store_url):
+    EventStore(store_url).close()
+    raw_sql(store_url, "INSERT INTO schema_migrations VALUES (?, 'from the future', 0)", LATEST + 1)
     with pytest.raises(StoreError, match=rf"schema version {LATEST + 1} is newer"):
-        EventStore(db_url(tmp_path))
-    r = cli("runs", "--store", db_url(tmp_path))
+        EventStore(store_url)
+    r = cli("runs", "--store", store_url)
     assert r.returncode != 0 and "newer" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -258,8 +284,8 @@ def test_unusable_url_is_a_store_error():
 
 
 @pytest.fixture
-def recorded(tmp_path):
-    url = db_url(tmp_path)
+def recorded(store_url):
+    url = store_url
     st = EventStore(url)
     run_id = st.create_run("chain", {}, "h")
     events = run_events(3)
@@ -267,7 +293,7 @@ def recorded(tmp_path):
     for i in range(0, len(events), 4):  # a few group commits
         seq, head = st.append(run_id, events[i:i + 4], seq, head)
     st.close()
-    return url, run_id, tmp_path / "store.db"
+    return url, run_id, url
 
 
 def audit_json(url: str, run_id: str) -> tuple[int, dict]:
@@ -276,11 +302,8 @@ def audit_json(url: str, run_id: str) -> tuple[int, dict]:
     return r.returncode, json.loads(r.stdout)
 
 
-def sql(db: Path, statement: str, *params) -> None:
-    con = sqlite3.connect(db)
-    con.execute(statement, params)
-    con.commit()
-    con.close()
+def sql(url: str, statement: str, *params) -> None:
+    raw_sql(url, statement, *params)
 
 
 def test_untouched_run_audits_clean(recorded):
@@ -327,22 +350,16 @@ def test_deleted_tail_is_caught(recorded):
 
 def test_event_appended_outside_the_store_is_caught(recorded):
     url, run_id, db = recorded
-    con = sqlite3.connect(db)
-    con.execute("INSERT INTO events SELECT run_id, 15, type, schema_version, payload, ts, hash FROM events "
-                "WHERE run_id = ? AND seq = 14", (run_id,))
-    con.commit()
-    con.close()
+    sql(db, "INSERT INTO events SELECT run_id, 15, type, schema_version, payload, ts, hash FROM events "
+            "WHERE run_id = ? AND seq = 14", run_id)
     rc, report = audit_json(url, run_id)
     assert rc == 1 and report["violations"][0]["seq"] == 15 and "outside the store" in report["violations"][0]["message"]
 
 
 def test_swapped_events_are_the_first_bad_seq(recorded):
     url, run_id, db = recorded
-    con = sqlite3.connect(db)
     for a, b in ((10, -1), (11, 10), (-1, 11)):  # swap q2's reservation (10) and dispatch (11)
-        con.execute("UPDATE events SET seq = ? WHERE run_id = ? AND seq = ?", (b, run_id, a))
-    con.commit()
-    con.close()
+        sql(db, "UPDATE events SET seq = ? WHERE run_id = ? AND seq = ?", b, run_id, a)
     rc, report = audit_json(url, run_id)
     assert rc == 1 and report["violations"][0]["seq"] == 10
 
