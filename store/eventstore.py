@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, IntegrityError
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
@@ -155,6 +155,15 @@ class EventStore:
         run_id = uuid.uuid4().hex[:12]
         now = time.time()
         rows, last, head = chain_rows(run_id, events, 0, GENESIS, now)
+        try:
+            self._insert_run(run_id, name, config, config_hash, kind, parent_id, owner, now, last, head, rows)
+        except IntegrityError as exc:
+            raise StoreError(f"cannot create run {name!r} in {self.where}: {_one_line(exc)}") from exc
+        return run_id, last, head
+
+    def _insert_run(self, run_id: str, name: str, config: dict[str, Any], config_hash: str, kind: str,
+                    parent_id: str | None, owner: str | None, now: float, last: int, head: str,
+                    rows: list[tuple[Any, ...]]) -> None:
         with self._begin() as conn:
             conn.execute(
                 text("INSERT INTO runs (id, name, kind, parent_id, created, config, config_hash, status,"
@@ -166,7 +175,6 @@ class EventStore:
             )
             if rows:
                 self._insert_events(conn, rows)
-        return run_id, last, head
 
     def create_run(self, name: str, config: dict[str, Any], config_hash: str, *, kind: str = "generate",
                    parent_id: str | None = None, owner: str | None = None) -> str:
@@ -302,10 +310,14 @@ class EventStore:
         """Straight to the driver: compiling bound parameters per row would cost more than the
         database's own insert work (see benchmarks/eventstore.py). PostgreSQL takes them by COPY."""
         if self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg":
-            with conn.connection.driver_connection.cursor() as cur:
-                with cur.copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN") as copy:
+            statement = f"COPY events ({EVENT_COLUMNS}) FROM STDIN"
+            dbapi = self.engine.dialect.loaded_dbapi
+            try:
+                with conn.connection.driver_connection.cursor() as cur, cur.copy(statement) as copy:
                     for row in rows:
                         copy.write_row(row)
+            except dbapi.Error as exc:  # as SQLAlchemy would have wrapped it (IntegrityError, ...)
+                raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=self.engine.dialect) from exc
             return
         conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
 
