@@ -43,7 +43,7 @@ class _Chain:
     def __init__(self, run_id: str, where: str, seq: int = 0, head: str = GENESIS) -> None:
         self.run_id, self.where, self.seq, self.head = run_id, where, seq, head
 
-    def feed(self, seq: int, type_: str, v: int, ts: float, raw: str | bytes, stored_hash: str) -> None:
+    def feed(self, seq: int, type_: str, v: int, raw: str | bytes, ts: float, stored_hash: str) -> None:
         if seq != self.seq + 1:
             raise CopyRefused(f"run {self.run_id} in {self.where}: sequence gap after {self.seq} "
                               f"(next stored event is {seq}); not copied")
