@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from synthledger.engine.ledger.events import (Cost, ItemDone, QueryDispatched, QueryReserved, QuerySettled, RunFinished,
                                        RunStarted, to_payload)
@@ -146,6 +146,69 @@ def test_unknown_run_is_named(store):
         store.append("nope", [ev("a")], 0, GENESIS)
 
 
+def test_a_writer_blocked_behind_another_fails_once_it_commits(store_url):
+    """Truly concurrent writers: while another writer's transaction extends the run, our append waits
+    on the database's lock, then finds the run moved on: the same error as a stale read."""
+    st = EventStore(store_url)
+    run_id = st.create_run("r", {}, "h")
+    other = create_engine(store_url)
+    outcome: dict = {}
+
+    def ours() -> None:
+        try:
+            outcome["ok"] = st.append(run_id, [ev("ours")], 0, GENESIS)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    with other.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.execute(text("UPDATE runs SET last_seq = 1, head_hash = 'x' WHERE id = :id AND last_seq = 0"),
+                     {"id": run_id})
+        conn.execute(text("INSERT INTO events (run_id, seq, type, schema_version, payload, ts, hash) "
+                          "VALUES (:id, 1, 'theirs', 1, '{}', 0, 'x')"), {"id": run_id})
+        writer = threading.Thread(target=ours)
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), f"our append did not wait for the other transaction: {outcome}"
+        conn.commit()
+    writer.join(30)
+    other.dispose()
+    assert isinstance(outcome.get("error"), ConcurrencyError), outcome
+    assert "was extended by another writer (expected last seq 0, found 1)" in str(outcome["error"])
+    assert [e.type for e in st.iter_events(run_id)] == ["theirs"]
+    st.close()
+
+
+def test_many_writers_on_many_runs_lose_nothing(store_url):
+    """Four store instances (as four processes would hold them) append to four runs at once."""
+    from synthledger.engine.audit import audit_events
+
+    def write(run_id: str, out: list) -> None:
+        st = EventStore(store_url)
+        seq, head = 0, GENESIS
+        for b in range(25):
+            seq, head = st.append(run_id, [ev("question_admitted", item=f"{b}.{i}", question="q") for i in range(20)],
+                                  seq, head)
+        out.append(seq)
+        st.close()
+
+    setup = EventStore(store_url)
+    ids = [setup.create_run(f"w{i}", {}, "h") for i in range(4)]
+    done: list[int] = []
+    threads = [threading.Thread(target=write, args=(run_id, done)) for run_id in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert done == [500] * 4
+    for run_id in ids:
+        info = setup.get_run(run_id)
+        report = audit_events(run_id, setup.iter_events(run_id), head=(info.last_seq, info.head_hash))
+        assert report.events == 500 and not [v for v in report.violations if "chain" in v.message or "seq" in v.message]
+    setup.close()
+
+
 # ---- the lease ------------------------------------------------------------------------------------
 
 
@@ -223,6 +286,8 @@ def test_url_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_STORE, "sqlite:///from-env.db")
     assert resolve_url(None) == "sqlite:///from-env.db"
     assert resolve_url("sqlite:///explicit.db") == "sqlite:///explicit.db"
+    monkeypatch.setenv(ENV_STORE, "postgresql://team@db.example/ledger")
+    assert resolve_url(None) == "postgresql+psycopg://team@db.example/ledger"
 
 
 def test_migrations_are_recorded_once(store_url):
@@ -277,6 +342,47 @@ def test_directory_instead_of_a_file(tmp_path):
 def test_unusable_url_is_a_store_error():
     with pytest.raises(StoreError, match="cannot open store"):
         EventStore("nosuchdialect://x/y")
+
+
+def test_postgresql_urls_without_a_driver_name_mean_psycopg(pg_url):
+    bare = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    assert resolve_url(bare) == pg_url and resolve_url(bare.replace("postgresql:", "postgres:")) == pg_url
+    st = EventStore(bare)
+    run_id = st.create_run("r", {}, "h")
+    assert st.append(run_id, [ev("a")], 0, GENESIS)[0] == 1
+    st.close()
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(tmp_path):
+    url = f"postgresql://me:s3cret-pw@/ledger?host={tmp_path}"  # no server listens there
+    with pytest.raises(StoreError) as info:
+        EventStore(url)
+    assert "s3cret-pw" not in str(info.value) and "me:***@" in str(info.value)
+    r = cli("runs", "--store", url)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "s3cret-pw" not in r.stderr + r.stdout
+    assert "cannot open store postgresql+psycopg://me:***@/ledger" in r.stderr
+
+
+NO_PSYCOPG = """
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "psycopg":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_missing_driver_names_the_extra(tmp_path):
+    r = subprocess.run([sys.executable, "-c", NO_PSYCOPG, CLI, "runs", "--store", f"postgresql://me@/db?host={tmp_path}"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    message = " ".join(r.stderr.split())
+    assert "needs the psycopg driver" in message and "pip install 'synthledger[postgres]'" in message
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 # ---- the hash chain, checked by `audit` through the command line -------------------------------------------
