@@ -49,15 +49,27 @@ def _sqlite_pragmas(timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
+def _mark(paramstyle: str, i: int) -> str:
+    """The i-th (1-based) positional parameter in the driver's own style."""
+    if paramstyle == "numeric":
+        return f":{i}"
+    if paramstyle == "numeric_dollar":
+        return f"${i}"
+    return _PLACEHOLDERS.get(paramstyle, "?")
+
+
 def _insert_sql(paramstyle: str) -> str:
     """The events INSERT in the driver's own positional parameter style."""
-    if paramstyle == "numeric":
-        marks = [f":{i}" for i in range(1, 8)]
-    elif paramstyle == "numeric_dollar":
-        marks = [f"${i}" for i in range(1, 8)]
-    else:
-        marks = [_PLACEHOLDERS.get(paramstyle, "?")] * 7
+    marks = [_mark(paramstyle, i) for i in range(1, 8)]
     return f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join(marks)})"
+
+
+def _page_sql(paramstyle: str, n_types: int) -> str:
+    """One keyset page of a run's events: (run_id, after, *types, limit)."""
+    m = [_mark(paramstyle, i) for i in range(1, n_types + 4)]
+    types = f" AND type IN ({', '.join(m[2:2 + n_types])})" if n_types else ""
+    return (f"SELECT seq, type, schema_version, payload, ts, hash FROM events WHERE run_id = {m[0]} "
+            f"AND seq > {m[1]}{types} ORDER BY seq LIMIT {m[-1]}")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -332,24 +344,23 @@ class EventStore:
 
     def iter_events(self, run_id: str, from_seq: int = 1, *, types: Iterable[str] | None = None,
                     page: int = PAGE) -> Iterator[StoredEvent]:
-        """Events in sequence order, streamed a page at a time."""
-        type_filter = ""
-        params: dict[str, Any] = {"id": run_id, "page": page}
-        if types is not None:
-            names = sorted(set(types))
-            type_filter = " AND type IN (" + ", ".join(f":t{i}" for i in range(len(names))) + ")"
-            params.update({f"t{i}": n for i, n in enumerate(names)})
-        q = text(f"SELECT seq, type, schema_version, payload, ts, hash FROM events WHERE run_id = :id "
-                 f"AND seq > :after{type_filter} ORDER BY seq LIMIT :page")
+        """Events in sequence order, streamed a page at a time. Pages are read on the driver's own
+        cursor: SQLAlchemy's row objects would cost more than the database's work (benchmarks/)."""
+        names = sorted(set(types)) if types is not None else []
+        sql = _page_sql(self.engine.dialect.paramstyle, len(names))
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
         after = from_seq - 1
         while True:
             with self._connect() as conn:
                 try:
-                    rows = conn.execute(q, {**params, "after": after}).all()
-                except DatabaseError as exc:
+                    cur = conn.connection.dbapi_connection.cursor()
+                    cur.execute(sql, (run_id, after, *names, page))
+                    rows = cur.fetchall()
+                    cur.close()
+                except dbapi_error as exc:
                     if is_busy(exc):
                         raise self._busy() from None
-                    raise StoreError(f"cannot read events of run {run_id}: {_one_line(exc)}") from exc
+                    raise StoreError(f"cannot read events of run {run_id} in {self.where}: {_one_line(exc)}") from exc
             for seq, type_, v, payload, ts, h in rows:
                 yield StoredEvent(run_id, seq, type_, v, payload, ts, h)
             if len(rows) < page:

@@ -477,15 +477,21 @@ def test_human_audit_output_names_the_first_bad_seq(recorded):
     assert r.returncode == 1 and "first bad sequence number 5" in r.stderr
 
 
-def test_benchmark_script_runs_and_reports_ratios(tmp_path):
+def test_benchmark_script_runs_and_reports_ratios(tmp_path, pg_url):
     """Keeps benchmarks/eventstore.py working; the real figures come from a 1M-event run."""
     out = tmp_path / "bench.json"
     bench = Path(CLI).parent / "benchmarks" / "eventstore.py"
     r = subprocess.run([sys.executable, str(bench), "--events", "3000", "--batch", "500", "--out", str(out),
-                        "--dir", str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=120)
+                        "--dir", str(tmp_path), "--pg-url", pg_url], capture_output=True, text=True, env=ENV,
+                       timeout=300)
     assert r.returncode in (0, 1), r.stderr  # 1 = a target missed, which a tiny run on a busy machine may
     result = json.loads(out.read_text())
     assert result["details"]["appends"]["events"] == 3000 and result["details"]["replay"]["events"] == 3000
     assert result["details"]["replay"]["violations"] == 0 and result["details"]["audit"]["ok"] is True
     assert set(result["ratio_vs_target"]) == {"appends_per_s", "replayed_per_s", "replay_peak_rss_mb"}
     assert result["appends_vs_raw_sqlite"] > 0
+    pg = result["postgresql"]  # the same figures, for PostgreSQL, from the same run
+    assert pg["details"]["appends"]["events"] == 3000 and pg["details"]["replay"]["violations"] == 0
+    assert pg["details"]["audit"]["ok"] is True and set(pg["ratio_vs_target"]) == set(result["ratio_vs_target"])
+    for figures in (result, pg):  # 4 writers on 4 runs of one store
+        assert figures["details"]["concurrent"]["events"] == 3000 - 3000 % 4 and figures["concurrent_appends_per_s"] > 0
