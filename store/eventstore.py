@@ -12,171 +12,116 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from ..engine.errors import SynthledgerError
-from .hashing import GENESIS, canonical, chain_hash
+from .busy import busy_error, is_busy, pg_holders, sqlite_holders
+from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError
+from .hashing import GENESIS, canonical
 from .migrations import migrate
+from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_alive, chain_rows, iso_ms,
+                      owner_token)
+from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, check_driver, default_url, display, resolve_url
 
-DEFAULT_DIR = ".synthledger"
-ENV_STORE = "SYNTHLEDGER_STORE"
+__all__ = ["DEFAULT_DIR", "ENV_STORE", "ConcurrencyError", "EventStore", "NewEvent", "RunInfo", "RunNotFound",
+           "StoreBusy", "StoreError", "StoredEvent", "default_url", "iso_ms", "owner_token", "resolve_url"]
+
 PAGE = 5000
 
 
-class StoreError(SynthledgerError, RuntimeError):
-    """The store cannot be opened or read (bad URL, not a database, newer schema...)."""
-
-
-class ConcurrencyError(StoreError):
-    """Someone else extended this run since we last read it, or holds its lease."""
-
-
-class RunNotFound(StoreError):
-    pass
-
-
-@dataclass(slots=True)
-class NewEvent:
-    type: str
-    payload: dict[str, Any]
-    schema_version: int = 1
-
-
-class StoredEvent:
-    __slots__ = ("run_id", "seq", "type", "schema_version", "raw", "ts", "hash", "_payload")
-
-    def __init__(self, run_id: str, seq: int, type_: str, schema_version: int, raw: str | bytes,
-                 ts: float, hash_: str) -> None:
-        self.run_id = run_id
-        self.seq = seq
-        self.type = type_
-        self.schema_version = schema_version
-        self.raw = raw
-        self.ts = ts
-        self.hash = hash_
-        self._payload: dict[str, Any] | None = None
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        if self._payload is None:
-            self._payload = orjson.loads(self.raw)
-        return self._payload
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "type": self.type, "v": self.schema_version, "ts": self.ts,
-                "hash": self.hash, "payload": self.payload}
-
-
-@dataclass
-class RunInfo:
-    id: str
-    name: str
-    kind: str
-    parent_id: str | None
-    created: float
-    config: dict[str, Any]
-    config_hash: str
-    status: str
-    last_seq: int
-    head_hash: str
-    owner: str | None
-    heartbeat: float | None
-
-
-def default_url() -> str:
-    return f"sqlite:///{Path(DEFAULT_DIR) / 'synthledger.db'}"
-
-
-def resolve_url(url: str | None) -> str:
-    """Explicit URL, else $SYNTHLEDGER_STORE, else the project-local data directory."""
-    return url or os.environ.get(ENV_STORE) or default_url()
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")  # durable at every commit; batching keeps that cheap
-    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
-
-
-def owner_token() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _owner_alive(owner: str) -> bool:
-    """Only a process on this host can be checked; others are judged by heartbeat age."""
-    try:
-        host, pid, _ = owner.rsplit(":", 2)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
 
 
 _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
+def _mark(paramstyle: str, i: int) -> str:
+    """The i-th (1-based) positional parameter in the driver's own style."""
+    if paramstyle == "numeric":
+        return f":{i}"
+    if paramstyle == "numeric_dollar":
+        return f"${i}"
+    return _PLACEHOLDERS.get(paramstyle, "?")
+
+
 def _insert_sql(paramstyle: str) -> str:
     """The events INSERT in the driver's own positional parameter style."""
-    if paramstyle == "numeric":
-        marks = [f":{i}" for i in range(1, 8)]
-    elif paramstyle == "numeric_dollar":
-        marks = [f"${i}" for i in range(1, 8)]
-    else:
-        marks = [_PLACEHOLDERS.get(paramstyle, "?")] * 7
-    return ("INSERT INTO events (run_id, seq, type, schema_version, payload, ts, hash) "
-            f"VALUES ({', '.join(marks)})")
+    marks = [_mark(paramstyle, i) for i in range(1, 8)]
+    return f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join(marks)})"
+
+
+def _page_sql(paramstyle: str, n_types: int) -> str:
+    """One keyset page of a run's events: (run_id, after, *types, limit)."""
+    m = [_mark(paramstyle, i) for i in range(1, n_types + 4)]
+    types = f" AND type IN ({', '.join(m[2:2 + n_types])})" if n_types else ""
+    return (f"SELECT seq, type, schema_version, payload, ts, hash FROM events WHERE run_id = {m[0]} "
+            f"AND seq > {m[1]}{types} ORDER BY seq LIMIT {m[-1]}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
 class EventStore:
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, busy_timeout: float | None = None) -> None:
         self.url = resolve_url(url)
-        self.engine = self._open(self.url)
+        self.where = display(self.url)  # what messages show: never a password
+        self.busy_timeout_s = busy_timeout_s() if busy_timeout is None else busy_timeout
+        self._sqlite_path: str | None = None
+        self.engine = self._open()
+        self.dialect = self.engine.dialect.name
 
-    @staticmethod
-    def _open(url: str) -> Engine:
+    def _open(self) -> Engine:
+        url, where = self.url, self.where
         is_sqlite = url.startswith("sqlite")
-        where = repr(url)
         kwargs: dict[str, Any] = {}
         if is_sqlite:
             path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
             if path and path != ":memory:":
                 p = Path(path)
-                where = str(p)
+                where = self.where = str(p)
                 if p.exists() and p.is_dir():
                     raise StoreError(f"store path {p} is a directory, not a database file")
                 p.parent.mkdir(parents=True, exist_ok=True)
+                self._sqlite_path = str(p)
             else:
                 # An in-memory database lives in one connection: share it with every thread (the
                 # recorder commits from a worker thread), or each thread would see an empty store.
                 kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        elif url.startswith("postgresql"):
+            check_driver(url)
+            # Sessions say whose they are (pg_stat_activity), and a lock is waited for as long as a
+            # busy SQLite file would be, not forever.
+            app = f"synthledger {socket.gethostname()}:{os.getpid()}"[:63]
+            kwargs = {"connect_args": {"application_name": app,
+                                       "options": f"-c lock_timeout={int(self.busy_timeout_s * 1000)}"}}
         try:
             engine = create_engine(url, **kwargs)
         except Exception as exc:  # bad URL or missing driver
-            raise StoreError(f"cannot open store {where}: {exc}") from exc
+            raise StoreError(f"cannot open store {where}: {_one_line(exc)}") from exc
         if is_sqlite:
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", partial(_sqlite_pragmas, self.busy_timeout_s * 1000))
+        self.engine = engine
         try:
             migrate(engine)
         except DatabaseError as exc:
-            raise StoreError(f"cannot open store {where}: {exc.orig}") from exc
+            if is_busy(exc):
+                raise self._busy() from None
+            raise StoreError(f"cannot open store {where}: {_one_line(exc)}") from exc
         except Exception as exc:
             raise StoreError(f"cannot open store {where}: {exc}") from exc
         return engine
@@ -184,21 +129,69 @@ class EventStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    # ---- connections: every database error becomes one line naming the store ---------------
+    def _busy(self) -> StoreBusy:
+        holders = sqlite_holders(self._sqlite_path) if self._sqlite_path else (
+            pg_holders(self.engine) if self.url.startswith("postgresql") else [])
+        return busy_error(self.where, self.busy_timeout_s, holders)
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except DatabaseError as exc:
+            if is_busy(exc):
+                raise self._busy() from None
+            raise StoreError(f"store {self.where}: {_one_line(exc)}") from exc
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        with self._translated(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        with self._translated(), self.engine.connect() as conn:
+            yield conn
+
     # ---- runs -------------------------------------------------------------------------
-    def create_run(self, name: str, config: dict[str, Any], config_hash: str, *, kind: str = "generate",
-                   parent_id: str | None = None, owner: str | None = None) -> str:
+    def start_run(self, name: str, config: dict[str, Any], config_hash: str, events: Sequence[NewEvent] = (),
+                  *, kind: str = "generate", parent_id: str | None = None,
+                  owner: str | None = None) -> tuple[str, int, str]:
+        """Create a run and append its first events in one transaction: (run id, last seq, head hash).
+
+        A run therefore exists with its `run_started` or not at all: a process killed at any instant
+        leaves nothing a resume cannot read."""
         run_id = uuid.uuid4().hex[:12]
         now = time.time()
-        with self.engine.begin() as conn:
+        rows, last, head = chain_rows(run_id, events, 0, GENESIS, now)
+        try:
+            self._insert_run(run_id, name, config, config_hash, kind, parent_id, owner, now, last, head, rows)
+        except IntegrityError as exc:
+            raise StoreError(f"cannot create run {name!r} in {self.where}: {_one_line(exc)}") from exc
+        return run_id, last, head
+
+    def _insert_run(self, run_id: str, name: str, config: dict[str, Any], config_hash: str, kind: str,
+                    parent_id: str | None, owner: str | None, now: float, last: int, head: str,
+                    rows: list[tuple[Any, ...]]) -> None:
+        with self._begin() as conn:
             conn.execute(
                 text("INSERT INTO runs (id, name, kind, parent_id, created, config, config_hash, status,"
                      " last_seq, head_hash, owner, heartbeat) VALUES (:id, :name, :kind, :parent, :created,"
-                     " :config, :hash, 'running', 0, :head, :owner, :hb)"),
+                     " :config, :hash, 'running', :last, :head, :owner, :hb)"),
                 {"id": run_id, "name": name, "kind": kind, "parent": parent_id, "created": now,
-                 "config": canonical(config).decode(), "hash": config_hash, "head": GENESIS,
+                 "config": canonical(config).decode(), "hash": config_hash, "last": last, "head": head,
                  "owner": owner, "hb": now if owner else None},
             )
-        return run_id
+            if rows:
+                self._insert_events(conn, rows)
+
+    def create_run(self, name: str, config: dict[str, Any], config_hash: str, *, kind: str = "generate",
+                   parent_id: str | None = None, owner: str | None = None) -> str:
+        """A run with no events yet (tests, tools); the engine starts runs with `start_run`."""
+        return self.start_run(name, config, config_hash, kind=kind, parent_id=parent_id, owner=owner)[0]
 
     def _row_to_info(self, row: Any) -> RunInfo:
         m = row._mapping
@@ -208,10 +201,10 @@ class EventStore:
                        owner=m["owner"], heartbeat=m["heartbeat"])
 
     def get_run(self, run_id: str) -> RunInfo:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(text("SELECT * FROM runs WHERE id = :id"), {"id": run_id}).first()
         if row is None:
-            raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            raise RunNotFound(f"no run with id {run_id!r} in {self.where}")
         return self._row_to_info(row)
 
     def list_runs(self, *, name: str | None = None, kind: str | None = None) -> list[RunInfo]:
@@ -224,12 +217,12 @@ class EventStore:
             q += " AND kind = :kind"
             params["kind"] = kind
         q += " ORDER BY created"
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [self._row_to_info(r) for r in conn.execute(text(q), params)]
 
     def resolve(self, ref: str) -> RunInfo:
         """A run id, a unique id prefix, or a unique run name."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(text("SELECT * FROM runs WHERE id = :id"), {"id": ref}).first()
             if row is not None:
                 return self._row_to_info(row)
@@ -238,7 +231,7 @@ class EventStore:
                 rows = conn.execute(text("SELECT * FROM runs WHERE id LIKE :p ORDER BY created"),
                                     {"p": ref.replace("%", "") + "%"}).all()
         if not rows:
-            raise RunNotFound(f"no run with id or name {ref!r} in {self.url}")
+            raise RunNotFound(f"no run with id or name {ref!r} in {self.where}")
         if len(rows) > 1:
             ids = ", ".join(r._mapping["id"] for r in rows)
             raise StoreError(f"{ref!r} names {len(rows)} runs ({ids}); pass a run id")
@@ -247,15 +240,15 @@ class EventStore:
     def log_end(self, run_id: str) -> tuple[int, int]:
         """(last seq the run row recorded, highest seq actually stored), read in one statement: an
         honest store always has them equal, since append commits both in one transaction."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(text("SELECT r.last_seq, (SELECT max(e.seq) FROM events e WHERE e.run_id = r.id) "
                                     "FROM runs r WHERE r.id = :id"), {"id": run_id}).first()
         if row is None:
-            raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+            raise RunNotFound(f"no run with id {run_id!r} in {self.where}")
         return int(row[0]), int(row[1] or 0)
 
     def set_status(self, run_id: str, status: str) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(text("UPDATE runs SET status = :s WHERE id = :id"), {"s": status, "id": run_id})
 
     # ---- lease: one process extends a run ---------------------------------------------
@@ -271,7 +264,7 @@ class EventStore:
                 raise ConcurrencyError(
                     f"run {run_id} is being extended by another process ({holder}); "
                     "wait for it to finish or stop it first")
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 text("UPDATE runs SET owner = :me, heartbeat = :now WHERE id = :id AND "
                      "(owner IS NULL OR owner = :old OR owner = :me)"),
@@ -281,14 +274,14 @@ class EventStore:
             raise ConcurrencyError(f"run {run_id} was taken by another process just now")
 
     def heartbeat(self, run_id: str, owner: str) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(text("UPDATE runs SET heartbeat = :now WHERE id = :id AND owner = :me"),
                                {"now": time.time(), "id": run_id, "me": owner})
         if res.rowcount != 1:
             raise ConcurrencyError(f"lost the lease on run {run_id}")
 
     def release(self, run_id: str, owner: str, status: str | None = None) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             if status is None:
                 conn.execute(text("UPDATE runs SET owner = NULL WHERE id = :id AND owner = :me"),
                              {"id": run_id, "me": owner})
@@ -301,21 +294,17 @@ class EventStore:
                *, owner: str | None = None, status: str | None = None) -> tuple[int, str]:
         """Append events after `expected_seq` in one transaction. Returns (last_seq, head_hash).
 
-        Fails with ConcurrencyError when the run moved on (or its lease is held by someone else)."""
-        rows: list[tuple[Any, ...]] = []
-        seq, head = expected_seq, prev_hash
+        Fails with ConcurrencyError when the run moved on (or its lease is held by someone else). The
+        guard is the database's: a conditional UPDATE of the run row, which a second writer can only
+        pass after the first committed (and then finds last_seq moved), plus the (run_id, seq) key."""
         now = time.time()
-        for ev in events:
-            seq += 1
-            raw = canonical(ev.payload)
-            head = chain_hash(head, seq, ev.type, ev.schema_version, now, raw)
-            rows.append((run_id, seq, ev.type, ev.schema_version, raw.decode(), now, head))
+        rows, seq, head = chain_rows(run_id, events, expected_seq, prev_hash, now)
         if not rows:
             return expected_seq, prev_hash
         guard = " AND owner = :me" if owner is not None else " AND owner IS NULL"
         set_status = ", status = :status" if status else ""
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 res = conn.execute(
                     text(f"UPDATE runs SET last_seq = :new, head_hash = :head, heartbeat = :now{set_status} "
                          f"WHERE id = :id AND last_seq = :expected{guard}"),
@@ -324,14 +313,25 @@ class EventStore:
                 )
                 if res.rowcount != 1:
                     raise ConcurrencyError(self._conflict_message(conn, run_id, expected_seq, owner))
-                # Straight to the driver: compiling bound parameters per row would cost more than SQLite's
-                # own insert work (see benchmarks/eventstore.py).
-                conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
+                self._insert_events(conn, rows)
         except IntegrityError as exc:
             raise ConcurrencyError(f"run {run_id}: sequence {expected_seq + 1} already written") from exc
-        except OperationalError as exc:
-            raise StoreError(f"append to run {run_id} failed: {exc.orig}") from exc
         return seq, head
+
+    def _insert_events(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Straight to the driver: compiling bound parameters per row would cost more than the
+        database's own insert work (see benchmarks/eventstore.py). PostgreSQL takes them by COPY."""
+        if self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg":
+            statement = f"COPY events ({EVENT_COLUMNS}) FROM STDIN"
+            dbapi = self.engine.dialect.loaded_dbapi
+            try:
+                with conn.connection.driver_connection.cursor() as cur, cur.copy(statement) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            except dbapi.Error as exc:  # as SQLAlchemy would have wrapped it (IntegrityError, ...)
+                raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=self.engine.dialect) from exc
+            return
+        conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
 
     def _conflict_message(self, conn: Any, run_id: str, expected: int, owner: str | None) -> str:
         row = conn.execute(text("SELECT last_seq, owner FROM runs WHERE id = :id"), {"id": run_id}).first()
@@ -344,22 +344,23 @@ class EventStore:
 
     def iter_events(self, run_id: str, from_seq: int = 1, *, types: Iterable[str] | None = None,
                     page: int = PAGE) -> Iterator[StoredEvent]:
-        """Events in sequence order, streamed a page at a time."""
-        type_filter = ""
-        params: dict[str, Any] = {"id": run_id, "page": page}
-        if types is not None:
-            names = sorted(set(types))
-            type_filter = " AND type IN (" + ", ".join(f":t{i}" for i in range(len(names))) + ")"
-            params.update({f"t{i}": n for i, n in enumerate(names)})
-        q = text("SELECT seq, type, schema_version, payload, ts, hash FROM events WHERE run_id = :id "
-                 f"AND seq > :after{type_filter} ORDER BY seq LIMIT :page")
+        """Events in sequence order, streamed a page at a time. Pages are read on the driver's own
+        cursor: SQLAlchemy's row objects would cost more than the database's work (benchmarks/)."""
+        names = sorted(set(types)) if types is not None else []
+        sql = _page_sql(self.engine.dialect.paramstyle, len(names))
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
         after = from_seq - 1
         while True:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 try:
-                    rows = conn.execute(q, {**params, "after": after}).all()
-                except DatabaseError as exc:
-                    raise StoreError(f"cannot read events of run {run_id}: {exc.orig}") from exc
+                    cur = conn.connection.dbapi_connection.cursor()
+                    cur.execute(sql, (run_id, after, *names, page))
+                    rows = cur.fetchall()
+                    cur.close()
+                except dbapi_error as exc:
+                    if is_busy(exc):
+                        raise self._busy() from None
+                    raise StoreError(f"cannot read events of run {run_id} in {self.where}: {_one_line(exc)}") from exc
             for seq, type_, v, payload, ts, h in rows:
                 yield StoredEvent(run_id, seq, type_, v, payload, ts, h)
             if len(rows) < page:

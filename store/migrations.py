@@ -1,6 +1,9 @@
 """Schema migrations, recorded in `schema_migrations` so a store knows what shape it is in.
 
 Append a new (version, name, function) to MIGRATIONS to change the schema; never edit a shipped one.
+Many processes may open a new store at once (several `generate` runs, Ray workers): on PostgreSQL
+an advisory lock, on SQLite the write lock, makes one of them migrate while the others wait and
+then find the work done.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from .models import EventRow, MigrationRow, RunRow
+from .views import create_views
+
+PG_MIGRATION_LOCK = 0x5E1D1ED6  # any constant: the key of the advisory lock migrations take
 
 
 def _initial(conn: Connection) -> None:
@@ -22,6 +28,7 @@ def _initial(conn: Connection) -> None:
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial: runs, events", _initial),
+    (2, "views: samples, charges, queries, spend_by_run", create_views),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -30,17 +37,34 @@ class StoreTooNew(RuntimeError):
     pass
 
 
+def _applied(conn: Connection) -> set[int]:
+    if not inspect(conn).has_table("schema_migrations"):
+        return set()
+    return {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
+
+
+def _check_not_newer(applied: set[int]) -> None:
+    if applied and max(applied) > LATEST:
+        raise StoreTooNew(
+            f"store schema version {max(applied)} is newer than this synthledger understands ({LATEST})"
+        )
+
+
 def migrate(engine: Engine) -> int:
     """Bring the schema to LATEST; returns the version. Refuses a store from a newer release."""
+    with engine.connect() as conn:  # the common case, an up-to-date store, takes no lock at all
+        applied = _applied(conn)
+    _check_not_newer(applied)
+    if all(v in applied for v, _, _ in MIGRATIONS):
+        return LATEST
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: read, decide and write under it
         MigrationRow.__table__.create(conn, checkfirst=True)
-        applied = {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
-        if applied and max(applied) > LATEST:
-            raise StoreTooNew(
-                f"store schema version {max(applied)} is newer than this synthledger understands ({LATEST})"
-            )
-        if not applied and inspect(conn).has_table("events"):
-            applied = set()  # pre-migration table: treat as needing the initial migration (idempotent)
+        applied = _applied(conn)  # again, under the lock: another process may have just migrated
+        _check_not_newer(applied)
         for version, name, fn in MIGRATIONS:
             if version in applied:
                 continue

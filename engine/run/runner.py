@@ -16,14 +16,14 @@ from typing import Any
 import anyio
 
 from ... import __version__
-from ...store.eventstore import EventStore, owner_token
+from ...store.eventstore import EventStore, NewEvent, owner_token
 from .assemble import Parts, build_endpoints, build_parts
 from .config import RunConfig
 from .context import ItemContext
 from .dedupe import NearDuplicateIndex
 from .dispatcher import Dispatcher
-from ..ledger.events import (ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted, SampleProposed,
-                     SampleRejected)
+from ..ledger.events import (SCHEMA_VERSION, ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted,
+                             SampleProposed, SampleRejected, to_payload)
 from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
 from ..ledger.journal import Recorder
@@ -137,12 +137,16 @@ class Runner:
     # ---- entry points -----------------------------------------------------------------
     def start_new(self) -> str:
         cfg = self.cfg
-        run_id = self.store.create_run(cfg.run.name, cfg.snapshot(), cfg.config_hash(), owner=self.owner)
+        type_, payload = to_payload(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
+                                               plan_hash=cfg.plan_hash(), version=__version__,
+                                               budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir))
+        # The run row and its run_started commit together: a kill at any instant leaves either no
+        # run or one that `--resume` can read.
+        run_id, last, head = self.store.start_run(cfg.run.name, cfg.snapshot(), cfg.config_hash(),
+                                                  [NewEvent(type_, payload, SCHEMA_VERSION)], owner=self.owner)
         self.ledger = Ledger(self.parts.budget)
-        self.recorder = Recorder(self.store, run_id, 0, "0" * 64, self.owner, self.ledger)
-        self.recorder.emit(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
-                                      plan_hash=cfg.plan_hash(), version=__version__,
-                                      budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir))
+        self.ledger.apply(last, type_, payload)
+        self.recorder = Recorder(self.store, run_id, last, head, self.owner, self.ledger)
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
                                      lookup_settled=self._lookup_settled)
         self._init_dedupe([])
@@ -407,20 +411,29 @@ def generate(cfg: RunConfig, store: EventStore | str | None = None, *, resume: b
              run_id: str | None = None, show_progress: bool = True) -> RunResult:
     """Start a run (or resume one) and drive it to the end. Bad input fails before any event."""
     runner = Runner(cfg, store, show_progress=show_progress)
-    if resume or run_id:
-        target = runner.store.resolve(run_id).id if run_id else _latest_unfinished(runner.store, cfg.run.name)
-        runner.start_resume(target)
+    if run_id:
+        runner.start_resume(runner.store.resolve(run_id).id)
+    elif resume and _never_started(runner.store, cfg.run.name):
+        runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
+    elif resume:
+        runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
     else:
         runner.start_new()
     return anyio.run(_run_with_signals, runner)
 
 
+def _never_started(store: EventStore, name: str) -> bool:
+    """No run of this name holds any event (a run row without events is what an older release left
+    when killed between creating a run and recording its start: nothing to resume there)."""
+    return all(r.last_seq == 0 for r in store.list_runs(name=name, kind="generate"))
+
+
 def _latest_unfinished(store: EventStore, name: str | None) -> str:
     runs = [r for r in store.list_runs(name=name, kind="generate")
-            if r.status not in ("completed", "budget_exhausted")]
+            if r.status not in ("completed", "budget_exhausted") and r.last_seq > 0]
     if not runs:
         named = f" named {name!r}" if name else ""
-        raise ResumeRefused(f"no unfinished run{named} to resume in {store.url}; "
+        raise ResumeRefused(f"no unfinished run{named} to resume in {store.where}; "
                             "run with --config (and without --resume) to start one")
     return runs[-1].id
 

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ... import __version__
 from ...store.eventstore import EventStore, NewEvent, owner_token
-from ...store.hashing import GENESIS, canonical
+from ...store.hashing import canonical
 from .. import host
 from ..run.config import ConfigError, NamedSection, _Strict, tomllib, validate_plugin_options, _format_errors
 from ..output.dataset import accepted_rows
@@ -76,11 +76,14 @@ class RunLog:
                  parent_id: str | None = None) -> None:
         self.store = store
         self.owner = owner_token()
-        self.run_id = store.create_run(name, config, hashlib.sha256(canonical(config)).hexdigest()[:16],
-                                       kind=kind, parent_id=parent_id, owner=self.owner)
-        self.seq, self.head = 0, GENESIS
-        self.emit("run_started", {"config": config, "config_hash": "", "plan_hash": "", "version": __version__,
-                                  "kind": kind, "budget": {}})
+        started = {"config": config, "config_hash": "", "plan_hash": "", "version": __version__, "kind": kind,
+                   "budget": {}}
+        parse_event("run_started", started)
+        # One commit for the run row and its run_started: a kill cannot leave a run without its start.
+        self.run_id, self.seq, self.head = store.start_run(
+            name, config, hashlib.sha256(canonical(config)).hexdigest()[:16],
+            [NewEvent("run_started", json.loads(json.dumps(started, default=str)), SCHEMA_VERSION)],
+            kind=kind, parent_id=parent_id, owner=self.owner)
 
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
         parse_event(type_, payload)  # the vocabulary is enforced for these runs too

@@ -1,0 +1,160 @@
+"""Copy runs between stores (a laptop's SQLite into the team's PostgreSQL, or back).
+
+A run is copied whole, in one transaction on the destination, and only after its hash chain has
+been checked twice: as it is read from the source (every link, and the head the run row records)
+and as the destination reads back what it was given, before committing. A run already in the
+destination is left alone when it is the same run (a no-op) and extended when the destination
+holds a prefix of it (an earlier copy of a run that has gone on since); any other difference is
+refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from .errors import RunNotFound, StoreError
+from .eventstore import EventStore
+from .hashing import GENESIS, chain_hash
+from .records import RunInfo
+
+PAGE = 5000
+IDENTITY = ("name", "kind", "parent_id", "created", "config_hash", "config")
+
+
+class CopyRefused(StoreError):
+    """This run cannot be copied (broken chain, or a different run under its id in the destination)."""
+
+
+@dataclass
+class Copied:
+    run_id: str
+    name: str
+    action: str  # "copied" | "extended" | "identical"
+    events: int  # events written to the destination
+
+
+class _Chain:
+    """Checks links one event at a time, so a run of any length is verified in constant memory."""
+
+    def __init__(self, run_id: str, where: str, seq: int = 0, head: str = GENESIS) -> None:
+        self.run_id, self.where, self.seq, self.head = run_id, where, seq, head
+
+    def feed(self, seq: int, type_: str, v: int, raw: str | bytes, ts: float, stored_hash: str) -> None:
+        if seq != self.seq + 1:
+            raise CopyRefused(f"run {self.run_id} in {self.where}: sequence gap after {self.seq} "
+                              f"(next stored event is {seq}); not copied")
+        data = raw.encode() if isinstance(raw, str) else raw
+        if chain_hash(self.head, seq, type_, v, ts, data) != stored_hash:
+            raise CopyRefused(f"run {self.run_id} in {self.where}: hash chain broken at seq {seq}; not copied")
+        self.seq, self.head = seq, stored_hash
+
+    def end(self, last_seq: int, head_hash: str) -> None:
+        if (self.seq, self.head) != (last_seq, head_hash):
+            raise CopyRefused(f"run {self.run_id} in {self.where}: its log ends at seq {self.seq} but the run "
+                              f"records {last_seq} events (cut or altered); not copied")
+
+
+def _rows(conn: Connection, run_id: str, after: int, upto: int) -> Iterator[tuple[Any, ...]]:
+    """(run_id, seq, type, v, payload, ts, hash) for after < seq <= upto, a page at a time."""
+    q = text("SELECT run_id, seq, type, schema_version, payload, ts, hash FROM events "
+             "WHERE run_id = :id AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :page")
+    while True:
+        page = conn.execute(q, {"id": run_id, "after": after, "upto": upto, "page": PAGE}).all()
+        yield from (tuple(r) for r in page)
+        if len(page) < PAGE:
+            return
+        after = page[-1][1]
+
+
+def _differs(src: RunInfo, dst: RunInfo) -> str | None:
+    for field in IDENTITY:
+        if getattr(src, field) != getattr(dst, field):
+            return field
+    return None
+
+
+def _prefix_head(src: EventStore, run_id: str, seq: int) -> str | None:
+    with src.engine.connect() as conn:
+        row = conn.execute(text("SELECT hash FROM events WHERE run_id = :id AND seq = :s"),
+                           {"id": run_id, "s": seq}).first()
+    return None if row is None else row[0]
+
+
+def copy_run(src: EventStore, dst: EventStore, info: RunInfo) -> Copied:
+    """Copy one run (see the module docstring); raises CopyRefused and writes nothing if it cannot."""
+    try:
+        have: RunInfo | None = dst.get_run(info.id)
+    except RunNotFound:
+        have = None
+    start_seq, start_head = 0, GENESIS
+    if have is not None:
+        field = _differs(info, have)
+        if field is not None:
+            raise CopyRefused(f"run {info.id} ({info.name}) differs in {dst.where} ({field} is not the same); "
+                              "refusing to overwrite it")
+        if (have.last_seq, have.head_hash) == (info.last_seq, info.head_hash):
+            return Copied(info.id, info.name, "identical", 0)
+        prefix = GENESIS if have.last_seq == 0 else _prefix_head(src, info.id, have.last_seq)
+        if have.last_seq > info.last_seq or prefix != have.head_hash:
+            raise CopyRefused(f"run {info.id} ({info.name}) in {dst.where} has events that {src.where} does not "
+                              f"({have.last_seq} there, {info.last_seq} here); refusing to overwrite it")
+        start_seq, start_head = have.last_seq, have.head_hash
+    with dst._begin() as out:
+        if have is None:
+            out.execute(text("INSERT INTO runs (id, name, kind, parent_id, created, config, config_hash, status, "
+                             "last_seq, head_hash, owner, heartbeat) VALUES (:id, :name, :kind, :parent, :created, "
+                             ":config, :hash, :status, :last, :head, NULL, NULL)"), _run_params(info))
+        else:
+            res = out.execute(text("UPDATE runs SET last_seq = :last, head_hash = :head, status = :status "
+                                   "WHERE id = :id AND last_seq = :was"), {**_run_params(info), "was": start_seq})
+            if res.rowcount != 1:
+                raise CopyRefused(f"run {info.id} changed in {dst.where} while it was being copied; try again")
+        written = _copy_events(src, dst, out, info, start_seq, start_head)
+    return Copied(info.id, info.name, "extended" if have is not None else "copied", written)
+
+
+def _run_params(info: RunInfo) -> dict[str, Any]:
+    from .hashing import canonical
+
+    return {"id": info.id, "name": info.name, "kind": info.kind, "parent": info.parent_id, "created": info.created,
+            "config": canonical(info.config).decode(), "hash": info.config_hash, "status": info.status,
+            "last": info.last_seq, "head": info.head_hash}
+
+
+def _copy_events(src: EventStore, dst: EventStore, out: Connection, info: RunInfo, start_seq: int,
+                 start_head: str) -> int:
+    read = _Chain(info.id, src.where, start_seq, start_head)
+    batch: list[tuple[Any, ...]] = []
+    written = 0
+    with src._connect() as conn:
+        for row in _rows(conn, info.id, start_seq, info.last_seq):
+            read.feed(*row[1:])
+            batch.append(row)
+            if len(batch) >= PAGE:
+                dst._insert_events(out, batch)
+                written, batch = written + len(batch), []
+    if batch:
+        dst._insert_events(out, batch)
+        written += len(batch)
+    read.end(info.last_seq, info.head_hash)
+    back = _Chain(info.id, dst.where, start_seq, start_head)  # what the destination will hold, before commit
+    for row in _rows(out, info.id, start_seq, info.last_seq):
+        back.feed(*row[1:])
+    back.end(info.last_seq, info.head_hash)
+    return written
+
+
+def copy_runs(src: EventStore, dst: EventStore, refs: Iterable[str] = ()) -> Iterator[Copied | CopyRefused]:
+    """Every named run (all of the source's when none are named), each in its own transaction; a
+    refused run is yielded as its error and the others go on."""
+    refs = list(refs)
+    infos = [src.resolve(r) for r in refs] if refs else src.list_runs()
+    for info in infos:
+        try:
+            yield copy_run(src, dst, info)
+        except CopyRefused as exc:
+            yield exc

@@ -1,0 +1,22 @@
+"""The store's exceptions. Every one carries a message already phrased for the user (the CLI
+prints it as one line), naming the store by its URL without a password."""
+
+from __future__ import annotations
+
+from ..engine.errors import SynthledgerError
+
+
+class StoreError(SynthledgerError, RuntimeError):
+    """The store cannot be opened or read (bad URL, not a database, newer schema...)."""
+
+
+class ConcurrencyError(StoreError):
+    """Someone else extended this run since we last read it, or holds its lease."""
+
+
+class RunNotFound(StoreError):
+    pass
+
+
+class StoreBusy(StoreError):
+    """Another connection held a lock on the store for longer than we were willing to wait."""

@@ -1,0 +1,69 @@
+"""Store URLs: which one applies, what a user is shown of it, and what each backend needs.
+
+Any SQLAlchemy URL works. `postgresql://` and `postgres://` mean PostgreSQL through psycopg 3 (the
+`postgres` extra), the one PostgreSQL driver we test; a URL naming another driver is used as given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import StoreError
+
+DEFAULT_DIR = ".synthledger"
+ENV_STORE = "SYNTHLEDGER_STORE"
+ENV_BUSY_TIMEOUT = "SYNTHLEDGER_BUSY_TIMEOUT"
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+
+
+def default_url() -> str:
+    return f"sqlite:///{Path(DEFAULT_DIR) / 'synthledger.db'}"
+
+
+def resolve_url(url: str | None) -> str:
+    """Explicit URL, else $SYNTHLEDGER_STORE, else the project-local data directory."""
+    return normalize(url or os.environ.get(ENV_STORE) or default_url())
+
+
+def normalize(url: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def display(url: str) -> str:
+    """The URL as it may appear in a message or a log: any password replaced by ***."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+    except Exception:
+        return url.split("@", 1)[-1] if "@" in url else url
+    return u.render_as_string(hide_password=True) if u.password else url
+
+
+def busy_timeout_s() -> float:
+    """How long to wait for a lock another connection holds ($SYNTHLEDGER_BUSY_TIMEOUT, seconds)."""
+    raw = os.environ.get(ENV_BUSY_TIMEOUT)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_BUSY_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise StoreError(f"{ENV_BUSY_TIMEOUT} must be a number of seconds >= 0 (got {raw!r})")
+    return value
+
+
+def check_driver(url: str) -> None:
+    """A PostgreSQL URL without its driver installed: say which extra brings it, in one line."""
+    if not url.startswith("postgresql+psycopg"):
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise StoreError(f"store {display(url)} is PostgreSQL, which needs the psycopg driver; install it with: "
+                         "pip install 'synthledger[postgres]'") from None
