@@ -20,7 +20,7 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,10 +93,14 @@ class Context(Protocol):
         sample_index: int = 0,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        group: "Mapping[int, str] | Iterable[int] | None" = None,
     ) -> str:
         """Send one query (one completion) to the model playing `role` and return its text.
 
-        Identical queries already settled in this run are answered from the store."""
+        Identical queries already settled in this run are answered from the store. `group` lists
+        the sample indices of this same prompt that the strategy will also ask for (optionally
+        mapped to the plan item each belongs to): where the provider supports it they go out as one
+        `n` request, the prompt paid once, and each later ask finds its sample already settled."""
         ...
 
     def check_new_question(self, question: str) -> str | None:

@@ -56,6 +56,7 @@ def completion_from_openai(data: Any) -> Completion:
 
 class OpenAICompatibleTeacher:
     provider = "openai-compatible"
+    supports_n = True  # k samples of one prompt in one request, the prompt billed once
 
     def __init__(self, settings: TeacherSettings) -> None:
         if not settings.base_url:

@@ -47,6 +47,7 @@ def _extract(parsed: Any) -> Completion:
 
 class OpenAITeacher:
     provider = "openai"
+    supports_n = True  # k samples of one prompt in one request, the prompt billed once
 
     def __init__(self, settings: TeacherSettings) -> None:
         self.settings = settings
