@@ -245,6 +245,49 @@ class Teacher(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass
+class BatchView:
+    """A provider batch as last polled: its status in the provider's words, whether it ended (no
+    result will change any more), its request counts, and why it failed when it did."""
+
+    status: str
+    ended: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+
+
+@runtime_checkable
+class BatchAPI(Protocol):
+    """A provider's batch API (`[teacher] batch = true`). Requests are identified by our query ids
+    (`custom_id`); `key` is our name for the batch, recorded before anything is sent, so that a
+    resumed run can find a batch whose creation it did not live to record."""
+
+    size: int  # most requests per batch
+    wait_s: float  # submit a partial batch after this long without a new request
+    poll_s: float  # seconds between polls
+
+    async def upload(self, key: str, requests: list[tuple[str, ChatRequest]]) -> str | None:
+        """Stage the requests (OpenAI: upload the input file) and return its id, or None."""
+        ...
+
+    async def create(self, key: str, file_id: str | None, requests: list[tuple[str, ChatRequest]]) -> str:
+        """Create the batch; returns the provider's batch id."""
+        ...
+
+    async def find(self, key: str, file_id: str | None, since: float, count: int) -> str | None:
+        """The id of a batch created for `key` (after wall time `since`, with `count` requests), if any."""
+        ...
+
+    async def poll(self, batch_id: str) -> BatchView: ...
+
+    async def results(self, batch_id: str) -> "dict[str, Completion | TeacherError]":
+        """Each finished request's completion or error by custom id; requests that never ran
+        (expired, cancelled) are absent or a TeacherError of kind EXPIRED."""
+        ...
+
+    async def cancel(self, batch_id: str) -> None: ...
+
+
 def utf8_prompt_bound(messages: tuple[dict[str, str], ...] | list[dict[str, Any]]) -> int:
     """An upper bound on prompt tokens for byte-level BPE tokenizers: no token is shorter than one
     byte, plus a generous allowance for the chat template's special tokens."""

@@ -200,6 +200,7 @@ class BatchStatus(_Event):
     key: str
     status: str
     counts: dict[str, int] = {}
+    input_file_id: str | None = None  # set with status "uploaded" (OpenAI), before the batch is created
 
 
 class BatchFinished(_Event):

@@ -136,6 +136,7 @@ class Ledger:
         # Queries inside a provider batch (query id -> batch key), and each open batch's state.
         self.batched: dict[str, str] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.pacing: dict[str, dict[str, Any]] = {}  # model -> its last recorded pacing change
 
     # ---- queries used by the dispatcher ----------------------------------------------
     def _bucket(self, table: dict[str, Amount], key: str) -> Amount:
@@ -326,23 +327,33 @@ class Ledger:
                 self.violations.append(Violation(seq, f"query {qid} put in batch {p['key']} without a reservation"))
             self.batched[qid] = p["key"]
         self.batches[p["key"]] = {"status": "preparing", "requests": len(p["query_ids"]), "counts": {},
-                                  "model": p.get("model", "")}
+                                  "model": p.get("model", ""), "provider": p.get("provider", ""),
+                                  "at": p.get("at", 0.0), "batch_id": None, "input_file_id": None}
 
     def _on_batch_submitted(self, seq: int, p: dict[str, Any]) -> None:
         b = self.batches.get(p["key"])
         if b is not None:
             b.update(status="submitted", batch_id=p["batch_id"])
+            if p.get("input_file_id"):
+                b["input_file_id"] = p["input_file_id"]
 
     def _on_batch_status(self, seq: int, p: dict[str, Any]) -> None:
         b = self.batches.get(p["key"])
         if b is not None:
             b.update(status=p["status"], counts=dict(p.get("counts") or {}))
+            if p.get("input_file_id"):
+                b["input_file_id"] = p["input_file_id"]
 
     def _on_batch_finished(self, seq: int, p: dict[str, Any]) -> None:
         self.batches.pop(p["key"], None)
         for qid in [q for q, k in self.batched.items() if k == p["key"]]:
             self.violations.append(Violation(seq, f"batch {p['key']} finished with query {qid} still in it"))
             del self.batched[qid]
+
+    def _on_rate_adjusted(self, seq: int, p: dict[str, Any]) -> None:
+        self.pacing[p["model"]] = {k: p.get(k) for k in ("note", "rpm", "tpm", "factor", "pause_s")}
+        if p.get("pause_s"):
+            self.counts["pauses"] = self.counts.get("pauses", 0) + 1
 
     def is_settled(self, query_id: str) -> bool:
         return hash(query_id) in self.settled
@@ -361,6 +372,7 @@ class Ledger:
             "settled": sorted(self.settled), "interrupted": dict(sorted(self.interrupted.items())),
             "counts": dict(self.counts), "in_flight": self.in_flight,
             "batched": dict(sorted(self.batched.items())), "batches": dict(sorted(self.batches.items())),
+            "pacing": dict(sorted(self.pacing.items())),
             "last_seq": self.last_seq, "violations": [(v.seq, v.message) for v in self.violations],
         }
 
@@ -394,6 +406,7 @@ _HANDLERS = {
     "batch_submitted": Ledger._on_batch_submitted,
     "batch_status": Ledger._on_batch_status,
     "batch_finished": Ledger._on_batch_finished,
+    "rate_adjusted": Ledger._on_rate_adjusted,
 }
 
 

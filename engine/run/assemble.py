@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
 from ..scheduler.endpoint import Endpoint
+from .batching import BatchQueue
 from ..ledger.ledger import BudgetSpec
 from ..ledger.pricing import ModelPrice, price_for
 from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
@@ -29,6 +30,8 @@ PACING_SAFETY = 0.99
 # Before any response is seen, concurrency is sized for this latency at the configured rate
 # (Little's law); observed latencies raise it further as they come in.
 ASSUMED_LATENCY_S = 4.0
+# OpenAI and Anthropic both bill batch requests at half their online price.
+BATCH_DISCOUNT = 0.5
 
 
 @dataclass
@@ -90,6 +93,9 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
             except ValidationError as exc:  # the provider's own settings model: report full key paths
                 raise options_error(exc, where) from None
             price = price_for(section.model, section.provider, overrides)
+            batch_api = getattr(teacher, "batch_api", None)
+            if price is not None and batch_api is not None:
+                price = ModelPrice(price.input_per_mtok * BATCH_DISCOUNT, price.output_per_mtok * BATCH_DISCOUNT)
             if price is None and cfg.budget.usd is not None:
                 raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price; "
                                   f"add [pricing.\"{section.model}\"] input_per_mtok/output_per_mtok")
@@ -106,6 +112,7 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
                 price=price, timeout_s=section.timeout_s,
                 shaper=(SendShaper(lim.requests_per_minute, PACING_SAFETY)
                         if lim.requests_per_minute is not None else None),
+                batch=BatchQueue(batch_api) if batch_api is not None else None,
             )
         out[role] = by_section[key]
     return out

@@ -63,6 +63,8 @@ class OpenAICompatibleTeacher:
             raise ValueError(
                 "[teacher] base_url is required for provider 'openai-compatible' (e.g. http://127.0.0.1:8000/v1)"
             )
+        if settings.batch:
+            raise ValueError("[teacher] batch = true needs provider 'openai' or 'anthropic' (their batch APIs)")
         self.settings = settings
         key = resolve_api_key(settings, local_placeholder=True)
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
