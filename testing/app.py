@@ -285,14 +285,15 @@ class TeacherServer:
         answer = self._book.lookup(p.last_user) if self._book else None
         outs = []
         ctoks = 0
-        for _ in range(p.n):
+        n = 1 if cfg.ignore_n else p.n
+        for _ in range(n):
             self._counter += 1
             digest = blake2b(body + self._counter.to_bytes(8, "little"), digest_size=16).digest()
             text, words, reason = shape(reply_text(digest, answer, cfg.wrong_rate, p.last_user), p.max_tokens, p.stop)
             ctoks += words
             outs.append((text, reason))
         cached = self._cache.cached(f"{proto}:{p.model}:{p.messages_sha}", ptoks) if cfg.prompt_cache else 0
-        st.choices += p.n
+        st.choices += n
         st.input_tokens += ptoks
         st.output_tokens += ctoks
         st.cached_tokens += cached

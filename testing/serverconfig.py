@@ -36,6 +36,7 @@ class ServerConfig:
     seed: int = 0
     answers: dict[str, str] | None = None
     wrong_rate: float = 0.0  # share of known-question replies that give a wrong final answer
+    ignore_n: bool = False  # answer one choice whatever `n` asks (as some OpenAI-compatible servers do)
     max_requests: int | None = None
     exhausted_status: int = 429
     models: tuple[str, ...] = ("test-teacher",)
