@@ -6,8 +6,9 @@ OpenAI sends would throw away a second of slots (100 at 6000 RPM) to fix one. So
 our own pacing explains costs one slot: that request alone waits for its next slot (or for the
 exact `retry-after-ms` when a provider gives it; a whole-second `retry-after` is only an upper
 bound), the schedule moves back one interval so the provider's window gets that slot of slack,
-and if 429s persist the paced share of the limit drops a little (3%, at most once a second, not
-below 70%) and recovers slowly (1% per 5 quiet seconds).
+and if 429s persist - more than 1% of what we sent over the last 5 s - the paced share of the
+limit drops a little (2%, at most every 2 s, not below 70%) and recovers slowly (0.5% per 5
+quiet seconds). Occasional near misses cost their slot and nothing more.
 
 A 429 our pacing cannot explain (we sent well under the paced rate: another client shares the
 key) pauses the whole endpoint, bounded by `max_pause_s` and reported as a note the dispatcher
@@ -35,11 +36,15 @@ from .shaper import SendShaper
 
 __all__ = ["RateDecision", "RatePolicy"]
 
-SLOWDOWN = 0.97  # the paced share after a persistent 429...
+SLOWDOWN = 0.98  # the paced share after 429s persist...
 MIN_FACTOR = 0.70  # ...never below this
-RECOVERY = 0.01  # added back after each quiet spell
+RECOVERY = 0.005  # added back after each quiet spell
 QUIET_S = 5.0  # a spell without 429s
-PERSIST_S = 2.0  # two 429s within this long "persist"
+PERSIST_S = 5.0  # 429s "persist" when, over this long,
+PERSIST_SHARE = 0.01  # ...they are more than this share of what we sent
+PERSIST_MIN = 3  # ...and at least this many
+SLOW_EVERY_S = 2.0  # at most one slowdown this often
+_BUCKET_S = 0.25
 EXPLAINED = 0.7  # sending at >= this share of the paced rate: a 429 is our own near miss
 LITTLE_MARGIN = 1.5  # in flight = rate x latency x margin (+2), for latency spread
 
@@ -62,9 +67,9 @@ class RatePolicy:
         self.shaper = shaper
         self.max_pause_s = max_pause_s
         self._clock = clock
-        self._sends: deque[tuple[float, int]] = deque()
+        self._sends: deque[tuple[float, int]] = deque()  # the last second's sends (time, tokens)
         self._first_send: float | None = None
-        self._recent_429: deque[float] = deque()
+        self._buckets: deque[list[int]] = deque()  # [bucket, sends, 429s] over the last PERSIST_S
         self._last_429 = -math.inf
         self._last_change = -math.inf
         self._latency: float | None = None
@@ -80,6 +85,15 @@ class RatePolicy:
         self._sends.append((now, tokens))
         while self._sends and self._sends[0][0] < now - 1.0:
             self._sends.popleft()
+        self._bucket(now)[1] += 1
+
+    def _bucket(self, now: float) -> list[int]:
+        b = int(now / _BUCKET_S)
+        if not self._buckets or self._buckets[-1][0] != b:
+            self._buckets.append([b, 0, 0])
+            while self._buckets[0][0] <= b - PERSIST_S / _BUCKET_S:
+                self._buckets.popleft()
+        return self._buckets[-1]
 
     def on_success(self, info: RateLimitInfo | None, latency_s: float, tokens_estimate: int) -> str | None:
         """Learn from headers, size concurrency to the rate, recover a lowered pace. Returns a note
@@ -103,9 +117,7 @@ class RatePolicy:
         now = self._clock()
         learned = self._learn(info)
         self._last_429 = now
-        self._recent_429.append(now)
-        while self._recent_429 and self._recent_429[0] < now - PERSIST_S:
-            self._recent_429.popleft()
+        self._bucket(now)[2] += 1
         lim = self.limiter
         if lim.current_rpm is None and lim.current_tpm is None:
             # Nothing known: fewer in flight is the only lever, the provider's wait the only clock.
@@ -124,9 +136,13 @@ class RatePolicy:
         if lim.interval_s is not None:
             lim.push_back(lim.interval_s)
         note = learned
-        if len(self._recent_429) >= 2 and now - self._last_change >= 1.0 and lim.factor > MIN_FACTOR:
+        sent = sum(b[1] for b in self._buckets)
+        limited = sum(b[2] for b in self._buckets)
+        if (limited >= PERSIST_MIN and limited > PERSIST_SHARE * sent and now - self._last_change >= SLOW_EVERY_S
+                and lim.factor > MIN_FACTOR):
             self._set_factor(max(MIN_FACTOR, lim.factor * SLOWDOWN), now)
-            note = note or f"429s persist: pacing at {lim.factor:.0%} of the limit"
+            note = note or (f"429s persist ({limited} of {sent} sent in {PERSIST_S:g}s): pacing at "
+                            f"{lim.factor:.0%} of the limit")
         return RateDecision(retry_after if exact and retry_after else 0.0, 0.0, note)
 
     # -- internals -----------------------------------------------------------------------------
