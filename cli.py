@@ -237,6 +237,8 @@ def audit(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = 
         out.print(table)
         counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
         out.print(f"events {report.events}, status {report.status}; queries: {counts}", highlight=False)
+        for line in report.sharing_lines():
+            out.print(line, highlight=False)
         if report.ok:
             out.print("[green]audit ok[/green]: hash chain, sequence and budget invariants hold")
         else:

@@ -20,7 +20,7 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,10 +93,14 @@ class Context(Protocol):
         sample_index: int = 0,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        group: "Mapping[int, str] | Iterable[int] | None" = None,
     ) -> str:
         """Send one query (one completion) to the model playing `role` and return its text.
 
-        Identical queries already settled in this run are answered from the store."""
+        Identical queries already settled in this run are answered from the store. `group` lists
+        the sample indices of this same prompt that the strategy will also ask for (optionally
+        mapped to the plan item each belongs to): where the provider supports it they go out as one
+        `n` request, the prompt paid once, and each later ask finds its sample already settled."""
         ...
 
     def check_new_question(self, question: str) -> str | None:
@@ -239,6 +243,49 @@ class Teacher(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass
+class BatchView:
+    """A provider batch as last polled: its status in the provider's words, whether it ended (no
+    result will change any more), its request counts, and why it failed when it did."""
+
+    status: str
+    ended: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+
+
+@runtime_checkable
+class BatchAPI(Protocol):
+    """A provider's batch API (`[teacher] batch = true`). Requests are identified by our query ids
+    (`custom_id`); `key` is our name for the batch, recorded before anything is sent, so that a
+    resumed run can find a batch whose creation it did not live to record."""
+
+    size: int  # most requests per batch
+    wait_s: float  # submit a partial batch after this long without a new request
+    poll_s: float  # seconds between polls
+
+    async def upload(self, key: str, requests: list[tuple[str, ChatRequest]]) -> str | None:
+        """Stage the requests (OpenAI: upload the input file) and return its id, or None."""
+        ...
+
+    async def create(self, key: str, file_id: str | None, requests: list[tuple[str, ChatRequest]]) -> str:
+        """Create the batch; returns the provider's batch id."""
+        ...
+
+    async def find(self, key: str, file_id: str | None, since: float, count: int) -> str | None:
+        """The id of a batch created for `key` (after wall time `since`, with `count` requests), if any."""
+        ...
+
+    async def poll(self, batch_id: str) -> BatchView: ...
+
+    async def results(self, batch_id: str) -> "dict[str, Completion | TeacherError]":
+        """Each finished request's completion or error by custom id; requests that never ran
+        (expired, cancelled) are absent or a TeacherError of kind EXPIRED."""
+        ...
+
+    async def cancel(self, batch_id: str) -> None: ...
 
 
 def utf8_prompt_bound(messages: tuple[dict[str, str], ...] | list[dict[str, Any]]) -> int:

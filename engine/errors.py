@@ -90,6 +90,7 @@ class FailureKind(str, Enum):
     BAD_REQUEST = "bad_request"
     AUTH = "auth"
     MALFORMED = "malformed"
+    EXPIRED = "expired"  # a batch ended (expired, cancelled) before this request ran: never billed
 
     @property
     def retryable(self) -> bool:
@@ -99,7 +100,8 @@ class FailureKind(str, Enum):
 class TeacherError(SynthledgerError):
     """A failed attempt, classified. `maybe_billed` is True when the request may have reached the
     model (timeout after send, connection dropped mid-response, unparseable 200 body): the ledger
-    then keeps the attempt's worst case as spent."""
+    then keeps the attempt's worst case as spent. `retry_after_exact` says whether `retry_after`
+    is the provider's exact wait (`retry-after-ms`) or a whole-second upper bound (`retry-after: 1`)."""
 
     def __init__(
         self,
@@ -111,6 +113,7 @@ class TeacherError(SynthledgerError):
         status: int | None = None,
         body_excerpt: str | None = None,
         rate_limits: Any = None,  # a scheduler.headers.RateLimitInfo (not imported: errors import nothing)
+        retry_after_exact: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -120,6 +123,8 @@ class TeacherError(SynthledgerError):
         self.status = status
         self.body_excerpt = body_excerpt[:500] if body_excerpt else body_excerpt
         self.rate_limits = rate_limits
+        self.retry_after_exact = retry_after_exact
+        self.requeue_in: float | None = None  # set by the rate policy: when this request may try again
 
     def __repr__(self) -> str:
         return f"TeacherError({self.kind.value}, {self.message!r}, maybe_billed={self.maybe_billed})"

@@ -2,5 +2,6 @@
 `synthledger.engine.scheduler.headers`, `TeacherError`/`FailureKind` in `synthledger.engine.errors`.
 This path keeps working for teachers written against it."""
 
-from .api import (ChatRequest, Completion, FailureKind, RateLimitInfo, Teacher, TeacherError, Usage,  # noqa: F401
+from .api import (BatchAPI, BatchView, ChatRequest, Completion, FailureKind, RateLimitInfo, Teacher,  # noqa: F401
+                  TeacherError, Usage,
                   parse_reset, parse_retry_after, rate_limits_from_headers, utf8_prompt_bound)

@@ -1,42 +1,71 @@
-"""Sliding-window request and token limits for the test teacher server.
+"""Sliding-window request and token limits for the test teacher server, and the headers about them.
 
 Real providers enforce limits over a rolling window and count a request's tokens as prompt plus
 `max_tokens` at arrival. The window here is exact (a deque of accepted requests), so a test can
 send more than the limit within one window and count precisely how many were refused.
+
+What the headers say comes in three styles, because clients must cope with all of them:
+- "openai" (the default, and as unkind as OpenAI): limits per *minute*, remaining in the same
+  unit, resets as Go durations (`1s`, `6m0s`, `120ms`), and a 429 carries only a whole-second
+  `retry-after` (ceil, at least 1) - no exact wait anywhere;
+- "kind": the same plus `retry-after-ms`, the exact wait;
+- "window": per-window counts (what some gateways announce) plus `retry-after-ms`.
+Anthropic's `anthropic-ratelimit-*` names (reset as an RFC 3339 instant) follow the same numbers.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime, timezone
+
+HEADER_STYLES = ("openai", "kind", "window")
 
 
 @dataclass
 class Decision:
-    """Outcome of one admission check, plus what the `x-ratelimit-*` headers should say."""
+    """Outcome of one admission check, plus what the rate-limit headers should say."""
 
     accepted: bool
     retry_after_s: float
     headers: dict[str, str]
 
 
-def _fmt_reset(seconds: float) -> str:
-    return f"{max(0.0, seconds):.3f}s"
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it (and OpenAI sends it): `120ms`, `1s`, `8.64s`, `6m0s`, `1h0m0s`."""
+    ms = max(0, round(seconds * 1000))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
 
 
 class SlidingWindow:
     """Requests and tokens accepted in the last `window_s` seconds (None limit = unlimited)."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, window_s: float) -> None:
+    def __init__(self, rpm: float | None, tpm: float | None, window_s: float, style: str = "openai") -> None:
         self._events: deque[tuple[float, int]] = deque()
         self._tokens = 0
-        self.configure(rpm, tpm, window_s)
+        self.configure(rpm, tpm, window_s, style)
 
-    def configure(self, rpm: float | None, tpm: float | None, window_s: float) -> None:
+    def configure(self, rpm: float | None, tpm: float | None, window_s: float, style: str = "openai") -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
+        if style not in HEADER_STYLES:
+            raise ValueError(f"rate header style must be one of {', '.join(HEADER_STYLES)}, got {style!r}")
         self.window_s = float(window_s)
+        self.style = style
+        self.rpm, self.tpm = rpm, tpm
         # Per-window limits; at least one so that a tiny rpm still lets something through.
         self.request_limit = None if rpm is None else max(1, int(rpm * window_s / 60.0))
         self.token_limit = None if tpm is None else max(1, int(tpm * window_s / 60.0))
@@ -79,24 +108,52 @@ class SlidingWindow:
             self._tokens += tokens
         return Decision(accepted, max(0.0, wait), self._headers(now))
 
+    def state(self, now: float) -> list[tuple[str, int, int, float]]:
+        """(kind, limit, remaining, seconds until the window is empty) as the headers announce
+        them: per minute, or per window in the "window" style."""
+        events = self._events
+        full_reset = max(0.0, (events[-1][0] + self.window_s - now) if events else 0.0)
+        per_window = self.style == "window"
+        scale = 1.0 if per_window else 60.0 / self.window_s
+        out = []
+        for kind, limit, used, per_minute in (("requests", self.request_limit, len(events), self.rpm),
+                                              ("tokens", self.token_limit, self._tokens, self.tpm)):
+            if limit is None or per_minute is None:
+                continue
+            left = max(0, limit - used)
+            out.append((kind, limit if per_window else int(per_minute), int(left * scale), full_reset))
+        return out
+
     def _headers(self, now: float) -> dict[str, str]:
         h: dict[str, str] = {}
-        events = self._events
-        full_reset = (events[-1][0] + self.window_s - now) if events else 0.0
-        if self.request_limit is not None:
-            h["x-ratelimit-limit-requests"] = str(self.request_limit)
-            h["x-ratelimit-remaining-requests"] = str(max(0, self.request_limit - len(events)))
-            h["x-ratelimit-reset-requests"] = _fmt_reset(full_reset)
-        if self.token_limit is not None:
-            h["x-ratelimit-limit-tokens"] = str(self.token_limit)
-            h["x-ratelimit-remaining-tokens"] = str(max(0, self.token_limit - self._tokens))
-            h["x-ratelimit-reset-tokens"] = _fmt_reset(full_reset)
+        for kind, limit, left, reset in self.state(now):
+            h[f"x-ratelimit-limit-{kind}"] = str(limit)
+            h[f"x-ratelimit-remaining-{kind}"] = str(left)
+            h[f"x-ratelimit-reset-{kind}"] = f"{reset:.3f}s" if self.style == "window" else go_duration(reset)
         return h
+
+    def anthropic_headers(self, now: float) -> dict[str, str]:
+        """Anthropic's own names for the same limits; its reset is an RFC 3339 instant. The token
+        limit is also announced as the input-token limit (Anthropic splits input and output)."""
+        out: dict[str, str] = {}
+        wall = time.time()
+        for kind, limit, left, reset in self.state(now):
+            stamp = datetime.fromtimestamp(wall + reset, timezone.utc).isoformat(timespec="milliseconds")
+            for name in ((kind,) if kind == "requests" else (kind, "input-tokens")):
+                out[f"anthropic-ratelimit-{name}-limit"] = str(limit)
+                out[f"anthropic-ratelimit-{name}-remaining"] = str(left)
+                out[f"anthropic-ratelimit-{name}-reset"] = stamp.replace("+00:00", "Z")
+        return out
+
+    def retry_headers(self, seconds: float) -> dict[str, str]:
+        """`retry-after` is whole seconds (ceil, so obeying it always suffices); only the kind
+        styles add the exact `retry-after-ms`."""
+        out = {"retry-after": str(max(1, math.ceil(seconds)))}
+        if self.style != "openai":
+            out["retry-after-ms"] = str(max(1, math.ceil(seconds * 1000.0)))
+        return out
 
 
 def retry_after_headers(seconds: float) -> dict[str, str]:
-    """`retry-after` must be whole seconds (ceil, so obeying it always suffices); `-ms` is exact."""
-    return {
-        "retry-after": str(max(1, math.ceil(seconds))),
-        "retry-after-ms": str(max(1, math.ceil(seconds * 1000.0))),
-    }
+    """Both retry headers (the "kind" styles); kept for callers outside the server."""
+    return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(1, math.ceil(seconds * 1000.0)))}

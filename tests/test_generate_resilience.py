@@ -490,11 +490,12 @@ def test_finished_run_exits_0_and_names_run_and_status(make_run):
     run_id, status = last_line(res)
     assert status == "completed"
     report = run.audit(run_id)
-    assert report["spent"]["queries"] == 20 == server.stats()["answered"]
+    # The two samples of a seed go out as one n=2 request: the server served 20 samples.
+    assert report["spent"]["queries"] == 20 == server.stats()["choices"]
     # Resuming a completed run has nothing left to do and pays nothing.
     res = run.generate(cfg, "--run", run_id)
     assert res.returncode == 0 and last_line(res) == (run_id, "completed"), res.stderr
-    assert server.stats()["answered"] == 20
+    assert server.stats()["choices"] == 20
 
 
 def test_identical_queries_are_answered_from_the_store(make_run):
@@ -508,7 +509,8 @@ def test_identical_queries_are_answered_from_the_store(make_run):
     run_id, status = last_line(res)
     assert status == "completed"
     report = run.audit(run_id)
-    assert server.stats()["answered"] == 12 == report["counts"]["settled"] == report["spent"]["queries"]
+    # Samples served (3 per question, in one n=3 request each) = queries settled and paid.
+    assert server.stats()["choices"] == 12 == report["counts"]["settled"] == report["spent"]["queries"]
     rows = assert_dataset_exact(run, run_id)
     assert len(rows) == 60
     by_query = Counter(r["metadata"]["query_ids"][0] for r in rows)

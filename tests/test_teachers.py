@@ -116,7 +116,7 @@ async def test_anthropic_refuses_n_above_one(serve, teacher):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_rate_limit_maps_retry_after_and_headers(serve, teacher, provider):
-    srv = await serve(rpm=120, window_s=0.5)  # one request per half second
+    srv = await serve(rpm=120, window_s=0.5, rate_headers="window")  # one request per half second
     t = teacher(provider, srv.url)
     ok = await t.complete(request())
     assert ok.rate_limits.limit_requests == 1 and ok.rate_limits.remaining_requests == 0

@@ -131,7 +131,7 @@ async def test_replies_are_deterministic_per_seed(serve, http):
 
 
 async def test_sliding_window_request_limit_is_enforced(serve, http):
-    srv = await serve(rpm=600, window_s=1.0)  # 10 per 1-second window
+    srv = await serve(rpm=600, window_s=1.0, rate_headers="window")  # 10 per 1-second window
     results = await asyncio.gather(*[post(http, srv.url + "/v1/chat/completions", chat_body()) for _ in range(25)])
     ok = [r for r in results if r[0] == 200]
     limited = [r for r in results if r[0] == 429]
@@ -151,7 +151,7 @@ async def test_sliding_window_request_limit_is_enforced(serve, http):
 
 
 async def test_token_limit_counts_prompt_plus_max_tokens_at_arrival(serve, http):
-    srv = await serve(tpm=6000, window_s=1.0)  # 100 tokens per window
+    srv = await serve(tpm=6000, window_s=1.0, rate_headers="window")  # 100 tokens per window
     body = chat_body("x" * 40, max_tokens=40)  # 10 prompt + 40 = 50 tokens
     s1, h1, _ = await post(http, srv.url + "/v1/chat/completions", body)
     s2, h2, _ = await post(http, srv.url + "/v1/chat/completions", body)

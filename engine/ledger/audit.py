@@ -5,7 +5,9 @@
 - settled + reserved never exceeded a limit (the ledger's own check, event by event);
 - no settled query was dispatched or settled again;
 - every dispatched attempt ended (settled, failed, abandoned) or was closed by a resume;
-- the spend recomputed from the events matches what was reported at the end.
+- the spend recomputed from the events matches what was reported at the end;
+- the shares of a request that carried several queries (k samples, one `n=k` call) add up to
+  that request's usage exactly (engine/audit_sharing.py, which also summarises batches and pacing).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 from ...store.eventstore import EventStore
 from ...store.hashing import GENESIS, chain_hash
+from .audit_sharing import SharingAudit, summary_lines
 from .events import EVENT_TYPES, parse_event
 from .ledger import BudgetSpec, Ledger, Violation, budget_from_dict
 
@@ -35,6 +38,7 @@ class AuditReport:
     counts: dict[str, Any]
     violations: list[Violation] = field(default_factory=list)
     status: str | None = None
+    sharing: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -42,7 +46,11 @@ class AuditReport:
             "spent": self.spent, "budget": self.budget, "by_role": self.by_role,
             "by_strategy": self.by_strategy, "by_model": self.by_model, "counts": self.counts,
             "violations": [{"seq": v.seq, "message": v.message} for v in self.violations],
+            **self.sharing,
         }
+
+    def sharing_lines(self) -> list[str]:
+        return summary_lines(self.sharing)
 
 
 def audit_events(run_id: str, events: Any, *, validate: bool = True,
@@ -54,6 +62,7 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
     prev_hash, expected_seq, n = GENESIS, 1, 0
     status = None
     open_attempts: dict[str, int] = {}
+    sharing = SharingAudit()
     for ev in events:  # type: StoredEvent
         n += 1
         if ev.seq > expected_seq:  # name the first missing number: that is where the log was cut
@@ -94,6 +103,7 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
                                                     f"failed or abandoned before the run finished "
                                                     f"({len(open_attempts)} open)"))
         ledger.apply(ev.seq, ev.type, payload)
+        sharing.feed(ev.seq, ev.type, payload)
     if head is not None:
         last_seq, head_hash = head
         if expected_seq - 1 < last_seq:
@@ -105,11 +115,12 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
         elif last_seq > 0 and prev_hash != head_hash:
             violations.append(Violation(last_seq, "head hash differs from the one recorded at the last commit"))
     violations.extend(ledger.violations)
+    violations.extend(sharing.violations)
     violations.sort(key=lambda v: v.seq)
     snap = ledger.snapshot()
     return AuditReport(run_id=run_id, ok=not violations, events=n, spent=snap["spent"], budget=snap["budget"],
                        by_role=snap["by_role"], by_strategy=snap["by_strategy"], by_model=snap["by_model"],
-                       counts=snap["counts"], violations=violations, status=status)
+                       counts=snap["counts"], violations=violations, status=status, sharing=sharing.summary())
 
 
 def audit_run(store: EventStore, run_id: str) -> AuditReport:

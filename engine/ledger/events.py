@@ -73,6 +73,9 @@ class QueryDispatched(_Event):
     type: Literal["query_dispatched"] = "query_dispatched"
     query_id: str
     attempt: int
+    # Set when several queries went out in one request (k samples as one `n=k` call: the first
+    # query's id; a batch: the batch's key), so audit can put their shared usage back together.
+    request: str | None = None
 
 
 class AttemptFailed(_Event):
@@ -95,6 +98,9 @@ class QuerySettled(_Event):
     text: str
     finish_reason: str | None = None
     latency_s: float | None = None
+    # For a query answered by a request it shared (n samples in one call): that request's id, its
+    # number of samples and its whole usage; `actual` is this query's share of it.
+    shared: dict[str, Any] | None = None
 
 
 class QueryAbandoned(_Event):
@@ -154,6 +160,58 @@ class QuestionAdmitted(_Event):
     question: str
 
 
+class RateAdjusted(_Event):
+    """An endpoint's pacing changed in a way a user should see: limits learned from headers, a
+    pause for 429s our pacing cannot explain, a slower pace while 429s persist, a recovery."""
+
+    type: Literal["rate_adjusted"] = "rate_adjusted"
+    model: str
+    note: str
+    rpm: float | None = None
+    tpm: float | None = None
+    factor: float = 1.0
+    pause_s: float = 0.0
+
+
+class BatchPrepared(_Event):
+    """Queries about to go out as one provider batch (recorded, with their dispatch, before any
+    upload): a resume that finds this without a `batch_submitted` looks the batch up by `key`."""
+
+    type: Literal["batch_prepared"] = "batch_prepared"
+    key: str
+    provider: str
+    model: str
+    role: str
+    query_ids: list[str]
+    at: float  # wall-clock time, to find the batch in the provider's list
+
+
+class BatchSubmitted(_Event):
+    type: Literal["batch_submitted"] = "batch_submitted"
+    key: str
+    batch_id: str
+    input_file_id: str | None = None
+
+
+class BatchStatus(_Event):
+    """The provider's state of a batch changed (validating, in_progress, finalizing, ended...)."""
+
+    type: Literal["batch_status"] = "batch_status"
+    key: str
+    status: str
+    counts: dict[str, int] = {}
+    input_file_id: str | None = None  # set with status "uploaded" (OpenAI), before the batch is created
+
+
+class BatchFinished(_Event):
+    type: Literal["batch_finished"] = "batch_finished"
+    key: str
+    status: str  # completed | expired | cancelled | failed | lost (never created) | ...
+    settled: int = 0
+    failed: int = 0
+    message: str = ""
+
+
 class RunFinished(_Event):
     type: Literal["run_finished"] = "run_finished"
     status: Literal["completed", "budget_exhausted", "failed", "interrupted"]
@@ -196,7 +254,7 @@ Event = Annotated[
         RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
-        EvalStarted, EvalFinished,
+        EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
     ],
     Field(discriminator="type"),
 ]
@@ -208,7 +266,7 @@ EVENT_TYPES = frozenset(
         RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
-        EvalStarted, EvalFinished,
+        EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
     )
 )
 

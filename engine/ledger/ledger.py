@@ -10,7 +10,9 @@ Accounting rules (the research's unit is a settled teacher query, but every role
 - a failed attempt that provably never reached the model keeps the reservation for the retry;
 - a failed attempt that may have been billed (timeout after send, dropped mid-response, a garbled
   200) turns its worst case into spent, and a retry must reserve afresh;
-- at a resume, attempts that were in flight when the process died are treated the same way.
+- at a resume, attempts that were in flight when the process died are treated the same way -
+  except those inside a provider batch: the batch outlives the process, and the resumed run polls
+  it, so they stay reserved and in flight until their results settle them.
 """
 
 from __future__ import annotations
@@ -131,6 +133,10 @@ class Ledger:
                        "lost": 0, "dispatched": 0}
         self.in_flight = 0
         self.last_seq = 0
+        # Queries inside a provider batch (query id -> batch key), and each open batch's state.
+        self.batched: dict[str, str] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.pacing: dict[str, dict[str, Any]] = {}  # model -> its last recorded pacing change
 
     # ---- queries used by the dispatcher ----------------------------------------------
     def _bucket(self, table: dict[str, Amount], key: str) -> Amount:
@@ -258,6 +264,7 @@ class Ledger:
             self.violations.append(Violation(seq, f"failure of unknown query {p['query_id']}"))
             return
         self._close_attempt(q)
+        self.batched.pop(p["query_id"], None)
         self.counts["failed_attempts"] += 1
         if p.get("kind") == "rate_limited":
             self.counts["rate_limited"] += 1
@@ -272,6 +279,7 @@ class Ledger:
             self.violations.append(Violation(seq, f"query {qid} settled twice"))
             return
         q = self.queries.pop(qid, None)
+        self.batched.pop(qid, None)
         if q is None or not q.holding:
             self.violations.append(Violation(seq, f"query {qid} settled without a reservation"))
             if q is None:
@@ -285,6 +293,7 @@ class Ledger:
         self._move(seq, q, Amount.of(p.get("actual")), release=release, spend=True)
 
     def _on_abandoned(self, seq: int, p: dict[str, Any]) -> None:
+        self.batched.pop(p["query_id"], None)
         q = self.queries.pop(p["query_id"], None)
         if q is None:
             return
@@ -298,7 +307,7 @@ class Ledger:
     def _on_resumed(self, seq: int, _p: dict[str, Any]) -> None:
         """Whatever was in flight when the last process died may have been billed: keep it spent."""
         for qid, q in list(self.queries.items()):
-            if not q.holding:
+            if not q.holding or qid in self.batched:  # a batch is polled again, not lost
                 continue
             q.holding = False
             q.status = "interrupted"
@@ -310,6 +319,41 @@ class Ledger:
             else:  # reserved but never sent (the dispatch event is written before sending)
                 self._move(seq, q, q.worst, release=q.worst, spend=False)
         self.queries = {k: q for k, q in self.queries.items() if q.status != "interrupted"}
+
+    def _on_batch_prepared(self, seq: int, p: dict[str, Any]) -> None:
+        for qid in p["query_ids"]:
+            q = self.queries.get(qid)
+            if q is None or not q.holding:
+                self.violations.append(Violation(seq, f"query {qid} put in batch {p['key']} without a reservation"))
+            self.batched[qid] = p["key"]
+        self.batches[p["key"]] = {"status": "preparing", "requests": len(p["query_ids"]), "counts": {},
+                                  "model": p.get("model", ""), "provider": p.get("provider", ""),
+                                  "at": p.get("at", 0.0), "batch_id": None, "input_file_id": None}
+
+    def _on_batch_submitted(self, seq: int, p: dict[str, Any]) -> None:
+        b = self.batches.get(p["key"])
+        if b is not None:
+            b.update(status="submitted", batch_id=p["batch_id"])
+            if p.get("input_file_id"):
+                b["input_file_id"] = p["input_file_id"]
+
+    def _on_batch_status(self, seq: int, p: dict[str, Any]) -> None:
+        b = self.batches.get(p["key"])
+        if b is not None:
+            b.update(status=p["status"], counts=dict(p.get("counts") or {}))
+            if p.get("input_file_id"):
+                b["input_file_id"] = p["input_file_id"]
+
+    def _on_batch_finished(self, seq: int, p: dict[str, Any]) -> None:
+        self.batches.pop(p["key"], None)
+        for qid in [q for q, k in self.batched.items() if k == p["key"]]:
+            self.violations.append(Violation(seq, f"batch {p['key']} finished with query {qid} still in it"))
+            del self.batched[qid]
+
+    def _on_rate_adjusted(self, seq: int, p: dict[str, Any]) -> None:
+        self.pacing[p["model"]] = {k: p.get(k) for k in ("note", "rpm", "tpm", "factor", "pause_s")}
+        if p.get("pause_s"):
+            self.counts["pauses"] = self.counts.get("pauses", 0) + 1
 
     def is_settled(self, query_id: str) -> bool:
         return hash(query_id) in self.settled
@@ -325,7 +369,10 @@ class Ledger:
             "spent": table(self.spent), "reserved": table(self.reserved), "by_role": table(self.by_role),
             "by_strategy": table(self.by_strategy), "by_model": table(self.by_model),
             "queries": {k: asdict(q) for k, q in sorted(self.queries.items())},
-            "settled": sorted(self.settled), "interrupted": dict(sorted(self.interrupted.items())), "counts": dict(self.counts), "in_flight": self.in_flight,
+            "settled": sorted(self.settled), "interrupted": dict(sorted(self.interrupted.items())),
+            "counts": dict(self.counts), "in_flight": self.in_flight,
+            "batched": dict(sorted(self.batched.items())), "batches": dict(sorted(self.batches.items())),
+            "pacing": dict(sorted(self.pacing.items())),
             "last_seq": self.last_seq, "violations": [(v.seq, v.message) for v in self.violations],
         }
 
@@ -355,6 +402,11 @@ _HANDLERS = {
     "query_settled": Ledger._on_settled,
     "query_abandoned": Ledger._on_abandoned,
     "run_resumed": Ledger._on_resumed,
+    "batch_prepared": Ledger._on_batch_prepared,
+    "batch_submitted": Ledger._on_batch_submitted,
+    "batch_status": Ledger._on_batch_status,
+    "batch_finished": Ledger._on_batch_finished,
+    "rate_adjusted": Ledger._on_rate_adjusted,
 }
 
 

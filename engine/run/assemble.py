@@ -6,6 +6,7 @@ broken row, a missing API key); it all happens before the run's first event is w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,16 +15,23 @@ from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
 from ..scheduler.endpoint import Endpoint
+from .batching import BatchQueue
 from ..ledger.ledger import BudgetSpec
 from ..ledger.pricing import ModelPrice, price_for
 from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
 from ..scheduler.shaper import SendShaper
 from ..api import Seed, Strategy, Task, Verifier, draw_subset
 
-# Pace at 99.5% of a configured limit. The limiter's own default (98.5%) never trips a one-second
-# window even when the event loop is late, but leaves 1.5% of a paid-for quota unused; at 99.5% a
-# rare late release may meet a 429, which costs nothing (not billed, retried after retry-after).
-PACING_SAFETY = 0.995
+# Pace at 99% of a configured (or learned) limit. The limiter's catch-up allowance follows the
+# safety (8 ms here), so a late release can never overfill a one-second window by itself; what
+# remains - a send delayed on the wire or a provider's clock - costs one slot when it meets a 429
+# (see scheduler/ratepolicy.py), not a paused second.
+PACING_SAFETY = 0.99
+# Before any response is seen, concurrency is sized for this latency at the configured rate
+# (Little's law); observed latencies raise it further as they come in.
+ASSUMED_LATENCY_S = 4.0
+# OpenAI and Anthropic both bill batch requests at half their online price.
+BATCH_DISCOUNT = 0.5
 
 
 @dataclass
@@ -85,24 +93,41 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
             except ValidationError as exc:  # the provider's own settings model: report full key paths
                 raise options_error(exc, where) from None
             price = price_for(section.model, section.provider, overrides)
+            batch_api = getattr(teacher, "batch_api", None)
+            if price is not None and batch_api is not None:
+                price = ModelPrice(price.input_per_mtok * BATCH_DISCOUNT, price.output_per_mtok * BATCH_DISCOUNT)
             if price is None and cfg.budget.usd is not None:
                 raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price; "
                                   f"add [pricing.\"{section.model}\"] input_per_mtok/output_per_mtok")
             params: dict[str, Any] = {"max_tokens": section.max_tokens, "temperature": section.temperature}
             if section.top_p is not None:
                 params["top_p"] = section.top_p
-            initial = lim.initial_concurrency or min(lim.max_concurrency, 64)
             by_section[key] = Endpoint(
                 teacher=teacher, model=section.model, params=params,
                 limiter=RateLimiter(lim.requests_per_minute, lim.tokens_per_minute, safety=PACING_SAFETY),
-                concurrency=AdaptiveConcurrency(initial=min(initial, lim.max_concurrency),
-                                                maximum=lim.max_concurrency),
+                concurrency=_concurrency(cfg),
                 breaker=CircuitBreaker(lim.breaker_threshold, lim.breaker_cooldown_s, cooldown_factor=2.0),
                 retry=RetryPolicy(max_attempts=lim.max_attempts, base_s=lim.backoff_base_s,
                                   max_s=max(lim.backoff_max_s, lim.backoff_base_s)),
                 price=price, timeout_s=section.timeout_s,
                 shaper=(SendShaper(lim.requests_per_minute, PACING_SAFETY)
                         if lim.requests_per_minute is not None else None),
+                batch=BatchQueue(batch_api) if batch_api is not None else None,
             )
         out[role] = by_section[key]
     return out
+
+
+def _concurrency(cfg: RunConfig) -> AdaptiveConcurrency:
+    """Where concurrency starts: what a configured rate needs (Little's law, at an assumed latency
+    until one is observed); with no limit known, a slow start that probes the provider."""
+    lim = cfg.limits
+    if lim.initial_concurrency:
+        return AdaptiveConcurrency(initial=min(lim.initial_concurrency, lim.max_concurrency),
+                                   maximum=lim.max_concurrency)
+    if lim.requests_per_minute is not None:
+        need = math.ceil(lim.requests_per_minute / 60.0 * ASSUMED_LATENCY_S * 1.5) + 2
+        return AdaptiveConcurrency(initial=min(need, lim.max_concurrency), maximum=lim.max_concurrency)
+    if lim.tokens_per_minute is not None:
+        return AdaptiveConcurrency(initial=min(lim.max_concurrency, 64), maximum=lim.max_concurrency)
+    return AdaptiveConcurrency(initial=min(4, lim.max_concurrency), maximum=lim.max_concurrency, slow_start=True)

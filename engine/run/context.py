@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 from ..ledger.events import QuestionAdmitted, SampleRejected
 from ..api import PlanItem, Seed, Task
@@ -35,13 +35,14 @@ class ItemContext:
         self.admitted_question: str | None = None
 
     async def ask(self, role: str, messages: list[dict[str, str]], *, purpose: str, sample_index: int = 0,
-                  max_tokens: int | None = None, temperature: float | None = None) -> str:
+                  max_tokens: int | None = None, temperature: float | None = None,
+                  group: Mapping[int, str] | Iterable[int] | None = None) -> str:
         runner = self._runner
         runner.unpledge(self.item, role)
         qid, text = await runner.dispatcher.ask(
             role=runner.route(role), messages=messages, purpose=purpose, strategy=self.item.strategy,
             item=self.item.key, sample_index=sample_index,
-            overrides={"max_tokens": max_tokens, "temperature": temperature})
+            overrides={"max_tokens": max_tokens, "temperature": temperature}, group=group)
         self.query_ids.append(qid)
         self.roles[qid] = role
         return text

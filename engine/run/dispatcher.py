@@ -1,28 +1,36 @@
 """Dispatch of one query: reserve, pace, send, record, retry.
 
-The pieces each live in their own module (engine/scheduler/: limiter, retry policy, circuit
-breaker, adaptive concurrency); this module only wires them to the ledger and the event log in the
-one order that keeps the invariants: reserve -> record dispatch durably -> send -> record outcome.
+The pieces each live in their own module (engine/scheduler/: limiter, rate policy, retry policy,
+circuit breaker, adaptive concurrency, and the endpoint that decides how they react to an
+outcome; run/sending.py: one attempt); this module wires them to the ledger and the event log in
+the one order that keeps the invariants: reserve -> record dispatch durably -> send -> record outcome.
+
+Queries that differ only in their sample index (k answers to one prompt) may go out as one
+request with `n=k` when the provider supports it (run/samples.py splits its cost), and with
+`[teacher] batch = true` queries go out through the provider's batch API (run/batching.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import anyio
 
 from ...store.hashing import canonical
-from ..ledger.events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QueryReserved, QuerySettled
-from ..ledger.ledger import Amount, Ledger
-from ..ledger.journal import Recorder
-from ..scheduler.endpoint import Endpoint
-from ..api import ChatRequest, Completion
+from ..api import ChatRequest
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
+from ..ledger.events import Cost, QueryReserved
+from ..ledger.journal import Recorder
+from ..ledger.ledger import Amount, Ledger
+from ..scheduler.endpoint import Endpoint
+from .samples import MAX_N, Member, worst_shares
+from .sending import Sender
+
+__all__ = ["Dispatcher", "request_key"]
 
 # How many settled answers stay in memory for repeats of the same query (older ones are read back
 # from the store): enough for any verifier's look-back, small enough that memory stays flat.
@@ -39,7 +47,7 @@ def request_key(provider: str, model: str, params: dict[str, Any], messages: lis
 
 
 @dataclass
-class Dispatcher:
+class Dispatcher(Sender):
     recorder: Recorder
     ledger: Ledger
     endpoints: dict[str, Endpoint]
@@ -54,24 +62,13 @@ class Dispatcher:
     _asking: dict[str, anyio.Event] = field(default_factory=dict)
 
     def worst_case(self, role: str, request: ChatRequest) -> Amount:
+        """The most `request` can cost: one prompt (billed once however many samples) and `n`
+        full completions."""
         ep = self.endpoints[role]
         prompt = ep.teacher.prompt_tokens_upper_bound(request)
         out = request.max_tokens * request.n
-        usd = ep.price.cost(prompt * request.n, out) if ep.price else 0.0
-        return Amount(queries=request.n, input_tokens=prompt * request.n, output_tokens=out, usd=usd)
-
-    def _reserve(self, qid: str, attempt: int, key: str, role: str, purpose: str, strategy: str, item: str,
-                 request: ChatRequest, worst: Amount, first: bool) -> None:
-        why = self.ledger.headroom(role, strategy, worst)
-        if why is not None:
-            raise BudgetExhausted(why)
-        ep = self.endpoints[role]
-        self.recorder.emit(QueryReserved(
-            query_id=qid, attempt=attempt, key=key, role=role, purpose=purpose, strategy=strategy, item=item,
-            provider=ep.teacher.provider, model=ep.model, worst=Cost(**worst.as_dict()),
-            messages=list(request.messages) if first else None,
-            params=(request.model_dump(exclude={"messages", "model"}, exclude_none=True) if first else None),
-        ))
+        usd = ep.price.cost(prompt, out) if ep.price else 0.0
+        return Amount(queries=request.n, input_tokens=prompt, output_tokens=out, usd=usd)
 
     def _settled_text(self, qid: str) -> str | None:
         if not self.ledger.is_settled(qid):
@@ -83,22 +80,47 @@ class Dispatcher:
             text = self.lookup_settled(qid)
         return text
 
-    def _remember(self, qid: str, text: str) -> None:
+    def remember(self, qid: str, text: str) -> None:
         self._recent[qid] = text
         if len(self._recent) > ANSWER_CACHE:
             self._recent.popitem(last=False)
 
+    def _member(self, ep: Endpoint, params: dict[str, Any], messages: list[dict[str, str]], index: int,
+                purpose: str, item: str) -> Member:
+        key = request_key(ep.teacher.provider, ep.model, params, messages, index, purpose)
+        return Member("q" + key[:19], key, index, item)
+
+    def _siblings(self, ep: Endpoint, params: dict[str, Any], messages: list[dict[str, str]], purpose: str,
+                  item: str, index: int, group: Mapping[int, str] | Iterable[int] | None) -> list[Member]:
+        """The other samples of this prompt that may share its request: not settled, not being
+        asked, not open in the ledger (at most MAX_N in all)."""
+        if group is None or not ep.supports_n or ep.batch is not None:
+            return []
+        items = group if isinstance(group, Mapping) else {i: item for i in group}
+        if index not in items:
+            return []
+        out: list[Member] = []
+        for i, it in items.items():
+            if i == index or len(out) >= MAX_N - 1:
+                continue
+            m = self._member(ep, params, messages, i, purpose, it)
+            if not (self.ledger.is_settled(m.qid) or m.qid in self._asking or m.qid in self.ledger.queries):
+                out.append(m)
+        return out
+
     async def ask(self, *, role: str, messages: list[dict[str, str]], purpose: str, strategy: str, item: str,
-                  sample_index: int = 0, overrides: dict[str, Any] | None = None) -> tuple[str, str]:
+                  sample_index: int = 0, overrides: dict[str, Any] | None = None,
+                  group: Mapping[int, str] | Iterable[int] | None = None) -> tuple[str, str]:
         """Returns (query_id, text). Raises BudgetExhausted, QueryFailed, FatalRunError or RunStopping.
 
         An identical query (same provider, model, parameters, messages, sample index) is paid for
         once per run: a repeat gets the recorded answer, and a repeat that arrives while the first
-        is still out waits for it."""
+        is still out waits for it. `group` names the sample indices of this prompt (optionally with
+        the plan item each belongs to) that may be asked together in one `n` request."""
         ep = self.endpoints[role]
         params = {**ep.params, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        key = request_key(ep.teacher.provider, ep.model, params, messages, sample_index, purpose)
-        qid = "q" + key[:19]
+        primary = self._member(ep, params, messages, sample_index, purpose, item)
+        qid = primary.qid
         while True:
             text = self._settled_text(qid)
             if text is not None:
@@ -109,125 +131,125 @@ class Dispatcher:
             await busy.wait()  # the first asker settles it (then we read its answer) or gives up
         if self.stopping:
             raise RunStopping("the run is stopping")
-        done = self._asking[qid] = anyio.Event()
+        members = [primary, *self._siblings(ep, params, messages, purpose, item, sample_index, group)]
+        done = anyio.Event()
+        for m in members:
+            self._asking[m.qid] = done
         try:
-            text = await self._ask_new(ep, role, qid, key, params, messages, purpose, strategy, item)
+            if ep.batch is not None:
+                texts = {qid: await ep.batch.ask(self, ep, role, primary, params, messages, purpose, strategy)}
+            else:
+                texts = await self._ask_new(ep, role, members, params, messages, purpose, strategy)
         finally:
-            del self._asking[qid]
+            for m in members:
+                del self._asking[m.qid]
             done.set()
-        self._remember(qid, text)
-        return qid, text
+        for q, t in texts.items():
+            self.remember(q, t)
+        return qid, texts[qid]
 
-    async def _ask_new(self, ep: Endpoint, role: str, qid: str, key: str, params: dict[str, Any],
-                       messages: list[dict[str, str]], purpose: str, strategy: str, item: str) -> str:
-        request = ChatRequest(model=ep.model, messages=tuple(messages), **params)
-        worst = self.worst_case(role, request)
-        known = self.ledger.queries.get(qid)
-        prior = known.attempts if known is not None else self.ledger.interrupted.get(qid)
-        attempt = (prior or 0) + 1
-        # The messages and parameters are recorded once per query, on its first reservation ever.
-        self._reserve(qid, attempt, key, role, purpose, strategy, item, request, worst, first=prior is None)
-        holding = True
+    def reserve(self, ep: Endpoint, role: str, purpose: str, strategy: str, base: ChatRequest,
+                members: list[Member], worsts: list[Amount]) -> None:
+        """Record each member's reservation (the ledger applies it at once); messages and
+        parameters go with a query's first reservation ever."""
+        params = base.model_dump(exclude={"messages", "model"}, exclude_none=True)
+        for m, worst in zip(members, worsts):
+            self.recorder.emit(QueryReserved(
+                query_id=m.qid, attempt=m.attempt, key=m.key, role=role, purpose=purpose, strategy=strategy,
+                item=m.item, provider=ep.teacher.provider, model=ep.model, worst=Cost(**worst.as_dict()),
+                messages=list(base.messages) if m.first else None, params=params if m.first else None))
+            m.first, m.holding, m.worst = False, True, worst
+
+    def _fit(self, ep: Endpoint, role: str, strategy: str, base: ChatRequest, prompt: int,
+             members: list[Member]) -> tuple[list[Member], list[Amount]]:
+        """The most members (in order) whose request's worst case the budget can hold now, and
+        their worst-case shares. BudgetExhausted when not even the first fits."""
+        why = None
+        for k in range(len(members), 0, -1):
+            worsts = worst_shares(prompt, base.max_tokens, k, ep.price)
+            total = Amount()
+            for w in worsts:
+                total.add(w)
+            why = self.ledger.headroom(role, strategy, total)
+            if why is None:
+                return members[:k], worsts
+        raise BudgetExhausted(why)
+
+    def _start(self, ep: Endpoint, members: list[Member]) -> None:
+        """Number each member's attempt, continuing a count an earlier session began."""
+        for m in members:
+            known = self.ledger.queries.get(m.qid)
+            prior = known.attempts if known is not None else self.ledger.interrupted.get(m.qid)
+            m.attempt = (prior or 0) + 1
+            m.first = prior is None
+
+    async def _ask_new(self, ep: Endpoint, role: str, members: list[Member], params: dict[str, Any],
+                       messages: list[dict[str, str]], purpose: str, strategy: str) -> dict[str, str]:
+        base = ChatRequest(model=ep.model, messages=tuple(messages), **params)
+        prompt = ep.teacher.prompt_tokens_upper_bound(base)
+        self._start(ep, members)
+        members, worsts = self._fit(ep, role, strategy, base, prompt, members)
+        self.reserve(ep, role, purpose, strategy, base, members, worsts)
         counted = 0  # failed attempts that count against max_attempts (429s do not)
         while True:
+            request = base if len(members) == 1 else base.model_copy(update={"n": len(members)})
             try:
-                if not holding:
-                    self._reserve(qid, attempt, key, role, purpose, strategy, item, request, worst, first=False)
-                    holding = True
-                completion = await self._attempt(ep, qid, attempt, request, worst)
+                return await self._attempt(ep, members, request, prompt)
             except TeacherError as err:
-                if err.maybe_billed:
-                    holding = False
-                if err.kind is FailureKind.AUTH:
-                    self._abandon(qid, holding, f"authentication failed: {err.message}")
-                    raise FatalRunError(f"the {role} rejected our credentials: {err.message}") from err
-                if err.kind is FailureKind.RATE_LIMITED and "insufficient_quota" in (err.body_excerpt or ""):
-                    self._abandon(qid, holding, f"no quota left: {err.message}")
-                    raise FatalRunError(f"the {role} account has no quota left: {err.message}") from err
                 limited = err.kind is FailureKind.RATE_LIMITED
-                if not limited:
-                    counted += 1
-                retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
-                if not retry:
-                    reason = (f"{err.kind.value} after {attempt} attempt(s): {err.message}")
-                    self._abandon(qid, holding, reason)
-                    if ep.breaker.opened_count >= ep.max_breaker_trips:
-                        raise FatalRunError(f"the {role} keeps failing ({reason}); stopping") from err
-                    raise QueryFailed(reason) from err
-                await anyio.sleep(ep.retry.delay(max(1, counted), err.retry_after, self.rng))
-                attempt += 1
-                if ep.breaker.opened_count >= ep.max_breaker_trips:
-                    self._abandon(qid, holding, f"{err.kind.value}: teacher unavailable")
-                    raise FatalRunError(f"the {role} did not recover after {ep.breaker.opened_count} "
-                                        f"pauses ({err.kind.value}: {err.message}); stopping") from err
-                if self.stopping:
-                    self._abandon(qid, holding, "the run stopped before a retry")
-                    raise RunStopping("the run is stopping") from err
-                if not holding:
-                    why = self.ledger.headroom(role, strategy, worst)
-                    if why is not None:
-                        self._abandon(qid, False, f"budget cannot cover a retry ({why})")
-                        raise BudgetExhausted(why) from err
-                continue
-            return completion.texts[0] if completion.texts else ""
+                counted += not limited
+                await self._after_failure(ep, role, members, err, counted)
+                for m in members:
+                    m.attempt += 1
+                    m.holding = m.holding and not err.maybe_billed
+                if not members[0].holding:  # possibly billed: a retry must reserve afresh
+                    members = self._refit(ep, role, strategy, purpose, base, prompt, members, err)
 
-    def _abandon(self, qid: str, holding: bool, reason: str) -> None:
-        self.recorder.emit(QueryAbandoned(query_id=qid, reason=reason))
+    def _refit(self, ep: Endpoint, role: str, strategy: str, purpose: str, base: ChatRequest, prompt: int,
+               members: list[Member], err: TeacherError) -> list[Member]:
+        try:
+            kept, worsts = self._fit(ep, role, strategy, base, prompt, members)
+        except BudgetExhausted as exc:
+            for m in members:
+                self._abandon(m.qid, False, f"budget cannot cover a retry ({exc})")
+            raise exc from err
+        for m in members[len(kept):]:
+            self._abandon(m.qid, False, "budget cannot cover its share of a retry; asked again on its own")
+        self.reserve(ep, role, purpose, strategy, base, kept, worsts)
+        return kept
 
-    async def _attempt(self, ep: Endpoint, qid: str, attempt: int, request: ChatRequest,
-                       worst: Amount) -> Completion:
-        est = worst.input_tokens + worst.output_tokens
-        await ep.breaker.wait_ready()
-        async with ep.concurrency.slot():
-            await ep.limiter.acquire(est)
-            if self.stopping:
-                self._abandon(qid, True, "the run stopped before this query was sent")
-                raise RunStopping("the run is stopping")
-            slot = ep.shaper.slot(anyio.current_time()) if ep.shaper is not None else None
-            self.recorder.emit(QueryDispatched(query_id=qid, attempt=attempt))
-            await self.recorder.flush()  # recorded before it is sent
-            if slot is not None:
-                await ep.shaper.wait(slot)  # type: ignore[union-attr]  # commit jitter stays off the wire
-            started = time.monotonic()
-            try:
-                with anyio.fail_after(ep.timeout_s):
-                    completion = await ep.teacher.complete(request)
-            except TimeoutError:
-                err = TeacherError(FailureKind.TIMEOUT, f"no answer within {ep.timeout_s:g}s", maybe_billed=True)
-                self._failed(ep, qid, attempt, err, est)
-                raise err from None
-            except TeacherError as err:
-                self._failed(ep, qid, attempt, err, est)
-                raise
-            except anyio.get_cancelled_exc_class():
-                # The run is being torn down with this request out: the provider may bill it, so
-                # the ledger keeps its worst case now rather than leaving the attempt open.
-                err = TeacherError(FailureKind.CONNECTION, "cancelled while in flight (the run stopped)",
-                                   maybe_billed=True)
-                self.recorder.emit(AttemptFailed(query_id=qid, attempt=attempt, kind=err.kind.value,
-                                                 maybe_billed=True, message=err.message))
-                raise
-            except Exception as exc:  # a provider bug must not lose the accounting
-                err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {exc}", maybe_billed=True)
-                self._failed(ep, qid, attempt, err, est)
-                raise err from exc
-        latency = time.monotonic() - started
-        usage = completion.usage
-        usd = ep.price.cost(usage.input_tokens, usage.output_tokens) if ep.price else 0.0
-        self.recorder.emit(QuerySettled(
-            query_id=qid, attempt=attempt,
-            actual=Cost(queries=request.n, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                        usd=usd),
-            text=completion.texts[0] if completion.texts else "",
-            finish_reason=completion.finish_reasons[0] if completion.finish_reasons else None,
-            latency_s=round(latency, 4),
-        ))
-        ep.on_success(est, usage.input_tokens + usage.output_tokens, completion.rate_limits)
-        return completion
+    async def _after_failure(self, ep: Endpoint, role: str, members: list[Member], err: TeacherError,
+                             counted: int) -> None:
+        """Raise if this failure ends the query (its members abandoned); else wait before the retry."""
+        attempt = members[0].attempt
 
-    def _failed(self, ep: Endpoint, qid: str, attempt: int, err: TeacherError, est: int) -> None:
-        self.recorder.emit(AttemptFailed(
-            query_id=qid, attempt=attempt, kind=err.kind.value, maybe_billed=err.maybe_billed,
-            message=err.message[:300], status=err.status, retry_after=err.retry_after,
-            body_excerpt=err.body_excerpt))
-        ep.on_failure(err, est)
+        def give_up(reason: str, exc: type[Exception], message: str) -> None:
+            for m in members:
+                self._abandon(m.qid, m.holding and not err.maybe_billed, reason)
+            raise exc(message) from err
+
+        if err.kind is FailureKind.AUTH:
+            give_up(f"authentication failed: {err.message}", FatalRunError,
+                    f"the {role} rejected our credentials: {err.message}")
+        if err.kind is FailureKind.RATE_LIMITED and "insufficient_quota" in (err.body_excerpt or ""):
+            give_up(f"no quota left: {err.message}", FatalRunError,
+                    f"the {role} account has no quota left: {err.message}")
+        limited = err.kind is FailureKind.RATE_LIMITED
+        retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
+        if not retry:
+            reason = f"{err.kind.value} after {attempt} attempt(s): {err.message}"
+            if ep.breaker.opened_count >= ep.max_breaker_trips:
+                give_up(reason, FatalRunError, f"the {role} keeps failing ({reason}); stopping")
+            give_up(reason, QueryFailed, reason)
+        if limited and err.requeue_in is not None:
+            wait = err.requeue_in  # one lost slot: this request alone waits, for its next slot
+        else:
+            wait = ep.retry.delay(max(1, counted), err.retry_after, self.rng)
+        if wait > 0:
+            await anyio.sleep(wait)
+        if ep.breaker.opened_count >= ep.max_breaker_trips:
+            give_up(f"{err.kind.value}: teacher unavailable", FatalRunError,
+                    f"the {role} did not recover after {ep.breaker.opened_count} pauses "
+                    f"({err.kind.value}: {err.message}); stopping")
+        if self.stopping:
+            give_up("the run stopped before a retry", RunStopping, "the run is stopping")

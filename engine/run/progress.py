@@ -64,8 +64,9 @@ class RunProgress:
             self._rate_window.pop(0)
         t0, s0 = self._rate_window[0]
         rate = (c["settled"] - s0) / (now - t0) if now > t0 else 0.0
-        return (f"tok {spent.input_tokens}/{spent.output_tokens} ${spent.usd:.4f} | {rate:.1f} req/s | "
+        line = (f"tok {spent.input_tokens}/{spent.output_tokens} ${spent.usd:.4f} | {rate:.1f} req/s | "
                 f"429s {c['rate_limited']} | retries {c['retries']} | in flight {led.in_flight}")
+        return line + batch_line(led) + pacing_line(led)
 
     def update(self, force: bool = False) -> None:
         if not self.enabled:
@@ -81,3 +82,21 @@ class RunProgress:
             shown = f"{done:g}/{total:g}" if total else f"{done:g}"
             print(f"[{now - self._t0:7.1f}s] {self.label}: {dim} {shown} | {self.stats_line()}",
                   file=sys.stderr, flush=True)
+
+
+def batch_line(ledger: Ledger) -> str:
+    """Open provider batches by state, with their progress: ` | batches: in_progress 1200/2000`."""
+    if not ledger.batches:
+        return ""
+    parts = []
+    for b in ledger.batches.values():
+        counts = b.get("counts") or {}
+        done = counts.get("completed", counts.get("succeeded", 0)) + counts.get("failed", counts.get("errored", 0))
+        parts.append(f"{b['status']} {done}/{b['requests']}")
+    return " | batches: " + ", ".join(parts[:4]) + (f" (+{len(parts) - 4})" if len(parts) > 4 else "")
+
+
+def pacing_line(ledger: Ledger) -> str:
+    """The last pacing change that is still in effect (a slower pace, a pause), if any."""
+    notes = [p for p in ledger.pacing.values() if (p.get("factor") or 1.0) < 1.0 or p.get("pause_s")]
+    return f" | pace: {notes[-1]['note']}" if notes else ""

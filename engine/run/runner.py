@@ -173,6 +173,9 @@ class Runner:
                                       config_dir=self.cfg.base_dir))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
                                      lookup_settled=self._lookup_settled)
+        for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
+            if ep.batch is not None:
+                ep.batch.adopt(self.dispatcher, ep)
         self._init_dedupe([q for _, q in state.admitted])
         self._done = state.done_items
         return run_id
@@ -205,6 +208,8 @@ class Runner:
         self._stopping = True
         if hasattr(self, "dispatcher"):
             self.dispatcher.stopping = True
+        for queue in self._batch_queues():
+            queue.stop()
         self._notify_item()
 
     def hard_stop(self) -> None:
@@ -220,6 +225,12 @@ class Runner:
         if self._items_scope is not None:
             self._items_scope.cancel()
 
+    def _unique_endpoints(self) -> list[Any]:
+        return list({id(e): e for e in self.endpoints.values()}.values())
+
+    def _batch_queues(self) -> list[Any]:
+        return [ep.batch for ep in self._unique_endpoints() if ep.batch is not None]
+
     # ---- the loop ----------------------------------------------------------------------
     async def run(self) -> RunResult:
         run_id = self.recorder.run_id
@@ -230,10 +241,15 @@ class Runner:
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(self.recorder.run)
                     outer.start_soon(self._tick, progress)
+                    for ep in self._unique_endpoints():
+                        if ep.batch is not None:  # collects queries into batches, follows them
+                            outer.start_soon(ep.batch.run, self.dispatcher, ep)
                     try:
                         status, message = await self._feed()
                     finally:
                         with anyio.CancelScope(shield=True):
+                            for queue in self._batch_queues():
+                                queue.release_queued()
                             if self._fatal:
                                 status, message = "failed", self._fatal
                             self.recorder.emit(RunFinished(status=status, message=message))
@@ -244,7 +260,7 @@ class Runner:
                 self.store.release(run_id, self.owner, status)
             except Exception:
                 pass
-            for ep in {id(e): e for e in self.endpoints.values()}.values():
+            for ep in self._unique_endpoints():
                 with anyio.CancelScope(shield=True):
                     try:
                         await ep.teacher.aclose()
@@ -282,7 +298,8 @@ class Runner:
         exhausted: set[str] = set()
         seen_hits: dict[str, int] = {}
         all_names = set(getattr(strategy, "budget_fractions", lambda: {})()) or None
-        max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()))
+        max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()),
+                        *(q.size for q in self._batch_queues()))
         finished = False
         async with anyio.create_task_group() as items:
             self._items_scope = items.cancel_scope

@@ -5,6 +5,11 @@ Each success grows the limit by 1/limit (so +1 per `limit` successes); a rate-li
 halves it, at most once per `cooldown_s`, because the 429s from one overload arrive together and
 describe a single event. Shrinking never cancels work already in flight: it only holds back new
 acquisitions until in-flight drops below the new limit.
+
+Two starts: with `slow_start` (used when nothing is known about the provider's limits) the limit
+grows by one per success, doubling every round trip, until the first 429, so an unknown provider
+is probed rather than hit with a full burst. `raise_to` lifts the limit to what a known rate needs
+at the observed latency (Little's law: in flight = rate x latency), instead of growing into it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class AdaptiveConcurrency:
         *,
         cooldown_s: float = 1.0,
         clock: Callable[[], float] = anyio.current_time,
+        slow_start: bool = False,
     ) -> None:
         for name, v in (("initial", initial), ("maximum", maximum), ("minimum", minimum)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -65,6 +71,7 @@ class AdaptiveConcurrency:
         self._in_flight = 0
         self._successes = 0  # successes since the limit last changed
         self._last_cut: float | None = None
+        self._slow_start = slow_start
         self._waiters: deque[anyio.Event] = deque()
 
     @property
@@ -114,6 +121,10 @@ class AdaptiveConcurrency:
         """Additive increase: +1 after each `limit` successes, up to `maximum`."""
         if self._limit >= self.maximum:
             return
+        if self._slow_start:
+            self._limit += 1
+            self._grant()
+            return
         self._successes += 1
         if self._successes >= self._limit:
             self._successes = 0
@@ -128,9 +139,17 @@ class AdaptiveConcurrency:
         if self._last_cut is not None and now - self._last_cut < self.cooldown_s:
             return False
         self._last_cut = now
+        self._slow_start = False
         self._successes = 0
         self._limit = max(self.minimum, self._limit // 2)
         return True
+
+    def raise_to(self, limit: int) -> None:
+        """At least `limit` (capped at `maximum`): what a known rate needs at the observed latency."""
+        limit = min(self.maximum, int(limit))
+        if limit > self._limit:
+            self._limit = limit
+            self._grant()
 
     def __repr__(self) -> str:
         return (

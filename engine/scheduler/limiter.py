@@ -6,11 +6,16 @@ rejected, so this limiter *paces* (GCRA, the leaky bucket as a meter): one reque
 60 / (RPM * safety) seconds, and tokens at TPM * safety per minute.
 
 Burst is bounded twice: `burst_s` (default 0) is the burst the caller deliberately allows, and a
-fixed 10 ms "wake-up jitter" allowance lets a release that happens a little late (timer rounding,
-a busy event loop) keep its place on the schedule instead of losing that time for good. With the
-default safety of 0.985 that allowance keeps every 1-second window within the provider's limit
-(it must stay below (1 - safety) / safety * 1 s = 15 ms), while pacing reaches ~98.5% of it.
-After an idle spell at most one extra request (at <= 6000 RPM) goes out at once.
+"wake-up jitter" allowance lets a release that happens a little late (timer rounding, a busy event
+loop) keep its place on the schedule instead of losing that time for good. That allowance is what
+a 1-second window has to spare at the chosen safety, (1 - safety) / safety * 1 s, less a fifth for
+the wire's own jitter, and never more than 10 ms: 10 ms at the default 0.985, 4 ms at 0.995. So
+catching up can never put more than the provider's limit into any 1-second window, whatever the
+safety. After an idle spell at most one extra request (at <= 6000 RPM) goes out at once.
+
+A provider's 429 while pacing is answered by `push_back` (one interval of slack for its window)
+and, when they persist, a slightly lower `factor` (the share of the limit actually paced); see
+`scheduler/ratepolicy.py`. Limits learned from a provider's headers arrive through `learn`.
 
 Tokens are charged when a request is released (by its estimate) and corrected by `settle` once
 the real usage is known, so the average token rate is right even when estimates are upper bounds.
@@ -28,7 +33,7 @@ from .headers import RateLimitInfo
 
 __all__ = ["RateLimiter"]
 
-# Lateness we absorb without losing schedule time; see the module docstring for the bound.
+# Lateness we absorb without losing schedule time, at most; see the module docstring for the bound.
 _JITTER_S = 0.010
 _NEVER = -math.inf
 
@@ -64,6 +69,8 @@ class RateLimiter:
             raise ValueError(f"RateLimiter: burst_s must be a finite number >= 0, got {burst_s!r}")
         self._safety = float(safety)
         self._burst = float(burst_s)
+        self._factor = 1.0
+        self._catch_up = catch_up_allowance(self._safety)
         # Theoretical arrival times (GCRA): the earliest time the next release is on schedule.
         self._req_tat = _NEVER
         self._tok_tat = _NEVER
@@ -83,6 +90,20 @@ class RateLimiter:
     def current_tpm(self) -> float | None:
         """The provider's token limit in force (before `safety`), None when unlimited."""
         return self._tpm
+
+    @property
+    def safety(self) -> float:
+        return self._safety
+
+    @property
+    def factor(self) -> float:
+        """The share of the limit paced on top of `safety` (below 1 after persistent 429s)."""
+        return self._factor
+
+    @property
+    def interval_s(self) -> float | None:
+        """Seconds between paced requests now, None when requests are not paced."""
+        return None if self._rpm is None else 60.0 / (self._rpm * self._safety * self._factor)
 
     @property
     def waiting(self) -> int:
@@ -128,15 +149,15 @@ class RateLimiter:
         return at
 
     def _claim(self, tokens: int, now: float) -> None:
-        floor = now - _JITTER_S
+        floor = now - self._catch_up
         if self._rpm is not None:
-            self._req_tat = max(self._req_tat, floor) + 60.0 / (self._rpm * self._safety)
+            self._req_tat = max(self._req_tat, floor) + 60.0 / (self._rpm * self._safety * self._factor)
         if self._tpm is not None:
             self._tok_tat = max(self._tok_tat, floor) + tokens * self._seconds_per_token()
 
     def _seconds_per_token(self) -> float:
         assert self._tpm is not None
-        return 60.0 / (self._tpm * self._safety)
+        return 60.0 / (self._tpm * self._safety * self._factor)
 
     def _notify(self) -> None:
         """Wake the head waiter so it recomputes its release time (it may now be earlier)."""
@@ -166,6 +187,29 @@ class RateLimiter:
         if seconds > 0:
             self.pause_until(anyio.current_time() + seconds)
 
+    def push_back(self, seconds: float) -> None:
+        """Move the request schedule `seconds` later: the slot a rejected request used is lost,
+        and its retry must not make the next window denser than the one that refused it."""
+        if seconds > 0 and self._rpm is not None:
+            self._req_tat = max(self._req_tat, anyio.current_time() - self._catch_up) + seconds
+
+    def set_factor(self, factor: float) -> None:
+        """Pace at `factor` of the limit (times `safety`); 0 < factor <= 1."""
+        if not 0.0 < factor <= 1.0:
+            raise ValueError(f"RateLimiter: factor must be in (0, 1], got {factor!r}")
+        self._factor = float(factor)
+
+    def learn(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> bool:
+        """Adopt limits a provider announced for dimensions that have none; True if one changed."""
+        changed = False
+        if requests_per_minute and self._rpm is None:
+            self._rpm = _check_limit("requests_per_minute", float(requests_per_minute))
+            changed = True
+        if tokens_per_minute and self._tpm is None:
+            self._tpm = _check_limit("tokens_per_minute", float(tokens_per_minute))
+            changed = True
+        return changed
+
     def update_from_headers(self, info: RateLimitInfo | None) -> None:
         """Adopt a lower limit the provider announces; pause until reset when it says none remain.
 
@@ -186,6 +230,12 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         return (
-            f"RateLimiter(rpm={self._rpm}, tpm={self._tpm}, safety={self._safety}, "
+            f"RateLimiter(rpm={self._rpm}, tpm={self._tpm}, safety={self._safety}, factor={self._factor}, "
             f"burst_s={self._burst}, waiting={self._waiting})"
         )
+
+
+def catch_up_allowance(safety: float, window_s: float = 1.0) -> float:
+    """How late a release may be and keep its slot without overfilling a `window_s` window:
+    four fifths of the slack that pacing at `safety` leaves in it, at most 10 ms."""
+    return min(_JITTER_S, 0.8 * (1.0 - safety) / safety * window_s)

@@ -35,6 +35,12 @@ class SendShaper:
         self.interval_s = 60.0 / (rpm * safety)
         self._slot = -math.inf
 
+    def set_interval(self, seconds: float) -> None:
+        """Follow the limiter when its pace changes (a learned limit, a slower factor after 429s)."""
+        if not seconds > 0 or math.isinf(seconds):
+            raise ValueError(f"SendShaper: interval must be a positive finite number, got {seconds!r}")
+        self.interval_s = seconds
+
     def slot(self, released_at: float) -> float:
         """Claim the send slot of a request the limiter released at loop time `released_at`.
 

@@ -58,6 +58,20 @@ def _extract(parsed: Any) -> Completion:
     )
 
 
+def message_params(request: ChatRequest) -> dict[str, Any]:
+    """A ChatRequest as Messages API parameters (online and in a batch alike)."""
+    if request.n != 1:
+        raise ValueError(f"the Anthropic messages API returns one sample per call; got n={request.n}")
+    system, messages = split_system(request.messages)
+    # No temperature/top_p: API version 2026-10-21 (sent by SDK 2.x) refuses sampling parameters.
+    kwargs: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+    if system is not None:
+        kwargs["system"] = system
+    if request.stop:
+        kwargs["stop_sequences"] = list(request.stop)
+    return kwargs
+
+
 class AnthropicTeacher:
     provider = "anthropic"
 
@@ -74,20 +88,18 @@ class AnthropicTeacher:
             default_headers=settings.extra_headers or None,
             http_client=anthropic.DefaultAsyncHttpxClient(limits=limits),
         )
+        self.batch_api = None
+        if settings.batch:
+            from .anthropic_batch import AnthropicBatchAPI
+
+            self.batch_api = AnthropicBatchAPI(self._client, settings.batch_size, settings.batch_wait_s,
+                                               settings.batch_poll_s)
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        if request.n != 1:
-            raise ValueError(f"the Anthropic messages API returns one sample per call; got n={request.n}")
-        system, messages = split_system(request.messages)
-        # No temperature/top_p: API version 2026-10-21 (sent by SDK 2.x) refuses sampling parameters.
-        kwargs: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
-        if system is not None:
-            kwargs["system"] = system
-        if request.stop:
-            kwargs["stop_sequences"] = list(request.stop)
+        kwargs = message_params(request)
         try:
             raw = await self._client.messages.with_raw_response.create(**kwargs)
         except anthropic.AnthropicError as exc:

@@ -19,16 +19,25 @@ from synthledger.engine.api import (
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Prefer the exact `retry-after-ms` (OpenAI, our test server) over whole-second `retry-after`."""
+    """Prefer the exact `retry-after-ms` (some gateways, our kind test server) over `retry-after`."""
+    return retry_after_and_exactness(headers)[0]
+
+
+def retry_after_and_exactness(headers: Mapping[str, str] | None) -> tuple[float | None, bool]:
+    """(seconds, exact): `retry-after-ms` is exact; a whole-second `retry-after` (what OpenAI
+    sends, rounded up) is only an upper bound; a fractional one is taken as exact."""
     if headers is None:
-        return None
+        return None, False
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            return max(0.0, float(ms) / 1000.0), True
         except ValueError:
             pass
-    return parse_retry_after(headers.get("retry-after"))
+    raw = headers.get("retry-after")
+    value = parse_retry_after(raw)
+    exact = value is not None and raw is not None and "." in raw
+    return value, exact
 
 
 def _seconds_until(stamp: str | None) -> float | None:
@@ -90,11 +99,13 @@ def status_error(
         kind, maybe_billed = FailureKind.SERVER_ERROR, status == 504
     else:  # other 4xx, and 1xx/3xx (usually a wrong base_url): retrying will not help
         kind = FailureKind.BAD_REQUEST
+    wait, exact = retry_after_and_exactness(headers)
     return TeacherError(
         kind,
         f"HTTP {status}: {message}",
         maybe_billed=maybe_billed,
-        retry_after=retry_after(headers),
+        retry_after=wait,
+        retry_after_exact=exact,
         status=status,
         body_excerpt=body,
         rate_limits=rate_limits(headers),

@@ -56,12 +56,15 @@ def completion_from_openai(data: Any) -> Completion:
 
 class OpenAICompatibleTeacher:
     provider = "openai-compatible"
+    supports_n = True  # k samples of one prompt in one request, the prompt billed once
 
     def __init__(self, settings: TeacherSettings) -> None:
         if not settings.base_url:
             raise ValueError(
                 "[teacher] base_url is required for provider 'openai-compatible' (e.g. http://127.0.0.1:8000/v1)"
             )
+        if settings.batch:
+            raise ValueError("[teacher] batch = true needs provider 'openai' or 'anthropic' (their batch APIs)")
         self.settings = settings
         key = resolve_api_key(settings, local_placeholder=True)
         self._url = settings.base_url.rstrip("/") + "/chat/completions"

@@ -47,6 +47,7 @@ def _extract(parsed: Any) -> Completion:
 
 class OpenAITeacher:
     provider = "openai"
+    supports_n = True  # k samples of one prompt in one request, the prompt billed once
 
     def __init__(self, settings: TeacherSettings) -> None:
         self.settings = settings
@@ -61,6 +62,12 @@ class OpenAITeacher:
             default_headers=settings.extra_headers or None,
             http_client=openai.DefaultAsyncHttpxClient(limits=limits),
         )
+        self.batch_api = None
+        if settings.batch:
+            from .openai_batch import OpenAIBatchAPI
+
+            self.batch_api = OpenAIBatchAPI(self._client, settings.batch_size, settings.batch_wait_s,
+                                            settings.batch_poll_s)
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)

@@ -30,6 +30,13 @@ class TeacherSettings(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0.0)
     max_connections: int = Field(default=256, ge=1)
     extra_headers: dict[str, str] = Field(default_factory=dict)
+    # Batch mode (providers openai and anthropic): queries go out through the provider's batch API
+    # at its discounted price, up to `batch_size` per batch; a batch is submitted when full or when
+    # no new query arrived for `batch_wait_s`, and polled every `batch_poll_s`.
+    batch: bool = False
+    batch_size: int = Field(default=10_000, ge=1, le=50_000)
+    batch_wait_s: float = Field(default=5.0, ge=0.0)
+    batch_poll_s: float = Field(default=30.0, gt=0.0)
 
     @field_validator("base_url")
     @classmethod

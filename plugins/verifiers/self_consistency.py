@@ -1,5 +1,6 @@
 """Self-consistency: ask the teacher k more times and keep the sample only if its final answer is
-the clear majority. Costs k teacher queries per sample, so the engine reserves them up front."""
+the clear majority. Costs k teacher queries per sample, so the engine reserves them up front;
+where the teacher supports `n` the k votes go out as one request (the prompt paid once)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class SelfConsistency(Verifier):
                 sample_index=i,
                 temperature=self.options.temperature,
                 max_tokens=self.options.max_tokens,
+                group=range(1, self.options.k + 1),  # one `n=k` request where the teacher supports it
             )
             others.append(self.task.extract(text))
         return vote(own, others, self.task, self.options.threshold)

@@ -1,0 +1,295 @@
+"""Batch mode (`[teacher] batch = true`): queries go out through the provider's batch API.
+
+The same invariants as online dispatch, over hours instead of seconds:
+- every query is reserved at its worst case (at batch prices) before its batch is prepared;
+- `batch_prepared` (with each query's dispatch) is durable before anything is uploaded, and the
+  provider's batch id is recorded the moment it is known (`batch_submitted`), so a resumed run
+  polls the existing batch and never submits those queries again - and a batch whose creation
+  the dead process did not record is looked up by our key before anything is decided;
+- each result settles its own query at its own usage; a request that failed, expired or was
+  cancelled is released or, within its attempts and the budget, goes into the next batch.
+A batch is submitted when `size` queries wait or none arrived for `wait_s`, and is polled every
+`poll_s`; its state changes are recorded (`batch_status`) and shown in the live view.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..api import BatchAPI, ChatRequest, Completion
+from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
+from ..ledger.events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, Cost,
+                     QueryAbandoned, QueryDispatched, QuerySettled)
+from .samples import Member, shares
+
+if TYPE_CHECKING:
+    from ..scheduler.endpoint import Endpoint
+    from .dispatcher import Dispatcher
+
+RETRY_S = 5.0  # wait after a failed poll or results download before trying again
+
+
+@dataclass
+class Pending:
+    """A query waiting for its batch; `request` is None for one adopted from an earlier session
+    (its asker re-asks if it does not settle)."""
+
+    member: Member
+    role: str
+    strategy: str
+    purpose: str
+    request: ChatRequest | None
+    done: anyio.Event
+    prompt: int = 0
+    text: str | None = None
+    error: BaseException | None = None
+
+
+class BatchQueue:
+    def __init__(self, api: BatchAPI) -> None:
+        self.api = api
+        self._queue: list[Pending] = []
+        self._arrived = anyio.Event()
+        self._last_arrival = 0.0
+        self._waiting: dict[str, Pending] = {}  # submitted, waiting for results
+        self._stopped = False
+        self._d: "Dispatcher | None" = None
+        self._ep: "Endpoint | None" = None
+        self._adopted: list[tuple[str, dict[str, Any], dict[str, Pending]]] = []
+
+    @property
+    def size(self) -> int:
+        return self.api.size
+
+    # ---- asking ------------------------------------------------------------------------------
+
+    async def ask(self, d: "Dispatcher", ep: "Endpoint", role: str, member: Member, params: dict[str, Any],
+                  messages: list[dict[str, str]], purpose: str, strategy: str) -> str:
+        if self._stopped:
+            raise RunStopping("the run is stopping")
+        base = ChatRequest(model=ep.model, messages=tuple(messages), **params)
+        prompt = ep.teacher.prompt_tokens_upper_bound(base)
+        d._start(ep, [member])
+        members, worsts = d._fit(ep, role, strategy, base, prompt, [member])
+        d.reserve(ep, role, purpose, strategy, base, members, worsts)
+        p = Pending(member, role, strategy, purpose, base, anyio.Event(), prompt)
+        self._enqueue(p)
+        await p.done.wait()
+        if p.error is not None:
+            raise p.error
+        return p.text or ""
+
+    def _enqueue(self, p: Pending) -> None:
+        self._queue.append(p)
+        self._last_arrival = anyio.current_time()
+        self._arrived.set()
+
+    def stop(self) -> None:
+        """Nothing new is submitted; every asker stops waiting (batches already submitted stay with
+        the provider and are polled again by a resume)."""
+        self._stopped = True
+        for p in [*self._queue, *self._waiting.values()]:
+            self._resolve(p, error=RunStopping("the run is stopping"))
+        self._arrived.set()
+
+    def release_queued(self) -> None:
+        """Give back the reservations of queries that never made it into a batch."""
+        d = self._d
+        for p in self._queue:
+            if d is not None:
+                d.recorder.emit(QueryAbandoned(query_id=p.member.qid,
+                                               reason="the run stopped before its batch was submitted"))
+            self._resolve(p, error=RunStopping("the run is stopping"))
+        self._queue.clear()
+
+    # ---- the collector -----------------------------------------------------------------------
+
+    async def run(self, d: "Dispatcher", ep: "Endpoint") -> None:
+        """Collect queries into batches and follow each batch; runs for the whole run."""
+        self._d, self._ep = d, ep
+        async with anyio.create_task_group() as tg:
+            for key, info, pendings in self._adopted:
+                tg.start_soon(self._resume_batch, key, info, pendings)
+            while True:
+                if not self._queue or self._stopped:
+                    self._arrived = anyio.Event()
+                    await self._arrived.wait()
+                    continue
+                while len(self._queue) < self.size and not self._stopped:
+                    quiet = anyio.current_time() - self._last_arrival
+                    if quiet >= self.api.wait_s:
+                        break
+                    self._arrived = anyio.Event()
+                    with anyio.move_on_after(self.api.wait_s - quiet):
+                        await self._arrived.wait()
+                if self._stopped:
+                    continue
+                take, self._queue = self._queue[: self.size], self._queue[self.size:]
+                await self._prepare_and_start(tg, take)
+
+    async def _prepare_and_start(self, tg: Any, pendings: list[Pending]) -> None:
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        key = "b" + uuid.uuid4().hex[:16]
+        at = time.time()
+        d.recorder.emit(BatchPrepared(key=key, provider=ep.teacher.provider, model=ep.model, role=pendings[0].role,
+                                      query_ids=[p.member.qid for p in pendings], at=at))
+        for p in pendings:
+            d.recorder.emit(QueryDispatched(query_id=p.member.qid, attempt=p.member.attempt, request=key))
+            self._waiting[p.member.qid] = p
+        await d.recorder.flush()  # recorded before anything is uploaded
+        tg.start_soon(self._submit, key, at, pendings)
+
+    async def _submit(self, key: str, at: float, pendings: list[Pending]) -> None:
+        d = self._d
+        assert d is not None
+        reqs = [(p.member.qid, p.request) for p in pendings if p.request is not None]
+        file_id = None
+        try:
+            file_id = await self.api.upload(key, reqs)
+            if file_id is not None:
+                d.recorder.emit(BatchStatus(key=key, status="uploaded", input_file_id=file_id))
+                await d.recorder.flush()
+            batch_id = await self.api.create(key, file_id, reqs)
+        except TeacherError as err:
+            batch_id = await self._find(key, file_id, at, len(reqs)) if err.maybe_billed else None
+            if batch_id is None:
+                self._settle_all(key, {p.member.qid: p for p in pendings}, {}, "not_submitted", err)
+                return
+        d.recorder.emit(BatchSubmitted(key=key, batch_id=batch_id, input_file_id=file_id))
+        await d.recorder.flush()
+        await self._follow(key, batch_id, {p.member.qid: p for p in pendings})
+
+    async def _find(self, key: str, file_id: str | None, at: float, count: int) -> str | None:
+        for _ in range(3):
+            try:
+                return await self.api.find(key, file_id, at, count)
+            except TeacherError:
+                await anyio.sleep(RETRY_S)
+        return None
+
+    # ---- following a batch to its results ----------------------------------------------------
+
+    async def _follow(self, key: str, batch_id: str, pendings: dict[str, Pending]) -> None:
+        d = self._d
+        assert d is not None
+        last = None
+        while True:
+            try:
+                view = await self.api.poll(batch_id)
+            except TeacherError:
+                await anyio.sleep(RETRY_S)
+                continue
+            if view.status != last:
+                d.recorder.emit(BatchStatus(key=key, status=view.status, counts=view.counts))
+                last = view.status
+            if view.ended:
+                break
+            await anyio.sleep(self.api.poll_s)
+        while True:
+            try:
+                results = await self.api.results(batch_id) if last != "failed" else {}
+                break
+            except TeacherError:
+                await anyio.sleep(RETRY_S)
+        note = TeacherError(FailureKind.EXPIRED, f"not run: the batch ended {last}" + (
+            f" ({view.message})" if view.message else ""))
+        self._settle_all(key, pendings, results, last or "ended", note)
+
+    def _settle_all(self, key: str, pendings: dict[str, Pending], results: dict[str, Completion | TeacherError],
+                    status: str, missing: TeacherError) -> None:
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        settled = failed = 0
+        retry: list[tuple[Pending, TeacherError]] = []
+        for qid, p in pendings.items():
+            self._waiting.pop(qid, None)
+            r = results.get(qid, missing)
+            m = p.member
+            if isinstance(r, Completion):
+                text = r.texts[0] if r.texts else ""
+                amount = shares(r.usage.input_tokens, [r.usage.output_tokens], ep.price)[0]
+                d.recorder.emit(QuerySettled(query_id=qid, attempt=m.attempt, actual=Cost(**amount.as_dict()),
+                                             text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None))
+                d.remember(qid, text)
+                self._resolve(p, text=text)
+                settled += 1
+                continue
+            failed += 1
+            d.recorder.emit(AttemptFailed(query_id=qid, attempt=m.attempt, kind=r.kind.value,
+                                          maybe_billed=r.maybe_billed, message=r.message[:300], status=r.status))
+            retry.append((p, r))
+        d.recorder.emit(BatchFinished(key=key, status=status, settled=settled, failed=failed,
+                                      message=missing.message[:300] if failed else ""))
+        for p, err in retry:
+            self._retry_or_release(p, err)
+
+    def _retry_or_release(self, p: Pending, err: TeacherError) -> None:
+        """Into the next batch within the query's attempts and the budget; else released."""
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        m = p.member
+        if p.request is not None and not self._stopped and ep.retry.should_retry(err.kind, m.attempt):
+            m.attempt += 1
+            if not err.maybe_billed:
+                self._enqueue(p)  # still holding its reservation
+                return
+            try:
+                members, worsts = d._fit(ep, p.role, p.strategy, p.request, p.prompt, [m])
+                d.reserve(ep, p.role, p.purpose, p.strategy, p.request, members, worsts)
+                self._enqueue(p)
+                return
+            except BudgetExhausted as exc:
+                d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=f"budget cannot cover a retry ({exc})"))
+                self._resolve(p, error=exc)
+                return
+        reason = f"{err.kind.value} after {m.attempt} attempt(s): {err.message}"
+        d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=reason))
+        if p.request is None:
+            self._resolve(p)
+        elif err.kind is FailureKind.AUTH:
+            self._resolve(p, error=FatalRunError(f"the {p.role} rejected our credentials: {err.message}"))
+        else:
+            self._resolve(p, error=QueryFailed(reason))
+
+    def _resolve(self, p: Pending, *, text: str | None = None, error: BaseException | None = None) -> None:
+        p.text, p.error = text, error
+        if p.request is None and self._d is not None:  # adopted: its event is the dispatcher's
+            self._d._asking.pop(p.member.qid, None)
+        p.done.set()
+
+    # ---- a resumed run: batches an earlier session submitted -----------------------------------
+
+    def adopt(self, d: "Dispatcher", ep: "Endpoint") -> None:
+        """Take over the batches an earlier session left open for this endpoint. Called before any
+        item runs: an item asking for one of their queries then waits for its result."""
+        self._d, self._ep = d, ep
+        for key, info in d.ledger.batches.items():
+            if info.get("model") != ep.model or info.get("provider") != ep.teacher.provider:
+                continue
+            pendings: dict[str, Pending] = {}
+            for qid in [q for q, k in d.ledger.batched.items() if k == key]:
+                q = d.ledger.queries[qid]
+                done = d._asking.setdefault(qid, anyio.Event())
+                pendings[qid] = Pending(Member(qid, q.key, 0, "", attempt=q.dispatched_attempt or q.attempts),
+                                        q.role, q.strategy, "", None, done)
+                self._waiting[qid] = pendings[qid]
+            self._adopted.append((key, dict(info), pendings))
+
+    async def _resume_batch(self, key: str, info: dict[str, Any], pendings: dict[str, Pending]) -> None:
+        d = self._d
+        assert d is not None
+        batch_id = info.get("batch_id")
+        if batch_id is None:
+            batch_id = await self._find(key, info.get("input_file_id"), info.get("at", 0.0), info["requests"])
+            if batch_id is None:
+                gone = TeacherError(FailureKind.EXPIRED, "the batch was never created (the run stopped first)")
+                self._settle_all(key, pendings, {}, "not_submitted", gone)
+                return
+            d.recorder.emit(BatchSubmitted(key=key, batch_id=batch_id, input_file_id=info.get("input_file_id")))
+        await self._follow(key, batch_id, pendings)

@@ -1,0 +1,128 @@
+"""One attempt on the wire: pace, record the dispatch durably, send, record the outcome.
+
+The dispatcher decides *what* to ask and whether to try again; this part does one attempt for one
+request - which may carry several queries (k samples of a prompt as one `n=k` call) - and tells
+the endpoint's scheduler parts (limiter, rate policy, breaker, concurrency) what happened.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..api import ChatRequest, Completion
+from ..errors import FailureKind, RunStopping, TeacherError
+from ..ledger.events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted
+from .samples import Member, output_split, shares
+
+if TYPE_CHECKING:
+    from ..ledger.journal import Recorder
+    from ..scheduler.endpoint import Endpoint
+
+
+class Sender:
+    """The attempt half of the Dispatcher (a mixin: it needs `recorder` and `stopping`)."""
+
+    recorder: "Recorder"
+    stopping: bool
+
+    def _abandon(self, qid: str, holding: bool, reason: str) -> None:
+        self.recorder.emit(QueryAbandoned(query_id=qid, reason=reason))
+
+    async def _attempt(self, ep: "Endpoint", members: list[Member], request: ChatRequest,
+                       prompt_bound: int) -> dict[str, str]:
+        """Send `request` (n = len(members)) once; settle every member it answered and return
+        their texts by query id. Raises TeacherError (recorded) or RunStopping."""
+        # What the provider counts against a token limit: the prompt and every completion's cap.
+        est = prompt_bound + request.max_tokens * len(members)
+        shared = members[0].qid if len(members) > 1 else None
+        await ep.breaker.wait_ready()
+        async with ep.concurrency.slot():
+            await ep.limiter.acquire(est)
+            if self.stopping:
+                for m in members:
+                    self._abandon(m.qid, True, "the run stopped before this query was sent")
+                raise RunStopping("the run is stopping")
+            shaper = ep.rate.shaper
+            slot = shaper.slot(anyio.current_time()) if shaper is not None else None
+            for m in members:
+                self.recorder.emit(QueryDispatched(query_id=m.qid, attempt=m.attempt, request=shared))
+            await self.recorder.flush()  # recorded before it is sent
+            if slot is not None:
+                await shaper.wait(slot)  # type: ignore[union-attr]  # commit jitter stays off the wire
+            ep.on_sent(est)
+            started = time.monotonic()
+            try:
+                with anyio.fail_after(ep.timeout_s):
+                    completion = await ep.teacher.complete(request)
+            except TimeoutError:
+                err = TeacherError(FailureKind.TIMEOUT, f"no answer within {ep.timeout_s:g}s", maybe_billed=True)
+                self._failed(ep, members, err, est)
+                raise err from None
+            except TeacherError as err:
+                self._failed(ep, members, err, est)
+                raise
+            except anyio.get_cancelled_exc_class():
+                # The run is being torn down with this request out: the provider may bill it, so
+                # the ledger keeps its worst case now rather than leaving the attempt open.
+                for m in members:
+                    self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="connection",
+                                                     maybe_billed=True,
+                                                     message="cancelled while in flight (the run stopped)"))
+                raise
+            except Exception as exc:  # a provider bug must not lose the accounting
+                err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {exc}", maybe_billed=True)
+                self._failed(ep, members, err, est)
+                raise err from exc
+        latency = time.monotonic() - started
+        texts = self._settle(ep, members, request, completion, latency, shared)
+        counted = completion.usage.input_tokens + request.max_tokens * len(members)
+        self._note(ep, ep.on_success(est, counted, completion.rate_limits, latency))
+        return texts
+
+    def _settle(self, ep: "Endpoint", members: list[Member], request: ChatRequest, completion: Completion,
+                latency: float, shared: str | None) -> dict[str, str]:
+        usage = completion.usage
+        texts = list(completion.texts) or [""]
+        reasons = list(completion.finish_reasons)
+        answered = members[: len(texts)]
+        if len(answered) == 1:
+            amounts = shares(usage.input_tokens, [usage.output_tokens], ep.price)
+        else:
+            amounts = shares(usage.input_tokens, output_split(usage.output_tokens, texts[: len(answered)],
+                                                              request.max_tokens), ep.price)
+        whole = ({"request": shared, "n": len(answered), "input_tokens": usage.input_tokens,
+                  "output_tokens": usage.output_tokens} if shared is not None else None)
+        out: dict[str, str] = {}
+        for i, (m, amount) in enumerate(zip(answered, amounts)):
+            out[m.qid] = texts[i]
+            self.recorder.emit(QuerySettled(
+                query_id=m.qid, attempt=m.attempt, actual=Cost(**amount.as_dict()), text=texts[i],
+                finish_reason=reasons[i] if i < len(reasons) else None, latency_s=round(latency, 4), shared=whole))
+        for m in members[len(answered):]:  # a server that ignores `n`: the rest were never answered
+            ep.supports_n = False
+            self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="bad_request", maybe_billed=False,
+                                             message=f"asked for {len(members)} samples, got {len(answered)}"))
+            self._abandon(m.qid, True, "the provider ignored n; asked again on its own")
+        return out
+
+    def _failed(self, ep: "Endpoint", members: list[Member], err: TeacherError, est: int) -> None:
+        for m in members:
+            self.recorder.emit(AttemptFailed(
+                query_id=m.qid, attempt=m.attempt, kind=err.kind.value, maybe_billed=err.maybe_billed,
+                message=err.message[:300], status=err.status, retry_after=err.retry_after,
+                body_excerpt=err.body_excerpt))
+        decision = ep.on_failure(err, est)
+        if decision is not None:
+            self._note(ep, decision.note, decision.pause_s)
+
+    def _note(self, ep: "Endpoint", note: str | None, pause_s: float = 0.0) -> None:
+        """A pacing change users should see: recorded as an event (the live view shows the last)."""
+        if note is None:
+            return
+        lim = ep.limiter
+        ep.last_note = note
+        self.recorder.emit(RateAdjusted(model=ep.model, note=note, rpm=lim.current_rpm, tpm=lim.current_tpm,
+                                        factor=round(lim.factor, 4), pause_s=round(pause_s, 3)))

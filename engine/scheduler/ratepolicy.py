@@ -1,0 +1,206 @@
+"""What a 429, a rate-limit header or a response's latency changes in one endpoint's pacing.
+
+A 429 while we pace a known rate is almost always a near miss: a send a few milliseconds early
+for the provider's sliding window. Pausing every request for the whole-second `retry-after` that
+OpenAI sends would throw away a second of slots (100 at 6000 RPM) to fix one. So here a 429 that
+our own pacing explains costs one slot: that request alone waits for its next slot (or for the
+exact `retry-after-ms` when a provider gives it; a whole-second `retry-after` is only an upper
+bound), the schedule moves back one interval so the provider's window gets that slot of slack,
+and if 429s persist - more than 1% of what we sent over the last 5 s - the paced share of the
+limit drops a little (2%, at most every 2 s, not below 70%) and recovers slowly (0.5% per 5
+quiet seconds). Occasional near misses cost their slot and nothing more.
+
+A 429 our pacing cannot explain (we sent well under the paced rate: another client shares the
+key) pauses the whole endpoint, bounded by `max_pause_s` and reported as a note the dispatcher
+records. With no limit known at all, the old levers remain: halve concurrency, pause for the
+provider's wait.
+
+Limits are learned from `x-ratelimit-limit-*` (and Anthropic's `anthropic-ratelimit-*`) when none
+are configured: both providers announce per-minute figures. And with a known rate, concurrency is
+raised to what that rate needs at the observed latency (Little's law), instead of growing into it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import anyio
+
+from .concurrency import AdaptiveConcurrency
+from .headers import RateLimitInfo
+from .limiter import RateLimiter
+from .shaper import SendShaper
+
+__all__ = ["RateDecision", "RatePolicy"]
+
+SLOWDOWN = 0.98  # the paced share after 429s persist...
+MIN_FACTOR = 0.70  # ...never below this
+RECOVERY = 0.005  # added back after each quiet spell
+QUIET_S = 5.0  # a spell without 429s
+PERSIST_S = 5.0  # 429s "persist" when, over this long,
+PERSIST_SHARE = 0.01  # ...they are more than this share of what we sent
+PERSIST_MIN = 3  # ...and at least this many
+SLOW_EVERY_S = 2.0  # at most one slowdown this often
+_BUCKET_S = 0.25
+EXPLAINED = 0.7  # sending at >= this share of the paced rate: a 429 is our own near miss
+LITTLE_MARGIN = 1.5  # in flight = rate x latency x margin (+2), for latency spread
+
+
+@dataclass
+class RateDecision:
+    """What one 429 means for its own request (`retry_in`: seconds before it queues for a slot
+    again; None = the retry policy's backoff) and for the endpoint (`note`: worth recording)."""
+
+    retry_in: float | None
+    pause_s: float = 0.0
+    note: str | None = None
+
+
+class RatePolicy:
+    def __init__(self, limiter: RateLimiter, concurrency: AdaptiveConcurrency, shaper: SendShaper | None = None,
+                 *, max_pause_s: float = 30.0, clock: Callable[[], float] = anyio.current_time) -> None:
+        self.limiter = limiter
+        self.concurrency = concurrency
+        self.shaper = shaper
+        self.max_pause_s = max_pause_s
+        self._clock = clock
+        self._sends: deque[tuple[float, int]] = deque()  # the last second's sends (time, tokens)
+        self._first_send: float | None = None
+        self._buckets: deque[list[int]] = deque()  # [bucket, sends, 429s] over the last PERSIST_S
+        self._last_429 = -math.inf
+        self._last_change = -math.inf
+        self._latency: float | None = None
+        self.paused_until = -math.inf
+        self.learned = False
+
+    # -- observations --------------------------------------------------------------------------
+
+    def on_send(self, tokens: int) -> None:
+        now = self._clock()
+        if self._first_send is None:
+            self._first_send = now
+        self._sends.append((now, tokens))
+        while self._sends and self._sends[0][0] < now - 1.0:
+            self._sends.popleft()
+        self._bucket(now)[1] += 1
+
+    def _bucket(self, now: float) -> list[int]:
+        b = int(now / _BUCKET_S)
+        if not self._buckets or self._buckets[-1][0] != b:
+            self._buckets.append([b, 0, 0])
+            while self._buckets[0][0] <= b - PERSIST_S / _BUCKET_S:
+                self._buckets.popleft()
+        return self._buckets[-1]
+
+    def on_success(self, info: RateLimitInfo | None, latency_s: float, tokens_estimate: int) -> str | None:
+        """Learn from headers, size concurrency to the rate, recover a lowered pace. Returns a note
+        when the pacing changed in a way worth recording."""
+        note = self._learn(info)
+        self._hint(info, tokens_estimate)
+        self._latency = latency_s if self._latency is None else 0.8 * self._latency + 0.2 * latency_s
+        interval = self.limiter.interval_s
+        if interval is not None:
+            self.concurrency.raise_to(math.ceil(self._latency / interval * LITTLE_MARGIN) + 2)
+        now = self._clock()
+        factor = self.limiter.factor
+        if factor < 1.0 and now - self._last_429 >= QUIET_S and now - self._last_change >= QUIET_S:
+            self._set_factor(min(1.0, factor + RECOVERY), now)
+            if self.limiter.factor >= 1.0:
+                note = note or "pace recovered to the full limit"
+        return note
+
+    def on_rate_limited(self, retry_after: float | None, exact: bool, info: RateLimitInfo | None,
+                        tokens_estimate: int) -> RateDecision:
+        now = self._clock()
+        learned = self._learn(info)
+        self._last_429 = now
+        self._bucket(now)[2] += 1
+        lim = self.limiter
+        if lim.current_rpm is None and lim.current_tpm is None:
+            # Nothing known: fewer in flight is the only lever, the provider's wait the only clock.
+            self.concurrency.on_rate_limited()
+            wait = min(self.max_pause_s, retry_after or 0.0)
+            if wait > 0.01:
+                lim.pause_for(wait)
+            return RateDecision(None, wait)
+        share = self._sending_share(now)
+        if share is not None and share < EXPLAINED and not learned:
+            wait = min(self.max_pause_s, retry_after or self._reset_hint(info) or 1.0)
+            lim.pause_for(wait)
+            self.paused_until = now + wait
+            return RateDecision(wait, wait, f"paused {wait:g}s: 429 while sending at {share:.0%} of the paced "
+                                            "rate (is the key shared with another client?)")
+        if lim.interval_s is not None:
+            lim.push_back(lim.interval_s)
+        note = learned
+        sent = sum(b[1] for b in self._buckets)
+        limited = sum(b[2] for b in self._buckets)
+        if (limited >= PERSIST_MIN and limited > PERSIST_SHARE * sent and now - self._last_change >= SLOW_EVERY_S
+                and lim.factor > MIN_FACTOR):
+            self._set_factor(max(MIN_FACTOR, lim.factor * SLOWDOWN), now)
+            note = note or (f"429s persist ({limited} of {sent} sent in {PERSIST_S:g}s): pacing at "
+                            f"{lim.factor:.0%} of the limit")
+        return RateDecision(retry_after if exact and retry_after else 0.0, 0.0, note)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _sending_share(self, now: float) -> float | None:
+        """Our send rate over the last second as a share of the paced rate (None: too early)."""
+        if self._first_send is None:
+            return None
+        span = min(1.0, now - self._first_send)
+        if span < 0.05:
+            return None
+        lim = self.limiter
+        shares = []
+        if lim.interval_s is not None:
+            shares.append(len(self._sends) / span * lim.interval_s)
+        if lim.current_tpm is not None:
+            paced = lim.current_tpm * lim.safety * lim.factor / 60.0
+            shares.append(sum(t for _, t in self._sends) / span / paced)
+        return max(shares) if shares else None
+
+    def _set_factor(self, factor: float, now: float) -> None:
+        self.limiter.set_factor(factor)
+        self._last_change = now
+        if self.shaper is not None and self.limiter.interval_s is not None:
+            self.shaper.set_interval(self.limiter.interval_s)
+
+    def _learn(self, info: RateLimitInfo | None) -> str | None:
+        if info is None or (info.limit_requests is None and info.limit_tokens is None):
+            return None
+        if not self.limiter.learn(info.limit_requests, info.limit_tokens):
+            return None
+        self.learned = True
+        lim = self.limiter
+        if lim.interval_s is not None:
+            if self.shaper is None:
+                self.shaper = SendShaper(lim.current_rpm, lim.safety)  # type: ignore[arg-type]
+            self.shaper.set_interval(lim.interval_s)
+        parts = [f"{v:g} {k}/min" for k, v in (("requests", lim.current_rpm), ("tokens", lim.current_tpm)) if v]
+        return "learned the provider's limits from its headers: " + ", ".join(parts)
+
+    @staticmethod
+    def _reset_hint(info: RateLimitInfo | None) -> float | None:
+        if info is None:
+            return None
+        waits = [r for left, r in ((info.remaining_requests, info.reset_requests_s),
+                                   (info.remaining_tokens, info.reset_tokens_s)) if left == 0 and r]
+        return max(waits) if waits else None
+
+    def _hint(self, info: RateLimitInfo | None, tokens_estimate: int) -> None:
+        """"None remaining" for a dimension we do not pace: hold back about one slot's worth (the
+        reset header is the time until the *whole* window refills, far longer than needed)."""
+        if info is None:
+            return
+        lim = self.limiter
+        if (lim.current_rpm is None and info.remaining_requests is not None and info.remaining_requests <= 0
+                and info.reset_requests_s):
+            lim.pause_for(info.reset_requests_s / max(1, info.limit_requests or 1))
+        if (lim.current_tpm is None and info.remaining_tokens is not None and info.remaining_tokens <= 0
+                and info.reset_tokens_s):
+            share = min(1.0, tokens_estimate / info.limit_tokens) if info.limit_tokens else 1.0
+            lim.pause_for(info.reset_tokens_s * share)

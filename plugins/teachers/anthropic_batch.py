@@ -1,0 +1,85 @@
+"""Anthropic's Message Batches API as a teacher's batch mode (`[teacher] batch = true`).
+
+A batch is created with all its requests at once (custom_id = our query id); when it has ended,
+each request's result is `succeeded`, `errored`, `canceled` or `expired`, in no particular order.
+Anthropic's batches carry no metadata, so a resumed run that did not live to record a batch's id
+finds it by its creation time and request count, and only when exactly one batch fits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import anthropic
+
+from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
+
+from .anthropic_sdk import _extract, message_params
+from .errors import sdk_error
+
+_ERRORS = {"invalid_request_error": (FailureKind.BAD_REQUEST, 400), "authentication_error": (FailureKind.AUTH, 401),
+           "permission_error": (FailureKind.AUTH, 403), "not_found_error": (FailureKind.BAD_REQUEST, 404),
+           "rate_limit_error": (FailureKind.RATE_LIMITED, 429), "overloaded_error": (FailureKind.SERVER_ERROR, 529)}
+
+
+def result_of(result: Any) -> Completion | TeacherError:
+    kind = result.type
+    if kind == "succeeded":
+        try:
+            return _extract(result.message)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return TeacherError(FailureKind.MALFORMED, f"malformed batch result: {exc}", maybe_billed=True)
+    if kind in ("canceled", "expired"):
+        return TeacherError(FailureKind.EXPIRED, f"the batch ended before this request ran ({kind})")
+    inner = getattr(getattr(result, "error", None), "error", None)
+    etype, message = getattr(inner, "type", "api_error"), getattr(inner, "message", "no message")
+    fkind, status = _ERRORS.get(etype, (FailureKind.SERVER_ERROR, 500))
+    return TeacherError(fkind, f"batch request errored: {etype}: {message}", status=status)
+
+
+class AnthropicBatchAPI:
+    def __init__(self, client: anthropic.AsyncAnthropic, size: int, wait_s: float, poll_s: float) -> None:
+        self._client = client
+        self.size, self.wait_s, self.poll_s = size, wait_s, poll_s
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except anthropic.AnthropicError as exc:
+            mapped = sdk_error(exc, anthropic)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def upload(self, key: str, requests: list[tuple[str, ChatRequest]]) -> str | None:
+        return None  # the requests travel with `create`
+
+    async def create(self, key: str, file_id: str | None, requests: list[tuple[str, ChatRequest]]) -> str:
+        reqs = [{"custom_id": cid, "params": message_params(r)} for cid, r in requests]
+        b = await self._call(self._client.messages.batches.create(requests=reqs))
+        return b.id
+
+    async def find(self, key: str, file_id: str | None, since: float, count: int) -> str | None:
+        page = await self._call(self._client.messages.batches.list(limit=100))
+        fits = []
+        for b in page.data:
+            created = b.created_at.timestamp() if isinstance(b.created_at, datetime) else 0.0
+            total = sum(b.request_counts.model_dump().values()) if b.request_counts is not None else -1
+            if created >= since - 5.0 and total == count:
+                fits.append(b.id)
+        return fits[0] if len(fits) == 1 else None
+
+    async def poll(self, batch_id: str) -> BatchView:
+        b = await self._call(self._client.messages.batches.retrieve(batch_id))
+        counts = {k: int(v) for k, v in b.request_counts.model_dump().items()} if b.request_counts is not None else {}
+        return BatchView(b.processing_status, b.processing_status == "ended", counts)
+
+    async def results(self, batch_id: str) -> dict[str, Completion | TeacherError]:
+        out: dict[str, Completion | TeacherError] = {}
+        async for r in await self._call(self._client.messages.batches.results(batch_id)):
+            out[r.custom_id] = result_of(r.result)
+        return out
+
+    async def cancel(self, batch_id: str) -> None:
+        await self._call(self._client.messages.batches.cancel(batch_id))

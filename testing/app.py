@@ -1,0 +1,368 @@
+"""The test teacher server's core: OpenAI chat completions, Anthropic messages, both batch APIs.
+
+`testing/server.py` is the entry point (and re-exports everything here); settings live in
+`serverconfig.py`, rate limits and their headers in `ratelimit.py`, response bodies in
+`payloads.py`, the batch APIs in `batches.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from dataclasses import fields, replace
+from hashlib import blake2b
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .batches import BatchService
+from .payloads import (ANTHROPIC, OPENAI, PromptCache, anthropic_message, error_body, malformed_body,
+                       openai_completion)
+from .ratelimit import SlidingWindow
+from .replies import AnswerBook, Parsed, RequestInvalid, parse_anthropic, parse_openai, prompt_tokens, reply_text, shape
+from .serverconfig import CONTROLLABLE, ServerConfig, Stats
+
+_JSON = "application/json"
+
+
+class TeacherServer:
+    """The server; `await start()` binds (port 0 = ephemeral) and sets `.url`."""
+
+    def __init__(self, config: ServerConfig | None = None, *, stats_file: str | Path | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.stats_file = Path(stats_file) if stats_file else None
+        cfg = self.config
+        self._stats = Stats(cfg.log_size)
+        self._limiter = SlidingWindow(cfg.rpm, cfg.tpm, cfg.window_s, cfg.rate_headers)
+        self._book = AnswerBook(cfg.answers)
+        self._cache = PromptCache(cfg.cache_min_tokens)
+        self._batches = BatchService(self)
+        self._rng = random.Random(cfg.seed)
+        self._latency_rng = random.Random(self.config.seed + 1)
+        self._counter = 0
+        self._granted = 0
+        self._in_flight = 0
+        self._closing = False
+        self._unhung = asyncio.Event()
+        if not self.config.hang:
+            self._unhung.set()
+        self._runner: web.AppRunner | None = None
+        self._writer: asyncio.Task | None = None
+        self.url = ""
+        self.port = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/chat/completions", self._chat)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/stats", self._get_stats)
+        app.router.add_post("/control", self._post_control)
+        app.router.add_post("/reset", self._post_reset)
+        self._batches.routes(app)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        self.port = server.sockets[0].getsockname()[1] if server else self.config.port
+        self.url = f"http://{self.config.host}:{self.port}"
+        if self.stats_file:
+            self._writer = asyncio.create_task(self._write_periodically())
+        return self.url
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._unhung.set()  # hung handlers wake and close their connections without answering
+        if self._writer:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
+        self.write_stats_file()
+
+    async def __aenter__(self) -> "TeacherServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---- introspection and control (call on the server's loop) -----------------------------------
+
+    @property
+    def stats_obj(self) -> Stats:
+        return self._stats
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
+
+    def stats(self, log: bool = False) -> dict[str, Any]:
+        out = self._stats.as_dict(log)
+        out["in_flight"] = self._in_flight
+        return out
+
+    def control(self, **changes: Any) -> dict[str, Any]:
+        unknown = sorted(set(changes) - CONTROLLABLE)
+        if unknown:
+            allowed = ", ".join(sorted(CONTROLLABLE))
+            raise ValueError(f"unknown server setting(s): {', '.join(unknown)} (allowed: {allowed})")
+        if "error_codes" in changes:
+            changes["error_codes"] = tuple(changes["error_codes"])
+        self.config = replace(self.config, **changes)  # re-validates
+        cfg = self.config
+        if {"rpm", "tpm", "window_s", "rate_headers"} & changes.keys():
+            self._limiter.configure(cfg.rpm, cfg.tpm, cfg.window_s, cfg.rate_headers)
+        if "cache_min_tokens" in changes:
+            self._cache = PromptCache(cfg.cache_min_tokens)
+        if "answers" in changes:
+            self._book = AnswerBook(cfg.answers)
+        if "seed" in changes:
+            self._rng = random.Random(cfg.seed)
+            self._latency_rng = random.Random(cfg.seed + 1)
+        if cfg.hang:
+            self._unhung.clear()
+        else:
+            self._unhung.set()
+        return self.settings()
+
+    def settings(self) -> dict[str, Any]:
+        """The current configuration, with `answers` reduced to its size."""
+        d = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
+        d["answers"] = len(self.config.answers or {})
+        return d
+
+    def reset(self) -> None:
+        """Zero the counters and log, and empty the rate-limit window and the max_requests count."""
+        self._stats.zero()
+        self._limiter.reset()
+        self._batches.reset()
+        self._granted = 0
+
+    def write_stats_file(self) -> None:
+        if not self.stats_file:
+            return
+        tmp = self.stats_file.with_name(self.stats_file.name + ".tmp")
+        data = self.stats(log=True)
+        data["url"] = self.url
+        tmp.write_bytes(orjson.dumps(data))
+        os.replace(tmp, self.stats_file)  # readers never see a half-written file
+
+    async def _write_periodically(self) -> None:
+        last = None
+        while True:
+            snapshot = (tuple(self.stats().values()), len(self._stats.log))
+            if snapshot != last:
+                self.write_stats_file()
+                last = snapshot
+            await asyncio.sleep(0.5)
+
+    # ---- HTTP handlers ---------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, OPENAI)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, ANTHROPIC)
+
+    async def _serve(self, request: web.Request, proto: str) -> web.StreamResponse:
+        st = self._stats
+        st.received += 1
+        self._in_flight += 1
+        parsed: Parsed | None = None
+        try:
+            body = await request.read()
+            if self.config.hang:
+                st.hung += 1
+                await self._unhung.wait()
+            if self._closing:
+                return self._drop(request, proto, "closed", None)
+            cfg = self.config
+            if cfg.require_api_key is not None and self.api_key(request, proto) != cfg.require_api_key:
+                st.auth_failed += 1
+                st.record(proto, 401, "auth_failed", None)
+                return self._error(proto, 401, "Incorrect API key provided.")
+            try:
+                if proto == OPENAI:
+                    parsed = parse_openai(orjson.loads(body))
+                else:
+                    version = request.headers.get("anthropic-version")
+                    if version is None:
+                        raise RequestInvalid("anthropic-version: header required")
+                    parsed = parse_anthropic(orjson.loads(body), version)
+            except (orjson.JSONDecodeError, RequestInvalid) as exc:
+                st.bad_requests += 1
+                st.record(proto, 400, "bad_request", None)
+                return self._error(proto, 400, f"invalid request: {exc}")
+            return await self._answer(request, proto, parsed, body)
+        except asyncio.CancelledError:
+            st.client_gone += 1
+            st.record(proto, 0, "client_gone", parsed)
+            raise
+        finally:
+            self._in_flight -= 1
+
+    async def _answer(self, request: web.Request, proto: str, p: Parsed, body: bytes) -> web.StreamResponse:
+        st, cfg = self._stats, self.config
+        ptoks = prompt_tokens(p.texts)
+        headers: dict[str, str] = {}
+        if self._limiter.active:
+            cost = ptoks + p.max_tokens * p.n
+            limit = self._limiter.token_limit
+            if limit is not None and cost > limit:
+                st.bad_requests += 1
+                st.record(proto, 400, "bad_request", p)
+                return self._error(proto, 400, f"request too large: {cost} tokens > {limit} per window")
+            now = time.monotonic()
+            decision = self._limiter.acquire(cost, now)
+            headers = decision.headers
+            if proto == ANTHROPIC:  # Anthropic's own names only (the "window" style keeps both)
+                anthropic = self._limiter.anthropic_headers(now)
+                headers = {**headers, **anthropic} if cfg.rate_headers == "window" else anthropic
+            if not decision.accepted:
+                st.rate_limited += 1
+                st.record(proto, 429, "rate_limited", p)
+                headers.update(self._limiter.retry_headers(decision.retry_after_s))
+                msg = f"Rate limit reached; retry after {decision.retry_after_s:.3f}s."
+                return self._error(proto, 429, msg, headers=headers, kind="requests" if proto == OPENAI else None)
+
+        rng = self._rng
+        u = rng.random() if (cfg.drop_rate or cfg.error_rate or cfg.malformed_rate) else 1.0
+        if u < cfg.drop_rate:
+            outcome = "dropped"
+        elif u < cfg.drop_rate + cfg.error_rate:
+            outcome = "error"
+        elif u < cfg.drop_rate + cfg.error_rate + cfg.malformed_rate:
+            outcome = "malformed"
+        elif cfg.max_requests is not None and self._granted >= cfg.max_requests:
+            outcome = "exhausted"
+        else:
+            outcome = "answered"
+            self._granted += 1
+        error_code = rng.choice(cfg.error_codes) if outcome == "error" else 0
+        delay = cfg.latency_ms / 1000.0
+        if cfg.jitter_ms:
+            delay += self._latency_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms) / 1000.0
+        if cfg.slow_rate and rng.random() < cfg.slow_rate:
+            delay += cfg.slow_s
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        if outcome == "answered":
+            return self._success(proto, p, body, ptoks, headers)
+        if outcome == "dropped":
+            return self._drop(request, proto, "dropped", p)
+        if outcome == "error":
+            st.errors += 1
+            st.record(proto, error_code, "error", p)
+            msg = "The server had an error while processing your request."
+            return self._error(proto, error_code, msg, headers=headers)
+        if outcome == "exhausted":
+            st.exhausted += 1
+            st.record(proto, cfg.exhausted_status, "exhausted", p)
+            return self._error(
+                proto, cfg.exhausted_status, "You exceeded your current quota.",
+                kind="insufficient_quota" if proto == OPENAI else None,
+            )
+        st.malformed += 1
+        st.record(proto, 200, "malformed", p)
+        return web.Response(body=malformed_body(proto, self._rng.randrange(3)), headers={"Content-Type": _JSON, **headers})
+
+    def _reply(self, proto: str, p: Parsed, body: bytes, ptoks: int) -> dict[str, Any]:
+        """A successful answer's body (counted in the stats); also what a batch request gets."""
+        st, cfg = self._stats, self.config
+        answer = self._book.lookup(p.last_user) if self._book else None
+        outs = []
+        ctoks = 0
+        n = 1 if cfg.ignore_n else p.n
+        for _ in range(n):
+            self._counter += 1
+            digest = blake2b(body + self._counter.to_bytes(8, "little"), digest_size=16).digest()
+            text, words, reason = shape(reply_text(digest, answer, cfg.wrong_rate, p.last_user), p.max_tokens, p.stop)
+            ctoks += words
+            outs.append((text, reason))
+        cached = self._cache.cached(f"{proto}:{p.model}:{p.messages_sha}", ptoks) if cfg.prompt_cache else 0
+        st.choices += n
+        st.input_tokens += ptoks
+        st.output_tokens += ctoks
+        st.cached_tokens += cached
+        rid = f"{self._counter:x}"
+        if proto == OPENAI:
+            return openai_completion(rid, p.model, outs, ptoks, ctoks, cached)
+        return anthropic_message(rid, p.model, outs[0], p.stop, ptoks, ctoks, cached if cfg.prompt_cache else None)
+
+    def _success(self, proto: str, p: Parsed, body: bytes, ptoks: int, headers: dict[str, str]) -> web.Response:
+        payload = self._reply(proto, p, body, ptoks)
+        self._stats.answered += 1
+        self._stats.record(proto, 200, "answered", p)
+        headers["Content-Type"] = _JSON
+        return web.Response(body=orjson.dumps(payload), headers=headers)
+
+    def batch_reply(self, proto: str, request_body: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request of a batch (RequestInvalid if it is not a valid call)."""
+        p = parse_openai(request_body) if proto == OPENAI else parse_anthropic(request_body)
+        payload = self._reply(proto, p, orjson.dumps(request_body), prompt_tokens(p.texts))
+        self._stats.batch_requests += 1
+        self._stats.record(f"batch:{proto}", 200, "answered", p)
+        return payload
+
+    def _drop(self, request: web.Request, proto: str, outcome: str, p: Parsed | None) -> web.Response:
+        """Close the connection without a response (the client sees a server disconnect)."""
+        self._stats.dropped += outcome == "dropped"
+        self._stats.record(proto, 0, outcome, p)
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=500)  # never delivered: the write fails quietly on the closed socket
+
+    @staticmethod
+    def api_key(request: web.Request, proto: str) -> str | None:
+        if proto == ANTHROPIC and "x-api-key" in request.headers:
+            return request.headers["x-api-key"]
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return auth[7:]
+        return request.headers.get("x-api-key")
+
+    @staticmethod
+    def _error(
+        proto: str, status: int, message: str, *, headers: dict[str, str] | None = None, kind: str | None = None
+    ) -> web.Response:
+        h = {"Content-Type": _JSON, **(headers or {})}
+        return web.Response(status=status, body=error_body(proto, status, message, kind), headers=h)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        key = self.config.require_api_key
+        if key is not None and self.api_key(request, OPENAI) != key:
+            return self._error(OPENAI, 401, "Incorrect API key provided.")
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "synthledger"} for m in self.config.models]
+        return web.Response(body=orjson.dumps({"object": "list", "data": data}), headers={"Content-Type": _JSON})
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        log = request.query.get("log", "0") not in ("0", "", "false")
+        data = self.stats(log=log)
+        data["settings"] = self.settings()
+        return web.Response(body=orjson.dumps(data), headers={"Content-Type": _JSON})
+
+    async def _post_control(self, request: web.Request) -> web.Response:
+        try:
+            changes = orjson.loads(await request.read())
+            if not isinstance(changes, dict):
+                raise ValueError("body must be a JSON object of settings")
+            return web.Response(body=orjson.dumps(self.control(**changes)), headers={"Content-Type": _JSON})
+        except (ValueError, TypeError) as exc:
+            return web.Response(status=400, body=orjson.dumps({"error": str(exc)}), headers={"Content-Type": _JSON})
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.Response(body=orjson.dumps(self.stats()), headers={"Content-Type": _JSON})

@@ -1,0 +1,114 @@
+"""The test teacher server's settings and counters (see `testing/server.py`)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .ratelimit import HEADER_STYLES
+from .replies import Parsed
+
+
+@dataclass
+class ServerConfig:
+    """How the server behaves. Rates are probabilities per request, drawn from one seeded RNG."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rpm: float | None = None
+    tpm: float | None = None
+    window_s: float = 60.0
+    # How rate limits are announced: "openai" (whole-second retry-after only, per-minute limits,
+    # Go-duration resets), "kind" (the same plus retry-after-ms) or "window" (per-window counts).
+    rate_headers: str = "openai"
+    error_rate: float = 0.0
+    error_codes: tuple[int, ...] = (500, 503)
+    drop_rate: float = 0.0
+    malformed_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_s: float = 5.0
+    hang: bool = False
+    require_api_key: str | None = None
+    seed: int = 0
+    answers: dict[str, str] | None = None
+    wrong_rate: float = 0.0  # share of known-question replies that give a wrong final answer
+    ignore_n: bool = False  # answer one choice whatever `n` asks (as some OpenAI-compatible servers do)
+    max_requests: int | None = None
+    exhausted_status: int = 429
+    models: tuple[str, ...] = ("test-teacher",)
+    log_size: int = 10_000
+    # Prompt caching: a prompt seen before reports its cacheable part as cached (OpenAI:
+    # prompt_tokens_details.cached_tokens, in 128-token steps from cache_min_tokens; Anthropic:
+    # cache_read_input_tokens, not part of input_tokens).
+    prompt_cache: bool = False
+    cache_min_tokens: int = 1024
+    # Batch APIs: seconds in "validating", then seconds per request while "in_progress" (a batch
+    # of n takes n * batch_request_s), then seconds in "finalizing". A batch whose processing
+    # would outlast batch_expire_s expires with what it finished; batch_fail refuses every batch
+    # at validation; batch_error_rate makes single requests of a batch fail.
+    batch_validating_s: float = 0.05
+    batch_request_s: float = 0.0005
+    batch_finalizing_s: float = 0.05
+    batch_expire_s: float | None = None
+    batch_fail: bool = False
+    batch_error_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.error_codes = tuple(int(c) for c in self.error_codes)
+        self.models = tuple(self.models)
+        for name in ("error_rate", "drop_rate", "malformed_rate", "slow_rate", "wrong_rate", "batch_error_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"ServerConfig.{name} must be in [0, 1], got {v}")
+        if self.drop_rate + self.error_rate + self.malformed_rate > 1.0:
+            raise ValueError("ServerConfig: drop_rate + error_rate + malformed_rate must be <= 1")
+        if self.error_rate > 0 and not self.error_codes:
+            raise ValueError("ServerConfig.error_codes must not be empty when error_rate > 0")
+        if self.window_s <= 0:
+            raise ValueError(f"ServerConfig.window_s must be > 0, got {self.window_s}")
+        if self.rate_headers not in HEADER_STYLES:
+            raise ValueError(f"ServerConfig.rate_headers must be one of {', '.join(HEADER_STYLES)}, "
+                             f"got {self.rate_headers!r}")
+        for name in ("batch_validating_s", "batch_request_s", "batch_finalizing_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ServerConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_expire_s is not None and self.batch_expire_s <= 0:
+            raise ValueError(f"ServerConfig.batch_expire_s must be > 0, got {self.batch_expire_s}")
+
+
+# Settings that POST /control (and .control()) may change while the server runs.
+CONTROLLABLE = frozenset(
+    f.name for f in fields(ServerConfig) if f.name not in ("host", "port", "log_size", "models")
+)
+COUNTERS = (
+    "received", "answered", "malformed", "rate_limited", "errors", "dropped", "hung", "auth_failed",
+    "bad_requests", "exhausted", "client_gone", "choices", "input_tokens", "output_tokens", "cached_tokens",
+    "batches", "batch_requests",
+)
+
+
+class Stats:
+    """Counters plus a bounded log of (time, endpoint, status, outcome, model, messages sha)."""
+
+    def __init__(self, log_size: int) -> None:
+        self.log: deque[tuple[float, str, int, str, str | None, str | None]] = deque(maxlen=log_size)
+        self.zero()
+
+    def zero(self) -> None:
+        for name in COUNTERS:
+            setattr(self, name, 0)
+        self.log.clear()
+
+    def record(self, endpoint: str, status: int, outcome: str, p: Parsed | None) -> None:
+        self.log.append((time.time(), endpoint, status, outcome, p.model if p else None, p.messages_sha if p else None))
+
+    def as_dict(self, log: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
+        if log:
+            keys = ("t", "endpoint", "status", "outcome", "model", "sha")
+            out["log"] = [dict(zip(keys, rec)) for rec in self.log]
+        return out

@@ -1,0 +1,112 @@
+"""Batch mode (`[teacher] batch = true`) for the openai and anthropic providers, end to end: the
+real CLI against the test server's batch APIs, witnessed by the server's counts and `audit`."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from synthledger.testing.cli_runs import Project, Server, last_line, wait_for
+
+BATCH = {"batch": True, "batch_wait_s": 0.3, "batch_poll_s": 0.1}
+
+
+@pytest.fixture
+def project(tmp_path):
+    servers: list[Server] = []
+
+    def make(*server_args: str, seeds: int = 20) -> tuple[Project, Server]:
+        srv = Server(*server_args)
+        servers.append(srv)
+        return Project(tmp_path, srv.url, seeds), srv
+
+    yield make
+    for srv in servers:
+        srv.close()
+
+
+@pytest.mark.parametrize("provider, base", [("openai", "/v1"), ("anthropic", "")])
+def test_a_batch_run_settles_every_query_at_batch_prices(project, provider, base):
+    proj, srv = project("--batch-request-s", "0.001")
+    cfg = proj.write(teacher={"provider": provider, "base_url": srv.url + base, "model": "gpt-4o-mini", **BATCH},
+                     strategy={"samples_per_seed": 2}, budget={"queries": 40, "usd": 1.0})
+    res = proj.generate(cfg)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed"
+    report = proj.audit(run_id)
+    stats = srv.stats()
+    assert stats["batches"] == 1 and stats["batch_requests"] == 40 == report["counts"]["settled"]
+    assert stats["received"] == 0  # nothing went through the online endpoints
+    spent = report["spent"]
+    assert (spent["input_tokens"], spent["output_tokens"]) == (stats["input_tokens"], stats["output_tokens"])
+    # gpt-4o-mini online is $0.15 / $0.60 per million tokens; batches are half that.
+    expected = (stats["input_tokens"] * 0.075 + stats["output_tokens"] * 0.30) / 1e6
+    assert spent["usd"] == pytest.approx(expected, rel=1e-6)
+    assert report["batches"] == {"batches": 1, "queries": 40, "ended": {"completed" if provider == "openai" else "ended": 1}}
+    statuses = [e["status"] for e in proj.events("batch_status")]
+    assert statuses[-1] in ("completed", "ended")
+    # Reserved before submission: every query's reservation precedes the batch's preparation.
+    prepared = proj.events("query_reserved", "batch_prepared")
+    assert [e["type"] for e in prepared][-1] == "batch_prepared" and len(prepared) == 41
+
+
+def test_killed_while_polling_then_resumed_polls_the_same_batch(project):
+    proj, srv = project("--batch-request-s", "0.1", seeds=30)  # the batch takes ~3 s
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 30}, strategy={"samples_per_seed": 1})
+    proc = proj.popen(cfg)
+    wait_for(lambda: any(e["status"] == "in_progress" for e in proj.events("batch_status")), 60, "the batch to run")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not proj.events("query_settled")
+    res = proj.generate(cfg, "--resume")
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed"
+    report = proj.audit(run_id)
+    stats = srv.stats()
+    assert stats["batches"] == 1, "the resumed run submitted the batch again"
+    assert stats["batch_requests"] == 30 == report["counts"]["settled"] == report["spent"]["queries"]
+    assert report["counts"]["lost"] == 0  # a batch outlives the process: nothing was charged unseen
+    assert len(proj.events("batch_submitted")) == 1 and len(proj.events("batch_finished")) == 1
+
+
+def test_expired_requests_go_into_the_next_batch(project):
+    # 40 requests at 20 ms each outlast a 0.5 s window: the first batch expires part done.
+    proj, srv = project("--batch-request-s", "0.02", "--batch-validating-s", "0", "--batch-expire-s", "0.5",
+                        seeds=40)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 40}, limits={"max_attempts": 4}, strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg, timeout=180)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed"
+    report = proj.audit(run_id)
+    ends = [e["status"] for e in proj.events("batch_finished")]
+    assert ends[0] == "expired" and ends[-1] == "completed" and len(ends) >= 2
+    failed = proj.events("attempt_failed")
+    assert failed and {e["kind"] for e in failed} == {"expired"} and not any(e["maybe_billed"] for e in failed)
+    assert report["counts"]["settled"] == 40 == srv.stats()["batch_requests"] == report["spent"]["queries"]
+
+
+def test_a_refused_batch_releases_its_reservations(project):
+    proj, srv = project("--batch-fail", seeds=5)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 5}, limits={"max_attempts": 2}, strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg)
+    assert res.returncode == 0, res.stderr
+    run_id, _ = last_line(res)
+    report = proj.audit(run_id)
+    assert report["spent"]["queries"] == 0 and report["counts"]["abandoned"] == 5
+    assert [e["status"] for e in proj.events("batch_finished")] == ["failed", "failed"]
+    assert {e["stage"] for e in proj.events("sample_rejected")} == {"failed"}
+
+
+def test_batch_mode_needs_a_provider_with_a_batch_api(project):
+    proj, srv = project()
+    cfg = proj.write(teacher={"batch": True})
+    res = proj.generate(cfg)
+    assert res.returncode != 0
+    assert "batch" in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (proj.dir / "store.db").exists() or not proj.events("run_started")
