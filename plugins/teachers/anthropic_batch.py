@@ -15,7 +15,7 @@ import anthropic
 
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
-from .anthropic_sdk import _extract, message_params
+from .anthropic_messages import _extract, message_params
 from .errors import sdk_error
 
 _ERRORS = {"invalid_request_error": (FailureKind.BAD_REQUEST, 400), "authentication_error": (FailureKind.AUTH, 401),
