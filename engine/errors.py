@@ -91,10 +91,11 @@ class FailureKind(str, Enum):
     AUTH = "auth"
     MALFORMED = "malformed"
     EXPIRED = "expired"  # a batch ended (expired, cancelled) before this request ran: never billed
+    MODEL_NOT_FOUND = "model_not_found"  # the endpoint does not serve the configured model
 
     @property
     def retryable(self) -> bool:
-        return self not in (FailureKind.BAD_REQUEST, FailureKind.AUTH)
+        return self not in (FailureKind.BAD_REQUEST, FailureKind.AUTH, FailureKind.MODEL_NOT_FOUND)
 
 
 class TeacherError(SynthledgerError):

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .batches import BatchService
 from .payloads import (ANTHROPIC, OPENAI, PromptCache, anthropic_message, error_body, malformed_body,
-                       openai_completion)
+                       model_not_found, openai_completion)
 from .ratelimit import SlidingWindow
 from .replies import AnswerBook, Parsed, RequestInvalid, parse_anthropic, parse_openai, prompt_tokens, reply_text, shape
 from .serverconfig import CONTROLLABLE, ServerConfig, Stats
@@ -205,6 +205,10 @@ class TeacherServer:
                 st.bad_requests += 1
                 st.record(proto, 400, "bad_request", None)
                 return self._error(proto, 400, f"invalid request: {exc}")
+            if cfg.strict_models and parsed.model not in cfg.models:
+                st.bad_requests += 1
+                st.record(proto, 404, "model_not_found", parsed)
+                return self._error(proto, 404, model_not_found(proto, parsed.model), kind="model_not_found")
             return await self._answer(request, proto, parsed, body)
         except asyncio.CancelledError:
             st.client_gone += 1
@@ -288,7 +292,8 @@ class TeacherServer:
         n = 1 if cfg.ignore_n else p.n
         for _ in range(n):
             self._counter += 1
-            digest = blake2b(body + self._counter.to_bytes(8, "little"), digest_size=16).digest()
+            salt = (p.model + p.messages_sha).encode() if cfg.greedy else body + self._counter.to_bytes(8, "little")
+            digest = blake2b(salt, digest_size=16).digest()
             text, words, reason = shape(reply_text(digest, answer, cfg.wrong_rate, p.last_user), p.max_tokens, p.stop)
             ctoks += words
             outs.append((text, reason))

@@ -18,16 +18,25 @@ OPENAI, ANTHROPIC = "chat", "messages"
 
 def error_body(proto: str, status: int, message: str, kind: str | None = None) -> bytes:
     if proto == ANTHROPIC:
-        etype = kind or {
+        etype = (None if kind == "model_not_found" else kind) or {
             400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
             404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error",
         }.get(status, "api_error")
         return orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
     etype = kind or ("server_error" if status >= 500 else "invalid_request_error")
     code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
-    if kind == "insufficient_quota":
+    if kind in ("insufficient_quota", "model_not_found"):
         code = kind
+    if kind == "model_not_found":
+        etype = "invalid_request_error"
     return orjson.dumps({"error": {"message": message, "type": etype, "param": None, "code": code}})
+
+
+def model_not_found(proto: str, model: str) -> str:
+    """What OpenAI and Anthropic say (HTTP 404) about a model they do not serve."""
+    if proto == ANTHROPIC:
+        return f"model: {model}"
+    return f"The model `{model}` does not exist or you do not have access to it."
 
 
 def error_object(proto: str, status: int, message: str, kind: str | None = None) -> dict[str, Any]:

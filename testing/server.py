@@ -137,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-size", type=int, default=10_000)
     ap.add_argument("--prompt-cache", action="store_true", help="report repeated prompts as cached")
     ap.add_argument("--ignore-n", action="store_true", help="answer one choice whatever n asks")
+    ap.add_argument("--greedy", action="store_true",
+                    help="ignore temperature: the same prompt always gets the same reply")
+    ap.add_argument("--models", default="test-teacher", help="comma-separated model names the server serves")
+    ap.add_argument("--strict-models", action="store_true",
+                    help="answer a model not in --models with 404 model_not_found")
     ap.add_argument("--batch-validating-s", type=float, default=0.05)
     ap.add_argument("--batch-request-s", type=float, default=0.0005, help="processing time per batch request")
     ap.add_argument("--batch-finalizing-s", type=float, default=0.05)
@@ -157,7 +162,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         slow_s=args.slow_s, hang=args.hang, require_api_key=args.require_api_key, seed=args.seed,
         answers=load_answers(args.answers) if args.answers else None, wrong_rate=args.wrong_rate,
         max_requests=args.max_requests, exhausted_status=args.exhausted_status, log_size=args.log_size,
-        prompt_cache=args.prompt_cache, ignore_n=args.ignore_n, batch_validating_s=args.batch_validating_s,
+        prompt_cache=args.prompt_cache, ignore_n=args.ignore_n, greedy=args.greedy,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()), strict_models=args.strict_models,
+        batch_validating_s=args.batch_validating_s,
         batch_request_s=args.batch_request_s, batch_finalizing_s=args.batch_finalizing_s,
         batch_expire_s=args.batch_expire_s, batch_fail=args.batch_fail, batch_error_rate=args.batch_error_rate,
     )

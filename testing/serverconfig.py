@@ -37,6 +37,11 @@ class ServerConfig:
     answers: dict[str, str] | None = None
     wrong_rate: float = 0.0  # share of known-question replies that give a wrong final answer
     ignore_n: bool = False  # answer one choice whatever `n` asks (as some OpenAI-compatible servers do)
+    # Decode greedily: ignore temperature, so the same prompt always gets the same reply (as some
+    # self-hosted servers do); tests of duplicate-answer detection need such a teacher.
+    greedy: bool = False
+    # Answer a model name not in `models` with 404 model_not_found, in each provider's own words.
+    strict_models: bool = False
     max_requests: int | None = None
     exhausted_status: int = 429
     models: tuple[str, ...] = ("test-teacher",)

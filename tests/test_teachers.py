@@ -246,11 +246,11 @@ def test_missing_key_names_the_variable(monkeypatch):
             FACTORIES[provider](settings)
     with pytest.raises(MissingApiKey, match="CUSTOM_VAR"):
         FACTORIES["openai"](TeacherSettings(provider="openai", model="m", api_key_env="CUSTOM_VAR"))
-    # A local OpenAI-compatible server may run keyless; the official SDKs still insist.
-    local = TeacherSettings(provider="openai-compatible", model="m", base_url="http://localhost:8000/v1")
-    assert FACTORIES["openai-compatible"](local).provider == "openai-compatible"
-    with pytest.raises(MissingApiKey):
-        FACTORIES["openai"](TeacherSettings(provider="openai", model="m", base_url="http://127.0.0.1:8000/v1"))
+    # A server on this machine may run keyless, whichever provider (SDK or not) talks to it (issue 14).
+    for provider in ("openai-compatible", "openai", "anthropic"):
+        for url in ("http://localhost:8000/v1", "http://127.0.0.1:8000/v1"):
+            local = TeacherSettings(provider=provider, model="m", base_url=url)
+            assert FACTORIES[provider](local).provider == provider
 
 
 def test_settings_validation():

@@ -109,7 +109,7 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
                 breaker=CircuitBreaker(lim.breaker_threshold, lim.breaker_cooldown_s, cooldown_factor=2.0),
                 retry=RetryPolicy(max_attempts=lim.max_attempts, base_s=lim.backoff_base_s,
                                   max_s=max(lim.backoff_max_s, lim.backoff_base_s)),
-                price=price, timeout_s=section.timeout_s,
+                price=price, timeout_s=section.timeout_s, section=where,
                 shaper=(SendShaper(lim.requests_per_minute, PACING_SAFETY)
                         if lim.requests_per_minute is not None else None),
                 batch=BatchQueue(batch_api) if batch_api is not None else None,

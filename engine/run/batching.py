@@ -217,6 +217,7 @@ class BatchQueue:
                 d.recorder.emit(QuerySettled(query_id=qid, attempt=m.attempt, actual=Cost(**amount.as_dict()),
                                              text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None))
                 d.remember(qid, text)
+                d.note_finish(qid, r.finish_reasons[0] if r.finish_reasons else None)
                 self._resolve(p, text=text)
                 settled += 1
                 continue

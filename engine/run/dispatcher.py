@@ -27,6 +27,7 @@ from ..ledger.events import Cost, QueryReserved
 from ..ledger.journal import Recorder
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
+from .misconfig import endpoint_url, misconfiguration
 from .samples import MAX_N, Member, worst_shares
 from .sending import Sender
 
@@ -53,6 +54,9 @@ class Dispatcher(Sender):
     endpoints: dict[str, Endpoint]
     # Settled texts of unfinished items, filled at resume; other repeats are looked up in the store.
     answered: dict[str, str] = field(default_factory=dict)
+    # Finish reasons ("stop", "length", ...) of settled queries, by query id: those recorded before a
+    # resume, and those the store lookup found; this session's own are in `_finish`.
+    finish_reasons: dict[str, str | None] = field(default_factory=dict)
     lookup_settled: Callable[[str], str | None] | None = None
     rng: random.Random = field(default_factory=random.Random)
     stopping: bool = False  # set by the runner on a signal: start nothing new
@@ -60,6 +64,7 @@ class Dispatcher(Sender):
     # asker of the same query waits for the first instead of paying for it again.
     _recent: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _asking: dict[str, anyio.Event] = field(default_factory=dict)
+    _finish: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
 
     def worst_case(self, role: str, request: ChatRequest) -> Amount:
         """The most `request` can cost: one prompt (billed once however many samples) and `n`
@@ -79,6 +84,18 @@ class Dispatcher(Sender):
         if text is None and self.lookup_settled is not None:
             text = self.lookup_settled(qid)
         return text
+
+    def finish_reason(self, qid: str) -> str | None:
+        """Why the teacher stopped writing this query's reply ("length": cut off at max_tokens)."""
+        if qid in self._finish:
+            return self._finish[qid]
+        return self.finish_reasons.get(qid)
+
+    def note_finish(self, qid: str, reason: str | None) -> None:
+        """Called where a query settles (one attempt, or a batch's results)."""
+        self._finish[qid] = reason
+        if len(self._finish) > ANSWER_CACHE:
+            self._finish.popitem(last=False)
 
     def remember(self, qid: str, text: str) -> None:
         self._recent[qid] = text
@@ -228,6 +245,10 @@ class Dispatcher(Sender):
                 self._abandon(m.qid, m.holding and not err.maybe_billed, reason)
             raise exc(message) from err
 
+        stop = misconfiguration(err, role=role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
+                                answered=ep.answered)
+        if stop is not None:  # a wrong model or base_url fails every query alike: stop at the first
+            give_up(stop, FatalRunError, stop)
         if err.kind is FailureKind.AUTH:
             give_up(f"authentication failed: {err.message}", FatalRunError,
                     f"the {role} rejected our credentials: {err.message}")

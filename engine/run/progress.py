@@ -38,6 +38,21 @@ class RunProgress:
         self._rate_window: list[tuple[float, int]] = []
         self._progress: Progress | None = None
         self._task: Any = None
+        self.last_error: tuple[float, str] | None = None  # (when, what): the latest failure of any kind
+        self.warnings: list[str] = []
+
+    def on_event(self, seq: int, type_: str, payload: dict[str, Any]) -> None:
+        """Fed every event the run records: keeps the latest error for the live view, and says a
+        run warning once, on the terminal or in the log, whether or not progress is shown."""
+        error = _error_of(type_, payload)
+        if error is not None:
+            self.last_error = (time.monotonic(), error)
+        elif type_ == "run_warning":
+            self.warnings.append(payload["message"])
+            from rich.markup import escape
+
+            self.console.print(f"[yellow]warning:[/yellow] {escape(payload['message'])}", highlight=False,
+                               soft_wrap=True)
 
     def __enter__(self) -> "RunProgress":
         if self.live:
@@ -66,7 +81,11 @@ class RunProgress:
         rate = (c["settled"] - s0) / (now - t0) if now > t0 else 0.0
         line = (f"tok {spent.input_tokens}/{spent.output_tokens} ${spent.usd:.4f} | {rate:.1f} req/s | "
                 f"429s {c['rate_limited']} | retries {c['retries']} | in flight {led.in_flight}")
-        return line + batch_line(led) + pacing_line(led)
+        line += batch_line(led) + pacing_line(led)
+        if self.last_error is not None:
+            when, what = self.last_error
+            line += f" | last error {now - when:.0f}s ago: {what}"
+        return line
 
     def update(self, force: bool = False) -> None:
         if not self.enabled:
@@ -100,3 +119,17 @@ def pacing_line(ledger: Ledger) -> str:
     """The last pacing change that is still in effect (a slower pace, a pause), if any."""
     notes = [p for p in ledger.pacing.values() if (p.get("factor") or 1.0) < 1.0 or p.get("pause_s")]
     return f" | pace: {notes[-1]['note']}" if notes else ""
+
+
+def _error_of(type_: str, payload: dict[str, Any]) -> str | None:
+    """A short line for an event that reports a failure, else None."""
+    if type_ == "attempt_failed":
+        text = payload.get("message") or payload.get("kind", "")
+    elif type_ == "query_abandoned":
+        text = f"query abandoned: {payload.get('reason', '')}"
+    elif type_ == "sample_rejected" and payload.get("stage") == "failed":
+        text = payload.get("reason", "")
+    else:
+        return None
+    text = " ".join(str(text).split())
+    return text if len(text) <= 90 else text[:87] + "..."

@@ -28,6 +28,8 @@ class Sender:
     recorder: "Recorder"
     stopping: bool
 
+    def note_finish(self, qid: str, reason: str | None) -> None: ...
+
     def _abandon(self, qid: str, holding: bool, reason: str) -> None:
         self.recorder.emit(QueryAbandoned(query_id=qid, reason=reason))
 
@@ -78,6 +80,7 @@ class Sender:
                 raise err from exc
         latency = time.monotonic() - started
         texts = self._settle(ep, members, request, completion, latency, shared)
+        ep.answered += 1
         counted = completion.usage.input_tokens + request.max_tokens * len(members)
         self._note(ep, ep.on_success(est, counted, completion.rate_limits, latency))
         return texts
@@ -98,6 +101,7 @@ class Sender:
         out: dict[str, str] = {}
         for i, (m, amount) in enumerate(zip(answered, amounts)):
             out[m.qid] = texts[i]
+            self.note_finish(m.qid, reasons[i] if i < len(reasons) else None)
             self.recorder.emit(QuerySettled(
                 query_id=m.qid, attempt=m.attempt, actual=Cost(**amount.as_dict()), text=texts[i],
                 finish_reason=reasons[i] if i < len(reasons) else None, latency_s=round(latency, 4), shared=whole))

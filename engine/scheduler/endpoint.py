@@ -48,6 +48,8 @@ class Endpoint:
     batch: Any = None
     supports_n: bool = False  # k samples of a prompt in one request (cleared if the provider ignores n)
     last_note: str | None = None  # the last pacing change, for the live view
+    section: str = "teacher"  # the config section that describes this endpoint (for messages)
+    answered: int = 0  # replies received this session: a refused connect before the first is a config error
 
     def __post_init__(self) -> None:
         if self.rate is None:

@@ -81,13 +81,30 @@ def rate_limits(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
     )
 
 
+def names_missing_model(status: int, message: str, body: str | None, model: str | None) -> bool:
+    """A 400/404 that says the requested model does not exist (OpenAI `model_not_found`, Anthropic
+    `not_found_error`, vLLM/TGI/`transformers serve` messages naming the model): no retry will help."""
+    if status not in (400, 404):
+        return False
+    text = f"{message} {body or ''}"
+    if "model_not_found" in text or (status == 404 and "not_found_error" in text and "model" in text.lower()):
+        return True
+    low = text.lower()
+    return bool(model) and model in text and "model" in low and any(
+        w in low for w in ("not found", "does not exist", "not exist", "unknown", "no such", "invalid model",
+                           "not available", "not supported", "not a valid"))
+
+
 def status_error(
-    status: int, message: str, headers: Mapping[str, str] | None, body: str | None
+    status: int, message: str, headers: Mapping[str, str] | None, body: str | None, model: str | None = None
 ) -> TeacherError:
     """Classify a non-2xx response. Only a gateway timeout (504) or a 408 can hide a billed call:
-    the model may have run behind a proxy that gave up waiting."""
+    the model may have run behind a proxy that gave up waiting. `model` (the requested one) lets a
+    "no such model" answer be told apart from other bad requests."""
     maybe_billed = False
-    if status == 429:
+    if names_missing_model(status, message, body, model):
+        kind = FailureKind.MODEL_NOT_FOUND
+    elif status == 429:
         kind = FailureKind.RATE_LIMITED
     elif status in (401, 403):
         kind = FailureKind.AUTH
@@ -132,6 +149,10 @@ def error_message(body: Any, fallback: str) -> str:
         err = body.get("error", body)
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             return err["message"]
+        if isinstance(err, str) and err:  # {"error": "..."} (llama.cpp, some proxies)
+            return err
+        if isinstance(body.get("detail"), str):  # FastAPI servers (`transformers serve`)
+            return body["detail"]
     return fallback
 
 
@@ -159,11 +180,16 @@ def _response_text(response: Any) -> str | None:
         return None
 
 
-def sdk_error(exc: Exception, sdk: Any) -> TeacherError | None:
-    """Map an `openai` or `anthropic` SDK exception (they share a hierarchy); None if not one."""
+def sdk_error(exc: Exception, sdk: Any, model: str | None = None) -> TeacherError | None:
+    """Map an `openai` or `anthropic` SDK exception (they share a hierarchy); None if not one.
+
+    The message is the provider's own words, as the aiohttp provider reports them (`HTTP 404:
+    ...`), not the SDK's `Error code: 404 - {...}` repr."""
     if isinstance(exc, sdk.APIStatusError):
         resp = exc.response
-        return status_error(exc.status_code, error_message(exc.body, exc.message), resp.headers, _response_text(resp))
+        text = _response_text(resp)
+        message = error_message(exc.body, (text or "")[:200] or "no body")
+        return status_error(exc.status_code, message, resp.headers, text, model)
     if isinstance(exc, sdk.APIResponseValidationError):
         return malformed(exc.message, exc.status_code, _response_text(exc.response), exc.response.headers)
     if isinstance(exc, sdk.APIConnectionError):

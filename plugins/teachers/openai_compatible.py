@@ -66,6 +66,7 @@ class OpenAICompatibleTeacher:
         if settings.batch:
             raise ValueError("[teacher] batch = true needs provider 'openai' or 'anthropic' (their batch APIs)")
         self.settings = settings
+        self.url = settings.base_url  # named in configuration errors
         key = resolve_api_key(settings, local_placeholder=True)
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
         self._headers = {
@@ -137,7 +138,7 @@ class OpenAICompatibleTeacher:
             except orjson.JSONDecodeError:
                 parsed_err = None
             text = raw[:2000].decode("utf-8", "replace")
-            raise status_error(status, error_message(parsed_err, text[:200] or "no body"), headers, text)
+            raise status_error(status, error_message(parsed_err, text[:200] or "no body"), headers, text, request.model)
         try:
             completion = completion_from_openai(orjson.loads(raw))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

@@ -55,7 +55,7 @@ class OpenAITeacher:
             max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
         )
         self._client = openai.AsyncOpenAI(
-            api_key=resolve_api_key(settings),
+            api_key=resolve_api_key(settings, local_placeholder=True),
             base_url=settings.base_url,
             timeout=settings.timeout_s,
             max_retries=0,
@@ -68,6 +68,11 @@ class OpenAITeacher:
 
             self.batch_api = OpenAIBatchAPI(self._client, settings.batch_size, settings.batch_wait_s,
                                             settings.batch_poll_s)
+
+    @property
+    def url(self) -> str:
+        """The endpoint requests go to (the SDK's default when no base_url is set): named in errors."""
+        return str(self._client.base_url).rstrip("/")
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)
@@ -91,7 +96,7 @@ class OpenAITeacher:
         try:
             raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
         except openai.OpenAIError as exc:
-            mapped = sdk_error(exc, openai)
+            mapped = sdk_error(exc, openai, request.model)
             if mapped is None:
                 raise
             raise mapped from exc

@@ -1,0 +1,34 @@
+"""Failures that say a run is set up wrong, not that the teacher is busy: stop at the first one.
+
+A wrong model name, or a base_url where nothing listens, fails every query the same way. Retrying
+each query (with backoff, then the circuit breaker's pauses) only hides the mistake for minutes
+while the run looks busy. The words are the same for every provider, because so is the user's fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import FailureKind, TeacherError
+
+
+def endpoint_url(teacher: Any) -> str:
+    """Where a teacher sends its requests, as the user configured it (or the SDK's default)."""
+    url = getattr(teacher, "url", None)
+    return str(url) if url else f"the {getattr(teacher, 'provider', '?')} provider"
+
+
+def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, url: str,
+                     answered: int) -> str | None:
+    """The one-line reason to stop the run, or None when `err` may be transient.
+
+    `answered` is how many replies this endpoint has given in this session: a refused connection
+    before the first reply means nothing listens at `url`; after one, a server restarting."""
+    if err.kind is FailureKind.MODEL_NOT_FOUND:
+        status = f"HTTP {err.status}" if err.status else "not found"
+        return (f"the {role} endpoint {url} has no model {model!r} ({status}); "
+                f"set [{section}] model to a model it serves")
+    if err.kind is FailureKind.CONNECTION and not err.maybe_billed and answered == 0:
+        return (f"cannot connect to the {role} endpoint {url} ({err.message}); "
+                f"is the server running, and is [{section}] base_url right?")
+    return None

@@ -1,0 +1,122 @@
+"""A run that is set up wrong stops at the first sign of it, in the same words whatever the provider:
+a model the endpoint does not serve, a base_url where nothing listens. The official SDKs are driven
+against the real test server, on 127.0.0.1, with no API key set (a local server needs none)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from synthledger.engine.config import config_from_dict
+from synthledger.engine.progress import RunProgress
+from synthledger.engine.ledger import BudgetSpec, Ledger
+from synthledger.engine.runner import generate
+from synthledger.engine.teacher import ChatRequest, FailureKind, TeacherError
+from synthledger.plugins import teachers as teachers_plugin
+from synthledger.plugins.teachers.settings import TeacherSettings
+from synthledger.store.eventstore import EventStore
+from synthledger.testing.server import run_in_thread
+
+PROVIDERS = ["openai-compatible", "openai", "anthropic"]
+
+
+@pytest.fixture(autouse=True)
+def no_keys(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+
+def base_url(provider: str, url: str) -> str:
+    return url if provider == "anthropic" else url + "/v1"
+
+
+def run_config(tmp_path, provider: str, url: str, model: str = "test-teacher") -> dict:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(f'{{"question": "Ann has {i} pens and buys 2. How many?", "answer": "#### {i + 2}"}}\n'
+                             for i in range(4)))
+    return {
+        "run": {"name": f"wrong-{provider}"},
+        "seeds": {"source": "jsonl", "path": str(seeds)},
+        "teacher": {"provider": provider, "base_url": base_url(provider, url), "model": model, "max_tokens": 64},
+        # One request at a time, so "stopped at the first" is a count, not a race.
+        "limits": {"max_concurrency": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.05},
+        "budget": {"queries": 8},
+        "strategy": {"name": "answer_augmentation"},
+    }
+
+
+def failed_attempts(store: EventStore, run_id: str) -> list[dict]:
+    return [e.payload for e in store.iter_events(run_id, types=["attempt_failed"])]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_unknown_model_stops_the_run_at_the_first_answer_naming_model_and_endpoint(tmp_path, provider):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(strict_models=True) as srv:
+        cfg = config_from_dict(run_config(tmp_path, provider, srv.url, model="no-such-model"))
+        result = generate(cfg, store, show_progress=False)
+        received = srv.stats()["received"]
+    expected = (f"the teacher endpoint {base_url(provider, srv.url)} has no model 'no-such-model' (HTTP 404); "
+                "set [teacher] model to a model it serves")
+    assert result.status == "failed" and result.message == expected  # the same words for every provider
+    assert received == 1 and len(failed_attempts(store, result.run_id)) == 1
+    assert [e.payload["kind"] for e in store.iter_events(result.run_id, types=["attempt_failed"])] == ["model_not_found"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_nothing_listening_stops_the_run_at_once_naming_the_url(tmp_path, provider):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    result = generate(config_from_dict(run_config(tmp_path, provider, url)), store, show_progress=False)
+    assert result.status == "failed"
+    assert result.message.startswith(f"cannot connect to the teacher endpoint {base_url(provider, url)} (")
+    assert result.message.endswith("is the server running, and is [teacher] base_url right?")
+    attempts = failed_attempts(store, result.run_id)
+    assert len(attempts) == 1 and attempts[0]["kind"] == "connection" and attempts[0]["maybe_billed"] is False
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_sdk_errors_read_like_the_aiohttp_provider(provider):
+    """The SDKs' own "Error code: 404 - {...}" becomes the provider's words after `HTTP 404:`."""
+    from synthledger.testing.server import ServerConfig, TeacherServer
+
+    srv = TeacherServer(ServerConfig(strict_models=True))
+    await srv.start()
+    teachers = {}
+    try:
+        for name in (provider, "openai-compatible"):
+            if name == "openai-compatible" and provider == "anthropic":
+                continue  # the aiohttp provider speaks OpenAI's protocol only
+            settings = TeacherSettings(provider=name, model="x", base_url=base_url(name, srv.url))
+            teachers[name] = getattr(teachers_plugin, f"{name.replace('-', '_')}_factory")(settings)
+        errors = {}
+        for name, teacher in teachers.items():
+            request = ChatRequest(model="gpt-nope", messages=({"role": "user", "content": "hi"},), max_tokens=8)
+            with pytest.raises(TeacherError) as info:
+                await teacher.complete(request)
+            errors[name] = info.value
+    finally:
+        for t in teachers.values():
+            await t.aclose()
+        await srv.stop()
+    for err in errors.values():
+        assert err.kind is FailureKind.MODEL_NOT_FOUND and err.status == 404
+        assert err.message.startswith("HTTP 404: ") and "Error code" not in err.message and "gpt-nope" in err.message
+    if provider == "openai":
+        assert errors["openai"].message == errors["openai-compatible"].message
+
+
+def test_the_live_view_shows_the_last_error_of_any_kind():
+    progress = RunProgress(Ledger(BudgetSpec()), "run", enabled=False)
+    assert "last error" not in progress.stats_line()
+    progress.on_event(5, "attempt_failed", {"query_id": "q1", "attempt": 1, "kind": "server_error",
+                                            "maybe_billed": False, "message": "HTTP 503: overloaded"})
+    assert progress.stats_line().endswith("last error 0s ago: HTTP 503: overloaded")
+    time.sleep(0.01)
+    progress.on_event(6, "query_abandoned", {"query_id": "q1", "reason": "bad_request after 1 attempt(s): HTTP 400"})
+    assert "last error 0s ago: query abandoned: bad_request after 1 attempt(s): HTTP 400" in progress.stats_line()
