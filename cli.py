@@ -151,30 +151,14 @@ def runs(store: Optional[str] = StoreOpt, as_json: bool = typer.Option(False, "-
     out.print(table)
 
 
-def _fmt_value(value: Any, section: str) -> str:
-    """One summary value as a person reads it: amounts compact, no limit said as such, maps as k=v."""
-    from rich.markup import escape
-
-    if isinstance(value, dict) and "queries" in value:
-        return _fmt_amount(value)
-    if value is None:
-        return "no limit" if section == "budget" else "-"
-    if isinstance(value, dict):
-        return escape(", ".join(f"{k}={v}" for k, v in value.items()) or "-")
-    return escape(str(value))
-
-
-def _fmt_amount(d: dict[str, Any]) -> str:
-    return f"{d['queries']} q, {d['input_tokens']}/{d['output_tokens']} tok, ${d['usd']:.4f}"
-
-
 @app.command()
 @_handled
 def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
          as_json: bool = typer.Option(False, "--json")) -> None:
-    """Summarise a run: status, spend, samples, rejections and data statistics."""
+    """Summarise a run: status, spend, samples, data quality, rejections grouped by kind."""
     from rich.markup import escape
 
+    from synthledger.engine.output.show_view import render
     from synthledger.engine.output.summary import summarize
 
     st = _store(store)
@@ -183,19 +167,8 @@ def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = S
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
-    out.print(f"[bold]{info.name}[/bold] ({info.id}) kind={info.kind} status={info.status} "
-              f"events={info.last_seq} created={_when(info.created)}")
-    for k, v in summary.items():
-        if k in ("id", "name", "status", "kind"):
-            continue
-        if isinstance(v, dict):
-            out.print(f"[bold]{k}[/bold]")
-            if not v:
-                out.print("  (none)")
-            for kk, vv in v.items():
-                out.print(f"  {escape(str(kk))}: {_fmt_value(vv, k)}", highlight=False)
-        else:
-            out.print(f"[bold]{k}[/bold]: {escape(str(v))}", highlight=False)
+    render(summary, out, f"[bold]{escape(info.name)}[/bold] ({info.id}) kind={info.kind} status={info.status} "
+                         f"events={info.last_seq} created={_when(info.created)}")
 
 
 @app.command()
@@ -325,7 +298,7 @@ def train(
     cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
     st = _store(store)
     result = train_run(source, cfg, st, progress=progress)
-    print(f"trained: final loss {result.get('final_loss')}, {result.get('steps')} steps, "
+    print(f"trained: final loss {result.get('final_loss', float('nan')):.4g}, {result.get('steps')} steps, "
           f"{result.get('tokens_per_s', 0):.0f} tokens/s; adapter in {result['out_dir']}")
     if cfg.eval is not None:
         e = cfg.eval

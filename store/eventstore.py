@@ -32,9 +32,14 @@ from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_aliv
 from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, check_driver, default_url, display, resolve_url
 
 __all__ = ["DEFAULT_DIR", "ENV_STORE", "ConcurrencyError", "EventStore", "NewEvent", "RunInfo", "RunNotFound",
-           "StoreBusy", "StoreError", "StoredEvent", "default_url", "iso_ms", "owner_token", "resolve_url"]
+           "StoreBusy", "StoreError", "StoredEvent", "default_url", "iso_ms", "new_run_id", "owner_token",
+           "resolve_url"]
 
 PAGE = 5000
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 def _sqlite_pragmas(timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:
@@ -159,12 +164,13 @@ class EventStore:
     # ---- runs -------------------------------------------------------------------------
     def start_run(self, name: str, config: dict[str, Any], config_hash: str, events: Sequence[NewEvent] = (),
                   *, kind: str = "generate", parent_id: str | None = None,
-                  owner: str | None = None) -> tuple[str, int, str]:
+                  owner: str | None = None, run_id: str | None = None) -> tuple[str, int, str]:
         """Create a run and append its first events in one transaction: (run id, last seq, head hash).
 
         A run therefore exists with its `run_started` or not at all: a process killed at any instant
-        leaves nothing a resume cannot read."""
-        run_id = uuid.uuid4().hex[:12]
+        leaves nothing a resume cannot read. `run_id` (from `new_run_id()`) when the run's name or
+        files must carry its id."""
+        run_id = run_id or new_run_id()
         now = time.time()
         rows, last, head = chain_rows(run_id, events, 0, GENESIS, now)
         try:

@@ -12,10 +12,11 @@ __all__ = ["write_project"]
 
 
 def write_project(folder: Path, server_url: str, *, name: str = "project", seeds: int = 4, queries: int = 8,
-                  max_tokens: int = 32, strategy: str = "answer_augmentation", extra: str = "") -> Path:
+                  max_tokens: int = 64, strategy: str = "answer_augmentation", extra: str = "") -> Path:
     """Write `seeds.jsonl` (GSM-style arithmetic with `#### N` answers) and `run.toml`; return the config.
 
-    `extra` is TOML appended to the config (more sections, or keys of a new one)."""
+    `max_tokens` leaves room for the test server's longest reply (33 words): answers cut off at the
+    limit are rejected. `extra` is TOML appended to the config (more sections, or keys of a new one)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "seeds.jsonl").write_text("".join(
         json.dumps({"question": f"Ann has {i} pens and buys 2 more. How many pens now?", "answer": f"#### {i + 2}"})

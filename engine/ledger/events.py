@@ -122,6 +122,10 @@ class SampleProposed(_Event):
     roles: dict[str, str] = {}  # query id -> role
     models: dict[str, str] = {}  # role -> model
     meta: dict[str, Any] = {}
+    # Why the teacher stopped writing the answer ("stop"; "length" = cut off at max_tokens; None when
+    # no query wrote it, e.g. a seed's own answer), and the same for every query the sample used.
+    finish_reason: str | None = None
+    finish_reasons: dict[str, str | None] = {}
 
 
 class SampleAccepted(_Event):
@@ -141,6 +145,16 @@ class SampleRejected(_Event):
     reason: str
     details: dict[str, Any] = {}
     question: str | None = None
+    kind: str | None = None  # what `show` groups by ("truncated", "duplicate"); None: derived from reason
+
+
+class RunWarning(_Event):
+    """Something about the data the user should act on (a teacher that ignores sampling, answers that
+    disagree with the references), said once per run, while it runs."""
+
+    type: Literal["run_warning"] = "run_warning"
+    kind: str
+    message: str
 
 
 class ItemDone(_Event):
@@ -253,7 +267,7 @@ Event = Annotated[
     Union[
         RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
-        RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
+        RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
     ],
     Field(discriminator="type"),
@@ -265,7 +279,7 @@ EVENT_TYPES = frozenset(
     for m in (
         RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
-        RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
+        RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
     )
 )

@@ -14,6 +14,7 @@ class RunState:
     done_items: set[str] = field(default_factory=set)
     admitted: list[tuple[str, str]] = field(default_factory=list)  # (item, question) of finished items
     answered: dict[str, str] = field(default_factory=dict)  # query id -> text, for unfinished items
+    finish_reasons: dict[str, str | None] = field(default_factory=dict)  # query id -> finish reason, same items
     config: dict[str, Any] | None = None  # as first recorded: what the plan is checked against
     latest_config: dict[str, Any] | None = None  # as last in effect (a resume may change the budget)
     config_dir: str | None = None
@@ -36,6 +37,7 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
     state = RunState(ledger=ledger)
     admitted_open: dict[str, str] = {}
     texts_open: dict[str, dict[str, str]] = {}
+    finish_open: dict[str, dict[str, str | None]] = {}
     query_item: dict[str, str] = {}
     for ev in events:
         t, p = ev.type, ev.payload
@@ -54,6 +56,7 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
             item = query_item.pop(p["query_id"], None)
             if item is not None and item not in state.done_items:
                 texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
+                finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
         elif t == "query_abandoned":
             query_item.pop(p["query_id"], None)
         elif t == "question_admitted":
@@ -69,6 +72,7 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
             item = p["item"]
             state.done_items.add(item)
             texts_open.pop(item, None)
+            finish_open.pop(item, None)
             q = admitted_open.pop(item, None)
             if q is not None:
                 state.admitted.append((item, q))
@@ -80,4 +84,6 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
             state.status = None
     for texts in texts_open.values():
         state.answered.update(texts)
+    for reasons in finish_open.values():
+        state.finish_reasons.update(reasons)
     return state

@@ -31,6 +31,7 @@ def accepted_rows(store: EventStore, run_id: str, *, include_seeds: bool = False
                 "strategy": s["strategy"], "seed_id": s.get("seed_id"), "reference": s.get("reference"),
                 "role": "teacher", "model": (s.get("models") or {}).get("teacher"),
                 "models": s.get("models") or {}, "query_ids": s.get("query_ids", []) + p.get("query_ids", []),
+                "finish_reason": s.get("finish_reason"),
                 "verification": {"accepted": True, "reason": p.get("reason", ""), "details": p.get("details", {})},
             }
     if include_seeds and config is not None:
@@ -46,5 +47,5 @@ def _seed_rows(config: dict[str, Any], run_id: str) -> Iterator[dict[str, Any]]:
         if seed.answer:
             yield {"run_id": run_id, "sample_id": f"seed-{seed.id}", "question": seed.question,
                    "answer": seed.answer, "strategy": "seed", "seed_id": seed.id, "reference": None,
-                   "role": "seed", "model": None, "models": {}, "query_ids": [],
+                   "role": "seed", "model": None, "models": {}, "query_ids": [], "finish_reason": None,
                    "verification": {"accepted": True, "reason": "seed", "details": {}}}

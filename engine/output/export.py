@@ -20,6 +20,9 @@ FORMATS = ("jsonl", "chat", "hf")
 COLUMNS = (
     "question", "answer", "strategy", "seed_id", "role", "model", "query_ids", "verification", "sample_id", "run_id",
 )
+# Provenance a run's rows carry beyond COLUMNS (rows from elsewhere may lack it): the answer's
+# finish reason, "length" when the teacher was cut off at max_tokens ([quality] keep_truncated).
+EXTRA_COLUMNS = ("finish_reason",)
 
 
 def _checked(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -76,7 +79,7 @@ def _write_hf(rows: Iterable[dict[str, Any]], out: Path) -> int:
     if records:
         table = datasets.Dataset.from_list(records)
     else:
-        table = datasets.Dataset.from_dict({c: [] for c in COLUMNS})
+        table = datasets.Dataset.from_dict({c: [] for c in (*COLUMNS, *EXTRA_COLUMNS)})
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:

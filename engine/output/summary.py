@@ -1,4 +1,9 @@
-"""`show RUN`: one pass over a run's events for its status, spend and data statistics."""
+"""`show RUN`: one pass over a run's events for its status, spend, data statistics and quality.
+
+The summary is plain data (what `show --json` prints); `show_view` renders it for a person.
+Training and evaluation runs get their own shapes, with floats rounded (their paths are recorded
+absolute).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,14 @@ from typing import Any
 from ...store.eventstore import EventStore, RunInfo
 from .diversity import distinct_ngram_ratio
 from ..ledger.replay import replay
+from .quality import data_quality
 
 
 def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
+    if info.kind == "train":
+        return _summarize_train(store, info)
+    if info.kind == "eval":
+        return _summarize_eval(store, info)
     if info.kind != "generate":
         return _summarize_other(store, info)
     state = replay(store.iter_events(info.id))
@@ -28,8 +38,10 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
                 rows_by_strategy[s[0]] = rows_by_strategy.get(s[0], 0) + 1
                 questions.append(s[1])
                 answers.append(s[2])
-    duplicates = sum(v for k, v in state.rejected.items() if "duplicate" in k)
-    decided = state.accepted + sum(state.rejected.values())
+    quality = data_quality(store, info.id)
+    rejected = {f"{g['stage']}: {g['kind']}": g["count"] for g in quality["overall"]["rejections"]}
+    duplicates = sum(v for k, v in rejected.items() if "duplicate" in k)
+    decided = state.accepted + sum(rejected.values())
     return {
         "id": info.id, "name": info.name, "status": info.status,
         "message": state.message,
@@ -39,16 +51,74 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
         "samples": {"accepted": state.accepted, "proposed": state.proposed,
                     "acceptance_rate": round(state.accepted / decided, 4) if decided else None,
                     "duplicates_dropped": duplicates, "rows_per_strategy": rows_by_strategy},
-        "rejected": dict(sorted(state.rejected.items(), key=lambda kv: -kv[1])),
+        "rejected": rejected,  # "stage: kind" -> count, most first
         "diversity": {"questions_distinct_2gram": round(distinct_ngram_ratio(questions, 2), 4) if questions else None,
                       "answers_distinct_2gram": round(distinct_ngram_ratio(answers, 2), 4) if answers else None},
+        "data_quality": quality,
     }
 
 
-def _summarize_other(store: EventStore, info: RunInfo) -> dict[str, Any]:
+def _rounded(value: Any, digits: int = 4) -> Any:
+    """Floats to `digits` significant places, recursively: what a person reads, not float noise."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def _header(info: RunInfo, store: EventStore) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The common keys, and the payload of each event type (the last one of a type wins)."""
     out: dict[str, Any] = {"id": info.id, "name": info.name, "status": info.status, "kind": info.kind,
                            "parent": info.parent_id}
+    payloads: dict[str, dict[str, Any]] = {}
+    curve: list[dict[str, Any]] = []
     for ev in store.iter_events(info.id):
-        if ev.type.endswith(("_started", "_finished", "_failed")):
-            out[ev.type] = ev.payload
+        if ev.type == "training_progress":
+            curve.append(ev.payload)
+        else:
+            payloads[ev.type] = ev.payload
+    payloads["_curve"] = {"points": curve}
+    out["message"] = payloads.get("run_finished", {}).get("message", "")
+    return out, payloads
+
+
+def _summarize_train(store: EventStore, info: RunInfo) -> dict[str, Any]:
+    out, ev = _header(info, store)
+    config = ev.get("run_started", {}).get("config", {})
+    started, finished = ev.get("training_started", {}), ev.get("training_finished", {})
+    out["source"] = config.get("source")
+    out["training"] = _rounded({k: started.get(k) for k in ("student", "student_path", "rows", "used", "dropped",
+                                                            "truncated", "tokens") if k in started})
+    out["hyperparameters"] = _rounded(started.get("hyperparameters", {}))
+    out["result"] = _rounded({k: finished.get(k) for k in ("steps", "epochs", "final_loss", "mean_loss", "tokens",
+                                                           "tokens_per_s", "wall_s", "device") if k in finished})
+    out["artifacts"] = dict(finished.get("artifacts") or {})  # absolute since runs record them so
+    curve = ev["_curve"]["points"]
+    out["loss_curve"] = [{"step": p.get("step"), "loss": _rounded(p.get("loss"))} for p in curve]
+    if "training_failed" in ev:
+        out["failure"] = ev["training_failed"].get("reason")
+    return out
+
+
+def _summarize_eval(store: EventStore, info: RunInfo) -> dict[str, Any]:
+    out, ev = _header(info, store)
+    config = ev.get("run_started", {}).get("config", {})
+    finished = ev.get("eval_finished", {})
+    out["evaluated"] = {"model": config.get("model"), "heldout": config.get("heldout"), "task": config.get("task"), "limit": config.get("limit"),
+                        "excluded_from_run": config.get("excluded_from_run")}
+    out["result"] = _rounded({k: finished.get(k) for k in ("accuracy", "correct", "n", "examples_per_s",
+                                                           "output_tokens_per_s", "wall_s", "device")
+                              if k in finished})
+    out["predictions"] = finished.get("predictions_path") or config.get("predictions")
+    return out
+
+
+def _summarize_other(store: EventStore, info: RunInfo) -> dict[str, Any]:
+    out, ev = _header(info, store)
+    for type_, payload in ev.items():
+        if type_.endswith(("_started", "_finished", "_failed")):
+            out[type_] = _rounded(payload)
     return out

@@ -135,6 +135,15 @@ class DedupeSection(_Strict):
     ngram: int = Field(default=5, ge=1)
 
 
+class QualitySection(_Strict):
+    """The engine's own checks on every sample, before the verifier (see engine/quality_gate.py).
+
+    Not part of the plan: they decide what is kept, not what is asked, so a resume may change them."""
+
+    keep_truncated: bool = False  # keep answers the teacher cut off at max_tokens (finish_reason "length")
+    keep_duplicate_answers: bool = False  # keep an answer identical to an earlier one to the same question
+
+
 class RunConfig(_Strict):
     run: RunSection
     seeds: SeedsSection
@@ -147,6 +156,7 @@ class RunConfig(_Strict):
     verifier: NamedSection = NamedSection(name="none")
     task: TaskSection = TaskSection()
     dedupe: DedupeSection = DedupeSection()
+    quality: QualitySection = QualitySection()
 
     base_dir: str = Field(default=".", exclude=True)
 

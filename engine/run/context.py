@@ -7,6 +7,7 @@ from typing import Any, Iterable, Mapping, Protocol
 
 from ..ledger.events import QuestionAdmitted, SampleRejected
 from ..api import PlanItem, Seed, Task
+from .quality_gate import Reply
 
 
 class ItemHost(Protocol):
@@ -31,6 +32,7 @@ class ItemContext:
         self.seeds: list[Seed] = runner.parts.seeds
         self.query_ids: list[str] = []
         self.roles: dict[str, str] = {}
+        self.replies: list[Reply] = []  # every query asked, with its finish reason, in order
         self.rejected = False
         self.admitted_question: str | None = None
 
@@ -45,6 +47,7 @@ class ItemContext:
             overrides={"max_tokens": max_tokens, "temperature": temperature}, group=group)
         self.query_ids.append(qid)
         self.roles[qid] = role
+        self.replies.append(Reply(qid, role, purpose, runner.dispatcher.finish_reason(qid)))
         return text
 
     def check_new_question(self, question: str) -> str | None:

@@ -22,14 +22,15 @@ from .config import RunConfig
 from .context import ItemContext
 from .dedupe import NearDuplicateIndex
 from .dispatcher import Dispatcher
-from ..ledger.events import (SCHEMA_VERSION, ItemDone, RunFinished, RunResumed, RunStarted, SampleAccepted,
-                             SampleProposed, SampleRejected, to_payload)
+from ..ledger.events import (SCHEMA_VERSION, ItemDone, RunFinished, RunResumed, RunStarted, RunWarning,
+                             SampleAccepted, SampleProposed, SampleRejected, to_payload)
 from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
 from ..ledger.journal import Recorder
 from ..ledger.replay import replay
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, QueryFailed, ResumeRefused, RunStopping
+from .quality_gate import GATE_EVENTS, QualityGate, answer_reply
 
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
@@ -150,6 +151,7 @@ class Runner:
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
                                      lookup_settled=self._lookup_settled)
         self._init_dedupe([])
+        self._init_gate()
         self._done: set[str] = set()
         return run_id
 
@@ -172,11 +174,12 @@ class Runner:
                                       budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
                                       config_dir=self.cfg.base_dir))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
-                                     lookup_settled=self._lookup_settled)
+                                     finish_reasons=state.finish_reasons, lookup_settled=self._lookup_settled)
         for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
             if ep.batch is not None:
                 ep.batch.adopt(self.dispatcher, ep)
         self._init_dedupe([q for _, q in state.admitted])
+        self._init_gate(self.store.iter_events(run_id, types=list(GATE_EVENTS)))
         self._done = state.done_items
         return run_id
 
@@ -199,6 +202,7 @@ class Runner:
     def _lookup_settled(self, qid: str) -> str | None:
         for ev in self.store.iter_events(self.recorder.run_id, types=["query_settled"]):
             if ev.payload.get("query_id") == qid:
+                self.dispatcher.finish_reasons[qid] = ev.payload.get("finish_reason")
                 return ev.payload.get("text")
         return None
 
@@ -236,6 +240,7 @@ class Runner:
         run_id = self.recorder.run_id
         status, message = "interrupted", "stopped before the plan finished"
         progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress)
+        self.recorder.on_event = progress.on_event
         try:
             with progress:
                 async with anyio.create_task_group() as outer:
@@ -250,6 +255,8 @@ class Runner:
                         with anyio.CancelScope(shield=True):
                             for queue in self._batch_queues():
                                 queue.release_queued()
+                            if not self._fatal:
+                                self.gate.finish()
                             if self._fatal:
                                 status, message = "failed", self._fatal
                             self.recorder.emit(RunFinished(status=status, message=message))
@@ -364,24 +371,7 @@ class Runner:
                     rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="parse",
                                             reason="strategy produced no sample"))
             else:
-                sid = f"s-{item.key}"
-                models = {ctx.roles[q]: self.endpoints[self.route(ctx.roles[q])].model for q in ctx.query_ids}
-                rec.emit(SampleProposed(sample_id=sid, item=item.key, strategy=sample.strategy or item.strategy,
-                                        seed_id=sample.seed_id, question=sample.question, answer=sample.answer,
-                                        reference=sample.reference, query_ids=list(ctx.query_ids),
-                                        roles=dict(ctx.roles), models=models, meta=sample.meta))
-                n_before = len(ctx.query_ids)
-                verdict = await self.parts.verifier.verify(sample, ctx)
-                extra = ctx.query_ids[n_before:]
-                if verdict.accepted:
-                    rec.emit(SampleAccepted(sample_id=sid, reason=verdict.reason, details=verdict.details,
-                                            query_ids=extra))
-                    outcome = "accepted"
-                else:
-                    rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy,
-                                            stage="verification", reason=verdict.reason, details=verdict.details,
-                                            question=sample.question))
-                    outcome = "rejected"
+                outcome = await self._decide(item, sample, ctx)
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome=outcome))
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
@@ -397,6 +387,45 @@ class Runner:
             self._pledge(item, left, -1)
             self._in_flight_items -= 1
             self._notify_item()
+
+    async def _decide(self, item: PlanItem, sample: Any, ctx: ItemContext) -> str:
+        """Record the sample, then the engine's own checks (whole answer, not a copy), then the
+        verifier's: the first that says no rejects it."""
+        rec = self.recorder
+        sid = f"s-{item.key}"
+        replies = list(ctx.replies)
+        answer = answer_reply(replies)
+        models = {ctx.roles[q]: self.endpoints[self.route(ctx.roles[q])].model for q in ctx.query_ids}
+        rec.emit(SampleProposed(sample_id=sid, item=item.key, strategy=sample.strategy or item.strategy,
+                                seed_id=sample.seed_id, question=sample.question, answer=sample.answer,
+                                reference=sample.reference, query_ids=list(ctx.query_ids),
+                                roles=dict(ctx.roles), models=models, meta=sample.meta,
+                                finish_reason=answer.finish_reason if answer else None,
+                                finish_reasons={r.query_id: r.finish_reason for r in replies}))
+        problem = self.gate.check(item.key, sample, replies)
+        if problem is not None:
+            rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="quality",
+                                    kind=problem.kind, reason=problem.reason, details=problem.details,
+                                    question=sample.question))
+            return "rejected"
+        n_before = len(ctx.query_ids)
+        verdict = await self.parts.verifier.verify(sample, ctx)
+        if verdict.accepted:
+            rec.emit(SampleAccepted(sample_id=sid, reason=verdict.reason, details=verdict.details,
+                                    query_ids=ctx.query_ids[n_before:]))
+            return "accepted"
+        rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="verification",
+                                reason=verdict.reason, details=verdict.details, question=sample.question))
+        return "rejected"
+
+    def _warn(self, kind: str, message: str) -> None:
+        self.recorder.emit(RunWarning(kind=kind, message=message))
+
+    def _init_gate(self, earlier: Any = ()) -> None:
+        q = self.cfg.quality
+        self.gate = QualityGate(self.parts.task, keep_truncated=q.keep_truncated,
+                                keep_duplicates=q.keep_duplicate_answers, warn=self._warn)
+        self.gate.load(earlier)
 
 
 async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from ... import __version__
-from ...store.eventstore import EventStore, NewEvent, owner_token
+from ...store.eventstore import EventStore, NewEvent, new_run_id, owner_token
 from ...store.hashing import canonical
 from .. import host
 from ..run.config import ConfigError, NamedSection, _Strict, tomllib, validate_plugin_options, _format_errors
@@ -24,6 +25,8 @@ class DataSection(_Strict):
 
 
 class OutputSection(_Strict):
+    # {run}: the source run's name; {train_run}: this training run's id. A folder that holds
+    # another run's student already gets `-<train run id>` appended (see student_dir).
     dir: str = ".synthledger/students/{run}"
 
 
@@ -73,7 +76,7 @@ class RunLog:
     """Synchronous, durable-per-event writer for sparse runs (training, evaluation)."""
 
     def __init__(self, store: EventStore, name: str, kind: str, config: dict[str, Any],
-                 parent_id: str | None = None) -> None:
+                 parent_id: str | None = None, run_id: str | None = None) -> None:
         self.store = store
         self.owner = owner_token()
         started = {"config": config, "config_hash": "", "plan_hash": "", "version": __version__, "kind": kind,
@@ -83,7 +86,7 @@ class RunLog:
         self.run_id, self.seq, self.head = store.start_run(
             name, config, hashlib.sha256(canonical(config)).hexdigest()[:16],
             [NewEvent("run_started", json.loads(json.dumps(started, default=str)), SCHEMA_VERSION)],
-            kind=kind, parent_id=parent_id, owner=self.owner)
+            kind=kind, parent_id=parent_id, owner=self.owner, run_id=run_id)
 
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
         parse_event(type_, payload)  # the vocabulary is enforced for these runs too
@@ -121,9 +124,11 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
     student = getattr(options, "student", None)
     if student is not None:
         _check_model(student)
-    out_dir = Path(cfg.output.dir.format(run=label))
+    run_id = new_run_id()
+    out_dir = student_dir(cfg.output.dir, label, run_id)
     log = RunLog(store, f"train-{label}", "train",
-                 {"train": cfg.model_dump(mode="json"), "source": source}, parent_id=parent)
+                 {"train": cfg.model_dump(mode="json"), "source": source, "out_dir": str(out_dir)},
+                 parent_id=parent, run_id=run_id)
     trainer = trainer_cls(options)
     try:
         finished = trainer.train(rows, out_dir, on_event=log.emit, progress=progress)
@@ -134,6 +139,15 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
         {"train_run_id": log.run_id, "source_run_id": parent, "store": store.url}, indent=2))
     log.finish("completed", f"adapter in {out_dir}")
     return {"run_id": log.run_id, "out_dir": str(out_dir), **finished}
+
+
+def student_dir(template: str, label: str, train_run: str) -> Path:
+    """Where a training run writes its student (absolute). A folder that already holds another
+    run's student is never written over: this run's id is appended instead."""
+    out = Path(template.format(run=label, train_run=train_run)).expanduser().resolve()
+    if (out / "provenance.json").exists() or (out / "adapter").exists():
+        out = out.with_name(f"{out.name}-{train_run}")
+    return out
 
 
 def _check_model(name: str) -> None:
@@ -158,12 +172,30 @@ def training_questions(store: EventStore, run_id: str) -> set[str]:
     return questions
 
 
+EVALS_DIR = Path(".synthledger/evals")  # each evaluation writes under its own run id here
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "x"
+
+
+def eval_name(model: str, heldout: str, run_id: str) -> str:
+    """`eval-<student>-<held-out set>-<run id>`: unique, and says what was scored on what. The
+    student of a `train` output folder (`.../NAME/adapter`) is NAME, not "adapter"."""
+    path = Path(model)
+    student = path.parent.name if path.name == "adapter" and path.parent.name else path.name
+    held = Path(heldout).stem if heldout.endswith(".jsonl") else heldout.removeprefix("reasoning-gym:")
+    return f"eval-{_label(student)}-{_label(held)}-{run_id}"
+
+
 def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None = None, task_name: str = "gsm8k",
              evaluator: str = "accuracy", exclude_run: str | None = None, out_path: Path | None = None,
              options: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     if (Path(model) / "adapter" / "adapter_config.json").is_file():  # a `train` output folder
         model = str(Path(model) / "adapter")
     _check_model(model)
+    if Path(model).exists():  # recorded absolute: `show` of the eval run names it wherever it is read
+        model = str(Path(model).resolve())
     ev_cls = host.get("evaluators", evaluator)
     opts = validate_plugin_options(ev_cls.Options, {"heldout": heldout, "limit": limit, **(options or {})}, "eval")
     task = host.get("tasks", task_name)()
@@ -179,10 +211,12 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
         exclude = training_questions(store, store.resolve(exclude_run).id)
     evaluator_obj = ev_cls(opts)
     examples = evaluator_obj.heldout(exclude)
-    out = out_path or Path(".synthledger/evals") / f"{Path(model).name or 'model'}-{heldout.replace(':', '_')}.jsonl"
-    log = RunLog(store, f"eval-{Path(model).name}", "eval",
+    run_id = new_run_id()
+    out = (Path(out_path) if out_path is not None else EVALS_DIR / run_id / "predictions.jsonl").resolve()
+    log = RunLog(store, eval_name(model, heldout, run_id), "eval",
                  {"model": model, "heldout": heldout, "limit": limit, "task": task_name,
-                  "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run}, parent_id=parent)
+                  "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run,
+                  "predictions": str(out)}, parent_id=parent, run_id=run_id)
     try:
         result = evaluator_obj.evaluate(model, examples, task, out, on_event=log.emit, progress=progress)
     except BaseException as exc:

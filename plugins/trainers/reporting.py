@@ -12,6 +12,8 @@ from transformers import TrainerCallback
 
 OnEvent = Callable[[str, dict[str, Any]], None]
 
+EVERY_STEP_BELOW = 50  # runs with fewer optimizer steps than this log the loss at every step
+
 
 class EventCallback(TrainerCallback):
     def __init__(self, on_event: OnEvent, progress: bool) -> None:
@@ -33,6 +35,9 @@ class EventCallback(TrainerCallback):
             self._task = self._progress.add_task("train", total=state.max_steps, loss="-")
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if 0 < state.max_steps < EVERY_STEP_BELOW:
+            # A short run logged every `logging_steps` (10) has a curve of a point or two, or none.
+            control.should_log = True
         if self._progress is not None:
             self._progress.update(self._task, completed=state.global_step)
 

@@ -1,0 +1,166 @@
+"""The engine's own checks on every sample, before any verifier: is the answer whole, and is it new?
+
+Two failures cost money silently and no verifier catches them. An answer the teacher cut off at
+`max_tokens` (finish reason "length") reads as complete in an export, yet teaches the student to
+stop mid-sentence. A teacher that ignores `temperature` (greedy decoding on a self-hosted server)
+answers the same question with the same text every time, so more answers per seed buy exact copies.
+Both are rejected here by default (`[quality]` keeps them), with a kind `show` can count, and the
+gate says once, while the run goes on, when the first answers show a teacher ignoring sampling or
+disagreeing with the seeds' reference answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any, Callable, Iterable
+
+from ..api import Sample, Task
+
+# The first answers decide the warnings: enough to see a pattern, early enough to act on it.
+WINDOW = 50
+MIN_REPEATS = 4  # repeat answers (a question answered before) needed to judge sampling
+MIN_REFERENCED = 8  # answers with a seed reference needed to judge agreement
+DUPLICATE_SHARE = 0.5  # this share of exact copies among repeat answers = sampling is ignored
+LOW_AGREEMENT = 0.5  # below this share of agreement with the references, say so
+GATE_EVENTS = ("sample_proposed", "sample_rejected", "item_done", "run_warning")  # what `load` reads
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One query a sample was built from, and why the teacher stopped writing its reply."""
+
+    query_id: str
+    role: str
+    purpose: str
+    finish_reason: str | None
+
+
+@dataclass
+class Problem:
+    kind: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def answer_reply(replies: list[Reply]) -> Reply | None:
+    """The reply the sample's answer came from: the last one asked for an answer (else the last
+    teacher reply, else none: the answer is not a model's, e.g. a seed's own)."""
+    for pick in (lambda r: r.purpose == "answer", lambda r: r.role == "teacher"):
+        found = [r for r in replies if pick(r)]
+        if found:
+            return found[-1]
+    return None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _digest(*parts: str) -> bytes:
+    return blake2b("\0".join(_norm(p) for p in parts).encode("utf-8"), digest_size=16).digest()
+
+
+class QualityGate:
+    """One per run session. `warn(kind, message)` is called at most once per kind per run."""
+
+    def __init__(self, task: Task, *, keep_truncated: bool = False, keep_duplicates: bool = False,
+                 warn: Callable[[str, str], None] | None = None) -> None:
+        self.task = task
+        self.keep_truncated = keep_truncated
+        self.keep_duplicates = keep_duplicates
+        self._warn = warn or (lambda kind, message: None)
+        self._answers: dict[bytes, str] = {}  # (question, answer) -> item key of its first sample
+        self._questions: set[bytes] = set()
+        self.warned: set[str] = set()
+        self.answers = self.repeats = self.copies = 0
+        self.referenced = self.agreeing = 0
+
+    # ---- state from earlier sessions of the run ------------------------------------------
+    def load(self, events: Iterable[Any]) -> None:
+        """Remember the answers of finished items and the warnings already given (a resume)."""
+        pending: dict[str, list[tuple[str, bytes, bytes]]] = {}  # item -> its undecided proposals
+        for ev in events:
+            p = ev.payload
+            if ev.type == "sample_proposed":
+                pending.setdefault(p["item"], []).append(
+                    (p["sample_id"], _digest(p["question"], p["answer"]), _digest(p["question"])))
+            elif ev.type == "sample_rejected" and p.get("stage") == "quality" and p.get("sample_id"):
+                left = [x for x in pending.get(p["item"], []) if x[0] != p["sample_id"]]
+                pending[p["item"]] = left  # never entered the index
+            elif ev.type == "item_done":
+                for _, both, question in pending.pop(p["item"], []):
+                    self._answers.setdefault(both, p["item"])
+                    self._questions.add(question)
+            elif ev.type == "run_warning":
+                self.warned.add(p["kind"])
+
+    # ---- the check -------------------------------------------------------------------------
+    def check(self, item_key: str, sample: Sample, replies: list[Reply]) -> Problem | None:
+        """None to go on to the verifier, else why the sample is rejected."""
+        cut = [r for r in replies if r.finish_reason == "length"]
+        if cut and not self.keep_truncated:
+            r = cut[-1]
+            return Problem("truncated", f"truncated: the {r.role}'s {r.purpose} reply was cut off at max_tokens",
+                           {"query_id": r.query_id, "role": r.role, "purpose": r.purpose})
+        if not cut:
+            self._observe_agreement(sample)
+        question = _digest(sample.question)
+        both = _digest(sample.question, sample.answer)
+        repeat = question in self._questions
+        first = self._answers.get(both)
+        copy = first is not None and first != item_key
+        self._observe_sampling(repeat, copy)
+        self._questions.add(question)
+        if copy and not self.keep_duplicates:
+            return Problem("duplicate", f"duplicate: the same answer to the same question as item {first}",
+                           {"first_item": first})
+        self._answers.setdefault(both, item_key)
+        return None
+
+    # ---- warnings --------------------------------------------------------------------------
+    def _observe_sampling(self, repeat: bool, copy: bool) -> None:
+        if self.answers >= WINDOW:
+            return
+        self.answers += 1
+        self.repeats += repeat
+        self.copies += repeat and copy
+        if self.answers == WINDOW:
+            self._judge_sampling()
+
+    def _observe_agreement(self, sample: Sample) -> None:
+        if sample.reference is None or not self.task.has_ground_truth or self.referenced >= WINDOW:
+            return
+        self.referenced += 1
+        self.agreeing += bool(self.task.equivalent(self.task.extract(sample.answer), sample.reference))
+        if self.referenced == WINDOW:
+            self._judge_agreement()
+
+    def finish(self) -> None:
+        """End of a session: judge what the window holds, for runs shorter than the window."""
+        self._judge_sampling()
+        self._judge_agreement()
+
+    def _judge_sampling(self) -> None:
+        if self.repeats < MIN_REPEATS or self.copies < DUPLICATE_SHARE * self.repeats:
+            return
+        self._say("sampling_ignored",
+                  f"the teacher seems to ignore sampling: {self.copies} of {self.repeats} repeat answers to the same "
+                  "question were exact copies of an earlier one (rejected as duplicates, but paid for). Check that "
+                  "the server honours temperature (greedy decoding gives one answer per prompt), or spend the budget "
+                  "on new questions (strategy question_rephrase or new_question) instead of more answers per seed")
+
+    def _judge_agreement(self) -> None:
+        n = self.referenced
+        if n < MIN_REFERENCED or self.agreeing >= LOW_AGREEMENT * n:
+            return
+        self._say("low_agreement",
+                  f"the teacher's final answers agree with the seeds' reference answers in only {self.agreeing} of "
+                  f"{n} samples ({self.agreeing / n:.0%}): check the seeds' answers and [task] name, the answer "
+                  "template and max_tokens; much of this data may be wrong")
+
+    def _say(self, kind: str, message: str) -> None:
+        if kind in self.warned:
+            return
+        self.warned.add(kind)
+        self._warn(kind, message)

@@ -1,0 +1,224 @@
+"""Data quality a user can see and filter: answers cut off at max_tokens, answers bought twice from
+a teacher that ignores sampling, final answers that disagree with the seeds' references. Real runs
+against the real test server, through the official SDKs where the provider has one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthledger.engine.run.config import config_from_dict
+from synthledger.engine.output.quality import data_quality, reason_kind
+from synthledger.engine.run.runner import generate
+from synthledger.store.eventstore import EventStore
+from synthledger.testing.projects import write_project
+from synthledger.testing.server import run_in_thread
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+QUESTIONS = [f"Ann has {i} pens and buys 2 more. How many pens now?" for i in range(4)]
+
+
+@pytest.fixture(autouse=True)
+def no_keys(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    env.pop("SYNTHLEDGER_STORE", None)
+    return subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def run_config(tmp_path: Path, provider: str, url: str, *, queries: int = 12, max_tokens: int = 64,
+               **sections) -> dict:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"question": q, "answer": f"#### {i + 2}"}) + "\n"
+                             for i, q in enumerate(QUESTIONS)))
+    return {
+        "run": {"name": f"dq-{provider}"},
+        "seeds": {"source": "jsonl", "path": str(seeds)},
+        "teacher": {"provider": provider, "base_url": url if provider == "anthropic" else url + "/v1",
+                    "model": "test-teacher", "max_tokens": max_tokens},
+        "limits": {"max_concurrency": 4, "backoff_base_s": 0.01, "backoff_max_s": 0.05},
+        "budget": {"queries": queries},
+        "strategy": {"name": "answer_augmentation"},
+        **sections,
+    }
+
+
+def events(store: EventStore, run_id: str, *types: str) -> list[dict]:
+    return [e.payload for e in store.iter_events(run_id, types=list(types))]
+
+
+def export(store_url: str, run_id: str, fmt: str, out: Path) -> list[dict]:
+    r = cli("export", run_id, "--format", fmt, "--out", str(out), "--store", store_url)
+    assert r.returncode == 0, r.stderr
+    if fmt == "hf":
+        import datasets
+
+        return list(datasets.load_from_disk(str(out)))
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+# ---- 1. truncated answers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "openai", "anthropic"])
+def test_answers_cut_off_at_max_tokens_are_rejected_counted_and_exported_with_their_finish_reason(tmp_path, provider):
+    # The server's replies are 24 or 33 words long: a 30-token cap cuts about two in three.
+    url_db = f"sqlite:///{tmp_path / 's.db'}"
+    store = EventStore(url_db)
+    with run_in_thread() as srv:
+        result = generate(config_from_dict(run_config(tmp_path, provider, srv.url, max_tokens=30)), store,
+                          show_progress=False)
+    run_id = result.run_id
+    settled = events(store, run_id, "query_settled")
+    cut = {p["query_id"] for p in settled if p["finish_reason"] == "length"}
+    assert 0 < len(cut) < len(settled) and {p["finish_reason"] for p in settled} == {"stop", "length"}
+    proposed = events(store, run_id, "sample_proposed")
+    assert all(p["finish_reason"] == ("length" if p["query_ids"][0] in cut else "stop") for p in proposed)
+    rejected = [p for p in events(store, run_id, "sample_rejected") if p.get("kind") == "truncated"]
+    assert len(rejected) == len(cut) and all(p["stage"] == "quality" for p in rejected)
+    assert rejected[0]["reason"] == "truncated: the teacher's answer reply was cut off at max_tokens"
+
+    quality = data_quality(store, run_id)
+    assert quality["overall"]["truncated"] == len(cut) and quality["overall"]["answers"] == len(settled)
+    assert quality["strategies"]["answer_augmentation"]["roles"]["teacher"] == {
+        "replies": len(settled), "truncated": len(cut), "truncation_rate": round(len(cut) / len(settled), 4)}
+    groups = quality["overall"]["rejections"]
+    assert {"stage": "quality", "kind": "truncated", "count": len(cut), "example": rejected[0]["reason"]} in groups
+
+    accepted = len(settled) - len(cut)
+    for fmt in ("jsonl", "chat", "hf"):
+        rows = export(url_db, run_id, fmt, tmp_path / f"out.{fmt}")
+        assert len(rows) == accepted
+        reasons = [r["metadata"]["finish_reason"] if fmt == "chat" else r["finish_reason"] for r in rows]
+        assert reasons == ["stop"] * accepted
+
+
+def test_keep_truncated_keeps_them_and_says_so_in_every_format(tmp_path):
+    url_db = f"sqlite:///{tmp_path / 's.db'}"
+    store = EventStore(url_db)
+    with run_in_thread() as srv:
+        cfg = run_config(tmp_path, "openai-compatible", srv.url, max_tokens=30, quality={"keep_truncated": True})
+        result = generate(config_from_dict(cfg), store, show_progress=False)
+    cut = sum(p["finish_reason"] == "length" for p in events(store, result.run_id, "query_settled"))
+    assert cut > 0
+    for fmt in ("jsonl", "chat", "hf"):
+        rows = export(url_db, result.run_id, fmt, tmp_path / f"out.{fmt}")
+        reasons = [r["metadata"]["finish_reason"] if fmt == "chat" else r["finish_reason"] for r in rows]
+        assert len(rows) == 12 and reasons.count("length") == cut
+
+
+# ---- 2. exact-duplicate answers and a teacher that ignores sampling ------------------------------
+
+
+def test_a_greedy_teacher_buys_copies_which_are_rejected_and_said_once(tmp_path):
+    with run_in_thread(greedy=True) as srv:
+        config = write_project(tmp_path, srv.url, name="greedy", seeds=4, queries=16)
+        r = cli("generate", "-c", str(config), "--no-progress", "--store", f"sqlite:///{tmp_path / 's.db'}",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = " ".join(r.stderr.split())
+    assert log.count("the teacher seems to ignore sampling") == 1  # said once, with what to change
+    assert "12 of 12 repeat answers to the same question were exact copies" in log
+    assert "honours temperature" in log and "question_rephrase or new_question" in log
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    run_id = store.resolve("greedy").id
+    duplicates = [p for p in events(store, run_id, "sample_rejected") if p.get("kind") == "duplicate"]
+    assert len(duplicates) == 12 and all(p["reason"].startswith("duplicate: the same answer") for p in duplicates)
+    warnings = events(store, run_id, "run_warning")  # (the server knows no answers: agreement is low too)
+    assert [w["kind"] for w in warnings].count("sampling_ignored") == 1
+    assert len(export(f"sqlite:///{tmp_path / 's.db'}", run_id, "jsonl", tmp_path / "o.jsonl")) == 4
+    quality = data_quality(store, run_id)["overall"]
+    assert (quality["duplicates"], quality["duplicate_rate"]) == (12, 0.75)
+    assert any("ignore sampling" in w for w in data_quality(store, run_id)["warnings"])
+
+
+def test_a_sampling_teacher_gets_no_duplicate_rejections_and_no_warning(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        result = generate(config_from_dict(run_config(tmp_path, "openai-compatible", srv.url, queries=16)), store,
+                          show_progress=False)
+    assert not [p for p in events(store, result.run_id, "sample_rejected") if p.get("kind") == "duplicate"]
+    assert not [w for w in events(store, result.run_id, "run_warning") if w["kind"] == "sampling_ignored"]
+    assert data_quality(store, result.run_id)["overall"]["duplicates"] == 0
+
+
+def test_keep_duplicate_answers_keeps_them_but_still_counts_them(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(greedy=True) as srv:
+        cfg = run_config(tmp_path, "openai-compatible", srv.url, queries=8, quality={"keep_duplicate_answers": True})
+        result = generate(config_from_dict(cfg), store, show_progress=False)
+    assert len(events(store, result.run_id, "sample_accepted")) == 8
+    assert data_quality(store, result.run_id)["overall"]["duplicates"] == 4
+
+
+# ---- 3. the data-quality section of `show` -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    """A mix (answer augmentation + rephrase, so two roles) whose teacher is wrong 3 times in 4,
+    verified against the references: low agreement, grouped verification rejections."""
+    tmp = tmp_path_factory.mktemp("dq")
+    answers = {q: str(i + 2) for i, q in enumerate(QUESTIONS)}
+    with run_in_thread(answers=answers, wrong_rate=0.75, seed=3) as srv:
+        cfg = run_config(tmp, "openai-compatible", srv.url, queries=24,
+                         strategy={"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
+                                                            {"name": "question_rephrase", "fraction": 0.5}]},
+                         verifier={"name": "final_answer"}, dedupe={"enabled": False})
+        cfg["run"]["name"] = "mixed"
+        (tmp / "run.toml").write_text("")  # the store lives beside it
+        url = f"sqlite:///{tmp / 's.db'}"
+        result = generate(config_from_dict(cfg), EventStore(url), show_progress=False)
+    return url, result.run_id
+
+
+def test_data_quality_per_strategy_and_role(mixed_run):
+    url, run_id = mixed_run
+    quality = data_quality(EventStore(url), run_id)
+    aa, qr = quality["strategies"]["answer_augmentation"], quality["strategies"]["question_rephrase"]
+    assert set(aa["roles"]) == {"teacher"} and set(qr["roles"]) == {"teacher", "augmenter"}
+    for part in (aa, qr):
+        assert part["with_reference"] == part["answers"] - part["truncated"] > 0
+        assert part["agreement"] == round(part["agreeing"] / part["answers"], 4) < 0.5
+    overall = quality["overall"]
+    assert overall["answers"] == aa["answers"] + qr["answers"]
+    assert overall["agreeing"] == aa["agreeing"] + qr["agreeing"] == overall["accepted"]
+    kinds = {(g["stage"], g["kind"]): g for g in overall["rejections"]}
+    wrong = kinds[("verification", "final answer differs from reference")]
+    assert wrong["count"] == overall["with_reference"] - overall["agreeing"]
+    assert re.fullmatch(r"final answer \d+ differs from reference \d+", wrong["example"])
+    assert any(w.startswith("low agreement: the teacher's final answers agree with the seeds' references in only ")
+               for w in quality["warnings"])
+
+
+def test_show_prints_tables_grouped_rejections_and_the_warning(mixed_run):
+    url, run_id = mixed_run
+    r = cli("show", run_id, "--store", url)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    assert "data quality" in text and "rejections" in text and "┃ strategy" in text
+    assert text.count("final answer differs from reference") == 1  # one group, not one line per rejection
+    assert re.search(r"final answer differs from reference │ \d+ +│ final answer \d+ differs from reference \d+", text)
+    assert "warning: low agreement" in text
+    assert "None" not in text and "{'" not in text
+    shown = json.loads(cli("show", run_id, "--json", "--store", url).stdout)
+    assert shown["data_quality"] == data_quality(EventStore(url), run_id)
+
+
+def test_reason_kinds_drop_the_particulars():
+    assert reason_kind("final answer 520 differs from reference 9") == "final answer differs from reference"
+    assert reason_kind("near duplicate (jaccard 0.91) of seed s12") == "near duplicate"
+    assert reason_kind("exact duplicate of question 3") == "exact duplicate"
+    assert reason_kind("no clear majority: 4 has 2/5 < 0.6") == "no clear majority"
+    assert reason_kind("server_error after 6 attempt(s): HTTP 503: busy") == "server_error after attempt"
+    assert reason_kind("anything at all", "truncated") == "truncated"
