@@ -161,6 +161,18 @@ def test_keep_duplicate_answers_keeps_them_but_still_counts_them(tmp_path):
     assert data_quality(store, result.run_id)["overall"]["duplicates"] == 4
 
 
+def test_a_resumed_run_still_knows_the_answers_and_warnings_of_earlier_sessions(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(greedy=True) as srv:
+        first = generate(config_from_dict(run_config(tmp_path, "openai-compatible", srv.url, queries=8)), store,
+                         show_progress=False)
+        more = run_config(tmp_path, "openai-compatible", srv.url, queries=16)  # a resume may raise the budget
+        second = generate(config_from_dict(more), store, run_id=first.run_id, show_progress=False)
+    assert second.run_id == first.run_id
+    assert len(events(store, first.run_id, "sample_accepted")) == 4  # one answer per question, ever
+    assert [w["kind"] for w in events(store, first.run_id, "run_warning")].count("sampling_ignored") == 1
+
+
 # ---- 3. the data-quality section of `show` -------------------------------------------------------
 
 

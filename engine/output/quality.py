@@ -13,7 +13,7 @@ from hashlib import blake2b
 from typing import Any, Iterable
 
 from ...store.eventstore import EventStore
-from ..run.quality_gate import LOW_AGREEMENT, MIN_REFERENCED
+from ..run.quality_gate import LOW_AGREEMENT, MIN_REFERENCED, answer_query_id
 
 QUALITY_EVENTS = ("run_started", "query_reserved", "query_settled", "query_abandoned", "sample_proposed",
                   "sample_accepted", "sample_rejected", "run_warning")
@@ -90,7 +90,7 @@ class _Fold:
         self.queries: dict[str, tuple[str, str]] = {}  # open query id -> (strategy, role)
         self.cut: set[str] = set()  # query ids whose reply was cut off at max_tokens
         self.open_samples: dict[str, str] = {}  # proposed, undecided sample id -> strategy
-        self.seen: set[bytes] = set()  # (question, answer) digests
+        self.seen: dict[bytes, str | None] = {}  # (question, answer) digest -> its first answer query
         self.warnings: dict[str, str] = {}
 
     def both(self, strategy: str) -> tuple[_Figures, _Figures]:
@@ -125,8 +125,9 @@ class _Fold:
         self.open_samples[p["sample_id"]] = strategy
         key = blake2b(f"{' '.join(p['question'].split())}\0{' '.join(p['answer'].split())}".encode(),
                       digest_size=16).digest()
-        copy = key in self.seen
-        self.seen.add(key)
+        qid = answer_query_id(p.get("query_ids") or [], p.get("roles") or {})
+        copy = key in self.seen and self.seen[key] != qid  # a reused query's answer is not a bought copy
+        self.seen.setdefault(key, qid)
         cut = any(q in self.cut for q in p.get("query_ids") or ())
         # Agreement is judged on whole answers: a cut-off one has lost its final answer, and is
         # counted as truncated instead.

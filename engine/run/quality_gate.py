@@ -53,6 +53,12 @@ def answer_reply(replies: list[Reply]) -> Reply | None:
     return None
 
 
+def answer_query_id(query_ids: list[str], roles: dict[str, str]) -> str | None:
+    """The same, from a recorded proposal: its last teacher query."""
+    found = [q for q in query_ids if roles.get(q) == "teacher"]
+    return found[-1] if found else None
+
+
 def _norm(text: str) -> str:
     return " ".join(text.split())
 
@@ -70,7 +76,8 @@ class QualityGate:
         self.keep_truncated = keep_truncated
         self.keep_duplicates = keep_duplicates
         self._warn = warn or (lambda kind, message: None)
-        self._answers: dict[bytes, str] = {}  # (question, answer) -> item key of its first sample
+        # (question, answer) -> (item key, answer query id) of its first sample
+        self._answers: dict[bytes, tuple[str, str | None]] = {}
         self._questions: set[bytes] = set()
         self.warned: set[str] = set()
         self.answers = self.repeats = self.copies = 0
@@ -79,18 +86,19 @@ class QualityGate:
     # ---- state from earlier sessions of the run ------------------------------------------
     def load(self, events: Iterable[Any]) -> None:
         """Remember the answers of finished items and the warnings already given (a resume)."""
-        pending: dict[str, list[tuple[str, bytes, bytes]]] = {}  # item -> its undecided proposals
+        pending: dict[str, list[tuple[str, bytes, bytes, str | None]]] = {}  # item -> its undecided proposals
         for ev in events:
             p = ev.payload
             if ev.type == "sample_proposed":
                 pending.setdefault(p["item"], []).append(
-                    (p["sample_id"], _digest(p["question"], p["answer"]), _digest(p["question"])))
+                    (p["sample_id"], _digest(p["question"], p["answer"]), _digest(p["question"]),
+                     answer_query_id(p.get("query_ids") or [], p.get("roles") or {})))
             elif ev.type == "sample_rejected" and p.get("stage") == "quality" and p.get("sample_id"):
                 left = [x for x in pending.get(p["item"], []) if x[0] != p["sample_id"]]
                 pending[p["item"]] = left  # never entered the index
             elif ev.type == "item_done":
-                for _, both, question in pending.pop(p["item"], []):
-                    self._answers.setdefault(both, p["item"])
+                for _, both, question, qid in pending.pop(p["item"], []):
+                    self._answers.setdefault(both, (p["item"], qid))
                     self._questions.add(question)
             elif ev.type == "run_warning":
                 self.warned.add(p["kind"])
@@ -107,15 +115,19 @@ class QualityGate:
             self._observe_agreement(sample)
         question = _digest(sample.question)
         both = _digest(sample.question, sample.answer)
+        answer = answer_reply(replies)
+        qid = answer.query_id if answer is not None else None
         repeat = question in self._questions
         first = self._answers.get(both)
-        copy = first is not None and first != item_key
+        # A copy is a second *paid* answer with the same text. The same query asked again (two seeds
+        # with one question) is answered from the store for free: its rows are the seeds' choice.
+        copy = first is not None and first[0] != item_key and first[1] != qid
         self._observe_sampling(repeat, copy)
         self._questions.add(question)
         if copy and not self.keep_duplicates:
-            return Problem("duplicate", f"duplicate: the same answer to the same question as item {first}",
-                           {"first_item": first})
-        self._answers.setdefault(both, item_key)
+            return Problem("duplicate", f"duplicate: the same answer to the same question as item {first[0]}",
+                           {"first_item": first[0]})
+        self._answers.setdefault(both, (item_key, qid))
         return None
 
     # ---- warnings --------------------------------------------------------------------------

@@ -109,6 +109,9 @@ class TokenCounter:
         return int(self.real), int(self.padded)
 
 
+DEFAULT_LOGGING_STEPS = 10  # runs of EVERY_STEP_BELOW steps or more, when logging_steps is not set
+
+
 def training_arguments(options: LoraSFTOptions, device: str, scratch: Path) -> Any:
     """The TrainingArguments for `options` (the benchmark's baseline uses the very same ones)."""
     from transformers import TrainingArguments
@@ -124,7 +127,7 @@ def training_arguments(options: LoraSFTOptions, device: str, scratch: Path) -> A
         lr_scheduler_type=options.lr_scheduler,
         warmup_steps=options.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=options.weight_decay,
-        logging_steps=options.logging_steps,
+        logging_steps=options.logging_steps or DEFAULT_LOGGING_STEPS,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -197,7 +200,7 @@ def _fit(student: str, tokenizer: Any, data: EncodedDataset, options: LoraSFTOpt
                 return labelled_positions_loss(model, inputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-    callback = EventCallback(emit, progress)
+    callback = EventCallback(emit, progress, every_step_if_short=options.logging_steps is None)
     counter = TokenCounter()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="synthledger-lora-") as scratch:

@@ -35,7 +35,9 @@ class LoraSFTOptions(PluginOptions):
     bf16: bool | Literal["auto"] = "auto"
     device: str = "auto"
     max_steps: int | None = Field(default=None, ge=1)
-    logging_steps: int = Field(default=10, ge=1)
+    # None: every step for runs under 50 steps (a short run's curve would be a point or two), else
+    # every 10. A number is used as given.
+    logging_steps: int | None = Field(default=None, ge=1)
     group_by_length: bool = True  # batches of similar lengths: far less padding to compute
     fast_loss: bool = True  # project only the labelled positions onto the vocabulary (fast_loss.py)
 

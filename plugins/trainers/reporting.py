@@ -16,8 +16,9 @@ EVERY_STEP_BELOW = 50  # runs with fewer optimizer steps than this log the loss 
 
 
 class EventCallback(TrainerCallback):
-    def __init__(self, on_event: OnEvent, progress: bool) -> None:
+    def __init__(self, on_event: OnEvent, progress: bool, every_step_if_short: bool = True) -> None:
         self.on_event = on_event
+        self.every_step_if_short = every_step_if_short
         self.curve: list[dict[str, float]] = []
         self._progress_enabled = progress
         self._progress: Any = None
@@ -35,8 +36,8 @@ class EventCallback(TrainerCallback):
             self._task = self._progress.add_task("train", total=state.max_steps, loss="-")
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if 0 < state.max_steps < EVERY_STEP_BELOW:
-            # A short run logged every `logging_steps` (10) has a curve of a point or two, or none.
+        if self.every_step_if_short and 0 < state.max_steps < EVERY_STEP_BELOW:
+            # A short run logged every 10 steps has a curve of a point or two, or none at all.
             control.should_log = True
         if self._progress is not None:
             self._progress.update(self._task, completed=state.global_step)
