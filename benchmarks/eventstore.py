@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         writer_child(url, int(n), int(batch), float(start))
         return 0
 
+    load_before = os.getloadavg()  # the figures mean little on a machine others keep busy: say so
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         db = Path(tmp) / "store.db"
         lite = measure(f"sqlite:///{db}", args, "sqlite")
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         "details": {**lite["details"], "raw_sqlite": baseline},
         "postgresql": pg,
         "machine": {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-                    "platform": platform.platform(), "cpus": os.cpu_count()},
+                    "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
     }
     checked = [lite["ratio_vs_target"]] + ([pg["ratio_vs_target"]] if pg else [])
     result["targets_met"] = all(v >= 1 for ratios in checked for v in ratios.values())

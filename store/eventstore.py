@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -112,8 +112,10 @@ class EventStore:
             # Sessions say whose they are (pg_stat_activity), and a lock is waited for as long as a
             # busy SQLite file would be, not forever.
             app = f"synthledger {socket.gethostname()}:{os.getpid()}"[:63]
-            kwargs = {"connect_args": {"application_name": app,
-                                       "options": f"-c lock_timeout={int(self.busy_timeout_s * 1000)}"}}
+            options = f"-c lock_timeout={int(self.busy_timeout_s * 1000)}"
+            given = make_url(url).query.get("options")  # the URL's own server options come first
+            options = f"{given if isinstance(given, str) else ' '.join(given)} {options}" if given else options
+            kwargs = {"connect_args": {"application_name": app, "options": options}}
         try:
             engine = create_engine(url, **kwargs)
         except Exception as exc:  # bad URL or missing driver

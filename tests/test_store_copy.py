@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from synthledger.engine.events import QuestionAdmitted, RunStarted, to_payload
+from synthledger.engine.ledger.events import QuestionAdmitted, RunStarted, to_payload
 from synthledger.store.eventstore import EventStore, NewEvent, RunNotFound
 
 CLI = str(Path(__file__).resolve().parents[1] / "cli.py")

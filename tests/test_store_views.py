@@ -10,12 +10,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
-from synthledger.engine.dataset import accepted_rows
-from synthledger.engine.events import (AttemptFailed, Cost, ItemDone, QueryAbandoned, QueryDispatched,
+from synthledger.engine.output.dataset import accepted_rows
+from synthledger.engine.ledger.events import (AttemptFailed, Cost, ItemDone, QueryAbandoned, QueryDispatched,
                                        QueryReserved, QuerySettled, RunFinished, RunResumed, RunStarted,
                                        SampleAccepted, SampleProposed, SampleRejected, to_payload)
-from synthledger.engine.ledger import BudgetSpec, Limits
-from synthledger.engine.replay import replay
+from synthledger.engine.ledger.ledger import BudgetSpec, Limits
+from synthledger.engine.ledger.replay import replay
 from synthledger.store.copy import copy_runs
 from synthledger.store.eventstore import EventStore, NewEvent, iso_ms
 from synthledger.store.views import USD_DECIMALS

@@ -136,7 +136,7 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
         log.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
     (out_dir / "provenance.json").write_text(json.dumps(
-        {"train_run_id": log.run_id, "source_run_id": parent, "store": store.url}, indent=2))
+        {"train_run_id": log.run_id, "source_run_id": parent, "store": store.where}, indent=2))
     log.finish("completed", f"adapter in {out_dir}")
     return {"run_id": log.run_id, "out_dir": str(out_dir), **finished}
 
