@@ -7,16 +7,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from .payloads import OPENAI, error_object
 from .replies import RequestInvalid
-
-if TYPE_CHECKING:
-    from .app import TeacherServer
 
 JSON_TYPE = "application/json"
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -88,7 +85,7 @@ class Batch:
 class BatchStore:
     """Batches and files of one TeacherServer; the two APIs are views of it."""
 
-    def __init__(self, server: "TeacherServer") -> None:
+    def __init__(self, server: Any) -> None:  # the app.TeacherServer they belong to
         self.server = server
         self.files: dict[str, dict[str, Any]] = {}
         self.contents: dict[str, bytes] = {}

@@ -23,7 +23,6 @@ from .shaper import SendShaper
 if TYPE_CHECKING:  # pragma: no cover
     from ..api import Teacher
     from ..ledger.pricing import ModelPrice
-    from ..run.batching import BatchQueue
 
 __all__ = ["Endpoint"]
 
@@ -44,7 +43,7 @@ class Endpoint:
     max_breaker_trips: int = 6
     shaper: SendShaper | None = None  # exact send spacing under a request-rate limit
     rate: RatePolicy = None  # type: ignore[assignment]  # 429s, learned limits, Little's law
-    batch: "BatchQueue | None" = None  # `[teacher] batch = true`: queries go out in provider batches
+    batch: Any = None  # a run.batching.BatchQueue with `[teacher] batch = true`: queries go out in batches
     supports_n: bool = False  # k samples of a prompt in one request (cleared if the provider ignores n)
     last_note: str | None = None  # the last pacing change, for the live view
 

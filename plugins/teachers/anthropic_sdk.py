@@ -93,7 +93,7 @@ class AnthropicTeacher:
             from .anthropic_batch import AnthropicBatchAPI
 
             self.batch_api = AnthropicBatchAPI(self._client, settings.batch_size, settings.batch_wait_s,
-                                               settings.batch_poll_s)
+                                               settings.batch_poll_s, params=message_params, extract=_extract)
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)
