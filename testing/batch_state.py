@@ -85,7 +85,7 @@ class Batch:
 class BatchStore:
     """Batches and files of one TeacherServer; the two APIs are views of it."""
 
-    def __init__(self, server: Any) -> None:  # the app.TeacherServer these belong to (untyped: no cycle)
+    def __init__(self, server: Any) -> None:  # the app.TeacherServer they belong to
         self.server = server
         self.files: dict[str, dict[str, Any]] = {}
         self.contents: dict[str, bytes] = {}

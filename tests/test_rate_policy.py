@@ -8,13 +8,13 @@ import random
 import anyio
 import pytest
 
-from synthledger.engine.pricing import ModelPrice
-from synthledger.engine.samples import output_split, shares, split_by_weight, split_evenly, worst_shares
+from synthledger.engine.ledger.pricing import ModelPrice
+from synthledger.engine.run.samples import output_split, shares, split_by_weight, split_evenly, worst_shares
 from synthledger.engine.scheduler import AdaptiveConcurrency, RateLimiter
 from synthledger.engine.scheduler.limiter import catch_up_allowance
 from synthledger.engine.scheduler.ratepolicy import MIN_FACTOR, RatePolicy
-from synthledger.engine.shaper import SendShaper
-from synthledger.engine.teacher import RateLimitInfo
+from synthledger.engine.scheduler.shaper import SendShaper
+from synthledger.engine.scheduler.headers import RateLimitInfo
 
 
 class Clock:

@@ -43,9 +43,7 @@ class Endpoint:
     max_breaker_trips: int = 6
     shaper: SendShaper | None = None  # exact send spacing under a request-rate limit
     rate: RatePolicy = None  # type: ignore[assignment]  # 429s, learned limits, Little's law
-    # `[teacher] batch = true`: queries go out in provider batches (a run.batching.BatchQueue; typed
-    # loosely so the scheduler never imports the run layer above it).
-    batch: Any = None
+    batch: Any = None  # a run.batching.BatchQueue with `[teacher] batch = true`: queries go out in batches
     supports_n: bool = False  # k samples of a prompt in one request (cleared if the provider ignores n)
     last_note: str | None = None  # the last pacing change, for the live view
     section: str = "teacher"  # the config section that describes this endpoint (for messages)

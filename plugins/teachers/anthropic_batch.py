@@ -9,13 +9,12 @@ finds it by its creation time and request count, and only when exactly one batch
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import anthropic
 
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
-from .anthropic_messages import _extract, message_params
 from .errors import sdk_error
 
 _ERRORS = {"invalid_request_error": (FailureKind.BAD_REQUEST, 400), "authentication_error": (FailureKind.AUTH, 401),
@@ -23,11 +22,11 @@ _ERRORS = {"invalid_request_error": (FailureKind.BAD_REQUEST, 400), "authenticat
            "rate_limit_error": (FailureKind.RATE_LIMITED, 429), "overloaded_error": (FailureKind.SERVER_ERROR, 529)}
 
 
-def result_of(result: Any) -> Completion | TeacherError:
+def result_of(result: Any, extract: Callable[[Any], Completion]) -> Completion | TeacherError:
     kind = result.type
     if kind == "succeeded":
         try:
-            return _extract(result.message)
+            return extract(result.message)
         except (ValueError, TypeError, AttributeError) as exc:
             return TeacherError(FailureKind.MALFORMED, f"malformed batch result: {exc}", maybe_billed=True)
     if kind in ("canceled", "expired"):
@@ -39,9 +38,14 @@ def result_of(result: Any) -> Completion | TeacherError:
 
 
 class AnthropicBatchAPI:
-    def __init__(self, client: anthropic.AsyncAnthropic, size: int, wait_s: float, poll_s: float) -> None:
+    """`params` turns a ChatRequest into Messages API parameters and `extract` a message into a
+    Completion - the online teacher's own, so both modes send and read exactly the same."""
+
+    def __init__(self, client: anthropic.AsyncAnthropic, size: int, wait_s: float, poll_s: float, *,
+                 params: Callable[[ChatRequest], dict[str, Any]], extract: Callable[[Any], Completion]) -> None:
         self._client = client
         self.size, self.wait_s, self.poll_s = size, wait_s, poll_s
+        self._params, self._extract = params, extract
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -56,7 +60,7 @@ class AnthropicBatchAPI:
         return None  # the requests travel with `create`
 
     async def create(self, key: str, file_id: str | None, requests: list[tuple[str, ChatRequest]]) -> str:
-        reqs = [{"custom_id": cid, "params": message_params(r)} for cid, r in requests]
+        reqs = [{"custom_id": cid, "params": self._params(r)} for cid, r in requests]
         b = await self._call(self._client.messages.batches.create(requests=reqs))
         return b.id
 
@@ -78,7 +82,7 @@ class AnthropicBatchAPI:
     async def results(self, batch_id: str) -> dict[str, Completion | TeacherError]:
         out: dict[str, Completion | TeacherError] = {}
         async for r in await self._call(self._client.messages.batches.results(batch_id)):
-            out[r.custom_id] = result_of(r.result)
+            out[r.custom_id] = result_of(r.result, self._extract)
         return out
 
     async def cancel(self, batch_id: str) -> None:

@@ -40,7 +40,7 @@ class AnthropicTeacher:
             from .anthropic_batch import AnthropicBatchAPI
 
             self.batch_api = AnthropicBatchAPI(self._client, settings.batch_size, settings.batch_wait_s,
-                                               settings.batch_poll_s)
+                                               settings.batch_poll_s, params=message_params, extract=_extract)
 
     @property
     def url(self) -> str:
