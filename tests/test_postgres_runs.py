@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from synthledger.store.eventstore import EventStore
@@ -173,3 +174,32 @@ def test_kill_9_then_resume_on_postgresql(pg_url, tmp_path):
     out = tmp_path / "rows.jsonl"
     assert cli("export", run_id, "--format", "jsonl", "--out", str(out), "--store", pg_url, cwd=tmp_path).returncode == 0
     assert samples == len(out.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_train_and_eval_runs_land_in_the_postgresql_store(pg_url, tmp_path):
+    """The runs a training job writes (Ray workers write the same) go to PostgreSQL like any other."""
+    pytest.importorskip("torch")
+    from synthledger.testing.tiny_model import build_tiny_llama
+
+    tiny = build_tiny_llama(tmp_path / "tiny")
+    with run_in_thread() as srv:
+        write_project(tmp_path, srv.url, name="to-train", seeds=4, queries=8)
+        gen = cli("generate", "-c", "run.toml", "--no-progress", "--store", pg_url, cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr
+    run_id, _ = run_line(gen.stdout)
+    trained = cli("train", run_id, "--store", pg_url, "--no-progress", "--set", f"trainer.student={tiny}",
+                  "--set", "trainer.max_steps=1", "--set", "trainer.batch_size=2", "--set",
+                  f"output.dir={tmp_path / 'student'}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("".join(json.dumps({"question": f"What is {i} times 3?", "answer": str(3 * i)}) + "\n"
+                               for i in range(2)))
+    scored = cli("eval", str(tmp_path / "student"), "--on", str(heldout), "--max-new-tokens", "4",
+                 "--store", pg_url, "--no-progress", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    runs = json.loads(cli("runs", "--json", "--store", pg_url, cwd=tmp_path).stdout)
+    kinds = {r["kind"]: r for r in runs}
+    assert kinds["train"]["parent_id"] == run_id and kinds["eval"]["parent_id"] == kinds["train"]["id"]
+    for r in runs:
+        audit(pg_url, r["id"], tmp_path)
