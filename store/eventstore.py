@@ -1,35 +1,35 @@
-"""The append-only event store.
+"""The append-only event store, on SQLite (the embedded default) or PostgreSQL (a store a team or
+a grid of machines shares).
 
 Appends are batched (one transaction, one fsync, many events) and guarded twice: the caller states
 the sequence number it expects to extend (optimistic concurrency) and, for runs held by a process,
-the lease token it owns. Reads stream in keyset-paginated pages so replaying a million events
-takes constant memory.
+the lease token it owns. Both guards are one conditional UPDATE of the run's row in the append's
+own transaction, so the database enforces them for writers on any host. Reads stream in
+keyset-paginated pages so replaying a million events takes constant memory. Every database error
+leaves as a StoreError of one line naming the store (never its password); a lock held past the
+busy timeout as StoreBusy, naming the holder where it can be told.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 from contextlib import contextmanager
-from functools import partial
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
-from sqlalchemy.pool import StaticPool
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
+from .engines import insert_sql, one_line, open_engine, page_sql, sqlite_path
 from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError
 from .hashing import GENESIS, canonical
 from .migrations import migrate
 from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_alive, chain_rows, iso_ms,
                       owner_token)
-from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, check_driver, default_url, display, resolve_url
+from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, default_url, display, resolve_url
 
 __all__ = ["DEFAULT_DIR", "ENV_STORE", "ConcurrencyError", "EventStore", "NewEvent", "RunInfo", "RunNotFound",
            "StoreBusy", "StoreError", "StoredEvent", "default_url", "iso_ms", "new_run_id", "owner_token",
@@ -42,45 +42,6 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _sqlite_pragmas(timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # durable at every commit; batching keeps that cheap
-    cur.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
-
-def _mark(paramstyle: str, i: int) -> str:
-    """The i-th (1-based) positional parameter in the driver's own style."""
-    if paramstyle == "numeric":
-        return f":{i}"
-    if paramstyle == "numeric_dollar":
-        return f"${i}"
-    return _PLACEHOLDERS.get(paramstyle, "?")
-
-
-def _insert_sql(paramstyle: str) -> str:
-    """The events INSERT in the driver's own positional parameter style."""
-    marks = [_mark(paramstyle, i) for i in range(1, 8)]
-    return f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join(marks)})"
-
-
-def _page_sql(paramstyle: str, n_types: int) -> str:
-    """One keyset page of a run's events: (run_id, after, *types, limit)."""
-    m = [_mark(paramstyle, i) for i in range(1, n_types + 4)]
-    types = f" AND type IN ({', '.join(m[2:2 + n_types])})" if n_types else ""
-    return (f"SELECT seq, type, schema_version, payload, ts, hash FROM events WHERE run_id = {m[0]} "
-            f"AND seq > {m[1]}{types} ORDER BY seq LIMIT {m[-1]}")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(getattr(exc, "orig", None) or exc).split())
-
-
 class EventStore:
     def __init__(self, url: str | None = None, *, busy_timeout: float | None = None) -> None:
         self.url = resolve_url(url)
@@ -91,46 +52,18 @@ class EventStore:
         self.dialect = self.engine.dialect.name
 
     def _open(self) -> Engine:
-        url, where = self.url, self.where
-        is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
-        if is_sqlite:
-            path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
-            if path and path != ":memory:":
-                p = Path(path)
-                where = self.where = str(p)
-                if p.exists() and p.is_dir():
-                    raise StoreError(f"store path {p} is a directory, not a database file")
-                p.parent.mkdir(parents=True, exist_ok=True)
-                self._sqlite_path = str(p)
-            else:
-                # An in-memory database lives in one connection: share it with every thread (the
-                # recorder commits from a worker thread), or each thread would see an empty store.
-                kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
-        elif url.startswith("postgresql"):
-            check_driver(url)
-            # Sessions say whose they are (pg_stat_activity), and a lock is waited for as long as a
-            # busy SQLite file would be, not forever.
-            app = f"synthledger {socket.gethostname()}:{os.getpid()}"[:63]
-            options = f"-c lock_timeout={int(self.busy_timeout_s * 1000)}"
-            given = make_url(url).query.get("options")  # the URL's own server options come first
-            options = f"{given if isinstance(given, str) else ' '.join(given)} {options}" if given else options
-            kwargs = {"connect_args": {"application_name": app, "options": options}}
-        try:
-            engine = create_engine(url, **kwargs)
-        except Exception as exc:  # bad URL or missing driver
-            raise StoreError(f"cannot open store {where}: {_one_line(exc)}") from exc
-        if is_sqlite:
-            event.listen(engine, "connect", partial(_sqlite_pragmas, self.busy_timeout_s * 1000))
-        self.engine = engine
+        if self.url.startswith("sqlite"):
+            self._sqlite_path = sqlite_path(self.url)
+            self.where = self._sqlite_path or self.where
+        self.engine = engine = open_engine(self.url, self.where, self.busy_timeout_s, self._sqlite_path)
         try:
             migrate(engine)
         except DatabaseError as exc:
             if is_busy(exc):
                 raise self._busy() from None
-            raise StoreError(f"cannot open store {where}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot open store {self.where}: {one_line(exc)}") from exc
         except Exception as exc:
-            raise StoreError(f"cannot open store {where}: {exc}") from exc
+            raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         return engine
 
     def close(self) -> None:
@@ -151,7 +84,7 @@ class EventStore:
         except DatabaseError as exc:
             if is_busy(exc):
                 raise self._busy() from None
-            raise StoreError(f"store {self.where}: {_one_line(exc)}") from exc
+            raise StoreError(f"store {self.where}: {one_line(exc)}") from exc
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -178,7 +111,7 @@ class EventStore:
         try:
             self._insert_run(run_id, name, config, config_hash, kind, parent_id, owner, now, last, head, rows)
         except IntegrityError as exc:
-            raise StoreError(f"cannot create run {name!r} in {self.where}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot create run {name!r} in {self.where}: {one_line(exc)}") from exc
         return run_id, last, head
 
     def _insert_run(self, run_id: str, name: str, config: dict[str, Any], config_hash: str, kind: str,
@@ -339,7 +272,7 @@ class EventStore:
             except dbapi.Error as exc:  # as SQLAlchemy would have wrapped it (IntegrityError, ...)
                 raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=self.engine.dialect) from exc
             return
-        conn.exec_driver_sql(_insert_sql(conn.dialect.paramstyle), rows)
+        conn.exec_driver_sql(insert_sql(conn.dialect.paramstyle), rows)
 
     def _conflict_message(self, conn: Any, run_id: str, expected: int, owner: str | None) -> str:
         row = conn.execute(text("SELECT last_seq, owner FROM runs WHERE id = :id"), {"id": run_id}).first()
@@ -355,7 +288,7 @@ class EventStore:
         """Events in sequence order, streamed a page at a time. Pages are read on the driver's own
         cursor: SQLAlchemy's row objects would cost more than the database's work (benchmarks/)."""
         names = sorted(set(types)) if types is not None else []
-        sql = _page_sql(self.engine.dialect.paramstyle, len(names))
+        sql = page_sql(self.engine.dialect.paramstyle, len(names))
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         after = from_seq - 1
         while True:
@@ -368,7 +301,7 @@ class EventStore:
                 except dbapi_error as exc:
                     if is_busy(exc):
                         raise self._busy() from None
-                    raise StoreError(f"cannot read events of run {run_id} in {self.where}: {_one_line(exc)}") from exc
+                    raise StoreError(f"cannot read events of run {run_id} in {self.where}: {one_line(exc)}") from exc
             for seq, type_, v, payload, ts, h in rows:
                 yield StoredEvent(run_id, seq, type_, v, payload, ts, h)
             if len(rows) < page:

@@ -1,0 +1,94 @@
+"""Opening a store's database: the SQLAlchemy engine each backend needs, and the SQL we send
+straight to the driver (positional parameters in its own style) where SQLAlchemy's per-row work
+would cost more than the database's own."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from .errors import StoreError
+from .records import EVENT_COLUMNS
+from .urls import check_driver
+
+
+def _sqlite_pragmas(timeout_ms: float, dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # durable at every commit; batching keeps that cheap
+    cur.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file behind a sqlite URL (None in memory); refuses a directory, creates the folder."""
+    path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+    if not path or path == ":memory:":
+        return None
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise StoreError(f"store path {p} is a directory, not a database file")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return str(p)
+
+
+def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None) -> Engine:
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite") and db_file is None:
+        # An in-memory database lives in one connection: share it with every thread (the recorder
+        # commits from a worker thread), or each thread would see an empty store.
+        kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    elif url.startswith("postgresql"):
+        check_driver(url)
+        # Sessions say whose they are (pg_stat_activity), and a lock is waited for as long as a busy
+        # SQLite file would be, not forever.
+        app = f"synthledger {socket.gethostname()}:{os.getpid()}"[:63]
+        options = f"-c lock_timeout={int(busy_timeout_s * 1000)}"
+        given = make_url(url).query.get("options")  # the URL's own server options come first
+        options = f"{given if isinstance(given, str) else ' '.join(given)} {options}" if given else options
+        kwargs = {"connect_args": {"application_name": app, "options": options}}
+    try:
+        engine = create_engine(url, **kwargs)
+    except Exception as exc:  # bad URL or missing driver
+        raise StoreError(f"cannot open store {where}: {one_line(exc)}") from exc
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", partial(_sqlite_pragmas, busy_timeout_s * 1000))
+    return engine
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+
+
+def _mark(paramstyle: str, i: int) -> str:
+    """The i-th (1-based) positional parameter in the driver's own style."""
+    if paramstyle == "numeric":
+        return f":{i}"
+    if paramstyle == "numeric_dollar":
+        return f"${i}"
+    return _PLACEHOLDERS.get(paramstyle, "?")
+
+
+def insert_sql(paramstyle: str) -> str:
+    """The events INSERT in the driver's own positional parameter style."""
+    marks = [_mark(paramstyle, i) for i in range(1, 8)]
+    return f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({', '.join(marks)})"
+
+
+def page_sql(paramstyle: str, n_types: int) -> str:
+    """One keyset page of a run's events: (run_id, after, *types, limit)."""
+    m = [_mark(paramstyle, i) for i in range(1, n_types + 4)]
+    types = f" AND type IN ({', '.join(m[2:2 + n_types])})" if n_types else ""
+    return (f"SELECT seq, type, schema_version, payload, ts, hash FROM events WHERE run_id = {m[0]} "
+            f"AND seq > {m[1]}{types} ORDER BY seq LIMIT {m[-1]}")
