@@ -111,7 +111,7 @@ def test_a_different_run_under_the_same_id_is_not_overwritten(stores):
     assert r.returncode == 1 and "name is not the same" in r.stderr
 
 
-def test_a_broken_source_chain_is_refused_and_nothing_is_written(stores):
+def test_a_broken_source_chain_is_refused_and_nothing_is_written(stores, tmp_path):
     lite, pg = stores
     src = EventStore(lite)
     good, _, _ = record(src, "good", 4)
@@ -125,7 +125,7 @@ def test_a_broken_source_chain_is_refused_and_nothing_is_written(stores):
     with pytest.raises(RunNotFound):
         dst.get_run(bad)
     raw(lite, f"DELETE FROM events WHERE run_id = '{good}' AND seq = 5")  # a cut tail
-    r = cli("store", "copy", lite, f"sqlite:///{lite.rsplit('/', 1)[0]}/other.db", good)
+    r = cli("store", "copy", lite, f"sqlite:///{tmp_path / 'other.db'}", good)
     assert r.returncode == 1 and "ends at seq 4 but the run records 5 events" in r.stderr
 
 
