@@ -110,3 +110,24 @@ def test_batch_mode_needs_a_provider_with_a_batch_api(project):
     assert res.returncode != 0
     assert "batch" in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (proj.dir / "store.db").exists() or not proj.events("run_started")
+
+
+def test_the_live_view_shows_batch_states_and_pacing_changes():
+    from synthledger.engine.ledger.ledger import BudgetSpec, Ledger
+    from synthledger.engine.run.progress import batch_line, pacing_line
+
+    led = Ledger(BudgetSpec())
+    for seq, (t, p) in enumerate([
+        ("query_reserved", {"query_id": "q1", "key": "k", "role": "teacher", "purpose": "answer", "strategy": "s",
+                            "item": "i", "provider": "openai", "model": "m", "worst": {"queries": 1}}),
+        ("batch_prepared", {"key": "b1", "provider": "openai", "model": "m", "role": "teacher", "query_ids": ["q1"],
+                            "at": 0.0}),
+        ("batch_status", {"key": "b1", "status": "in_progress", "counts": {"total": 1, "completed": 0, "failed": 0}}),
+        ("rate_adjusted", {"model": "m", "note": "paused 1s: 429 while sending at 5% of the paced rate",
+                           "factor": 1.0, "pause_s": 1.0}),
+    ], 1):
+        led.apply(seq, t, p)
+    assert batch_line(led) == " | batches: in_progress 0/1"
+    assert "paused 1s" in pacing_line(led)
+    led.apply(5, "batch_status", {"key": "b1", "status": "finalizing", "counts": {"total": 1, "completed": 1}})
+    assert batch_line(led) == " | batches: finalizing 1/1"

@@ -46,10 +46,14 @@ def test_a_paced_run_meets_few_429s_and_never_pauses(project, style):
     assert not [e for e in proj.events("sample_rejected") if e["stage"] == "failed"]
 
 
-@pytest.mark.parametrize("style", ["openai", "kind"])
-def test_limits_are_learned_from_the_headers(project, style):
+@pytest.mark.parametrize("style, provider", [("openai", "openai-compatible"), ("kind", "openai-compatible"),
+                                             ("openai", "anthropic")])
+def test_limits_are_learned_from_the_headers(project, style, provider):
     proj, srv = project("--rpm", "600", "--window-s", "1", "--latency-ms", "20", "--rate-headers", style, seeds=40)
-    cfg = proj.write(limits={"max_concurrency": 32}, budget={"queries": 40}, strategy={"samples_per_seed": 1})
+    teacher = ({"provider": "anthropic", "base_url": srv.url, "model": "claude-3-5-haiku-latest"}
+               if provider == "anthropic" else {})  # Anthropic announces anthropic-ratelimit-* instead
+    cfg = proj.write(limits={"max_concurrency": 32}, budget={"queries": 40}, strategy={"samples_per_seed": 1},
+                     teacher=teacher)
     res = proj.generate(cfg)
     assert res.returncode == 0, res.stderr
     run_id, status = last_line(res)

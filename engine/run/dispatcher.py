@@ -169,7 +169,8 @@ class Dispatcher(Sender):
                 members: list[Member], worsts: list[Amount]) -> None:
         """Record each member's reservation (the ledger applies it at once); messages and
         parameters go with a query's first reservation ever."""
-        params = base.model_dump(exclude={"messages", "model"}, exclude_none=True)
+        params = (base.model_dump(exclude={"messages", "model"}, exclude_none=True)
+                  if any(m.first for m in members) else None)  # (dumping costs; repeats record none)
         for m, worst in zip(members, worsts):
             self.recorder.emit(QueryReserved(
                 query_id=m.qid, attempt=m.attempt, key=m.key, role=role, purpose=purpose, strategy=strategy,
