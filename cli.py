@@ -30,8 +30,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console()
 err = Console(stderr=True)
 
-StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, "
-                                              "else .synthledger/synthledger.db)")
+StoreOpt = typer.Option(None, "--store", metavar="URL",
+                        help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, else [run] store of "
+                             "the config for generate, else .synthledger/synthledger.db). Only generate creates one.")
 
 
 class CliError(Exception):
@@ -90,10 +91,17 @@ def _global_options(
         os.environ[ENV_BUSY_TIMEOUT] = str(busy_timeout)  # every store this process opens reads it
 
 
-def _store(url: Optional[str]):
-    from synthledger.store.eventstore import EventStore
+def _store(url: Optional[str], *, create: bool = False):
+    """The store of a command: read-only commands never create one (a typo is an error, not a new file)."""
+    from synthledger.engine.run.store_choice import open_store
 
-    return EventStore(url)
+    return open_store(url, create=create)
+
+
+def _announce(line: str) -> None:
+    from rich.markup import escape
+
+    err.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _when(ts: float) -> str:
@@ -109,20 +117,40 @@ def generate(
                                                         "start it if it never recorded its start (without --config: "
                                                         "the latest unfinished run in the store)."),
     run: Optional[str] = typer.Option(None, "--run", help="Resume this run (id or name)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the new run (overrides [run] name; names are "
+                                                            "unique in a store). With --resume: the run to continue."),
+    set_: list[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="Override a config key, e.g. --set budget.queries=100 (repeatable)."),
     store: Optional[str] = StoreOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show live progress on stderr."),
 ) -> None:
-    """Query the teacher under the config's budget and record everything as events."""
+    """Query the teacher under the config's budget and record everything as events.
+
+    The first line says which store the run writes to and why (--store, $SYNTHLEDGER_STORE, the
+    config's [run] store, or the default).
+
+    Examples:
+
+      synthledger generate -c examples/answer_augmentation.toml
+
+      synthledger generate -c run.toml --name run-2 --set budget.usd=0.50
+
+      synthledger generate --resume            # the latest unfinished run, with its recorded config
+    """
     from synthledger.engine.run.config import load_config
     from synthledger.engine.run.runner import generate as run_generate, recorded_config
 
+    named = [f"run.name={json.dumps(name)}"] if name else []
     if config is not None:
-        cfg = load_config(config, set_)
-        result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress)
+        cfg = load_config(config, [*set_, *named])
+        result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
     elif resume or run:
-        st = _store(store)
-        cfg, run_id = recorded_config(st, run, set_)
+        from synthledger.engine.run.store_choice import choose_store, open_store
+
+        choice = choose_store(store)
+        st = open_store(choice)
+        _announce(choice.describe())
+        cfg, run_id = recorded_config(st, run, set_, name=name)
         err.print(f"resuming run {run_id} ({cfg.run.name}) with its recorded config")
         result = run_generate(cfg, st, resume=True, run_id=run_id, show_progress=progress)
     else:
@@ -323,7 +351,8 @@ def train(
     from synthledger.engine.student.runs import eval_run, load_train_config, train_run
 
     cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
-    st = _store(store)
+    from_file = Path(source).suffix in (".jsonl", ".json") and Path(source).exists()
+    st = _store(store, create=from_file)  # training from a run needs the run's store to exist
     result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss')}, {result.get('steps')} steps, "
           f"{result.get('tokens_per_s', 0):.0f} tokens/s; adapter in {result['out_dir']}")
@@ -355,7 +384,7 @@ def eval_(
     """Accuracy of a model or adapter on a held-out set; recorded as an `eval` run."""
     from synthledger.engine.student.runs import eval_run
 
-    result = eval_run(model, on, _store(store), limit=limit, task_name=task, exclude_run=exclude_run,
+    result = eval_run(model, on, _store(store, create=True), limit=limit, task_name=task, exclude_run=exclude_run,
                       out_path=out_path, options={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
                       progress=progress)
     print(f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}); predictions in "
@@ -387,8 +416,11 @@ def demo(
         cfg = config_from_dict(apply_overrides(tomllib.loads(DEMO_CONFIG), set_), source="embedded demo config")
     err.print(f"[bold]synthledger demo[/bold]: {cfg.strategy.name} with {cfg.teacher.provider}:{cfg.teacher.model}, "
               f"{cfg.seeds.size} seeds, budget {cfg.budget.queries} queries")
-    result = run_generate(cfg, store)
-    st = result_store = _store(store or cfg.run.store)
+    from synthledger.engine.run.store_choice import choose_store
+
+    choice = choose_store(store, cfg.run.store, "the demo config")
+    result = run_generate(cfg, choice, announce=_announce)
+    st = result_store = _store(choice.url)
     report = audit_run(result_store, result.run_id)
     n = write_rows(accepted_rows(st, result.run_id), "chat", out_path)
     table = Table("question", "teacher answer", title=f"{n} rows exported to {out_path}", show_lines=True)

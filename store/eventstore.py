@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
-from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError
+from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .migrations import migrate
 from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_alive, chain_rows, iso_ms,
@@ -32,7 +32,7 @@ from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_aliv
 from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, check_driver, default_url, display, resolve_url
 
 __all__ = ["DEFAULT_DIR", "ENV_STORE", "ConcurrencyError", "EventStore", "NewEvent", "RunInfo", "RunNotFound",
-           "StoreBusy", "StoreError", "StoredEvent", "default_url", "iso_ms", "owner_token", "resolve_url"]
+           "StoreBusy", "StoreError", "StoreMissing", "StoredEvent", "default_url", "iso_ms", "owner_token", "resolve_url"]
 
 PAGE = 5000
 
@@ -77,8 +77,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 class EventStore:
-    def __init__(self, url: str | None = None, *, busy_timeout: float | None = None) -> None:
+    def __init__(self, url: str | None = None, *, busy_timeout: float | None = None,
+                 must_exist: bool = False) -> None:
+        """Open (and migrate) the store at `url`. With `must_exist`, a store that is not there is an
+        error instead of being created: only starting a run may create one, so a read-only command
+        pointed at a mistyped path says so instead of leaving an empty database behind."""
         self.url = resolve_url(url)
+        self.must_exist = must_exist
         self.where = display(self.url)  # what messages show: never a password
         self.busy_timeout_s = busy_timeout_s() if busy_timeout is None else busy_timeout
         self._sqlite_path: str | None = None
@@ -96,6 +101,8 @@ class EventStore:
                 where = self.where = str(p)
                 if p.exists() and p.is_dir():
                     raise StoreError(f"store path {p} is a directory, not a database file")
+                if self.must_exist and not p.exists():
+                    raise StoreMissing(f"store {p} does not exist")
                 p.parent.mkdir(parents=True, exist_ok=True)
                 self._sqlite_path = str(p)
             else:
@@ -116,6 +123,8 @@ class EventStore:
         if is_sqlite:
             event.listen(engine, "connect", partial(_sqlite_pragmas, self.busy_timeout_s * 1000))
         self.engine = engine
+        if self.must_exist and not is_sqlite:
+            self._require_schema()
         try:
             migrate(engine)
         except DatabaseError as exc:
@@ -125,6 +134,16 @@ class EventStore:
         except Exception as exc:
             raise StoreError(f"cannot open store {where}: {exc}") from exc
         return engine
+
+    def _require_schema(self) -> None:
+        """A server database counts as a store once it holds our tables; an empty one is not created here."""
+        try:
+            with self.engine.connect() as conn:
+                present = inspect(conn).has_table("runs")
+        except Exception as exc:
+            raise StoreError(f"cannot open store {self.where}: {_one_line(exc)}") from exc
+        if not present:
+            raise StoreMissing(f"store {self.where} does not exist (the database holds no synthledger tables)")
 
     def close(self) -> None:
         self.engine.dispose()

@@ -38,6 +38,7 @@ class RunStarted(_Event):
     kind: str = "generate"
     budget: dict[str, Any] = {}  # the BudgetSpec the ledger enforces (mix shares resolved)
     config_dir: str | None = None  # where relative paths in the config (seed files) resolve
+    warnings: list[str] = []  # told to the user once at the start (e.g. a check that cannot be made)
 
 
 class RunResumed(_Event):
