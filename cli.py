@@ -156,7 +156,8 @@ def generate(
     else:
         raise CliError("--config is required to start a run (--resume or --run continue one from its recorded config)")
     spent = result.snapshot.get("spent", {})
-    err.print(f"{result.message}")
+    _announce(result.message)
+    _announce(result.summary)
     print(f"run {result.run_id} {result.status} (queries {spent.get('queries')}, "
           f"tokens {spent.get('input_tokens')}/{spent.get('output_tokens')}, ${spent.get('usd', 0):.4f})")
     if not result.ok:

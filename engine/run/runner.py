@@ -45,6 +45,7 @@ class RunResult:
     status: str
     message: str
     snapshot: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""  # one line: status, binding limit, samples accepted/rejected, rate
 
     @property
     def ok(self) -> bool:
@@ -77,6 +78,7 @@ class Runner:
                                  else choose_store(store, cfg.run.store, "the run config"))
             self.store = open_store(self.store_choice, create=create)
         self._ran = False
+        self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
         self.owner = owner_token()
         self.dedupe: NearDuplicateIndex | None = None
         self.recorder: Recorder
@@ -191,6 +193,7 @@ class Runner:
                 ep.batch.adopt(self.dispatcher, ep)
         self._init_dedupe([q for _, q in state.admitted])
         self._done = state.done_items
+        self._samples_before = (state.accepted, sum(state.rejected.values()))
         return run_id
 
     def _check_name_free(self, name: str) -> None:
@@ -273,7 +276,9 @@ class Runner:
         self._ran = True
         run_id = self.recorder.run_id
         status, message = "interrupted", "stopped before the plan finished"
-        progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress)
+        progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress,
+                               accepted=self._samples_before[0], rejected=self._samples_before[1])
+        self.recorder.on_event = progress.on_event
         try:
             with progress:
                 async with anyio.create_task_group() as outer:
@@ -304,7 +309,7 @@ class Runner:
                         await ep.teacher.aclose()
                     except Exception:
                         pass
-        return RunResult(run_id, status, message, self.ledger.snapshot())
+        return RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status))
 
     async def _tick(self, progress: RunProgress) -> None:
         while True:
