@@ -278,21 +278,71 @@ def audit(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = 
         raise typer.Exit(1)
 
 
+EXPORT_FORMATS = ("jsonl", "chat", "openai", "hf")
+
+
 @app.command()
 @_handled
-def export(ref: str = typer.Argument(..., metavar="RUN"), fmt: str = typer.Option("chat", "--format"),
-           out_path: Path = typer.Option(..., "--out"), include_seeds: bool = typer.Option(False, "--include-seeds"),
-           store: Optional[str] = StoreOpt) -> None:
-    """Write the run's accepted samples (with provenance) as jsonl, chat jsonl or a datasets folder."""
+def export(
+    ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+    fmt: str = typer.Option("chat", "--format", metavar="[jsonl|chat|openai|hf]",
+                            help="jsonl: rows with provenance; chat: messages + metadata (TRL); openai: exactly "
+                                 "messages (OpenAI fine-tuning upload); hf: a datasets folder with messages, "
+                                 "question/answer/provenance columns and a dataset card."),
+    out_path: Path = typer.Option(..., "--out", help="File to write (a folder for --format hf)."),
+    include_seeds: bool = typer.Option(False, "--include-seeds", help="Also export the seed questions that "
+                                                                       "have answers, as rows of strategy 'seed'."),
+    system: Optional[str] = typer.Option(None, "--system", help="A system message to start every conversation."),
+    licence: Optional[str] = typer.Option(None, "--license", metavar="ID",
+                                          help="Licence id for the dataset card, e.g. cc-by-4.0 (default: unknown)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="REPO",
+                                              help="Also upload the dataset (parquet + card) to this Hugging Face "
+                                                   "dataset repo, e.g. me/gsm-aa. Needs the network and HF_TOKEN."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Write the run's accepted samples (with provenance) as jsonl, chat, openai jsonl or a datasets folder.
+
+    Examples:
+
+      synthledger export gsm-aa --format openai --out train.jsonl
+
+      synthledger export gsm-aa --format hf --out gsm-aa-hf --license cc-by-4.0
+
+      synthledger export gsm-aa --format hf --out gsm-aa-hf --push-to-hub me/gsm-aa
+    """
     from synthledger.engine.output.dataset import accepted_rows
     from synthledger.engine.output.export import write_rows
 
-    if fmt not in ("jsonl", "chat", "hf"):
-        raise CliError(f"--format must be jsonl, chat or hf (got {fmt!r})")
+    if fmt not in EXPORT_FORMATS:
+        raise CliError(f"--format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
+    if licence is not None and (not licence.strip() or any(c.isspace() for c in licence)):
+        raise CliError(f"--license must be a licence id such as cc-by-4.0 or apache-2.0 (got {licence!r})")
+    if push_to_hub:
+        from synthledger.engine.output.hub import HubError, hub_offline
+
+        if hub_offline():  # say it before writing anything
+            raise HubError(f"offline: cannot push to the Hugging Face Hub repo {push_to_hub!r} "
+                           "(HF_HUB_OFFLINE is set; unset it to push)")
     st = _store(store)
     info = st.resolve(ref)
-    n = write_rows(accepted_rows(st, info.id, include_seeds=include_seeds), fmt, out_path)
+    rows = list(accepted_rows(st, info.id, include_seeds=include_seeds))
+    card = None
+    if fmt == "hf":
+        from synthledger.engine.output.dataset_card import dataset_card
+
+        card = dataset_card(st, info, len(rows), licence=licence)
+    n = write_rows(rows, fmt, out_path, system=system, card=card)
     print(f"wrote {n} rows to {out_path}")
+    if push_to_hub:
+        from synthledger.engine.output.dataset_card import dataset_card
+        from synthledger.engine.output.export import hf_dataset
+        from synthledger.engine.output.hub import push_dataset
+
+        url = push_dataset(hf_dataset(rows, system), push_to_hub,
+                           dataset_card(st, info, len(rows), licence=licence, data_files=True),
+                           private=private, message=f"synthledger export of run {info.id} ({info.name})")
+        print(f"pushed {n} rows to {url}")
 
 
 @app.command()
