@@ -220,8 +220,9 @@ class ChatRequest(BaseModel):
 
 @dataclass
 class Usage:
-    input_tokens: int = 0
+    input_tokens: int = 0  # every prompt token, cached ones included
     output_tokens: int = 0
+    cached_input_tokens: int = 0  # of input_tokens, those read from the provider's prompt cache
 
 
 @dataclass

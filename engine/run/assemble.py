@@ -96,7 +96,8 @@ def _section_key(section: ModelSection) -> str:
 
 def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoint]:
     """One endpoint per distinct model section; roles that share a section share its rate limits."""
-    overrides = {m: ModelPrice(p.input_per_mtok, p.output_per_mtok) for m, p in cfg.pricing.items()}
+    overrides = {m: ModelPrice(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok, "config [pricing]")
+                 for m, p in cfg.pricing.items()}
     by_section: dict[str, Endpoint] = {}
     out: dict[str, Endpoint] = {}
     lim = cfg.limits
@@ -111,12 +112,13 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
                 teacher = factory(section.model_dump(exclude_none=True))
             except ValidationError as exc:  # the provider's own settings model: report full key paths
                 raise options_error(exc, where) from None
-            price = price_for(section.model, section.provider, overrides)
+            price = price_for(section.model, section.provider, overrides, section.base_url)
             batch_api = getattr(teacher, "batch_api", None)
             if price is not None and batch_api is not None:
-                price = ModelPrice(price.input_per_mtok * BATCH_DISCOUNT, price.output_per_mtok * BATCH_DISCOUNT)
+                price = price.scaled(BATCH_DISCOUNT, "batch discount")
             if price is None and cfg.budget.usd is not None:
-                raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price; "
+                raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price "
+                                  f"(not in genai-prices for provider {section.provider!r}); "
                                   f"add [pricing.\"{section.model}\"] input_per_mtok/output_per_mtok")
             params: dict[str, Any] = {"max_tokens": section.max_tokens, "temperature": section.temperature}
             if section.top_p is not None:

@@ -154,7 +154,7 @@ class Runner:
         type_, payload = to_payload(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
                                                plan_hash=cfg.plan_hash(), version=__version__,
                                                budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir,
-                                               warnings=self.warnings))
+                                               warnings=self.warnings, prices=self.prices()))
         # The run row and its run_started commit together: a kill at any instant leaves either no
         # run or one that `--resume` can read.
         run_id, last, head = self.store.start_run(cfg.run.name, cfg.snapshot(), cfg.config_hash(),
@@ -185,7 +185,7 @@ class Runner:
         unsettled = list(self.ledger.queries)
         self.recorder.emit(RunResumed(pid=os.getpid(), unsettled=unsettled, config_hash=self.cfg.config_hash(),
                                       budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
-                                      config_dir=self.cfg.base_dir))
+                                      config_dir=self.cfg.base_dir, prices=self.prices()))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
                                      lookup_settled=self._lookup_settled)
         for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
@@ -195,6 +195,10 @@ class Runner:
         self._done = state.done_items
         self._samples_before = (state.accepted, sum(state.rejected.values()))
         return run_id
+
+    def prices(self) -> dict[str, dict[str, Any]]:
+        """The price each model is counted at, as recorded in the run's events."""
+        return {ep.model: ep.price.as_dict() for ep in self.endpoints.values() if ep.price is not None}
 
     def _check_name_free(self, name: str) -> None:
         """One name, one run: a second run under a finished run's name would pay for every query
