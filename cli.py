@@ -26,12 +26,23 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Budget-exact synthetic fine-tuning data, with every teacher query on an event ledger.")
+                  help="Budget-exact synthetic fine-tuning data, with every teacher query on an event ledger.\n\n"
+                       "Start with: synthledger demo (offline), or synthledger generate -c CONFIG; "
+                       "COMMAND --help shows each command's options and examples.")
 out = Console()
 err = Console(stderr=True)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from synthledger import __version__
+
+        print(f"synthledger {__version__}")
+        raise typer.Exit()
+
+
 StoreOpt = typer.Option(None, "--store", metavar="URL",
-                        help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, else [run] store of "
+                        help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, else \\[run] store of "
                              "the config for generate, else .synthledger/synthledger.db). Only generate creates one.")
 
 
@@ -82,6 +93,8 @@ def _global_options(
         None, "--busy-timeout", min=0, metavar="SECONDS",
         help="How long to wait for a store another process holds locked before giving up "
              "(default 10; also $SYNTHLEDGER_BUSY_TIMEOUT). Goes before the command."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     if busy_timeout is not None:
         import os
@@ -117,7 +130,7 @@ def generate(
                                                         "start it if it never recorded its start (without --config: "
                                                         "the latest unfinished run in the store)."),
     run: Optional[str] = typer.Option(None, "--run", help="Resume this run (id or name)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the new run (overrides [run] name; names are "
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the new run (overrides \\[run] name; names are "
                                                             "unique in a store). With --resume: the run to continue."),
     set_: list[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
                                    help="Override a config key, e.g. --set budget.queries=100 (repeatable)."),
@@ -127,7 +140,7 @@ def generate(
     """Query the teacher under the config's budget and record everything as events.
 
     The first line says which store the run writes to and why (--store, $SYNTHLEDGER_STORE, the
-    config's [run] store, or the default).
+    config's \\[run] store, or the default).
 
     Examples:
 
@@ -166,8 +179,12 @@ def generate(
 
 @app.command()
 @_handled
-def runs(store: Optional[str] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
-    """List runs."""
+def runs(store: Optional[str] = StoreOpt,
+         as_json: bool = typer.Option(False, "--json", help="One JSON list (stable keys, see the README).")) -> None:
+    """List every run in the store: id, name, kind (generate, train, eval), status, when, events.
+
+    Example: synthledger runs --store sqlite:///.synthledger/examples.db
+    """
     infos = _store(store).list_runs()
     if as_json:
         print(json.dumps([{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
@@ -199,9 +216,13 @@ def _fmt_amount(d: dict[str, Any]) -> str:
 
 @app.command()
 @_handled
-def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
-         as_json: bool = typer.Option(False, "--json")) -> None:
-    """Summarise a run: status, spend, samples, rejections and data statistics."""
+def show(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+         store: Optional[str] = StoreOpt,
+         as_json: bool = typer.Option(False, "--json", help="The summary as one JSON object.")) -> None:
+    """Summarise a run: status, spend, samples, rejections and data statistics.
+
+    Example: synthledger show gsm-aa
+    """
     from rich.markup import escape
 
     from synthledger.engine.output.summary import summarize
@@ -229,10 +250,16 @@ def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = S
 
 @app.command()
 @_handled
-def events(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
-           from_seq: int = typer.Option(1, "--from"), type_: list[str] = typer.Option([], "--type"),
-           limit: Optional[int] = typer.Option(None, "--limit")) -> None:
-    """Dump a run's events as JSON lines."""
+def events(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+           store: Optional[str] = StoreOpt,
+           from_seq: int = typer.Option(1, "--from", metavar="SEQ", help="Start at this sequence number."),
+           type_: list[str] = typer.Option([], "--type", metavar="TYPE",
+                                           help="Only events of this type, e.g. query_settled (repeatable)."),
+           limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Stop after N events.")) -> None:
+    """Dump a run's events as JSON lines {seq, type, v, ts, hash, payload}.
+
+    Example: synthledger events gsm-aa --type query_settled --limit 5
+    """
     st = _store(store)
     info = st.resolve(ref)
     for i, ev in enumerate(st.iter_events(info.id, from_seq, types=type_ or None)):
@@ -243,9 +270,13 @@ def events(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] =
 
 @app.command()
 @_handled
-def audit(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
-          as_json: bool = typer.Option(False, "--json")) -> None:
-    """Replay a run, verify its hash chain and budget invariants; non-zero exit on any violation."""
+def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+          store: Optional[str] = StoreOpt,
+          as_json: bool = typer.Option(False, "--json", help="The report as one JSON object (stable keys).")) -> None:
+    """Replay a run, verify its hash chain and budget invariants; non-zero exit on any violation.
+
+    Example: synthledger audit gsm-aa && echo ledger ok
+    """
     from synthledger.engine.ledger.audit import audit_run
 
     st = _store(store)
@@ -347,7 +378,7 @@ def export(
 
 @app.command()
 @_handled
-def plugins(as_json: bool = typer.Option(False, "--json")) -> None:
+def plugins(as_json: bool = typer.Option(False, "--json", help="One JSON list.")) -> None:
     """List every plugin with its kind, name, distribution and version."""
     from synthledger.engine.host import get_host
 
@@ -364,11 +395,17 @@ def plugins(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 @_handled
-def recommend(seeds: int = typer.Option(..., "--seeds", min=1), budget: int = typer.Option(..., "--budget", min=1),
-              augmenter: str = typer.Option("strong", "--augmenter"),
-              verifiable: Optional[str] = typer.Option(None, "--verifiable"),
-              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recommend a strategy (or mix) for a seed-set size and a query budget, with reasons."""
+def recommend(seeds: int = typer.Option(..., "--seeds", min=1, metavar="N", help="Seed-set size |S|."),
+              budget: int = typer.Option(..., "--budget", min=1, metavar="Q", help="Query budget Q."),
+              augmenter: str = typer.Option("strong", "--augmenter", metavar="[weak|strong]",
+                                            help="How capable the question-writing model is."),
+              verifiable: Optional[str] = typer.Option(None, "--verifiable", metavar="[yes|no]",
+                                                       help="Whether answers can be checked against references."),
+              as_json: bool = typer.Option(False, "--json", help="The recommendation as one JSON object.")) -> None:
+    """Recommend a strategy (or mix) for a seed-set size and a query budget, with reasons.
+
+    Example: synthledger recommend --seeds 100 --budget 2000
+    """
     from synthledger.engine.recommend import recommend as rec
 
     if augmenter not in ("weak", "strong"):
@@ -396,9 +433,16 @@ def train(
     merge: bool = typer.Option(False, "--merge", help="Also write the student with the adapter merged in "
                                                       "(a plain model folder, for serving or further training)."),
     store: Optional[str] = StoreOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show training progress on stderr."),
 ) -> None:
-    """Fine-tune a student (LoRA) on a run's dataset; recorded as a `train` run linked to it."""
+    """Fine-tune a student (LoRA) on a run's dataset; recorded as a `train` run linked to it.
+
+    Examples:
+
+      synthledger train gsm-aa --config examples/train.toml
+
+      synthledger train data.jsonl --set trainer.epochs=1 --merge
+    """
     from synthledger.engine.student.runs import eval_run, load_train_config, train_run
 
     cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
@@ -419,20 +463,25 @@ def train(
 @app.command("eval")
 @_handled
 def eval_(
-    model: str = typer.Argument(..., metavar="MODEL_OR_ADAPTER"),
+    model: str = typer.Argument(..., metavar="MODEL_OR_ADAPTER",
+                                help="A trained adapter folder, a model folder, or smollm2."),
     on: str = typer.Option("reasoning-gym:gsm_symbolic:1234", "--on",
                            help="Held-out set: reasoning-gym:NAME[:SEED], gsm8k, or a .jsonl file."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1),
-    task: str = typer.Option("gsm8k", "--task"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Score only the first N examples."),
+    task: str = typer.Option("gsm8k", "--task", metavar="[gsm8k|multiple_choice|freeform]",
+                             help="How final answers are extracted and compared."),
     exclude_run: Optional[str] = typer.Option(None, "--exclude-run", help="Refuse held-out questions this run "
                                                                            "trained on (automatic for our adapters)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts generated together."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer generated."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Per-example predictions (JSONL)."),
     store: Optional[str] = StoreOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show evaluation progress on stderr."),
 ) -> None:
-    """Accuracy of a model or adapter on a held-out set; recorded as an `eval` run."""
+    """Accuracy of a model or adapter on a held-out set; recorded as an `eval` run.
+
+    Example: synthledger eval .synthledger/students/gsm-aa --on gsm8k --limit 50
+    """
     from synthledger.engine.student.runs import eval_run
 
     result = eval_run(model, on, _store(store, create=True), limit=limit, task_name=task, exclude_run=exclude_run,
@@ -448,7 +497,7 @@ def eval_(
 def demo(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run this config instead of the embedded one."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
-    out_path: Path = typer.Option(Path(".synthledger/demo.chat.jsonl"), "--out"),
+    out_path: Path = typer.Option(Path(".synthledger/demo.chat.jsonl"), "--out", help="Where the chat export goes."),
     store: Optional[str] = StoreOpt,
 ) -> None:
     """The main job on embedded defaults: generate offline (local teacher), audit, export, show rows."""
