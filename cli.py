@@ -519,6 +519,10 @@ def demo(
     from synthledger.engine.run.store_choice import choose_store
 
     choice = choose_store(store, cfg.run.store, "the demo config")
+    taken = {r.name for r in _store(choice.url, create=True).list_runs()}
+    if cfg.run.name in taken:  # the demo may run again: each run gets its own name (demo-2, demo-3...)
+        name = next(f"{cfg.run.name}-{k}" for k in range(2, len(taken) + 3) if f"{cfg.run.name}-{k}" not in taken)
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})})
     result = run_generate(cfg, choice, announce=_announce)
     st = result_store = _store(choice.url)
     report = audit_run(result_store, result.run_id)

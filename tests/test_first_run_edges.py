@@ -175,3 +175,14 @@ def test_final_answer_without_references_warns_once_and_is_counted(server, tmp_p
     assert "accepted unchecked" in r.stderr
     shown = json.loads(cli("show", "noref", "--json", "--store", url, cwd=tmp_path).stdout)
     assert shown["samples"]["accepted_unchecked"] == shown["samples"]["accepted"] == 3
+
+
+def test_the_demo_runs_again_under_a_fresh_name(server, tmp_path):
+    write_project(tmp_path, server.url, name="demo", seeds=2, queries=2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for _ in range(2):
+        r = cli("demo", "-c", "run.toml", "--store", url, "--out", str(tmp_path / "d.jsonl"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    st = EventStore(url, must_exist=True)
+    assert [x.name for x in st.list_runs()] == ["demo", "demo-2"]
+    st.close()
