@@ -47,7 +47,8 @@ def test_generate_then_browse_the_store(project):
     config, url = project
     result = synthledger.generate(config, store=url)
     assert result.ok and result.status == "budget_exhausted" and "accepted 3" in result.summary
-    with synthledger.open_store(url) as st:
+    assert result.store_url == url
+    with synthledger.open_store(result.store_url) as st:
         assert [r.id for r in st.runs()] == [result.run_id]
         events = list(st.events("api"))
         assert events[0]["type"] == "run_started" and events[-1]["type"] == "run_finished"

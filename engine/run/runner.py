@@ -46,6 +46,7 @@ class RunResult:
     message: str
     snapshot: dict[str, Any] = field(default_factory=dict)
     summary: str = ""  # one line: status, binding limit, samples accepted/rejected, rate
+    store_url: str = ""  # where the run is recorded (open_store(result.store_url) reads it back)
 
     @property
     def ok(self) -> bool:
@@ -313,7 +314,7 @@ class Runner:
                         await ep.teacher.aclose()
                     except Exception:
                         pass
-        return RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status))
+        return RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status), self.store.url)
 
     async def _tick(self, progress: RunProgress) -> None:
         while True:
