@@ -183,7 +183,7 @@ def runs(store: Optional[str] = StoreOpt,
          as_json: bool = typer.Option(False, "--json", help="One JSON list (stable keys, see the README).")) -> None:
     """List every run in the store: id, name, kind (generate, train, eval), status, when, events.
 
-    Example: synthledger runs --store sqlite:///.synthledger/examples.db
+    Example: synthledger runs --store sqlite:///.synthledger/synthledger.db
     """
     infos = _store(store).list_runs()
     if as_json:
