@@ -28,7 +28,7 @@ def __getattr__(name: str) -> "object":
 
         return getattr(python_api, name)
     if name == "RunResult":
-        from .engine.runner import RunResult
+        from .engine.run.runner import RunResult
 
         return RunResult
     raise AttributeError(f"module 'synthledger' has no attribute {name!r}")

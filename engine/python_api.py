@@ -18,17 +18,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..store.eventstore import EventStore, RunInfo
-from .config import RunConfig, apply_overrides, config_from_dict, load_config as _load_toml
-from .runner import RunResult, generate as _generate, prepare
-from .store_choice import choose_store, open_store as _open
+from .errors import MissingExtra
+from .run.config import RunConfig, apply_overrides, config_from_dict, load_config as _load_toml
+from .run.runner import RunResult, generate as _generate, prepare
+from .run.store_choice import choose_store, open_store as _open
 
 __all__ = ["generate", "agenerate", "open_store", "load_config", "Store", "MissingExtra"]
 
 log = logging.getLogger("synthledger")
-
-
-class MissingExtra(ImportError):
-    """An optional dependency a call needs is not installed; the message says which extra brings it."""
 
 
 def load_config(config: RunConfig | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (),
@@ -127,7 +124,7 @@ class Store:
 
     def rows(self, run: str, *, include_seeds: bool = False) -> list[dict[str, Any]]:
         """Accepted samples with their provenance, in the order they were accepted."""
-        from .dataset import accepted_rows
+        from .output.dataset import accepted_rows
 
         return list(accepted_rows(self._store, self._store.resolve(run).id, include_seeds=include_seeds))
 
@@ -139,19 +136,19 @@ class Store:
         except ImportError:
             raise MissingExtra("Store.dataset() needs the datasets package, which is not installed; "
                                "install it with: pip install 'synthledger[train]' (or pip install datasets)") from None
-        from .export_formats import hf_dataset
+        from .output.export import hf_dataset
 
         return hf_dataset(self.rows(run, include_seeds=include_seeds), system)
 
     def audit(self, run: str) -> Any:
         """Replay the run and check its hash chain and budget invariants (`.ok`, `.violations`, ...)."""
-        from .audit import audit_run
+        from .ledger.audit import audit_run
 
         return audit_run(self._store, self._store.resolve(run).id)
 
     def summary(self, run: str) -> dict[str, Any]:
         """What `show RUN --json` prints: status, spend, samples, rejections, diversity."""
-        from .summary import summarize
+        from .output.summary import summarize
 
         return summarize(self._store, self._store.resolve(run))
 

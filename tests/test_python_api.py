@@ -103,7 +103,7 @@ def test_a_failure_inside_a_loop_leaves_no_ghost_running_run(tmp_path, monkeypat
 
 
 def test_a_run_whose_loop_never_starts_is_closed_as_failed(project, monkeypatch):
-    from synthledger.engine import runner
+    from synthledger.engine.run import runner
 
     config, url = project
 
