@@ -26,12 +26,24 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Budget-exact synthetic fine-tuning data, with every teacher query on an event ledger.")
+                  help="Budget-exact synthetic fine-tuning data, with every teacher query on an event ledger.\n\n"
+                       "Start with: synthledger demo (offline), or synthledger generate -c CONFIG; "
+                       "COMMAND --help shows each command's options and examples.")
 out = Console()
 err = Console(stderr=True)
 
-StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, "
-                                              "else .synthledger/synthledger.db)")
+
+def _version(value: bool) -> None:
+    if value:
+        from synthledger import __version__
+
+        print(f"synthledger {__version__}")
+        raise typer.Exit()
+
+
+StoreOpt = typer.Option(None, "--store", metavar="URL",
+                        help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, else \\[run] store of "
+                             "the config for generate, else .synthledger/synthledger.db). Only generate creates one.")
 
 
 class CliError(Exception):
@@ -81,6 +93,8 @@ def _global_options(
         None, "--busy-timeout", min=0, metavar="SECONDS",
         help="How long to wait for a store another process holds locked before giving up "
              "(default 10; also $SYNTHLEDGER_BUSY_TIMEOUT). Goes before the command."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     if busy_timeout is not None:
         import os
@@ -90,10 +104,17 @@ def _global_options(
         os.environ[ENV_BUSY_TIMEOUT] = str(busy_timeout)  # every store this process opens reads it
 
 
-def _store(url: Optional[str]):
-    from synthledger.store.eventstore import EventStore
+def _store(url: Optional[str], *, create: bool = False):
+    """The store of a command: read-only commands never create one (a typo is an error, not a new file)."""
+    from synthledger.engine.run.store_choice import open_store
 
-    return EventStore(url)
+    return open_store(url, create=create)
+
+
+def _announce(line: str) -> None:
+    from rich.markup import escape
+
+    err.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _when(ts: float) -> str:
@@ -109,26 +130,47 @@ def generate(
                                                         "start it if it never recorded its start (without --config: "
                                                         "the latest unfinished run in the store)."),
     run: Optional[str] = typer.Option(None, "--run", help="Resume this run (id or name)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the new run (overrides \\[run] name; names are "
+                                                            "unique in a store). With --resume: the run to continue."),
+    set_: list[str] = typer.Option([], "--set", metavar="SECTION.KEY=VALUE",
+                                   help="Override a config key, e.g. --set budget.queries=100 (repeatable)."),
     store: Optional[str] = StoreOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show live progress on stderr."),
 ) -> None:
-    """Query the teacher under the config's budget and record everything as events."""
+    """Query the teacher under the config's budget and record everything as events.
+
+    The first line says which store the run writes to and why (--store, $SYNTHLEDGER_STORE, the
+    config's \\[run] store, or the default).
+
+    Examples:
+
+      synthledger generate -c examples/answer_augmentation.toml
+
+      synthledger generate -c run.toml --name run-2 --set budget.usd=0.50
+
+      synthledger generate --resume            # the latest unfinished run, with its recorded config
+    """
     from synthledger.engine.run.config import load_config
     from synthledger.engine.run.runner import generate as run_generate, recorded_config
 
+    named = [f"run.name={json.dumps(name)}"] if name else []
     if config is not None:
-        cfg = load_config(config, set_)
-        result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress)
+        cfg = load_config(config, [*set_, *named])
+        result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
     elif resume or run:
-        st = _store(store)
-        cfg, run_id = recorded_config(st, run, set_)
+        from synthledger.engine.run.store_choice import choose_store, open_store
+
+        choice = choose_store(store)
+        st = open_store(choice)
+        _announce(choice.describe())
+        cfg, run_id = recorded_config(st, run, set_, name=name)
         err.print(f"resuming run {run_id} ({cfg.run.name}) with its recorded config")
         result = run_generate(cfg, st, resume=True, run_id=run_id, show_progress=progress)
     else:
         raise CliError("--config is required to start a run (--resume or --run continue one from its recorded config)")
     spent = result.snapshot.get("spent", {})
-    err.print(f"{result.message}")
+    _announce(result.message)
+    _announce(result.summary)
     print(f"run {result.run_id} {result.status} (queries {spent.get('queries')}, "
           f"tokens {spent.get('input_tokens')}/{spent.get('output_tokens')}, ${spent.get('usd', 0):.4f})")
     if not result.ok:
@@ -137,8 +179,12 @@ def generate(
 
 @app.command()
 @_handled
-def runs(store: Optional[str] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
-    """List runs."""
+def runs(store: Optional[str] = StoreOpt,
+         as_json: bool = typer.Option(False, "--json", help="One JSON list (stable keys, see the README).")) -> None:
+    """List every run in the store: id, name, kind (generate, train, eval), status, when, events.
+
+    Example: synthledger runs --store sqlite:///.synthledger/synthledger.db
+    """
     infos = _store(store).list_runs()
     if as_json:
         print(json.dumps([{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
@@ -153,9 +199,13 @@ def runs(store: Optional[str] = StoreOpt, as_json: bool = typer.Option(False, "-
 
 @app.command()
 @_handled
-def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
-         as_json: bool = typer.Option(False, "--json")) -> None:
-    """Summarise a run: status, spend, samples, data quality, rejections grouped by kind."""
+def show(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+         store: Optional[str] = StoreOpt,
+         as_json: bool = typer.Option(False, "--json", help="The summary as one JSON object.")) -> None:
+    """Summarise a run: status, spend, samples, data quality, rejections grouped by kind.
+
+    Example: synthledger show gsm-aa
+    """
     from rich.markup import escape
 
     from synthledger.engine.output.show_view import render
@@ -173,10 +223,16 @@ def show(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = S
 
 @app.command()
 @_handled
-def events(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
-           from_seq: int = typer.Option(1, "--from"), type_: list[str] = typer.Option([], "--type"),
-           limit: Optional[int] = typer.Option(None, "--limit")) -> None:
-    """Dump a run's events as JSON lines."""
+def events(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+           store: Optional[str] = StoreOpt,
+           from_seq: int = typer.Option(1, "--from", metavar="SEQ", help="Start at this sequence number."),
+           type_: list[str] = typer.Option([], "--type", metavar="TYPE",
+                                           help="Only events of this type, e.g. query_settled (repeatable)."),
+           limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Stop after N events.")) -> None:
+    """Dump a run's events as JSON lines {seq, type, v, ts, hash, payload}.
+
+    Example: synthledger events gsm-aa --type query_settled --limit 5
+    """
     st = _store(store)
     info = st.resolve(ref)
     for i, ev in enumerate(st.iter_events(info.id, from_seq, types=type_ or None)):
@@ -187,9 +243,13 @@ def events(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] =
 
 @app.command()
 @_handled
-def audit(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = StoreOpt,
-          as_json: bool = typer.Option(False, "--json")) -> None:
-    """Replay a run, verify its hash chain and budget invariants; non-zero exit on any violation."""
+def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+          store: Optional[str] = StoreOpt,
+          as_json: bool = typer.Option(False, "--json", help="The report as one JSON object (stable keys).")) -> None:
+    """Replay a run, verify its hash chain and budget invariants; non-zero exit on any violation.
+
+    Example: synthledger audit gsm-aa && echo ledger ok
+    """
     from synthledger.engine.ledger.audit import audit_run
 
     st = _store(store)
@@ -222,26 +282,76 @@ def audit(ref: str = typer.Argument(..., metavar="RUN"), store: Optional[str] = 
         raise typer.Exit(1)
 
 
+EXPORT_FORMATS = ("jsonl", "chat", "openai", "hf")
+
+
 @app.command()
 @_handled
-def export(ref: str = typer.Argument(..., metavar="RUN"), fmt: str = typer.Option("chat", "--format"),
-           out_path: Path = typer.Option(..., "--out"), include_seeds: bool = typer.Option(False, "--include-seeds"),
-           store: Optional[str] = StoreOpt) -> None:
-    """Write the run's accepted samples (with provenance) as jsonl, chat jsonl or a datasets folder."""
+def export(
+    ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
+    fmt: str = typer.Option("chat", "--format", metavar="[jsonl|chat|openai|hf]",
+                            help="jsonl: rows with provenance; chat: messages + metadata (TRL); openai: exactly "
+                                 "messages (OpenAI fine-tuning upload); hf: a datasets folder with messages, "
+                                 "question/answer/provenance columns and a dataset card."),
+    out_path: Path = typer.Option(..., "--out", help="File to write (a folder for --format hf)."),
+    include_seeds: bool = typer.Option(False, "--include-seeds", help="Also export the seed questions that "
+                                                                       "have answers, as rows of strategy 'seed'."),
+    system: Optional[str] = typer.Option(None, "--system", help="A system message to start every conversation."),
+    licence: Optional[str] = typer.Option(None, "--license", metavar="ID",
+                                          help="Licence id for the dataset card, e.g. cc-by-4.0 (default: unknown)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="REPO",
+                                              help="Also upload the dataset (parquet + card) to this Hugging Face "
+                                                   "dataset repo, e.g. me/gsm-aa. Needs the network and HF_TOKEN."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Write the run's accepted samples (with provenance) as jsonl, chat, openai jsonl or a datasets folder.
+
+    Examples:
+
+      synthledger export gsm-aa --format openai --out train.jsonl
+
+      synthledger export gsm-aa --format hf --out gsm-aa-hf --license cc-by-4.0
+
+      synthledger export gsm-aa --format hf --out gsm-aa-hf --push-to-hub me/gsm-aa
+    """
     from synthledger.engine.output.dataset import accepted_rows
     from synthledger.engine.output.export import write_rows
 
-    if fmt not in ("jsonl", "chat", "hf"):
-        raise CliError(f"--format must be jsonl, chat or hf (got {fmt!r})")
+    if fmt not in EXPORT_FORMATS:
+        raise CliError(f"--format must be one of {', '.join(EXPORT_FORMATS)} (got {fmt!r})")
+    if licence is not None and (not licence.strip() or any(c.isspace() for c in licence)):
+        raise CliError(f"--license must be a licence id such as cc-by-4.0 or apache-2.0 (got {licence!r})")
+    if push_to_hub:
+        from synthledger.engine.output.hub import HubError, hub_offline
+
+        if hub_offline():  # say it before writing anything
+            raise HubError(f"offline: cannot push to the Hugging Face Hub repo {push_to_hub!r} "
+                           "(HF_HUB_OFFLINE is set; unset it to push)")
     st = _store(store)
     info = st.resolve(ref)
-    n = write_rows(accepted_rows(st, info.id, include_seeds=include_seeds), fmt, out_path)
+    rows = list(accepted_rows(st, info.id, include_seeds=include_seeds))
+    card = None
+    if fmt == "hf":
+        from synthledger.engine.output.dataset_card import dataset_card
+
+        card = dataset_card(st, info, len(rows), licence=licence)
+    n = write_rows(rows, fmt, out_path, system=system, card=card)
     print(f"wrote {n} rows to {out_path}")
+    if push_to_hub:
+        from synthledger.engine.output.dataset_card import dataset_card
+        from synthledger.engine.output.export import hf_dataset
+        from synthledger.engine.output.hub import push_dataset
+
+        url = push_dataset(hf_dataset(rows, system), push_to_hub,
+                           dataset_card(st, info, len(rows), licence=licence, data_files=True),
+                           private=private, message=f"synthledger export of run {info.id} ({info.name})")
+        print(f"pushed {n} rows to {url}")
 
 
 @app.command()
 @_handled
-def plugins(as_json: bool = typer.Option(False, "--json")) -> None:
+def plugins(as_json: bool = typer.Option(False, "--json", help="One JSON list.")) -> None:
     """List every plugin with its kind, name, distribution and version."""
     from synthledger.engine.host import get_host
 
@@ -258,11 +368,17 @@ def plugins(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 @_handled
-def recommend(seeds: int = typer.Option(..., "--seeds", min=1), budget: int = typer.Option(..., "--budget", min=1),
-              augmenter: str = typer.Option("strong", "--augmenter"),
-              verifiable: Optional[str] = typer.Option(None, "--verifiable"),
-              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recommend a strategy (or mix) for a seed-set size and a query budget, with reasons."""
+def recommend(seeds: int = typer.Option(..., "--seeds", min=1, metavar="N", help="Seed-set size |S|."),
+              budget: int = typer.Option(..., "--budget", min=1, metavar="Q", help="Query budget Q."),
+              augmenter: str = typer.Option("strong", "--augmenter", metavar="[weak|strong]",
+                                            help="How capable the question-writing model is."),
+              verifiable: Optional[str] = typer.Option(None, "--verifiable", metavar="[yes|no]",
+                                                       help="Whether answers can be checked against references."),
+              as_json: bool = typer.Option(False, "--json", help="The recommendation as one JSON object.")) -> None:
+    """Recommend a strategy (or mix) for a seed-set size and a query budget, with reasons.
+
+    Example: synthledger recommend --seeds 100 --budget 2000
+    """
     from synthledger.engine.recommend import recommend as rec
 
     if augmenter not in ("weak", "strong"):
@@ -290,13 +406,21 @@ def train(
     merge: bool = typer.Option(False, "--merge", help="Also write the student with the adapter merged in "
                                                       "(a plain model folder, for serving or further training)."),
     store: Optional[str] = StoreOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show training progress on stderr."),
 ) -> None:
-    """Fine-tune a student (LoRA) on a run's dataset; recorded as a `train` run linked to it."""
+    """Fine-tune a student (LoRA) on a run's dataset; recorded as a `train` run linked to it.
+
+    Examples:
+
+      synthledger train gsm-aa --config examples/train.toml
+
+      synthledger train data.jsonl --set trainer.epochs=1 --merge
+    """
     from synthledger.engine.student.runs import eval_run, load_train_config, train_run
 
     cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
-    st = _store(store)
+    from_file = Path(source).suffix in (".jsonl", ".json") and Path(source).exists()
+    st = _store(store, create=from_file)  # training from a run needs the run's store to exist
     result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss', float('nan')):.4g}, {result.get('steps')} steps, "
           f"{result.get('tokens_per_s', 0):.0f} tokens/s; adapter in {result['out_dir']}")
@@ -312,23 +436,28 @@ def train(
 @app.command("eval")
 @_handled
 def eval_(
-    model: str = typer.Argument(..., metavar="MODEL_OR_ADAPTER"),
+    model: str = typer.Argument(..., metavar="MODEL_OR_ADAPTER",
+                                help="A trained adapter folder, a model folder, or smollm2."),
     on: str = typer.Option("reasoning-gym:gsm_symbolic:1234", "--on",
                            help="Held-out set: reasoning-gym:NAME[:SEED], gsm8k, or a .jsonl file."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1),
-    task: str = typer.Option("gsm8k", "--task"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, metavar="N", help="Score only the first N examples."),
+    task: str = typer.Option("gsm8k", "--task", metavar="[gsm8k|multiple_choice|freeform]",
+                             help="How final answers are extracted and compared."),
     exclude_run: Optional[str] = typer.Option(None, "--exclude-run", help="Refuse held-out questions this run "
                                                                            "trained on (automatic for our adapters)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts generated together."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer generated."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Per-example predictions (JSONL)."),
     store: Optional[str] = StoreOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show evaluation progress on stderr."),
 ) -> None:
-    """Accuracy of a model or adapter on a held-out set; recorded as an `eval` run."""
+    """Accuracy of a model or adapter on a held-out set; recorded as an `eval` run.
+
+    Example: synthledger eval .synthledger/students/gsm-aa --on gsm8k --limit 50
+    """
     from synthledger.engine.student.runs import eval_run
 
-    result = eval_run(model, on, _store(store), limit=limit, task_name=task, exclude_run=exclude_run,
+    result = eval_run(model, on, _store(store, create=True), limit=limit, task_name=task, exclude_run=exclude_run,
                       out_path=out_path, options={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
                       progress=progress)
     print(f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}); predictions in "
@@ -341,7 +470,7 @@ def eval_(
 def demo(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run this config instead of the embedded one."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (repeatable)."),
-    out_path: Path = typer.Option(Path(".synthledger/demo.chat.jsonl"), "--out"),
+    out_path: Path = typer.Option(Path(".synthledger/demo.chat.jsonl"), "--out", help="Where the chat export goes."),
     store: Optional[str] = StoreOpt,
 ) -> None:
     """The main job on embedded defaults: generate offline (local teacher), audit, export, show rows."""
@@ -360,8 +489,15 @@ def demo(
         cfg = config_from_dict(apply_overrides(tomllib.loads(DEMO_CONFIG), set_), source="embedded demo config")
     err.print(f"[bold]synthledger demo[/bold]: {cfg.strategy.name} with {cfg.teacher.provider}:{cfg.teacher.model}, "
               f"{cfg.seeds.size} seeds, budget {cfg.budget.queries} queries")
-    result = run_generate(cfg, store)
-    st = result_store = _store(store or cfg.run.store)
+    from synthledger.engine.run.store_choice import choose_store
+
+    choice = choose_store(store, cfg.run.store, "the demo config")
+    taken = {r.name for r in _store(choice.url, create=True).list_runs()}
+    if cfg.run.name in taken:  # the demo may run again: each run gets its own name (demo-2, demo-3...)
+        name = next(f"{cfg.run.name}-{k}" for k in range(2, len(taken) + 3) if f"{cfg.run.name}-{k}" not in taken)
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": name})})
+    result = run_generate(cfg, choice, announce=_announce)
+    st = result_store = _store(choice.url)
     report = audit_run(result_store, result.run_id)
     n = write_rows(accepted_rows(st, result.run_id), "chat", out_path)
     table = Table("question", "teacher answer", title=f"{n} rows exported to {out_path}", show_lines=True)

@@ -169,6 +169,11 @@ class Verifier(ABC):
     def item_cost(self) -> dict[str, int]:
         return {}
 
+    def start_warnings(self, seeds: list[Seed]) -> list[str]:
+        """Lines to tell the user once, before the run starts, about checks this verifier cannot make
+        on these seeds (a verdict that silently accepts everything is worse than none)."""
+        return []
+
     @abstractmethod
     async def verify(self, sample: Sample, ctx: Context) -> Verdict: ...
 
@@ -215,8 +220,9 @@ class ChatRequest(BaseModel):
 
 @dataclass
 class Usage:
-    input_tokens: int = 0
+    input_tokens: int = 0  # every prompt token, cached ones included
     output_tokens: int = 0
+    cached_input_tokens: int = 0  # of input_tokens, those read from the provider's prompt cache
 
 
 @dataclass

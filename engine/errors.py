@@ -12,7 +12,11 @@ run id). The tree, with where each is raised:
     ├── PluginError                      a plugin failed to load, or two register one name (host)
     │   └── UnknownPlugin                no plugin of that kind has that name (host)
     ├── ResumeRefused (RuntimeError)     a resume would mix two plans, or finds nothing to resume (run/runner)
+    ├── RunNameTaken (ValueError)        a new run asks for a name another run has (run/runner)
     ├── StoreError (RuntimeError)        the store cannot be opened, read or extended (store/eventstore)
+    │   └── StoreMissing                 a command that does not create stores was pointed at none (store)
+    ├── HubError (RuntimeError)          the Hugging Face Hub is unreachable (offline) or refused (output/hub)
+    ├── MissingExtra (ImportError)       an optional dependency a call needs is not installed (python_api)
     ├── TeacherError                     one failed attempt of a provider, classified by `FailureKind`
     ├── BudgetExhausted                  ctx.ask: the budget cannot cover another query of that role
     ├── QueryFailed                      ctx.ask: a query was abandoned (attempts exhausted, not retryable)
@@ -62,6 +66,18 @@ class UnknownPlugin(PluginError):
 
 class ResumeRefused(SynthledgerError, RuntimeError):
     """A resume would mix two plans, or there is no run to resume."""
+
+
+class RunNameTaken(SynthledgerError, ValueError):
+    """A new run asked for a name an existing run already has: `show NAME` would become ambiguous."""
+
+
+class HubError(SynthledgerError, RuntimeError):
+    """The hub could not be reached or refused; the message is one line naming the repo."""
+
+
+class MissingExtra(SynthledgerError, ImportError):
+    """An optional dependency a call needs is not installed; the message says which extra brings it."""
 
 
 class BudgetExhausted(SynthledgerError):

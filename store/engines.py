@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from .errors import StoreError
+from .errors import StoreError, StoreMissing
 from .records import EVENT_COLUMNS
 from .urls import check_driver
 
@@ -28,14 +28,17 @@ def _sqlite_pragmas(timeout_ms: float, dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def sqlite_path(url: str) -> str | None:
-    """The file behind a sqlite URL (None in memory); refuses a directory, creates the folder."""
+def sqlite_path(url: str, must_exist: bool = False) -> str | None:
+    """The file behind a sqlite URL (None in memory); refuses a directory, creates the folder
+    unless `must_exist` (a read-only command must not conjure a store at a mistyped path)."""
     path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
     if not path or path == ":memory:":
         return None
     p = Path(path)
     if p.exists() and p.is_dir():
         raise StoreError(f"store path {p} is a directory, not a database file")
+    if must_exist and not p.exists():
+        raise StoreMissing(f"store {p} does not exist")
     p.parent.mkdir(parents=True, exist_ok=True)
     return str(p)
 

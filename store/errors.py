@@ -18,5 +18,9 @@ class RunNotFound(StoreError):
     pass
 
 
+class StoreMissing(StoreError):
+    """A read-only command was pointed at a store that does not exist (a mistyped path, usually)."""
+
+
 class StoreBusy(StoreError):
     """Another connection held a lock on the store for longer than we were willing to wait."""

@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
 from .engines import insert_sql, one_line, open_engine, page_sql, sqlite_path
-from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError
+from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .migrations import migrate
 from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_alive, chain_rows, iso_ms,
@@ -32,8 +32,8 @@ from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_aliv
 from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, default_url, display, resolve_url
 
 __all__ = ["DEFAULT_DIR", "ENV_STORE", "ConcurrencyError", "EventStore", "NewEvent", "RunInfo", "RunNotFound",
-           "StoreBusy", "StoreError", "StoredEvent", "default_url", "iso_ms", "new_run_id", "owner_token",
-           "resolve_url"]
+           "StoreBusy", "StoreError", "StoreMissing", "StoredEvent", "default_url", "iso_ms", "new_run_id",
+           "owner_token", "resolve_url"]
 
 PAGE = 5000
 
@@ -43,8 +43,13 @@ def new_run_id() -> str:
 
 
 class EventStore:
-    def __init__(self, url: str | None = None, *, busy_timeout: float | None = None) -> None:
+    def __init__(self, url: str | None = None, *, busy_timeout: float | None = None,
+                 must_exist: bool = False) -> None:
+        """Open (and migrate) the store at `url`. With `must_exist`, a store that is not there is an
+        error instead of being created: only starting a run may create one, so a read-only command
+        pointed at a mistyped path says so instead of leaving an empty database behind."""
         self.url = resolve_url(url)
+        self.must_exist = must_exist
         self.where = display(self.url)  # what messages show: never a password
         self.busy_timeout_s = busy_timeout_s() if busy_timeout is None else busy_timeout
         self._sqlite_path: str | None = None
@@ -53,9 +58,11 @@ class EventStore:
 
     def _open(self) -> Engine:
         if self.url.startswith("sqlite"):
-            self._sqlite_path = sqlite_path(self.url)
+            self._sqlite_path = sqlite_path(self.url, self.must_exist)
             self.where = self._sqlite_path or self.where
         self.engine = engine = open_engine(self.url, self.where, self.busy_timeout_s, self._sqlite_path)
+        if self.must_exist and not self.url.startswith("sqlite"):
+            self._require_schema()
         try:
             migrate(engine)
         except DatabaseError as exc:
@@ -65,6 +72,16 @@ class EventStore:
         except Exception as exc:
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         return engine
+
+    def _require_schema(self) -> None:
+        """A server database counts as a store once it holds our tables; an empty one is not created here."""
+        try:
+            with self.engine.connect() as conn:
+                present = inspect(conn).has_table("runs")
+        except Exception as exc:
+            raise StoreError(f"cannot open store {self.where}: {one_line(exc)}") from exc
+        if not present:
+            raise StoreMissing(f"store {self.where} does not exist (the database holds no synthledger tables)")
 
     def close(self) -> None:
         self.engine.dispose()

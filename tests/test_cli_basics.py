@@ -61,6 +61,7 @@ def test_runs_json_has_stable_keys(recorded):
 
 
 def test_runs_json_on_an_empty_store(tmp_path):
+    EventStore(f"sqlite:///{tmp_path / 'empty.db'}").close()  # only generate creates a store (issue 12, item 4)
     assert ok_json(cli("runs", "--json", "--store", f"sqlite:///{tmp_path / 'empty.db'}")) == []
 
 
@@ -118,7 +119,8 @@ def test_store_option_and_environment_variable(recorded, tmp_path):
     EventStore(other).close()
     assert [r["id"] for r in ok_json(cli("runs", "--json", store_env=url))] == [run_id]
     assert ok_json(cli("runs", "--json", "--store", other, store_env=url)) == []  # --store wins
-    # neither: the project-local default, relative to the working directory
+    # neither: the project-local default, relative to the working directory (which only generate creates)
+    EventStore(f"sqlite:///{tmp_path / '.synthledger' / 'synthledger.db'}").close()
     assert ok_json(cli("runs", "--json", cwd=tmp_path)) == []
     assert (tmp_path / ".synthledger" / "synthledger.db").exists()
     assert ok_json(cli("audit", run_id, "--json", store_env=url))["ok"] is True

@@ -38,6 +38,8 @@ class RunStarted(_Event):
     kind: str = "generate"
     budget: dict[str, Any] = {}  # the BudgetSpec the ledger enforces (mix shares resolved)
     config_dir: str | None = None  # where relative paths in the config (seed files) resolve
+    warnings: list[str] = []  # told to the user once at the start (e.g. a check that cannot be made)
+    prices: dict[str, dict[str, Any]] = {}  # model -> the price this run counts usd with, and its source
 
 
 class RunResumed(_Event):
@@ -50,6 +52,7 @@ class RunResumed(_Event):
     # `generate --resume` without --config continues with what was last in effect.
     config: dict[str, Any] | None = None
     config_dir: str | None = None
+    prices: dict[str, dict[str, Any]] = {}  # as in run_started: a resume may run with newer prices
 
 
 class QueryReserved(_Event):
@@ -101,6 +104,7 @@ class QuerySettled(_Event):
     # For a query answered by a request it shared (n samples in one call): that request's id, its
     # number of samples and its whole usage; `actual` is this query's share of it.
     shared: dict[str, Any] | None = None
+    cached_input_tokens: int = 0  # of actual.input_tokens, billed at the cached-input price
 
 
 class QueryAbandoned(_Event):

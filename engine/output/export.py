@@ -1,8 +1,17 @@
-"""Dataset writers: plain JSONL, chat-format JSONL, and a Hugging Face dataset folder.
+"""Dataset writers: plain JSONL, chat-format JSONL, OpenAI fine-tuning JSONL, and a Hugging Face
+dataset folder.
 
 Every writer builds its output under a temporary name next to the target and renames it into
 place only when complete, so an error (bad row, full disk, interrupted export) never leaves a
-half-written dataset where a training job would pick it up.
+half-written dataset where a training job would pick it up. What lands there has the permissions
+the user's umask asks for (temporary files are created private, then opened up on the way in).
+
+- `jsonl`: the rows as they are, with provenance.
+- `chat`: `{"messages": [...], "metadata": {provenance}}` (TRL and most chat trainers).
+- `openai`: exactly `{"messages": [...]}` with roles system/user/assistant: OpenAI's fine-tuning
+  upload validator refuses any other top-level key.
+- `hf`: a `save_to_disk` folder with question/answer/provenance columns *and* `messages`, the
+  conversational column TRL's SFTTrainer reads as is, plus a dataset card (README.md).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import ExportError
 
-FORMATS = ("jsonl", "chat", "hf")
+FORMATS = ("jsonl", "chat", "openai", "hf")
 COLUMNS = (
     "question", "answer", "strategy", "seed_id", "role", "model", "query_ids", "verification", "sample_id", "run_id",
 )
@@ -33,15 +42,42 @@ def _checked(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield {**{c: None for c in COLUMNS}, **row}
 
 
-def chat_record(row: dict[str, Any]) -> dict[str, Any]:
-    """The messages layout OpenAI fine-tuning and TRL's SFTTrainer read; provenance under metadata."""
+def messages_of(row: dict[str, Any], system: str | None = None) -> list[dict[str, str]]:
+    """The conversation a sample teaches: an optional system prompt, the question, the answer."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+
+
+def chat_record(row: dict[str, Any], system: str | None = None) -> dict[str, Any]:
+    """The messages layout TRL's SFTTrainer reads; provenance under metadata."""
     return {
-        "messages": [
-            {"role": "user", "content": row["question"]},
-            {"role": "assistant", "content": row["answer"]},
-        ],
+        "messages": messages_of(row, system),
         "metadata": {k: v for k, v in row.items() if k not in ("question", "answer")},
     }
+
+
+def openai_record(row: dict[str, Any], system: str | None = None) -> dict[str, Any]:
+    """Exactly what OpenAI's fine-tuning upload accepts: one `messages` key, nothing else."""
+    return {"messages": messages_of(row, system)}
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _open_up(path: Path) -> None:
+    """Give a finished export the permissions a plain `open()`/`mkdir` would have had under the
+    user's umask: mkstemp/mkdtemp create them 0600/0700, which a training job run as another user
+    (or a shared data folder) cannot read."""
+    mask = _umask()
+    if path.is_dir():
+        os.chmod(path, 0o777 & ~mask)
+        for child in path.rglob("*"):
+            os.chmod(child, (0o777 if child.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
 
 
 def _dumps(record: dict[str, Any]) -> str:
@@ -58,6 +94,7 @@ def _write_lines(records: Iterable[dict[str, Any]], out: Path) -> int:
                 count += 1
             fh.flush()
             os.fsync(fh.fileno())
+        _open_up(Path(tmp))
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -65,25 +102,38 @@ def _write_lines(records: Iterable[dict[str, Any]], out: Path) -> int:
     return count
 
 
-def _hf_row(row: dict[str, Any]) -> dict[str, Any]:
+def _hf_row(row: dict[str, Any], system: str | None = None) -> dict[str, Any]:
     # Arrow needs one type per column; verification details differ between verifiers, so the
     # verification dict travels as JSON text (json.loads gives it back).
-    return {**row, "verification": None if row["verification"] is None else _dumps(row["verification"]),
+    return {"messages": messages_of(row, system), **row,
+            "verification": None if row["verification"] is None else _dumps(row["verification"]),
             "query_ids": [str(q) for q in row["query_ids"] or []]}
 
 
-def _write_hf(rows: Iterable[dict[str, Any]], out: Path) -> int:
+def hf_dataset(rows: Iterable[dict[str, Any]], system: str | None = None) -> Any:
+    """The rows as a `datasets.Dataset` (the `hf` format's columns, `messages` first)."""
     import datasets  # only this format needs it
 
-    records = [_hf_row(r) for r in rows]
+    records = [_hf_row(r, system) for r in _checked(rows)]
     if records:
-        table = datasets.Dataset.from_list(records)
-    else:
-        table = datasets.Dataset.from_dict({c: [] for c in (*COLUMNS, *EXTRA_COLUMNS)})
+        return datasets.Dataset.from_list(records)
+    message = datasets.Features({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    features = datasets.Features({"messages": datasets.List(message),
+                                  **{c: datasets.Value("string") for c in (*COLUMNS, *EXTRA_COLUMNS)
+                                     if c != "query_ids"},
+                                  "query_ids": datasets.List(datasets.Value("string"))})
+    return datasets.Dataset.from_dict({c: [] for c in features}, features=features)
+
+
+def _write_hf(rows: Iterable[dict[str, Any]], out: Path, system: str | None, card: str | None) -> int:
+    table = hf_dataset(rows, system)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
         table.save_to_disk(str(tmp))
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+        _open_up(tmp)
         if out.exists():
             os.replace(out, old)  # a directory cannot be replaced in one rename; keep it until the new one is in
         os.replace(tmp, out)
@@ -93,11 +143,15 @@ def _write_hf(rows: Iterable[dict[str, Any]], out: Path) -> int:
             os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    return len(records)
+    return len(table)
 
 
-def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path) -> int:
-    """Write `rows` (dicts with COLUMNS) to `out` in `fmt`; returns the number of rows written."""
+def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path, *, system: str | None = None,
+               card: str | None = None) -> int:
+    """Write `rows` (dicts with COLUMNS) to `out` in `fmt`; returns the number of rows written.
+
+    `system` prepends a system message to every conversation; `card` is the dataset card the `hf`
+    folder carries as README.md."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
     out = Path(out)
@@ -105,8 +159,11 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path) -> int:
     if fmt == "hf":
         if out.exists() and not out.is_dir():
             raise ExportError(f"{out}: exists and is not a folder (the hf format writes a folder)")
-        return _write_hf(_checked(rows), out)
+        return _write_hf(rows, out, system, card)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; the {fmt} format writes a file")
     records = _checked(rows)
-    return _write_lines(records if fmt == "jsonl" else map(chat_record, records), out)
+    if fmt == "jsonl":
+        return _write_lines(records, out)
+    make = chat_record if fmt == "chat" else openai_record
+    return _write_lines((make(r, system) for r in records), out)

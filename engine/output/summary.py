@@ -28,12 +28,14 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
     questions: list[str] = []
     answers: list[str] = []
     proposed: dict[str, tuple[str, str, str]] = {}
+    unchecked = 0  # accepted although the verifier could not check them (no reference answer)
     for ev in store.iter_events(info.id, types=["sample_proposed", "sample_accepted"]):
         p = ev.payload
         if ev.type == "sample_proposed":
             proposed[p["sample_id"]] = (p["strategy"], p["question"], p["answer"])
         else:
             s = proposed.pop(p["sample_id"], None)
+            unchecked += bool((p.get("details") or {}).get("unchecked"))
             if s:
                 rows_by_strategy[s[0]] = rows_by_strategy.get(s[0], 0) + 1
                 questions.append(s[1])
@@ -50,7 +52,8 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
         "queries": snap["counts"],
         "samples": {"accepted": state.accepted, "proposed": state.proposed,
                     "acceptance_rate": round(state.accepted / decided, 4) if decided else None,
-                    "duplicates_dropped": duplicates, "rows_per_strategy": rows_by_strategy},
+                    "duplicates_dropped": duplicates, "accepted_unchecked": unchecked,
+                    "rows_per_strategy": rows_by_strategy},
         "rejected": rejected,  # "stage: kind" -> count, most first
         "diversity": {"questions_distinct_2gram": round(distinct_ngram_ratio(questions, 2), 4) if questions else None,
                       "answers_distinct_2gram": round(distinct_ngram_ratio(answers, 2), 4) if answers else None},

@@ -7,6 +7,7 @@ broken row, a missing API key); it all happens before the run's first event is w
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,13 +73,31 @@ def build_parts(cfg: RunConfig) -> Parts:
     return Parts(task, seeds, strategy, verifier, cfg.budget.spec(shares), roles)
 
 
+# Providers that run in-process and never send a key.
+KEYLESS_PROVIDERS = frozenset({"local"})
+
+
+def check_api_key_env(section: ModelSection, where: str) -> None:
+    """A named `api_key_env` that is unset is a mistake worth one line before the run starts: without
+    this check a local server that wants a key answers a bare 401 naming no variable, many
+    queries later. (A provider's own default variable is checked by the provider, which knows
+    whether a local base_url can do without it.)"""
+    var = section.api_key_env
+    if var is None or section.provider in KEYLESS_PROVIDERS:
+        return
+    if not os.environ.get(var, "").strip():
+        raise ConfigError(f"[{where}] api_key_env names {var}, which is not set in the environment "
+                          f"(export {var}=..., or remove api_key_env if the server needs no key)")
+
+
 def _section_key(section: ModelSection) -> str:
     return section.model_dump_json()
 
 
 def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoint]:
     """One endpoint per distinct model section; roles that share a section share its rate limits."""
-    overrides = {m: ModelPrice(p.input_per_mtok, p.output_per_mtok) for m, p in cfg.pricing.items()}
+    overrides = {m: ModelPrice(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok, "config [pricing]")
+                 for m, p in cfg.pricing.items()}
     by_section: dict[str, Endpoint] = {}
     out: dict[str, Endpoint] = {}
     lim = cfg.limits
@@ -88,16 +107,18 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
         if key not in by_section:
             factory = _plugin("teachers", section.provider, role if role in ("teacher", "augmenter") else "teacher")
             where = "augmenter" if role == "augmenter" and cfg.augmenter is not None else "teacher"
+            check_api_key_env(section, where)
             try:
                 teacher = factory(section.model_dump(exclude_none=True))
             except ValidationError as exc:  # the provider's own settings model: report full key paths
                 raise options_error(exc, where) from None
-            price = price_for(section.model, section.provider, overrides)
+            price = price_for(section.model, section.provider, overrides, section.base_url)
             batch_api = getattr(teacher, "batch_api", None)
             if price is not None and batch_api is not None:
-                price = ModelPrice(price.input_per_mtok * BATCH_DISCOUNT, price.output_per_mtok * BATCH_DISCOUNT)
+                price = price.scaled(BATCH_DISCOUNT, "batch discount")
             if price is None and cfg.budget.usd is not None:
-                raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price; "
+                raise ConfigError(f"[budget] usd is set but model {section.model!r} has no known price "
+                                  f"(not in genai-prices for provider {section.provider!r}); "
                                   f"add [pricing.\"{section.model}\"] input_per_mtok/output_per_mtok")
             params: dict[str, Any] = {"max_tokens": section.max_tokens, "temperature": section.temperature}
             if section.top_p is not None:

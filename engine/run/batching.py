@@ -213,9 +213,10 @@ class BatchQueue:
             m = p.member
             if isinstance(r, Completion):
                 text = r.texts[0] if r.texts else ""
-                amount = shares(r.usage.input_tokens, [r.usage.output_tokens], ep.price)[0]
+                amount = shares(r.usage.input_tokens, [r.usage.output_tokens], ep.price, r.usage.cached_input_tokens)[0]
                 d.recorder.emit(QuerySettled(query_id=qid, attempt=m.attempt, actual=Cost(**amount.as_dict()),
-                                             text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None))
+                                             text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
+                                             cached_input_tokens=r.usage.cached_input_tokens))
                 d.remember(qid, text)
                 d.note_finish(qid, r.finish_reasons[0] if r.finish_reasons else None)
                 self._resolve(p, text=text)

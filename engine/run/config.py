@@ -119,6 +119,7 @@ class BudgetSection(LimitValues):
 class Price(_Strict):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)  # prompt-cache reads, when billed apart
 
 
 class NamedSection(_Open):

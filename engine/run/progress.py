@@ -1,4 +1,11 @@
-"""What a user watches while a run works: a live rich display on a terminal, log lines otherwise."""
+"""What a user watches while a run works: a live rich display on a terminal, log lines otherwise,
+and one summary line at the end.
+
+Progress is measured against the *binding* limit (the one nearest to running out), in its own
+unit: a usd budget reads `$0.1234 of $0.5000`, not a count of queries against no total. The
+projection and the ETA extrapolate that fraction; accepted and rejected samples are counted from
+the events as they are written, so the user sees whether the money is buying data.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,22 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..ledger.ledger import Ledger
 
+DIMS = ("queries", "input_tokens", "output_tokens", "usd")
+BAR_STEPS = 1000  # the bar's resolution; the numbers are in the text beside it
+WINDOW_S = 15.0  # rates and the ETA are measured over the last this many seconds
 
-def _budget_axis(ledger: Ledger) -> tuple[str, float, float]:
-    """The limit nearest to running out decides what the bar shows."""
+
+def binding_limit(ledger: Ledger) -> tuple[str, float, float | None]:
+    """(dimension, spent, limit) of the total limit nearest to running out; (queries, n, None) if none."""
     spent = ledger.total_spent()
-    best = ("queries", float(spent.queries), 0.0)
+    best: tuple[str, float, float | None] = ("queries", float(spent.queries), None)
     frac = -1.0
-    for dim in ("queries", "input_tokens", "output_tokens", "usd"):
+    for dim in DIMS:
         limit = getattr(ledger.spec.total, dim)
         if limit:
             f = getattr(spent, dim) / limit
@@ -26,24 +38,51 @@ def _budget_axis(ledger: Ledger) -> tuple[str, float, float]:
     return best
 
 
+def _amount(dim: str, v: float) -> str:
+    if dim == "usd":
+        return f"${v:.4f}"
+    if v >= 100_000:
+        return f"{v / 1000:.0f}k"
+    return f"{v:.0f}"
+
+
+def _duration(s: float) -> str:
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
 class RunProgress:
-    def __init__(self, ledger: Ledger, label: str, enabled: bool = True, console: Console | None = None) -> None:
+    def __init__(self, ledger: Ledger, label: str, enabled: bool = True, console: Console | None = None,
+                 *, accepted: int = 0, rejected: int = 0) -> None:
         self.ledger = ledger
         self.label = label
         self.console = console or Console(stderr=True)
         self.live = enabled and self.console.is_terminal
         self.enabled = enabled
+        self.accepted = accepted
+        self.rejected = rejected
+        self.unchecked = 0
         self._t0 = time.monotonic()
         self._last_log = 0.0
-        self._rate_window: list[tuple[float, int]] = []
+        self._window: list[tuple[float, int, float, int]] = []  # (t, settled, fraction, decided)
         self._progress: Progress | None = None
         self._task: Any = None
         self.last_error: tuple[float, str] | None = None  # (when, what): the latest failure of any kind
         self.warnings: list[str] = []
 
+    # ---- inputs --------------------------------------------------------------------------
     def on_event(self, seq: int, type_: str, payload: dict[str, Any]) -> None:
-        """Fed every event the run records: keeps the latest error for the live view, and says a
-        run warning once, on the terminal or in the log, whether or not progress is shown."""
+        """Fed every event the run records: counts samples, keeps the latest error for the live
+        view, and says a run warning once, on the terminal or in the log, whether or not progress is shown."""
+        if type_ == "sample_accepted":
+            self.accepted += 1
+            self.unchecked += bool((payload.get("details") or {}).get("unchecked"))
+        elif type_ == "sample_rejected":
+            self.rejected += 1
         error = _error_of(type_, payload)
         if error is not None:
             self.last_error = (time.monotonic(), error)
@@ -54,14 +93,75 @@ class RunProgress:
             self.console.print(f"[yellow]warning:[/yellow] {escape(payload['message'])}", highlight=False,
                                soft_wrap=True)
 
+    # ---- what is shown -----------------------------------------------------------------
+    def _rates(self, fraction: float) -> tuple[float, float, float | None]:
+        """(settled queries/s, samples/min, seconds to the limit) over the recent window."""
+        now = time.monotonic()
+        decided = self.accepted + self.rejected
+        self._window.append((now, self.ledger.counts["settled"], fraction, decided))
+        while len(self._window) > 2 and now - self._window[0][0] > WINDOW_S:
+            self._window.pop(0)
+        t0, s0, f0, d0 = self._window[0]
+        dt = now - t0
+        if dt <= 0:
+            return 0.0, 0.0, None
+        speed = (fraction - f0) / dt
+        eta = (1.0 - fraction) / speed if speed > 0 and fraction < 1 else None
+        return (self.ledger.counts["settled"] - s0) / dt, 60 * (decided - d0) / dt, eta
+
+    def budget_text(self, projection: bool = True) -> tuple[str, float]:
+        """`usd $0.1234 of $0.5000 (24.7%), projected $0.4990` and the binding fraction."""
+        dim, done, limit = binding_limit(self.ledger)
+        if not limit:
+            return f"{dim} {_amount(dim, done)} (no limit)", 0.0
+        frac = min(1.0, done / limit)
+        text = f"{dim} {_amount(dim, done)} of {_amount(dim, limit)} ({100 * frac:.1f}%)"
+        usd = self.ledger.total_spent().usd
+        if projection and usd > 0 and frac > 0:
+            projected = usd / frac
+            cap = self.ledger.spec.total.usd
+            text += f", projected ${min(projected, cap) if cap else projected:.4f}"
+        elif dim != "usd":
+            text += f", ${usd:.4f}"
+        return text, frac
+
+    def samples_text(self) -> str:
+        text = f"accepted {self.accepted}, rejected {self.rejected}"
+        return text + (f" ({self.unchecked} unchecked)" if self.unchecked else "")
+
+    def stats_line(self) -> str:
+        budget, frac = self.budget_text()
+        rate, per_min, eta = self._rates(frac)
+        led = self.ledger
+        c = led.counts
+        spent = led.total_spent()
+        eta_text = f"ETA {_duration(eta)}" if eta is not None else "ETA -"
+        line = (f"{budget} | {self.samples_text()} | {rate:.1f} req/s, {per_min:.0f} samples/min | {eta_text} | "
+                f"tok {spent.input_tokens}/{spent.output_tokens} | 429s {c['rate_limited']} | "
+                f"retries {c['retries']} | in flight {led.in_flight}")
+        line += batch_line(led) + pacing_line(led)
+        if self.last_error is not None:
+            when, what = self.last_error
+            line += f" | last error {time.monotonic() - when:.0f}s ago: {what}"
+        return line
+
+    def summary(self, status: str) -> str:
+        """The one line a finished run leaves: the same figures as the live view, at the end."""
+        budget, _ = self.budget_text(projection=False)
+        elapsed = time.monotonic() - self._t0
+        spent = self.ledger.total_spent()
+        rate = self.ledger.counts["settled"] / elapsed if elapsed > 0 else 0.0
+        return (f"{self.label}: {status} after {_duration(elapsed)} | {budget} | {self.samples_text()} | "
+                f"{spent.queries} queries, tok {spent.input_tokens}/{spent.output_tokens} | {rate:.1f} req/s")
+
+    # ---- display -----------------------------------------------------------------------
     def __enter__(self) -> "RunProgress":
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                console=self.console, refresh_per_second=4)
+                TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(), console=self.console, refresh_per_second=4)
             self._progress.__enter__()
-            self._task = self._progress.add_task(self.label, total=None, stats="")
+            self._task = self._progress.add_task(escape(self.label), total=BAR_STEPS, stats="")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -69,38 +169,18 @@ class RunProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def stats_line(self) -> str:
-        led = self.ledger
-        c = led.counts
-        spent = led.total_spent()
-        now = time.monotonic()
-        self._rate_window.append((now, c["settled"]))
-        while len(self._rate_window) > 2 and now - self._rate_window[0][0] > 10:
-            self._rate_window.pop(0)
-        t0, s0 = self._rate_window[0]
-        rate = (c["settled"] - s0) / (now - t0) if now > t0 else 0.0
-        line = (f"tok {spent.input_tokens}/{spent.output_tokens} ${spent.usd:.4f} | {rate:.1f} req/s | "
-                f"429s {c['rate_limited']} | retries {c['retries']} | in flight {led.in_flight}")
-        line += batch_line(led) + pacing_line(led)
-        if self.last_error is not None:
-            when, what = self.last_error
-            line += f" | last error {now - when:.0f}s ago: {what}"
-        return line
-
     def update(self, force: bool = False) -> None:
         if not self.enabled:
             return
-        dim, done, total = _budget_axis(self.ledger)
         if self._progress is not None:
-            self._progress.update(self._task, completed=done, total=total or None,
-                                  description=f"{self.label} ({dim})", stats=self.stats_line())
+            line = self.stats_line()
+            _, frac = self.budget_text()
+            self._progress.update(self._task, completed=frac * BAR_STEPS, stats=escape(line))
             return
         now = time.monotonic()
         if force or now - self._last_log >= 5.0:
             self._last_log = now
-            shown = f"{done:g}/{total:g}" if total else f"{done:g}"
-            print(f"[{now - self._t0:7.1f}s] {self.label}: {dim} {shown} | {self.stats_line()}",
-                  file=sys.stderr, flush=True)
+            print(f"[{now - self._t0:7.1f}s] {self.label}: {self.stats_line()}", file=sys.stderr, flush=True)
 
 
 def batch_line(ledger: Ledger) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +30,9 @@ from .progress import RunProgress
 from ..ledger.journal import Recorder
 from ..ledger.replay import replay
 from ..api import PlanItem
-from ..errors import BudgetExhausted, FatalRunError, QueryFailed, ResumeRefused, RunStopping
+from ..errors import BudgetExhausted, FatalRunError, QueryFailed, ResumeRefused, RunNameTaken, RunStopping
 from .quality_gate import GATE_EVENTS, QualityGate, answer_reply
+from .store_choice import StoreChoice, choose_store, open_store
 
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
@@ -44,6 +46,8 @@ class RunResult:
     status: str
     message: str
     snapshot: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""  # one line: status, binding limit, samples accepted/rejected, rate
+    store_url: str = ""  # where the run is recorded (open_store(result.store_url) reads it back)
 
     @property
     def ok(self) -> bool:
@@ -60,13 +64,23 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, store: EventStore | str | None = None, *, show_progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *,
+                 show_progress: bool = True, create: bool = True) -> None:
         self.cfg = cfg
         self.show_progress = show_progress
         # Everything that can fail on bad input happens before the store is even opened.
         self.parts: Parts = build_parts(cfg)
         self.endpoints = build_endpoints(cfg, self.parts.roles)
-        self.store = store if isinstance(store, EventStore) else EventStore(store or cfg.run.store)
+        self.warnings: list[str] = list(self.parts.verifier.start_warnings(self.parts.seeds))
+        if isinstance(store, EventStore):
+            self.store_choice = StoreChoice(store.url, "the caller")
+            self.store = store
+        else:
+            self.store_choice = (store if isinstance(store, StoreChoice)
+                                 else choose_store(store, cfg.run.store, "the run config"))
+            self.store = open_store(self.store_choice, create=create)
+        self._ran = False
+        self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
         self.owner = owner_token()
         self.dedupe: NearDuplicateIndex | None = None
         self.recorder: Recorder
@@ -138,9 +152,11 @@ class Runner:
     # ---- entry points -----------------------------------------------------------------
     def start_new(self) -> str:
         cfg = self.cfg
+        self._check_name_free(cfg.run.name)
         type_, payload = to_payload(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
                                                plan_hash=cfg.plan_hash(), version=__version__,
-                                               budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir))
+                                               budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir,
+                                               warnings=self.warnings, prices=self.prices()))
         # The run row and its run_started commit together: a kill at any instant leaves either no
         # run or one that `--resume` can read.
         run_id, last, head = self.store.start_run(cfg.run.name, cfg.snapshot(), cfg.config_hash(),
@@ -172,7 +188,7 @@ class Runner:
         unsettled = list(self.ledger.queries)
         self.recorder.emit(RunResumed(pid=os.getpid(), unsettled=unsettled, config_hash=self.cfg.config_hash(),
                                       budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
-                                      config_dir=self.cfg.base_dir))
+                                      config_dir=self.cfg.base_dir, prices=self.prices()))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
                                      finish_reasons=state.finish_reasons, lookup_settled=self._lookup_settled)
         for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
@@ -181,7 +197,36 @@ class Runner:
         self._init_dedupe([q for _, q in state.admitted])
         self._init_gate(self.store.iter_events(run_id, types=list(GATE_EVENTS)))
         self._done = state.done_items
+        self._samples_before = (state.accepted, sum(state.rejected.values()))
         return run_id
+
+    def prices(self) -> dict[str, dict[str, Any]]:
+        """The price each model is counted at, as recorded in the run's events."""
+        return {ep.model: ep.price.as_dict() for ep in self.endpoints.values() if ep.price is not None}
+
+    def _check_name_free(self, name: str) -> None:
+        """One name, one run: a second run under a finished run's name would pay for every query
+        again and leave `show NAME` / `export NAME` ambiguous. (A row with no events, which an older
+        release left when killed before its first commit, holds no name: it never started.)"""
+        taken = [r for r in self.store.list_runs(name=name) if r.last_seq > 0]
+        if not taken:
+            return
+        r = taken[-1]
+        unfinished = r.kind == "generate" and r.status not in ("completed", "budget_exhausted")
+        cont = "pass --resume to continue it" if unfinished else f"pass --run {r.id} to continue it"
+        raise RunNameTaken(f"run name {name!r} is taken by run {r.id} ({r.kind}, {r.status}); {cont}, "
+                           "or --name NEW to start another run")
+
+    def abandon_unstarted(self, why: str) -> None:
+        """A run started but never driven (its event loop could not start, an interrupt came first)
+        is closed as failed, so no run is left looking `running` forever."""
+        if self._ran or not hasattr(self, "recorder"):
+            return
+        try:
+            self.recorder.emit(RunFinished(status="failed", message=why))
+            self.recorder.commit_now()
+        finally:
+            self.store.release(self.recorder.run_id, self.owner, "failed")
 
     def _plan_view_of(self, snapshot: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -237,9 +282,11 @@ class Runner:
 
     # ---- the loop ----------------------------------------------------------------------
     async def run(self) -> RunResult:
+        self._ran = True
         run_id = self.recorder.run_id
         status, message = "interrupted", "stopped before the plan finished"
-        progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress)
+        progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress,
+                               accepted=self._samples_before[0], rejected=self._samples_before[1])
         self.recorder.on_event = progress.on_event
         try:
             with progress:
@@ -273,7 +320,7 @@ class Runner:
                         await ep.teacher.aclose()
                     except Exception:
                         pass
-        return RunResult(run_id, status, message, self.ledger.snapshot())
+        return RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status), self.store.url)
 
     async def _tick(self, progress: RunProgress) -> None:
         while True:
@@ -430,7 +477,12 @@ class Runner:
 
 async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:
     """SIGINT/SIGTERM stop a run cleanly: nothing new starts, in-flight requests get `grace_s` to
-    finish, and the run is recorded as `interrupted` (a second signal cuts the grace short)."""
+    finish, and the run is recorded as `interrupted` (a second signal cuts the grace short).
+
+    Signal handlers belong to the main thread; a run driven from another thread (the Python API
+    inside a notebook's event loop) runs without them and is stopped by its caller."""
+    if threading.current_thread() is not threading.main_thread():
+        return await runner.run()
 
     async def cut_after_grace() -> None:
         await anyio.sleep(grace_s)
@@ -453,10 +505,17 @@ async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> Ru
             tg.cancel_scope.cancel()
 
 
-def generate(cfg: RunConfig, store: EventStore | str | None = None, *, resume: bool = False,
-             run_id: str | None = None, show_progress: bool = True) -> RunResult:
-    """Start a run (or resume one) and drive it to the end. Bad input fails before any event."""
-    runner = Runner(cfg, store, show_progress=show_progress)
+def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *, resume: bool = False,
+            run_id: str | None = None, show_progress: bool = True, announce: Any = None) -> Runner:
+    """Build a run's parts, open its store and write its first event (or take over a run to resume).
+
+    Bad input fails before any event. Only a new run may create the store. `announce`, when given,
+    is called with one line naming the store and why it was chosen (then any start warnings)."""
+    runner = Runner(cfg, store, show_progress=show_progress, create=not (resume or run_id))
+    if announce is not None:
+        announce(runner.store_choice.describe())
+        for line in runner.warnings:
+            announce(f"warning: {line}")
     if run_id:
         runner.start_resume(runner.store.resolve(run_id).id)
     elif resume and _never_started(runner.store, cfg.run.name):
@@ -465,7 +524,37 @@ def generate(cfg: RunConfig, store: EventStore | str | None = None, *, resume: b
         runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
     else:
         runner.start_new()
-    return anyio.run(_run_with_signals, runner)
+    return runner
+
+
+def event_loop_running() -> bool:
+    """True inside a running asyncio loop in this thread (a notebook cell, an async web handler)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *, resume: bool = False,
+             run_id: str | None = None, show_progress: bool = True, announce: Any = None) -> RunResult:
+    """Start a run (or resume one) and drive it to the end. Bad input fails before any event.
+
+    Called where an event loop is already running (Jupyter), the run is driven on a worker thread
+    with its own loop: a second loop cannot start in the first one's thread."""
+    if event_loop_running():
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="synthledger-run") as pool:
+            return pool.submit(generate, cfg, store, resume=resume, run_id=run_id, show_progress=show_progress,
+                               announce=announce).result()
+    runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce)
+    try:
+        return anyio.run(_run_with_signals, runner)
+    finally:
+        runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
 
 
 def _never_started(store: EventStore, name: str) -> bool:
@@ -485,15 +574,15 @@ def _latest_unfinished(store: EventStore, name: str | None) -> str:
 
 
 def recorded_config(store: EventStore, run_ref: str | None = None,
-                    overrides: list[str] | None = None) -> tuple[RunConfig, str]:
+                    overrides: list[str] | None = None, *, name: str | None = None) -> tuple[RunConfig, str]:
     """The config a run last ran with, read back from its events, and the run's id.
 
     What `generate --resume` without --config continues from: the latest unfinished generation
-    run (or `run_ref`). Relative paths resolve where the original config file was; `overrides`
+    run (named `name`, when given), or `run_ref`. Relative paths resolve where the original config file was; `overrides`
     (`section.key=value`) apply on top, as they would to a file."""
     from .config import ConfigError, apply_overrides, config_from_dict
 
-    run_id = store.resolve(run_ref).id if run_ref else _latest_unfinished(store, None)
+    run_id = store.resolve(run_ref).id if run_ref else _latest_unfinished(store, name)
     info = store.get_run(run_id)
     if info.kind != "generate":
         raise ResumeRefused(f"run {run_id} is a {info.kind!r} run; only generation runs can be resumed")

@@ -50,10 +50,13 @@ def split_by_weight(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
-def shares(input_tokens: int, output_tokens: list[int], price: ModelPrice | None) -> list[Amount]:
-    """Each query's amount of one shared request: the prompt split evenly, outputs as given."""
+def shares(input_tokens: int, output_tokens: list[int], price: ModelPrice | None,
+           cached_input_tokens: int = 0) -> list[Amount]:
+    """Each query's amount of one shared request: the prompt (and its cached part) split evenly,
+    outputs as given; cached prompt tokens cost the cached-input price."""
     ins = split_evenly(input_tokens, len(output_tokens))
-    return [Amount(1, i, o, price.cost(i, o) if price else 0.0) for i, o in zip(ins, output_tokens)]
+    cached = split_evenly(cached_input_tokens, len(output_tokens))
+    return [Amount(1, i, o, price.cost(i, o, c) if price else 0.0) for i, o, c in zip(ins, output_tokens, cached)]
 
 
 def worst_shares(prompt_bound: int, max_tokens: int, k: int, price: ModelPrice | None) -> list[Amount]:

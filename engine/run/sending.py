@@ -15,7 +15,7 @@ import anyio
 from ..api import ChatRequest, Completion
 from ..errors import FailureKind, RunStopping, TeacherError
 from ..ledger.events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted
-from .samples import Member, output_split, shares
+from .samples import Member, output_split, shares, split_evenly
 
 if TYPE_CHECKING:
     from ..ledger.journal import Recorder
@@ -92,10 +92,11 @@ class Sender:
         reasons = list(completion.finish_reasons)
         answered = members[: len(texts)]
         if len(answered) == 1:
-            amounts = shares(usage.input_tokens, [usage.output_tokens], ep.price)
+            amounts = shares(usage.input_tokens, [usage.output_tokens], ep.price, usage.cached_input_tokens)
         else:
             amounts = shares(usage.input_tokens, output_split(usage.output_tokens, texts[: len(answered)],
-                                                              request.max_tokens), ep.price)
+                                                              request.max_tokens), ep.price, usage.cached_input_tokens)
+        cached = split_evenly(usage.cached_input_tokens, len(answered))
         whole = ({"request": shared, "n": len(answered), "input_tokens": usage.input_tokens,
                   "output_tokens": usage.output_tokens} if shared is not None else None)
         out: dict[str, str] = {}
@@ -104,7 +105,8 @@ class Sender:
             self.note_finish(m.qid, reasons[i] if i < len(reasons) else None)
             self.recorder.emit(QuerySettled(
                 query_id=m.qid, attempt=m.attempt, actual=Cost(**amount.as_dict()), text=texts[i],
-                finish_reason=reasons[i] if i < len(reasons) else None, latency_s=round(latency, 4), shared=whole))
+                finish_reason=reasons[i] if i < len(reasons) else None, latency_s=round(latency, 4), shared=whole,
+                cached_input_tokens=cached[i]))
         for m in members[len(answered):]:  # a server that ignores `n`: the rest were never answered
             ep.supports_n = False
             self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="bad_request", maybe_billed=False,

@@ -42,9 +42,10 @@ def _extract(parsed: Any) -> Completion:
         + _count(getattr(usage, "cache_read_input_tokens", None), "cache_read_input_tokens")
     )
     reason = parsed.stop_reason
+    cache_reads = _count(getattr(usage, "cache_read_input_tokens", None), "cache_read_input_tokens")
     return Completion(
         texts=[text],
-        usage=Usage(inputs, _count(usage.output_tokens, "output_tokens")),
+        usage=Usage(inputs, _count(usage.output_tokens, "output_tokens"), cache_reads),
         finish_reasons=[_FINISH.get(reason, reason)],
         raw_model=parsed.model if isinstance(parsed.model, str) else None,
     )

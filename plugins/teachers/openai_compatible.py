@@ -44,10 +44,13 @@ def completion_from_openai(data: Any) -> Completion:
         texts.append(content)
         reasons.append(c.get("finish_reason"))
     usage = data["usage"]
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Completion(
         texts=texts,
         usage=Usage(
-            _count(usage["prompt_tokens"], "prompt_tokens"), _count(usage["completion_tokens"], "completion_tokens")
+            _count(usage["prompt_tokens"], "prompt_tokens"), _count(usage["completion_tokens"], "completion_tokens"),
+            0 if cached is None else _count(cached, "prompt_tokens_details.cached_tokens"),
         ),
         finish_reasons=reasons,
         raw_model=data.get("model"),

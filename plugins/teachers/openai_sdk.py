@@ -37,9 +37,11 @@ def _extract(parsed: Any) -> Completion:
     usage = parsed.usage
     if usage is None:
         raise ValueError("no usage in the response")
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
     return Completion(
         texts=texts,
-        usage=Usage(_count(usage.prompt_tokens, "prompt_tokens"), _count(usage.completion_tokens, "completion_tokens")),
+        usage=Usage(_count(usage.prompt_tokens, "prompt_tokens"), _count(usage.completion_tokens, "completion_tokens"),
+                    0 if cached is None else _count(cached, "prompt_tokens_details.cached_tokens")),
         finish_reasons=[c.finish_reason for c in choices],
         raw_model=parsed.model if isinstance(parsed.model, str) else None,
     )

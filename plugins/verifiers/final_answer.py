@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from synthledger.engine.api import Context, PluginOptions, Sample, Verdict, Verifier
+from synthledger.engine.api import Context, PluginOptions, Sample, Seed, Verdict, Verifier
 
 
 class NoVerification(Verifier):
@@ -27,10 +27,22 @@ class FinalAnswer(Verifier):
 
     options: Options
 
+    def start_warnings(self, seeds: list[Seed]) -> list[str]:
+        fate = ("accepted unchecked (verifier.on_missing_reference = \"reject\" drops them)"
+                if self.options.on_missing_reference == "accept" else "rejected")
+        if not self.task.has_ground_truth:
+            return [f"final_answer verification: task {self.task.name!r} has no ground truth; every sample is {fate}"]
+        missing = sum(1 for s in seeds if s.answer is None or self.task.extract(s.answer) is None)
+        if not missing:
+            return []
+        return [f"final_answer verification: {missing} of {len(seeds)} seeds have no reference answer; "
+                f"samples from them are {fate}"]
+
     async def verify(self, sample: Sample, ctx: Context) -> Verdict:
         if not self.task.has_ground_truth or sample.reference is None:
             why = "task has no ground truth" if not self.task.has_ground_truth else "no reference"
-            return Verdict(self.options.on_missing_reference == "accept", why)
+            # `unchecked` marks the verdict as not a check at all: `show` counts these.
+            return Verdict(self.options.on_missing_reference == "accept", why, {"unchecked": why})
         final = self.task.extract(sample.answer)
         reference = self.task.extract(sample.reference) or sample.reference
         details = {"final": final, "reference": reference}

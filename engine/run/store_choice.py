@@ -1,0 +1,66 @@
+"""Which event store a command uses, and why.
+
+A user who sets `$SYNTHLEDGER_STORE` for a session and finds a run written somewhere else (because
+a config file named a store) has lost the run as far as they can tell. So the choice is made in
+one place, in one documented order, and every run says where it writes and which rule chose it:
+
+    --store flag  >  $SYNTHLEDGER_STORE  >  [run] store in the config  >  .synthledger/synthledger.db
+
+The environment beats the config file on purpose: the config is shared and committed, the
+environment is this session's deliberate choice (as with most tools that read both).
+
+Only starting a new run may create a store; every other command opens an existing one
+(`must_exist`), so a mistyped path is reported instead of becoming an empty database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ...store.eventstore import ENV_STORE, EventStore, StoreMissing, default_url
+
+__all__ = ["StoreChoice", "choose_store", "open_store", "display_url"]
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    url: str
+    origin: str  # the rule that chose it, as the user would name it
+
+    def describe(self) -> str:
+        return f"store {display_url(self.url)} (from {self.origin})"
+
+
+def display_url(url: str) -> str:
+    """The URL as it may be printed: a SQLite file as its path, a server URL without its password."""
+    if url.startswith("sqlite") and ":///" in url:
+        return url.split(":///", 1)[1].split("?", 1)[0] or url
+    from ...store.urls import display
+
+    return display(url)
+
+
+def choose_store(flag: str | None = None, config_store: str | None = None,
+                 config_source: str | None = None) -> StoreChoice:
+    """The store a command uses: flag, then environment, then the run config, then the default."""
+    if flag:
+        return StoreChoice(flag, "--store")
+    env = os.environ.get(ENV_STORE)
+    if env:
+        return StoreChoice(env, f"${ENV_STORE}")
+    if config_store:
+        return StoreChoice(config_store, f"[run] store in {config_source}" if config_source else "[run] store")
+    return StoreChoice(default_url(), "the default location")
+
+
+def open_store(choice: StoreChoice | str | None = None, *, create: bool = False) -> EventStore:
+    """Open the chosen store; unless `create`, a store that does not exist is an error naming the
+    path and the rule that chose it (the usual cause: a typo in --store or in the variable)."""
+    if not isinstance(choice, StoreChoice):
+        choice = choose_store(choice)
+    try:
+        return EventStore(choice.url, must_exist=not create)
+    except StoreMissing as exc:
+        raise StoreMissing(f"{exc} (from {choice.origin}); check the path — only `generate` "
+                           "starting a new run creates a store") from None

@@ -1,0 +1,188 @@
+"""What a new user hits on a first run, through the real command line against the test server:
+run names are unique, read-only commands never create a store, `generate` says which store it
+writes to and why, a named-but-unset API key variable is one line before the run, and a
+final_answer check that cannot be made is said once and counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthledger.store.eventstore import EventStore, NewEvent
+from synthledger.testing.projects import write_project
+from synthledger.testing.server import run_in_thread
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    full.pop("SYNTHLEDGER_STORE", None)
+    full.update(env or {})
+    r = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=120)
+    r.stderr = " ".join(r.stderr.split())
+    return r
+
+
+@pytest.fixture(scope="module")
+def server():
+    with run_in_thread() as srv:
+        yield srv
+
+
+def run_ids(url: str) -> list[str]:
+    st = EventStore(url, must_exist=True)
+    try:
+        return [r.id for r in st.list_runs()]
+    finally:
+        st.close()
+
+
+# ---- 1: a new run may not take an existing run's name ---------------------------------------------------
+
+
+def test_rerunning_a_finished_config_is_refused_naming_the_run(server, tmp_path):
+    write_project(tmp_path, server.url, name="twice", seeds=2, queries=2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    first = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_id = re.search(r"run ([0-9a-f]{12}) ", first.stdout).group(1)
+    again = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"run name 'twice' is taken by run {run_id}" in again.stderr
+    assert "--name" in again.stderr and f"--run {run_id}" in again.stderr
+    assert run_ids(url) == [run_id]  # nothing was created, nothing paid
+    # --name starts a second run; `show NAME` stays unambiguous
+    other = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, "--name", "twice-2", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert len(run_ids(url)) == 2
+    shown = cli("show", "twice", "--json", "--store", url, cwd=tmp_path)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == run_id
+
+
+def test_an_unfinished_run_of_the_same_name_offers_resume(server, tmp_path):
+    write_project(tmp_path, server.url, name="half", seeds=2, queries=2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    st = EventStore(url)
+    held, _, _ = st.start_run("half", {}, "h", [NewEvent("run_started", {"config": {}})])  # killed mid-run
+    st.set_status(held, "interrupted")
+    st.close()
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=tmp_path)
+    assert r.returncode == 2 and f"taken by run {held}" in r.stderr and "--resume" in r.stderr
+
+
+# ---- 4: read-only commands never create a store -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("runs",), ("runs", "--json"), ("show", "x"), ("audit", "x"), ("events", "x"),
+                                  ("export", "x", "--out", "o.jsonl"), ("generate", "--resume"),
+                                  ("generate", "--run", "x")])
+def test_read_only_commands_refuse_a_missing_store(tmp_path, args):
+    missing = tmp_path / "typo" / "stor.db"
+    r = cli(*args, "--store", f"sqlite:///{missing}", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"store {missing} does not exist" in r.stderr
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_the_default_store_is_not_created_by_runs_either(tmp_path):
+    r = cli("runs", cwd=tmp_path)
+    assert r.returncode != 0 and "does not exist (from the default location)" in r.stderr
+    assert not (tmp_path / ".synthledger").exists()
+
+
+def test_generate_resume_with_config_on_a_missing_store(server, tmp_path):
+    write_project(tmp_path, server.url, name="r", seeds=2, queries=2)
+    r = cli("generate", "-c", "run.toml", "--resume", "--store", f"sqlite:///{tmp_path / 'no.db'}", cwd=tmp_path)
+    assert r.returncode != 0 and "does not exist" in r.stderr and not (tmp_path / "no.db").exists()
+
+
+# ---- issue 14: which store generate writes to, and why --------------------------------------------------
+
+
+def test_generate_first_line_names_the_store_and_the_rule(server, tmp_path):
+    env_db, cfg_db, flag_db = tmp_path / "env.db", tmp_path / "cfg.db", tmp_path / "flag.db"
+    write_project(tmp_path, server.url, name="where", seeds=2, queries=2)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(cfg.read_text().replace('name = "where"', f'name = "where"\nstore = "sqlite:///{cfg_db}"'))
+
+    def first_line(r: subprocess.CompletedProcess) -> str:
+        assert r.returncode == 0, r.stderr
+        return r.stderr.split(" run ")[0]
+
+    # the environment beats the config file (and says so)
+    r = cli("generate", "-c", "run.toml", "--no-progress", cwd=tmp_path, env={"SYNTHLEDGER_STORE": f"sqlite:///{env_db}"})
+    assert r.stderr.startswith(f"store {env_db} (from $SYNTHLEDGER_STORE)"), r.stderr
+    assert env_db.exists() and not cfg_db.exists()
+    # the flag beats both
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{flag_db}", cwd=tmp_path,
+            env={"SYNTHLEDGER_STORE": f"sqlite:///{env_db}"})
+    assert r.stderr.startswith(f"store {flag_db} (from --store)"), first_line(r)
+    # without either, the config's [run] store
+    r = cli("generate", "-c", "run.toml", "--no-progress", cwd=tmp_path)
+    assert r.stderr.startswith(f"store {cfg_db} (from [run] store in the run config)"), first_line(r)
+    # and the default location, relative to the working directory
+    cfg.write_text(cfg.read_text().replace(f'store = "sqlite:///{cfg_db}"\n', ""))
+    r = cli("generate", "-c", "run.toml", "--no-progress", cwd=tmp_path)
+    assert r.stderr.startswith("store .synthledger/synthledger.db (from the default location)"), first_line(r)
+    assert (tmp_path / ".synthledger" / "synthledger.db").exists()
+
+
+def test_a_server_url_is_shown_without_its_password():
+    from synthledger.engine.run.store_choice import StoreChoice
+
+    line = StoreChoice("postgresql+psycopg://me:hunter2@db.example/synth", "--store").describe()
+    assert "hunter2" not in line and "db.example/synth" in line
+
+
+# ---- 12: api_key_env naming an unset variable ----------------------------------------------------------------
+
+
+def test_unset_api_key_env_is_one_line_before_the_run(tmp_path):
+    with run_in_thread(require_api_key="sk-right") as srv:
+        write_project(tmp_path, srv.url, name="keys", seeds=2, queries=2,
+                      extra="")
+        cfg = tmp_path / "run.toml"
+        cfg.write_text(cfg.read_text().replace("max_tokens = 32", 'max_tokens = 32\napi_key_env = "MY_TEACHER_KEY"'))
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "api_key_env names MY_TEACHER_KEY, which is not set" in r.stderr and "[teacher]" in r.stderr
+        assert srv.stats()["received"] == 0 and not (tmp_path / "s.db").exists()
+        ok = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=tmp_path,
+                 env={"MY_TEACHER_KEY": "sk-right"})
+        assert ok.returncode == 0, ok.stderr
+
+
+# ---- 13: final_answer verification without references ------------------------------------------------------
+
+
+def test_final_answer_without_references_warns_once_and_is_counted(server, tmp_path):
+    write_project(tmp_path, server.url, name="noref", seeds=3, queries=3, extra='\n[verifier]\nname = "final_answer"\n')
+    seeds = tmp_path / "seeds.jsonl"
+    rows = [json.loads(line) for line in seeds.read_text().splitlines()]
+    seeds.write_text("".join(json.dumps({"question": r["question"]}) + "\n" for r in rows))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("generate", "-c", "run.toml", "--progress", "--store", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("3 of 3 seeds have no reference answer") == 1
+    assert "accepted unchecked" in r.stderr
+    shown = json.loads(cli("show", "noref", "--json", "--store", url, cwd=tmp_path).stdout)
+    assert shown["samples"]["accepted_unchecked"] == shown["samples"]["accepted"] == 3
+
+
+def test_the_demo_runs_again_under_a_fresh_name(server, tmp_path):
+    write_project(tmp_path, server.url, name="demo", seeds=2, queries=2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    for _ in range(2):
+        r = cli("demo", "-c", "run.toml", "--store", url, "--out", str(tmp_path / "d.jsonl"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    st = EventStore(url, must_exist=True)
+    assert [x.name for x in st.list_runs()] == ["demo", "demo-2"]
+    st.close()

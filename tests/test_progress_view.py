@@ -1,0 +1,75 @@
+"""The live view and the final summary line under a usd budget: the binding limit in its own unit
+(not `0/0`), spent and projected dollars, accepted and rejected samples, rate and ETA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from synthledger.engine.ledger.ledger import Amount, BudgetSpec, Ledger, Limits
+from synthledger.engine.run.progress import RunProgress, binding_limit
+from synthledger.testing.projects import write_project
+from synthledger.testing.server import run_in_thread
+
+CLI = str(Path(__file__).resolve().parents[1] / "cli.py")
+
+
+def ledger_with(spent: Amount, limits: Limits) -> Ledger:
+    led = Ledger(BudgetSpec(total=limits))
+    led.spent["total"] = spent
+    led.counts["settled"] = spent.queries
+    return led
+
+
+def test_usd_is_the_binding_limit_and_reads_in_dollars():
+    led = ledger_with(Amount(10, 1000, 500, 0.125), Limits(queries=1000, usd=0.5))
+    assert binding_limit(led) == ("usd", 0.125, 0.5)
+    view = RunProgress(led, "r", enabled=False)
+    for _ in range(3):
+        view.on_event(0, "sample_accepted", {"details": {}})
+    view.on_event(0, "sample_accepted", {"details": {"unchecked": "no reference"}})
+    view.on_event(0, "sample_rejected", {})
+    line = view.stats_line()
+    assert "usd $0.1250 of $0.5000 (25.0%), projected $0.5000" in line
+    assert "accepted 4, rejected 1 (1 unchecked)" in line
+    assert "0/0" not in line and "req/s" in line and "ETA" in line
+
+
+def test_projection_under_a_query_limit_and_the_eta():
+    led = ledger_with(Amount(25, 1000, 500, 0.01), Limits(queries=100))
+    view = RunProgress(led, "r", enabled=False)
+    first = view.stats_line()
+    assert "queries 25 of 100 (25.0%), projected $0.0400" in first  # $0.01 per 25 queries, 100 queries
+    view._window[0] = (view._window[0][0] - 10, 15, 0.15, 0)  # ten seconds ago: 15% of the limit
+    led.spent["total"] = Amount(25, 1000, 500, 0.01)
+    line = view.stats_line()
+    assert "ETA 1m15s" in line  # 10 points in 10 s, 75 points to go
+
+
+def test_summary_line_has_the_same_figures():
+    led = ledger_with(Amount(40, 4000, 2000, 0.499), Limits(usd=0.5))
+    view = RunProgress(led, "gsm", enabled=False, accepted=30, rejected=2)
+    line = view.summary("budget_exhausted")
+    assert line.startswith("gsm: budget_exhausted after ")
+    assert "usd $0.4990 of $0.5000 (99.8%)" in line and "accepted 30, rejected 2" in line
+    assert "40 queries, tok 4000/2000" in line and "req/s" in line
+
+
+def test_generate_under_a_usd_budget_shows_dollars_samples_and_a_summary(tmp_path):
+    with run_in_thread() as srv:
+        cfg = write_project(tmp_path, srv.url, name="dollars", seeds=3, queries=1,
+                            extra='\n[pricing."test-teacher"]\ninput_per_mtok = 100.0\noutput_per_mtok = 400.0\n')
+        cfg.write_text(cfg.read_text().replace("queries = 1\n", "usd = 0.1\n"))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "300"}
+        env.pop("SYNTHLEDGER_STORE", None)
+        r = subprocess.run([sys.executable, CLI, "generate", "-c", "run.toml", "--store",
+                            f"sqlite:///{tmp_path / 's.db'}"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    live = [ln for ln in lines if ln.startswith("[")]
+    assert live and all("usd $" in ln and "of $0.1000" in ln and "accepted" in ln for ln in live)
+    summary = [ln for ln in lines if ln.startswith("dollars: budget_exhausted after")]
+    assert len(summary) == 1 and "of $0.1000" in summary[0] and "rejected 0" in summary[0]

@@ -1,0 +1,150 @@
+"""`import synthledger` as a script or a notebook uses it: generate (sync and async, also inside a
+running event loop as in Jupyter), open_store with runs, events, dataset and audit — against the
+real test server and a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+import synthledger
+from synthledger.testing.projects import write_project
+from synthledger.testing.server import run_in_thread
+
+
+@pytest.fixture(scope="module")
+def server():
+    with run_in_thread() as srv:
+        yield srv
+
+
+@pytest.fixture
+def project(tmp_path, server, monkeypatch):
+    monkeypatch.delenv("SYNTHLEDGER_STORE", raising=False)
+    config = write_project(tmp_path, server.url, name="api", seeds=3, queries=3)
+    return config, f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def statuses(url: str) -> dict[str, str]:
+    with synthledger.open_store(url) as st:
+        return {r.name: r.status for r in st.runs()}
+
+
+def test_import_is_cheap_and_torch_free():
+    code = ("import sys, synthledger; heavy = [m for m in ('torch', 'datasets', 'anyio', 'sqlalchemy', 'rich') "
+            "if m in sys.modules]; assert not heavy, heavy; assert callable(synthledger.generate); "
+            "assert 'torch' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+
+
+def test_generate_then_browse_the_store(project):
+    config, url = project
+    result = synthledger.generate(config, store=url)
+    assert result.ok and result.status == "budget_exhausted" and "accepted 3" in result.summary
+    assert result.store_url == url
+    with synthledger.open_store(result.store_url) as st:
+        assert [r.id for r in st.runs()] == [result.run_id]
+        events = list(st.events("api"))
+        assert events[0]["type"] == "run_started" and events[-1]["type"] == "run_finished"
+        assert [e["type"] for e in st.events("api", types=["query_settled"])] == ["query_settled"] * 3
+        report = st.audit(result.run_id)
+        assert report.ok and report.spent["queries"] == 3
+        assert st.summary("api")["samples"]["accepted"] == 3
+        ds = st.dataset("api")
+        assert len(ds) == 3 and ds[0]["messages"][1]["role"] == "assistant"
+        assert ds[0]["messages"][0]["content"] == ds[0]["question"]
+
+
+def test_generate_inside_a_running_event_loop(project):
+    """A notebook cell runs inside an event loop; anyio.run would refuse and leave a ghost run."""
+    config, url = project
+
+    async def cell():
+        asyncio.get_running_loop()  # we are in a loop, as in Jupyter
+        return synthledger.generate(config, store=url, name="in-loop")
+
+    result = asyncio.run(cell())
+    assert result.ok and statuses(url) == {"in-loop": "budget_exhausted"}
+
+
+def test_agenerate_awaits_on_the_callers_loop(project):
+    config, url = project
+
+    async def main():
+        first = await synthledger.agenerate(config, store=url, name="async-1")
+        second = await synthledger.agenerate(config, store=url, name="async-2", overrides=["budget.queries=1"])
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first.ok and second.ok and second.snapshot["spent"]["queries"] == 1
+    assert statuses(url) == {"async-1": "budget_exhausted", "async-2": "budget_exhausted"}
+
+
+def test_a_failure_inside_a_loop_leaves_no_ghost_running_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYNTHLEDGER_STORE", raising=False)
+    monkeypatch.setenv("API_TEST_KEY", "sk-wrong")
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with run_in_thread(require_api_key="sk-right") as srv:
+        config = write_project(tmp_path, srv.url, name="denied", seeds=2, queries=2)
+        config.write_text(config.read_text().replace("max_tokens = 32", 'max_tokens = 32\napi_key_env = "API_TEST_KEY"'))
+
+        async def cell():
+            return synthledger.generate(config, store=url)
+
+        result = asyncio.run(cell())
+    assert result.status == "failed" and not result.ok
+    assert statuses(url) == {"denied": "failed"}
+
+
+def test_a_run_whose_loop_never_starts_is_closed_as_failed(project, monkeypatch):
+    from synthledger.engine.run import runner
+
+    config, url = project
+
+    def broken_run(*_a, **_k):
+        raise RuntimeError("event loop refused")
+
+    monkeypatch.setattr(runner.anyio, "run", broken_run)
+    with pytest.raises(RuntimeError, match="event loop refused"):
+        synthledger.generate(config, store=url, name="never")
+    monkeypatch.undo()
+    assert statuses(url) == {"never": "failed"}
+    with synthledger.open_store(url) as st:
+        assert [e["type"] for e in st.events("never")] == ["run_started", "run_finished"]
+        assert st.audit("never").ok
+
+
+def test_errors_are_the_cli_ones_as_exceptions(project, tmp_path):
+    config, url = project
+    synthledger.generate(config, store=url)
+    with pytest.raises(ValueError, match="run name 'api' is taken by run"):
+        synthledger.generate(config, store=url)
+    with pytest.raises(Exception, match="does not exist"):
+        synthledger.open_store(f"sqlite:///{tmp_path / 'typo.db'}")
+    assert not (tmp_path / "typo.db").exists()
+    with pytest.raises(ValueError, match="budget.quries: unknown key"):
+        synthledger.generate(config, store=url, name="x", overrides=["budget.quries=3"])
+
+
+def test_config_as_a_dict(project, tmp_path):
+    config, url = project
+    import tomllib
+
+    data = tomllib.loads(config.read_text())
+    data["seeds"]["path"] = str(tmp_path / "seeds.jsonl")
+    result = synthledger.generate(data, store=url, name="from-dict")
+    assert result.ok
+
+
+def test_dataset_without_the_datasets_package_says_what_to_install(project, monkeypatch):
+    config, url = project
+    synthledger.generate(config, store=url)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    with synthledger.open_store(url) as st, pytest.raises(synthledger.MissingExtra, match=r"synthledger\[train\]"):
+        st.dataset("api")
