@@ -71,8 +71,9 @@ class Project:
         base: dict[str, dict[str, Any]] = {
             "run": {"name": "t", "store": self.store},
             "seeds": {"source": "jsonl", "path": str(self.dir / "seeds.jsonl")},
+            # max_tokens leaves room for the server's longest reply (33 words): cut-off answers are rejected.
             "teacher": {"provider": "openai-compatible", "base_url": self.url + "/v1", "model": "test-teacher",
-                        "max_tokens": 32, "timeout_s": 10.0},
+                        "max_tokens": 64, "timeout_s": 10.0},
             "limits": {"backoff_base_s": 0.05, "backoff_max_s": 0.5},
             "budget": {"queries": 20},
             "strategy": {"name": "answer_augmentation"},
