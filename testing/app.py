@@ -146,9 +146,9 @@ class TeacherServer(ServerControl):
         finally:
             self._in_flight -= 1
 
-    async def _answer(self, request: web.Request, proto: str, p: Parsed, body: bytes) -> web.StreamResponse:
+    def _admit(self, proto: str, p: Parsed, ptoks: int) -> tuple[dict[str, str], web.Response | None]:
+        """The rate-limit check: the headers to send, and the refusal (400 or 429) if any."""
         st, cfg = self._stats, self.config
-        ptoks = prompt_tokens(p.texts)
         headers: dict[str, str] = {}
         if self._limiter.active:
             cost = ptoks + p.max_tokens * p.n
@@ -156,7 +156,7 @@ class TeacherServer(ServerControl):
             if limit is not None and cost > limit:
                 st.bad_requests += 1
                 st.record(proto, 400, "bad_request", p)
-                return self._error(proto, 400, f"request too large: {cost} tokens > {limit} per window")
+                return headers, self._error(proto, 400, f"request too large: {cost} tokens > {limit} per window")
             now = time.monotonic()
             decision = self._limiter.acquire(cost, now)
             headers = decision.headers
@@ -168,7 +168,16 @@ class TeacherServer(ServerControl):
                 st.record(proto, 429, "rate_limited", p)
                 headers.update(self._limiter.retry_headers(decision.retry_after_s))
                 msg = f"Rate limit reached; retry after {decision.retry_after_s:.3f}s."
-                return self._error(proto, 429, msg, headers=headers, kind="requests" if proto == OPENAI else None)
+                kind = "requests" if proto == OPENAI else None
+                return headers, self._error(proto, 429, msg, headers=headers, kind=kind)
+        return headers, None
+
+    async def _answer(self, request: web.Request, proto: str, p: Parsed, body: bytes) -> web.StreamResponse:
+        st, cfg = self._stats, self.config
+        ptoks = prompt_tokens(p.texts)
+        headers, refused = self._admit(proto, p, ptoks)
+        if refused is not None:
+            return refused
 
         rng = self._rng
         u = rng.random() if (cfg.drop_rate or cfg.error_rate or cfg.malformed_rate) else 1.0

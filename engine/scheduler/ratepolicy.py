@@ -23,11 +23,10 @@ raised to what that rate needs at the observed latency (Little's law), instead o
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
-
-import anyio
 
 from .concurrency import AdaptiveConcurrency
 from .headers import RateLimitInfo
@@ -61,7 +60,7 @@ class RateDecision:
 
 class RatePolicy:
     def __init__(self, limiter: RateLimiter, concurrency: AdaptiveConcurrency, shaper: SendShaper | None = None,
-                 *, max_pause_s: float = 30.0, clock: Callable[[], float] = anyio.current_time) -> None:
+                 *, max_pause_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.limiter = limiter
         self.concurrency = concurrency
         self.shaper = shaper
@@ -79,6 +78,8 @@ class RatePolicy:
     # -- observations --------------------------------------------------------------------------
 
     def on_send(self, tokens: int) -> None:
+        if self.limiter.current_rpm is None and self.limiter.current_tpm is None:
+            return  # nothing paced: our own rate explains nothing (the first learned limit starts it)
         now = self._clock()
         if self._first_send is None:
             self._first_send = now
