@@ -37,7 +37,12 @@ SKIP = [
     (r"-m pytest\b", "runs the test suite itself"),
     (r"^\s*\.\s+\S*activate\b|^\s*source\s+\S*activate\b", "activates a virtualenv (the test's is active)"),
     (r"--push-to-hub|HF_HUB_OFFLINE=0|huggingface\.co", "needs the network"),
+    (r"postgresql://|\bpsql\b|\$DATABASE\b", "needs a PostgreSQL server (tests/test_postgres_runs.py runs those paths)"),
+    (r"^\s*datasette\b", "starts a web server that runs until stopped"),
 ]
+# Programs the sandbox provides itself; any other program a line starts with must be installed, or
+# the line is skipped as "needs X" (a README may show tools a reader installs separately).
+OWN_PROGRAMS = {"python", "python3", "synthledger", ".venv/bin/python"}
 
 
 @dataclass
@@ -96,7 +101,12 @@ def strip_comment(command: str) -> str:
 
 
 def skip_reason(command: str) -> str | None:
-    return next((why for pattern, why in SKIP if re.search(pattern, command)), None)
+    why = next((why for pattern, why in SKIP if re.search(pattern, command)), None)
+    if why is None:
+        program = command.split()[0] if command.split() else ""
+        if program not in OWN_PROGRAMS and shutil.which(program) is None:
+            why = f"needs {program}, which is not installed here"
+    return why
 
 
 def free_port() -> int:
