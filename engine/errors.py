@@ -13,6 +13,9 @@ run id). The tree, with where each is raised:
     │   └── UnknownPlugin                no plugin of that kind has that name (host)
     ├── ResumeRefused (RuntimeError)     a resume would mix two plans, or finds nothing to resume (run/runner)
     ├── StoreError (RuntimeError)        the store cannot be opened, read or extended (store/eventstore)
+    │   ├── WriterFailed                 a run's commit was refused; nothing more may be sent (ledger/journal)
+    │   └── RunAborted                   a run stopped because it could not record (run/abort)
+    │       └── LeaseLost                another process took the run over while this one was frozen
     ├── TeacherError                     one failed attempt of a provider, classified by `FailureKind`
     ├── BudgetExhausted                  ctx.ask: the budget cannot cover another query of that role
     ├── QueryFailed                      ctx.ask: a query was abandoned (attempts exhausted, not retryable)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import DatabaseError
 
 from ... import __version__
 from ...store.eventstore import EventStore, NewEvent, owner_token
+from .abort import abort_error, start_error
 from .assemble import Parts, build_endpoints, build_parts
 from .config import RunConfig
 from .context import ItemContext
@@ -26,8 +29,10 @@ from ..ledger.events import (SCHEMA_VERSION, ItemDone, RunFinished, RunResumed, 
                              SampleProposed, SampleRejected, to_payload)
 from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
-from ..ledger.journal import Recorder
+from ..ledger import crashpoints
+from ..ledger.journal import HEARTBEAT_S, Recorder, WriterFailed
 from ..ledger.replay import replay
+from ..redact import scrub_payload, scrub_value
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, QueryFailed, ResumeRefused, RunStopping
 
@@ -43,6 +48,8 @@ class RunResult:
     status: str
     message: str
     snapshot: dict[str, Any] = field(default_factory=dict)
+    # Why the run could not record its end (store unwritable, lease taken over); `generate` raises it.
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,18 +142,27 @@ class Runner:
             self._pledge(item, {role: 1}, -1)
 
     # ---- entry points -----------------------------------------------------------------
+    def _recorder(self, run_id: str, last_seq: int, head: str) -> Recorder:
+        """The run's event writer: heartbeats well inside the lease, and stops the run at once if a
+        commit is refused (store unwritable, lease taken over)."""
+        return Recorder(self.store, run_id, last_seq, head, self.owner, self.ledger,
+                        heartbeat_s=min(HEARTBEAT_S, self.cfg.run.lease_ttl_s / 3),
+                        on_failure=lambda _exc: self.hard_stop())
+
     def start_new(self) -> str:
         cfg = self.cfg
         type_, payload = to_payload(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
                                                plan_hash=cfg.plan_hash(), version=__version__,
                                                budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir))
         # The run row and its run_started commit together: a kill at any instant leaves either no
-        # run or one that `--resume` can read.
-        run_id, last, head = self.store.start_run(cfg.run.name, cfg.snapshot(), cfg.config_hash(),
-                                                  [NewEvent(type_, payload, SCHEMA_VERSION)], owner=self.owner)
+        # run or one that `--resume` can read. Both are scrubbed like every event (see redact).
+        run_id, last, head = self.store.start_run(cfg.run.name, scrub_value(cfg.snapshot()), cfg.config_hash(),
+                                                  [NewEvent(type_, scrub_payload(payload), SCHEMA_VERSION)],
+                                                  owner=self.owner)
+        crashpoints.committed()
         self.ledger = Ledger(self.parts.budget)
         self.ledger.apply(last, type_, payload)
-        self.recorder = Recorder(self.store, run_id, last, head, self.owner, self.ledger)
+        self.recorder = self._recorder(run_id, last, head)
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
                                      lookup_settled=self._lookup_settled)
         self._init_dedupe([])
@@ -154,7 +170,7 @@ class Runner:
         return run_id
 
     def start_resume(self, run_id: str) -> str:
-        info = self.store.get_run(run_id)
+        info_before = self.store.get_run(run_id)
         events = self.store.iter_events(run_id)
         state = replay(events)
         if state.plan_hash != self.cfg.plan_hash():
@@ -162,13 +178,15 @@ class Runner:
             raise ResumeRefused(
                 f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
                 + "\n  ".join(diffs or ["(plan hash differs)"]))
-        self.store.acquire(run_id, self.owner)
+        self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s)
         info = self.store.get_run(run_id)
         self.ledger = state.ledger
         self.ledger.spec = self.parts.budget  # budgets and limits may change between sessions
-        self.recorder = Recorder(self.store, run_id, info.last_seq, info.head_hash, self.owner, self.ledger)
+        self.recorder = self._recorder(run_id, info.last_seq, info.head_hash)
         unsettled = list(self.ledger.queries)
-        self.recorder.emit(RunResumed(pid=os.getpid(), unsettled=unsettled, config_hash=self.cfg.config_hash(),
+        self.recorder.emit(RunResumed(pid=os.getpid(), host=socket.gethostname(), owner=self.owner,
+                                      previous_owner=info_before.owner,
+                                      unsettled=unsettled, config_hash=self.cfg.config_hash(),
                                       budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
                                       config_dir=self.cfg.base_dir))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
@@ -243,7 +261,7 @@ class Runner:
                     outer.start_soon(self._tick, progress)
                     for ep in self._unique_endpoints():
                         if ep.batch is not None:  # collects queries into batches, follows them
-                            outer.start_soon(ep.batch.run, self.dispatcher, ep)
+                            outer.start_soon(self._run_batches, ep)
                     try:
                         status, message = await self._feed()
                     finally:
@@ -266,7 +284,21 @@ class Runner:
                         await ep.teacher.aclose()
                     except Exception:
                         pass
-        return RunResult(run_id, status, message, self.ledger.snapshot())
+        result = RunResult(run_id, status, message, self.ledger.snapshot())
+        if self.recorder.failed is not None:  # raised by `generate`, outside every task group
+            result.error = abort_error(self.store, run_id, self.owner, self.recorder.failed,
+                                       self.recorder.durable_seq, self.cfg.run.lease_ttl_s)
+            result.status, result.message = "aborted", str(result.error)
+        return result
+
+    async def _run_batches(self, ep: Any) -> None:
+        """An endpoint's batch queue; once the event writer has failed, its refusal to record more is
+        how the queue stops, not an error of its own (the run ends with the writer's reason)."""
+        try:
+            await ep.batch.run(self.dispatcher, ep)
+        except Exception as exc:
+            if not _only(exc, WriterFailed):
+                raise
 
     async def _tick(self, progress: RunProgress) -> None:
         while True:
@@ -385,7 +417,7 @@ class Runner:
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome=outcome))
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
-        except RunStopping:
+        except (RunStopping, WriterFailed):
             pass  # not done: a resume runs the item again, its settled answers come from the store
         except QueryFailed as exc:
             rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="failed", reason=str(exc)))
@@ -397,6 +429,14 @@ class Runner:
             self._pledge(item, left, -1)
             self._in_flight_items -= 1
             self._notify_item()
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """`exc` is a `kind`, or a group (task groups wrap) of nothing else."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return isinstance(exc, kind)
+    return all(_only(e, kind) for e in inner)
 
 
 async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:
@@ -428,15 +468,21 @@ def generate(cfg: RunConfig, store: EventStore | str | None = None, *, resume: b
              run_id: str | None = None, show_progress: bool = True) -> RunResult:
     """Start a run (or resume one) and drive it to the end. Bad input fails before any event."""
     runner = Runner(cfg, store, show_progress=show_progress)
-    if run_id:
-        runner.start_resume(runner.store.resolve(run_id).id)
-    elif resume and _never_started(runner.store, cfg.run.name):
-        runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
-    elif resume:
-        runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
-    else:
-        runner.start_new()
-    return anyio.run(_run_with_signals, runner)
+    try:
+        if run_id:
+            runner.start_resume(runner.store.resolve(run_id).id)
+        elif resume and _never_started(runner.store, cfg.run.name):
+            runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
+        elif resume:
+            runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
+        else:
+            runner.start_new()
+    except DatabaseError as exc:  # the store refused the run's start or its lease (read-only, full, locked)
+        raise start_error(runner.store, exc) from None
+    result = anyio.run(_run_with_signals, runner)
+    if result.error is not None:
+        raise result.error
+    return result
 
 
 def _never_started(store: EventStore, name: str) -> bool:
