@@ -40,6 +40,7 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
                     "acceptance_rate": round(state.accepted / decided, 4) if decided else None,
                     "duplicates_dropped": duplicates, "rows_per_strategy": rows_by_strategy},
         "rejected": dict(sorted(state.rejected.items(), key=lambda kv: -kv[1])),
+        "provider_faults": {f"fault {i}": f for i, f in enumerate(state.provider_faults, 1)},
         "diversity": {"questions_distinct_2gram": round(distinct_ngram_ratio(questions, 2), 4) if questions else None,
                       "answers_distinct_2gram": round(distinct_ngram_ratio(answers, 2), 4) if answers else None},
     }
