@@ -182,7 +182,7 @@ def test_a_writer_blocked_behind_another_fails_once_it_commits(store_url):
 
 def test_many_writers_on_many_runs_lose_nothing(store_url):
     """Four store instances (as four processes would hold them) append to four runs at once."""
-    from synthledger.engine.audit import audit_events
+    from synthledger.engine.ledger.audit import audit_events
 
     def write(run_id: str, out: list) -> None:
         st = EventStore(store_url)
