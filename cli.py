@@ -25,7 +25,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# No locals in a crash report: they would print resolved API keys.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Budget-exact synthetic fine-tuning data, with every teacher query on an event ledger.\n\n"
                        "Start with: synthledger demo (offline), or synthledger generate -c CONFIG; "
                        "COMMAND --help shows each command's options and examples.")
@@ -62,6 +63,8 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import DatabaseError
+
         from synthledger.engine.errors import SynthledgerError
 
         # The root covers every error synthledger raises for a user (see engine/errors.py); a
@@ -79,10 +82,9 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
                       + escape(f"install it with: pip install 'synthledger[{extra}]'"), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except known as exc:
-            from rich.markup import escape
-
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail_line(str(exc))
+        except DatabaseError as exc:  # the store's driver, below the store's own errors (a lock, a full disk)
+            _fail_line(_database_error(exc))
 
     return wrapper
 
@@ -102,6 +104,24 @@ def _global_options(
         from synthledger.store.urls import ENV_BUSY_TIMEOUT
 
         os.environ[ENV_BUSY_TIMEOUT] = str(busy_timeout)  # every store this process opens reads it
+
+
+def _fail_line(message: str) -> None:
+    """One error line on stderr, scrubbed of every secret the process knows, and exit 2."""
+    from rich.markup import escape
+
+    from synthledger.engine.redact import scrub
+
+    err.print(f"[red]error:[/red] {escape(scrub(message))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def _database_error(exc: Any) -> str:
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if "locked" in reason or "busy" in reason:
+        return (f"the store is busy ({reason}): another process holds a write lock on it; "
+                "try again once that process has finished or stopped")
+    return f"the store failed: {reason}"
 
 
 def _store(url: Optional[str], *, create: bool = False):
@@ -168,9 +188,11 @@ def generate(
         result = run_generate(cfg, st, resume=True, run_id=run_id, show_progress=progress)
     else:
         raise CliError("--config is required to start a run (--resume or --run continue one from its recorded config)")
+    from synthledger.engine.redact import scrub
+
     spent = result.snapshot.get("spent", {})
-    _announce(result.message)
-    _announce(result.summary)
+    _announce(scrub(result.message))
+    _announce(scrub(result.summary))
     print(f"run {result.run_id} {result.status} (queries {spent.get('queries')}, "
           f"tokens {spent.get('input_tokens')}/{spent.get('output_tokens')}, ${spent.get('usd', 0):.4f})")
     if not result.ok:
@@ -250,6 +272,8 @@ def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id 
 
     Example: synthledger audit gsm-aa && echo ledger ok
     """
+    from rich.markup import escape
+
     from synthledger.engine.ledger.audit import audit_run
 
     st = _store(store)
@@ -272,6 +296,9 @@ def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id 
         out.print(f"events {report.events}, status {report.status}; queries: {counts}", highlight=False)
         for line in report.sharing_lines():
             out.print(line, highlight=False)
+        for f in report.provider_faults:
+            out.print(f"[yellow]provider fault[/yellow] at seq {f.seq}: {escape(f.message)}", highlight=False,
+                      soft_wrap=True)
         if report.ok:
             out.print("[green]audit ok[/green]: hash chain, sequence and budget invariants hold")
         else:

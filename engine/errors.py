@@ -14,7 +14,10 @@ run id). The tree, with where each is raised:
     ├── ResumeRefused (RuntimeError)     a resume would mix two plans, or finds nothing to resume (run/runner)
     ├── RunNameTaken (ValueError)        a new run asks for a name another run has (run/runner)
     ├── StoreError (RuntimeError)        the store cannot be opened, read or extended (store/eventstore)
-    │   └── StoreMissing                 a command that does not create stores was pointed at none (store)
+    │   ├── StoreMissing                 a command that does not create stores was pointed at none (store)
+    │   ├── WriterFailed                 a run's commit was refused; nothing more may be sent (ledger/journal)
+    │   └── RunAborted                   a run stopped because it could not record (run/abort)
+    │       └── LeaseLost                another process took the run over while this one was frozen
     ├── HubError (RuntimeError)          the Hugging Face Hub is unreachable (offline) or refused (output/hub)
     ├── MissingExtra (ImportError)       an optional dependency a call needs is not installed (python_api)
     ├── TeacherError                     one failed attempt of a provider, classified by `FailureKind`

@@ -121,7 +121,8 @@ class TeacherServer(ServerControl):
             if cfg.require_api_key is not None and self.api_key(request, proto) != cfg.require_api_key:
                 st.auth_failed += 1
                 st.record(proto, 401, "auth_failed", None)
-                return self._error(proto, 401, "Incorrect API key provided.")
+                sent = f": {self.api_key(request, proto)}" if cfg.echo_key else ""
+                return self._error(proto, 401, f"Incorrect API key provided{sent}.")
             try:
                 if proto == OPENAI:
                     parsed = parse_openai(orjson.loads(body))
@@ -241,12 +242,19 @@ class TeacherServer(ServerControl):
         st.output_tokens += ctoks
         st.cached_tokens += cached
         rid = f"{self._counter:x}"
+        if cfg.usage_factor != 1.0:  # an overbilling provider: the stats above keep the real counts
+            ptoks, ctoks = round(ptoks * cfg.usage_factor), round(ctoks * cfg.usage_factor)
         if proto == OPENAI:
             return openai_completion(rid, p.model, outs, ptoks, ctoks, cached)
         return anthropic_message(rid, p.model, outs[0], p.stop, ptoks, ctoks, cached if cfg.prompt_cache else None)
 
     def _success(self, proto: str, p: Parsed, body: bytes, ptoks: int, headers: dict[str, str]) -> web.Response:
         payload = self._reply(proto, p, body, ptoks)
+        if self.config.no_usage_rate and self._rng.random() < self.config.no_usage_rate:
+            payload.pop("usage", None)  # a body a strict client cannot account: counted as malformed
+            self._stats.malformed += 1
+            self._stats.record(proto, 200, "malformed", p)
+            return web.Response(body=orjson.dumps(payload), headers={**headers, "Content-Type": _JSON})
         self._stats.answered += 1
         self._stats.record(proto, 200, "answered", p)
         headers["Content-Type"] = _JSON

@@ -61,11 +61,18 @@ class ServerConfig:
     batch_expire_s: float | None = None
     batch_fail: bool = False
     batch_error_rate: float = 0.0
+    # Faults of a dishonest or sloppy provider (a gateway, an OpenAI-compatible server):
+    usage_factor: float = 1.0  # reported usage = real usage x this (> 1: a provider that overbills)
+    no_usage_rate: float = 0.0  # share of 200s whose body has no `usage` (counted as malformed)
+    echo_key: bool = False  # a 401 body repeats the key it was sent, as some gateways do
 
     def __post_init__(self) -> None:
         self.error_codes = tuple(int(c) for c in self.error_codes)
         self.models = tuple(self.models)
-        for name in ("error_rate", "drop_rate", "malformed_rate", "slow_rate", "wrong_rate", "batch_error_rate"):
+        if self.usage_factor <= 0:
+            raise ValueError(f"ServerConfig.usage_factor must be > 0, got {self.usage_factor}")
+        for name in ("error_rate", "drop_rate", "malformed_rate", "slow_rate", "wrong_rate", "batch_error_rate",
+                     "no_usage_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"ServerConfig.{name} must be in [0, 1], got {v}")

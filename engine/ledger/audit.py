@@ -39,6 +39,9 @@ class AuditReport:
     violations: list[Violation] = field(default_factory=list)
     status: str | None = None
     sharing: dict[str, Any] = field(default_factory=dict)
+    # What providers reported that no correct provider can (seq, message): not the engine's doing,
+    # but what explains spend above a limit.
+    provider_faults: list[Violation] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class AuditReport:
             "by_strategy": self.by_strategy, "by_model": self.by_model, "counts": self.counts,
             "violations": [{"seq": v.seq, "message": v.message} for v in self.violations],
             **self.sharing,
+            "provider_faults": [{"seq": v.seq, "message": v.message} for v in self.provider_faults],
         }
 
     def sharing_lines(self) -> list[str]:
@@ -63,6 +67,7 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
     status = None
     open_attempts: dict[str, int] = {}
     sharing = SharingAudit()
+    faults: list[Violation] = []
     for ev in events:  # type: StoredEvent
         n += 1
         if ev.seq > expected_seq:  # name the first missing number: that is where the log was cut
@@ -88,6 +93,8 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
             continue
         if ev.type in ("run_started", "run_resumed") and payload.get("budget"):
             ledger.spec = budget_from_dict(payload["budget"])
+        if ev.type == "provider_fault":
+            faults.append(Violation(ev.seq, f"query {payload['query_id']}: {payload['message']}"))
         if ev.type == "run_resumed":
             open_attempts.clear()
         elif ev.type == "query_dispatched":
@@ -120,7 +127,8 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
     snap = ledger.snapshot()
     return AuditReport(run_id=run_id, ok=not violations, events=n, spent=snap["spent"], budget=snap["budget"],
                        by_role=snap["by_role"], by_strategy=snap["by_strategy"], by_model=snap["by_model"],
-                       counts=snap["counts"], violations=violations, status=status, sharing=sharing.summary())
+                       counts=snap["counts"], violations=violations, status=status, sharing=sharing.summary(),
+                       provider_faults=faults)
 
 
 def audit_run(store: EventStore, run_id: str) -> AuditReport:

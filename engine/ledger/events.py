@@ -45,6 +45,9 @@ class RunStarted(_Event):
 class RunResumed(_Event):
     type: Literal["run_resumed"] = "run_resumed"
     pid: int
+    host: str | None = None
+    owner: str | None = None  # the lease this session holds ("host:pid:token")
+    previous_owner: str | None = None  # the lease it replaced, when it took over from a stale holder
     unsettled: list[str] = []
     config_hash: str = ""
     budget: dict[str, Any] = {}
@@ -105,6 +108,19 @@ class QuerySettled(_Event):
     # number of samples and its whole usage; `actual` is this query's share of it.
     shared: dict[str, Any] | None = None
     cached_input_tokens: int = 0  # of actual.input_tokens, billed at the cached-input price
+
+
+class ProviderFault(_Event):
+    """The provider answered what no correct provider can (usage above what the request could use).
+    The answer is still settled at the usage reported (that is what will be billed), and the run stops."""
+
+    type: Literal["provider_fault"] = "provider_fault"
+    query_id: str
+    attempt: int
+    kind: str  # usage_above_cap
+    message: str
+    reported: Cost
+    cap: Cost
 
 
 class QueryAbandoned(_Event):
@@ -269,7 +285,7 @@ class EvalFinished(_Event):
 
 Event = Annotated[
     Union[
-        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
+        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled, ProviderFault,
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
@@ -281,7 +297,7 @@ EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 EVENT_TYPES = frozenset(
     m.model_fields["type"].default
     for m in (
-        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled,
+        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled, ProviderFault,
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,

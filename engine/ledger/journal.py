@@ -4,6 +4,13 @@
 reservation) and queues it; `flush` waits until everything emitted so far is committed. The
 dispatcher flushes before every send, which is what makes "recorded before it is sent" true without
 one fsync per request: all sends that are ready in the same few milliseconds share one commit.
+
+It is also the one door to the store, so two guarantees live here. Every payload is scrubbed of
+secrets on its way in (see `redact`). And when a commit fails (the disk is full, the store became
+read-only, another process took the run's lease) the writer stops for good: nothing emitted after
+that is kept, every `flush` raises `WriterFailed` (so nothing more is sent: a send needs a durable
+dispatch record first), and `on_failure` tells the runner to stop at once. What was committed
+before stays, which is all a resume needs.
 """
 
 from __future__ import annotations
@@ -15,22 +22,41 @@ import anyio
 from pydantic import BaseModel
 
 from ...store.eventstore import EventStore, NewEvent, StoreError
+from ..redact import scrub_payload
+from . import crashpoints
 from .events import SCHEMA_VERSION, to_payload
 from .ledger import Ledger
 
 HEARTBEAT_S = 5.0
 
 
+# Events that carry bulk data (prompts, the teacher's text): scrubbed of every key the process knows,
+# but not scanned for credential shapes, which would cost on every query for text that is data.
+BULK_TYPES = frozenset({"query_reserved", "query_dispatched", "query_settled", "sample_proposed",
+                        "sample_accepted", "item_done", "question_admitted"})
+
+
+class WriterFailed(StoreError):
+    """The event writer can no longer commit; `cause` is why. Nothing more may be sent."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"event writer failed: {cause}")
+        self.cause = cause
+
+
 class Recorder:
     def __init__(self, store: EventStore, run_id: str, last_seq: int, head_hash: str, owner: str,
                  ledger: Ledger, on_event: Callable[[int, str, dict[str, Any]], None] | None = None,
-                 max_batch: int = 2000) -> None:
+                 max_batch: int = 2000, heartbeat_s: float = HEARTBEAT_S,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.owner = owner
         self.ledger = ledger
         self.on_event = on_event
         self.max_batch = max_batch
+        self.heartbeat_s = heartbeat_s
+        self.on_failure = on_failure
         self._next_seq = last_seq + 1
         self._durable_seq = last_seq
         self._head = head_hash
@@ -46,11 +72,31 @@ class Recorder:
     def last_seq(self) -> int:
         return self._next_seq - 1
 
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the writer stopped committing, or None while it works."""
+        return self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+            self._pending = []
+            if self.on_failure is not None:
+                self.on_failure(exc)
+        done, self._committed = self._committed, anyio.Event()
+        done.set()  # flushers wake and raise
+
     def emit(self, event: BaseModel) -> int:
-        """Queue one event; returns its sequence number. Raises if the writer has failed."""
+        """Queue one event; returns its sequence number (-1 once the writer has failed: the event
+        cannot be kept, and the run is stopping)."""
         if self._error is not None:
-            raise StoreError(f"event writer failed: {self._error}") from self._error
+            return -1
         type_, payload = to_payload(event)
+        payload = scrub_payload(payload, shapes=type_ not in BULK_TYPES)
         seq = self._next_seq
         self._next_seq += 1
         self.ledger.apply(seq, type_, payload)
@@ -63,14 +109,14 @@ class Recorder:
     async def flush(self) -> None:
         """Return once every event emitted before this call is durable."""
         target = self._next_seq - 1
-        while self._durable_seq < target:
+        while self._durable_seq < target or self._error is not None:
             if self._error is not None:
-                raise StoreError(f"event writer failed: {self._error}") from self._error
+                raise WriterFailed(self._error)
             if self._closed:
                 raise StoreError("event writer is closed")
             if self._writer_gone:  # the writer task is gone (cancelled at shutdown): commit here
                 self.commit_now()
-                return
+                continue
             await self._committed.wait()
 
     async def run(self) -> None:
@@ -78,11 +124,11 @@ class Recorder:
 
         Being cancelled is not a failure: what is queued then is committed by `close()` itself."""
         try:
-            while True:
+            while self._error is None:
                 if not self._pending:
                     if self._closed:
                         return
-                    with anyio.move_on_after(HEARTBEAT_S):
+                    with anyio.move_on_after(self.heartbeat_s):
                         await self._wakeup.wait()
                     self._wakeup = anyio.Event()
                     if not self._pending:
@@ -92,9 +138,8 @@ class Recorder:
                 await self._commit_some()
         except anyio.get_cancelled_exc_class():
             raise
-        except BaseException as exc:
-            self._error = exc
-            raise
+        except Exception as exc:  # the store refused a commit or a heartbeat: stop, do not crash the run
+            self._fail(exc)
         finally:
             self._writer_gone = True
             done, self._committed = self._committed, anyio.Event()
@@ -106,22 +151,31 @@ class Recorder:
         last, head = await anyio.to_thread.run_sync(
             lambda: self.store.append(self.run_id, batch, base, self._head, owner=self.owner))
         self._durable_seq, self._head = last, head
+        crashpoints.committed()
         done, self._committed = self._committed, anyio.Event()
         done.set()
 
     async def close(self) -> None:
-        """Commit what is queued and stop the writer loop."""
-        if self._writer_gone:
-            self.commit_now()
-        else:
-            await self.flush()
+        """Commit what is queued and stop the writer loop (after a failure: just stop it)."""
+        try:
+            if self._writer_gone:
+                self.commit_now()
+            elif self._error is None:
+                await self.flush()
+        except WriterFailed:
+            pass
         self._closed = True
         self._wakeup.set()
 
     def commit_now(self) -> None:
         """Synchronous final commit, for shutdown paths where the event loop is gone."""
         if self._pending and self._error is None:
-            last, head = self.store.append(self.run_id, self._pending, self._durable_seq, self._head,
-                                           owner=self.owner)
+            try:
+                last, head = self.store.append(self.run_id, self._pending, self._durable_seq, self._head,
+                                               owner=self.owner)
+            except Exception as exc:
+                self._fail(exc)
+                return
             self._pending = []
             self._durable_seq, self._head = last, head
+            crashpoints.committed()

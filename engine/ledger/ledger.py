@@ -130,7 +130,8 @@ class Ledger:
         self.by_model: dict[str, Amount] = {}
         self.violations: list[Violation] = []
         self.counts = {"settled": 0, "failed_attempts": 0, "rate_limited": 0, "retries": 0, "abandoned": 0,
-                       "lost": 0, "dispatched": 0}
+                       "lost": 0, "dispatched": 0, "provider_faults": 0}
+        self.faulted: set[str] = set()  # request keys of queries a provider misreported (bounded by faults)
         self.in_flight = 0
         self.last_seq = 0
         # Queries inside a provider batch (query id -> batch key), and each open batch's state.
@@ -214,8 +215,11 @@ class Ledger:
             for dim in DIMENSIONS:
                 limit = getattr(limits, dim)
                 if limit is not None and getattr(spent, dim) + getattr(held, dim) > limit + EPS:
+                    why = (" (the provider reported usage above the request's cap: see its provider_fault)"
+                           if q.key in self.faulted else "")
                     self.violations.append(Violation(seq, f"{scope} {dim}: spent+reserved "
-                                                          f"{getattr(spent, dim) + getattr(held, dim)} > limit {limit}"))
+                                                          f"{getattr(spent, dim) + getattr(held, dim)} > limit {limit}"
+                                                          + why))
 
     def _on_reserved(self, seq: int, p: dict[str, Any]) -> None:
         qid = p["query_id"]
@@ -291,6 +295,12 @@ class Ledger:
         self.counts["settled"] += 1
         self.settled.add(hash(qid))
         self._move(seq, q, Amount.of(p.get("actual")), release=release, spend=True)
+
+    def _on_fault(self, seq: int, p: dict[str, Any]) -> None:
+        self.counts["provider_faults"] += 1
+        q = self.queries.get(p["query_id"])
+        if q is not None:
+            self.faulted.add(q.key)
 
     def _on_abandoned(self, seq: int, p: dict[str, Any]) -> None:
         self.batched.pop(p["query_id"], None)
@@ -401,6 +411,7 @@ _HANDLERS = {
     "attempt_failed": Ledger._on_failed,
     "query_settled": Ledger._on_settled,
     "query_abandoned": Ledger._on_abandoned,
+    "provider_fault": Ledger._on_fault,
     "run_resumed": Ledger._on_resumed,
     "batch_prepared": Ledger._on_batch_prepared,
     "batch_submitted": Ledger._on_batch_submitted,

@@ -25,6 +25,7 @@ class RunState:
     rejected: dict[str, int] = field(default_factory=dict)  # reason (shortened) -> count
     proposed: int = 0
     items_by_outcome: dict[str, int] = field(default_factory=dict)
+    provider_faults: list[str] = field(default_factory=list)  # "seq N: message", as recorded
 
 
 def _reason_key(reason: str) -> str:
@@ -82,6 +83,8 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
             state.message = p.get("message", "")
         elif t == "run_resumed":
             state.status = None
+        elif t == "provider_fault":
+            state.provider_faults.append(f"seq {ev.seq}: {p.get('message', '')}")
     for texts in texts_open.values():
         state.answered.update(texts)
     for reasons in finish_open.values():

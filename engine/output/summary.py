@@ -55,6 +55,7 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
                     "duplicates_dropped": duplicates, "accepted_unchecked": unchecked,
                     "rows_per_strategy": rows_by_strategy},
         "rejected": rejected,  # "stage: kind" -> count, most first
+        "provider_faults": {f"fault {i}": f for i, f in enumerate(state.provider_faults, 1)},
         "diversity": {"questions_distinct_2gram": round(distinct_ngram_ratio(questions, 2), 4) if questions else None,
                       "answers_distinct_2gram": round(distinct_ngram_ratio(answers, 2), 4) if answers else None},
         "data_quality": quality,

@@ -111,7 +111,9 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
             try:
                 teacher = factory(section.model_dump(exclude_none=True))
             except ValidationError as exc:  # the provider's own settings model: report full key paths
-                raise options_error(exc, where) from None
+                # Suggest from the section's own keys and those the provider says it takes.
+                known = sorted(set(ModelSection.model_fields) | set(getattr(factory, "settings_fields", ())))
+                raise options_error(exc, where, known=known) from None
             price = price_for(section.model, section.provider, overrides, section.base_url)
             batch_api = getattr(teacher, "batch_api", None)
             if price is not None and batch_api is not None:

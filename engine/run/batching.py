@@ -26,6 +26,7 @@ from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, R
 from ..ledger.events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, Cost,
                      QueryAbandoned, QueryDispatched, QuerySettled)
 from .samples import Member, shares
+from .usage_check import fault_error, fault_event
 
 if TYPE_CHECKING:
     from ..scheduler.endpoint import Endpoint
@@ -214,12 +215,18 @@ class BatchQueue:
             if isinstance(r, Completion):
                 text = r.texts[0] if r.texts else ""
                 amount = shares(r.usage.input_tokens, [r.usage.output_tokens], ep.price, r.usage.cached_input_tokens)[0]
+                fault = fault_event(qid, m.attempt, r.usage, m.worst, amount.usd) if m.worst is not None else None
+                if fault is not None:  # settled below at what it reported, then the asker stops the run
+                    d.recorder.emit(fault)
                 d.recorder.emit(QuerySettled(query_id=qid, attempt=m.attempt, actual=Cost(**amount.as_dict()),
                                              text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
                                              cached_input_tokens=r.usage.cached_input_tokens))
                 d.remember(qid, text)
                 d.note_finish(qid, r.finish_reasons[0] if r.finish_reasons else None)
-                self._resolve(p, text=text)
+                if fault is not None:
+                    self._resolve(p, error=fault_error(ep.teacher.provider, ep.model, fault))
+                else:
+                    self._resolve(p, text=text)
                 settled += 1
                 continue
             failed += 1

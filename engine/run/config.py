@@ -21,7 +21,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..errors import ConfigError
+from .config_errors import format_errors as _format_errors
 from ..ledger.ledger import BudgetSpec, Limits
+from ..redact import ENV_HINT, header_credentials, url_credentials
 from ...store.hashing import canonical
 
 
@@ -38,7 +40,17 @@ class _Open(BaseModel):
         return dict(self.model_extra or {})
 
 
-SECRET_KEY = re.compile(r"(^|_)(api_?key|secret|token|password)$", re.I)
+# Key names that hold a credential. Exact names (and a few unambiguous suffixes), never a substring
+# match: `teacher.max_token` is a typo of max_tokens, not a secret.
+SECRET_KEYS = frozenset({"api_key", "apikey", "api_secret", "secret", "secret_key", "client_secret", "token",
+                         "access_token", "auth_token", "bearer_token", "hf_token", "password", "passwd",
+                         "authorization", "credentials"})
+SECRET_SUFFIXES = ("_api_key", "_apikey", "_secret", "_secret_key", "_password", "_access_token", "_auth_token")
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.strip().lower().replace("-", "_")
+    return k in SECRET_KEYS or k.endswith(SECRET_SUFFIXES)
 
 
 class RunSection(_Strict):
@@ -46,6 +58,9 @@ class RunSection(_Strict):
     store: str | None = None
     seed: int = 0
     description: str | None = None
+    # A process that stops heartbeating for this long (frozen, partitioned) loses the run to a
+    # `generate --resume`; the holder heartbeats at a third of it.
+    lease_ttl_s: float = Field(default=30.0, gt=0)
 
 
 class SeedsSection(_Open):
@@ -73,12 +88,25 @@ class ModelSection(_Open):
                              "not the key itself")
         return v
 
+    @field_validator("base_url")
+    @classmethod
+    def _no_url_credentials(cls, v: str | None) -> str | None:
+        what = url_credentials(v) if v else None
+        if what is not None:  # the URL itself is not repeated: it holds the credential
+            raise ValueError(f"holds a credential ({what}), and the config is recorded with the run; {ENV_HINT}")
+        return v
+
     @model_validator(mode="after")
     def _no_secrets(self) -> "ModelSection":
-        for key in self.extras():
-            if SECRET_KEY.search(key):
+        extras = self.extras()
+        for key in extras:
+            if is_secret_key(key):
                 raise ValueError(f"{key}: API keys come from the environment only; set api_key_env "
                                  "to the name of the variable that holds it")
+        for name in header_credentials(extras.get("extra_headers")):
+            raise ValueError(f"extra_headers.{name}: a credential header in a config is recorded with the run; "
+                             f"name the environment variable that holds it instead: "
+                             f"extra_headers_env = {{{name} = \"VARIABLE\"}} (or api_key_env for the API key)")
         return self
 
 
@@ -204,21 +232,6 @@ class RunConfig(_Strict):
         return hashlib.sha256(canonical(self.plan_view())).hexdigest()[:16]
 
 
-def _format_errors(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
-        path = f"{prefix}{path}" if path else prefix.rstrip(".") or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {path}: unknown key")
-        elif err["type"] == "missing":
-            lines.append(f"  {path}: required key is missing")
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`teacher.model=gpt-4o` -> (["teacher", "model"], "gpt-4o"); values are read as TOML when they can be."""
     if "=" not in item:
@@ -252,13 +265,22 @@ def find_secrets(data: Any, path: str = "") -> list[str]:
     if isinstance(data, dict):
         for k, v in data.items():
             where = f"{path}.{k}" if path else str(k)
-            if isinstance(k, str) and SECRET_KEY.search(k):
+            if isinstance(k, str) and is_secret_key(k):
                 found.append(where)
             found += find_secrets(v, where)
     elif isinstance(data, list):
         for i, v in enumerate(data):
             found += find_secrets(v, f"{path}[{i}]")
     return found
+
+
+def _secret_advice(path: str) -> str:
+    head, _, name = path.rpartition(".")
+    if head.endswith("extra_headers"):
+        return ("secrets are not allowed in a run config (it is recorded in the event store); name the "
+                f"environment variable that holds this header instead: extra_headers_env = {{{name} = \"VARIABLE\"}}")
+    return ("secrets are not allowed in a run config (it is recorded in the event store); "
+            "put the key in an environment variable and name it with api_key_env")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -276,23 +298,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "config") -> RunConfig:
     secrets = find_secrets(data)
     if secrets:
-        raise ConfigError(f"{source}: invalid config\n" + "\n".join(
-            f"  {k}: secrets are not allowed in a run config (it is recorded in the event store); "
-            "put the key in an environment variable and name it with api_key_env" for k in secrets))
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {k}: {_secret_advice(k)}" for k in secrets))
     try:
         cfg = RunConfig.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid config\n{_format_errors(exc)}") from None
+        raise ConfigError(f"{source}: invalid config\n{_format_errors(exc, model=RunConfig)}") from None
     return cfg
 
 
-def options_error(exc: ValidationError, section: str) -> ConfigError:
-    """A plugin's own validation error, re-phrased with full key paths (`teacher.foo: unknown key`)."""
-    return ConfigError(f"invalid [{section}] options\n{_format_errors(exc, prefix=section + '.')}")
+def options_error(exc: ValidationError, section: str, model: type[BaseModel] | None = None,
+                  known: list[str] | None = None) -> ConfigError:
+    """A plugin's own validation error, re-phrased with full key paths (`teacher.foo: unknown key`), and
+    the closest known key for a misspelt one (from `model`'s fields, or `known`)."""
+    return ConfigError(f"invalid [{section}] options\n{_format_errors(exc, prefix=section + '.', model=model, known=known)}")
 
 
 def validate_plugin_options(options_cls: type[BaseModel], data: dict[str, Any], section: str) -> BaseModel:
     try:
         return options_cls.model_validate(data)
     except ValidationError as exc:
-        raise options_error(exc, section) from None
+        raise options_error(exc, section, model=options_cls) from None

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import DatabaseError
 
 from ... import __version__
 from ...store.eventstore import EventStore, NewEvent, owner_token
+from .abort import abort_error, start_error
 from .assemble import Parts, build_endpoints, build_parts
 from .config import RunConfig
 from .context import ItemContext
@@ -27,8 +30,10 @@ from ..ledger.events import (SCHEMA_VERSION, ItemDone, RunFinished, RunResumed, 
                              SampleAccepted, SampleProposed, SampleRejected, to_payload)
 from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
-from ..ledger.journal import Recorder
+from ..ledger import crashpoints
+from ..ledger.journal import HEARTBEAT_S, Recorder, WriterFailed
 from ..ledger.replay import replay
+from ..redact import scrub_payload, scrub_value
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, QueryFailed, ResumeRefused, RunNameTaken, RunStopping
 from .quality_gate import GATE_EVENTS, QualityGate, answer_reply
@@ -48,6 +53,8 @@ class RunResult:
     snapshot: dict[str, Any] = field(default_factory=dict)
     summary: str = ""  # one line: status, binding limit, samples accepted/rejected, rate
     store_url: str = ""  # where the run is recorded (open_store(result.store_url) reads it back)
+    # Why the run could not record its end (store unwritable, lease taken over); `generate` raises it.
+    error: Exception | None = None
 
     @property
     def ok(self) -> bool:
@@ -150,6 +157,13 @@ class Runner:
             self._pledge(item, {role: 1}, -1)
 
     # ---- entry points -----------------------------------------------------------------
+    def _recorder(self, run_id: str, last_seq: int, head: str) -> Recorder:
+        """The run's event writer: heartbeats well inside the lease, and stops the run at once if a
+        commit is refused (store unwritable, lease taken over)."""
+        return Recorder(self.store, run_id, last_seq, head, self.owner, self.ledger,
+                        heartbeat_s=min(HEARTBEAT_S, self.cfg.run.lease_ttl_s / 3),
+                        on_failure=lambda _exc: self.hard_stop())
+
     def start_new(self) -> str:
         cfg = self.cfg
         self._check_name_free(cfg.run.name)
@@ -158,12 +172,14 @@ class Runner:
                                                budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir,
                                                warnings=self.warnings, prices=self.prices()))
         # The run row and its run_started commit together: a kill at any instant leaves either no
-        # run or one that `--resume` can read.
-        run_id, last, head = self.store.start_run(cfg.run.name, cfg.snapshot(), cfg.config_hash(),
-                                                  [NewEvent(type_, payload, SCHEMA_VERSION)], owner=self.owner)
+        # run or one that `--resume` can read. Both are scrubbed like every event (see redact).
+        run_id, last, head = self.store.start_run(cfg.run.name, scrub_value(cfg.snapshot()), cfg.config_hash(),
+                                                  [NewEvent(type_, scrub_payload(payload), SCHEMA_VERSION)],
+                                                  owner=self.owner)
+        crashpoints.committed()
         self.ledger = Ledger(self.parts.budget)
         self.ledger.apply(last, type_, payload)
-        self.recorder = Recorder(self.store, run_id, last, head, self.owner, self.ledger)
+        self.recorder = self._recorder(run_id, last, head)
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
                                      lookup_settled=self._lookup_settled)
         self._init_dedupe([])
@@ -172,7 +188,7 @@ class Runner:
         return run_id
 
     def start_resume(self, run_id: str) -> str:
-        info = self.store.get_run(run_id)
+        info_before = self.store.get_run(run_id)
         events = self.store.iter_events(run_id)
         state = replay(events)
         if state.plan_hash != self.cfg.plan_hash():
@@ -180,13 +196,15 @@ class Runner:
             raise ResumeRefused(
                 f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
                 + "\n  ".join(diffs or ["(plan hash differs)"]))
-        self.store.acquire(run_id, self.owner)
+        self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s)
         info = self.store.get_run(run_id)
         self.ledger = state.ledger
         self.ledger.spec = self.parts.budget  # budgets and limits may change between sessions
-        self.recorder = Recorder(self.store, run_id, info.last_seq, info.head_hash, self.owner, self.ledger)
+        self.recorder = self._recorder(run_id, info.last_seq, info.head_hash)
         unsettled = list(self.ledger.queries)
-        self.recorder.emit(RunResumed(pid=os.getpid(), unsettled=unsettled, config_hash=self.cfg.config_hash(),
+        self.recorder.emit(RunResumed(pid=os.getpid(), host=socket.gethostname(), owner=self.owner,
+                                      previous_owner=info_before.owner,
+                                      unsettled=unsettled, config_hash=self.cfg.config_hash(),
                                       budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
                                       config_dir=self.cfg.base_dir, prices=self.prices()))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
@@ -295,7 +313,7 @@ class Runner:
                     outer.start_soon(self._tick, progress)
                     for ep in self._unique_endpoints():
                         if ep.batch is not None:  # collects queries into batches, follows them
-                            outer.start_soon(ep.batch.run, self.dispatcher, ep)
+                            outer.start_soon(self._run_batches, ep)
                     try:
                         status, message = await self._feed()
                     finally:
@@ -320,7 +338,21 @@ class Runner:
                         await ep.teacher.aclose()
                     except Exception:
                         pass
-        return RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status), self.store.url)
+        result = RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status), self.store.url)
+        if self.recorder.failed is not None:  # raised by `generate`, outside every task group
+            result.error = abort_error(self.store, run_id, self.owner, self.recorder.failed,
+                                       self.recorder.durable_seq, self.cfg.run.lease_ttl_s)
+            result.status, result.message = "aborted", str(result.error)
+        return result
+
+    async def _run_batches(self, ep: Any) -> None:
+        """An endpoint's batch queue; once the event writer has failed, its refusal to record more is
+        how the queue stops, not an error of its own (the run ends with the writer's reason)."""
+        try:
+            await ep.batch.run(self.dispatcher, ep)
+        except Exception as exc:
+            if not _only(exc, WriterFailed):
+                raise
 
     async def _tick(self, progress: RunProgress) -> None:
         while True:
@@ -422,7 +454,7 @@ class Runner:
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome=outcome))
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
-        except RunStopping:
+        except (RunStopping, WriterFailed):
             pass  # not done: a resume runs the item again, its settled answers come from the store
         except QueryFailed as exc:
             rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="failed", reason=str(exc)))
@@ -475,6 +507,14 @@ class Runner:
         self.gate.load(earlier)
 
 
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    """`exc` is a `kind`, or a group (task groups wrap) of nothing else."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return isinstance(exc, kind)
+    return all(_only(e, kind) for e in inner)
+
+
 async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:
     """SIGINT/SIGTERM stop a run cleanly: nothing new starts, in-flight requests get `grace_s` to
     finish, and the run is recorded as `interrupted` (a second signal cuts the grace short).
@@ -516,14 +556,17 @@ def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None,
         announce(runner.store_choice.describe())
         for line in runner.warnings:
             announce(f"warning: {line}")
-    if run_id:
-        runner.start_resume(runner.store.resolve(run_id).id)
-    elif resume and _never_started(runner.store, cfg.run.name):
-        runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
-    elif resume:
-        runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
-    else:
-        runner.start_new()
+    try:
+        if run_id:
+            runner.start_resume(runner.store.resolve(run_id).id)
+        elif resume and _never_started(runner.store, cfg.run.name):
+            runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
+        elif resume:
+            runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
+        else:
+            runner.start_new()
+    except DatabaseError as exc:  # the store refused the run's start or its lease (read-only, full, locked)
+        raise start_error(runner.store, exc) from None
     return runner
 
 
@@ -543,7 +586,8 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
     """Start a run (or resume one) and drive it to the end. Bad input fails before any event.
 
     Called where an event loop is already running (Jupyter), the run is driven on a worker thread
-    with its own loop: a second loop cannot start in the first one's thread."""
+    with its own loop: a second loop cannot start in the first one's thread. A run that could not
+    record its end (store unwritable, lease taken over) raises that reason."""
     if event_loop_running():
         from concurrent.futures import ThreadPoolExecutor
 
@@ -552,9 +596,12 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
                                announce=announce).result()
     runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce)
     try:
-        return anyio.run(_run_with_signals, runner)
+        result = anyio.run(_run_with_signals, runner)
     finally:
         runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
+    if result.error is not None:
+        raise result.error
+    return result
 
 
 def _never_started(store: EventStore, name: str) -> bool:

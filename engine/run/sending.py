@@ -15,7 +15,9 @@ import anyio
 from ..api import ChatRequest, Completion
 from ..errors import FailureKind, RunStopping, TeacherError
 from ..ledger.events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted
+from ..ledger.ledger import Amount
 from .samples import Member, output_split, shares, split_evenly
+from .usage_check import fault_error, fault_event
 
 if TYPE_CHECKING:
     from ..ledger.journal import Recorder
@@ -79,10 +81,18 @@ class Sender:
                 self._failed(ep, members, err, est)
                 raise err from exc
         latency = time.monotonic() - started
+        usage = completion.usage
+        worst = Amount(len(members), prompt_bound, request.max_tokens * len(members))
+        fault = fault_event(members[0].qid, members[0].attempt, usage, worst,
+                            ep.price.cost(usage.input_tokens, usage.output_tokens) if ep.price else 0.0)
+        if fault is not None:  # recorded before the settlement it explains
+            self.recorder.emit(fault)
         texts = self._settle(ep, members, request, completion, latency, shared)
         ep.answered += 1
         counted = completion.usage.input_tokens + request.max_tokens * len(members)
         self._note(ep, ep.on_success(est, counted, completion.rate_limits, latency))
+        if fault is not None:  # settled at what it reported (that is what will be billed), then stop
+            raise fault_error(ep.teacher.provider, ep.model, fault)
         return texts
 
     def _settle(self, ep: "Endpoint", members: list[Member], request: ChatRequest, completion: Completion,

@@ -69,7 +69,7 @@ def load_train_config(path: Path | None, overrides: list[str] | None = None) -> 
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path or 'train config'}: invalid config\n{_format_errors(exc)}") from None
+        raise ConfigError(f"{path or 'train config'}: invalid config\n{_format_errors(exc, model=TrainConfig)}") from None
 
 
 class RunLog:

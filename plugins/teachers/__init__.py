@@ -32,6 +32,9 @@ openai_factory = _lazy("openai_sdk")
 anthropic_factory = _lazy("anthropic_sdk")
 openai_compatible_factory = _lazy("openai_compatible")
 lazy_local_factory = _lazy("local")
+# The keys the HTTP providers take, so a misspelt one gets a "did you mean" without importing an SDK.
+for _f in (openai_factory, anthropic_factory, openai_compatible_factory):
+    _f.settings_fields = tuple(TeacherSettings.model_fields)  # type: ignore[attr-defined]
 
 
 @hookimpl

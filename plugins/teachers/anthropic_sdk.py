@@ -32,7 +32,7 @@ class AnthropicTeacher:
             base_url=settings.base_url,
             timeout=settings.timeout_s,
             max_retries=0,
-            default_headers=settings.extra_headers or None,
+            default_headers=settings.headers() or None,
             http_client=anthropic.DefaultAsyncHttpxClient(limits=limits),
         )
         self.batch_api = None

@@ -76,7 +76,7 @@ class OpenAICompatibleTeacher:
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
-            **settings.extra_headers,
+            **settings.headers(),
         }
         # Per-phase limits, like the SDKs' httpx timeouts: waiting for a free pooled connection is
         # not counted, so a queued request never times out (and is never "maybe billed") unsent.

@@ -61,7 +61,7 @@ class OpenAITeacher:
             base_url=settings.base_url,
             timeout=settings.timeout_s,
             max_retries=0,
-            default_headers=settings.extra_headers or None,
+            default_headers=settings.headers() or None,
             http_client=openai.DefaultAsyncHttpxClient(limits=limits),
         )
         self.batch_api = None

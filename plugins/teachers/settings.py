@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthledger.engine.errors import SynthledgerError
+from synthledger.engine.redact import ENV_HINT, is_credential_header, register, url_credentials
 
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY"}
 LOCAL_PLACEHOLDER_KEY = "sk-local-placeholder"
@@ -37,13 +38,49 @@ class TeacherSettings(BaseModel):
     batch_size: int = Field(default=10_000, ge=1, le=50_000)
     batch_wait_s: float = Field(default=5.0, ge=0.0)
     batch_poll_s: float = Field(default=30.0, gt=0.0)
+    # Header name -> name of the environment variable holding its value: how a gateway credential
+    # (x-api-key, a second Authorization) is sent without being written into the recorded config.
+    extra_headers_env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         if v is not None and urlsplit(v).scheme not in ("http", "https"):
-            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+            raise ValueError("must be an http:// or https:// URL")
+        what = url_credentials(v) if v else None
+        if what is not None:
+            raise ValueError(f"holds a credential ({what}); {ENV_HINT}")
         return v
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _no_credential_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if is_credential_header(name):
+                raise ValueError(f"{name}: a credential header must not be written in a config; name the "
+                                 f"environment variable that holds it: extra_headers_env = {{{name} = \"VARIABLE\"}}")
+        return v
+
+    @field_validator("extra_headers_env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, var in v.items():
+            if not var.replace("_", "a").isalnum() or var[:1].isdigit():
+                raise ValueError(f"{name}: must be the *name* of an environment variable, not the value")
+        return v
+
+    def headers(self) -> dict[str, str]:
+        """extra_headers plus those read from the environment now (registered as secrets, so no
+        output ever carries them); a missing variable fails at startup, naming it."""
+        out = dict(self.extra_headers)
+        for name, var in self.extra_headers_env.items():
+            value = os.environ.get(var, "").strip()
+            if not value:
+                raise MissingApiKey(f"[teacher] extra_headers_env: header {name} needs the environment variable "
+                                    f"{var}, which is unset or empty")
+            register(value)
+            out[name] = value
+        return out
 
     @property
     def key_env(self) -> str:
@@ -63,6 +100,7 @@ def resolve_api_key(settings: TeacherSettings, *, local_placeholder: bool = Fals
     run without one."""
     key = os.environ.get(settings.key_env, "").strip()
     if key:
+        register(key)  # from here on, no event, log line or export can carry it
         return key
     if local_placeholder and settings.base_url_is_local():
         return LOCAL_PLACEHOLDER_KEY

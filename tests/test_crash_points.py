@@ -1,0 +1,122 @@
+"""A kill at every one of a run's commit points, each followed by `generate --resume`.
+
+SYNTHLEDGER_EXIT_AFTER_COMMITS=N ends the process (os._exit, no cleanup: what SIGKILL leaves)
+right after the N-th durable commit of its events. Walking N over a whole small run, and resuming
+after each, proves what random kills only sample: wherever the process dies, the resumed run
+spends exactly its budget, audits clean, exports one row per settled answer and no pair twice.
+The fast default walks every point of one small answer-augmentation run; the `slow` loop does the
+same for the strategies with an augmenter role and at a higher concurrency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from synthledger.engine.ledger.crashpoints import ENV, EXIT_CODE
+from synthledger.testing.projects import write_project
+from synthledger.testing.reliability import ServerProcess, check_run_exact, fork_cli, run_events
+
+AUGMENTER = '''
+[augmenter]
+provider = "openai-compatible"
+base_url = "{url}/v1"
+model = "aug-model"
+max_tokens = 48
+'''
+COMMON = '''
+[limits]
+max_concurrency = {concurrency}
+backoff_base_s = 0.01
+backoff_max_s = 0.05
+
+[dedupe]
+enabled = false
+'''
+STRATEGIES = {
+    "answer_augmentation": ("", ""),
+    "question_rephrase": ("", AUGMENTER),
+    "new_question": ("check_well_posed = false\n", AUGMENTER),
+    "mix": ('parts = [{name = "answer_augmentation", fraction = 0.5}, '
+            '{name = "question_rephrase", fraction = 0.5}]\n', AUGMENTER),
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess("--latency-ms", "5") as srv:
+        yield srv
+
+
+def _project(folder: Path, url: str, strategy: str, budget: int, concurrency: int) -> Path:
+    options, augmenter = STRATEGIES[strategy]
+    extra = options + augmenter.format(url=url) + COMMON.format(concurrency=concurrency)
+    return write_project(folder, url, name=f"crash-{strategy}", seeds=6, queries=budget, strategy=strategy,
+                         extra=extra)
+
+
+def _commits(db: Path) -> int:
+    """How many commits the run made: each commit stamps its batch of events with one time."""
+    return len({ts for *_, ts in run_events(db)})
+
+
+def _kill_at_every_commit(tmp: Path, url: str, strategy: str, budget: int, concurrency: int,
+                          points: list[int] | None = None) -> int:
+    base = tmp / "whole"
+    config = _project(base, url, strategy, budget, concurrency)
+    whole = fork_cli(["generate", "--config", str(config), "--no-progress", "--store",
+                      f"sqlite:///{base / 'store.db'}"], cwd=base)
+    assert whole.rc == 0, whole.stderr
+    total = _commits(base / "store.db")
+    assert total >= 3, total
+    for n in points or range(1, total + 1):
+        folder = tmp / f"kill-{n}"
+        config = _project(folder, url, strategy, budget, concurrency)
+        store = f"sqlite:///{folder / 'store.db'}"
+        args = ["generate", "--config", str(config), "--no-progress", "--store", store]
+        killed = fork_cli(args, cwd=folder, env={ENV: str(n)})
+        # Batching varies from run to run: a run may finish in fewer commits than the measured one.
+        assert killed.rc in (EXIT_CODE, 0), f"N={n}: rc {killed.rc}\n{killed.stderr}"
+        resumed = fork_cli([*args, "--resume"], cwd=folder)
+        if killed.rc == 0:  # nothing left to resume: the run finished before the N-th commit
+            assert resumed.rc == 2 and "no unfinished run" in resumed.stderr, resumed.stderr
+        else:
+            assert resumed.rc == 0, f"N={n}: resume failed (rc {resumed.rc})\n{resumed.stderr}"
+            assert resumed.last_line()[2] in ("budget_exhausted", "completed"), resumed.stdout
+        run_id = run_events_run_id(folder / "store.db")
+        try:
+            check_run_exact(store, run_id, budget)
+        except AssertionError as exc:
+            raise AssertionError(f"{strategy}, killed after commit {n} of {total}: {exc}") from None
+    return total
+
+
+def run_events_run_id(db: Path) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        ids = [r[0] for r in con.execute("SELECT id FROM runs")]
+    finally:
+        con.close()
+    assert len(ids) == 1, ids
+    return ids[0]
+
+
+def test_a_kill_after_every_commit_of_a_small_run_resumes_exactly(tmp_path, server):
+    total = _kill_at_every_commit(tmp_path, server.url, "answer_augmentation", budget=4, concurrency=1)
+    assert total >= 4
+
+
+@pytest.mark.parametrize("strategy", ["question_rephrase", "new_question", "mix"])
+def test_augmenter_strategies_survive_a_kill_at_their_first_and_last_commits(tmp_path, server, strategy):
+    # The fast subset: the first commits (run start, first reservations) and the last ones.
+    _kill_at_every_commit(tmp_path, server.url, strategy, budget=6, concurrency=1, points=[1, 2, 3, 5, 8])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_every_commit_point_of_every_strategy(tmp_path, server, strategy, concurrency):
+    _kill_at_every_commit(tmp_path, server.url, strategy, budget=8, concurrency=concurrency)

@@ -1,0 +1,140 @@
+"""A frozen lease holder: SIGSTOP past its lease, a `--resume` takes over, then SIGCONT.
+
+Both sides must end cleanly. While the holder's lease is fresh a second process is refused in one
+line; once it has expired the second process takes the run over (its run_resumed event names the
+process it replaced); the original, continued, finds its lease gone at its next commit, stops
+without sending anything more, says which process took the run, and exits non-zero in one line.
+Nothing either process committed is lost, and the run ends exactly on its budget.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+from synthledger.testing.projects import write_project
+from synthledger.testing.reliability import ForkedCli, ServerProcess, check_run_exact, run_events
+
+TTL = 4.0
+
+
+def _write_locked(db: Path) -> bool:
+    """Whether some connection holds the store's write lock right now."""
+    con = sqlite3.connect(db, timeout=0)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.rollback()
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        con.close()
+
+
+def _stop_outside_a_commit(pid: int, db: Path) -> None:
+    """SIGSTOP the process at an instant when it holds no write lock (a process frozen inside a
+    commit blocks every writer: that case is the 'store is busy' test below)."""
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        if not _write_locked(db):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.003)
+    raise AssertionError("could not stop the run outside a commit")
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _count(db: Path, type_: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        return sum(1 for _, t, _, _ in run_events(db) if t == type_)
+    except (sqlite3.OperationalError, AssertionError):
+        return 0
+
+
+def test_a_frozen_holder_is_taken_over_and_stops_cleanly_when_continued(tmp_path):
+    with ServerProcess("--latency-ms", "60") as server:
+        config = write_project(tmp_path, server.url, seeds=8, queries=60, extra="\n[limits]\nmax_concurrency = 2\n")
+        db = tmp_path / "store.db"
+        args = ["generate", "--config", str(config), "--no-progress", "--store", f"sqlite:///{db}",
+                "--set", f"run.lease_ttl_s={TTL}"]
+        original = ForkedCli(args, cwd=tmp_path)
+        _wait(lambda: _count(db, "query_settled") >= 6, 60, "the first run to be under way")
+        _stop_outside_a_commit(original.pid, db)
+        stopped_at = time.monotonic()
+        try:
+            settled_before = {p["query_id"] for _, t, p, _ in run_events(db) if t == "query_settled"}
+
+            # While the lease is fresh: refused at once, in one line.
+            busy = ForkedCli([*args, "--resume"], cwd=tmp_path).wait(60)
+            assert time.monotonic() - stopped_at < TTL, "too slow to test the fresh lease"
+            assert busy.rc == 2 and "another process" in busy.stderr, busy
+            assert "Traceback" not in busy.stderr and len(busy.stderr.strip().splitlines()) == 1, busy.stderr
+
+            # Once it has expired: taken over.
+            time.sleep(max(0.0, stopped_at + TTL + 0.5 - time.monotonic()))
+            taker = ForkedCli([*args, "--resume"], cwd=tmp_path)
+            _wait(lambda: _count(db, "run_resumed") >= 1 or taker.poll() is not None, 60, "the takeover")
+            assert taker.poll() is None, f"the taker ended early: {taker.result}"
+        finally:
+            os.kill(original.pid, signal.SIGCONT)
+        lost = original.wait(60)
+        done = taker.wait(120)
+
+        assert lost.rc != 0 and "Traceback" not in lost.stderr, lost.stderr
+        assert len(lost.stderr.strip().splitlines()) == 1, lost.stderr
+        assert f"taken over by process {taker.pid}" in lost.stderr, lost.stderr
+        assert "sent nothing more" in lost.stderr and "is kept" in lost.stderr
+        assert done.rc == 0 and done.last_line()[2] == "budget_exhausted", done
+
+        events = run_events(db)
+        resumed = [p for _, t, p, _ in events if t == "run_resumed"]
+        assert len(resumed) == 1 and resumed[0]["pid"] == taker.pid and resumed[0]["host"]
+        assert resumed[0]["previous_owner"].split(":")[-2] == str(original.pid)
+        run_id = resumed[0]["owner"] and _run_id(db)
+        result = check_run_exact(f"sqlite:///{db}", run_id, 60)
+        assert settled_before <= set(result["settled"]), "answers settled before the freeze were lost"
+        # The original sent nothing it had not recorded first: every request the server saw is a
+        # recorded dispatch (of either process).
+        dispatched = sum(1 for _, t, _, _ in events if t == "query_dispatched")
+        assert server.stats()["received"] == dispatched
+
+
+def _run_id(db: Path) -> str:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT id FROM runs").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_a_takeover_while_the_store_is_write_locked_says_busy_in_one_line(tmp_path):
+    # A holder frozen inside a commit keeps the store's write lock: the taker cannot take over,
+    # and must say so in one line instead of a "database is locked" traceback.
+    with ServerProcess() as server:
+        config = write_project(tmp_path, server.url, seeds=4, queries=30)
+        db = tmp_path / "store.db"
+        args = ["generate", "--config", str(config), "--no-progress", "--store", f"sqlite:///{db}"]
+        first = ForkedCli([*args, "--set", "budget.queries=4"], cwd=tmp_path).wait(60)
+        assert first.rc == 0, first
+        holder = sqlite3.connect(db, timeout=0)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            taker = ForkedCli(["--busy-timeout", "1", *args, "--resume", "--run", _run_id(db)], cwd=tmp_path).wait(120)
+        finally:
+            holder.rollback()
+            holder.close()
+        assert taker.rc == 2 and "Traceback" not in taker.stderr, taker
+        assert len(taker.stderr.strip().splitlines()) == 1 and "busy" in taker.stderr, taker.stderr
