@@ -29,7 +29,9 @@ def project(tmp_path):
 def test_a_batch_run_settles_every_query_at_batch_prices(project, provider, base):
     proj, srv = project("--batch-request-s", "0.001")
     cfg = proj.write(teacher={"provider": provider, "base_url": srv.url + base, "model": "gpt-4o-mini", **BATCH},
-                     strategy={"samples_per_seed": 2}, budget={"queries": 40, "usd": 1.0})
+                     strategy={"samples_per_seed": 2}, budget={"queries": 40, "usd": 1.0},
+                     # The online price, stated: genai-prices knows gpt-4o-mini only under provider openai.
+                     pricing={"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}})
     res = proj.generate(cfg)
     assert res.returncode == 0, res.stderr
     run_id, status = last_line(res)
