@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .experiment_events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
+                                ExperimentResult)
+
 SCHEMA_VERSION = 1
 
 
@@ -105,6 +108,29 @@ class QuerySettled(_Event):
     # number of samples and its whole usage; `actual` is this query's share of it.
     shared: dict[str, Any] | None = None
     cached_input_tokens: int = 0  # of actual.input_tokens, billed at the cached-input price
+
+
+class QueryReused(_Event):
+    """A query whose identity was already settled in this store (by another run), served from there.
+
+    It counts toward this run's budget with the source's actual usage (the budget is a data budget:
+    the run gets exactly what it would have bought) but nothing is paid for it. `source_run` and
+    `source_seq` point at the `query_settled` event whose answer this is; `audit` checks them."""
+
+    type: Literal["query_reused"] = "query_reused"
+    query_id: str
+    key: str
+    role: str
+    purpose: str
+    strategy: str
+    item: str
+    provider: str
+    model: str
+    source_run: str
+    source_seq: int
+    actual: Cost
+    text: str
+    finish_reason: str | None = None
 
 
 class QueryAbandoned(_Event):
@@ -273,6 +299,7 @@ Event = Annotated[
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
+        QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
     ],
     Field(discriminator="type"),
 ]
@@ -285,6 +312,7 @@ EVENT_TYPES = frozenset(
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
+        QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
     )
 )
 
