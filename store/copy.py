@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from .errors import RunNotFound, StoreError
 from .eventstore import EventStore
 from .hashing import GENESIS, chain_hash
+from .keys import insert_row_keys
 from .records import RunInfo
 
 PAGE = 5000
@@ -136,9 +137,11 @@ def _copy_events(src: EventStore, dst: EventStore, out: Connection, info: RunInf
             batch.append(row)
             if len(batch) >= PAGE:
                 dst._insert_events(out, batch)
+                insert_row_keys(out, batch)
                 written, batch = written + len(batch), []
     if batch:
         dst._insert_events(out, batch)
+        insert_row_keys(out, batch)
         written += len(batch)
     read.end(info.last_seq, info.head_hash)
     back = _Chain(info.id, dst.where, start_seq, start_head)  # what the destination will hold, before commit

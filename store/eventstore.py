@@ -26,6 +26,7 @@ from .busy import busy_error, is_busy, pg_holders, sqlite_holders
 from .engines import insert_sql, one_line, open_engine, page_sql, sqlite_path
 from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
+from .keys import KeyIndex
 from .migrations import migrate
 from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_alive, chain_rows, iso_ms,
                       owner_token)
@@ -42,7 +43,7 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-class EventStore:
+class EventStore(KeyIndex):
     def __init__(self, url: str | None = None, *, busy_timeout: float | None = None,
                  must_exist: bool = False) -> None:
         """Open (and migrate) the store at `url`. With `must_exist`, a store that is not there is an
@@ -256,6 +257,7 @@ class EventStore:
         guard is the database's: a conditional UPDATE of the run row, which a second writer can only
         pass after the first committed (and then finds last_seq moved), plus the (run_id, seq) key."""
         now = time.time()
+        events = list(events)
         rows, seq, head = chain_rows(run_id, events, expected_seq, prev_hash, now)
         if not rows:
             return expected_seq, prev_hash
@@ -272,6 +274,7 @@ class EventStore:
                 if res.rowcount != 1:
                     raise ConcurrencyError(self._conflict_message(conn, run_id, expected_seq, owner))
                 self._insert_events(conn, rows)
+                self._insert_keys(conn, run_id, expected_seq, events, now)
         except IntegrityError as exc:
             raise ConcurrencyError(f"run {run_id}: sequence {expected_seq + 1} already written") from exc
         return seq, head

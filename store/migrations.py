@@ -15,6 +15,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
+from .keys import create_event_keys
 from .models import EventRow, MigrationRow, RunRow
 from .views import create_views
 
@@ -29,6 +30,7 @@ def _initial(conn: Connection) -> None:
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial: runs, events", _initial),
     (2, "views: samples, charges, queries, spend_by_run", create_views),
+    (3, "event_keys: settled queries by id, for answers reused across runs", create_event_keys),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -21,6 +21,7 @@ class NewEvent:
     type: str
     payload: dict[str, Any]
     schema_version: int = 1
+    key: str | None = None  # indexed in `event_keys` (a settled query's id) for lookups across runs
 
 
 def iso_ms(ts: float) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["write_project"]
+__all__ = ["write_experiment", "write_project"]
 
 
 def write_project(folder: Path, server_url: str, *, name: str = "project", seeds: int = 4, queries: int = 8,
@@ -42,3 +42,71 @@ queries = {queries}
 name = "{strategy}"
 {extra}""")
     return config
+
+
+def write_experiment(folder: Path, server_url: str, student: str | Path, *, name: str = "grid", seeds: int = 8,
+                     seed_sizes: tuple[int, ...] = (4,), budgets: tuple[int, ...] = (4, 8, 16),
+                     strategies: tuple[str, ...] = ("answer_augmentation", "new_question"), heldout: int = 8,
+                     replicates: int = 1, extra: str = "") -> Path:
+    """An experiment against a teacher server: seeds and a held-out set (arithmetic, disjoint), a
+    base run config, a train config for `student` and the grid file; return the grid file.
+
+    Near-duplicate control is off: which of two similar questions it keeps depends on the order
+    answers arrive in, and without it a larger budget's cell extends a smaller one's plan exactly,
+    so tests can count what reuse saves to the query."""
+    write_project(folder, server_url, name=f"{name}-base", seeds=seeds)  # the seed file
+    # The base of every cell: the grid sets [strategy] and [budget] queries.
+    (folder / "run.toml").write_text(f"""[run]
+name = "{name}-base"
+
+[seeds]
+source = "jsonl"
+path = "seeds.jsonl"
+
+[teacher]
+provider = "openai-compatible"
+base_url = "{server_url}/v1"
+model = "test-teacher"
+max_tokens = 64
+
+[dedupe]
+enabled = false
+""")
+    (folder / "heldout.jsonl").write_text("".join(
+        json.dumps({"question": f"Bo has {i} cups and breaks one. How many cups are left?", "answer": str(i - 1)})
+        + "\n" for i in range(10, 10 + heldout)))
+    (folder / "train.toml").write_text(f"""[trainer]
+name = "lora_sft"
+student = "{student}"
+epochs = 1
+batch_size = 4
+max_length = 128
+learning_rate = 1e-3
+
+[data]
+include_seeds = true
+""")
+    grid = folder / "grid.toml"
+    grid.write_text(f"""[experiment]
+name = "{name}"
+base = "run.toml"
+train = "train.toml"
+strategies = {json.dumps(list(strategies))}
+seed_sizes = {json.dumps(list(seed_sizes))}
+budgets = {json.dumps(list(budgets))}
+replicates = {replicates}
+workdir = "work"
+bootstrap = 200
+
+[experiment.strategy_options.new_question]
+check_well_posed = false
+
+[experiment.eval]
+heldout = "heldout.jsonl"
+max_new_tokens = 8
+batch_size = 8
+
+[experiment.executor]
+parallel = 2
+{extra}""")
+    return grid

@@ -142,3 +142,30 @@ def build_tiny_llama(out_dir: str | Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m synthledger.testing.tiny_model --out DIR`: write the tiny model folder for scripts
+    and examples (a student that trains and evaluates in seconds)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m synthledger.testing.tiny_model",
+                                 description="Write a tiny random Llama (tokenizer + weights) to a folder.")
+    ap.add_argument("--out", required=True, help="folder to write (created; kept if already complete)")
+    args = ap.parse_args(argv)
+    try:
+        folder = build_tiny_llama(args.out)
+    except ImportError as exc:
+        print(f"error: the tiny model needs torch and transformers ({exc.name} is missing); "
+              "install them with: pip install 'synthledger[train]'", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 2
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,7 +7,9 @@
 - every dispatched attempt ended (settled, failed, abandoned) or was closed by a resume;
 - the spend recomputed from the events matches what was reported at the end;
 - the shares of a request that carried several queries (k samples, one `n=k` call) add up to
-  that request's usage exactly (engine/audit_sharing.py, which also summarises batches and pacing).
+  that request's usage exactly (engine/audit_sharing.py, which also summarises batches and pacing);
+- every answer reused from another run matches the settled event it names (audit_reuse.py), and
+  what was paid is reported apart from what was reused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 
 from ...store.eventstore import EventStore
 from ...store.hashing import GENESIS, chain_hash
+from .audit_reuse import ReuseAudit, ReuseCheck, reuse_problem
 from .audit_sharing import SharingAudit, summary_lines
 from .events import EVENT_TYPES, parse_event
 from .ledger import BudgetSpec, Ledger, Violation, budget_from_dict
@@ -42,11 +45,13 @@ class AuditReport:
     # What providers reported that no correct provider can (seq, message): not the engine's doing,
     # but what explains spend above a limit.
     provider_faults: list[Violation] = field(default_factory=list)
+    paid: dict[str, Any] = field(default_factory=dict)
+    reused: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "ok": self.ok, "events": self.events, "status": self.status,
-            "spent": self.spent, "budget": self.budget, "by_role": self.by_role,
+            "spent": self.spent, "paid": self.paid, "reused": self.reused, "budget": self.budget, "by_role": self.by_role,
             "by_strategy": self.by_strategy, "by_model": self.by_model, "counts": self.counts,
             "violations": [{"seq": v.seq, "message": v.message} for v in self.violations],
             **self.sharing,
@@ -58,9 +63,10 @@ class AuditReport:
 
 
 def audit_events(run_id: str, events: Any, *, validate: bool = True,
-                 head: tuple[int, str] | None = None) -> AuditReport:
+                 head: tuple[int, str] | None = None, check_reuse: ReuseCheck | None = None) -> AuditReport:
     """`head` is (last_seq, head_hash) as the store's run row recorded them at the last commit: it
-    catches events cut from the end of the log, which the chain alone cannot see."""
+    catches events cut from the end of the log, which the chain alone cannot see. `check_reuse`
+    says what is wrong with a `query_reused` payload (None: it matches its source)."""
     ledger = Ledger(BudgetSpec())
     violations: list[Violation] = []
     prev_hash, expected_seq, n = GENESIS, 1, 0
@@ -68,6 +74,7 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
     open_attempts: dict[str, int] = {}
     sharing = SharingAudit()
     faults: list[Violation] = []
+    reuses = ReuseAudit(check_reuse)
     for ev in events:  # type: StoredEvent
         n += 1
         if ev.seq > expected_seq:  # name the first missing number: that is where the log was cut
@@ -111,6 +118,7 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
                                                     f"({len(open_attempts)} open)"))
         ledger.apply(ev.seq, ev.type, payload)
         sharing.feed(ev.seq, ev.type, payload)
+        reuses.feed(ev.seq, ev.type, payload)
     if head is not None:
         last_seq, head_hash = head
         if expected_seq - 1 < last_seq:
@@ -123,12 +131,13 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
             violations.append(Violation(last_seq, "head hash differs from the one recorded at the last commit"))
     violations.extend(ledger.violations)
     violations.extend(sharing.violations)
+    violations.extend(reuses.violations)
     violations.sort(key=lambda v: v.seq)
     snap = ledger.snapshot()
     return AuditReport(run_id=run_id, ok=not violations, events=n, spent=snap["spent"], budget=snap["budget"],
                        by_role=snap["by_role"], by_strategy=snap["by_strategy"], by_model=snap["by_model"],
                        counts=snap["counts"], violations=violations, status=status, sharing=sharing.summary(),
-                       provider_faults=faults)
+                       provider_faults=faults, paid=snap["paid"], reused=snap["reused"])
 
 
 def audit_run(store: EventStore, run_id: str) -> AuditReport:
@@ -138,7 +147,8 @@ def audit_run(store: EventStore, run_id: str) -> AuditReport:
     info = store.get_run(run_id)
     upto = info.last_seq
     events = itertools.takewhile(lambda ev: ev.seq <= upto, store.iter_events(run_id))
-    report = audit_events(run_id, events, head=(info.last_seq, info.head_hash))
+    report = audit_events(run_id, events, head=(info.last_seq, info.head_hash),
+                          check_reuse=lambda p: reuse_problem(store, run_id, p))
     recorded, stored = store.log_end(run_id)
     if stored > recorded:
         report.violations.append(Violation(recorded + 1, f"events {recorded + 1}..{stored} were added outside "

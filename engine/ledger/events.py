@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .experiment_events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
+                                ExperimentResult)
+
 SCHEMA_VERSION = 1
 
 
@@ -121,6 +124,29 @@ class ProviderFault(_Event):
     message: str
     reported: Cost
     cap: Cost
+
+
+class QueryReused(_Event):
+    """A query whose identity was already settled in this store (by another run), served from there.
+
+    It counts toward this run's budget with the source's actual usage (the budget is a data budget:
+    the run gets exactly what it would have bought) but nothing is paid for it. `source_run` and
+    `source_seq` point at the `query_settled` event whose answer this is; `audit` checks them."""
+
+    type: Literal["query_reused"] = "query_reused"
+    query_id: str
+    key: str
+    role: str
+    purpose: str
+    strategy: str
+    item: str
+    provider: str
+    model: str
+    source_run: str
+    source_seq: int
+    actual: Cost
+    text: str
+    finish_reason: str | None = None
 
 
 class QueryAbandoned(_Event):
@@ -289,6 +315,7 @@ Event = Annotated[
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
+        QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
     ],
     Field(discriminator="type"),
 ]
@@ -301,6 +328,7 @@ EVENT_TYPES = frozenset(
         QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
         RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
         EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
+        QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
     )
 )
 

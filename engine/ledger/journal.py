@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from ...store.eventstore import EventStore, NewEvent, StoreError
 from ..redact import scrub_payload
 from . import crashpoints
+from ...store.keys import key_of
 from .events import SCHEMA_VERSION, to_payload
 from .ledger import Ledger
 
@@ -102,7 +103,7 @@ class Recorder:
         self.ledger.apply(seq, type_, payload)
         if self.on_event is not None:
             self.on_event(seq, type_, payload)
-        self._pending.append(NewEvent(type_, payload, SCHEMA_VERSION))
+        self._pending.append(NewEvent(type_, payload, SCHEMA_VERSION, key_of(type_, payload)))
         self._wakeup.set()
         return seq
 

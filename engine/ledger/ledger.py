@@ -12,7 +12,9 @@ Accounting rules (the research's unit is a settled teacher query, but every role
   200) turns its worst case into spent, and a retry must reserve afresh;
 - at a resume, attempts that were in flight when the process died are treated the same way -
   except those inside a provider batch: the batch outlives the process, and the resumed run polls
-  it, so they stay reserved and in flight until their results settle them.
+  it, so they stay reserved and in flight until their results settle them;
+- a query reused from another run of the store (`query_reused`) counts toward every limit with the
+  source's actual usage, like a settled one, but is kept apart as `reused`: it was not paid.
 """
 
 from __future__ import annotations
@@ -128,9 +130,10 @@ class Ledger:
         self.by_role: dict[str, Amount] = {}
         self.by_strategy: dict[str, Amount] = {}
         self.by_model: dict[str, Amount] = {}
+        self.reused = Amount()  # spend (every role) that was served from the store, not paid
         self.violations: list[Violation] = []
         self.counts = {"settled": 0, "failed_attempts": 0, "rate_limited": 0, "retries": 0, "abandoned": 0,
-                       "lost": 0, "dispatched": 0, "provider_faults": 0}
+                       "lost": 0, "dispatched": 0, "provider_faults": 0, "reused": 0}
         self.faulted: set[str] = set()  # request keys of queries a provider misreported (bounded by faults)
         self.in_flight = 0
         self.last_seq = 0
@@ -302,6 +305,25 @@ class Ledger:
         if q is not None:
             self.faulted.add(q.key)
 
+    def _on_reused(self, seq: int, p: dict[str, Any]) -> None:
+        qid = p["query_id"]
+        if hash(qid) in self.settled:
+            self.violations.append(Violation(seq, f"query {qid} reused after it settled"))
+            return
+        open_q = self.queries.get(qid)
+        if open_q is not None and open_q.holding:
+            self.violations.append(Violation(seq, f"query {qid} reused while a reservation for it is held"))
+            return
+        self.queries.pop(qid, None)
+        self.interrupted.pop(qid, None)
+        q = QueryState(p.get("role", "teacher"), p.get("strategy", ""), p.get("model", ""), p.get("key", ""),
+                       status="reused")
+        amount = Amount.of(p.get("actual"))
+        self.settled.add(hash(qid))
+        self.counts["reused"] += 1
+        self.reused.add(amount)
+        self._move(seq, q, amount, release=None, spend=True)
+
     def _on_abandoned(self, seq: int, p: dict[str, Any]) -> None:
         self.batched.pop(p["query_id"], None)
         q = self.queries.pop(p["query_id"], None)
@@ -379,7 +401,8 @@ class Ledger:
             "spent": table(self.spent), "reserved": table(self.reserved), "by_role": table(self.by_role),
             "by_strategy": table(self.by_strategy), "by_model": table(self.by_model),
             "queries": {k: asdict(q) for k, q in sorted(self.queries.items())},
-            "settled": sorted(self.settled), "interrupted": dict(sorted(self.interrupted.items())),
+            "settled": sorted(self.settled), "reused": asdict(self.reused),
+            "interrupted": dict(sorted(self.interrupted.items())),
             "counts": dict(self.counts), "in_flight": self.in_flight,
             "batched": dict(sorted(self.batched.items())), "batches": dict(sorted(self.batches.items())),
             "pacing": dict(sorted(self.pacing.items())),
@@ -389,12 +412,23 @@ class Ledger:
     def total_spent(self) -> Amount:
         return self.spent.get("total") or Amount()
 
+    def paid(self) -> Amount:
+        """What was bought, in every role (counted against the budget or not): all spend less what
+        was reused from the store."""
+        paid = Amount()
+        for amount in self.by_role.values():
+            paid.add(amount)
+        paid.add(self.reused, -1)
+        return paid
+
     def total_reserved(self) -> Amount:
         return self.reserved.get("total") or Amount()
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "spent": self.total_spent().as_dict(),
+            "paid": self.paid().as_dict(),
+            "reused": self.reused.as_dict(),
             "reserved": self.total_reserved().as_dict(),
             "budget": self.spec.total.as_dict(),
             "by_role": {k: v.as_dict() for k, v in sorted(self.by_role.items())},
@@ -412,6 +446,7 @@ _HANDLERS = {
     "query_settled": Ledger._on_settled,
     "query_abandoned": Ledger._on_abandoned,
     "provider_fault": Ledger._on_fault,
+    "query_reused": Ledger._on_reused,
     "run_resumed": Ledger._on_resumed,
     "batch_prepared": Ledger._on_batch_prepared,
     "batch_submitted": Ledger._on_batch_submitted,

@@ -58,6 +58,11 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
             if item is not None and item not in state.done_items:
                 texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
                 finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
+        elif t == "query_reused":
+            item = p.get("item", "")
+            if item not in state.done_items:
+                texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
+                finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
         elif t == "query_abandoned":
             query_item.pop(p["query_id"], None)
         elif t == "question_admitted":

@@ -61,6 +61,10 @@ class RunSection(_Strict):
     # A process that stops heartbeating for this long (frozen, partitioned) loses the run to a
     # `generate --resume`; the holder heartbeats at a third of it.
     lease_ttl_s: float = Field(default=30.0, gt=0)
+    # Part of every query's identity: replicates of an experiment are independent samples.
+    replicate: int = Field(default=0, ge=0)
+    # Answer a query already settled by another run of the store from there, paying nothing.
+    reuse: bool = True
 
 
 class SeedsSection(_Open):
@@ -217,7 +221,7 @@ class RunConfig(_Strict):
                 return None
             return {k: v for k, v in m.items() if k not in ("base_url", "api_key_env", "timeout_s")}
 
-        return {
+        view = {
             "seed": snap["run"]["seed"],
             "seeds": snap["seeds"],
             "teacher": model_part(snap["teacher"]),
@@ -227,6 +231,9 @@ class RunConfig(_Strict):
             "task": snap["task"],
             "dedupe": snap["dedupe"],
         }
+        if snap["run"].get("replicate"):  # only when set, so plans recorded before it keep their hash
+            view["replicate"] = snap["run"]["replicate"]
+        return view
 
     def plan_hash(self) -> str:
         return hashlib.sha256(canonical(self.plan_view())).hexdigest()[:16]

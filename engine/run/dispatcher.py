@@ -23,7 +23,7 @@ import anyio
 from ...store.hashing import canonical
 from ..api import ChatRequest
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
-from ..ledger.events import Cost, QueryReserved
+from ..ledger.events import Cost, QueryReserved, QueryReused
 from ..ledger.journal import Recorder
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
@@ -39,12 +39,20 @@ ANSWER_CACHE = 4096
 
 
 def request_key(provider: str, model: str, params: dict[str, Any], messages: list[dict[str, str]],
-                sample_index: int, purpose: str = "") -> str:
-    """Identity of a query: same provider, model, parameters, messages, sample index and purpose = same
-    query. Purpose is part of it so that, say, a verifier's k-th vote is never the strategy's k-th answer."""
-    blob = canonical({"p": provider, "m": model, "params": params, "msgs": messages, "i": sample_index,
-                      "why": purpose})
-    return hashlib.sha256(blob).hexdigest()
+                sample_index: int, purpose: str = "", replicate: int = 0) -> str:
+    """Identity of a query: same provider, model, parameters, messages, sample index, purpose and
+    replicate = same query. Purpose is part of it so that, say, a verifier's k-th vote is never the
+    strategy's k-th answer; the replicate so that an experiment's repeats are independent samples
+    (replicate 0 leaves the identity as it always was)."""
+    ident: dict[str, Any] = {"p": provider, "m": model, "params": params, "msgs": messages, "i": sample_index,
+                             "why": purpose}
+    if replicate:
+        ident["rep"] = replicate
+    return hashlib.sha256(canonical(ident)).hexdigest()
+
+
+# (source run id, source seq, payload of its query_settled event) of an identical settled query.
+Reusable = Callable[[str], "tuple[str, int, dict[str, Any]] | None"]
 
 
 @dataclass
@@ -58,6 +66,9 @@ class Dispatcher(Sender):
     # resume, and those the store lookup found; this session's own are in `_finish`.
     finish_reasons: dict[str, str | None] = field(default_factory=dict)
     lookup_settled: Callable[[str], str | None] | None = None
+    # Answers of identical queries settled by other runs of the store (None: never reuse).
+    find_reusable: Reusable | None = None
+    replicate: int = 0
     rng: random.Random = field(default_factory=random.Random)
     stopping: bool = False  # set by the runner on a signal: start nothing new
     # Recent settled answers by query id (bounded), and queries being asked right now: a second
@@ -104,7 +115,7 @@ class Dispatcher(Sender):
 
     def _member(self, ep: Endpoint, params: dict[str, Any], messages: list[dict[str, str]], index: int,
                 purpose: str, item: str) -> Member:
-        key = request_key(ep.teacher.provider, ep.model, params, messages, index, purpose)
+        key = request_key(ep.teacher.provider, ep.model, params, messages, index, purpose, self.replicate)
         return Member("q" + key[:19], key, index, item)
 
     def _siblings(self, ep: Endpoint, params: dict[str, Any], messages: list[dict[str, str]], purpose: str,
@@ -121,8 +132,9 @@ class Dispatcher(Sender):
             if i == index or len(out) >= MAX_N - 1:
                 continue
             m = self._member(ep, params, messages, i, purpose, it)
-            if not (self.ledger.is_settled(m.qid) or m.qid in self._asking or m.qid in self.ledger.queries):
-                out.append(m)
+            if not (self.ledger.is_settled(m.qid) or m.qid in self._asking or m.qid in self.ledger.queries
+                    or (self.find_reusable is not None and self.find_reusable(m.qid) is not None)):
+                out.append(m)  # (one the store can answer is left to be reused when it is asked)
         return out
 
     async def ask(self, *, role: str, messages: list[dict[str, str]], purpose: str, strategy: str, item: str,
@@ -130,9 +142,9 @@ class Dispatcher(Sender):
                   group: Mapping[int, str] | Iterable[int] | None = None) -> tuple[str, str]:
         """Returns (query_id, text). Raises BudgetExhausted, QueryFailed, FatalRunError or RunStopping.
 
-        An identical query (same provider, model, parameters, messages, sample index) is paid for
-        once per run: a repeat gets the recorded answer, and a repeat that arrives while the first
-        is still out waits for it. `group` names the sample indices of this prompt (optionally with
+        An identical query (same provider, model, parameters, messages, sample index, purpose,
+        replicate) is paid for once per store: a repeat gets the recorded answer (from another run: a
+        `query_reused` event), and a repeat that arrives while the first is still out waits for it. `group` names the sample indices of this prompt (optionally with
         the plan item each belongs to) that may be asked together in one `n` request."""
         ep = self.endpoints[role]
         params = {**ep.params, **{k: v for k, v in (overrides or {}).items() if v is not None}}
@@ -148,6 +160,10 @@ class Dispatcher(Sender):
             await busy.wait()  # the first asker settles it (then we read its answer) or gives up
         if self.stopping:
             raise RunStopping("the run is stopping")
+        reused = self._reuse(ep, role, primary, params, messages, purpose, strategy)
+        if reused is not None:
+            self.remember(qid, reused)
+            return qid, reused
         members = [primary, *self._siblings(ep, params, messages, purpose, item, sample_index, group)]
         done = anyio.Event()
         for m in members:
@@ -164,6 +180,31 @@ class Dispatcher(Sender):
         for q, t in texts.items():
             self.remember(q, t)
         return qid, texts[qid]
+
+    def _reuse(self, ep: Endpoint, role: str, m: Member, params: dict[str, Any], messages: list[dict[str, str]],
+               purpose: str, strategy: str) -> str | None:
+        """Serve the query from another run of the store when it settled there: nothing is sent or
+        paid, and it counts toward this run's budget as if bought (so the run's data does not depend
+        on what the store already held), behind the paid path's own worst-case check. Synchronous
+        on purpose: between the item's pledge being released and this query taking its budget there
+        must be no await, or admission would see the budget free and start items it cannot finish."""
+        if self.find_reusable is None:
+            return None
+        found = self.find_reusable(m.qid)
+        if found is None:
+            return None
+        source_run, source_seq, settled = found
+        why = self.ledger.headroom(role, strategy, self.worst_case(role, ChatRequest(
+            model=ep.model, messages=tuple(messages), **params)))
+        if why is not None:
+            raise BudgetExhausted(why)
+        text, finish = settled.get("text", ""), settled.get("finish_reason")
+        self.recorder.emit(QueryReused(
+            query_id=m.qid, key=m.key, role=role, purpose=purpose, strategy=strategy, item=m.item,
+            provider=ep.teacher.provider, model=ep.model, source_run=source_run, source_seq=source_seq,
+            actual=Cost(**settled.get("actual", {})), text=text, finish_reason=finish))
+        self.note_finish(m.qid, finish)
+        return text
 
     def reserve(self, ep: Endpoint, role: str, purpose: str, strategy: str, base: ChatRequest,
                 members: list[Member], worsts: list[Amount]) -> None:

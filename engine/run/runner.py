@@ -181,7 +181,7 @@ class Runner:
         self.ledger.apply(last, type_, payload)
         self.recorder = self._recorder(run_id, last, head)
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
-                                     lookup_settled=self._lookup_settled)
+                                     lookup_settled=self._lookup_settled, **self._reuse_options())
         self._init_dedupe([])
         self._init_gate()
         self._done: set[str] = set()
@@ -208,7 +208,8 @@ class Runner:
                                       budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
                                       config_dir=self.cfg.base_dir, prices=self.prices()))
         self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
-                                     finish_reasons=state.finish_reasons, lookup_settled=self._lookup_settled)
+                                     finish_reasons=state.finish_reasons, lookup_settled=self._lookup_settled,
+                                     **self._reuse_options())
         for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
             if ep.batch is not None:
                 ep.batch.adopt(self.dispatcher, ep)
@@ -263,11 +264,28 @@ class Runner:
             self.dedupe.add(q, f"question {i}")
 
     def _lookup_settled(self, qid: str) -> str | None:
-        for ev in self.store.iter_events(self.recorder.run_id, types=["query_settled"]):
-            if ev.payload.get("query_id") == qid:
-                self.dispatcher.finish_reasons[qid] = ev.payload.get("finish_reason")
-                return ev.payload.get("text")
-        return None
+        """The answer of a query this run settled (or reused), read back through the store's index."""
+        found = (self.store.find_key(qid, self.recorder.run_id)
+                 or self.store.find_key(f"reused:{qid}", self.recorder.run_id))
+        ev = self.store.get_event(*found) if found is not None else None
+        if ev is None:
+            return None
+        self.dispatcher.finish_reasons[qid] = ev.payload.get("finish_reason")
+        return ev.payload.get("text")
+
+    def _reuse_options(self) -> dict[str, Any]:
+        return {"replicate": self.cfg.run.replicate,
+                "find_reusable": self._find_reusable if self.cfg.run.reuse else None}
+
+    def _find_reusable(self, qid: str) -> tuple[str, int, dict[str, Any]] | None:
+        """An identical query settled by another run of this store: (run, seq, its settled payload)."""
+        found = self.store.find_key(qid)
+        if found is None or found[0] == self.recorder.run_id:
+            return None
+        ev = self.store.get_event(*found)
+        if ev is None or ev.type != "query_settled":
+            return None
+        return found[0], found[1], ev.payload
 
     # ---- stopping ----------------------------------------------------------------------
     def request_stop(self) -> None:

@@ -112,7 +112,10 @@ def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[lis
             raise ConfigError(str(exc)) from None
         return rows, None, path.stem
     info = store.resolve(source)
-    return [chat_record(r) for r in accepted_rows(store, info.id, include_seeds=include_seeds)], info.id, info.name
+    # In a stable order (by sample id), not the order answers happened to settle in: the same data
+    # then trains the same student, whichever process or run paid for it.
+    rows = sorted(accepted_rows(store, info.id, include_seeds=include_seeds), key=lambda r: r["sample_id"])
+    return [chat_record(r) for r in rows], info.id, info.name
 
 
 def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: bool = True) -> dict[str, Any]:

@@ -1,0 +1,65 @@
+"""`recommend --from EXP`: the crossover measured on the user's own task, for a given seed count.
+
+Between two seed-set sizes the experiment measured, the crossover (and its interval) is
+interpolated linearly in log |S|; outside them, or where the grid showed no crossover, the answer
+says so and the literature's values are used, as without `--from`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..recommend import Measured, Recommendation, recommend
+
+
+def _lerp(a: float | None, b: float | None, t: float) -> float | None:
+    if a is None or b is None:
+        return None
+    return a + t * (b - a)
+
+
+def measured_crossover(result: dict[str, Any], seeds: int) -> tuple[Measured | None, str]:
+    """The measured crossover at `seeds`, or None and the reason it cannot be used."""
+    exp = result["experiment"]
+    label = f"experiment {exp['name']} ({exp['id']})"
+    points = sorted((c for c in result["crossovers"]), key=lambda c: c["seed_size"])
+    if not points:
+        return None, (f"{label} cannot measure a crossover (its grid needs answer_augmentation and new_question "
+                      "or question_rephrase); using the literature values")
+    sizes = [c["seed_size"] for c in points]
+    if seeds < sizes[0] or seeds > sizes[-1]:
+        return None, (f"{seeds} seeds is outside the range {label} measured (|S| {sizes[0]}-{sizes[-1]}); "
+                      "using the literature values")
+    for c in points:
+        if c["seed_size"] == seeds:
+            if c["ratio"] is None:
+                return None, f"{label} found no crossover at |S|={seeds} ({c['note']}); using the literature values"
+            return Measured(c["ratio"], c["ci_low"], c["ci_high"], f"measured by {label} at |S|={seeds}"), ""
+    for a, b in zip(points, points[1:]):
+        if a["seed_size"] < seeds < b["seed_size"]:
+            missing = [p for p in (a, b) if p["ratio"] is None]
+            if missing:
+                return None, (f"{label} found no crossover at |S|={missing[0]['seed_size']} "
+                              f"({missing[0]['note']}); using the literature values")
+            t = (math.log(seeds) - math.log(a["seed_size"])) / (math.log(b["seed_size"]) - math.log(a["seed_size"]))
+            source = (f"measured by {label}, interpolated in log |S| between |S|={a['seed_size']} "
+                      f"(BR {a['ratio']:.1f}) and |S|={b['seed_size']} (BR {b['ratio']:.1f})")
+            return Measured(_lerp(a["ratio"], b["ratio"], t), _lerp(a["ci_low"], b["ci_low"], t),  # type: ignore[arg-type]
+                            _lerp(a["ci_high"], b["ci_high"], t), source), ""
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def recommend_from(result: dict[str, Any], seeds: int, budget: int, augmenter: str = "strong",
+                   verifiable: bool | None = None) -> Recommendation:
+    measured, why_not = measured_crossover(result, seeds)
+    rec = recommend(seeds, budget, augmenter=augmenter, verifiable=verifiable, measured=measured)  # type: ignore[arg-type]
+    exp = result["experiment"]
+    if measured is not None:
+        ci = "" if measured.low is None else f" (95% CI {measured.low:.1f}-{measured.high:.1f})"
+        rec.reasons.insert(0, f"crossover BR {measured.value:.1f}{ci} {measured.source}: measured on your task, "
+                              f"not taken from the literature")
+    else:
+        rec.reasons.insert(0, why_not)
+    rec.reasons.append(f"source experiment: {exp['name']} ({exp['id']}), status {exp['status']}")
+    return rec

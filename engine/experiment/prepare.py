@@ -1,0 +1,135 @@
+"""Everything an experiment checks and derives before its first event: cells, seed subsets, the
+held-out examples, each strategy's minimum budget. Nothing here writes to the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError, PluginError
+from ..run.config import validate_plugin_options
+from .cells import Cell, generation_dict, grid_cells, train_dict
+from .config import Experiment
+from .seeds import load_pool, subsets
+
+
+def one_line(exc: BaseException) -> str:
+    """A multi-line config error as the one line the experiment command prints."""
+    lines = [part.strip() for part in str(exc).splitlines() if part.strip()]
+    return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+
+
+@dataclass
+class Prepared:
+    exp: Experiment
+    cells: list[Cell]
+    subsets: dict[tuple[int, int], list[Any]]
+    heldout: list[dict[str, str]]
+    minimum: dict[str, int] = field(default_factory=dict)  # strategy -> counted queries of one sample
+    student: str = ""
+
+    def cell(self, cell_id: str) -> Cell:
+        for c in self.cells:
+            if c.id == cell_id:
+                return c
+        raise KeyError(cell_id)
+
+
+def _minimum_budget(cfg: Any, seeds: list[Any]) -> tuple[int, str]:
+    """Counted queries one sample of the cell's strategy (plus its verifier) needs, and their split."""
+    from .. import host
+
+    task = host.get("tasks", cfg.task.name)()
+    strat_cls = host.get("strategies", cfg.strategy.name)
+    strategy = strat_cls(validate_plugin_options(strat_cls.Options, cfg.strategy.extras(), "strategy"),
+                         seeds, task, cfg.run.seed)
+    ver_cls = host.get("verifiers", cfg.verifier.name)
+    verifier = ver_cls(validate_plugin_options(ver_cls.Options, cfg.verifier.extras(), "verifier"), task)
+    first = next(iter(strategy.plan()))
+    cost = dict(strategy.item_cost(first))
+    for role, n in verifier.item_cost().items():
+        cost[role] = cost.get(role, 0) + n
+    counted = cfg.budget.counted_roles
+    parts = {r: n for r, n in cost.items() if counted is None or r in counted}
+    return sum(parts.values()), ", ".join(f"{r} {n}" for r, n in sorted(parts.items()))
+
+
+def _check_strategies(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> dict[str, int]:
+    from ..run.assemble import build_endpoints, build_parts
+    from ..run.config import config_from_dict
+
+    minimum: dict[str, int] = {}
+    size = exp.seed_sizes[0]
+    for strategy in exp.strategies:
+        cell = Cell("grid", strategy, size, exp.budgets[size][0], 0)
+        data = generation_dict(exp, cell)
+        # Validate against the base's own seed section: the subset files are written only once all
+        # checks pass.
+        data["seeds"] = {**(exp.base.get("seeds") or {})}
+        cfg = config_from_dict(data, base_dir=exp.base_dir, source=f"experiment.base with strategy {strategy}")
+        parts = build_parts(cfg)
+        build_endpoints(cfg, parts.roles)  # provider settings and API keys, before anything is spent
+        need, split = _minimum_budget(cfg, subs[(0, size)])
+        minimum[strategy] = need
+        for s, budgets in exp.budgets.items():
+            low = [q for q in budgets if q < need]
+            if low:
+                raise ConfigError(f"{exp.path}: experiment budget {low[0]} at |S|={s} is below {strategy}'s minimum "
+                                  f"of {need} counted queries per sample ({split})")
+    return minimum
+
+
+def _check_train(exp: Experiment) -> str:
+    from .. import host
+    from ..student.runs import TrainConfig
+
+    try:
+        cfg = TrainConfig.model_validate(train_dict(exp, Cell("untrained")))
+    except ValidationError as exc:
+        from .config import _one_line
+
+        raise _one_line(exc, "experiment.train") from None
+    trainer_cls = host.get("trainers", cfg.trainer.name)
+    options = validate_plugin_options(trainer_cls.Options, cfg.trainer.extras(), "trainer")
+    student = str(getattr(options, "student", "") or "")
+    if student:
+        from ..student.runs import _check_model
+
+        _check_model(student)  # an unknown student fails now, not after the generation
+    return student
+
+
+def _heldout(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> list[dict[str, str]]:
+    from .. import host
+
+    ev = exp.section.eval
+    ev_cls = host.get("evaluators", ev.evaluator)
+    options = validate_plugin_options(ev_cls.Options, {"heldout": ev.heldout, "limit": ev.limit}, "experiment.eval")
+    host.get("tasks", exp.task)
+    if not hasattr(ev_cls(options), "heldout"):
+        raise ConfigError(f"experiment.eval.evaluator {ev.evaluator!r} cannot load a held-out set")
+    questions = {s.question for seeds in subs.values() for s in seeds}
+    try:
+        return ev_cls(options).heldout(questions, base_dir=str(exp.path.resolve().parent))
+    except ValueError as exc:
+        raise ConfigError(f"{exp.path}: experiment.eval.heldout overlaps a seed subset: {exc}") from None
+
+
+def prepare(exp: Experiment) -> Prepared:
+    """Every check, in the order a user would fix things; raises ConfigError with one line."""
+    try:
+        pool = load_pool(exp)
+        subs = subsets(pool, exp.seed_sizes, exp.section.replicates, exp.section.seed)
+        minimum = _check_strategies(exp, subs)
+        student = _check_train(exp)
+        heldout = _heldout(exp, subs)
+    except (ValueError, PluginError) as exc:  # ConfigError, SeedError, a missing API key...
+        raise ConfigError(one_line(exc)) from None
+    return Prepared(exp, grid_cells(exp), subs, heldout, minimum, student)
+
+
+def heldout_path(exp: Experiment) -> Path:
+    return exp.workdir / "heldout.jsonl"

@@ -1,0 +1,67 @@
+"""`experiment show`: the result object as tables a person reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(row: dict[str, Any]) -> str:
+    if row.get("ci_low") is None:
+        return "-"
+    return f"{100 * row['ci_low']:.1f}-{100 * row['ci_high']:.1f}"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    exp = result["experiment"]
+    held = result.get("heldout") or {}
+    console.print(f"[bold]experiment {escape(exp['name'])}[/bold] ({exp['id']}) status={exp['status']}; "
+                  f"held-out {escape(str(held.get('spec')))} ({held.get('n')} examples)", highlight=False)
+    table = Table("strategy", "|S|", "Q", "BR", "accuracy", "95% CI", "reps", "rows", "paid", "reused", "$",
+                  title="cells (accuracy: mean over replicates; CI: paired bootstrap over examples and replicates)")
+    for row in result["summary"]:
+        table.add_row(row["strategy"], str(row["seed_size"]), str(row["budget"]), _num(row["ratio"], 2),
+                      _pct(row["accuracy"]), _ci(row), str(row["replicates"]), _num(row["rows"]),
+                      str(row["paid_queries"]), str(row["reused_queries"]), f"{row['usd']:.4f}")
+    console.print(table)
+    if result["baselines"]:
+        base = Table("baseline", "|S|", "accuracy", "95% CI", "reps", "rows", title="baselines")
+        for row in result["baselines"]:
+            label = "untrained student" if row["kind"] == "untrained" else "seeds only (Q = 0)"
+            base.add_row(label, "-" if row["seed_size"] is None else str(row["seed_size"]), _pct(row["accuracy"]),
+                         _ci(row), str(row["replicates"]), _num(row["rows"]))
+        console.print(base)
+    for line in crossover_lines(result):
+        console.print(escape(line), highlight=False)
+    paid, reused = result["paid"], result.get("reused") or {}
+    console.print(f"paid: {paid['queries']} queries, {paid['input_tokens']}/{paid['output_tokens']} tokens, "
+                  f"${paid['usd']:.4f}; reused from the store: {reused.get('queries', 0)} queries", highlight=False)
+    failed = [c for c in result["cells"] + result.get("baseline_cells", []) if c["status"] != "finished"]
+    if failed:
+        console.print(f"[yellow]{len(failed)} cell(s) not finished[/yellow]: "
+                      + escape(", ".join(f"{c['id']} ({c['status']})" for c in failed[:8])), highlight=False)
+
+
+def crossover_lines(result: dict[str, Any]) -> list[str]:
+    if not result["crossovers"]:
+        return ["crossover: the grid needs answer_augmentation and new_question (or question_rephrase) to measure one"]
+    out = []
+    for c in result["crossovers"]:
+        if c["ratio"] is None:
+            out.append(f"crossover at |S|={c['seed_size']} ({c['from']} -> {c['to']}): none in this grid; {c['note']}")
+        else:
+            ci = ("" if c["ci_low"] is None else
+                  f", 95% CI {c['ci_low']:.1f}-{c['ci_high']:.1f} (found in {100 * c['support']:.0f}% of bootstrap draws)")
+            out.append(f"crossover at |S|={c['seed_size']} ({c['from']} -> {c['to']}): BR {c['ratio']:.1f}{ci}")
+    return out

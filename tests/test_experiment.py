@@ -1,0 +1,152 @@
+"""Experiments without a model: answer reuse across runs, grid-file errors, seed subsets, statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthledger.engine.ledger.audit import audit_run
+from synthledger.engine.errors import ConfigError
+from synthledger.engine.run.config import load_config
+from synthledger.engine.experiment.config import load_experiment
+from synthledger.engine.experiment.prepare import prepare
+from synthledger.engine.experiment.seeds import subsets
+from synthledger.engine.experiment.stats import Scored, bootstrap, crossover, interval, mean_over
+from synthledger.engine.run.runner import generate
+from synthledger.engine.api import Seed
+from synthledger.store.eventstore import EventStore
+from synthledger.testing.projects import write_experiment, write_project
+from synthledger.testing.server import ServerConfig, run_in_thread
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+# ---- answers are reused, not re-bought ---------------------------------------------------------
+def test_a_second_run_of_the_same_config_pays_only_what_is_new(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = write_project(tmp_path, srv.url, queries=6)
+        first = generate(load_config(cfg), store, show_progress=False)
+        assert srv.stats()["answered"] == 6
+        again = generate(load_config(cfg, ["budget.queries=10", "run.name=again"]), store, show_progress=False)
+        assert srv.stats()["answered"] == 10  # 6 reused, 4 bought
+        replicate = generate(load_config(cfg, ["run.replicate=1", "run.name=replicate"]), store, show_progress=False)
+        assert srv.stats()["answered"] == 16  # another replicate is another sample: paid again
+    report = audit_run(store, again.run_id)
+    assert report.ok, report.violations
+    assert report.spent["queries"] == 10 and report.reused["queries"] == 6 and report.paid["queries"] == 4
+    assert report.counts["reused"] == 6 and report.counts["settled"] == 4
+    assert audit_run(store, replicate.run_id).reused["queries"] == 0
+    assert again.snapshot["reused"]["queries"] == 6 and first.snapshot["reused"]["queries"] == 0
+    # Same rows from the reused answers as from the paid ones.
+    texts = lambda rid: {e.payload["query_id"]: e.payload["text"] for e in store.iter_events(rid)  # noqa: E731
+                         if e.type in ("query_settled", "query_reused")}
+    a, b = texts(first.run_id), texts(again.run_id)
+    assert all(b[q] == t for q, t in a.items())
+
+
+def test_audit_checks_every_reuse_against_its_source(tmp_path):
+    db = tmp_path / "s.db"
+    store = EventStore(f"sqlite:///{db}")
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = write_project(tmp_path, srv.url, queries=3)
+        first = generate(load_config(cfg), store, show_progress=False)
+        second = generate(load_config(cfg, ["run.name=second"]), store, show_progress=False)
+    assert audit_run(store, second.run_id).ok
+    con = sqlite3.connect(db)
+    seq, payload = con.execute("SELECT seq, payload FROM events WHERE run_id = ? AND type = 'query_settled' "
+                               "ORDER BY seq LIMIT 1", (first.run_id,)).fetchone()
+    changed = json.loads(payload)
+    changed["text"] = "something else"
+    con.execute("UPDATE events SET payload = ? WHERE run_id = ? AND seq = ?",
+                (json.dumps(changed, sort_keys=True, separators=(",", ":")), first.run_id, seq))
+    con.commit()
+    report = audit_run(store, second.run_id)
+    assert not report.ok
+    assert any("different answer text" in v.message for v in report.violations)
+
+
+def test_reuse_can_be_turned_off(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = write_project(tmp_path, srv.url, queries=4)
+        generate(load_config(cfg), store, show_progress=False)
+        generate(load_config(cfg, ["run.reuse=false", "run.name=fresh"]), store, show_progress=False)
+        assert srv.stats()["answered"] == 8
+
+
+# ---- the grid file: one-line errors before anything runs ---------------------------------------
+@pytest.fixture
+def grid(tmp_path) -> Path:
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "config.json").write_text("{}")
+    return write_experiment(tmp_path, "http://127.0.0.1:9", tmp_path / "student")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment.colour=1"], "experiment.colour: unknown key"),
+    (["experiment.strategies=[]"], "experiment.strategies is empty"),
+    (["experiment.budgets=[]"], "experiment.budgets is empty"),
+    (["experiment.ratios=[2.0]"], "set exactly one of experiment.budgets"),
+    (["experiment.budgets=[1, 8]"], "below new_question's minimum of 2 counted queries per sample"),
+    (["experiment.eval.heldout=\"seeds.jsonl\""], "overlaps a seed subset"),
+    (["experiment.strategies=[\"answer_augmentation\", \"no_such_strategy\"]"], "no_such_strategy"),
+    (["experiment.seed_sizes=[64]"], "the largest seed set (64) needs more seeds"),
+    (["experiment.eval.colour=1"], "experiment.eval.colour: unknown key"),
+])
+def test_grid_errors_are_one_line_before_anything_runs(grid, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        prepare(load_experiment(grid, overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_command_prints_one_line_and_writes_nothing(grid, tmp_path):
+    store = tmp_path / "store.db"
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "experiment", "run", str(grid), "--store",
+                          f"sqlite:///{store}", "--set", "experiment.budgets=[1, 2]"],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "minimum" in res.stderr and "Traceback" not in res.stderr
+    assert not store.exists() and not (tmp_path / "work").exists()
+
+
+# ---- nested seed subsets -----------------------------------------------------------------------
+def test_seed_subsets_are_nested_within_a_replicate_and_differ_between_replicates():
+    pool = [Seed(id=str(i), question=f"q{i}") for i in range(40)]
+    subs = subsets(pool, [4, 8, 16], replicates=3, seed=7)
+    for r in range(3):
+        small, mid, big = (set(s.id for s in subs[(r, n)]) for n in (4, 8, 16))
+        assert small < mid < big and len(big) == 16
+    assert {s.id for s in subs[(0, 16)]} != {s.id for s in subs[(1, 16)]}
+    assert subs == subsets(pool, [4, 8, 16], replicates=3, seed=7)  # reproducible
+
+
+# ---- statistics --------------------------------------------------------------------------------
+def test_crossover_is_interpolated_on_log_br():
+    value, note = crossover([2.0, 8.0, 32.0], [-0.2, -0.1, 0.1])
+    assert value == pytest.approx(16.0) and note == ""  # half way between 8 and 32 in log space
+    assert crossover([2.0, 8.0], [0.1, 0.2])[0] is None  # ahead already at the lowest ratio
+    assert "ahead (or tied)" in crossover([2.0, 8.0], [-0.1, 0.0])[1]
+    assert "the same" in crossover([2.0, 8.0], [0.0, 0.0])[1]
+    assert crossover([2.0, 8.0, 32.0], [0.0, 0.2, 0.3])[0] == pytest.approx(2.0)
+
+
+def test_paired_bootstrap_interval_holds_the_estimate_and_skips_unscored_examples():
+    a = Scored.parse("1100110011" * 3)
+    b = Scored.parse("11-1111111" * 3)
+    assert b.accuracy() == 1.0 and len(b.scored) == 27
+    reps = {0: {"a": a, "b": b}, 1: {"a": Scored.parse("1" * 30), "b": b}}
+    assert mean_over(reps, "a") == pytest.approx((0.6 + 1.0) / 2)
+    worlds = bootstrap(reps, 30, 300, seed=1)
+    low, high = interval([w["a"] for w in worlds])
+    assert low <= mean_over(reps, "a") <= high and low < high
+    assert all(w["b"] == 1.0 for w in worlds)
+    assert bootstrap(reps, 30, 50, seed=1) == bootstrap(reps, 30, 50, seed=1)

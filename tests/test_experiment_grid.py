@@ -1,0 +1,200 @@
+"""A whole experiment grid against the test teacher server with the tiny student: 2 strategies x 3
+budgets x 1 seed size (+ baselines), through the CLI; kill -9 mid-grid and rerun; the Ray executor.
+
+Generation runs one item at a time (see testing/projects.write_experiment), so every larger cell
+extends a smaller one's plan exactly and the grid pays precisely its largest budget per strategy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synthledger.testing.projects import write_experiment
+from synthledger.testing.server import ServerConfig, run_in_thread
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "cli.py")]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+BUDGETS = (4, 8, 16)
+CELLS = 6  # grid cells; plus the untrained and the seeds-only baselines
+
+
+def cli(*args: str, ok: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    res = subprocess.run(CLI + list(args), capture_output=True, text=True, env=ENV, timeout=timeout)
+    if ok:
+        assert res.returncode == 0, f"{args}: {res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "llama"
+    res = subprocess.run([sys.executable, "-m", "synthledger.testing.tiny_model", "--out", str(out)],
+                         capture_output=True, text=True, env=ENV, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip() == str(out), res.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory, tiny_student):
+    folder = tmp_path_factory.mktemp("grid")
+    store = f"sqlite:///{folder / 'store.db'}"
+    with run_in_thread(ServerConfig()) as srv:
+        grid = write_experiment(folder, srv.url, tiny_student, budgets=BUDGETS)
+        res = cli("experiment", "run", str(grid), "--store", store, "--no-progress")
+        answered = srv.stats()["answered"]
+        result = json.loads(cli("experiment", "show", "grid", "--json", "--store", store).stdout)
+        yield {"folder": folder, "store": store, "grid": grid, "stdout": res.stdout, "answered": answered,
+               "result": result, "server": srv}
+
+
+def test_table_and_json_shape(grid_run):
+    result = grid_run["result"]
+    assert result["experiment"]["name"] == "grid" and result["experiment"]["status"] == "completed"
+    assert len(result["cells"]) == CELLS
+    keys = {"strategy", "seed_size", "budget", "ratio", "replicate", "accuracy", "ci_low", "ci_high", "rows",
+            "paid_queries", "reused_queries", "generate_run", "train_run", "eval_run"}
+    for cell in result["cells"]:
+        assert keys <= set(cell) and cell["status"] == "finished", cell
+        assert cell["ratio"] == cell["budget"] / cell["seed_size"] and 0 <= cell["ci_low"] <= cell["ci_high"] <= 1
+        assert cell["rows"] > cell["budget"] // 2  # its accepted samples plus the 4 seeds
+    kinds = sorted(b["kind"] for b in result["baselines"])
+    assert kinds == ["seeds_only", "untrained"] and all(b["accuracy"] is not None for b in result["baselines"])
+    (cross,) = result["crossovers"]
+    assert {"seed_size", "ratio", "ci_low", "ci_high"} <= set(cross) and cross["seed_size"] == 4
+    assert cross["ratio"] is None or BUDGETS[0] / 4 <= cross["ratio"] <= BUDGETS[-1] / 4
+    assert set(result["paid"]) == {"queries", "input_tokens", "output_tokens", "usd"}
+    out = grid_run["stdout"]
+    assert "answer_augmentation" in out and "new_question" in out and "untrained student" in out
+    assert "crossover at |S|=4" in out and out.strip().splitlines()[-1].endswith("completed")
+
+
+def test_reuse_pays_the_largest_budget_per_strategy_not_the_sum(grid_run):
+    result = grid_run["result"]
+    assert grid_run["answered"] == result["paid"]["queries"] == 2 * max(BUDGETS)  # not 2 * sum(BUDGETS)
+    for strategy in ("answer_augmentation", "new_question"):
+        cells = {c["budget"]: c for c in result["cells"] if c["strategy"] == strategy}
+        assert sum(c["paid_queries"] for c in cells.values()) == max(BUDGETS)
+        assert cells[8]["reused_queries"] == 4 and cells[16]["reused_queries"] == 8
+
+
+def test_every_run_is_linked_and_passes_its_audit(grid_run):
+    from synthledger.engine.ledger.audit import audit_run
+    from synthledger.store.eventstore import EventStore
+
+    store = EventStore(grid_run["store"])
+    runs = {r.id: r for r in store.list_runs()}
+    for cell in grid_run["result"]["cells"]:
+        assert runs[cell["train_run"]].parent_id == cell["generate_run"]
+        assert runs[cell["eval_run"]].parent_id == cell["train_run"]
+    for info in runs.values():
+        report = audit_run(store, info.id)
+        assert report.ok, (info.name, report.violations[:3])
+    assert sum(1 for r in runs.values() if r.kind == "experiment") == 1
+
+
+def test_plot_is_a_valid_png(grid_run):
+    out = grid_run["folder"] / "fig.png"
+    cli("experiment", "plot", "grid", "--out", str(out), "--store", grid_run["store"])
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width >= 600 and height >= 300
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(out)).shape[:2] == (height, width)
+
+
+def test_recommend_from_names_the_experiment(grid_run):
+    exp = grid_run["result"]["experiment"]
+    res = cli("recommend", "--seeds", "4", "--budget", "16", "--from", "grid", "--store", grid_run["store"])
+    assert f"{exp['name']} ({exp['id']})" in res.stdout
+    outside = cli("recommend", "--seeds", "100", "--budget", "2000", "--from", "grid", "--store", grid_run["store"])
+    assert "outside the range" in outside.stdout and "literature" in outside.stdout
+
+
+def test_rerunning_a_finished_experiment_does_nothing(grid_run):
+    before = grid_run["server"].stats()["answered"]
+    res = cli("experiment", "run", str(grid_run["grid"]), "--store", grid_run["store"], "--no-progress")
+    assert "every cell had finished already" in res.stderr
+    assert grid_run["server"].stats()["answered"] == before
+
+
+def _count(db: Path, type_: str) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM events WHERE type = ?", (type_,)).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_9_mid_grid_then_rerun_finishes_with_the_same_totals(grid_run, tmp_path, tiny_student):
+    db = tmp_path / "store.db"
+    store = f"sqlite:///{db}"
+    with run_in_thread(ServerConfig()) as srv:
+        grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
+        proc = subprocess.Popen(CLI + ["experiment", "run", str(grid), "--store", store, "--no-progress"],
+                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while not (_count(db, "cell_finished") >= 1 and _count(db, "cell_generated") == CELLS + 1):
+            assert proc.poll() is None and time.monotonic() < deadline, "the grid ended before it could be killed"
+            time.sleep(0.2)
+        finished_at_kill = _count(db, "cell_finished")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert finished_at_kill < CELLS + 2
+        paid_before = srv.stats()["answered"]
+        rerun = cli("experiment", "run", str(grid), "--store", store, "--no-progress")
+        assert srv.stats()["answered"] == paid_before  # nothing bought twice
+    result = json.loads(cli("experiment", "show", "grid", "--json", "--store", store).stdout)
+    assert result["experiment"]["status"] == "completed" and "completed" in rerun.stdout
+    ref = {c["id"]: c for c in grid_run["result"]["cells"]}
+    for cell in result["cells"]:  # each cell once, with the uninterrupted run's totals
+        assert cell["status"] == "finished"
+        assert (cell["rows"], cell["paid_queries"], cell["reused_queries"]) == (
+            ref[cell["id"]]["rows"], ref[cell["id"]]["paid_queries"], ref[cell["id"]]["reused_queries"])
+    assert result["paid"]["queries"] == grid_run["result"]["paid"]["queries"] == paid_before
+    assert _count(db, "cell_finished") >= CELLS + 2
+
+
+def test_ray_executor_gives_the_local_table(grid_run):
+    ray = pytest.importorskip("ray")
+    from synthledger.engine.experiment.config import load_experiment
+    from synthledger.engine.experiment.driver import run_experiment
+
+    exp = load_experiment(grid_run["grid"], ['experiment.name="on-ray"', 'experiment.strategies=["answer_augmentation"]',
+                                             "experiment.baselines=false", "experiment.workdir=\"work-ray\""])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        before = grid_run["server"].stats()["answered"]
+        outcome = run_experiment(exp, grid_run["store"], executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert outcome.ok, outcome.message
+    assert grid_run["server"].stats()["answered"] == before  # every answer came from the local run's cells
+    local = {c["id"]: c for c in grid_run["result"]["cells"]}
+    for cell in outcome.result["cells"]:
+        ref = local[cell["id"]]
+        assert cell["paid_queries"] == 0 and cell["reused_queries"] == cell["budget"]
+        assert (cell["accuracy"], cell["rows"], cell["n"]) == (ref["accuracy"], ref["rows"], ref["n"])
+    from synthledger.engine.experiment.results import load_state
+    from synthledger.store.eventstore import EventStore
+
+    st = EventStore(grid_run["store"])
+    mine = {k: r.finished["outcomes"] for k, r in load_state(st, "on-ray").cells.items()}
+    theirs = {k: r.finished["outcomes"] for k, r in load_state(st, "grid").cells.items() if k in mine}
+    assert mine == theirs
