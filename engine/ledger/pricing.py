@@ -4,8 +4,9 @@ The order, first match wins:
 1. `[pricing."model"]` in the run config (input/output, optionally cached input);
 2. a local model costs nothing;
 3. `genai-prices` (its data ships with the package and works offline): by provider for
-   `openai`/`anthropic`, by the endpoint's URL for `openai-compatible` (a self-hosted server
-   at a private address matches nothing, so it is not priced as the hosted model of that name);
+   `openai`/`anthropic` (then by model name alone), by the endpoint's URL for `openai-compatible`
+   (a self-hosted server at a private address matches nothing, so it is not priced as the hosted
+   model of that name);
 4. if `genai-prices` is not installed, a small built-in table of hosted models.
 
 A dollar budget on a model with no known price is refused up front rather than silently counted
@@ -75,16 +76,22 @@ def _from_genai_prices(model: str, provider: str, base_url: str | None) -> Model
         import genai_prices
     except ImportError:
         return None
-    where: dict[str, str] = {}
     if provider in _PROVIDER_IDS:
-        where["provider_id"] = _PROVIDER_IDS[provider]
+        # The hosted API of that provider; a model name it does not list (a gateway serving another
+        # vendor's model through this protocol) is looked up by name alone.
+        tries: list[dict[str, str]] = [{"provider_id": _PROVIDER_IDS[provider]}, {}]
     elif base_url:
-        where["provider_api_url"] = base_url
+        tries = [{"provider_api_url": base_url}]
     else:
         return None
-    try:
-        calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=0, output_tokens=0), model, **where)
-    except (LookupError, ValueError):
+    calc = None
+    for where in tries:
+        try:
+            calc = genai_prices.calc_price(genai_prices.Usage(input_tokens=0, output_tokens=0), model, **where)
+            break
+        except (LookupError, ValueError):
+            continue
+    if calc is None:
         return None
     mp = calc.model_price
     inp, out = _highest(mp.input_mtok), _highest(mp.output_mtok)
