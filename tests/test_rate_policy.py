@@ -56,23 +56,21 @@ async def test_a_429_at_our_paced_rate_costs_one_slot_not_a_pause():
 
 async def test_persistent_429s_lower_the_pace_gently_and_it_recovers_slowly():
     p, clock = policy()
-    send_at_rate(p, clock, 99, 3.0)
-    for _ in range(2):
-        p.on_rate_limited(1.0, False, None, 10)
-    assert p.limiter.factor == 1.0  # near misses cost their slot and nothing more
-    send_at_rate(p, clock, 99, 1.0)
-    d = p.on_rate_limited(1.0, False, None, 10)  # 3 of ~400 sent: under 1%, still no change
-    assert p.limiter.factor == 1.0 and d.note is None
-    notes = [p.on_rate_limited(1.0, False, None, 10).note for _ in range(3)]  # 6 of ~400 sent: they persist
+    send_at_rate(p, clock, 99, 8.0)
+    for _ in range(10):
+        d = p.on_rate_limited(1.0, False, None, 10)  # ~1% of ~800 sent: near misses
+    assert p.limiter.factor == 1.0 and d.note is None  # they cost their slot and nothing more
+    send_at_rate(p, clock, 99, 2.0)
+    notes = [p.on_rate_limited(1.0, False, None, 10).note for _ in range(15)]  # now over 2%: they persist
     assert p.limiter.factor == pytest.approx(0.98) and "429s persist" in " ".join(n for n in notes if n)
     assert p.shaper.interval_s == pytest.approx(p.limiter.interval_s)  # the send spacing follows
     send_at_rate(p, clock, 99, 1.0)
-    for _ in range(10):
+    for _ in range(30):
         p.on_rate_limited(1.0, False, None, 10)
     assert p.limiter.factor == pytest.approx(0.98)  # at most one cut every 2 s
     for _ in range(60):
-        send_at_rate(p, clock, 99, 1.0)  # still sending at the paced rate, 429s keep coming
-        for _ in range(5):
+        send_at_rate(p, clock, 99, 2.0)  # still sending at the paced rate, 429s keep coming
+        for _ in range(30):
             p.on_rate_limited(1.0, False, None, 10)
     assert p.limiter.factor == pytest.approx(MIN_FACTOR)  # never below the floor
     clock.t += 4.0

@@ -6,9 +6,10 @@ OpenAI sends would throw away a second of slots (100 at 6000 RPM) to fix one. So
 our own pacing explains costs one slot: that request alone waits for its next slot (or for the
 exact `retry-after-ms` when a provider gives it; a whole-second `retry-after` is only an upper
 bound), the schedule moves back one interval so the provider's window gets that slot of slack,
-and if 429s persist - more than 1% of what we sent over the last 5 s - the paced share of the
-limit drops a little (2%, at most every 2 s, not below 70%) and recovers slowly (0.5% per 5
-quiet seconds). Occasional near misses cost their slot and nothing more.
+and if 429s persist - more than 2% of what we sent over the last 10 s, and at least 5 - the paced
+share of the limit drops a little (2%, at most every 2 s, not below 70%) and recovers slowly (0.5%
+per 5 quiet seconds). Near misses from a provider's clock jitter (about 1% of sends on a busy
+machine) cost their slot and nothing more: slowing down for them would cost more slots than they do.
 
 A 429 our pacing cannot explain (we sent well under the paced rate: another client shares the
 key) pauses the whole endpoint, bounded by `max_pause_s` and reported as a note the dispatcher
@@ -39,9 +40,9 @@ SLOWDOWN = 0.98  # the paced share after 429s persist...
 MIN_FACTOR = 0.70  # ...never below this
 RECOVERY = 0.005  # added back after each quiet spell
 QUIET_S = 5.0  # a spell without 429s
-PERSIST_S = 5.0  # 429s "persist" when, over this long,
-PERSIST_SHARE = 0.01  # ...they are more than this share of what we sent
-PERSIST_MIN = 3  # ...and at least this many
+PERSIST_S = 10.0  # 429s "persist" when, over this long,
+PERSIST_SHARE = 0.02  # ...they are more than this share of what we sent
+PERSIST_MIN = 5  # ...and at least this many
 SLOW_EVERY_S = 2.0  # at most one slowdown this often
 _BUCKET_S = 0.25
 EXPLAINED = 0.7  # sending at >= this share of the paced rate: a 429 is our own near miss
