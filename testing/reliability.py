@@ -76,6 +76,16 @@ class CliResult:
     stdout: str
     stderr: str
 
+    def error_line(self) -> str:
+        """The one error line a failed command prints; asserts there is exactly one, no traceback, and
+        nothing else on stderr but the notes a command starts with (which store, which run)."""
+        lines = [ln for ln in self.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error:")]
+        notes = [ln for ln in lines if ln.startswith(("store ", "resuming run "))]
+        assert "Traceback" not in self.stderr and len(errors) == 1 and len(errors) + len(notes) == len(lines), (
+            f"expected one error line, got:\n{self.stderr}")
+        return errors[0]
+
     def last_line(self) -> list[str]:
         lines = [ln for ln in self.stdout.splitlines() if ln.strip()]
         return lines[-1].split() if lines else []

@@ -80,8 +80,7 @@ def test_a_frozen_holder_is_taken_over_and_stops_cleanly_when_continued(tmp_path
             # While the lease is fresh: refused at once, in one line.
             busy = ForkedCli([*args, "--resume"], cwd=tmp_path).wait(60)
             assert time.monotonic() - stopped_at < TTL, "too slow to test the fresh lease"
-            assert busy.rc == 2 and "another process" in busy.stderr, busy
-            assert "Traceback" not in busy.stderr and len(busy.stderr.strip().splitlines()) == 1, busy.stderr
+            assert busy.rc == 2 and "another process" in busy.error_line(), busy
 
             # Once it has expired: taken over.
             time.sleep(max(0.0, stopped_at + TTL + 0.5 - time.monotonic()))
@@ -93,10 +92,9 @@ def test_a_frozen_holder_is_taken_over_and_stops_cleanly_when_continued(tmp_path
         lost = original.wait(60)
         done = taker.wait(120)
 
-        assert lost.rc != 0 and "Traceback" not in lost.stderr, lost.stderr
-        assert len(lost.stderr.strip().splitlines()) == 1, lost.stderr
-        assert f"taken over by process {taker.pid}" in lost.stderr, lost.stderr
-        assert "sent nothing more" in lost.stderr and "is kept" in lost.stderr
+        line = lost.error_line()
+        assert lost.rc != 0 and f"taken over by process {taker.pid}" in line, lost.stderr
+        assert "sent nothing more" in line and "is kept" in line
         assert done.rc == 0 and done.last_line()[2] == "budget_exhausted", done
 
         events = run_events(db)
@@ -136,5 +134,4 @@ def test_a_takeover_while_the_store_is_write_locked_says_busy_in_one_line(tmp_pa
         finally:
             holder.rollback()
             holder.close()
-        assert taker.rc == 2 and "Traceback" not in taker.stderr, taker
-        assert len(taker.stderr.strip().splitlines()) == 1 and "busy" in taker.stderr, taker.stderr
+        assert taker.rc == 2 and "busy" in taker.error_line(), taker

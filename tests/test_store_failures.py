@@ -51,9 +51,8 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def _one_clean_line(res) -> str:
-    lines = res.stderr.strip().splitlines()
-    assert res.rc == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res
-    return lines[0]
+    assert res.rc == 2, res
+    return res.error_line()
 
 
 def _settled(db: Path) -> set[str]:
