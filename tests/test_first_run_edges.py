@@ -149,7 +149,7 @@ def test_unset_api_key_env_is_one_line_before_the_run(tmp_path):
         write_project(tmp_path, srv.url, name="keys", seeds=2, queries=2,
                       extra="")
         cfg = tmp_path / "run.toml"
-        cfg.write_text(cfg.read_text().replace("max_tokens = 32", 'max_tokens = 32\napi_key_env = "MY_TEACHER_KEY"'))
+        cfg.write_text(cfg.read_text().replace("max_tokens = 64", 'max_tokens = 64\napi_key_env = "MY_TEACHER_KEY"'))
         url = f"sqlite:///{tmp_path / 's.db'}"
         r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr

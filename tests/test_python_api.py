@@ -92,7 +92,7 @@ def test_a_failure_inside_a_loop_leaves_no_ghost_running_run(tmp_path, monkeypat
     url = f"sqlite:///{tmp_path / 'store.db'}"
     with run_in_thread(require_api_key="sk-right") as srv:
         config = write_project(tmp_path, srv.url, name="denied", seeds=2, queries=2)
-        config.write_text(config.read_text().replace("max_tokens = 32", 'max_tokens = 32\napi_key_env = "API_TEST_KEY"'))
+        config.write_text(config.read_text().replace("max_tokens = 64", 'max_tokens = 64\napi_key_env = "API_TEST_KEY"'))
 
         async def cell():
             return synthledger.generate(config, store=url)
