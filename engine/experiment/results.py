@@ -15,6 +15,8 @@ from ...store.eventstore import EventStore, RunInfo
 from ..ledger.ledger import Amount
 from .cells import Cell
 from .stats import Scored, bootstrap, cell_interval, crossover, interval, mean_over
+from ..ledger.events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
+                             ExperimentResult, RunFinished, RunResumed, RunStarted)
 
 QUESTION_FAMILY = ("new_question", "question_rephrase")  # the crossover's "to" side, first found
 ANSWER_FAMILY = "answer_augmentation"
@@ -54,13 +56,13 @@ def _on_cell(state: ExperimentState, type_: str, p: dict[str, Any]) -> None:
     rec = state.cells.get(p["cell"])
     if rec is None:
         return
-    if type_ == "cell_started" and p["stage"] == "generate":
+    if type_ == CellStarted.TYPE and p["stage"] == "generate":
         rec.generate_run, rec.generated = p.get("run_id"), None
-    elif type_ == "cell_generated":
+    elif type_ == CellGenerated.TYPE:
         rec.generated, rec.generate_run = p, p.get("generate_run") or rec.generate_run
-    elif type_ == "cell_finished":
+    elif type_ == CellFinished.TYPE:
         rec.finished, rec.failed = p, None
-    elif type_ == "cell_failed":
+    elif type_ == CellFailed.TYPE:
         rec.failed = p
     state.stale = True
 
@@ -72,18 +74,18 @@ def load_state(store: EventStore, ref: str) -> ExperimentState:
     state = ExperimentState(info)
     for ev in store.iter_events(info.id):
         p = ev.payload
-        if ev.type == "run_started":
+        if ev.type == RunStarted.TYPE:
             state.bootstrap = int(((p.get("config") or {}).get("experiment") or {}).get("bootstrap") or 1000)
-        elif ev.type == "experiment_grid":
+        elif ev.type == ExperimentGrid.TYPE:
             state.cells = {c["id"]: CellRecord(Cell.from_dict(c)) for c in p["cells"]}
             state.heldout = p.get("heldout") or {}
         elif ev.type.startswith("cell_"):
             _on_cell(state, ev.type, p)
-        elif ev.type == "experiment_result":
+        elif ev.type == ExperimentResult.TYPE:
             state.result, state.stale = p["result"], False
-        elif ev.type == "run_finished":
+        elif ev.type == RunFinished.TYPE:
             state.status = p["status"]
-        elif ev.type == "run_resumed":
+        elif ev.type == RunResumed.TYPE:
             state.status = None
     return state
 

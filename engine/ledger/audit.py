@@ -24,7 +24,8 @@ from ...store.eventstore import EventStore
 from ...store.hashing import GENESIS, chain_hash
 from .audit_reuse import ReuseAudit, ReuseCheck, reuse_problem
 from .audit_sharing import SharingAudit, summary_lines
-from .events import EVENT_TYPES, parse_event
+from .events import (EVENT_TYPES, AttemptFailed, ProviderFault, QueryAbandoned, QueryDispatched,
+                     QuerySettled, RunFinished, RunResumed, RunStarted, parse_event)
 from .ledger import BudgetSpec, Ledger, Violation, budget_from_dict
 
 
@@ -98,17 +99,17 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
         except (ValidationError, ValueError) as exc:
             violations.append(Violation(ev.seq, f"invalid {ev.type} payload: {str(exc).splitlines()[0]}"))
             continue
-        if ev.type in ("run_started", "run_resumed") and payload.get("budget"):
+        if ev.type in (RunStarted.TYPE, RunResumed.TYPE) and payload.get("budget"):
             ledger.spec = budget_from_dict(payload["budget"])
-        if ev.type == "provider_fault":
+        if ev.type == ProviderFault.TYPE:
             faults.append(Violation(ev.seq, f"query {payload['query_id']}: {payload['message']}"))
-        if ev.type == "run_resumed":
+        if ev.type == RunResumed.TYPE:
             open_attempts.clear()
-        elif ev.type == "query_dispatched":
+        elif ev.type == QueryDispatched.TYPE:
             open_attempts[payload["query_id"]] = ev.seq
-        elif ev.type in ("query_settled", "attempt_failed", "query_abandoned"):
+        elif ev.type in (QuerySettled.TYPE, AttemptFailed.TYPE, QueryAbandoned.TYPE):
             open_attempts.pop(payload["query_id"], None)
-        elif ev.type == "run_finished":
+        elif ev.type == RunFinished.TYPE:
             status = payload["status"]
             if status in ("completed", "budget_exhausted") and open_attempts:
                 # Reported where it became certain (the finish), so the first bad seq stays meaningful.

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ...store.eventstore import EventStore
 from .ledger import Violation
+from .events import QueryReused, QuerySettled
 
 ReuseCheck = Callable[[dict[str, Any]], "str | None"]
 
@@ -28,7 +29,7 @@ def reuse_problem(store: EventStore, run_id: str, p: dict[str, Any]) -> str | No
         return f"{where} cannot be read ({exc})"
     if source is None:
         return f"{where} does not exist"
-    if source.type != "query_settled":
+    if source.type != QuerySettled.TYPE:
         return f"{where} is a {source.type} event, not a settled query"
     sp = source.payload
     if sp.get("query_id") != p["query_id"]:
@@ -48,7 +49,7 @@ class ReuseAudit:
         self.violations: list[Violation] = []
 
     def feed(self, seq: int, type_: str, p: dict[str, Any]) -> None:
-        if type_ == "query_reused" and self.check is not None:
+        if type_ == QueryReused.TYPE and self.check is not None:
             problem = self.check(p)
             if problem is not None:
                 self.violations.append(Violation(seq, f"reused query {p['query_id']}: {problem}"))

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from .ledger import Violation
+from .events import BatchFinished, BatchPrepared, QuerySettled, RateAdjusted
 
 
 class SharingAudit:
@@ -28,14 +29,14 @@ class SharingAudit:
         self.pauses = 0
 
     def feed(self, seq: int, type_: str, p: dict[str, Any]) -> None:
-        if type_ == "query_settled" and p.get("shared"):
+        if type_ == QuerySettled.TYPE and p.get("shared"):
             self._share(seq, p)
-        elif type_ == "batch_prepared":
+        elif type_ == BatchPrepared.TYPE:
             self.batches += 1
             self.batch_queries += len(p.get("query_ids", []))
-        elif type_ == "batch_finished":
+        elif type_ == BatchFinished.TYPE:
             self.batch_ends[p.get("status", "?")] += 1
-        elif type_ == "rate_adjusted":
+        elif type_ == RateAdjusted.TYPE:
             self.pauses += bool(p.get("pause_s"))
             if len(self.notes) < 20:
                 self.notes.append(p.get("note", ""))

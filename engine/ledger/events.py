@@ -11,14 +11,14 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .event_base import EventBase
 from .experiment_events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
                                 ExperimentResult)
 
 SCHEMA_VERSION = 1
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Event = EventBase  # every event class has `TYPE`, its type string (see event_base.py)
 
 
 class Cost(BaseModel):
@@ -309,28 +309,17 @@ class EvalFinished(_Event):
     model_config = ConfigDict(extra="allow")
 
 
-Event = Annotated[
-    Union[
-        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled, ProviderFault,
-        QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
-        RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
-        EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
-        QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
-    ],
-    Field(discriminator="type"),
-]
+EVENT_CLASSES: tuple[type[EventBase], ...] = (
+    RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled, ProviderFault,
+    QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
+    RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
+    EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
+    QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
+)
+Event = Annotated[Union[EVENT_CLASSES], Field(discriminator="type")]  # type: ignore[valid-type]
 
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
-EVENT_TYPES = frozenset(
-    m.model_fields["type"].default
-    for m in (
-        RunStarted, RunResumed, QueryReserved, QueryDispatched, AttemptFailed, QuerySettled, ProviderFault,
-        QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
-        RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
-        EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
-        QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
-    )
-)
+EVENT_TYPES = frozenset(cls.TYPE for cls in EVENT_CLASSES)
 
 
 def parse_event(type_: str, payload: dict[str, Any]) -> Any:

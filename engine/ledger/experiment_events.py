@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from .event_base import EventBase
 
 
-class _ExperimentEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _ExperimentEvent(EventBase):
+    pass
 
 
 class ExperimentGrid(_ExperimentEvent):

@@ -25,7 +25,8 @@ from ...store.eventstore import EventStore, NewEvent, StoreError
 from ..redact import scrub_payload
 from . import crashpoints
 from ...store.keys import key_of
-from .events import SCHEMA_VERSION, to_payload
+from .events import (SCHEMA_VERSION, ItemDone, QueryDispatched, QueryReserved, QuerySettled,
+                     QuestionAdmitted, SampleAccepted, SampleProposed, to_payload)
 from .ledger import Ledger
 
 HEARTBEAT_S = 5.0
@@ -33,8 +34,8 @@ HEARTBEAT_S = 5.0
 
 # Events that carry bulk data (prompts, the teacher's text): scrubbed of every key the process knows,
 # but not scanned for credential shapes, which would cost on every query for text that is data.
-BULK_TYPES = frozenset({"query_reserved", "query_dispatched", "query_settled", "sample_proposed",
-                        "sample_accepted", "item_done", "question_admitted"})
+BULK_TYPES = frozenset({QueryReserved.TYPE, QueryDispatched.TYPE, QuerySettled.TYPE, SampleProposed.TYPE,
+                        SampleAccepted.TYPE, ItemDone.TYPE, QuestionAdmitted.TYPE})
 
 
 class WriterFailed(StoreError):

@@ -22,6 +22,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from .events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, ProviderFault,
+                     QueryAbandoned, QueryDispatched, QueryReserved, QueryReused, QuerySettled, RateAdjusted,
+                     RunResumed)
+
 EPS = 1e-9
 DIMENSIONS = ("queries", "input_tokens", "output_tokens", "usd")
 
@@ -440,19 +444,19 @@ class Ledger:
 
 
 _HANDLERS = {
-    "query_reserved": Ledger._on_reserved,
-    "query_dispatched": Ledger._on_dispatched,
-    "attempt_failed": Ledger._on_failed,
-    "query_settled": Ledger._on_settled,
-    "query_abandoned": Ledger._on_abandoned,
-    "provider_fault": Ledger._on_fault,
-    "query_reused": Ledger._on_reused,
-    "run_resumed": Ledger._on_resumed,
-    "batch_prepared": Ledger._on_batch_prepared,
-    "batch_submitted": Ledger._on_batch_submitted,
-    "batch_status": Ledger._on_batch_status,
-    "batch_finished": Ledger._on_batch_finished,
-    "rate_adjusted": Ledger._on_rate_adjusted,
+    QueryReserved.TYPE: Ledger._on_reserved,
+    QueryDispatched.TYPE: Ledger._on_dispatched,
+    AttemptFailed.TYPE: Ledger._on_failed,
+    QuerySettled.TYPE: Ledger._on_settled,
+    QueryAbandoned.TYPE: Ledger._on_abandoned,
+    ProviderFault.TYPE: Ledger._on_fault,
+    QueryReused.TYPE: Ledger._on_reused,
+    RunResumed.TYPE: Ledger._on_resumed,
+    BatchPrepared.TYPE: Ledger._on_batch_prepared,
+    BatchSubmitted.TYPE: Ledger._on_batch_submitted,
+    BatchStatus.TYPE: Ledger._on_batch_status,
+    BatchFinished.TYPE: Ledger._on_batch_finished,
+    RateAdjusted.TYPE: Ledger._on_rate_adjusted,
 }
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from .ledger import BudgetSpec, Ledger, budget_from_dict
+from .events import (ItemDone, ProviderFault, QueryAbandoned, QueryReserved, QueryReused, QuerySettled,
+                     QuestionAdmitted, RunFinished, RunResumed, RunStarted, SampleAccepted, SampleProposed,
+                     SampleRejected)
 
 
 @dataclass
@@ -42,39 +45,39 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
     query_item: dict[str, str] = {}
     for ev in events:
         t, p = ev.type, ev.payload
-        if t == "run_started":
+        if t == RunStarted.TYPE:
             state.config = p.get("config")
             state.plan_hash = p.get("plan_hash")
-        if t in ("run_started", "run_resumed") and p.get("config") is not None:
+        if t in (RunStarted.TYPE, RunResumed.TYPE) and p.get("config") is not None:
             state.latest_config = p["config"]
             state.config_dir = p.get("config_dir") or state.config_dir
-        if t in ("run_started", "run_resumed") and spec is None and p.get("budget"):
+        if t in (RunStarted.TYPE, RunResumed.TYPE) and spec is None and p.get("budget"):
             ledger.spec = budget_from_dict(p["budget"])
         ledger.apply(ev.seq, t, p)
-        if t == "query_reserved":
+        if t == QueryReserved.TYPE:
             query_item[p["query_id"]] = p.get("item", "")
-        elif t == "query_settled":
+        elif t == QuerySettled.TYPE:
             item = query_item.pop(p["query_id"], None)
             if item is not None and item not in state.done_items:
                 texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
                 finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
-        elif t == "query_reused":
+        elif t == QueryReused.TYPE:
             item = p.get("item", "")
             if item not in state.done_items:
                 texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
                 finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
-        elif t == "query_abandoned":
+        elif t == QueryAbandoned.TYPE:
             query_item.pop(p["query_id"], None)
-        elif t == "question_admitted":
+        elif t == QuestionAdmitted.TYPE:
             admitted_open[p["item"]] = p["question"]
-        elif t == "sample_proposed":
+        elif t == SampleProposed.TYPE:
             state.proposed += 1
-        elif t == "sample_accepted":
+        elif t == SampleAccepted.TYPE:
             state.accepted += 1
-        elif t == "sample_rejected":
+        elif t == SampleRejected.TYPE:
             k = f"{p.get('stage', '?')}: {_reason_key(p.get('reason', ''))}"
             state.rejected[k] = state.rejected.get(k, 0) + 1
-        elif t == "item_done":
+        elif t == ItemDone.TYPE:
             item = p["item"]
             state.done_items.add(item)
             texts_open.pop(item, None)
@@ -83,12 +86,12 @@ def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
             if q is not None:
                 state.admitted.append((item, q))
             state.items_by_outcome[p["outcome"]] = state.items_by_outcome.get(p["outcome"], 0) + 1
-        elif t == "run_finished":
+        elif t == RunFinished.TYPE:
             state.status = p["status"]
             state.message = p.get("message", "")
-        elif t == "run_resumed":
+        elif t == RunResumed.TYPE:
             state.status = None
-        elif t == "provider_fault":
+        elif t == ProviderFault.TYPE:
             state.provider_faults.append(f"seq {ev.seq}: {p.get('message', '')}")
     for texts in texts_open.values():
         state.answered.update(texts)

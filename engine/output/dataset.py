@@ -5,24 +5,25 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ...store.eventstore import EventStore
+from ..ledger.events import RunStarted, SampleAccepted, SampleProposed, SampleRejected
 
-DATASET_TYPES = ("sample_proposed", "sample_accepted", "run_started")
+DATASET_TYPES = (SampleProposed.TYPE, SampleAccepted.TYPE, RunStarted.TYPE)
 
 
 def accepted_rows(store: EventStore, run_id: str, *, include_seeds: bool = False) -> Iterator[dict[str, Any]]:
     """Rows in the order their samples were accepted. Proposals wait in memory only until decided."""
     proposed: dict[str, dict[str, Any]] = {}
     config: dict[str, Any] | None = None
-    for ev in store.iter_events(run_id, types=DATASET_TYPES + ("sample_rejected",)):
+    for ev in store.iter_events(run_id, types=DATASET_TYPES + (SampleRejected.TYPE,)):
         p = ev.payload
-        if ev.type == "run_started":
+        if ev.type == RunStarted.TYPE:
             config = p.get("config")
-        elif ev.type == "sample_proposed":
+        elif ev.type == SampleProposed.TYPE:
             proposed[p["sample_id"]] = p
-        elif ev.type == "sample_rejected":
+        elif ev.type == SampleRejected.TYPE:
             if p.get("sample_id"):
                 proposed.pop(p["sample_id"], None)
-        elif ev.type == "sample_accepted":
+        elif ev.type == SampleAccepted.TYPE:
             s = proposed.pop(p["sample_id"], None)
             if s is None:
                 continue

@@ -13,6 +13,7 @@ from typing import Any
 
 from ...store.eventstore import EventStore, RunInfo
 from .summary import summarize
+from ..ledger.events import RunStarted
 
 __all__ = ["dataset_card"]
 
@@ -67,7 +68,7 @@ def _options(section: dict[str, Any] | None) -> str:
 
 
 def _first_event(store: EventStore, run_id: str) -> dict[str, Any]:
-    for ev in store.iter_events(run_id, types=["run_started"]):
+    for ev in store.iter_events(run_id, types=[RunStarted.TYPE]):
         return ev.payload
     return {}
 

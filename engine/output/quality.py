@@ -14,9 +14,11 @@ from typing import Any, Iterable
 
 from ...store.eventstore import EventStore
 from ..run.quality_gate import LOW_AGREEMENT, MIN_REFERENCED, answer_query_id
+from ..ledger.events import (QueryAbandoned, QueryReserved, QuerySettled, RunStarted, RunWarning,
+                             SampleAccepted, SampleProposed, SampleRejected)
 
-QUALITY_EVENTS = ("run_started", "query_reserved", "query_settled", "query_abandoned", "sample_proposed",
-                  "sample_accepted", "sample_rejected", "run_warning")
+QUALITY_EVENTS = (RunStarted.TYPE, QueryReserved.TYPE, QuerySettled.TYPE, QueryAbandoned.TYPE, SampleProposed.TYPE,
+                  SampleAccepted.TYPE, SampleRejected.TYPE, RunWarning.TYPE)
 HIGH_TRUNCATION = 0.1  # from this share of cut-off teacher replies on, say so
 _NUMBERISH = re.compile(r"\S*\d\S*")
 _PAREN = re.compile(r"\([^)]*\)")

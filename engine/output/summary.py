@@ -13,6 +13,8 @@ from ...store.eventstore import EventStore, RunInfo
 from .diversity import distinct_ngram_ratio
 from ..ledger.replay import replay
 from .quality import data_quality
+from ..ledger.events import (EvalFinished, RunFinished, RunStarted, SampleAccepted, SampleProposed,
+                             TrainingFailed, TrainingFinished, TrainingProgress, TrainingStarted)
 
 
 def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
@@ -29,9 +31,9 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
     answers: list[str] = []
     proposed: dict[str, tuple[str, str, str]] = {}
     unchecked = 0  # accepted although the verifier could not check them (no reference answer)
-    for ev in store.iter_events(info.id, types=["sample_proposed", "sample_accepted"]):
+    for ev in store.iter_events(info.id, types=[SampleProposed.TYPE, SampleAccepted.TYPE]):
         p = ev.payload
-        if ev.type == "sample_proposed":
+        if ev.type == SampleProposed.TYPE:
             proposed[p["sample_id"]] = (p["strategy"], p["question"], p["answer"])
         else:
             s = proposed.pop(p["sample_id"], None)
@@ -80,19 +82,19 @@ def _header(info: RunInfo, store: EventStore) -> tuple[dict[str, Any], dict[str,
     payloads: dict[str, dict[str, Any]] = {}
     curve: list[dict[str, Any]] = []
     for ev in store.iter_events(info.id):
-        if ev.type == "training_progress":
+        if ev.type == TrainingProgress.TYPE:
             curve.append(ev.payload)
         else:
             payloads[ev.type] = ev.payload
     payloads["_curve"] = {"points": curve}
-    out["message"] = payloads.get("run_finished", {}).get("message", "")
+    out["message"] = payloads.get(RunFinished.TYPE, {}).get("message", "")
     return out, payloads
 
 
 def _summarize_train(store: EventStore, info: RunInfo) -> dict[str, Any]:
     out, ev = _header(info, store)
-    config = ev.get("run_started", {}).get("config", {})
-    started, finished = ev.get("training_started", {}), ev.get("training_finished", {})
+    config = ev.get(RunStarted.TYPE, {}).get("config", {})
+    started, finished = ev.get(TrainingStarted.TYPE, {}), ev.get(TrainingFinished.TYPE, {})
     out["source"] = config.get("source")
     out["training"] = _rounded({k: started.get(k) for k in ("student", "student_path", "rows", "used", "dropped",
                                                             "truncated", "tokens") if k in started})
@@ -102,15 +104,15 @@ def _summarize_train(store: EventStore, info: RunInfo) -> dict[str, Any]:
     out["artifacts"] = dict(finished.get("artifacts") or {})  # absolute since runs record them so
     curve = ev["_curve"]["points"]
     out["loss_curve"] = [{"step": p.get("step"), "loss": _rounded(p.get("loss"))} for p in curve]
-    if "training_failed" in ev:
-        out["failure"] = ev["training_failed"].get("reason")
+    if TrainingFailed.TYPE in ev:
+        out["failure"] = ev[TrainingFailed.TYPE].get("reason")
     return out
 
 
 def _summarize_eval(store: EventStore, info: RunInfo) -> dict[str, Any]:
     out, ev = _header(info, store)
-    config = ev.get("run_started", {}).get("config", {})
-    finished = ev.get("eval_finished", {})
+    config = ev.get(RunStarted.TYPE, {}).get("config", {})
+    finished = ev.get(EvalFinished.TYPE, {})
     out["evaluated"] = {"model": config.get("model"), "heldout": config.get("heldout"), "task": config.get("task"), "limit": config.get("limit"),
                         "excluded_from_run": config.get("excluded_from_run")}
     out["result"] = _rounded({k: finished.get(k) for k in ("accuracy", "correct", "n", "examples_per_s",

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..ledger.ledger import Ledger
+from ..ledger.events import AttemptFailed, QueryAbandoned, RunWarning, SampleAccepted, SampleRejected
 
 DIMS = ("queries", "input_tokens", "output_tokens", "usd")
 BAR_STEPS = 1000  # the bar's resolution; the numbers are in the text beside it
@@ -78,15 +79,15 @@ class RunProgress:
     def on_event(self, seq: int, type_: str, payload: dict[str, Any]) -> None:
         """Fed every event the run records: counts samples, keeps the latest error for the live
         view, and says a run warning once, on the terminal or in the log, whether or not progress is shown."""
-        if type_ == "sample_accepted":
+        if type_ == SampleAccepted.TYPE:
             self.accepted += 1
             self.unchecked += bool((payload.get("details") or {}).get("unchecked"))
-        elif type_ == "sample_rejected":
+        elif type_ == SampleRejected.TYPE:
             self.rejected += 1
         error = _error_of(type_, payload)
         if error is not None:
             self.last_error = (time.monotonic(), error)
-        elif type_ == "run_warning":
+        elif type_ == RunWarning.TYPE:
             self.warnings.append(payload["message"])
             from rich.markup import escape
 
@@ -203,11 +204,11 @@ def pacing_line(ledger: Ledger) -> str:
 
 def _error_of(type_: str, payload: dict[str, Any]) -> str | None:
     """A short line for an event that reports a failure, else None."""
-    if type_ == "attempt_failed":
+    if type_ == AttemptFailed.TYPE:
         text = payload.get("message") or payload.get("kind", "")
-    elif type_ == "query_abandoned":
+    elif type_ == QueryAbandoned.TYPE:
         text = f"query abandoned: {payload.get('reason', '')}"
-    elif type_ == "sample_rejected" and payload.get("stage") == "failed":
+    elif type_ == SampleRejected.TYPE and payload.get("stage") == "failed":
         text = payload.get("reason", "")
     else:
         return None

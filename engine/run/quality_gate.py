@@ -16,6 +16,7 @@ from hashlib import blake2b
 from typing import Any, Callable, Iterable
 
 from ..api import Sample, Task
+from ..ledger.events import ItemDone, RunWarning, SampleProposed, SampleRejected
 
 # The first answers decide the warnings: enough to see a pattern, early enough to act on it.
 WINDOW = 50
@@ -23,7 +24,7 @@ MIN_REPEATS = 4  # repeat answers (a question answered before) needed to judge s
 MIN_REFERENCED = 8  # answers with a seed reference needed to judge agreement
 DUPLICATE_SHARE = 0.5  # this share of exact copies among repeat answers = sampling is ignored
 LOW_AGREEMENT = 0.5  # below this share of agreement with the references, say so
-GATE_EVENTS = ("sample_proposed", "sample_rejected", "item_done", "run_warning")  # what `load` reads
+GATE_EVENTS = (SampleProposed.TYPE, SampleRejected.TYPE, ItemDone.TYPE, RunWarning.TYPE)  # what `load` reads
 
 
 @dataclass(frozen=True)
@@ -89,18 +90,18 @@ class QualityGate:
         pending: dict[str, list[tuple[str, bytes, bytes, str | None]]] = {}  # item -> its undecided proposals
         for ev in events:
             p = ev.payload
-            if ev.type == "sample_proposed":
+            if ev.type == SampleProposed.TYPE:
                 pending.setdefault(p["item"], []).append(
                     (p["sample_id"], _digest(p["question"], p["answer"]), _digest(p["question"]),
                      answer_query_id(p.get("query_ids") or [], p.get("roles") or {})))
-            elif ev.type == "sample_rejected" and p.get("stage") == "quality" and p.get("sample_id"):
+            elif ev.type == SampleRejected.TYPE and p.get("stage") == "quality" and p.get("sample_id"):
                 left = [x for x in pending.get(p["item"], []) if x[0] != p["sample_id"]]
                 pending[p["item"]] = left  # never entered the index
-            elif ev.type == "item_done":
+            elif ev.type == ItemDone.TYPE:
                 for _, both, question, qid in pending.pop(p["item"], []):
                     self._answers.setdefault(both, (p["item"], qid))
                     self._questions.add(question)
-            elif ev.type == "run_warning":
+            elif ev.type == RunWarning.TYPE:
                 self.warned.add(p["kind"])
 
     # ---- the check -------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from .config import RunConfig
 from .context import ItemContext
 from .dedupe import NearDuplicateIndex
 from .dispatcher import Dispatcher
-from ..ledger.events import (SCHEMA_VERSION, ItemDone, RunFinished, RunResumed, RunStarted, RunWarning,
-                             SampleAccepted, SampleProposed, SampleRejected, to_payload)
+from ..ledger.events import (SCHEMA_VERSION, ItemDone, QuerySettled, RunFinished, RunResumed, RunStarted,
+                             RunWarning, SampleAccepted, SampleProposed, SampleRejected, to_payload)
 from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
 from ..ledger import crashpoints
@@ -283,7 +283,7 @@ class Runner:
         if found is None or found[0] == self.recorder.run_id:
             return None
         ev = self.store.get_event(*found)
-        if ev is None or ev.type != "query_settled":
+        if ev is None or ev.type != QuerySettled.TYPE:
             return None
         return found[0], found[1], ev.payload
 

@@ -17,7 +17,7 @@ from ...store.hashing import canonical
 from .. import host
 from ..run.config import ConfigError, NamedSection, _Strict, tomllib, validate_plugin_options, _format_errors
 from ..output.dataset import accepted_rows
-from ..ledger.events import SCHEMA_VERSION, parse_event
+from ..ledger.events import SCHEMA_VERSION, RunFinished, RunStarted, SampleProposed, parse_event
 
 
 class DataSection(_Strict):
@@ -81,11 +81,11 @@ class RunLog:
         self.owner = owner_token()
         started = {"config": config, "config_hash": "", "plan_hash": "", "version": __version__, "kind": kind,
                    "budget": {}}
-        parse_event("run_started", started)
+        parse_event(RunStarted.TYPE, started)
         # One commit for the run row and its run_started: a kill cannot leave a run without its start.
         self.run_id, self.seq, self.head = store.start_run(
             name, config, hashlib.sha256(canonical(config)).hexdigest()[:16],
-            [NewEvent("run_started", json.loads(json.dumps(started, default=str)), SCHEMA_VERSION)],
+            [NewEvent(RunStarted.TYPE, json.loads(json.dumps(started, default=str)), SCHEMA_VERSION)],
             kind=kind, parent_id=parent_id, owner=self.owner, run_id=run_id)
 
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
@@ -95,7 +95,7 @@ class RunLog:
                                                 self.seq, self.head, owner=self.owner)
 
     def finish(self, status: str, message: str = "") -> None:
-        self.emit("run_finished", {"status": status, "message": message})
+        self.emit(RunFinished.TYPE, {"status": status, "message": message})
         self.store.release(self.run_id, self.owner, status)
 
 
@@ -165,7 +165,7 @@ def training_questions(store: EventStore, run_id: str) -> set[str]:
     from ..run.assemble import build_parts
     from ..run.config import RunConfig
 
-    questions = {ev.payload["question"] for ev in store.iter_events(run_id, types=["sample_proposed"])}
+    questions = {ev.payload["question"] for ev in store.iter_events(run_id, types=[SampleProposed.TYPE])}
     info = store.get_run(run_id)
     try:
         cfg = RunConfig.model_validate(info.config)
