@@ -37,7 +37,10 @@ SKIP = [
     (r"-m pytest\b", "runs the test suite itself"),
     (r"^\s*\.\s+\S*activate\b|^\s*source\s+\S*activate\b", "activates a virtualenv (the test's is active)"),
     (r"--push-to-hub|HF_HUB_OFFLINE=0|huggingface\.co", "needs the network"),
-    (r"postgresql://|\bpsql\b|\$DATABASE\b", "needs a PostgreSQL server (tests/test_postgres_runs.py runs those paths)"),
+    (r"postgresql(\+\w+)?://|\bpsql\b|\$DATABASE\b", "needs a PostgreSQL server (tests/test_postgres_runs.py runs those paths)"),
+    (r"experiment_paper\.toml|gsm8k-crossover", "the study's own setting: a served 70B teacher, 7B students on GPUs"),
+    (r"experiment_offline\.toml|offline-arith", "a whole grid with real training (minutes); "
+                                                "tests/test_experiment_grid.py runs these commands on a small grid"),
     (r"^\s*datasette\b", "starts a web server that runs until stopped"),
 ]
 # Programs the sandbox provides itself; any other program a line starts with must be installed, or
