@@ -131,6 +131,26 @@ def test_rerunning_a_finished_experiment_does_nothing(grid_run):
     assert grid_run["server"].stats()["answered"] == before
 
 
+# `experiment show` and `recommend --from` are folds over events: they run where torch cannot load.
+NO_TORCH = """
+import importlib.abc, runpy, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "peft", "accelerate", "ray"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_show_and_recommend_need_no_torch(grid_run):
+    for args in (["experiment", "show", "grid", "--json"], ["recommend", "--seeds", "4", "--budget", "8", "--from", "grid"]):
+        res = subprocess.run([sys.executable, "-c", NO_TORCH, str(ROOT / "cli.py"), *args, "--store", grid_run["store"]],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+
+
 def _count(db: Path, type_: str) -> int:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
@@ -147,18 +167,18 @@ def test_kill_9_mid_grid_then_rerun_finishes_with_the_same_totals(grid_run, tmp_
     store = f"sqlite:///{db}"
     with run_in_thread(ServerConfig()) as srv:
         grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
-        proc = subprocess.Popen(CLI + ["experiment", "run", str(grid), "--store", store, "--no-progress"],
-                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = ["experiment", "run", str(grid), "--store", store, "--no-progress", "--set", "experiment.baselines=false"]
+        proc = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 600
-        while not (_count(db, "cell_finished") >= 1 and _count(db, "cell_generated") == CELLS + 1):
+        while not (_count(db, "cell_finished") >= 1 and _count(db, "cell_generated") == CELLS):
             assert proc.poll() is None and time.monotonic() < deadline, "the grid ended before it could be killed"
             time.sleep(0.2)
         finished_at_kill = _count(db, "cell_finished")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert finished_at_kill < CELLS + 2
+        assert finished_at_kill < CELLS
         paid_before = srv.stats()["answered"]
-        rerun = cli("experiment", "run", str(grid), "--store", store, "--no-progress")
+        rerun = cli(*args)
         assert srv.stats()["answered"] == paid_before  # nothing bought twice
     result = json.loads(cli("experiment", "show", "grid", "--json", "--store", store).stdout)
     assert result["experiment"]["status"] == "completed" and "completed" in rerun.stdout
@@ -168,7 +188,7 @@ def test_kill_9_mid_grid_then_rerun_finishes_with_the_same_totals(grid_run, tmp_
         assert (cell["rows"], cell["paid_queries"], cell["reused_queries"]) == (
             ref[cell["id"]]["rows"], ref[cell["id"]]["paid_queries"], ref[cell["id"]]["reused_queries"])
     assert result["paid"]["queries"] == grid_run["result"]["paid"]["queries"] == paid_before
-    assert _count(db, "cell_finished") >= CELLS + 2
+    assert _count(db, "cell_finished") >= CELLS
 
 
 def test_ray_executor_gives_the_local_table(grid_run):
