@@ -25,6 +25,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from synthledger.engine.output.export import FORMATS as EXPORT_FORMATS  # stdlib-only: no startup cost
+
 # No locals in a crash report: they would print resolved API keys.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Budget-exact synthetic fine-tuning data, with every teacher query on an event ledger.\n\n"
@@ -314,14 +316,11 @@ def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id 
         raise typer.Exit(1)
 
 
-EXPORT_FORMATS = ("jsonl", "chat", "openai", "hf")
-
-
 @app.command()
 @_handled
 def export(
     ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
-    fmt: str = typer.Option("chat", "--format", metavar="[jsonl|chat|openai|hf]",
+    fmt: str = typer.Option("chat", "--format", metavar="[" + "|".join(EXPORT_FORMATS) + "]",
                             help="jsonl: rows with provenance; chat: messages + metadata (TRL); openai: exactly "
                                  "messages (OpenAI fine-tuning upload); hf: a datasets folder with messages, "
                                  "question/answer/provenance columns and a dataset card."),

@@ -7,31 +7,39 @@ distribution names; `synthledger` selects the built-ins) restricts what loads.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Callable
 
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, UnknownPlugin
+from .errors import ConfigError, PluginError, UnknownPlugin
 
 GROUP = "synthledger"
 ENV_VAR = "SYNTHLEDGER_PLUGINS"
 # The kinds of plugin are the hooks of hookspecs.py (`register_<kind>`), in the order written there.
 KINDS = tuple(name.removeprefix("register_") for name in vars(hookspecs) if name.startswith("register_"))
-BUILTIN_MODULES = {
-    "teachers": "synthledger.plugins.teachers",
-    "strategies": "synthledger.plugins.strategies",
-    "verifiers": "synthledger.plugins.verifiers",
-    "seed_sources": "synthledger.plugins.seeds",
-    "tasks": "synthledger.plugins.tasks",
-    "trainers": "synthledger.plugins.trainers",
-    "evaluators": "synthledger.plugins.evaluators",
-}
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_modules() -> dict[str, str]:
+    """The built-in plugins (entry-point name -> module) exactly as pyproject.toml declares them.
+
+    Read from the file only to run from a source checkout that was never pip-installed; an
+    installed synthledger has them as entry points, and an installed wheel has no pyproject."""
+    from .run.configfile import read_toml
+
+    try:
+        data = read_toml(Path(__file__).resolve().parents[1] / "pyproject.toml")
+    except ConfigError:
+        return {}
+    return dict(data.get("project", {}).get("entry-points", {}).get(GROUP, {}))
 
 
 def singular(kind: str) -> str:
@@ -67,7 +75,7 @@ class PluginHost:
         allowed = {_normalize(a) for a in allowed} if allowed is not None else None
         eps = list(entry_points(group=GROUP))
         if allowed is not None:
-            known = {"synthledger", *map(_normalize, BUILTIN_MODULES)}
+            known = {"synthledger", *map(_normalize, builtin_modules())}
             known |= {_normalize(ep.name) for ep in eps}
             known |= {_normalize(ep.dist.name) for ep in eps if ep.dist is not None}
             unknown = sorted(allowed - known)
@@ -92,7 +100,7 @@ class PluginHost:
             # Running from a source checkout that was never pip-installed: same modules, same hooks.
             from .. import __version__
 
-            for name, modname in BUILTIN_MODULES.items():
+            for name, modname in builtin_modules().items():
                 if allowed is not None and _normalize(name) not in allowed and "synthledger" not in allowed:
                     continue
                 if not self.pm.has_plugin(name):

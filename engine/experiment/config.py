@@ -18,7 +18,8 @@ from pydantic import Field, ValidationError
 
 from ...store.hashing import canonical
 from ..errors import ConfigError
-from ..run.config import _Strict, apply_overrides, tomllib
+from ..run.config import _Strict, apply_overrides
+from ..run.configfile import read_toml as _read_toml
 
 DEFAULT_WORKDIR = ".synthledger/experiments/{name}"
 
@@ -105,17 +106,6 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
         else:
             parts.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
     return ConfigError(f"{where}: " + "; ".join(parts))
-
-
-def _read_toml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _grid_shape(sec: ExperimentSection, where: str) -> dict[int, list[int]]:

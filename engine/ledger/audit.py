@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -63,32 +63,108 @@ class AuditReport:
         return summary_lines(self.sharing)
 
 
+class _AuditFold:
+    """The checks that need the run's meaning, not just its bytes: the ledger's own (limits never
+    exceeded, nothing settled twice), the shares of multi-query requests, reused answers, and that
+    every attempt sent before a clean finish ended."""
+
+    def __init__(self, check_reuse: ReuseCheck | None) -> None:
+        self.ledger = Ledger(BudgetSpec())
+        self.sharing = SharingAudit()
+        self.reuses = ReuseAudit(check_reuse)
+        self.violations: list[Violation] = []
+        self.faults: list[Violation] = []
+        self.open_attempts: dict[str, int] = {}  # query id -> seq of its open dispatch
+        self.status: str | None = None
+
+    def apply(self, seq: int, type_: str, payload: dict[str, Any]) -> None:
+        handler = _HANDLERS.get(type_)
+        if handler is not None:
+            handler(self, seq, payload)
+        self.ledger.apply(seq, type_, payload)
+        self.sharing.feed(seq, type_, payload)
+        self.reuses.feed(seq, type_, payload)
+
+    def _session(self, seq: int, p: dict[str, Any]) -> None:
+        if p.get("budget"):
+            self.ledger.spec = budget_from_dict(p["budget"])
+
+    def _resumed(self, seq: int, p: dict[str, Any]) -> None:
+        self._session(seq, p)
+        self.open_attempts.clear()
+
+    def _fault(self, seq: int, p: dict[str, Any]) -> None:
+        self.faults.append(Violation(seq, f"query {p['query_id']}: {p['message']}"))
+
+    def _dispatched(self, seq: int, p: dict[str, Any]) -> None:
+        self.open_attempts[p["query_id"]] = seq
+
+    def _attempt_ended(self, seq: int, p: dict[str, Any]) -> None:
+        self.open_attempts.pop(p["query_id"], None)
+
+    def _finished(self, seq: int, p: dict[str, Any]) -> None:
+        self.status = p["status"]
+        if self.status in ("completed", "budget_exhausted") and self.open_attempts:
+            # Reported where it became certain (the finish), so the first bad seq stays meaningful.
+            qid, sent = next(iter(self.open_attempts.items()))
+            self.violations.append(Violation(seq, f"query {qid} dispatched at seq {sent} but never settled, "
+                                                  f"failed or abandoned before the run finished "
+                                                  f"({len(self.open_attempts)} open)"))
+
+
+_HANDLERS: dict[str, Callable[[_AuditFold, int, dict[str, Any]], None]] = {
+    RunStarted.TYPE: _AuditFold._session,
+    RunResumed.TYPE: _AuditFold._resumed,
+    ProviderFault.TYPE: _AuditFold._fault,
+    QueryDispatched.TYPE: _AuditFold._dispatched,
+    QuerySettled.TYPE: _AuditFold._attempt_ended,
+    AttemptFailed.TYPE: _AuditFold._attempt_ended,
+    QueryAbandoned.TYPE: _AuditFold._attempt_ended,
+    RunFinished.TYPE: _AuditFold._finished,
+}
+
+
+def _link_violations(ev: Any, expected_seq: int, prev_hash: str) -> list[Violation]:
+    """What is wrong with `ev` as the next link of the chain (numbering and hash)."""
+    out: list[Violation] = []
+    if ev.seq > expected_seq:  # name the first missing number: that is where the log was cut
+        missing = f"{expected_seq}" if ev.seq == expected_seq + 1 else f"{expected_seq}..{ev.seq - 1}"
+        out.append(Violation(expected_seq, f"sequence gap: event(s) {missing} missing "
+                                           f"(next stored event is {ev.seq})"))
+    elif ev.seq < expected_seq:
+        out.append(Violation(ev.seq, f"sequence out of order: expected {expected_seq}, found {ev.seq}"))
+    raw = ev.raw.encode() if isinstance(ev.raw, str) else ev.raw
+    if chain_hash(prev_hash, ev.seq, ev.type, ev.schema_version, ev.ts, raw) != ev.hash:
+        out.append(Violation(ev.seq, "hash chain broken: event was altered or the chain re-linked"))
+    return out
+
+
+def _head_violations(last_in_log: int, log_head: str, head: tuple[int, str]) -> list[Violation]:
+    """The log's end against the head the run row recorded at its last commit."""
+    last_seq, head_hash = head
+    if last_in_log < last_seq:
+        return [Violation(last_in_log + 1, f"events {last_in_log + 1}..{last_seq} missing: the run "
+                                           f"recorded {last_seq} events, the log ends at {last_in_log}")]
+    if last_in_log > last_seq:
+        return [Violation(last_seq + 1, f"events after {last_seq}, the last one the run recorded "
+                                        "at its last commit, were added outside the store")]
+    if last_seq > 0 and log_head != head_hash:
+        return [Violation(last_seq, "head hash differs from the one recorded at the last commit")]
+    return []
+
+
 def audit_events(run_id: str, events: Any, *, validate: bool = True,
                  head: tuple[int, str] | None = None, check_reuse: ReuseCheck | None = None) -> AuditReport:
     """`head` is (last_seq, head_hash) as the store's run row recorded them at the last commit: it
     catches events cut from the end of the log, which the chain alone cannot see. `check_reuse`
     says what is wrong with a `query_reused` payload (None: it matches its source)."""
-    ledger = Ledger(BudgetSpec())
-    violations: list[Violation] = []
+    fold = _AuditFold(check_reuse)
+    violations = fold.violations
     prev_hash, expected_seq, n = GENESIS, 1, 0
-    status = None
-    open_attempts: dict[str, int] = {}
-    sharing = SharingAudit()
-    faults: list[Violation] = []
-    reuses = ReuseAudit(check_reuse)
     for ev in events:  # type: StoredEvent
         n += 1
-        if ev.seq > expected_seq:  # name the first missing number: that is where the log was cut
-            missing = f"{expected_seq}" if ev.seq == expected_seq + 1 else f"{expected_seq}..{ev.seq - 1}"
-            violations.append(Violation(expected_seq, f"sequence gap: event(s) {missing} missing "
-                                                      f"(next stored event is {ev.seq})"))
-        elif ev.seq < expected_seq:
-            violations.append(Violation(ev.seq, f"sequence out of order: expected {expected_seq}, found {ev.seq}"))
-        expected_seq = ev.seq + 1
-        raw = ev.raw.encode() if isinstance(ev.raw, str) else ev.raw
-        if chain_hash(prev_hash, ev.seq, ev.type, ev.schema_version, ev.ts, raw) != ev.hash:
-            violations.append(Violation(ev.seq, "hash chain broken: event was altered or the chain re-linked"))
-        prev_hash = ev.hash
+        violations.extend(_link_violations(ev, expected_seq, prev_hash))
+        expected_seq, prev_hash = ev.seq + 1, ev.hash
         if ev.type not in EVENT_TYPES:
             violations.append(Violation(ev.seq, f"unknown event type {ev.type!r}"))
             continue
@@ -99,46 +175,19 @@ def audit_events(run_id: str, events: Any, *, validate: bool = True,
         except (ValidationError, ValueError) as exc:
             violations.append(Violation(ev.seq, f"invalid {ev.type} payload: {str(exc).splitlines()[0]}"))
             continue
-        if ev.type in (RunStarted.TYPE, RunResumed.TYPE) and payload.get("budget"):
-            ledger.spec = budget_from_dict(payload["budget"])
-        if ev.type == ProviderFault.TYPE:
-            faults.append(Violation(ev.seq, f"query {payload['query_id']}: {payload['message']}"))
-        if ev.type == RunResumed.TYPE:
-            open_attempts.clear()
-        elif ev.type == QueryDispatched.TYPE:
-            open_attempts[payload["query_id"]] = ev.seq
-        elif ev.type in (QuerySettled.TYPE, AttemptFailed.TYPE, QueryAbandoned.TYPE):
-            open_attempts.pop(payload["query_id"], None)
-        elif ev.type == RunFinished.TYPE:
-            status = payload["status"]
-            if status in ("completed", "budget_exhausted") and open_attempts:
-                # Reported where it became certain (the finish), so the first bad seq stays meaningful.
-                qid, seq = next(iter(open_attempts.items()))
-                violations.append(Violation(ev.seq, f"query {qid} dispatched at seq {seq} but never settled, "
-                                                    f"failed or abandoned before the run finished "
-                                                    f"({len(open_attempts)} open)"))
-        ledger.apply(ev.seq, ev.type, payload)
-        sharing.feed(ev.seq, ev.type, payload)
-        reuses.feed(ev.seq, ev.type, payload)
+        fold.apply(ev.seq, ev.type, payload)
     if head is not None:
-        last_seq, head_hash = head
-        if expected_seq - 1 < last_seq:
-            violations.append(Violation(expected_seq, f"events {expected_seq}..{last_seq} missing: the run "
-                                                      f"recorded {last_seq} events, the log ends at {expected_seq - 1}"))
-        elif expected_seq - 1 > last_seq:
-            violations.append(Violation(last_seq + 1, f"events after {last_seq}, the last one the run recorded "
-                                                      "at its last commit, were added outside the store"))
-        elif last_seq > 0 and prev_hash != head_hash:
-            violations.append(Violation(last_seq, "head hash differs from the one recorded at the last commit"))
-    violations.extend(ledger.violations)
-    violations.extend(sharing.violations)
-    violations.extend(reuses.violations)
+        violations.extend(_head_violations(expected_seq - 1, prev_hash, head))
+    violations.extend(fold.ledger.violations)
+    violations.extend(fold.sharing.violations)
+    violations.extend(fold.reuses.violations)
     violations.sort(key=lambda v: v.seq)
-    snap = ledger.snapshot()
+    snap = fold.ledger.snapshot()
     return AuditReport(run_id=run_id, ok=not violations, events=n, spent=snap["spent"], budget=snap["budget"],
                        by_role=snap["by_role"], by_strategy=snap["by_strategy"], by_model=snap["by_model"],
-                       counts=snap["counts"], violations=violations, status=status, sharing=sharing.summary(),
-                       provider_faults=faults, paid=snap["paid"], reused=snap["reused"])
+                       counts=snap["counts"], violations=violations, status=fold.status,
+                       sharing=fold.sharing.summary(), provider_faults=fold.faults, paid=snap["paid"],
+                       reused=snap["reused"])
 
 
 def audit_run(store: EventStore, run_id: str) -> AuditReport:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .ledger import BudgetSpec, Ledger, budget_from_dict
 from .events import (ItemDone, ProviderFault, QueryAbandoned, QueryReserved, QueryReused, QuerySettled,
@@ -35,66 +35,123 @@ def _reason_key(reason: str) -> str:
     return reason.split(" of ")[0].split(":")[0].split("(")[0].strip()[:60] or "unspecified"
 
 
+class _Replay:
+    """The fold. Besides the ledger it keeps only what is still open: answers (and why they ended)
+    and admitted questions of unfinished items, and which item each open query belongs to."""
+
+    def __init__(self, spec: BudgetSpec | None) -> None:
+        self.fixed_spec = spec is not None
+        self.state = RunState(ledger=Ledger(spec or BudgetSpec()))
+        self.admitted_open: dict[str, str] = {}
+        self.texts_open: dict[str, dict[str, str]] = {}
+        self.finish_open: dict[str, dict[str, str | None]] = {}
+        self.query_item: dict[str, str] = {}
+
+    def apply(self, seq: int, type_: str, p: dict[str, Any]) -> None:
+        before, after = _HANDLERS.get(type_, _NONE)
+        if before is not None:
+            before(self, seq, p)
+        self.state.ledger.apply(seq, type_, p)
+        if after is not None:
+            after(self, seq, p)
+
+    # before the ledger: a session's config and budget decide how the ledger counts what follows
+    def _session(self, seq: int, p: dict[str, Any]) -> None:
+        if p.get("config") is not None:
+            self.state.latest_config = p["config"]
+            self.state.config_dir = p.get("config_dir") or self.state.config_dir
+        if not self.fixed_spec and p.get("budget"):
+            self.state.ledger.spec = budget_from_dict(p["budget"])
+
+    def _started(self, seq: int, p: dict[str, Any]) -> None:
+        self.state.config = p.get("config")
+        self.state.plan_hash = p.get("plan_hash")
+        self._session(seq, p)
+
+    # after the ledger
+    def _resumed(self, seq: int, p: dict[str, Any]) -> None:
+        self.state.status = None
+
+    def _reserved(self, seq: int, p: dict[str, Any]) -> None:
+        self.query_item[p["query_id"]] = p.get("item", "")
+
+    def _answered(self, item: str, p: dict[str, Any]) -> None:
+        if item not in self.state.done_items:
+            self.texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
+            self.finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
+
+    def _settled(self, seq: int, p: dict[str, Any]) -> None:
+        item = self.query_item.pop(p["query_id"], None)
+        if item is not None:
+            self._answered(item, p)
+
+    def _reused(self, seq: int, p: dict[str, Any]) -> None:
+        self._answered(p.get("item", ""), p)
+
+    def _abandoned(self, seq: int, p: dict[str, Any]) -> None:
+        self.query_item.pop(p["query_id"], None)
+
+    def _admitted(self, seq: int, p: dict[str, Any]) -> None:
+        self.admitted_open[p["item"]] = p["question"]
+
+    def _proposed(self, seq: int, p: dict[str, Any]) -> None:
+        self.state.proposed += 1
+
+    def _accepted(self, seq: int, p: dict[str, Any]) -> None:
+        self.state.accepted += 1
+
+    def _rejected(self, seq: int, p: dict[str, Any]) -> None:
+        k = f"{p.get('stage', '?')}: {_reason_key(p.get('reason', ''))}"
+        self.state.rejected[k] = self.state.rejected.get(k, 0) + 1
+
+    def _item_done(self, seq: int, p: dict[str, Any]) -> None:
+        state, item = self.state, p["item"]
+        state.done_items.add(item)
+        self.texts_open.pop(item, None)
+        self.finish_open.pop(item, None)
+        q = self.admitted_open.pop(item, None)
+        if q is not None:
+            state.admitted.append((item, q))
+        state.items_by_outcome[p["outcome"]] = state.items_by_outcome.get(p["outcome"], 0) + 1
+
+    def _finished(self, seq: int, p: dict[str, Any]) -> None:
+        self.state.status = p["status"]
+        self.state.message = p.get("message", "")
+
+    def _provider_fault(self, seq: int, p: dict[str, Any]) -> None:
+        self.state.provider_faults.append(f"seq {seq}: {p.get('message', '')}")
+
+    def result(self) -> RunState:
+        for texts in self.texts_open.values():
+            self.state.answered.update(texts)
+        for reasons in self.finish_open.values():
+            self.state.finish_reasons.update(reasons)
+        return self.state
+
+
+Handler = Callable[[_Replay, int, dict[str, Any]], None]
+# event type -> (handler before the ledger folds the event, handler after it)
+_HANDLERS: dict[str, tuple[Handler | None, Handler | None]] = {
+    RunStarted.TYPE: (_Replay._started, None),
+    RunResumed.TYPE: (_Replay._session, _Replay._resumed),
+    QueryReserved.TYPE: (None, _Replay._reserved),
+    QuerySettled.TYPE: (None, _Replay._settled),
+    QueryReused.TYPE: (None, _Replay._reused),
+    QueryAbandoned.TYPE: (None, _Replay._abandoned),
+    QuestionAdmitted.TYPE: (None, _Replay._admitted),
+    SampleProposed.TYPE: (None, _Replay._proposed),
+    SampleAccepted.TYPE: (None, _Replay._accepted),
+    SampleRejected.TYPE: (None, _Replay._rejected),
+    ItemDone.TYPE: (None, _Replay._item_done),
+    RunFinished.TYPE: (None, _Replay._finished),
+    ProviderFault.TYPE: (None, _Replay._provider_fault),
+}
+_NONE: tuple[None, None] = (None, None)
+
+
 def replay(events: Iterable[Any], spec: BudgetSpec | None = None) -> RunState:
     """One pass, memory bounded by what is still open (unfinished items, open queries)."""
-    ledger = Ledger(spec or BudgetSpec())
-    state = RunState(ledger=ledger)
-    admitted_open: dict[str, str] = {}
-    texts_open: dict[str, dict[str, str]] = {}
-    finish_open: dict[str, dict[str, str | None]] = {}
-    query_item: dict[str, str] = {}
+    fold = _Replay(spec)
     for ev in events:
-        t, p = ev.type, ev.payload
-        if t == RunStarted.TYPE:
-            state.config = p.get("config")
-            state.plan_hash = p.get("plan_hash")
-        if t in (RunStarted.TYPE, RunResumed.TYPE) and p.get("config") is not None:
-            state.latest_config = p["config"]
-            state.config_dir = p.get("config_dir") or state.config_dir
-        if t in (RunStarted.TYPE, RunResumed.TYPE) and spec is None and p.get("budget"):
-            ledger.spec = budget_from_dict(p["budget"])
-        ledger.apply(ev.seq, t, p)
-        if t == QueryReserved.TYPE:
-            query_item[p["query_id"]] = p.get("item", "")
-        elif t == QuerySettled.TYPE:
-            item = query_item.pop(p["query_id"], None)
-            if item is not None and item not in state.done_items:
-                texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
-                finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
-        elif t == QueryReused.TYPE:
-            item = p.get("item", "")
-            if item not in state.done_items:
-                texts_open.setdefault(item, {})[p["query_id"]] = p.get("text", "")
-                finish_open.setdefault(item, {})[p["query_id"]] = p.get("finish_reason")
-        elif t == QueryAbandoned.TYPE:
-            query_item.pop(p["query_id"], None)
-        elif t == QuestionAdmitted.TYPE:
-            admitted_open[p["item"]] = p["question"]
-        elif t == SampleProposed.TYPE:
-            state.proposed += 1
-        elif t == SampleAccepted.TYPE:
-            state.accepted += 1
-        elif t == SampleRejected.TYPE:
-            k = f"{p.get('stage', '?')}: {_reason_key(p.get('reason', ''))}"
-            state.rejected[k] = state.rejected.get(k, 0) + 1
-        elif t == ItemDone.TYPE:
-            item = p["item"]
-            state.done_items.add(item)
-            texts_open.pop(item, None)
-            finish_open.pop(item, None)
-            q = admitted_open.pop(item, None)
-            if q is not None:
-                state.admitted.append((item, q))
-            state.items_by_outcome[p["outcome"]] = state.items_by_outcome.get(p["outcome"], 0) + 1
-        elif t == RunFinished.TYPE:
-            state.status = p["status"]
-            state.message = p.get("message", "")
-        elif t == RunResumed.TYPE:
-            state.status = None
-        elif t == ProviderFault.TYPE:
-            state.provider_faults.append(f"seq {ev.seq}: {p.get('message', '')}")
-    for texts in texts_open.values():
-        state.answered.update(texts)
-    for reasons in finish_open.values():
-        state.finish_reasons.update(reasons)
-    return state
+        fold.apply(ev.seq, ev.type, ev.payload)
+    return fold.result()

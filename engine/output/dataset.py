@@ -2,41 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ...store.eventstore import EventStore
 from ..ledger.events import RunStarted, SampleAccepted, SampleProposed, SampleRejected
 
-DATASET_TYPES = (SampleProposed.TYPE, SampleAccepted.TYPE, RunStarted.TYPE)
+class _Dataset:
+    """The fold: proposals wait in memory only until they are decided."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.proposed: dict[str, dict[str, Any]] = {}
+        self.config: dict[str, Any] | None = None
+
+    def _started(self, p: dict[str, Any]) -> None:
+        self.config = p.get("config")
+
+    def _proposed(self, p: dict[str, Any]) -> None:
+        self.proposed[p["sample_id"]] = p
+
+    def _rejected(self, p: dict[str, Any]) -> None:
+        if p.get("sample_id"):
+            self.proposed.pop(p["sample_id"], None)
+
+    def _accepted(self, p: dict[str, Any]) -> dict[str, Any] | None:
+        s = self.proposed.pop(p["sample_id"], None)
+        if s is None:
+            return None
+        return {
+            "run_id": self.run_id, "sample_id": s["sample_id"], "question": s["question"], "answer": s["answer"],
+            "strategy": s["strategy"], "seed_id": s.get("seed_id"), "reference": s.get("reference"),
+            "role": "teacher", "model": (s.get("models") or {}).get("teacher"),
+            "models": s.get("models") or {}, "query_ids": s.get("query_ids", []) + p.get("query_ids", []),
+            "finish_reason": s.get("finish_reason"),
+            "verification": {"accepted": True, "reason": p.get("reason", ""), "details": p.get("details", {})},
+        }
+
+
+_HANDLERS: dict[str, Callable[[_Dataset, dict[str, Any]], dict[str, Any] | None]] = {
+    RunStarted.TYPE: _Dataset._started,
+    SampleProposed.TYPE: _Dataset._proposed,
+    SampleRejected.TYPE: _Dataset._rejected,
+    SampleAccepted.TYPE: _Dataset._accepted,
+}
 
 
 def accepted_rows(store: EventStore, run_id: str, *, include_seeds: bool = False) -> Iterator[dict[str, Any]]:
-    """Rows in the order their samples were accepted. Proposals wait in memory only until decided."""
-    proposed: dict[str, dict[str, Any]] = {}
-    config: dict[str, Any] | None = None
-    for ev in store.iter_events(run_id, types=DATASET_TYPES + (SampleRejected.TYPE,)):
-        p = ev.payload
-        if ev.type == RunStarted.TYPE:
-            config = p.get("config")
-        elif ev.type == SampleProposed.TYPE:
-            proposed[p["sample_id"]] = p
-        elif ev.type == SampleRejected.TYPE:
-            if p.get("sample_id"):
-                proposed.pop(p["sample_id"], None)
-        elif ev.type == SampleAccepted.TYPE:
-            s = proposed.pop(p["sample_id"], None)
-            if s is None:
-                continue
-            yield {
-                "run_id": run_id, "sample_id": s["sample_id"], "question": s["question"], "answer": s["answer"],
-                "strategy": s["strategy"], "seed_id": s.get("seed_id"), "reference": s.get("reference"),
-                "role": "teacher", "model": (s.get("models") or {}).get("teacher"),
-                "models": s.get("models") or {}, "query_ids": s.get("query_ids", []) + p.get("query_ids", []),
-                "finish_reason": s.get("finish_reason"),
-                "verification": {"accepted": True, "reason": p.get("reason", ""), "details": p.get("details", {})},
-            }
-    if include_seeds and config is not None:
-        yield from _seed_rows(config, run_id)
+    """Rows in the order their samples were accepted."""
+    fold = _Dataset(run_id)
+    for ev in store.iter_events(run_id, types=list(_HANDLERS)):
+        row = _HANDLERS[ev.type](fold, ev.payload)
+        if row is not None:
+            yield row
+    if include_seeds and fold.config is not None:
+        yield from _seed_rows(fold.config, run_id)
 
 
 def _seed_rows(config: dict[str, Any], run_id: str) -> Iterator[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""`show RUN`: one pass over a run's events for its status, spend, data statistics and quality.
+"""`show RUN`: a run's status and spend (the replay fold), data statistics (the dataset fold) and quality.
 
 The summary is plain data (what `show --json` prints); `show_view` renders it for a person.
 Training and evaluation runs get their own shapes, with floats rounded (their paths are recorded
@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from ...store.eventstore import EventStore, RunInfo
-from .diversity import distinct_ngram_ratio
+from ..ledger.events import (EvalFinished, RunFinished, RunStarted, TrainingFailed, TrainingFinished,
+                             TrainingProgress, TrainingStarted)
 from ..ledger.replay import replay
+from .dataset import accepted_rows
+from .diversity import distinct_ngram_ratio
 from .quality import data_quality
-from ..ledger.events import (EvalFinished, RunFinished, RunStarted, SampleAccepted, SampleProposed,
-                             TrainingFailed, TrainingFinished, TrainingProgress, TrainingStarted)
 
 
 def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
@@ -29,19 +30,12 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
     rows_by_strategy: dict[str, int] = {}
     questions: list[str] = []
     answers: list[str] = []
-    proposed: dict[str, tuple[str, str, str]] = {}
     unchecked = 0  # accepted although the verifier could not check them (no reference answer)
-    for ev in store.iter_events(info.id, types=[SampleProposed.TYPE, SampleAccepted.TYPE]):
-        p = ev.payload
-        if ev.type == SampleProposed.TYPE:
-            proposed[p["sample_id"]] = (p["strategy"], p["question"], p["answer"])
-        else:
-            s = proposed.pop(p["sample_id"], None)
-            unchecked += bool((p.get("details") or {}).get("unchecked"))
-            if s:
-                rows_by_strategy[s[0]] = rows_by_strategy.get(s[0], 0) + 1
-                questions.append(s[1])
-                answers.append(s[2])
+    for row in accepted_rows(store, info.id):  # the dataset fold: what `export` writes
+        unchecked += bool((row["verification"]["details"] or {}).get("unchecked"))
+        rows_by_strategy[row["strategy"]] = rows_by_strategy.get(row["strategy"], 0) + 1
+        questions.append(row["question"])
+        answers.append(row["answer"])
     quality = data_quality(store, info.id)
     rejected = {f"{g['stage']}: {g['kind']}": g["count"] for g in quality["overall"]["rejections"]}
     duplicates = sum(v for k, v in rejected.items() if "duplicate" in k)

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from ..errors import ConfigError
 from .config_errors import format_errors as _format_errors
+from .configfile import read_toml, tomllib, validate_config
 from ..ledger.ledger import BudgetSpec, Limits
 from ..redact import ENV_HINT, header_credentials, url_credentials
 from ...store.hashing import canonical
@@ -291,26 +286,15 @@ def _secret_advice(path: str) -> str:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    data = apply_overrides(data, overrides or [])
-    return config_from_dict(data, base_dir=str(path.resolve().parent), source=str(path))
+    data = apply_overrides(read_toml(path, "config file"), overrides or [])
+    return config_from_dict(data, base_dir=str(Path(path).resolve().parent), source=str(path))
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "config") -> RunConfig:
     secrets = find_secrets(data)
     if secrets:
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {k}: {_secret_advice(k)}" for k in secrets))
-    try:
-        cfg = RunConfig.model_validate({**data, "base_dir": base_dir})
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid config\n{_format_errors(exc, model=RunConfig)}") from None
-    return cfg
+    return validate_config(RunConfig, {**data, "base_dir": base_dir}, source)
 
 
 def options_error(exc: ValidationError, section: str, model: type[BaseModel] | None = None,

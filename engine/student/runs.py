@@ -15,7 +15,8 @@ from ... import __version__
 from ...store.eventstore import EventStore, NewEvent, new_run_id, owner_token
 from ...store.hashing import canonical
 from .. import host
-from ..run.config import ConfigError, NamedSection, _Strict, tomllib, validate_plugin_options, _format_errors
+from ..run.config import ConfigError, NamedSection, _Strict, apply_overrides, validate_plugin_options
+from ..run.configfile import read_toml, validate_config
 from ..output.dataset import accepted_rows
 from ..ledger.events import SCHEMA_VERSION, RunFinished, RunStarted, SampleProposed, parse_event
 
@@ -53,23 +54,8 @@ class TrainConfig(_Strict):
 
 
 def load_train_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    from pydantic import ValidationError
-
-    from ..run.config import apply_overrides
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"train config {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    data = apply_overrides(data, overrides or [])
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path or 'train config'}: invalid config\n{_format_errors(exc, model=TrainConfig)}") from None
+    data = apply_overrides(read_toml(path, "train config") if path is not None else {}, overrides or [])
+    return validate_config(TrainConfig, data, str(path or "train config"))
 
 
 class RunLog:

@@ -15,7 +15,8 @@ from pydantic import Field, field_validator
 
 from synthledger.engine.api import Context, PlanItem, Sample, Seed, Strategy
 
-from .common import answer_prompt, clean_question, parse_yes_no, user, validate_template
+from .asking import ask_answer, ask_question
+from .common import parse_yes_no, user, validate_template
 from .options import AnswerOptions
 
 DEFAULT_NEW_QUESTION_TEMPLATE = (
@@ -88,20 +89,10 @@ class NewQuestion(Strategy):
         prompt = self.options.new_question_template.format(
             examples=format_examples(examples), instruction=self.task.instruction
         )
-        raw = await ctx.ask(
-            "augmenter",
-            user(prompt),
-            purpose="new_question",
-            sample_index=item.sample_index,  # the same examples may recur; each item is its own draw
-            temperature=self.options.temperature,
-        )
-        question = clean_question(raw)
-        if not question:
-            ctx.reject("augmenter returned no question", stage="new_question", reply=raw[:500])
-            return None
-        duplicate = ctx.check_new_question(question)
-        if duplicate is not None:
-            ctx.reject(duplicate, stage="dedupe", question=question)
+        # sample_index: the same examples may recur; each item is its own draw
+        question = await ask_question(ctx, prompt, purpose="new_question", sample_index=item.sample_index,
+                                      temperature=self.options.temperature)
+        if question is None:
             return None
         if self.options.check_well_posed:
             reply = await ctx.ask(
@@ -115,15 +106,8 @@ class NewQuestion(Strategy):
                 why = "not well-posed (check said NO)" if verdict is False else "check gave no YES/NO verdict"
                 ctx.reject(why, stage="check", question=question, reply=reply[:500])
                 return None
-        answer = await ctx.ask(
-            "teacher",
-            answer_prompt(self.options.answer_template, question, self.task),
-            purpose="answer",
-            temperature=self.options.answer_temperature,
-            max_tokens=self.options.max_tokens,
-        )
-        if not answer.strip():
-            ctx.reject("teacher returned an empty answer", stage="answer", question=question)
+        answer = await ask_answer(ctx, question, self.options, self.task, self.options.answer_temperature)
+        if answer is None:
             return None
         return Sample(
             question=question,

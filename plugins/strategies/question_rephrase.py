@@ -12,7 +12,8 @@ from pydantic import Field, field_validator
 
 from synthledger.engine.api import Context, PlanItem, Sample, Strategy
 
-from .common import answer_prompt, clean_question, round_robin, seed_reference, user, validate_template
+from .asking import ask_answer, ask_question
+from .common import round_robin, seed_reference, validate_template
 from .options import AnswerOptions
 
 DEFAULT_REPHRASE_TEMPLATE = (
@@ -53,34 +54,17 @@ class QuestionRephrase(Strategy):
 
     async def run(self, item: PlanItem, ctx: Context) -> Sample | None:
         seed = item.seed
-        raw = await ctx.ask(
-            "augmenter",
-            user(self.options.rephrase_template.format(question=seed.question)),
-            purpose="rephrase",
-            sample_index=item.sample_index,
-            temperature=self.options.temperature,
-        )
-        question = clean_question(raw)
-        if not question:
-            ctx.reject("augmenter returned no question", stage="rephrase", reply=raw[:500])
-            return None
-        duplicate = ctx.check_new_question(question)
-        if duplicate is not None:
-            ctx.reject(duplicate, stage="dedupe", question=question)
+        question = await ask_question(ctx, self.options.rephrase_template.format(question=seed.question),
+                                      purpose="rephrase", sample_index=item.sample_index,
+                                      temperature=self.options.temperature)
+        if question is None:
             return None
         if self._reuses(item):
             answer, source = seed.answer or "", "seed"
         else:
-            answer = await ctx.ask(
-                "teacher",
-                answer_prompt(self.options.answer_template, question, self.task),
-                purpose="answer",
-                temperature=self.options.answer_temperature,
-                max_tokens=self.options.max_tokens,
-            )
+            answer = await ask_answer(ctx, question, self.options, self.task, self.options.answer_temperature)
             source = "teacher"
-            if not answer.strip():
-                ctx.reject("teacher returned an empty answer", stage="answer", question=question)
+            if answer is None:
                 return None
         return Sample(
             question=question,

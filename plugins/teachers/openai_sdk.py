@@ -1,7 +1,6 @@
-"""OpenAI chat completions through the official SDK.
+"""OpenAI chat completions through the official SDK (client set-up shared with Anthropic: sdk.py).
 
-The SDK's own retries are off (`max_retries=0`): the engine retries, and only it knows what each
-attempt may have cost. `with_raw_response` gives the `x-ratelimit-*` headers the pacer reads.
+`with_raw_response` gives the `x-ratelimit-*` headers the pacer reads.
 """
 
 from __future__ import annotations
@@ -10,10 +9,11 @@ from typing import Any
 
 import openai
 
-from synthledger.engine.api import ChatRequest, Completion, Usage, utf8_prompt_bound
+from synthledger.engine.api import ChatRequest, Completion, Usage
 
-from .errors import malformed, rate_limits, sdk_error
-from .settings import TeacherSettings, as_settings, resolve_api_key
+from .errors import malformed, rate_limits
+from .sdk import SdkTeacher
+from .settings import TeacherSettings
 
 
 def _count(v: Any, name: str) -> int:
@@ -47,37 +47,18 @@ def _extract(parsed: Any) -> Completion:
     )
 
 
-class OpenAITeacher:
+class OpenAITeacher(SdkTeacher):
     provider = "openai"
+    sdk = openai
+    client_class = "AsyncOpenAI"
+    error_base = openai.OpenAIError
     supports_n = True  # k samples of one prompt in one request, the prompt billed once
 
-    def __init__(self, settings: TeacherSettings) -> None:
-        self.settings = settings
-        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
-            max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
-        )
-        self._client = openai.AsyncOpenAI(
-            api_key=resolve_api_key(settings, local_placeholder=True),
-            base_url=settings.base_url,
-            timeout=settings.timeout_s,
-            max_retries=0,
-            default_headers=settings.headers() or None,
-            http_client=openai.DefaultAsyncHttpxClient(limits=limits),
-        )
-        self.batch_api = None
-        if settings.batch:
-            from .openai_batch import OpenAIBatchAPI
+    def _batch_api(self) -> object:
+        from .openai_batch import OpenAIBatchAPI
 
-            self.batch_api = OpenAIBatchAPI(self._client, settings.batch_size, settings.batch_wait_s,
-                                            settings.batch_poll_s)
-
-    @property
-    def url(self) -> str:
-        """The endpoint requests go to (the SDK's default when no base_url is set): named in errors."""
-        return str(self._client.base_url).rstrip("/")
-
-    def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
-        return utf8_prompt_bound(request.messages)
+        s = self.settings
+        return OpenAIBatchAPI(self._client, s.batch_size, s.batch_wait_s, s.batch_poll_s)
 
     async def complete(self, request: ChatRequest) -> Completion:
         kwargs: dict[str, Any] = {
@@ -95,13 +76,7 @@ class OpenAITeacher:
             kwargs["seed"] = request.seed
         if request.stop:
             kwargs["stop"] = list(request.stop)
-        try:
-            raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
-        except openai.OpenAIError as exc:
-            mapped = sdk_error(exc, openai, request.model)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        raw = await self._call(self._client.chat.completions.with_raw_response.create, **kwargs)
         try:
             completion = _extract(raw.parse())
         except Exception as exc:  # whatever a broken 200 body does to the SDK, it is "malformed"
@@ -109,9 +84,6 @@ class OpenAITeacher:
         completion.rate_limits = rate_limits(raw.headers)
         return completion
 
-    async def aclose(self) -> None:
-        await self._client.close()
-
 
 def factory(settings: TeacherSettings | dict) -> OpenAITeacher:
-    return OpenAITeacher(as_settings(settings))
+    return OpenAITeacher.factory(settings)

@@ -1,0 +1,44 @@
+"""Reading config files: one TOML reader and one validator for every kind of config (a run, a
+training job, an experiment grid and the files it names), so each fails the same way: one line
+naming the file (missing, a folder, not TOML) or every bad key path with a "did you mean"."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ..errors import ConfigError
+from .config_errors import format_errors
+
+__all__ = ["read_toml", "tomllib", "validate_config"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The file's tables; `what` names the kind of file in the error ("train config ... does not exist")."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def validate_config(model: type[M], data: dict[str, Any], source: str) -> M:
+    """`data` as a `model`, or one ConfigError listing every bad key path under `source`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n{format_errors(exc, model=model)}") from None
