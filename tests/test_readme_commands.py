@@ -39,7 +39,7 @@ SKIP = [
     (r"--push-to-hub|HF_HUB_OFFLINE=0|huggingface\.co", "needs the network"),
     (r"postgresql(\+\w+)?://|\bpsql\b|\$DATABASE\b", "needs a PostgreSQL server (tests/test_postgres_runs.py runs those paths)"),
     (r"experiment_paper\.toml|gsm8k-crossover", "the study's own setting: a served 70B teacher, 7B students on GPUs"),
-    (r"experiment_offline\.toml|offline-arith", "a whole grid with real training (minutes); "
+    (r"experiment_offline|offline-gcd", "a whole grid with real training (minutes); "
                                                 "tests/test_experiment_grid.py runs these commands on a small grid"),
     (r"^\s*datasette\b", "starts a web server that runs until stopped"),
 ]
