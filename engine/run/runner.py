@@ -170,7 +170,9 @@ class Runner:
         type_, payload = to_payload(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
                                                plan_hash=cfg.plan_hash(), version=__version__,
                                                budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir,
-                                               warnings=self.warnings, prices=self.prices()))
+                                               warnings=self.warnings, prices=self.prices(),
+                                               seeds=[{"id": s.id, "question": s.question, "answer": s.answer}
+                                                      for s in self.parts.seeds]))
         # The run row and its run_started commit together: a kill at any instant leaves either no
         # run or one that `--resume` can read. Both are scrubbed like every event (see redact).
         run_id, last, head = self.store.start_run(cfg.run.name, scrub_value(cfg.snapshot()), cfg.config_hash(),

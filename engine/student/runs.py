@@ -17,7 +17,7 @@ from ...store.hashing import canonical
 from .. import host
 from ..run.config import ConfigError, NamedSection, _Strict, apply_overrides, validate_plugin_options
 from ..run.configfile import read_toml, validate_config
-from ..output.dataset import accepted_rows
+from ..output.dataset import accepted_rows, run_seeds
 from ..ledger.events import SCHEMA_VERSION, RunFinished, RunStarted, SampleProposed, parse_event
 
 
@@ -148,17 +148,13 @@ def _check_model(name: str) -> None:
 
 def training_questions(store: EventStore, run_id: str) -> set[str]:
     """Every question a generation run trained on (its seeds and its generated questions)."""
-    from ..run.assemble import build_parts
-    from ..run.config import RunConfig
-
     questions = {ev.payload["question"] for ev in store.iter_events(run_id, types=[SampleProposed.TYPE])}
-    info = store.get_run(run_id)
+    started = next(iter(store.iter_events(run_id, types=[RunStarted.TYPE])), None)
     try:
-        cfg = RunConfig.model_validate(info.config)
-        questions |= {s.question for s in build_parts(cfg).seeds}
-    except Exception:
-        pass
-    return questions
+        seeds = run_seeds(started.payload) if started is not None else []
+    except Exception:  # an old run whose seeds can no longer be loaded: its generated questions still count
+        seeds = []
+    return questions | {s["question"] for s in seeds}
 
 
 EVALS_DIR = Path(".synthledger/evals")  # each evaluation writes under its own run id here
