@@ -24,7 +24,7 @@ from ...store.hashing import canonical
 from ..api import ChatRequest
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
 from ..ledger.events import Cost, QueryReserved, QueryReused
-from ..ledger.journal import Recorder
+from ..ledger.journal import Journal
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
 from .misconfig import endpoint_url, misconfiguration
@@ -57,7 +57,7 @@ Reusable = Callable[[str], "tuple[str, int, dict[str, Any]] | None"]
 
 @dataclass
 class Dispatcher(Sender):
-    recorder: Recorder
+    recorder: Journal
     ledger: Ledger
     endpoints: dict[str, Endpoint]
     # Settled texts of unfinished items, filled at resume; other repeats are looked up in the store.

@@ -31,7 +31,7 @@ from ..ledger.events import (SCHEMA_VERSION, ItemDone, QuerySettled, RunFinished
 from ..ledger.ledger import DIMENSIONS, Amount, Ledger
 from .progress import RunProgress
 from ..ledger import crashpoints
-from ..ledger.journal import HEARTBEAT_S, Recorder, WriterFailed
+from ..ledger.journal import HEARTBEAT_S, Journal, WriterFailed
 from ..ledger.replay import replay
 from ..redact import scrub_payload, scrub_value
 from ..api import PlanItem
@@ -90,7 +90,7 @@ class Runner:
         self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
         self.owner = owner_token()
         self.dedupe: NearDuplicateIndex | None = None
-        self.recorder: Recorder
+        self.recorder: Journal
         self.dispatcher: Dispatcher
         self.ledger: Ledger
         self._pledged: dict[str, Amount] = {}
@@ -157,12 +157,14 @@ class Runner:
             self._pledge(item, {role: 1}, -1)
 
     # ---- entry points -----------------------------------------------------------------
-    def _recorder(self, run_id: str, last_seq: int, head: str) -> Recorder:
-        """The run's event writer: heartbeats well inside the lease, and stops the run at once if a
-        commit is refused (store unwritable, lease taken over)."""
-        return Recorder(self.store, run_id, last_seq, head, self.owner, self.ledger,
-                        heartbeat_s=min(HEARTBEAT_S, self.cfg.run.lease_ttl_s / 3),
-                        on_failure=lambda _exc: self.hard_stop())
+    def _recorder(self, run_id: str, last_seq: int, head: str) -> Journal:
+        """The run's event writer, with the budget ledger subscribed: heartbeats well inside the
+        lease, and stops the run at once if a commit is refused (store unwritable, lease taken over)."""
+        journal = Journal(self.store, run_id, last_seq, head, self.owner,
+                          heartbeat_s=min(HEARTBEAT_S, self.cfg.run.lease_ttl_s / 3),
+                          on_failure=lambda _exc: self.hard_stop())
+        journal.subscribe(self.ledger.apply)
+        return journal
 
     def start_new(self) -> str:
         cfg = self.cfg
@@ -325,7 +327,7 @@ class Runner:
         status, message = "interrupted", "stopped before the plan finished"
         progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress,
                                accepted=self._samples_before[0], rejected=self._samples_before[1])
-        self.recorder.on_event = progress.on_event
+        self.recorder.subscribe(progress.on_event)
         try:
             with progress:
                 async with anyio.create_task_group() as outer:
