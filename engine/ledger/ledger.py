@@ -20,7 +20,7 @@ Accounting rules (the research's unit is a settled teacher query, but every role
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, ProviderFault,
                      QueryAbandoned, QueryDispatched, QueryReserved, QueryReused, QuerySettled, RateAdjusted,
@@ -120,6 +120,9 @@ class Violation:
     message: str
 
 
+_NOTHING = Amount()  # read-only stand-in for a scope with nothing spent or reserved yet
+
+
 class Ledger:
     def __init__(self, spec: BudgetSpec) -> None:
         self.spec = spec
@@ -153,17 +156,29 @@ class Ledger:
             amt = table[key] = Amount()
         return amt
 
+    def overruns(self, scope: str, limits: Limits, extra: Amount | None = None,
+                 dims: tuple[str, ...] = DIMENSIONS) -> Iterator[tuple[str, Any, Any]]:
+        """(dimension, used, limit) for each limit of `scope` that spent + reserved (+ `extra`) exceeds.
+
+        The one place "spent + reserved against the limit" is written: the dispatch check, the
+        admission of plan items (run/admission.py) and the fold's own violation check use it."""
+        spent = self.spent.get(scope) or _NOTHING
+        held = self.reserved.get(scope) or _NOTHING
+        for dim in dims:
+            limit = getattr(limits, dim)
+            if limit is None:
+                continue
+            used = getattr(spent, dim) + getattr(held, dim)
+            if extra is not None:
+                used += getattr(extra, dim)
+            if used > limit + EPS:
+                yield dim, used, limit
+
     def headroom(self, role: str, strategy: str, worst: Amount) -> str | None:
         """None if `worst` fits under every limit that applies, else which limit it would break."""
         for scope, limits in self.spec.scopes(role, strategy):
-            spent = self.spent.get(scope) or Amount()
-            held = self.reserved.get(scope) or Amount()
-            for dim in DIMENSIONS:
-                limit = getattr(limits, dim)
-                if limit is None:
-                    continue
-                if getattr(spent, dim) + getattr(held, dim) + getattr(worst, dim) > limit + EPS:
-                    return f"{scope} {dim} limit {limit}"
+            for dim, _, limit in self.overruns(scope, limits, worst):
+                return f"{scope} {dim} limit {limit}"
         return None
 
     def limits_for(self, scope: str) -> Limits | None:
@@ -217,16 +232,10 @@ class Ledger:
 
     def _check(self, seq: int, q: QueryState) -> None:
         for scope, limits in self.spec.scopes(q.role, q.strategy):
-            spent = self.spent.get(scope) or Amount()
-            held = self.reserved.get(scope) or Amount()
-            for dim in DIMENSIONS:
-                limit = getattr(limits, dim)
-                if limit is not None and getattr(spent, dim) + getattr(held, dim) > limit + EPS:
-                    why = (" (the provider reported usage above the request's cap: see its provider_fault)"
-                           if q.key in self.faulted else "")
-                    self.violations.append(Violation(seq, f"{scope} {dim}: spent+reserved "
-                                                          f"{getattr(spent, dim) + getattr(held, dim)} > limit {limit}"
-                                                          + why))
+            for dim, used, limit in self.overruns(scope, limits):
+                why = (" (the provider reported usage above the request's cap: see its provider_fault)"
+                       if q.key in self.faulted else "")
+                self.violations.append(Violation(seq, f"{scope} {dim}: spent+reserved {used} > limit {limit}{why}"))
 
     def _on_reserved(self, seq: int, p: dict[str, Any]) -> None:
         qid = p["query_id"]

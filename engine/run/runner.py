@@ -21,6 +21,7 @@ from sqlalchemy.exc import DatabaseError
 from ... import __version__
 from ...store.eventstore import EventStore, NewEvent, owner_token
 from .abort import abort_error, start_error
+from .admission import Admission
 from .assemble import Parts, build_endpoints, build_parts
 from .config import RunConfig
 from .context import ItemContext
@@ -28,7 +29,7 @@ from .dedupe import NearDuplicateIndex
 from .dispatcher import Dispatcher
 from ..ledger.events import (SCHEMA_VERSION, ItemDone, QuerySettled, RunFinished, RunResumed, RunStarted,
                              RunWarning, SampleAccepted, SampleProposed, SampleRejected, to_payload)
-from ..ledger.ledger import DIMENSIONS, Amount, Ledger
+from ..ledger.ledger import Ledger
 from .progress import RunProgress
 from ..ledger import crashpoints
 from ..ledger.journal import HEARTBEAT_S, Journal, WriterFailed
@@ -93,8 +94,7 @@ class Runner:
         self.recorder: Journal
         self.dispatcher: Dispatcher
         self.ledger: Ledger
-        self._pledged: dict[str, Amount] = {}
-        self._item_pledges: dict[str, dict[str, int]] = {}
+        self.admission: Admission
         self._in_flight_items = 0
         self._item_finished = anyio.Event()
         self._budget_hits: dict[str, int] = {}
@@ -102,61 +102,13 @@ class Runner:
         self._stopping = False
         self._items_scope: anyio.CancelScope | None = None
 
-    # ---- routing and pacing ------------------------------------------------------------
     def route(self, role: str) -> str:
-        return role if role in self.endpoints else "teacher"
-
-    def _estimate(self, role: str) -> Amount:
-        ep = self.endpoints[self.route(role)]
-        max_tokens = int(ep.params.get("max_tokens", 256))
-        prompt = 512
-        usd = ep.price.cost(prompt, max_tokens) if ep.price else 0.0
-        return Amount(1, prompt, max_tokens, usd)
-
-    def _item_cost(self, item: PlanItem) -> dict[str, int]:
-        cost = dict(self.parts.strategy.item_cost(item))
-        for role, n in self.parts.verifier.item_cost().items():
-            cost[role] = cost.get(role, 0) + n
-        return cost
-
-    def _fits(self, item: PlanItem, cost: dict[str, int]) -> bool:
-        need: dict[str, Amount] = {}
-        limits = {}
-        for role, n in cost.items():
-            est = self._estimate(role)
-            for scope, lim in self.ledger.spec.scopes(role, item.strategy):
-                amt = need.setdefault(scope, Amount())
-                for _ in range(n):
-                    amt.add(est)
-                limits[scope] = lim
-        for scope, amt in need.items():
-            spent = self.ledger.spent.get(scope) or Amount()
-            held = self.ledger.reserved.get(scope) or Amount()
-            pledged = self._pledged.get(scope) or Amount()
-            for dim in DIMENSIONS:
-                limit = getattr(limits[scope], dim)
-                if limit is None or dim in ("input_tokens", "usd"):  # prompt sizes are unknown up front
-                    continue
-                used = getattr(spent, dim) + getattr(held, dim) + getattr(pledged, dim)
-                if used + getattr(amt, dim) > limit:
-                    return False
-        return True
-
-    def _pledge(self, item: PlanItem, cost: dict[str, int], sign: int) -> None:
-        for role, n in cost.items():
-            est = self._estimate(role)
-            for scope, _ in self.ledger.spec.scopes(role, item.strategy):
-                amt = self._pledged.setdefault(scope, Amount())
-                for _ in range(n):
-                    amt.add(est, sign)
-
-    def unpledge(self, item: PlanItem, role: str) -> None:
-        left = self._item_pledges.get(item.key)
-        if left and left.get(role, 0) > 0:
-            left[role] -= 1
-            self._pledge(item, {role: 1}, -1)
+        return self.admission.route(role)
 
     # ---- entry points -----------------------------------------------------------------
+    def _admission(self) -> Admission:
+        return Admission(self.ledger, self.endpoints, self.parts.strategy, self.parts.verifier)
+
     def _recorder(self, run_id: str, last_seq: int, head: str) -> Journal:
         """The run's event writer, with the budget ledger subscribed: heartbeats well inside the
         lease, and stops the run at once if a commit is refused (store unwritable, lease taken over)."""
@@ -184,7 +136,8 @@ class Runner:
         self.ledger = Ledger(self.parts.budget)
         self.ledger.apply(last, type_, payload)
         self.recorder = self._recorder(run_id, last, head)
-        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
+        self.admission = self._admission()
+        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, self.admission,
                                      lookup_settled=self._lookup_settled, **self._reuse_options())
         self._init_dedupe([])
         self._init_gate()
@@ -211,7 +164,8 @@ class Runner:
                                       unsettled=unsettled, config_hash=self.cfg.config_hash(),
                                       budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
                                       config_dir=self.cfg.base_dir, prices=self.prices()))
-        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
+        self.admission = self._admission()
+        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, self.admission, answered=state.answered,
                                      finish_reasons=state.finish_reasons, lookup_settled=self._lookup_settled,
                                      **self._reuse_options())
         for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
@@ -422,9 +376,9 @@ class Runner:
                     if all_names is not None and all_names <= exhausted:
                         break
                     continue
-                cost = self._item_cost(item)
+                cost = self.admission.item_cost(item)
                 while True:
-                    tail = (not self._fits(item, cost)
+                    tail = (not self.admission.fits(item, cost)
                             or self._budget_hits.get(item.strategy, 0) > seen_hits.get(item.strategy, 0))
                     if self._halted() or self._in_flight_items == 0:
                         break
@@ -457,8 +411,7 @@ class Runner:
 
     def _start(self, tg: Any, item: PlanItem, cost: dict[str, int]) -> None:
         self._in_flight_items += 1
-        self._item_pledges[item.key] = dict(cost)
-        self._pledge(item, cost, +1)
+        self.admission.pledge(item, cost)
         tg.start_soon(self._run_item, item)
 
     async def _run_item(self, item: PlanItem) -> None:
@@ -484,8 +437,7 @@ class Runner:
         except FatalRunError as exc:
             self._fail(str(exc))
         finally:
-            left = self._item_pledges.pop(item.key, {})
-            self._pledge(item, left, -1)
+            self.admission.finish(item)
             self._in_flight_items -= 1
             self._notify_item()
 
