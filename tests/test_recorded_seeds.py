@@ -9,7 +9,7 @@ import pytest
 
 from synthledger.engine.output.dataset import accepted_rows
 from synthledger.engine.run.config import load_config
-from synthledger.engine.run.runner import generate
+from synthledger.engine.run.launch import generate
 from synthledger.engine.student.runs import training_questions
 from synthledger.store.eventstore import EventStore, NewEvent
 from synthledger.store.hashing import GENESIS
