@@ -173,7 +173,7 @@ def generate(
       synthledger generate --resume            # the latest unfinished run, with its recorded config
     """
     from synthledger.engine.run.config import load_config
-    from synthledger.engine.run.runner import generate as run_generate, recorded_config
+    from synthledger.engine.run.launch import generate as run_generate, recorded_config
 
     named = [f"run.name={json.dumps(name)}"] if name else []
     if config is not None:
@@ -523,7 +523,7 @@ def demo(
     from synthledger.engine.output.dataset import accepted_rows
     from synthledger.engine.run.defaults import DEMO_CONFIG
     from synthledger.engine.output.export import write_rows
-    from synthledger.engine.run.runner import generate as run_generate
+    from synthledger.engine.run.launch import generate as run_generate
 
     if config is not None:
         cfg = load_config(config, set_)

@@ -20,7 +20,8 @@ from typing import Any, Iterable, Iterator, Mapping
 from ..store.eventstore import EventStore, RunInfo
 from .errors import MissingExtra
 from .run.config import RunConfig, apply_overrides, config_from_dict, load_config as _load_toml
-from .run.runner import RunResult, generate as _generate, prepare
+from .run.launch import generate as _generate, prepare
+from .run.runner import RunResult
 from .run.store_choice import choose_store, open_store as _open
 
 __all__ = ["generate", "agenerate", "open_store", "load_config", "Store", "MissingExtra"]

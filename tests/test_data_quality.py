@@ -15,7 +15,7 @@ import pytest
 
 from synthledger.engine.run.config import config_from_dict
 from synthledger.engine.output.quality import data_quality, reason_kind
-from synthledger.engine.run.runner import generate
+from synthledger.engine.run.launch import generate
 from synthledger.store.eventstore import EventStore
 from synthledger.testing.projects import write_project
 from synthledger.testing.server import run_in_thread

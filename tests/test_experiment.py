@@ -18,7 +18,7 @@ from synthledger.engine.experiment.config import load_experiment
 from synthledger.engine.experiment.prepare import prepare
 from synthledger.engine.experiment.seeds import subsets
 from synthledger.engine.experiment.stats import Scored, bootstrap, crossover, interval, mean_over
-from synthledger.engine.run.runner import generate
+from synthledger.engine.run.launch import generate
 from synthledger.engine.api import Seed
 from synthledger.store.eventstore import EventStore
 from synthledger.testing.projects import write_experiment, write_project

@@ -12,7 +12,7 @@ import pytest
 from synthledger.engine.run.config import config_from_dict
 from synthledger.engine.run.progress import RunProgress
 from synthledger.engine.ledger.ledger import BudgetSpec, Ledger
-from synthledger.engine.run.runner import generate
+from synthledger.engine.run.launch import generate
 from synthledger.engine.teacher import ChatRequest, FailureKind, TeacherError
 from synthledger.plugins import teachers as teachers_plugin
 from synthledger.plugins.teachers.settings import TeacherSettings

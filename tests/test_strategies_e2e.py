@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from synthledger.engine.run.config import config_from_dict
-from synthledger.engine.run.runner import generate
+from synthledger.engine.run.launch import generate
 from synthledger.store.eventstore import EventStore
 from synthledger.testing.server import ServerConfig, run_in_thread
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from synthledger.cli import app
 from synthledger.engine.run.config import load_config
-from synthledger.engine.run.runner import generate
+from synthledger.engine.run.launch import generate
 from synthledger.store.eventstore import EventStore
 from synthledger.testing.projects import write_project
 from synthledger.testing.server import run_in_thread

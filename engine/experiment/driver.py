@@ -24,7 +24,8 @@ from ..ledger.events import (CellFailed, CellFinished, CellGenerated, CellStarte
 from ..ledger.ledger import Amount
 from .cells import Cell, generation_config, predictions_path, train_dict
 from .config import Experiment
-from .journal import Journal, existing
+from ..ledger.journal import Journal
+from .journal import create, existing, reopen
 from .prepare import Prepared, heldout_path, prepare
 from .results import build_result, load_state
 from .seeds import subset_path, write_subset
@@ -184,11 +185,11 @@ def _start(prep: Prepared, store: EventStore, resume: bool) -> tuple[Journal | N
     if info is None:
         if resume:
             raise ConfigError(f"no experiment named {exp.name!r} in {store.url} to resume; run without --resume")
-        return Journal.create(store, exp, grid_event(prep)), None
+        return create(store, exp, grid_event(prep)), None
     state = load_state(store, info.id)
     if info.status == "completed" and all(r.status == "finished" for r in state.cells.values()):
         return None, state
-    return Journal.reopen(store, info), None
+    return reopen(store, info), None
 
 
 def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: str = "local", resume: bool = False,

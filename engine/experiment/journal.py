@@ -1,4 +1,5 @@
-"""The experiment's own run: one writer, holding the run's lease, durable at every event.
+"""The experiment's own run, written by the one journal (ledger/journal.py): holding the run's
+lease, durable at every event.
 
 A rerun of the same grid reopens the run (its lease is free once the last process died) instead
 of starting another, so cells finished before a kill are found again and never counted twice.
@@ -8,54 +9,32 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel
-
 from ... import __version__
-from ...store.eventstore import EventStore, NewEvent, RunInfo, owner_token
+from ...store.eventstore import EventStore, RunInfo, owner_token
 from ..errors import ConfigError
-from ..ledger.events import SCHEMA_VERSION, ExperimentGrid, RunFinished, RunResumed, RunStarted, to_payload
+from ..ledger.events import ExperimentGrid, RunResumed, RunStarted
+from ..ledger.journal import Journal
 from .config import Experiment
 
 
-class Journal:
-    def __init__(self, store: EventStore, run_id: str, owner: str) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.owner = owner
-        info = store.get_run(run_id)
-        self.seq, self.head = info.last_seq, info.head_hash
+def create(store: EventStore, exp: Experiment, grid: ExperimentGrid) -> Journal:
+    """The run row, its `run_started` and the grid in one transaction: an experiment exists whole
+    or not at all."""
+    snapshot = exp.snapshot()
+    started = RunStarted(config=snapshot, config_hash=exp.grid_hash(), plan_hash=exp.grid_hash(),
+                         version=__version__, kind="experiment", config_dir=str(exp.path.resolve().parent))
+    return Journal.start(store, exp.name, snapshot, exp.grid_hash(), [started, grid], kind="experiment",
+                         owner=owner_token(), durable_each=True)
 
-    @classmethod
-    def create(cls, store: EventStore, exp: Experiment, grid: ExperimentGrid) -> "Journal":
-        """The run row, its `run_started` and the grid in one transaction: an experiment exists whole
-        or not at all."""
-        owner = owner_token()
-        snapshot = exp.snapshot()
-        started = RunStarted(config=snapshot, config_hash=exp.grid_hash(), plan_hash=exp.grid_hash(),
-                             version=__version__, kind="experiment", config_dir=str(exp.path.resolve().parent))
-        first = [NewEvent(*to_payload(ev), SCHEMA_VERSION) for ev in (started, grid)]
-        run_id, _, _ = store.start_run(exp.name, snapshot, exp.grid_hash(), first, kind="experiment", owner=owner)
-        return cls(store, run_id, owner)
 
-    @classmethod
-    def reopen(cls, store: EventStore, info: RunInfo) -> "Journal":
-        owner = owner_token()
-        store.acquire(info.id, owner)
-        journal = cls(store, info.id, owner)
-        journal.emit(RunResumed(pid=os.getpid(), config_hash=info.config_hash))
-        return journal
-
-    def emit(self, event: BaseModel) -> None:
-        type_, payload = to_payload(event)
-        self.seq, self.head = self.store.append(self.run_id, [NewEvent(type_, payload, SCHEMA_VERSION)],
-                                                self.seq, self.head, owner=self.owner)
-
-    def finish(self, status: str, message: str = "") -> None:
-        self.emit(RunFinished(status=status, message=message))  # type: ignore[arg-type]
-        self.store.release(self.run_id, self.owner, status)
-
-    def release(self) -> None:
-        self.store.release(self.run_id, self.owner)
+def reopen(store: EventStore, info: RunInfo) -> Journal:
+    """Take the experiment's run back (its lease is free once the last process died)."""
+    owner = owner_token()
+    store.acquire(info.id, owner)
+    fresh = store.get_run(info.id)
+    journal = Journal(store, info.id, fresh.last_seq, fresh.head_hash, owner, durable_each=True)
+    journal.emit(RunResumed(pid=os.getpid(), config_hash=info.config_hash))
+    return journal
 
 
 def existing(store: EventStore, exp: Experiment) -> RunInfo | None:

@@ -52,7 +52,8 @@ def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,
     the run exists and before any query is sent, so the experiment links the run first."""
     import anyio
 
-    from ..run.runner import Runner, _run_with_signals
+    from ..run.launch import _run_with_signals
+    from ..run.runner import Runner
 
     started = time.perf_counter()
     if run_id is None:  # started by a process killed before the experiment recorded it: continue that one

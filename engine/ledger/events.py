@@ -43,6 +43,14 @@ class RunStarted(_Event):
     config_dir: str | None = None  # where relative paths in the config (seed files) resolve
     warnings: list[str] = []  # told to the user once at the start (e.g. a check that cannot be made)
     prices: dict[str, dict[str, Any]] = {}  # model -> the price this run counts usd with, and its source
+    # The seed set as drawn ({id, question, answer} each), so export and training read it back
+    # instead of loading the seeds again. Runs recorded before this field have None.
+    seeds: list[dict[str, Any]] | None = None
+
+
+def recorded_seeds(started: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The seeds a `run_started` payload recorded, or None for a run recorded before they were."""
+    return started.get("seeds")
 
 
 class RunResumed(_Event):

@@ -1,9 +1,15 @@
-"""Group commit for one run: many concurrent tasks emit events, one writer makes them durable.
+"""The one event writer, for every kind of run (generation, training, evaluation, experiment).
 
-`emit` applies the event to the in-memory ledger at once (so the next budget check already sees a
-reservation) and queues it; `flush` waits until everything emitted so far is committed. The
-dispatcher flushes before every send, which is what makes "recorded before it is sent" true without
-one fsync per request: all sends that are ready in the same few milliseconds share one commit.
+A generation run's many concurrent tasks `emit` events and one writer loop makes them durable in
+group commits: `emit` numbers the event, hands it to every subscriber at once (the budget ledger
+subscribes, so the next budget check already sees a reservation; so does the live view) and
+queues it; `flush` waits until everything emitted so far is committed. The dispatcher flushes
+before every send, which is what makes "recorded before it is sent" true without one fsync per
+request: all sends that are ready in the same few milliseconds share one commit.
+
+Sparse runs (training, evaluation, an experiment) have no writer loop: opened with
+`durable_each=True`, every `emit` (or `record`, for a trainer's `(type, payload)` callback) is
+committed before it returns, and a refused commit raises.
 
 It is also the one door to the store, so two guarantees live here. Every payload is scrubbed of
 secrets on its way in (see `redact`). And when a commit fails (the disk is full, the store became
@@ -15,10 +21,12 @@ before stays, which is all a resume needs.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable
 
 import anyio
+
 from pydantic import BaseModel
 
 from ...store.eventstore import EventStore, NewEvent, StoreError
@@ -26,8 +34,7 @@ from ..redact import scrub_payload
 from . import crashpoints
 from ...store.keys import key_of
 from .events import (SCHEMA_VERSION, ItemDone, QueryDispatched, QueryReserved, QuerySettled,
-                     QuestionAdmitted, SampleAccepted, SampleProposed, to_payload)
-from .ledger import Ledger
+                     QuestionAdmitted, RunFinished, SampleAccepted, SampleProposed, parse_event, to_payload)
 
 HEARTBEAT_S = 5.0
 
@@ -46,16 +53,18 @@ class WriterFailed(StoreError):
         self.cause = cause
 
 
-class Recorder:
-    def __init__(self, store: EventStore, run_id: str, last_seq: int, head_hash: str, owner: str,
-                 ledger: Ledger, on_event: Callable[[int, str, dict[str, Any]], None] | None = None,
+Subscriber = Callable[[int, str, dict[str, Any]], None]  # (seq, type, payload), in order, at emit
+
+
+class Journal:
+    def __init__(self, store: EventStore, run_id: str, last_seq: int, head_hash: str, owner: str, *,
                  max_batch: int = 2000, heartbeat_s: float = HEARTBEAT_S,
-                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[BaseException], None] | None = None, durable_each: bool = False) -> None:
         self.store = store
         self.run_id = run_id
         self.owner = owner
-        self.ledger = ledger
-        self.on_event = on_event
+        self._subscribers: list[Subscriber] = []
+        self.durable_each = durable_each
         self.max_batch = max_batch
         self.heartbeat_s = heartbeat_s
         self.on_failure = on_failure
@@ -69,6 +78,21 @@ class Recorder:
         self._closed = False
         self._writer_gone = False  # the writer task ended (cancelled or failed)
         self._last_commit = time.monotonic()
+
+    @classmethod
+    def start(cls, store: EventStore, name: str, config: dict[str, Any], config_hash: str,
+              first: list[BaseModel | tuple[str, dict[str, Any]]], *, kind: str, owner: str,
+              parent_id: str | None = None, run_id: str | None = None, **options: Any) -> "Journal":
+        """A new run: its row and its first events (`run_started`, ...; typed, or (type, payload)
+        checked like `record`) in one commit, so a kill leaves either no run or one that starts whole."""
+        events = [_new_event(*(to_payload(ev) if isinstance(ev, BaseModel) else _plain(*ev))) for ev in first]
+        run_id, last, head = store.start_run(name, config, config_hash, events, kind=kind, parent_id=parent_id,
+                                             owner=owner, run_id=run_id)
+        return cls(store, run_id, last, head, owner, **options)
+
+    def subscribe(self, fn: Subscriber) -> None:
+        """Call `fn(seq, type, payload)` with every event emitted from now on, as it is emitted."""
+        self._subscribers.append(fn)
 
     @property
     def last_seq(self) -> int:
@@ -95,18 +119,36 @@ class Recorder:
     def emit(self, event: BaseModel) -> int:
         """Queue one event; returns its sequence number (-1 once the writer has failed: the event
         cannot be kept, and the run is stopping)."""
+        return self._append(*to_payload(event))
+
+    def record(self, type_: str, payload: dict[str, Any]) -> int:
+        """`emit` for an event given as (type, payload), e.g. by a trainer's callback: checked
+        against the event vocabulary first, and made plain JSON (paths, numpy scalars as text)."""
+        return self._append(*_plain(type_, payload))
+
+    def _append(self, type_: str, payload: dict[str, Any]) -> int:
         if self._error is not None:
+            if self.durable_each:
+                raise WriterFailed(self._error)
             return -1
-        type_, payload = to_payload(event)
-        payload = scrub_payload(payload, shapes=type_ not in BULK_TYPES)
+        new = _new_event(type_, payload)
         seq = self._next_seq
         self._next_seq += 1
-        self.ledger.apply(seq, type_, payload)
-        if self.on_event is not None:
-            self.on_event(seq, type_, payload)
-        self._pending.append(NewEvent(type_, payload, SCHEMA_VERSION, key_of(type_, payload)))
-        self._wakeup.set()
+        for fn in self._subscribers:
+            fn(seq, type_, new.payload)
+        self._pending.append(new)
+        if self.durable_each:
+            self.commit_now()
+            if self._error is not None:
+                raise WriterFailed(self._error)
+        else:
+            self._wakeup.set()
         return seq
+
+    def finish(self, status: str, message: str = "") -> None:
+        """A sparse run's end: `run_finished` recorded, the run's lease given up."""
+        self.emit(RunFinished(status=status, message=message))  # type: ignore[arg-type]
+        self.store.release(self.run_id, self.owner, status)
 
     async def flush(self) -> None:
         """Return once every event emitted before this call is durable."""
@@ -181,3 +223,18 @@ class Recorder:
             self._pending = []
             self._durable_seq, self._head = last, head
             crashpoints.committed()
+
+
+def _plain(type_: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A loosely typed event checked against the vocabulary and made plain JSON."""
+    parse_event(type_, payload)
+    return type_, json.loads(json.dumps(payload, default=str))
+
+
+def _new_event(type_: str, payload: dict[str, Any]) -> NewEvent:
+    """What the store appends: the payload scrubbed of secrets on its way in (see `redact`)."""
+    payload = scrub_payload(payload, shapes=type_ not in BULK_TYPES)
+    return NewEvent(type_, payload, SCHEMA_VERSION, key_of(type_, payload))
+
+
+Recorder = Journal  # the name it had before it wrote every kind of run

@@ -19,86 +19,15 @@ Accounting rules (the research's unit is a settled teacher query, but every role
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
 
+from .batch_fold import BatchFold
+from .budget import DIMENSIONS, EPS, Amount, BudgetSpec, Limits, budget_from_dict  # noqa: F401 (re-exported)
 from .events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, ProviderFault,
                      QueryAbandoned, QueryDispatched, QueryReserved, QueryReused, QuerySettled, RateAdjusted,
                      RunResumed)
-
-EPS = 1e-9
-DIMENSIONS = ("queries", "input_tokens", "output_tokens", "usd")
-
-
-@dataclass
-class Amount:
-    queries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    usd: float = 0.0
-
-    @classmethod
-    def of(cls, d: dict[str, Any] | None) -> "Amount":
-        if not d:
-            return cls()
-        return cls(int(d.get("queries", 0)), int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0)),
-                   float(d.get("usd", 0.0)))
-
-    def add(self, other: "Amount", sign: int = 1) -> None:
-        self.queries += sign * other.queries
-        self.input_tokens += sign * other.input_tokens
-        self.output_tokens += sign * other.output_tokens
-        self.usd += sign * other.usd
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"queries": self.queries, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, "usd": round(self.usd, 9)}
-
-
-@dataclass(frozen=True)
-class Limits:
-    queries: int | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    usd: float | None = None
-
-    def is_empty(self) -> bool:
-        return all(getattr(self, d) is None for d in DIMENSIONS)
-
-    def scaled(self, fraction: float) -> "Limits":
-        """A share of these limits (for mixes). Integer dimensions round down so shares never sum above."""
-        def part(v: Any, integral: bool) -> Any:
-            if v is None:
-                return None
-            return int(v * fraction + EPS) if integral else v * fraction
-        return Limits(part(self.queries, True), part(self.input_tokens, True), part(self.output_tokens, True),
-                      part(self.usd, False))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {d: getattr(self, d) for d in DIMENSIONS}
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    total: Limits = Limits()
-    roles: dict[str, Limits] = field(default_factory=dict)
-    strategies: dict[str, Limits] = field(default_factory=dict)
-    counted_roles: frozenset[str] | None = None  # roles that count against `total`; None = every role
-
-    def scopes(self, role: str, strategy: str) -> list[tuple[str, Limits]]:
-        out: list[tuple[str, Limits]] = []
-        if self.counted_roles is None or role in self.counted_roles:
-            out.append(("total", self.total))
-        if role in self.roles:
-            out.append((f"role:{role}", self.roles[role]))
-        if strategy in self.strategies:
-            out.append((f"strategy:{strategy}", self.strategies[strategy]))
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total.as_dict(), "roles": {k: v.as_dict() for k, v in self.roles.items()},
-                "strategies": {k: v.as_dict() for k, v in self.strategies.items()},
-                "counted_roles": sorted(self.counted_roles) if self.counted_roles is not None else None}
+from .report import LedgerReport
 
 
 @dataclass
@@ -120,7 +49,10 @@ class Violation:
     message: str
 
 
-class Ledger:
+_NOTHING = Amount()  # read-only stand-in for a scope with nothing spent or reserved yet
+
+
+class Ledger(BatchFold, LedgerReport):
     def __init__(self, spec: BudgetSpec) -> None:
         self.spec = spec
         # Open queries only: settled and abandoned ones leave, so a long run's memory stays flat.
@@ -153,17 +85,29 @@ class Ledger:
             amt = table[key] = Amount()
         return amt
 
+    def overruns(self, scope: str, limits: Limits, extra: Amount | None = None,
+                 dims: tuple[str, ...] = DIMENSIONS) -> Iterator[tuple[str, Any, Any]]:
+        """(dimension, used, limit) for each limit of `scope` that spent + reserved (+ `extra`) exceeds.
+
+        The one place "spent + reserved against the limit" is written: the dispatch check, the
+        admission of plan items (run/admission.py) and the fold's own violation check use it."""
+        spent = self.spent.get(scope) or _NOTHING
+        held = self.reserved.get(scope) or _NOTHING
+        for dim in dims:
+            limit = getattr(limits, dim)
+            if limit is None:
+                continue
+            used = getattr(spent, dim) + getattr(held, dim)
+            if extra is not None:
+                used += getattr(extra, dim)
+            if used > limit + EPS:
+                yield dim, used, limit
+
     def headroom(self, role: str, strategy: str, worst: Amount) -> str | None:
         """None if `worst` fits under every limit that applies, else which limit it would break."""
         for scope, limits in self.spec.scopes(role, strategy):
-            spent = self.spent.get(scope) or Amount()
-            held = self.reserved.get(scope) or Amount()
-            for dim in DIMENSIONS:
-                limit = getattr(limits, dim)
-                if limit is None:
-                    continue
-                if getattr(spent, dim) + getattr(held, dim) + getattr(worst, dim) > limit + EPS:
-                    return f"{scope} {dim} limit {limit}"
+            for dim, _, limit in self.overruns(scope, limits, worst):
+                return f"{scope} {dim} limit {limit}"
         return None
 
     def limits_for(self, scope: str) -> Limits | None:
@@ -215,18 +159,15 @@ class Ledger:
             self._bucket(self.by_model, q.model).add(amount)
             self._check(seq, q)
 
+    def _violate(self, seq: int, message: str) -> None:
+        self.violations.append(Violation(seq, message))
+
     def _check(self, seq: int, q: QueryState) -> None:
         for scope, limits in self.spec.scopes(q.role, q.strategy):
-            spent = self.spent.get(scope) or Amount()
-            held = self.reserved.get(scope) or Amount()
-            for dim in DIMENSIONS:
-                limit = getattr(limits, dim)
-                if limit is not None and getattr(spent, dim) + getattr(held, dim) > limit + EPS:
-                    why = (" (the provider reported usage above the request's cap: see its provider_fault)"
-                           if q.key in self.faulted else "")
-                    self.violations.append(Violation(seq, f"{scope} {dim}: spent+reserved "
-                                                          f"{getattr(spent, dim) + getattr(held, dim)} > limit {limit}"
-                                                          + why))
+            for dim, used, limit in self.overruns(scope, limits):
+                why = (" (the provider reported usage above the request's cap: see its provider_fault)"
+                       if q.key in self.faulted else "")
+                self.violations.append(Violation(seq, f"{scope} {dim}: spent+reserved {used} > limit {limit}{why}"))
 
     def _on_reserved(self, seq: int, p: dict[str, Any]) -> None:
         qid = p["query_id"]
@@ -356,91 +297,8 @@ class Ledger:
                 self._move(seq, q, q.worst, release=q.worst, spend=False)
         self.queries = {k: q for k, q in self.queries.items() if q.status != "interrupted"}
 
-    def _on_batch_prepared(self, seq: int, p: dict[str, Any]) -> None:
-        for qid in p["query_ids"]:
-            q = self.queries.get(qid)
-            if q is None or not q.holding:
-                self.violations.append(Violation(seq, f"query {qid} put in batch {p['key']} without a reservation"))
-            self.batched[qid] = p["key"]
-        self.batches[p["key"]] = {"status": "preparing", "requests": len(p["query_ids"]), "counts": {},
-                                  "model": p.get("model", ""), "provider": p.get("provider", ""),
-                                  "at": p.get("at", 0.0), "batch_id": None, "input_file_id": None}
-
-    def _on_batch_submitted(self, seq: int, p: dict[str, Any]) -> None:
-        b = self.batches.get(p["key"])
-        if b is not None:
-            b.update(status="submitted", batch_id=p["batch_id"])
-            if p.get("input_file_id"):
-                b["input_file_id"] = p["input_file_id"]
-
-    def _on_batch_status(self, seq: int, p: dict[str, Any]) -> None:
-        b = self.batches.get(p["key"])
-        if b is not None:
-            b.update(status=p["status"], counts=dict(p.get("counts") or {}))
-            if p.get("input_file_id"):
-                b["input_file_id"] = p["input_file_id"]
-
-    def _on_batch_finished(self, seq: int, p: dict[str, Any]) -> None:
-        self.batches.pop(p["key"], None)
-        for qid in [q for q, k in self.batched.items() if k == p["key"]]:
-            self.violations.append(Violation(seq, f"batch {p['key']} finished with query {qid} still in it"))
-            del self.batched[qid]
-
-    def _on_rate_adjusted(self, seq: int, p: dict[str, Any]) -> None:
-        self.pacing[p["model"]] = {k: p.get(k) for k in ("note", "rpm", "tpm", "factor", "pause_s")}
-        if p.get("pause_s"):
-            self.counts["pauses"] = self.counts.get("pauses", 0) + 1
-
     def is_settled(self, query_id: str) -> bool:
         return hash(query_id) in self.settled
-
-    # ---- reporting ---------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything the fold has accumulated, as plain data: two ledgers that replayed the same
-        events compare equal on it, whatever path the events took (live, replayed, resumed)."""
-        def table(t: dict[str, Amount]) -> dict[str, Any]:
-            return {k: asdict(v) for k, v in sorted(t.items())}  # raw floats: exact comparison
-
-        return {
-            "spent": table(self.spent), "reserved": table(self.reserved), "by_role": table(self.by_role),
-            "by_strategy": table(self.by_strategy), "by_model": table(self.by_model),
-            "queries": {k: asdict(q) for k, q in sorted(self.queries.items())},
-            "settled": sorted(self.settled), "reused": asdict(self.reused),
-            "interrupted": dict(sorted(self.interrupted.items())),
-            "counts": dict(self.counts), "in_flight": self.in_flight,
-            "batched": dict(sorted(self.batched.items())), "batches": dict(sorted(self.batches.items())),
-            "pacing": dict(sorted(self.pacing.items())),
-            "last_seq": self.last_seq, "violations": [(v.seq, v.message) for v in self.violations],
-        }
-
-    def total_spent(self) -> Amount:
-        return self.spent.get("total") or Amount()
-
-    def paid(self) -> Amount:
-        """What was bought, in every role (counted against the budget or not): all spend less what
-        was reused from the store."""
-        paid = Amount()
-        for amount in self.by_role.values():
-            paid.add(amount)
-        paid.add(self.reused, -1)
-        return paid
-
-    def total_reserved(self) -> Amount:
-        return self.reserved.get("total") or Amount()
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "spent": self.total_spent().as_dict(),
-            "paid": self.paid().as_dict(),
-            "reused": self.reused.as_dict(),
-            "reserved": self.total_reserved().as_dict(),
-            "budget": self.spec.total.as_dict(),
-            "by_role": {k: v.as_dict() for k, v in sorted(self.by_role.items())},
-            "by_strategy": {k: v.as_dict() for k, v in sorted(self.by_strategy.items())},
-            "by_model": {k: v.as_dict() for k, v in sorted(self.by_model.items())},
-            "counts": dict(self.counts),
-            "in_flight": self.in_flight,
-        }
 
 
 _HANDLERS = {
@@ -458,20 +316,3 @@ _HANDLERS = {
     BatchFinished.TYPE: Ledger._on_batch_finished,
     RateAdjusted.TYPE: Ledger._on_rate_adjusted,
 }
-
-
-def budget_from_dict(d: dict[str, Any] | None) -> BudgetSpec:
-    """The BudgetSpec recorded in a run's config snapshot (see engine.run.config)."""
-    d = d or {}
-
-    def lim(x: dict[str, Any] | None) -> Limits:
-        x = x or {}
-        return Limits(x.get("queries"), x.get("input_tokens"), x.get("output_tokens"), x.get("usd"))
-
-    roles = d.get("counted_roles")
-    return BudgetSpec(
-        total=lim(d.get("total")),
-        roles={k: lim(v) for k, v in (d.get("roles") or {}).items()},
-        strategies={k: lim(v) for k, v in (d.get("strategies") or {}).items()},
-        counted_roles=frozenset(roles) if roles is not None else None,
-    )

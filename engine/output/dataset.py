@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from ...store.eventstore import EventStore
-from ..ledger.events import RunStarted, SampleAccepted, SampleProposed, SampleRejected
+from ..ledger.events import RunStarted, SampleAccepted, SampleProposed, SampleRejected, recorded_seeds
 
 class _Dataset:
     """The fold: proposals wait in memory only until they are decided."""
@@ -13,10 +13,10 @@ class _Dataset:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.proposed: dict[str, dict[str, Any]] = {}
-        self.config: dict[str, Any] | None = None
+        self.started: dict[str, Any] | None = None
 
     def _started(self, p: dict[str, Any]) -> None:
-        self.config = p.get("config")
+        self.started = p
 
     def _proposed(self, p: dict[str, Any]) -> None:
         self.proposed[p["sample_id"]] = p
@@ -54,18 +54,27 @@ def accepted_rows(store: EventStore, run_id: str, *, include_seeds: bool = False
         row = _HANDLERS[ev.type](fold, ev.payload)
         if row is not None:
             yield row
-    if include_seeds and fold.config is not None:
-        yield from _seed_rows(fold.config, run_id)
+    if include_seeds and fold.started is not None and fold.started.get("config") is not None:
+        yield from _seed_rows(run_seeds(fold.started), run_id)
 
 
-def _seed_rows(config: dict[str, Any], run_id: str) -> Iterator[dict[str, Any]]:
+def run_seeds(started: dict[str, Any]) -> list[dict[str, Any]]:
+    """The seed set a `run_started` payload recorded; for a run recorded before it carried them,
+    the seeds drawn again from its config (relative paths resolved where the config was)."""
+    seeds = recorded_seeds(started)
+    if seeds is not None:
+        return seeds
     from ..run.assemble import build_parts
     from ..run.config import RunConfig
 
-    cfg = RunConfig.model_validate(config)
-    for seed in build_parts(cfg).seeds:
-        if seed.answer:
-            yield {"run_id": run_id, "sample_id": f"seed-{seed.id}", "question": seed.question,
-                   "answer": seed.answer, "strategy": "seed", "seed_id": seed.id, "reference": None,
+    cfg = RunConfig.model_validate({**started["config"], "base_dir": started.get("config_dir") or "."})
+    return [{"id": s.id, "question": s.question, "answer": s.answer} for s in build_parts(cfg).seeds]
+
+
+def _seed_rows(seeds: list[dict[str, Any]], run_id: str) -> Iterator[dict[str, Any]]:
+    for seed in seeds:
+        if seed.get("answer"):
+            yield {"run_id": run_id, "sample_id": f"seed-{seed['id']}", "question": seed["question"],
+                   "answer": seed["answer"], "strategy": "seed", "seed_id": seed["id"], "reference": None,
                    "role": "seed", "model": None, "models": {}, "query_ids": [], "finish_reason": None,
                    "verification": {"accepted": True, "reason": "seed", "details": {}}}

@@ -7,21 +7,19 @@ from typing import Any, Iterable, Mapping, Protocol
 
 from ..ledger.events import QuestionAdmitted, SampleRejected
 from ..api import PlanItem, Seed, Task
+from .admission import Admission
 from .quality_gate import Reply
 
 
 class ItemHost(Protocol):
-    """What a context needs of the run around it (the Runner provides it)."""
+    """What a context needs of the run around it (the Runner provides it; nothing here imports it)."""
 
     parts: Any  # .task, .seeds
     cfg: Any  # .run.seed
+    admission: Admission  # routes a role to its endpoint; the item's pledge for a query ends as it is asked
     dispatcher: Any
     recorder: Any
     dedupe: Any
-
-    def route(self, role: str) -> str: ...
-
-    def unpledge(self, item: PlanItem, role: str) -> None: ...
 
 
 class ItemContext:
@@ -40,9 +38,9 @@ class ItemContext:
                   max_tokens: int | None = None, temperature: float | None = None,
                   group: Mapping[int, str] | Iterable[int] | None = None) -> str:
         runner = self._runner
-        runner.unpledge(self.item, role)
+        runner.admission.release(self.item, role)  # from here on the query's own reservation counts
         qid, text = await runner.dispatcher.ask(
-            role=runner.route(role), messages=messages, purpose=purpose, strategy=self.item.strategy,
+            role=runner.admission.route(role), messages=messages, purpose=purpose, strategy=self.item.strategy,
             item=self.item.key, sample_index=sample_index,
             overrides={"max_tokens": max_tokens, "temperature": temperature}, group=group)
         self.query_ids.append(qid)

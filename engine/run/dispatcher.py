@@ -24,9 +24,10 @@ from ...store.hashing import canonical
 from ..api import ChatRequest
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
 from ..ledger.events import Cost, QueryReserved, QueryReused
-from ..ledger.journal import Recorder
+from ..ledger.journal import Journal
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
+from .admission import Admission
 from .misconfig import endpoint_url, misconfiguration
 from .samples import MAX_N, Member, worst_shares
 from .sending import Sender
@@ -57,9 +58,10 @@ Reusable = Callable[[str], "tuple[str, int, dict[str, Any]] | None"]
 
 @dataclass
 class Dispatcher(Sender):
-    recorder: Recorder
+    recorder: Journal
     ledger: Ledger
     endpoints: dict[str, Endpoint]
+    admission: Admission  # the budget check and the worst case of a request
     # Settled texts of unfinished items, filled at resume; other repeats are looked up in the store.
     answered: dict[str, str] = field(default_factory=dict)
     # Finish reasons ("stop", "length", ...) of settled queries, by query id: those recorded before a
@@ -76,15 +78,6 @@ class Dispatcher(Sender):
     _recent: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _asking: dict[str, anyio.Event] = field(default_factory=dict)
     _finish: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
-
-    def worst_case(self, role: str, request: ChatRequest) -> Amount:
-        """The most `request` can cost: one prompt (billed once however many samples) and `n`
-        full completions."""
-        ep = self.endpoints[role]
-        prompt = ep.teacher.prompt_tokens_upper_bound(request)
-        out = request.max_tokens * request.n
-        usd = ep.price.cost(prompt, out) if ep.price else 0.0
-        return Amount(queries=request.n, input_tokens=prompt, output_tokens=out, usd=usd)
 
     def _settled_text(self, qid: str) -> str | None:
         if not self.ledger.is_settled(qid):
@@ -194,7 +187,7 @@ class Dispatcher(Sender):
         if found is None:
             return None
         source_run, source_seq, settled = found
-        why = self.ledger.headroom(role, strategy, self.worst_case(role, ChatRequest(
+        why = self.admission.check(role, strategy, self.admission.worst_case(role, ChatRequest(
             model=ep.model, messages=tuple(messages), **params)))
         if why is not None:
             raise BudgetExhausted(why)
@@ -229,7 +222,7 @@ class Dispatcher(Sender):
             total = Amount()
             for w in worsts:
                 total.add(w)
-            why = self.ledger.headroom(role, strategy, total)
+            why = self.admission.check(role, strategy, total)
             if why is None:
                 return members[:k], worsts
         raise BudgetExhausted(why)

@@ -1,48 +1,31 @@
 """Run orchestration: walk the strategy's plan, start items the budget can carry, record outcomes.
 
-The runner owns pacing at the level of whole plan items (an item is started only when the budget
-can cover its worst case on top of what running items may still ask for), while the dispatcher
-enforces the exact per-query reservation. Together they spend the budget to the last query
-without going over.
+Whether an item may start is the admission's answer (run/admission.py: its worst case on top of
+what running items may still ask for); the dispatcher enforces the exact per-query reservation
+through the same check. Together they spend the budget to the last query without going over. How a
+session opens (new or resumed) is run/session.py; one item's sample and verdict, run/item.py.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from sqlalchemy.exc import DatabaseError
 
-from ... import __version__
-from ...store.eventstore import EventStore, NewEvent, owner_token
-from .abort import abort_error, start_error
-from .assemble import Parts, build_endpoints, build_parts
-from .config import RunConfig
-from .context import ItemContext
-from .dedupe import NearDuplicateIndex
-from .dispatcher import Dispatcher
-from ..ledger.events import (SCHEMA_VERSION, ItemDone, QuerySettled, RunFinished, RunResumed, RunStarted,
-                             RunWarning, SampleAccepted, SampleProposed, SampleRejected, to_payload)
-from ..ledger.ledger import DIMENSIONS, Amount, Ledger
-from .progress import RunProgress
-from ..ledger import crashpoints
-from ..ledger.journal import HEARTBEAT_S, Recorder, WriterFailed
-from ..ledger.replay import replay
-from ..redact import scrub_payload, scrub_value
+from ...store.eventstore import EventStore
 from ..api import PlanItem
-from ..errors import BudgetExhausted, FatalRunError, QueryFailed, ResumeRefused, RunNameTaken, RunStopping
-from .quality_gate import GATE_EVENTS, QualityGate, answer_reply
-from .store_choice import StoreChoice, choose_store, open_store
+from ..errors import BudgetExhausted, FatalRunError, QueryFailed, RunStopping
+from ..ledger.events import ItemDone, RunFinished, SampleRejected
+from ..ledger.journal import WriterFailed
+from .abort import abort_error
+from .config import RunConfig
+from .item import produce
+from .progress import RunProgress
+from .session import RunSession
+from .store_choice import StoreChoice
 
 
-# After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
-# (its answers are paid for either way); a second signal, or the end of the grace, cuts it short.
-STOP_GRACE_S = 5.0
 
 
 @dataclass
@@ -61,40 +44,12 @@ class RunResult:
         return self.status in ("completed", "budget_exhausted")
 
 
-def _diff(old: Any, new: Any, path: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for k in sorted(set(old) | set(new)):
-            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
-        return out
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+class Runner(RunSession):
+    """A run session driven to its end: the plan walked, items started as the budget admits them."""
 
-
-class Runner:
     def __init__(self, cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *,
                  show_progress: bool = True, create: bool = True) -> None:
-        self.cfg = cfg
-        self.show_progress = show_progress
-        # Everything that can fail on bad input happens before the store is even opened.
-        self.parts: Parts = build_parts(cfg)
-        self.endpoints = build_endpoints(cfg, self.parts.roles)
-        self.warnings: list[str] = list(self.parts.verifier.start_warnings(self.parts.seeds))
-        if isinstance(store, EventStore):
-            self.store_choice = StoreChoice(store.url, "the caller")
-            self.store = store
-        else:
-            self.store_choice = (store if isinstance(store, StoreChoice)
-                                 else choose_store(store, cfg.run.store, "the run config"))
-            self.store = open_store(self.store_choice, create=create)
-        self._ran = False
-        self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
-        self.owner = owner_token()
-        self.dedupe: NearDuplicateIndex | None = None
-        self.recorder: Recorder
-        self.dispatcher: Dispatcher
-        self.ledger: Ledger
-        self._pledged: dict[str, Amount] = {}
-        self._item_pledges: dict[str, dict[str, int]] = {}
+        super().__init__(cfg, store, show_progress=show_progress, create=create)
         self._in_flight_items = 0
         self._item_finished = anyio.Event()
         self._budget_hits: dict[str, int] = {}
@@ -102,190 +57,8 @@ class Runner:
         self._stopping = False
         self._items_scope: anyio.CancelScope | None = None
 
-    # ---- routing and pacing ------------------------------------------------------------
     def route(self, role: str) -> str:
-        return role if role in self.endpoints else "teacher"
-
-    def _estimate(self, role: str) -> Amount:
-        ep = self.endpoints[self.route(role)]
-        max_tokens = int(ep.params.get("max_tokens", 256))
-        prompt = 512
-        usd = ep.price.cost(prompt, max_tokens) if ep.price else 0.0
-        return Amount(1, prompt, max_tokens, usd)
-
-    def _item_cost(self, item: PlanItem) -> dict[str, int]:
-        cost = dict(self.parts.strategy.item_cost(item))
-        for role, n in self.parts.verifier.item_cost().items():
-            cost[role] = cost.get(role, 0) + n
-        return cost
-
-    def _fits(self, item: PlanItem, cost: dict[str, int]) -> bool:
-        need: dict[str, Amount] = {}
-        limits = {}
-        for role, n in cost.items():
-            est = self._estimate(role)
-            for scope, lim in self.ledger.spec.scopes(role, item.strategy):
-                amt = need.setdefault(scope, Amount())
-                for _ in range(n):
-                    amt.add(est)
-                limits[scope] = lim
-        for scope, amt in need.items():
-            spent = self.ledger.spent.get(scope) or Amount()
-            held = self.ledger.reserved.get(scope) or Amount()
-            pledged = self._pledged.get(scope) or Amount()
-            for dim in DIMENSIONS:
-                limit = getattr(limits[scope], dim)
-                if limit is None or dim in ("input_tokens", "usd"):  # prompt sizes are unknown up front
-                    continue
-                used = getattr(spent, dim) + getattr(held, dim) + getattr(pledged, dim)
-                if used + getattr(amt, dim) > limit:
-                    return False
-        return True
-
-    def _pledge(self, item: PlanItem, cost: dict[str, int], sign: int) -> None:
-        for role, n in cost.items():
-            est = self._estimate(role)
-            for scope, _ in self.ledger.spec.scopes(role, item.strategy):
-                amt = self._pledged.setdefault(scope, Amount())
-                for _ in range(n):
-                    amt.add(est, sign)
-
-    def unpledge(self, item: PlanItem, role: str) -> None:
-        left = self._item_pledges.get(item.key)
-        if left and left.get(role, 0) > 0:
-            left[role] -= 1
-            self._pledge(item, {role: 1}, -1)
-
-    # ---- entry points -----------------------------------------------------------------
-    def _recorder(self, run_id: str, last_seq: int, head: str) -> Recorder:
-        """The run's event writer: heartbeats well inside the lease, and stops the run at once if a
-        commit is refused (store unwritable, lease taken over)."""
-        return Recorder(self.store, run_id, last_seq, head, self.owner, self.ledger,
-                        heartbeat_s=min(HEARTBEAT_S, self.cfg.run.lease_ttl_s / 3),
-                        on_failure=lambda _exc: self.hard_stop())
-
-    def start_new(self) -> str:
-        cfg = self.cfg
-        self._check_name_free(cfg.run.name)
-        type_, payload = to_payload(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
-                                               plan_hash=cfg.plan_hash(), version=__version__,
-                                               budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir,
-                                               warnings=self.warnings, prices=self.prices()))
-        # The run row and its run_started commit together: a kill at any instant leaves either no
-        # run or one that `--resume` can read. Both are scrubbed like every event (see redact).
-        run_id, last, head = self.store.start_run(cfg.run.name, scrub_value(cfg.snapshot()), cfg.config_hash(),
-                                                  [NewEvent(type_, scrub_payload(payload), SCHEMA_VERSION)],
-                                                  owner=self.owner)
-        crashpoints.committed()
-        self.ledger = Ledger(self.parts.budget)
-        self.ledger.apply(last, type_, payload)
-        self.recorder = self._recorder(run_id, last, head)
-        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints,
-                                     lookup_settled=self._lookup_settled, **self._reuse_options())
-        self._init_dedupe([])
-        self._init_gate()
-        self._done: set[str] = set()
-        return run_id
-
-    def start_resume(self, run_id: str) -> str:
-        info_before = self.store.get_run(run_id)
-        events = self.store.iter_events(run_id)
-        state = replay(events)
-        if state.plan_hash != self.cfg.plan_hash():
-            diffs = _diff(self._plan_view_of(state.config or {}), self.cfg.plan_view())
-            raise ResumeRefused(
-                f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
-                + "\n  ".join(diffs or ["(plan hash differs)"]))
-        self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s)
-        info = self.store.get_run(run_id)
-        self.ledger = state.ledger
-        self.ledger.spec = self.parts.budget  # budgets and limits may change between sessions
-        self.recorder = self._recorder(run_id, info.last_seq, info.head_hash)
-        unsettled = list(self.ledger.queries)
-        self.recorder.emit(RunResumed(pid=os.getpid(), host=socket.gethostname(), owner=self.owner,
-                                      previous_owner=info_before.owner,
-                                      unsettled=unsettled, config_hash=self.cfg.config_hash(),
-                                      budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
-                                      config_dir=self.cfg.base_dir, prices=self.prices()))
-        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, answered=state.answered,
-                                     finish_reasons=state.finish_reasons, lookup_settled=self._lookup_settled,
-                                     **self._reuse_options())
-        for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
-            if ep.batch is not None:
-                ep.batch.adopt(self.dispatcher, ep)
-        self._init_dedupe([q for _, q in state.admitted])
-        self._init_gate(self.store.iter_events(run_id, types=list(GATE_EVENTS)))
-        self._done = state.done_items
-        self._samples_before = (state.accepted, sum(state.rejected.values()))
-        return run_id
-
-    def prices(self) -> dict[str, dict[str, Any]]:
-        """The price each model is counted at, as recorded in the run's events."""
-        return {ep.model: ep.price.as_dict() for ep in self.endpoints.values() if ep.price is not None}
-
-    def _check_name_free(self, name: str) -> None:
-        """One name, one run: a second run under a finished run's name would pay for every query
-        again and leave `show NAME` / `export NAME` ambiguous. (A row with no events, which an older
-        release left when killed before its first commit, holds no name: it never started.)"""
-        taken = [r for r in self.store.list_runs(name=name) if r.last_seq > 0]
-        if not taken:
-            return
-        r = taken[-1]
-        unfinished = r.kind == "generate" and r.status not in ("completed", "budget_exhausted")
-        cont = "pass --resume to continue it" if unfinished else f"pass --run {r.id} to continue it"
-        raise RunNameTaken(f"run name {name!r} is taken by run {r.id} ({r.kind}, {r.status}); {cont}, "
-                           "or --name NEW to start another run")
-
-    def abandon_unstarted(self, why: str) -> None:
-        """A run started but never driven (its event loop could not start, an interrupt came first)
-        is closed as failed, so no run is left looking `running` forever."""
-        if self._ran or not hasattr(self, "recorder"):
-            return
-        try:
-            self.recorder.emit(RunFinished(status="failed", message=why))
-            self.recorder.commit_now()
-        finally:
-            self.store.release(self.recorder.run_id, self.owner, "failed")
-
-    def _plan_view_of(self, snapshot: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return RunConfig.model_validate(snapshot).plan_view()
-        except Exception:
-            return snapshot
-
-    def _init_dedupe(self, admitted: list[str]) -> None:
-        d = self.cfg.dedupe
-        if not d.enabled:
-            return
-        self.dedupe = NearDuplicateIndex(threshold=d.threshold, ngram=d.ngram, seed=self.cfg.run.seed)
-        for s in self.parts.seeds:
-            self.dedupe.add(s.question, f"seed {s.id}")
-        for i, q in enumerate(admitted):
-            self.dedupe.add(q, f"question {i}")
-
-    def _lookup_settled(self, qid: str) -> str | None:
-        """The answer of a query this run settled (or reused), read back through the store's index."""
-        found = (self.store.find_key(qid, self.recorder.run_id)
-                 or self.store.find_key(f"reused:{qid}", self.recorder.run_id))
-        ev = self.store.get_event(*found) if found is not None else None
-        if ev is None:
-            return None
-        self.dispatcher.finish_reasons[qid] = ev.payload.get("finish_reason")
-        return ev.payload.get("text")
-
-    def _reuse_options(self) -> dict[str, Any]:
-        return {"replicate": self.cfg.run.replicate,
-                "find_reusable": self._find_reusable if self.cfg.run.reuse else None}
-
-    def _find_reusable(self, qid: str) -> tuple[str, int, dict[str, Any]] | None:
-        """An identical query settled by another run of this store: (run, seq, its settled payload)."""
-        found = self.store.find_key(qid)
-        if found is None or found[0] == self.recorder.run_id:
-            return None
-        ev = self.store.get_event(*found)
-        if ev is None or ev.type != QuerySettled.TYPE:
-            return None
-        return found[0], found[1], ev.payload
+        return self.admission.route(role)
 
     # ---- stopping ----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -310,9 +83,6 @@ class Runner:
         if self._items_scope is not None:
             self._items_scope.cancel()
 
-    def _unique_endpoints(self) -> list[Any]:
-        return list({id(e): e for e in self.endpoints.values()}.values())
-
     def _batch_queues(self) -> list[Any]:
         return [ep.batch for ep in self._unique_endpoints() if ep.batch is not None]
 
@@ -323,7 +93,7 @@ class Runner:
         status, message = "interrupted", "stopped before the plan finished"
         progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress,
                                accepted=self._samples_before[0], rejected=self._samples_before[1])
-        self.recorder.on_event = progress.on_event
+        self.recorder.subscribe(progress.on_event)
         try:
             with progress:
                 async with anyio.create_task_group() as outer:
@@ -418,9 +188,9 @@ class Runner:
                     if all_names is not None and all_names <= exhausted:
                         break
                     continue
-                cost = self._item_cost(item)
+                cost = self.admission.item_cost(item)
                 while True:
-                    tail = (not self._fits(item, cost)
+                    tail = (not self.admission.fits(item, cost)
                             or self._budget_hits.get(item.strategy, 0) > seen_hits.get(item.strategy, 0))
                     if self._halted() or self._in_flight_items == 0:
                         break
@@ -453,22 +223,13 @@ class Runner:
 
     def _start(self, tg: Any, item: PlanItem, cost: dict[str, int]) -> None:
         self._in_flight_items += 1
-        self._item_pledges[item.key] = dict(cost)
-        self._pledge(item, cost, +1)
+        self.admission.pledge(item, cost)
         tg.start_soon(self._run_item, item)
 
     async def _run_item(self, item: PlanItem) -> None:
-        ctx = ItemContext(self, item)
         rec = self.recorder
         try:
-            sample = await self.parts.strategy.run(item, ctx)
-            if sample is None:
-                outcome = "rejected"
-                if not ctx.rejected:
-                    rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="parse",
-                                            reason="strategy produced no sample"))
-            else:
-                outcome = await self._decide(item, sample, ctx)
+            outcome = await produce(self, item)
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome=outcome))
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
@@ -480,49 +241,9 @@ class Runner:
         except FatalRunError as exc:
             self._fail(str(exc))
         finally:
-            left = self._item_pledges.pop(item.key, {})
-            self._pledge(item, left, -1)
+            self.admission.finish(item)
             self._in_flight_items -= 1
             self._notify_item()
-
-    async def _decide(self, item: PlanItem, sample: Any, ctx: ItemContext) -> str:
-        """Record the sample, then the engine's own checks (whole answer, not a copy), then the
-        verifier's: the first that says no rejects it."""
-        rec = self.recorder
-        sid = f"s-{item.key}"
-        replies = list(ctx.replies)
-        answer = answer_reply(replies)
-        models = {ctx.roles[q]: self.endpoints[self.route(ctx.roles[q])].model for q in ctx.query_ids}
-        rec.emit(SampleProposed(sample_id=sid, item=item.key, strategy=sample.strategy or item.strategy,
-                                seed_id=sample.seed_id, question=sample.question, answer=sample.answer,
-                                reference=sample.reference, query_ids=list(ctx.query_ids),
-                                roles=dict(ctx.roles), models=models, meta=sample.meta,
-                                finish_reason=answer.finish_reason if answer else None,
-                                finish_reasons={r.query_id: r.finish_reason for r in replies}))
-        problem = self.gate.check(item.key, sample, replies)
-        if problem is not None:
-            rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="quality",
-                                    kind=problem.kind, reason=problem.reason, details=problem.details,
-                                    question=sample.question))
-            return "rejected"
-        n_before = len(ctx.query_ids)
-        verdict = await self.parts.verifier.verify(sample, ctx)
-        if verdict.accepted:
-            rec.emit(SampleAccepted(sample_id=sid, reason=verdict.reason, details=verdict.details,
-                                    query_ids=ctx.query_ids[n_before:]))
-            return "accepted"
-        rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="verification",
-                                reason=verdict.reason, details=verdict.details, question=sample.question))
-        return "rejected"
-
-    def _warn(self, kind: str, message: str) -> None:
-        self.recorder.emit(RunWarning(kind=kind, message=message))
-
-    def _init_gate(self, earlier: Any = ()) -> None:
-        q = self.cfg.quality
-        self.gate = QualityGate(self.parts.task, keep_truncated=q.keep_truncated,
-                                keep_duplicates=q.keep_duplicate_answers, warn=self._warn)
-        self.gate.load(earlier)
 
 
 def _only(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -531,129 +252,3 @@ def _only(exc: BaseException, kind: type[BaseException]) -> bool:
     if inner is None:
         return isinstance(exc, kind)
     return all(_only(e, kind) for e in inner)
-
-
-async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:
-    """SIGINT/SIGTERM stop a run cleanly: nothing new starts, in-flight requests get `grace_s` to
-    finish, and the run is recorded as `interrupted` (a second signal cuts the grace short).
-
-    Signal handlers belong to the main thread; a run driven from another thread (the Python API
-    inside a notebook's event loop) runs without them and is stopped by its caller."""
-    if threading.current_thread() is not threading.main_thread():
-        return await runner.run()
-
-    async def cut_after_grace() -> None:
-        await anyio.sleep(grace_s)
-        runner.hard_stop()
-
-    async def watch(tg: Any) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                if runner._stopping:
-                    runner.hard_stop()
-                else:
-                    runner.request_stop()
-                    tg.start_soon(cut_after_grace)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg)
-        try:
-            return await runner.run()
-        finally:
-            tg.cancel_scope.cancel()
-
-
-def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *, resume: bool = False,
-            run_id: str | None = None, show_progress: bool = True, announce: Any = None) -> Runner:
-    """Build a run's parts, open its store and write its first event (or take over a run to resume).
-
-    Bad input fails before any event. Only a new run may create the store. `announce`, when given,
-    is called with one line naming the store and why it was chosen (then any start warnings)."""
-    runner = Runner(cfg, store, show_progress=show_progress, create=not (resume or run_id))
-    if announce is not None:
-        announce(runner.store_choice.describe())
-        for line in runner.warnings:
-            announce(f"warning: {line}")
-    try:
-        if run_id:
-            runner.start_resume(runner.store.resolve(run_id).id)
-        elif resume and _never_started(runner.store, cfg.run.name):
-            runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
-        elif resume:
-            runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
-        else:
-            runner.start_new()
-    except DatabaseError as exc:  # the store refused the run's start or its lease (read-only, full, locked)
-        raise start_error(runner.store, exc) from None
-    return runner
-
-
-def event_loop_running() -> bool:
-    """True inside a running asyncio loop in this thread (a notebook cell, an async web handler)."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *, resume: bool = False,
-             run_id: str | None = None, show_progress: bool = True, announce: Any = None) -> RunResult:
-    """Start a run (or resume one) and drive it to the end. Bad input fails before any event.
-
-    Called where an event loop is already running (Jupyter), the run is driven on a worker thread
-    with its own loop: a second loop cannot start in the first one's thread. A run that could not
-    record its end (store unwritable, lease taken over) raises that reason."""
-    if event_loop_running():
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1, thread_name_prefix="synthledger-run") as pool:
-            return pool.submit(generate, cfg, store, resume=resume, run_id=run_id, show_progress=show_progress,
-                               announce=announce).result()
-    runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce)
-    try:
-        result = anyio.run(_run_with_signals, runner)
-    finally:
-        runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
-    if result.error is not None:
-        raise result.error
-    return result
-
-
-def _never_started(store: EventStore, name: str) -> bool:
-    """No run of this name holds any event (a run row without events is what an older release left
-    when killed between creating a run and recording its start: nothing to resume there)."""
-    return all(r.last_seq == 0 for r in store.list_runs(name=name, kind="generate"))
-
-
-def _latest_unfinished(store: EventStore, name: str | None) -> str:
-    runs = [r for r in store.list_runs(name=name, kind="generate")
-            if r.status not in ("completed", "budget_exhausted") and r.last_seq > 0]
-    if not runs:
-        named = f" named {name!r}" if name else ""
-        raise ResumeRefused(f"no unfinished run{named} to resume in {store.where}; "
-                            "run with --config (and without --resume) to start one")
-    return runs[-1].id
-
-
-def recorded_config(store: EventStore, run_ref: str | None = None,
-                    overrides: list[str] | None = None, *, name: str | None = None) -> tuple[RunConfig, str]:
-    """The config a run last ran with, read back from its events, and the run's id.
-
-    What `generate --resume` without --config continues from: the latest unfinished generation
-    run (named `name`, when given), or `run_ref`. Relative paths resolve where the original config file was; `overrides`
-    (`section.key=value`) apply on top, as they would to a file."""
-    from .config import ConfigError, apply_overrides, config_from_dict
-
-    run_id = store.resolve(run_ref).id if run_ref else _latest_unfinished(store, name)
-    info = store.get_run(run_id)
-    if info.kind != "generate":
-        raise ResumeRefused(f"run {run_id} is a {info.kind!r} run; only generation runs can be resumed")
-    state = replay(store.iter_events(run_id))
-    snapshot = state.latest_config or state.config
-    if snapshot is None:
-        raise ConfigError(f"run {run_id} has no recorded config (its run_started event is missing)")
-    data = apply_overrides(snapshot, overrides or [])
-    return config_from_dict(data, base_dir=state.config_dir or ".", source=f"the recorded config of run {run_id}"), run_id

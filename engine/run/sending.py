@@ -20,14 +20,14 @@ from .samples import Member, output_split, shares, split_evenly
 from .usage_check import fault_error, fault_event
 
 if TYPE_CHECKING:
-    from ..ledger.journal import Recorder
+    from ..ledger.journal import Journal
     from ..scheduler.endpoint import Endpoint
 
 
 class Sender:
     """The attempt half of the Dispatcher (a mixin: it needs `recorder` and `stopping`)."""
 
-    recorder: "Recorder"
+    recorder: "Journal"
     stopping: bool
 
     def note_finish(self, qid: str, reason: str | None) -> None: ...

@@ -12,13 +12,14 @@ from typing import Any
 from pydantic import Field
 
 from ... import __version__
-from ...store.eventstore import EventStore, NewEvent, new_run_id, owner_token
+from ...store.eventstore import EventStore, new_run_id, owner_token
 from ...store.hashing import canonical
 from .. import host
 from ..run.config import ConfigError, NamedSection, _Strict, apply_overrides, validate_plugin_options
 from ..run.configfile import read_toml, validate_config
-from ..output.dataset import accepted_rows
-from ..ledger.events import SCHEMA_VERSION, RunFinished, RunStarted, SampleProposed, parse_event
+from ..output.dataset import accepted_rows, run_seeds
+from ..ledger.events import RunStarted, SampleProposed
+from ..ledger.journal import Journal
 
 
 class DataSection(_Strict):
@@ -58,31 +59,15 @@ def load_train_config(path: Path | None, overrides: list[str] | None = None) -> 
     return validate_config(TrainConfig, data, str(path or "train config"))
 
 
-class RunLog:
-    """Synchronous, durable-per-event writer for sparse runs (training, evaluation)."""
-
-    def __init__(self, store: EventStore, name: str, kind: str, config: dict[str, Any],
-                 parent_id: str | None = None, run_id: str | None = None) -> None:
-        self.store = store
-        self.owner = owner_token()
-        started = {"config": config, "config_hash": "", "plan_hash": "", "version": __version__, "kind": kind,
-                   "budget": {}}
-        parse_event(RunStarted.TYPE, started)
-        # One commit for the run row and its run_started: a kill cannot leave a run without its start.
-        self.run_id, self.seq, self.head = store.start_run(
-            name, config, hashlib.sha256(canonical(config)).hexdigest()[:16],
-            [NewEvent(RunStarted.TYPE, json.loads(json.dumps(started, default=str)), SCHEMA_VERSION)],
-            kind=kind, parent_id=parent_id, owner=self.owner, run_id=run_id)
-
-    def emit(self, type_: str, payload: dict[str, Any]) -> None:
-        parse_event(type_, payload)  # the vocabulary is enforced for these runs too
-        payload = json.loads(json.dumps(payload, default=str))
-        self.seq, self.head = self.store.append(self.run_id, [NewEvent(type_, payload, SCHEMA_VERSION)],
-                                                self.seq, self.head, owner=self.owner)
-
-    def finish(self, status: str, message: str = "") -> None:
-        self.emit(RunFinished.TYPE, {"status": status, "message": message})
-        self.store.release(self.run_id, self.owner, status)
+def open_log(store: EventStore, name: str, kind: str, config: dict[str, Any], parent_id: str | None = None,
+             run_id: str | None = None) -> Journal:
+    """A training or evaluation run, written event by event (durable at each) by the one journal;
+    its row and `run_started` commit together, so a kill cannot leave a run without its start."""
+    started = {"config": config, "config_hash": "", "plan_hash": "", "version": __version__, "kind": kind,
+               "budget": {}}
+    return Journal.start(store, name, config, hashlib.sha256(canonical(config)).hexdigest()[:16],
+                         [(RunStarted.TYPE, started)], kind=kind, owner=owner_token(), parent_id=parent_id,
+                         run_id=run_id, durable_each=True)
 
 
 def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[list[dict[str, Any]], str | None, str]:
@@ -115,12 +100,12 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
         _check_model(student)
     run_id = new_run_id()
     out_dir = student_dir(cfg.output.dir, label, run_id)
-    log = RunLog(store, f"train-{label}", "train",
+    log = open_log(store, f"train-{label}", "train",
                  {"train": cfg.model_dump(mode="json"), "source": source, "out_dir": str(out_dir)},
                  parent_id=parent, run_id=run_id)
     trainer = trainer_cls(options)
     try:
-        finished = trainer.train(rows, out_dir, on_event=log.emit, progress=progress)
+        finished = trainer.train(rows, out_dir, on_event=log.record, progress=progress)
     except BaseException as exc:
         log.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
@@ -148,17 +133,13 @@ def _check_model(name: str) -> None:
 
 def training_questions(store: EventStore, run_id: str) -> set[str]:
     """Every question a generation run trained on (its seeds and its generated questions)."""
-    from ..run.assemble import build_parts
-    from ..run.config import RunConfig
-
     questions = {ev.payload["question"] for ev in store.iter_events(run_id, types=[SampleProposed.TYPE])}
-    info = store.get_run(run_id)
+    started = next(iter(store.iter_events(run_id, types=[RunStarted.TYPE])), None)
     try:
-        cfg = RunConfig.model_validate(info.config)
-        questions |= {s.question for s in build_parts(cfg).seeds}
-    except Exception:
-        pass
-    return questions
+        seeds = run_seeds(started.payload) if started is not None else []
+    except Exception:  # an old run whose seeds can no longer be loaded: its generated questions still count
+        seeds = []
+    return questions | {s["question"] for s in seeds}
 
 
 EVALS_DIR = Path(".synthledger/evals")  # each evaluation writes under its own run id here
@@ -202,12 +183,12 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
     examples = evaluator_obj.heldout(exclude)
     run_id = new_run_id()
     out = (Path(out_path) if out_path is not None else EVALS_DIR / run_id / "predictions.jsonl").resolve()
-    log = RunLog(store, eval_name(model, heldout, run_id), "eval",
+    log = open_log(store, eval_name(model, heldout, run_id), "eval",
                  {"model": model, "heldout": heldout, "limit": limit, "task": task_name,
                   "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run,
                   "predictions": str(out)}, parent_id=parent, run_id=run_id)
     try:
-        result = evaluator_obj.evaluate(model, examples, task, out, on_event=log.emit, progress=progress)
+        result = evaluator_obj.evaluate(model, examples, task, out, on_event=log.record, progress=progress)
     except BaseException as exc:
         log.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -1,0 +1,101 @@
+"""Amounts in every budget dimension, the limits on them, and which limits apply to a query.
+
+Plain values with no behaviour beyond arithmetic: the ledger folds events into them, the config
+builds them, and a run records its `BudgetSpec` in its first event (`budget_from_dict` reads it back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EPS = 1e-9
+DIMENSIONS = ("queries", "input_tokens", "output_tokens", "usd")
+
+
+@dataclass
+class Amount:
+    queries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+
+    @classmethod
+    def of(cls, d: dict[str, Any] | None) -> "Amount":
+        if not d:
+            return cls()
+        return cls(int(d.get("queries", 0)), int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0)),
+                   float(d.get("usd", 0.0)))
+
+    def add(self, other: "Amount", sign: int = 1) -> None:
+        self.queries += sign * other.queries
+        self.input_tokens += sign * other.input_tokens
+        self.output_tokens += sign * other.output_tokens
+        self.usd += sign * other.usd
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"queries": self.queries, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "usd": round(self.usd, 9)}
+
+
+@dataclass(frozen=True)
+class Limits:
+    queries: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    usd: float | None = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, d) is None for d in DIMENSIONS)
+
+    def scaled(self, fraction: float) -> "Limits":
+        """A share of these limits (for mixes). Integer dimensions round down so shares never sum above."""
+        def part(v: Any, integral: bool) -> Any:
+            if v is None:
+                return None
+            return int(v * fraction + EPS) if integral else v * fraction
+        return Limits(part(self.queries, True), part(self.input_tokens, True), part(self.output_tokens, True),
+                      part(self.usd, False))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {d: getattr(self, d) for d in DIMENSIONS}
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    total: Limits = Limits()
+    roles: dict[str, Limits] = field(default_factory=dict)
+    strategies: dict[str, Limits] = field(default_factory=dict)
+    counted_roles: frozenset[str] | None = None  # roles that count against `total`; None = every role
+
+    def scopes(self, role: str, strategy: str) -> list[tuple[str, Limits]]:
+        out: list[tuple[str, Limits]] = []
+        if self.counted_roles is None or role in self.counted_roles:
+            out.append(("total", self.total))
+        if role in self.roles:
+            out.append((f"role:{role}", self.roles[role]))
+        if strategy in self.strategies:
+            out.append((f"strategy:{strategy}", self.strategies[strategy]))
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total.as_dict(), "roles": {k: v.as_dict() for k, v in self.roles.items()},
+                "strategies": {k: v.as_dict() for k, v in self.strategies.items()},
+                "counted_roles": sorted(self.counted_roles) if self.counted_roles is not None else None}
+
+
+def budget_from_dict(d: dict[str, Any] | None) -> BudgetSpec:
+    """The BudgetSpec recorded in a run's config snapshot (see engine.run.config)."""
+    d = d or {}
+
+    def lim(x: dict[str, Any] | None) -> Limits:
+        x = x or {}
+        return Limits(x.get("queries"), x.get("input_tokens"), x.get("output_tokens"), x.get("usd"))
+
+    roles = d.get("counted_roles")
+    return BudgetSpec(
+        total=lim(d.get("total")),
+        roles={k: lim(v) for k, v in (d.get("roles") or {}).items()},
+        strategies={k: lim(v) for k, v in (d.get("strategies") or {}).items()},
+        counted_roles=frozenset(roles) if roles is not None else None,
+    )

@@ -1,0 +1,65 @@
+"""One plan item: the strategy's sample, then the engine's own checks and the verifier's verdict,
+each recorded as it is decided."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..api import PlanItem
+from ..ledger.events import SampleAccepted, SampleProposed, SampleRejected
+from .context import ItemContext, ItemHost
+from .quality_gate import QualityGate, answer_reply
+
+
+class ItemRunner(ItemHost, Protocol):
+    """What producing an item needs beyond a context's own needs (the Runner provides it)."""
+
+    gate: QualityGate
+    endpoints: dict[str, Any]
+
+
+async def produce(runner: ItemRunner, item: PlanItem) -> str:
+    """Run `item` and record its sample and verdict; returns the outcome ("accepted" or "rejected").
+
+    Raises what `ctx.ask` raises (BudgetExhausted, QueryFailed, RunStopping, FatalRunError): the
+    runner decides what those mean for the item and the run."""
+    ctx = ItemContext(runner, item)
+    sample = await runner.parts.strategy.run(item, ctx)
+    if sample is None:
+        if not ctx.rejected:
+            runner.recorder.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="parse",
+                                                reason="strategy produced no sample"))
+        return "rejected"
+    return await _decide(runner, item, sample, ctx)
+
+
+async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemContext) -> str:
+    """Record the sample, then the engine's own checks (whole answer, not a copy), then the
+    verifier's: the first that says no rejects it."""
+    rec = runner.recorder
+    sid = f"s-{item.key}"
+    replies = list(ctx.replies)
+    answer = answer_reply(replies)
+    route = runner.admission.route
+    models = {ctx.roles[q]: runner.endpoints[route(ctx.roles[q])].model for q in ctx.query_ids}
+    rec.emit(SampleProposed(sample_id=sid, item=item.key, strategy=sample.strategy or item.strategy,
+                            seed_id=sample.seed_id, question=sample.question, answer=sample.answer,
+                            reference=sample.reference, query_ids=list(ctx.query_ids),
+                            roles=dict(ctx.roles), models=models, meta=sample.meta,
+                            finish_reason=answer.finish_reason if answer else None,
+                            finish_reasons={r.query_id: r.finish_reason for r in replies}))
+    problem = runner.gate.check(item.key, sample, replies)
+    if problem is not None:
+        rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="quality",
+                                kind=problem.kind, reason=problem.reason, details=problem.details,
+                                question=sample.question))
+        return "rejected"
+    n_before = len(ctx.query_ids)
+    verdict = await runner.parts.verifier.verify(sample, ctx)
+    if verdict.accepted:
+        rec.emit(SampleAccepted(sample_id=sid, reason=verdict.reason, details=verdict.details,
+                                query_ids=ctx.query_ids[n_before:]))
+        return "accepted"
+    rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="verification",
+                            reason=verdict.reason, details=verdict.details, question=sample.question))
+    return "rejected"

@@ -1,0 +1,149 @@
+"""Start a generation run and drive it to its end: a new run or the resume of an unfinished one
+(with the config it recorded), SIGINT/SIGTERM handled, and from inside a running event loop too."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import anyio
+from sqlalchemy.exc import DatabaseError
+
+from ...store.eventstore import EventStore
+from ..errors import ResumeRefused
+from ..ledger.replay import replay
+from .abort import start_error
+from .config import RunConfig
+from .runner import Runner, RunResult
+from .store_choice import StoreChoice
+
+# After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
+# (its answers are paid for either way); a second signal, or the end of the grace, cuts it short.
+STOP_GRACE_S = 5.0
+
+
+async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:
+    """SIGINT/SIGTERM stop a run cleanly: nothing new starts, in-flight requests get `grace_s` to
+    finish, and the run is recorded as `interrupted` (a second signal cuts the grace short).
+
+    Signal handlers belong to the main thread; a run driven from another thread (the Python API
+    inside a notebook's event loop) runs without them and is stopped by its caller."""
+    if threading.current_thread() is not threading.main_thread():
+        return await runner.run()
+
+    async def cut_after_grace() -> None:
+        await anyio.sleep(grace_s)
+        runner.hard_stop()
+
+    async def watch(tg: Any) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                if runner._stopping:
+                    runner.hard_stop()
+                else:
+                    runner.request_stop()
+                    tg.start_soon(cut_after_grace)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg)
+        try:
+            return await runner.run()
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *, resume: bool = False,
+            run_id: str | None = None, show_progress: bool = True, announce: Any = None) -> Runner:
+    """Build a run's parts, open its store and write its first event (or take over a run to resume).
+
+    Bad input fails before any event. Only a new run may create the store. `announce`, when given,
+    is called with one line naming the store and why it was chosen (then any start warnings)."""
+    runner = Runner(cfg, store, show_progress=show_progress, create=not (resume or run_id))
+    if announce is not None:
+        announce(runner.store_choice.describe())
+        for line in runner.warnings:
+            announce(f"warning: {line}")
+    try:
+        if run_id:
+            runner.start_resume(runner.store.resolve(run_id).id)
+        elif resume and _never_started(runner.store, cfg.run.name):
+            runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
+        elif resume:
+            runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
+        else:
+            runner.start_new()
+    except DatabaseError as exc:  # the store refused the run's start or its lease (read-only, full, locked)
+        raise start_error(runner.store, exc) from None
+    return runner
+
+
+def event_loop_running() -> bool:
+    """True inside a running asyncio loop in this thread (a notebook cell, an async web handler)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *, resume: bool = False,
+             run_id: str | None = None, show_progress: bool = True, announce: Any = None) -> RunResult:
+    """Start a run (or resume one) and drive it to the end. Bad input fails before any event.
+
+    Called where an event loop is already running (Jupyter), the run is driven on a worker thread
+    with its own loop: a second loop cannot start in the first one's thread. A run that could not
+    record its end (store unwritable, lease taken over) raises that reason."""
+    if event_loop_running():
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="synthledger-run") as pool:
+            return pool.submit(generate, cfg, store, resume=resume, run_id=run_id, show_progress=show_progress,
+                               announce=announce).result()
+    runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce)
+    try:
+        result = anyio.run(_run_with_signals, runner)
+    finally:
+        runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def _never_started(store: EventStore, name: str) -> bool:
+    """No run of this name holds any event (a run row without events is what an older release left
+    when killed between creating a run and recording its start: nothing to resume there)."""
+    return all(r.last_seq == 0 for r in store.list_runs(name=name, kind="generate"))
+
+
+def _latest_unfinished(store: EventStore, name: str | None) -> str:
+    runs = [r for r in store.list_runs(name=name, kind="generate")
+            if r.status not in ("completed", "budget_exhausted") and r.last_seq > 0]
+    if not runs:
+        named = f" named {name!r}" if name else ""
+        raise ResumeRefused(f"no unfinished run{named} to resume in {store.where}; "
+                            "run with --config (and without --resume) to start one")
+    return runs[-1].id
+
+
+def recorded_config(store: EventStore, run_ref: str | None = None,
+                    overrides: list[str] | None = None, *, name: str | None = None) -> tuple[RunConfig, str]:
+    """The config a run last ran with, read back from its events, and the run's id.
+
+    What `generate --resume` without --config continues from: the latest unfinished generation
+    run (named `name`, when given), or `run_ref`. Relative paths resolve where the original config file was; `overrides`
+    (`section.key=value`) apply on top, as they would to a file."""
+    from .config import ConfigError, apply_overrides, config_from_dict
+
+    run_id = store.resolve(run_ref).id if run_ref else _latest_unfinished(store, name)
+    info = store.get_run(run_id)
+    if info.kind != "generate":
+        raise ResumeRefused(f"run {run_id} is a {info.kind!r} run; only generation runs can be resumed")
+    state = replay(store.iter_events(run_id))
+    snapshot = state.latest_config or state.config
+    if snapshot is None:
+        raise ConfigError(f"run {run_id} has no recorded config (its run_started event is missing)")
+    data = apply_overrides(snapshot, overrides or [])
+    return config_from_dict(data, base_dir=state.config_dir or ".", source=f"the recorded config of run {run_id}"), run_id

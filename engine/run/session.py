@@ -1,0 +1,217 @@
+"""A generation run's session: its parts, its store, and how it starts - a new run (name checked,
+`run_started` committed with the run row) or the resume of one (plan checked, state replayed,
+lease taken, `run_resumed`) - with the journal, ledger, admission and dispatcher around it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from ... import __version__
+from ...store.eventstore import EventStore, NewEvent, owner_token
+
+from .admission import Admission
+from .assemble import Parts, build_endpoints, build_parts
+from .config import RunConfig
+from .dedupe import NearDuplicateIndex
+from .dispatcher import Dispatcher
+from ..errors import ResumeRefused, RunNameTaken
+from ..ledger import crashpoints
+from ..ledger.events import (SCHEMA_VERSION, QuerySettled, RunFinished, RunResumed, RunStarted, RunWarning,
+                             to_payload)
+from ..ledger.journal import HEARTBEAT_S, Journal
+from ..ledger.ledger import Ledger
+from ..ledger.replay import replay
+from ..redact import scrub_payload, scrub_value
+from .quality_gate import GATE_EVENTS, QualityGate
+from .store_choice import StoreChoice, choose_store, open_store
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+class RunSession:
+    def __init__(self, cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *,
+                 show_progress: bool = True, create: bool = True) -> None:
+        self.cfg = cfg
+        self.show_progress = show_progress
+        # Everything that can fail on bad input happens before the store is even opened.
+        self.parts: Parts = build_parts(cfg)
+        self.endpoints = build_endpoints(cfg, self.parts.roles)
+        self.warnings: list[str] = list(self.parts.verifier.start_warnings(self.parts.seeds))
+        if isinstance(store, EventStore):
+            self.store_choice = StoreChoice(store.url, "the caller")
+            self.store = store
+        else:
+            self.store_choice = (store if isinstance(store, StoreChoice)
+                                 else choose_store(store, cfg.run.store, "the run config"))
+            self.store = open_store(self.store_choice, create=create)
+        self._ran = False
+        self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
+        self.owner = owner_token()
+        self.dedupe: NearDuplicateIndex | None = None
+        self.recorder: Journal
+        self.dispatcher: Dispatcher
+        self.ledger: Ledger
+        self.admission: Admission
+
+    def hard_stop(self) -> None:  # the Runner's: what a refused commit triggers
+        raise NotImplementedError
+
+    def _unique_endpoints(self) -> list[Any]:
+        return list({id(e): e for e in self.endpoints.values()}.values())
+
+    def _admission(self) -> Admission:
+        return Admission(self.ledger, self.endpoints, self.parts.strategy, self.parts.verifier)
+
+    def _recorder(self, run_id: str, last_seq: int, head: str) -> Journal:
+        """The run's event writer, with the budget ledger subscribed: heartbeats well inside the
+        lease, and stops the run at once if a commit is refused (store unwritable, lease taken over)."""
+        journal = Journal(self.store, run_id, last_seq, head, self.owner,
+                          heartbeat_s=min(HEARTBEAT_S, self.cfg.run.lease_ttl_s / 3),
+                          on_failure=lambda _exc: self.hard_stop())
+        journal.subscribe(self.ledger.apply)
+        return journal
+
+    def start_new(self) -> str:
+        cfg = self.cfg
+        self._check_name_free(cfg.run.name)
+        type_, payload = to_payload(RunStarted(config=cfg.snapshot(), config_hash=cfg.config_hash(),
+                                               plan_hash=cfg.plan_hash(), version=__version__,
+                                               budget=self.parts.budget.as_dict(), config_dir=cfg.base_dir,
+                                               warnings=self.warnings, prices=self.prices(),
+                                               seeds=[{"id": s.id, "question": s.question, "answer": s.answer}
+                                                      for s in self.parts.seeds]))
+        # The run row and its run_started commit together: a kill at any instant leaves either no
+        # run or one that `--resume` can read. Both are scrubbed like every event (see redact).
+        run_id, last, head = self.store.start_run(cfg.run.name, scrub_value(cfg.snapshot()), cfg.config_hash(),
+                                                  [NewEvent(type_, scrub_payload(payload), SCHEMA_VERSION)],
+                                                  owner=self.owner)
+        crashpoints.committed()
+        self.ledger = Ledger(self.parts.budget)
+        self.ledger.apply(last, type_, payload)
+        self.recorder = self._recorder(run_id, last, head)
+        self.admission = self._admission()
+        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, self.admission,
+                                     lookup_settled=self._lookup_settled, **self._reuse_options())
+        self._init_dedupe([])
+        self._init_gate()
+        self._done: set[str] = set()
+        return run_id
+
+    def start_resume(self, run_id: str) -> str:
+        info_before = self.store.get_run(run_id)
+        events = self.store.iter_events(run_id)
+        state = replay(events)
+        if state.plan_hash != self.cfg.plan_hash():
+            diffs = _diff(self._plan_view_of(state.config or {}), self.cfg.plan_view())
+            raise ResumeRefused(
+                f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
+                + "\n  ".join(diffs or ["(plan hash differs)"]))
+        self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s)
+        info = self.store.get_run(run_id)
+        self.ledger = state.ledger
+        self.ledger.spec = self.parts.budget  # budgets and limits may change between sessions
+        self.recorder = self._recorder(run_id, info.last_seq, info.head_hash)
+        unsettled = list(self.ledger.queries)
+        self.recorder.emit(RunResumed(pid=os.getpid(), host=socket.gethostname(), owner=self.owner,
+                                      previous_owner=info_before.owner,
+                                      unsettled=unsettled, config_hash=self.cfg.config_hash(),
+                                      budget=self.parts.budget.as_dict(), config=self.cfg.snapshot(),
+                                      config_dir=self.cfg.base_dir, prices=self.prices()))
+        self.admission = self._admission()
+        self.dispatcher = Dispatcher(self.recorder, self.ledger, self.endpoints, self.admission, answered=state.answered,
+                                     finish_reasons=state.finish_reasons, lookup_settled=self._lookup_settled,
+                                     **self._reuse_options())
+        for ep in self._unique_endpoints():  # batches the last session left open are polled, not resent
+            if ep.batch is not None:
+                ep.batch.adopt(self.dispatcher, ep)
+        self._init_dedupe([q for _, q in state.admitted])
+        self._init_gate(self.store.iter_events(run_id, types=list(GATE_EVENTS)))
+        self._done = state.done_items
+        self._samples_before = (state.accepted, sum(state.rejected.values()))
+        return run_id
+
+    def prices(self) -> dict[str, dict[str, Any]]:
+        """The price each model is counted at, as recorded in the run's events."""
+        return {ep.model: ep.price.as_dict() for ep in self.endpoints.values() if ep.price is not None}
+
+    def _check_name_free(self, name: str) -> None:
+        """One name, one run: a second run under a finished run's name would pay for every query
+        again and leave `show NAME` / `export NAME` ambiguous. (A row with no events, which an older
+        release left when killed before its first commit, holds no name: it never started.)"""
+        taken = [r for r in self.store.list_runs(name=name) if r.last_seq > 0]
+        if not taken:
+            return
+        r = taken[-1]
+        unfinished = r.kind == "generate" and r.status not in ("completed", "budget_exhausted")
+        cont = "pass --resume to continue it" if unfinished else f"pass --run {r.id} to continue it"
+        raise RunNameTaken(f"run name {name!r} is taken by run {r.id} ({r.kind}, {r.status}); {cont}, "
+                           "or --name NEW to start another run")
+
+    def abandon_unstarted(self, why: str) -> None:
+        """A run started but never driven (its event loop could not start, an interrupt came first)
+        is closed as failed, so no run is left looking `running` forever."""
+        if self._ran or not hasattr(self, "recorder"):
+            return
+        try:
+            self.recorder.emit(RunFinished(status="failed", message=why))
+            self.recorder.commit_now()
+        finally:
+            self.store.release(self.recorder.run_id, self.owner, "failed")
+
+    def _plan_view_of(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return RunConfig.model_validate(snapshot).plan_view()
+        except Exception:
+            return snapshot
+
+    def _init_dedupe(self, admitted: list[str]) -> None:
+        d = self.cfg.dedupe
+        if not d.enabled:
+            return
+        self.dedupe = NearDuplicateIndex(threshold=d.threshold, ngram=d.ngram, seed=self.cfg.run.seed)
+        for s in self.parts.seeds:
+            self.dedupe.add(s.question, f"seed {s.id}")
+        for i, q in enumerate(admitted):
+            self.dedupe.add(q, f"question {i}")
+
+    def _lookup_settled(self, qid: str) -> str | None:
+        """The answer of a query this run settled (or reused), read back through the store's index."""
+        found = (self.store.find_key(qid, self.recorder.run_id)
+                 or self.store.find_key(f"reused:{qid}", self.recorder.run_id))
+        ev = self.store.get_event(*found) if found is not None else None
+        if ev is None:
+            return None
+        self.dispatcher.finish_reasons[qid] = ev.payload.get("finish_reason")
+        return ev.payload.get("text")
+
+    def _reuse_options(self) -> dict[str, Any]:
+        return {"replicate": self.cfg.run.replicate,
+                "find_reusable": self._find_reusable if self.cfg.run.reuse else None}
+
+    def _find_reusable(self, qid: str) -> tuple[str, int, dict[str, Any]] | None:
+        """An identical query settled by another run of this store: (run, seq, its settled payload)."""
+        found = self.store.find_key(qid)
+        if found is None or found[0] == self.recorder.run_id:
+            return None
+        ev = self.store.get_event(*found)
+        if ev is None or ev.type != QuerySettled.TYPE:
+            return None
+        return found[0], found[1], ev.payload
+
+    def _warn(self, kind: str, message: str) -> None:
+        self.recorder.emit(RunWarning(kind=kind, message=message))
+
+    def _init_gate(self, earlier: Any = ()) -> None:
+        q = self.cfg.quality
+        self.gate = QualityGate(self.parts.task, keep_truncated=q.keep_truncated,
+                                keep_duplicates=q.keep_duplicate_answers, warn=self._warn)
+        self.gate.load(earlier)
