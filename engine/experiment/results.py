@@ -8,8 +8,9 @@ output documented in the README.
 from __future__ import annotations
 
 import zlib
+from functools import partial
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ...store.eventstore import EventStore, RunInfo
 from ..ledger.ledger import Amount
@@ -52,19 +53,62 @@ class ExperimentState:
     status: str | None = None
 
 
-def _on_cell(state: ExperimentState, type_: str, p: dict[str, Any]) -> None:
-    rec = state.cells.get(p["cell"])
-    if rec is None:
-        return
-    if type_ == CellStarted.TYPE and p["stage"] == "generate":
+def _generating(state: ExperimentState, rec: CellRecord, p: dict[str, Any]) -> None:
+    if p["stage"] == "generate":
         rec.generate_run, rec.generated = p.get("run_id"), None
-    elif type_ == CellGenerated.TYPE:
-        rec.generated, rec.generate_run = p, p.get("generate_run") or rec.generate_run
-    elif type_ == CellFinished.TYPE:
-        rec.finished, rec.failed = p, None
-    elif type_ == CellFailed.TYPE:
-        rec.failed = p
-    state.stale = True
+
+
+def _generated(state: ExperimentState, rec: CellRecord, p: dict[str, Any]) -> None:
+    rec.generated, rec.generate_run = p, p.get("generate_run") or rec.generate_run
+
+
+def _finished(state: ExperimentState, rec: CellRecord, p: dict[str, Any]) -> None:
+    rec.finished, rec.failed = p, None
+
+
+def _failed(state: ExperimentState, rec: CellRecord, p: dict[str, Any]) -> None:
+    rec.failed = p
+
+
+_CELL_HANDLERS: dict[str, Callable[[ExperimentState, CellRecord, dict[str, Any]], None]] = {
+    CellStarted.TYPE: _generating, CellGenerated.TYPE: _generated,
+    CellFinished.TYPE: _finished, CellFailed.TYPE: _failed,
+}
+
+
+def _on_cell(state: ExperimentState, p: dict[str, Any], handle: Callable[..., None]) -> None:
+    rec = state.cells.get(p["cell"])
+    if rec is not None:
+        handle(state, rec, p)
+        state.stale = True
+
+
+def _started(state: ExperimentState, p: dict[str, Any]) -> None:
+    state.bootstrap = int(((p.get("config") or {}).get("experiment") or {}).get("bootstrap") or 1000)
+
+
+def _grid(state: ExperimentState, p: dict[str, Any]) -> None:
+    state.cells = {c["id"]: CellRecord(Cell.from_dict(c)) for c in p["cells"]}
+    state.heldout = p.get("heldout") or {}
+
+
+def _result(state: ExperimentState, p: dict[str, Any]) -> None:
+    state.result, state.stale = p["result"], False
+
+
+def _run_finished(state: ExperimentState, p: dict[str, Any]) -> None:
+    state.status = p["status"]
+
+
+def _run_resumed(state: ExperimentState, p: dict[str, Any]) -> None:
+    state.status = None
+
+
+_HANDLERS: dict[str, Callable[[ExperimentState, dict[str, Any]], None]] = {
+    RunStarted.TYPE: _started, ExperimentGrid.TYPE: _grid, ExperimentResult.TYPE: _result,
+    RunFinished.TYPE: _run_finished, RunResumed.TYPE: _run_resumed,
+    **{t: partial(_on_cell, handle=h) for t, h in _CELL_HANDLERS.items()},
+}
 
 
 def load_state(store: EventStore, ref: str) -> ExperimentState:
@@ -72,21 +116,8 @@ def load_state(store: EventStore, ref: str) -> ExperimentState:
     if info.kind != "experiment":
         raise ValueError(f"run {info.id} ({info.name}) is a {info.kind!r} run, not an experiment")
     state = ExperimentState(info)
-    for ev in store.iter_events(info.id):
-        p = ev.payload
-        if ev.type == RunStarted.TYPE:
-            state.bootstrap = int(((p.get("config") or {}).get("experiment") or {}).get("bootstrap") or 1000)
-        elif ev.type == ExperimentGrid.TYPE:
-            state.cells = {c["id"]: CellRecord(Cell.from_dict(c)) for c in p["cells"]}
-            state.heldout = p.get("heldout") or {}
-        elif ev.type.startswith("cell_"):
-            _on_cell(state, ev.type, p)
-        elif ev.type == ExperimentResult.TYPE:
-            state.result, state.stale = p["result"], False
-        elif ev.type == RunFinished.TYPE:
-            state.status = p["status"]
-        elif ev.type == RunResumed.TYPE:
-            state.status = None
+    for ev in store.iter_events(info.id, types=list(_HANDLERS)):
+        _HANDLERS[ev.type](state, ev.payload)
     return state
 
 

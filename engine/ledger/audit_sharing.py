@@ -9,7 +9,7 @@ learned limits) are summarised so a user sees how the run's queries actually wen
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from .ledger import Violation
 from .events import BatchFinished, BatchPrepared, QuerySettled, RateAdjusted
@@ -29,17 +29,25 @@ class SharingAudit:
         self.pauses = 0
 
     def feed(self, seq: int, type_: str, p: dict[str, Any]) -> None:
-        if type_ == QuerySettled.TYPE and p.get("shared"):
+        handle = _HANDLERS.get(type_)
+        if handle is not None:
+            handle(self, seq, p)
+
+    def _settled(self, seq: int, p: dict[str, Any]) -> None:
+        if p.get("shared"):
             self._share(seq, p)
-        elif type_ == BatchPrepared.TYPE:
-            self.batches += 1
-            self.batch_queries += len(p.get("query_ids", []))
-        elif type_ == BatchFinished.TYPE:
-            self.batch_ends[p.get("status", "?")] += 1
-        elif type_ == RateAdjusted.TYPE:
-            self.pauses += bool(p.get("pause_s"))
-            if len(self.notes) < 20:
-                self.notes.append(p.get("note", ""))
+
+    def _batch_prepared(self, seq: int, p: dict[str, Any]) -> None:
+        self.batches += 1
+        self.batch_queries += len(p.get("query_ids", []))
+
+    def _batch_finished(self, seq: int, p: dict[str, Any]) -> None:
+        self.batch_ends[p.get("status", "?")] += 1
+
+    def _rate_adjusted(self, seq: int, p: dict[str, Any]) -> None:
+        self.pauses += bool(p.get("pause_s"))
+        if len(self.notes) < 20:
+            self.notes.append(p.get("note", ""))
 
     def _share(self, seq: int, p: dict[str, Any]) -> None:
         sh = p["shared"]
@@ -72,6 +80,12 @@ class SharingAudit:
             "batches": {"batches": self.batches, "queries": self.batch_queries, "ended": dict(self.batch_ends)},
             "pacing": {"pauses": self.pauses, "notes": self.notes},
         }
+
+
+_HANDLERS: dict[str, Callable[[SharingAudit, int, dict[str, Any]], None]] = {
+    QuerySettled.TYPE: SharingAudit._settled, BatchPrepared.TYPE: SharingAudit._batch_prepared,
+    BatchFinished.TYPE: SharingAudit._batch_finished, RateAdjusted.TYPE: SharingAudit._rate_adjusted,
+}
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

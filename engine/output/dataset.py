@@ -29,14 +29,22 @@ class _Dataset:
         s = self.proposed.pop(p["sample_id"], None)
         if s is None:
             return None
+        role = _answer_role(s)
         return {
             "run_id": self.run_id, "sample_id": s["sample_id"], "question": s["question"], "answer": s["answer"],
             "strategy": s["strategy"], "seed_id": s.get("seed_id"), "reference": s.get("reference"),
-            "role": "teacher", "model": (s.get("models") or {}).get("teacher"),
+            "role": role, "model": (s.get("models") or {}).get(role),
             "models": s.get("models") or {}, "query_ids": s.get("query_ids", []) + p.get("query_ids", []),
             "finish_reason": s.get("finish_reason"),
             "verification": {"accepted": True, "reason": p.get("reason", ""), "details": p.get("details", {})},
         }
+
+
+def _answer_role(proposal: dict[str, Any]) -> str:
+    """Who wrote the answer: the role of the proposal's last query (its answer comes last; the
+    verifier's queries are added on acceptance). A sample no query wrote is the teacher's by default."""
+    qids, roles = proposal.get("query_ids") or [], proposal.get("roles") or {}
+    return roles.get(qids[-1], "teacher") if qids else "teacher"
 
 
 _HANDLERS: dict[str, Callable[[_Dataset, dict[str, Any]], dict[str, Any] | None]] = {
