@@ -104,22 +104,10 @@ def recommend(
     measured: Measured | None = None,
 ) -> Recommendation:
     """A strategy (or mix) for `seeds` seed questions and `budget` teacher queries."""
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1, got {budget}")
-    if augmenter not in ("weak", "strong"):
-        raise ValueError(f"augmenter must be 'weak' or 'strong', got {augmenter!r}")
+    _check_inputs(seeds, budget, augmenter)
     ratio = budget / seeds
     cross = crossover(seeds) if measured is None else Threshold(max(round(measured.value, 1), 0.1), measured.source)
-    band = "(the 27-51 range at 100 seeds, relative to its centre)"
-    low = Threshold(round(cross.value * BAND_LOW, 1), f"crossover x {BAND_LOW:.2f} {band}")
-    high = Threshold(round(cross.value * BAND_HIGH, 1), f"crossover x {BAND_HIGH:.2f} {band}")
-    if measured is not None and measured.low is not None and measured.high is not None:
-        lo, hi = round(min(measured.low, cross.value), 1), round(max(measured.high, cross.value), 1)
-        if 0 < lo < hi:  # a usable band; a point-like interval keeps the literature's relative band
-            low = Threshold(lo, "lower end of the measured 95% CI")
-            high = Threshold(hi, "upper end of the measured 95% CI")
+    low, high = _mix_band(cross, measured)
     questions = "new_question" if augmenter == "strong" else "question_rephrase"
     rec = Recommendation(
         strategy="",
@@ -137,23 +125,7 @@ def recommend(
     reasons.append(
         f"crossover for {seeds} seeds ~{cross.value:g} ({cross.source}); mix band {low.value:g}-{high.value:g}"
     )
-    if ratio < low.value:
-        rec.strategy = "answer_augmentation"
-        reasons.append("BR below the band: more answers to the seed questions is the best use of a small budget")
-    elif ratio > high.value:
-        rec.strategy = questions
-        if augmenter == "strong":
-            reasons.append("BR above the band with a strong augmenter: new questions, which keep improving with budget")
-        else:
-            reasons.append("BR above the band with a weak augmenter: rephrasing, which is robust to a weak augmenter "
-                           "(new questions lose ~15% with a 7B augmenter)")
-    else:
-        # Share of the question family grows with log(BR) across the band.
-        t = (math.log(ratio) - math.log(low.value)) / (math.log(high.value) - math.log(low.value))
-        share = round(min(max(t, 0.1), 0.9), 2)
-        rec.strategy = "mix"
-        rec.fractions = {"answer_augmentation": round(1 - share, 2), questions: share}
-        reasons.append(f"BR inside the band around the crossover: a mix hedges ({rec.fractions})")
+    _choose(rec, ratio, low, high, augmenter, questions)
     if rec.strategy == "answer_augmentation" and ratio > MISTRAL_CROSSOVER:
         reasons.append(f"with a Mistral-7B student the crossover was ~{MISTRAL_CROSSOVER:g}, so for such a student "
                        f"{questions} may already pay off")
@@ -164,6 +136,52 @@ def recommend(
         reasons.append("these thresholds are starting points: compare strategies in a small pilot run on your task "
                        "(`experiment run`, then `recommend --from EXP`)")
     return rec
+
+
+def _check_inputs(seeds: int, budget: int, augmenter: str) -> None:
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    if augmenter not in ("weak", "strong"):
+        raise ValueError(f"augmenter must be 'weak' or 'strong', got {augmenter!r}")
+
+
+def _mix_band(cross: Threshold, measured: Measured | None) -> tuple[Threshold, Threshold]:
+    """The BR range around the crossover where a mix hedges: the measured 95% CI when the
+    experiment gave a usable one, else the literature's band relative to its centre."""
+    band = "(the 27-51 range at 100 seeds, relative to its centre)"
+    low = Threshold(round(cross.value * BAND_LOW, 1), f"crossover x {BAND_LOW:.2f} {band}")
+    high = Threshold(round(cross.value * BAND_HIGH, 1), f"crossover x {BAND_HIGH:.2f} {band}")
+    if measured is not None and measured.low is not None and measured.high is not None:
+        lo, hi = round(min(measured.low, cross.value), 1), round(max(measured.high, cross.value), 1)
+        if 0 < lo < hi:  # a usable band; a point-like interval keeps the literature's relative band
+            low = Threshold(lo, "lower end of the measured 95% CI")
+            high = Threshold(hi, "upper end of the measured 95% CI")
+    return low, high
+
+
+def _choose(rec: Recommendation, ratio: float, low: Threshold, high: Threshold, augmenter: str,
+            questions: str) -> None:
+    """Below the band, answer augmentation; above it, the question family; inside it, a mix."""
+    if ratio < low.value:
+        rec.strategy = "answer_augmentation"
+        rec.reasons.append("BR below the band: more answers to the seed questions is the best use of a small budget")
+    elif ratio > high.value:
+        rec.strategy = questions
+        if augmenter == "strong":
+            rec.reasons.append("BR above the band with a strong augmenter: new questions, which keep improving "
+                               "with budget")
+        else:
+            rec.reasons.append("BR above the band with a weak augmenter: rephrasing, which is robust to a weak "
+                               "augmenter (new questions lose ~15% with a 7B augmenter)")
+    else:
+        # Share of the question family grows with log(BR) across the band.
+        t = (math.log(ratio) - math.log(low.value)) / (math.log(high.value) - math.log(low.value))
+        share = round(min(max(t, 0.1), 0.9), 2)
+        rec.strategy = "mix"
+        rec.fractions = {"answer_augmentation": round(1 - share, 2), questions: share}
+        rec.reasons.append(f"BR inside the band around the crossover: a mix hedges ({rec.fractions})")
 
 
 def _verifier(rec: Recommendation, verifiable: bool | None, reasons: list[str]) -> str:

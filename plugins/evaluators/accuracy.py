@@ -31,9 +31,7 @@ def evaluate(model_or_adapter: str, examples: list[dict[str, str]], task: Task,
              options: AccuracyOptions | dict[str, Any] | None = None, out_path: Path | str | None = None,
              on_event: OnEvent | None = None, progress: bool = True) -> dict[str, Any]:
     """Score `examples` ({question, answer}) and write per-example predictions as JSONL."""
-    import torch
-
-    from synthledger.plugins.hf_models import eos_token_ids, left_pad, load_causal_lm
+    from synthledger.plugins.hf_models import eos_token_ids, load_causal_lm
 
     options = options if isinstance(options, AccuracyOptions) else AccuracyOptions.model_validate(options or {})
     emit = on_event or (lambda kind, payload: None)
@@ -49,6 +47,38 @@ def evaluate(model_or_adapter: str, examples: list[dict[str, str]], task: Task,
         "device": loaded.device, "dtype": loaded.dtype,
     })
 
+    generated, wall = _generate(loaded, examples, task, options, eos, progress)
+    correct, output_tokens = _score(tokenizer, examples, generated, task, out)
+    result = {
+        "accuracy": correct / len(examples),
+        "n": len(examples),
+        "correct": correct,
+        "predictions_path": str(out),
+        "examples_per_s": len(examples) / wall if wall > 0 else 0.0,
+        "output_tokens": output_tokens,
+        "output_tokens_per_s": output_tokens / wall if wall > 0 else 0.0,
+        "wall_s": wall,
+        "model": model_or_adapter,
+        "base": loaded.base,
+        "adapter": loaded.adapter,
+        "task": task.name,
+        "batch_size": options.batch_size,
+        "max_new_tokens": options.max_new_tokens,
+        "device": loaded.device,
+    }
+    emit("eval_finished", result)
+    return result
+
+
+def _generate(loaded: Any, examples: list[dict[str, str]], task: Task, options: AccuracyOptions, eos: set[int],
+              progress: bool) -> tuple[dict[int, list[int]], float]:
+    """Greedy answers, longest prompts first (batches of similar length pad least); the new
+    tokens of each example up to its end-of-sequence, and the wall time generation took."""
+    import torch
+
+    from synthledger.plugins.hf_models import left_pad
+
+    tokenizer, model = loaded.tokenizer, loaded.model
     prompts = [
         tokenizer(tokenizer.apply_chat_template(build_messages(e["question"], task, options), tokenize=False,
                                                 add_generation_prompt=True), add_special_tokens=False)["input_ids"]
@@ -72,11 +102,14 @@ def evaluate(model_or_adapter: str, examples: list[dict[str, str]], task: Task,
     finally:
         if bar is not None:
             bar[0].stop()
-    wall = time.perf_counter() - started
+    return generated, time.perf_counter() - started
 
+
+def _score(tokenizer: Any, examples: list[dict[str, str]], generated: dict[int, list[int]], task: Task,
+           out: Path) -> tuple[int, int]:
+    """Write one prediction line per example; (correct answers, output tokens)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    correct = 0
-    output_tokens = 0
+    correct = output_tokens = 0
     with out.open("w", encoding="utf-8") as fh:
         for i, example in enumerate(examples):
             prediction = tokenizer.decode(generated[i], skip_special_tokens=True)
@@ -88,25 +121,7 @@ def evaluate(model_or_adapter: str, examples: list[dict[str, str]], task: Task,
                 "index": i, "question": example["question"], "gold": example["answer"], "prediction": prediction,
                 "extracted": extracted, "correct": ok, "output_tokens": len(generated[i]),
             }, ensure_ascii=False) + "\n")
-    result = {
-        "accuracy": correct / len(examples),
-        "n": len(examples),
-        "correct": correct,
-        "predictions_path": str(out),
-        "examples_per_s": len(examples) / wall if wall > 0 else 0.0,
-        "output_tokens": output_tokens,
-        "output_tokens_per_s": output_tokens / wall if wall > 0 else 0.0,
-        "wall_s": wall,
-        "model": model_or_adapter,
-        "base": loaded.base,
-        "adapter": loaded.adapter,
-        "task": task.name,
-        "batch_size": options.batch_size,
-        "max_new_tokens": options.max_new_tokens,
-        "device": loaded.device,
-    }
-    emit("eval_finished", result)
-    return result
+    return correct, output_tokens
 
 
 def _until_eos(tokens: list[int], eos: set[int]) -> list[int]:

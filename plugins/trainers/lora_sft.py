@@ -170,41 +170,21 @@ def _fit(student: str, tokenizer: Any, data: EncodedDataset, options: LoraSFTOpt
          emit: OnEvent, progress: bool, data_hash: str) -> dict[str, Any]:
     import tempfile
 
-    import peft
-    import torch
-    import transformers
-    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
-    from .fast_loss import labelled_positions_loss, supports_fast_loss
-    from .reporting import EventCallback, write_loss_curve
-    from .sampler import GroupedBatchOrder
+    from .fast_loss import supports_fast_loss
+    from .reporting import EventCallback
 
     device = pick_device(options.device)
     model = lora_model(student, options)
     features = [{"input_ids": r.input_ids, "labels": r.labels} for r in data.rows]
-    grouped = GroupedBatchOrder([len(r.input_ids) for r in data.rows], options.batch_size, options.seed)
-
     fast_loss = options.fast_loss and supports_fast_loss(model)
-
-    class GroupedTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            return grouped if options.group_by_length else super()._get_train_sampler(train_dataset)
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            if model.training:
-                counter.add(inputs)
-            # Only for the unwrapped model: a DDP/compiled wrapper must see its own forward.
-            if fast_loss and not return_outputs and model is self.model:
-                return labelled_positions_loss(model, inputs, num_items_in_batch)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
     callback = EventCallback(emit, progress, every_step_if_short=options.logging_steps is None)
     counter = TokenCounter()
+    trainer_class = _trainer_class(data, options, counter, fast_loss)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="synthledger-lora-") as scratch:
-        trainer = GroupedTrainer(
+        trainer = trainer_class(
             model=model,
             args=training_arguments(options, device, Path(scratch)),
             train_dataset=features,
@@ -219,35 +199,11 @@ def _fit(student: str, tokenizer: Any, data: EncodedDataset, options: LoraSFTOpt
             callback.close()
         wall = time.perf_counter() - started
     real_tokens, padded_tokens = counter.close()
-
-    adapter_dir = out / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
-    artifacts: dict[str, str] = {"adapter": str(adapter_dir)}
-    artifacts.update(write_loss_curve(callback.curve, out))
-    config_path = out / "training_config.json"
-    config_path.write_text(json.dumps({
-        "student": options.student,
-        "student_path": student,
-        "options": options.model_dump(mode="json"),
-        "dataset_hash": data_hash,
-        "rows": data.total,
-        "used": len(data.rows),
-        "dropped": data.dropped,
-        "truncated": data.truncated,
-        "device": device,
-        "bf16": trainer.args.bf16,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
-    }, indent=2) + "\n")
-    artifacts["training_config"] = str(config_path)
-    if options.merge:
-        merged_dir = out / "merged"
-        merged = model.merge_and_unload()
-        merged.config.use_cache = True
-        merged.save_pretrained(str(merged_dir))
-        tokenizer.save_pretrained(str(merged_dir))
-        artifacts["merged"] = str(merged_dir)
-
+    bf16 = bool(trainer.args.bf16)
+    artifacts = _save(model, tokenizer, out, callback.curve, {
+        "student": options.student, "student_path": student, "options": options.model_dump(mode="json"),
+        "dataset_hash": data_hash, "rows": data.total, "used": len(data.rows), "dropped": data.dropped,
+        "truncated": data.truncated, "device": device, "bf16": bf16}, options.merge)
     curve = callback.curve
     return {
         "final_loss": curve[-1]["loss"] if curve else float(result.training_loss),
@@ -260,7 +216,7 @@ def _fit(student: str, tokenizer: Any, data: EncodedDataset, options: LoraSFTOpt
         "tokens_per_s": real_tokens / wall if wall > 0 else 0.0,
         "wall_s": wall,
         "device": device,
-        "bf16": bool(trainer.args.bf16),
+        "bf16": bf16,
         "fast_loss": fast_loss,
         "rows": data.total,
         "used": len(data.rows),
@@ -268,3 +224,58 @@ def _fit(student: str, tokenizer: Any, data: EncodedDataset, options: LoraSFTOpt
         "truncated": data.truncated,
         "artifacts": artifacts,
     }
+
+
+def _trainer_class(data: EncodedDataset, options: LoraSFTOptions, counter: TokenCounter, fast_loss: bool) -> Any:
+    """A Trainer that draws batches of similar length (less padding) and, where the model allows,
+    computes the loss on labelled positions only (no logits for the prompt)."""
+    from transformers import Trainer
+
+    from .fast_loss import labelled_positions_loss
+    from .sampler import GroupedBatchOrder
+
+    grouped = GroupedBatchOrder([len(r.input_ids) for r in data.rows], options.batch_size, options.seed)
+
+    class GroupedTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            return grouped if options.group_by_length else super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if model.training:
+                counter.add(inputs)
+            # Only for the unwrapped model: a DDP/compiled wrapper must see its own forward.
+            if fast_loss and not return_outputs and model is self.model:
+                return labelled_positions_loss(model, inputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return GroupedTrainer
+
+
+def _save(model: Any, tokenizer: Any, out: Path, curve: list[dict[str, Any]], facts: dict[str, Any],
+          merge: bool) -> dict[str, str]:
+    """The adapter, its loss curve, the training config (what a reader needs to reproduce it) and,
+    when asked, the merged model; returns where each went."""
+    import peft
+    import torch
+    import transformers
+
+    from .reporting import write_loss_curve
+
+    adapter_dir = out / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    artifacts: dict[str, str] = {"adapter": str(adapter_dir)}
+    artifacts.update(write_loss_curve(curve, out))
+    config_path = out / "training_config.json"
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    config_path.write_text(json.dumps({**facts, "versions": versions}, indent=2) + "\n")
+    artifacts["training_config"] = str(config_path)
+    if merge:
+        merged_dir = out / "merged"
+        merged = model.merge_and_unload()
+        merged.config.use_cache = True
+        merged.save_pretrained(str(merged_dir))
+        tokenizer.save_pretrained(str(merged_dir))
+        artifacts["merged"] = str(merged_dir)
+    return artifacts
