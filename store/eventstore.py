@@ -127,14 +127,15 @@ class EventStore(KeyIndex):
         now = time.time()
         rows, last, head = chain_rows(run_id, events, 0, GENESIS, now)
         try:
-            self._insert_run(run_id, name, config, config_hash, kind, parent_id, owner, now, last, head, rows)
+            self._insert_run(run_id, name, config, config_hash, kind, parent_id, owner, now, last, head, rows,
+                             events)
         except IntegrityError as exc:
             raise StoreError(f"cannot create run {name!r} in {self.where}: {one_line(exc)}") from exc
         return run_id, last, head
 
     def _insert_run(self, run_id: str, name: str, config: dict[str, Any], config_hash: str, kind: str,
                     parent_id: str | None, owner: str | None, now: float, last: int, head: str,
-                    rows: list[tuple[Any, ...]]) -> None:
+                    rows: list[tuple[Any, ...]], events: Sequence[NewEvent] = ()) -> None:
         with self._begin() as conn:
             conn.execute(
                 text("INSERT INTO runs (id, name, kind, parent_id, created, config, config_hash, status,"
@@ -146,6 +147,7 @@ class EventStore(KeyIndex):
             )
             if rows:
                 self._insert_events(conn, rows)
+                self._insert_keys(conn, run_id, 0, events, now)
 
     def create_run(self, name: str, config: dict[str, Any], config_hash: str, *, kind: str = "generate",
                    parent_id: str | None = None, owner: str | None = None) -> str:

@@ -62,6 +62,12 @@ class KeyIndex:
             row = conn.execute(text(sql + " ORDER BY ts, run_id, seq LIMIT 1"), params).first()
         return None if row is None else (row[0], int(row[1]))
 
+    def has_keys_outside(self, run_id: str) -> bool:
+        """Whether any run but `run_id` has an indexed event (whether reuse can find anything)."""
+        with self._connect() as conn:  # type: ignore[attr-defined]
+            row = conn.execute(text("SELECT 1 FROM event_keys WHERE run_id <> :run LIMIT 1"), {"run": run_id}).first()
+        return row is not None
+
     def get_event(self, run_id: str, seq: int) -> StoredEvent | None:
         with self._connect() as conn:  # type: ignore[attr-defined]
             row = conn.execute(text("SELECT seq, type, schema_version, payload, ts, hash FROM events "

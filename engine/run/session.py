@@ -18,13 +18,14 @@ from .dedupe import NearDuplicateIndex
 from .dispatcher import Dispatcher
 from ..errors import ResumeRefused, RunNameTaken
 from ..ledger import crashpoints
-from ..ledger.events import (SCHEMA_VERSION, QuerySettled, RunFinished, RunResumed, RunStarted, RunWarning,
+from ..ledger.events import (SCHEMA_VERSION, RunFinished, RunResumed, RunStarted, RunWarning,
                              to_payload)
 from ..ledger.journal import HEARTBEAT_S, Journal
 from ..ledger.ledger import Ledger
 from ..ledger.replay import replay
 from ..redact import scrub_payload, scrub_value
 from .quality_gate import GATE_EVENTS, QualityGate
+from .reuse import ReuseSource
 from .store_choice import StoreChoice, choose_store, open_store
 
 
@@ -195,17 +196,7 @@ class RunSession:
 
     def _reuse_options(self) -> dict[str, Any]:
         return {"replicate": self.cfg.run.replicate,
-                "find_reusable": self._find_reusable if self.cfg.run.reuse else None}
-
-    def _find_reusable(self, qid: str) -> tuple[str, int, dict[str, Any]] | None:
-        """An identical query settled by another run of this store: (run, seq, its settled payload)."""
-        found = self.store.find_key(qid)
-        if found is None or found[0] == self.recorder.run_id:
-            return None
-        ev = self.store.get_event(*found)
-        if ev is None or ev.type != QuerySettled.TYPE:
-            return None
-        return found[0], found[1], ev.payload
+                "find_reusable": ReuseSource(self.store, lambda: self.recorder.run_id).find if self.cfg.run.reuse else None}
 
     def _warn(self, kind: str, message: str) -> None:
         self.recorder.emit(RunWarning(kind=kind, message=message))
