@@ -69,6 +69,15 @@ def test_table_and_json_shape(grid_run):
         assert keys <= set(cell) and cell["status"] == "finished", cell
         assert cell["ratio"] == cell["budget"] / cell["seed_size"] and 0 <= cell["ci_low"] <= cell["ci_high"] <= 1
         assert cell["rows"] > cell["budget"] // 2  # its accepted samples plus the 4 seeds
+        # The generated data's quality per cell, as `show` gives it for the cell's generate run.
+        q = cell["quality"]
+        assert q["answers"] > 0 and q["accepted"] + q["rejected"] >= q["answers"]
+        assert q["accepted"] >= cell["rows"] - 4 and 0 <= q["truncation_rate"] <= 1 and q["duplicate_rate"] == 0
+        assert q["with_reference"] == 0 or q["agreement"] == q["agreeing"] / q["with_reference"]
+    for row in result["summary"]:
+        q, members = row["quality"], [c for c in result["cells"] if (c["strategy"], c["budget"]) ==
+                                      (row["strategy"], row["budget"])]
+        assert q["answers"] == sum(c["quality"]["answers"] for c in members)
     kinds = sorted(b["kind"] for b in result["baselines"])
     assert kinds == ["seeds_only", "untrained"] and all(b["accuracy"] is not None for b in result["baselines"])
     (cross,) = result["crossovers"]
@@ -78,6 +87,7 @@ def test_table_and_json_shape(grid_run):
     out = grid_run["stdout"]
     assert "answer_augmentation" in out and "new_question" in out and "untrained student" in out
     assert "crossover at |S|=4" in out and out.strip().splitlines()[-1].endswith("completed")
+    assert "agree" in out and "dup" in out
 
 
 def test_reuse_pays_the_largest_budget_per_strategy_not_the_sum(grid_run):

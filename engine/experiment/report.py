@@ -8,6 +8,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..output.quality import HIGH_TRUNCATION
+from ..run.quality_gate import LOW_AGREEMENT, MIN_REFERENCED
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
@@ -29,12 +32,18 @@ def render(result: dict[str, Any], console: Console) -> None:
     console.print(f"[bold]experiment {escape(exp['name'])}[/bold] ({exp['id']}) status={exp['status']}; "
                   f"held-out {escape(str(held.get('spec')))} ({held.get('n')} examples)", highlight=False)
     table = Table("strategy", "|S|", "Q", "BR", "accuracy", "95% CI", "reps", "rows", "paid", "reused", "$",
-                  title="cells (accuracy: mean over replicates; CI: paired bootstrap over examples and replicates)")
+                  "agree", "cut", "dup",
+                  title="cells (accuracy: mean over replicates; CI: paired bootstrap over examples and replicates; "
+                        "agree / cut / dup: the teacher's answers agreeing with seed references, cut off, duplicated)")
     for row in result["summary"]:
+        q = row.get("quality") or {}
         table.add_row(row["strategy"], str(row["seed_size"]), str(row["budget"]), _num(row["ratio"], 2),
                       _pct(row["accuracy"]), _ci(row), str(row["replicates"]), _num(row["rows"]),
-                      str(row["paid_queries"]), str(row["reused_queries"]), f"{row['usd']:.4f}")
+                      str(row["paid_queries"]), str(row["reused_queries"]), f"{row['usd']:.4f}",
+                      _pct(q.get("agreement")), _pct(q.get("truncation_rate")), _pct(q.get("duplicate_rate")))
     console.print(table)
+    for line in quality_lines(result["summary"]):
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     if result["baselines"]:
         base = Table("baseline", "|S|", "accuracy", "95% CI", "reps", "rows", title="baselines")
         for row in result["baselines"]:
@@ -64,4 +73,24 @@ def crossover_lines(result: dict[str, Any]) -> list[str]:
             ci = ("" if c["ci_low"] is None else
                   f", 95% CI {c['ci_low']:.1f}-{c['ci_high']:.1f} (found in {100 * c['support']:.0f}% of bootstrap draws)")
             out.append(f"crossover at |S|={c['seed_size']} ({c['from']} -> {c['to']}): BR {c['ratio']:.1f}{ci}")
+    return out
+
+
+def quality_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Cells whose data a person should look at before trusting their accuracy: the teacher's
+    answers mostly disagree with the seeds' references, or many were cut off."""
+    low, cut = [], []
+    for row in rows:
+        q = row.get("quality") or {}
+        label = f"{row['strategy']} |S|={row['seed_size']} Q={row['budget']}"
+        if q.get("with_reference", 0) >= MIN_REFERENCED and (q.get("agreement") or 0) < LOW_AGREEMENT:
+            low.append(f"{label} ({100 * (q.get('agreement') or 0):.0f}%)")
+        if q.get("answers") and (q.get("truncation_rate") or 0) >= HIGH_TRUNCATION:
+            cut.append(f"{label} ({100 * q['truncation_rate']:.0f}%)")
+    out = []
+    if low:
+        out.append("low agreement with the seeds' references in " + ", ".join(low)
+                   + ": these cells may be comparing noise (`show` on the cell's generate run says more)")
+    if cut:
+        out.append("many answers cut off at max_tokens in " + ", ".join(cut) + ": raise the teacher's max_tokens")
     return out

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ...store.eventstore import EventStore, RunInfo
 from ..ledger.ledger import Amount
+from ..output.quality import pooled
 from .cells import Cell
 from .stats import Scored, bootstrap, cell_interval, crossover, interval, mean_over
 from ..ledger.events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
@@ -162,6 +163,7 @@ def _cell_json(rec: CellRecord, n: int, draws: int) -> dict[str, Any]:
             "paid_queries": paid.queries, "reused_queries": reused.queries, "usd": round(paid.usd, 6),
             "generate_run": rec.generate_run, "train_run": f.get("train_run"), "eval_run": f.get("eval_run"),
             "wall_s": {**({"generate": g["wall_s"]} if g.get("wall_s") else {}), **(f.get("wall_s") or {})},
+            "quality": g.get("quality") or None,
             "error": (rec.failed or {}).get("reason") if rec.status == "failed" else None}
 
 
@@ -182,7 +184,8 @@ def _rows(cells: list[dict[str, Any]], points: dict[tuple, float | None],
                     "rows": sum(rows) / len(rows) if rows else None,
                     "paid_queries": sum(m["paid_queries"] for m in members),
                     "reused_queries": sum(m["reused_queries"] for m in members),
-                    "usd": round(sum(m["usd"] for m in members), 6)})
+                    "usd": round(sum(m["usd"] for m in members), 6),
+                    "quality": pooled([m.get("quality") for m in members])})
     return out
 
 

@@ -11,12 +11,13 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ...store.eventstore import EventStore
 from ..ledger.replay import replay
+from ..output.quality import brief, data_quality
 from ..run.config import RunConfig
 
 UNFINISHED = ("running", "interrupted", "failed")
@@ -31,6 +32,7 @@ class Generated:
     paid: dict[str, Any]  # {queries, input_tokens, output_tokens, usd}
     reused: dict[str, Any]
     wall_s: float
+    quality: dict[str, Any] = field(default_factory=dict)  # output.quality.brief of the run
 
     @property
     def ok(self) -> bool:
@@ -43,7 +45,7 @@ def generation_outcome(store: EventStore, run_id: str, wall_s: float = 0.0) -> G
     snap = state.ledger.snapshot()
     info = store.get_run(run_id)
     return Generated(run_id, state.status or info.status, state.message, state.accepted,
-                     snap["paid"], snap["reused"], round(wall_s, 3))
+                     snap["paid"], snap["reused"], round(wall_s, 3), brief(data_quality(store, run_id)))
 
 
 def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,

@@ -192,3 +192,25 @@ def _warnings(overall: dict[str, Any], recorded: dict[str, str]) -> list[str]:
             out.append(f"{r['truncated']} of {r['replies']} {role} replies were cut off at max_tokens "
                        f"({r['truncated'] / r['replies']:.0%}); raise max_tokens for the {role}")
     return out
+
+
+def brief(quality: dict[str, Any]) -> dict[str, Any]:
+    """The whole run's figures a grid shows per cell (counts kept, so cells can be pooled)."""
+    o = quality["overall"]
+    rejected = sum(r["count"] for r in o["rejections"])
+    return {"answers": o["answers"], "accepted": o["accepted"], "rejected": rejected,
+            "with_reference": o["with_reference"], "agreeing": o["agreeing"], "agreement": o["agreement"],
+            "truncated": o["truncated"], "truncation_rate": o["truncation_rate"],
+            "duplicates": o["duplicates"], "duplicate_rate": o["duplicate_rate"]}
+
+
+def pooled(briefs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Several cells' briefs as one (rates recomputed from the summed counts); None if none has one."""
+    briefs = [b for b in briefs if b]
+    if not briefs:
+        return None
+    total = {k: sum(b.get(k, 0) for b in briefs)
+             for k in ("answers", "accepted", "rejected", "with_reference", "agreeing", "truncated", "duplicates")}
+    return {**total, "agreement": _rate(total["agreeing"], total["with_reference"]),
+            "truncation_rate": _rate(total["truncated"], total["answers"]),
+            "duplicate_rate": _rate(total["duplicates"], total["answers"])}
