@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -203,12 +204,34 @@ async def test_failure_inside_generate_is_a_server_error(tiny: Path, tmp_path: P
     assert info.value.kind is FailureKind.SERVER_ERROR and info.value.maybe_billed is False
 
 
-async def test_unknown_model_is_a_clear_bad_request(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_model_is_a_configuration_error_before_any_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a failed query per item: the teacher cannot be built, naming the model and why."""
+    from synthledger.plugins.hf_models import UnknownModel
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    teacher = LocalTeacher({"model": "no-such-model-anywhere", "batch_wait_ms": 0})
-    with pytest.raises(TeacherError) as info:
-        await teacher.complete(ask("hi"))
-    assert info.value.kind is FailureKind.BAD_REQUEST and "no-such-model-anywhere" in info.value.message
+    with pytest.raises(UnknownModel) as info:
+        LocalTeacher({"model": "no-such-model-anywhere", "batch_wait_ms": 0})
+    message = str(info.value)
+    assert "has no model 'no-such-model-anywhere'" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_generate_with_an_unknown_local_model_stops_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "seeds.jsonl").write_text('{"question": "What is 2+2?", "answer": "#### 4"}\n')
+    (tmp_path / "run.toml").write_text('[run]\nname = "lt"\n[seeds]\nsource = "jsonl"\npath = "seeds.jsonl"\n'
+                                       '[teacher]\nprovider = "local"\nmodel = "no-such-model"\n'
+                                       '[budget]\nqueries = 2\n[strategy]\nname = "answer_augmentation"\n')
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    store = tmp_path / "store.db"
+    res = subprocess.run([sys.executable, str(cli), "generate", "-c", "run.toml", "--no-progress", "--store",
+                          f"sqlite:///{store}"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: [teacher] the local provider has no model 'no-such-model'")
+    assert not store.exists()
 
 
 @pytest.mark.slow

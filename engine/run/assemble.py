@@ -22,6 +22,7 @@ from ..ledger.pricing import ModelPrice, price_for
 from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
 from ..scheduler.shaper import SendShaper
 from ..api import Seed, Strategy, Task, Verifier, draw_subset
+from ..errors import SynthledgerError
 
 # Pace at 99.5% of a configured (or learned) limit. The limiter's catch-up allowance follows the
 # safety (4 ms here), so a late release can never overfill a one-second window by itself; what
@@ -115,6 +116,10 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
                 # Suggest from the section's own keys and those the provider says it takes.
                 known = sorted(set(ModelSection.model_fields) | set(getattr(factory, "settings_fields", ())))
                 raise options_error(exc, where, known=known) from None
+            except ConfigError:
+                raise
+            except SynthledgerError as exc:  # e.g. a local model that does not exist: say which section
+                raise ConfigError(f"[{where}] {exc}") from None
             price = price_for(section.model, section.provider, overrides, section.base_url)
             batch_api = getattr(teacher, "batch_api", None)
             if price is not None and batch_api is not None:

@@ -75,6 +75,7 @@ class LocalTeacher:
 
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings_from(settings)
+        _check_model_name(self.settings.model)
         self.stats = BatchStats()
         self._lock = threading.Lock()
         # The event loop tokenizes (budget bounds) while the worker thread tokenizes and decodes;
@@ -265,6 +266,21 @@ class LocalTeacher:
             else:
                 lo = mid + 1
         return hi
+
+
+def _check_model_name(name: str) -> None:
+    """An unknown model name is a configuration error before the run starts, not a failed query
+    per item. The alias is trusted without converting its weights (that waits for the first query)."""
+    from synthledger.plugins.hf_models import SMOLLM2_ALIASES, UnknownModel, resolve_model
+
+    if str(name).strip().lower() in SMOLLM2_ALIASES:
+        return
+    try:
+        resolve_model(name)
+    except UnknownModel as exc:
+        reason = str(exc).removeprefix(f"model {name!r}: ")
+        raise UnknownModel(f"the local provider has no model {name!r} ({reason}); "
+                           "set model to a model it can load") from None
 
 
 def create(settings: Any = None) -> LocalTeacher:
