@@ -3,6 +3,7 @@ reference answer, parsing of augmenter replies, and the round-robin order over s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import re
@@ -55,7 +56,13 @@ def seed_reference(seed: Seed, task: Task) -> str | None:
     """The ground-truth final answer of a seed, when the task has ground truth and the seed an answer."""
     if not task.has_ground_truth or seed.answer is None:
         return None
-    return task.extract(seed.answer)
+    return _reference(task, seed.answer)
+
+
+@functools.lru_cache(maxsize=4096)
+def _reference(task: Task, answer: str) -> str | None:
+    # A seed is answered many times over a run; its reference is the same every time.
+    return task.extract(answer)
 
 
 def round_robin(seeds: list[Seed], salt: str, rounds: int | None = None) -> Iterator[tuple[int, Seed]]:

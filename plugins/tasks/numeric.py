@@ -8,6 +8,7 @@ string so that "$1,234.00", "1234" and "1234 dollars" compare (and deduplicate) 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from fractions import Fraction
@@ -53,6 +54,7 @@ def _to_fraction(token: str) -> Fraction:
     return Fraction(token.replace(",", ""))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_number(text: str) -> Fraction | None:
     """The number a short answer string denotes: fractions and mixed numbers first (so "3/4" is not
     read as 3), then the first number in the string (so "$42 dollars." is 42)."""
@@ -82,6 +84,31 @@ def format_number(value: Fraction) -> str:
     return text if "e" not in text else repr(float(value))
 
 
+@functools.lru_cache(maxsize=2048)
+def final_number(text: str) -> str | None:
+    """The final numeric answer of a GSM-style reply, canonical. Cached: the quality gate, the
+    verifier and the dataset fold each ask for the same answer's number."""
+    if not text:
+        return None
+    candidates: list[str] = []
+    hashes = _HASHES.findall(text)
+    if hashes:
+        candidates.append(hashes[-1])
+    boxed = _boxed_contents(text)
+    if boxed:
+        candidates.append(boxed[-1])
+    answer_is = _ANSWER_IS.findall(text)
+    if answer_is:
+        candidates.append(answer_is[-1])
+    for candidate in candidates:
+        value = parse_number(candidate)
+        if value is not None:
+            return format_number(value)
+    # Fallback: the last number anywhere (the flexible extract of GSM8K evaluation).
+    numbers = _NUMBER.findall(text.translate(_MINUS_SIGNS))
+    return format_number(_to_fraction(numbers[-1])) if numbers else None
+
+
 class GSM8KTask(Task):
     name: ClassVar[str] = "gsm8k"
     instruction: ClassVar[str] = (
@@ -92,25 +119,7 @@ class GSM8KTask(Task):
     abs_tol: ClassVar[float] = 1e-9
 
     def extract(self, text: str) -> str | None:
-        if not text:
-            return None
-        candidates: list[str] = []
-        hashes = _HASHES.findall(text)
-        if hashes:
-            candidates.append(hashes[-1])
-        boxed = _boxed_contents(text)
-        if boxed:
-            candidates.append(boxed[-1])
-        answer_is = _ANSWER_IS.findall(text)
-        if answer_is:
-            candidates.append(answer_is[-1])
-        for candidate in candidates:
-            value = parse_number(candidate)
-            if value is not None:
-                return format_number(value)
-        # Fallback: the last number anywhere (the flexible extract of GSM8K evaluation).
-        numbers = _NUMBER.findall(text.translate(_MINUS_SIGNS))
-        return format_number(_to_fraction(numbers[-1])) if numbers else None
+        return final_number(text)
 
     def equivalent(self, a: str | None, b: str | None) -> bool:
         if a is None or b is None:
