@@ -60,15 +60,14 @@ class _Chain:
 
 
 def _rows(conn: Connection, run_id: str, after: int, upto: int) -> Iterator[tuple[Any, ...]]:
-    """(run_id, seq, type, v, payload, ts, hash) for after < seq <= upto, a page at a time."""
+    """(run_id, seq, type, v, payload, ts, hash) for after < seq <= upto, a range of PAGE
+    sequence numbers at a time (see engines.page_sql for why not LIMIT)."""
     q = text("SELECT run_id, seq, type, schema_version, payload, ts, hash FROM events "
-             "WHERE run_id = :id AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :page")
-    while True:
-        page = conn.execute(q, {"id": run_id, "after": after, "upto": upto, "page": PAGE}).all()
-        yield from (tuple(r) for r in page)
-        if len(page) < PAGE:
-            return
-        after = page[-1][1]
+             "WHERE run_id = :id AND seq > :after AND seq <= :upto ORDER BY seq")
+    while after < upto:
+        end = min(after + PAGE, upto)
+        yield from (tuple(r) for r in conn.execute(q, {"id": run_id, "after": after, "upto": end}).all())
+        after = end
 
 
 def _differs(src: RunInfo, dst: RunInfo) -> str | None:

@@ -90,8 +90,17 @@ def insert_sql(paramstyle: str) -> str:
 
 
 def page_sql(paramstyle: str, n_types: int) -> str:
-    """One keyset page of a run's events: (run_id, after, *types, limit)."""
+    """One page of a run's events, a range of sequence numbers: (run_id, after, upto, *types).
+
+    A range, not `seq > after ... LIMIT n`: on PostgreSQL with stale statistics (a run just written)
+    the LIMIT form was planned as a bitmap scan of the whole rest of the run plus a sort spilled to
+    disk, for every page, so reading a run took time quadratic in its length."""
     m = [_mark(paramstyle, i) for i in range(1, n_types + 4)]
-    types = f" AND type IN ({', '.join(m[2:2 + n_types])})" if n_types else ""
+    types = f" AND type IN ({', '.join(m[3:3 + n_types])})" if n_types else ""
     return (f"SELECT seq, type, schema_version, payload, ts, hash FROM events WHERE run_id = {m[0]} "
-            f"AND seq > {m[1]}{types} ORDER BY seq LIMIT {m[-1]}")
+            f"AND seq > {m[1]} AND seq <= {m[2]}{types} ORDER BY seq")
+
+
+def max_seq_sql(paramstyle: str) -> str:
+    """Where a run's log ends now: (run_id,)."""
+    return f"SELECT max(seq) FROM events WHERE run_id = {_mark(paramstyle, 1)}"

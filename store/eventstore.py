@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
-from .engines import insert_sql, one_line, open_engine, page_sql, sqlite_path
+from .engines import insert_sql, max_seq_sql, one_line, open_engine, page_sql, sqlite_path
 from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex
@@ -307,25 +307,32 @@ class EventStore(KeyIndex):
 
     def iter_events(self, run_id: str, from_seq: int = 1, *, types: Iterable[str] | None = None,
                     page: int = PAGE) -> Iterator[StoredEvent]:
-        """Events in sequence order, streamed a page at a time. Pages are read on the driver's own
-        cursor: SQLAlchemy's row objects would cost more than the database's work (benchmarks/)."""
+        """Events in sequence order, streamed `page` sequence numbers at a time, up to the log's end
+        (events appended meanwhile included). Pages are read on the driver's own cursor:
+        SQLAlchemy's row objects would cost more than the database's work (benchmarks/)."""
         names = sorted(set(types)) if types is not None else []
         sql = page_sql(self.engine.dialect.paramstyle, len(names))
-        dbapi_error = self.engine.dialect.loaded_dbapi.Error
-        after = from_seq - 1
+        after, last = from_seq - 1, -1
         while True:
-            with self._connect() as conn:
-                try:
-                    cur = conn.connection.dbapi_connection.cursor()
-                    cur.execute(sql, (run_id, after, *names, page))
-                    rows = cur.fetchall()
-                    cur.close()
-                except dbapi_error as exc:
-                    if is_busy(exc):
-                        raise self._busy() from None
-                    raise StoreError(f"cannot read events of run {run_id} in {self.where}: {one_line(exc)}") from exc
-            for seq, type_, v, payload, ts, h in rows:
+            if after >= last:
+                last = self._read(run_id, max_seq_sql(self.engine.dialect.paramstyle), (run_id,))[0][0] or 0
+                if after >= last:
+                    return
+            upto = min(after + page, last)
+            for seq, type_, v, payload, ts, h in self._read(run_id, sql, (run_id, after, upto, *names)):
                 yield StoredEvent(run_id, seq, type_, v, payload, ts, h)
-            if len(rows) < page:
-                return
-            after = rows[-1][0]
+            after = upto
+
+    def _read(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        with self._connect() as conn:
+            try:
+                cur = conn.connection.dbapi_connection.cursor()
+                cur.execute(sql, params)
+                rows = cur.fetchall()
+                cur.close()
+                return rows
+            except dbapi_error as exc:
+                if is_busy(exc):
+                    raise self._busy() from None
+                raise StoreError(f"cannot read events of run {run_id} in {self.where}: {one_line(exc)}") from exc

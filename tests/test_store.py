@@ -117,6 +117,19 @@ def test_batches_extend_one_chain_and_pages_stream_it(store):
     assert store.get_run(run_id).last_seq == 21
 
 
+def test_a_filtered_stream_crosses_pages_with_no_match_and_sees_events_appended_meanwhile(store):
+    """Pages are ranges of sequence numbers: a range where no event has the asked type ends
+    nothing, and what is appended while a reader streams is read too."""
+    run_id = store.create_run("r", {}, "h")
+    seq, head = store.append(run_id, [ev("x", i=0)] + [ev("y", i=i) for i in range(1, 12)] + [ev("x", i=12)],
+                             0, GENESIS)
+    reader = store.iter_events(run_id, types=["x"], page=3)
+    assert next(reader).payload["i"] == 0
+    seq, head = store.append(run_id, [ev("y", i=13), ev("x", i=14)], seq, head)
+    assert [e.payload["i"] for e in reader] == [12, 14]
+    assert list(store.iter_events(run_id, 16)) == [] and list(store.iter_events("no-such-run")) == []
+
+
 def test_stale_expected_seq_fails_and_writes_nothing(store):
     run_id = store.create_run("r", {}, "h")
     seq, head = store.append(run_id, [ev("a", i=1), ev("a", i=2)], 0, GENESIS)
