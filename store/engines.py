@@ -8,7 +8,7 @@ import os
 import socket
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -104,3 +104,21 @@ def page_sql(paramstyle: str, n_types: int) -> str:
 def max_seq_sql(paramstyle: str) -> str:
     """Where a run's log ends now: (run_id,)."""
     return f"SELECT max(seq) FROM events WHERE run_id = {_mark(paramstyle, 1)}"
+
+
+_END = object()
+
+
+def read_ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """What `items` yields, the next one produced in a worker thread while the caller uses this
+    one. `items` is only ever advanced by one thread at a time; an error it raises is raised here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthledger-read") as pool:
+        future = pool.submit(next, items, _END)
+        while True:
+            item = future.result()
+            if item is _END:
+                return
+            future = pool.submit(next, items, _END)
+            yield item

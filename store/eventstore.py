@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
-from .engines import insert_sql, max_seq_sql, one_line, open_engine, page_sql, sqlite_path
+from .engines import insert_sql, max_seq_sql, one_line, open_engine, page_sql, read_ahead, sqlite_path
 from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex
@@ -309,8 +309,15 @@ class EventStore(KeyIndex):
                     page: int = PAGE) -> Iterator[StoredEvent]:
         """Events in sequence order, streamed `page` sequence numbers at a time, up to the log's end
         (events appended meanwhile included). Pages are read on the driver's own cursor:
-        SQLAlchemy's row objects would cost more than the database's work (benchmarks/)."""
-        names = sorted(set(types)) if types is not None else []
+        SQLAlchemy's row objects would cost more than the database's work (benchmarks/). On
+        PostgreSQL the next page is read while the caller works through this one: the server's
+        work then overlaps ours instead of adding to it."""
+        pages = self._pages(run_id, from_seq, sorted(set(types)) if types is not None else [], page)
+        for rows in read_ahead(pages) if self.dialect == "postgresql" else pages:
+            for seq, type_, v, payload, ts, h in rows:
+                yield StoredEvent(run_id, seq, type_, v, payload, ts, h)
+
+    def _pages(self, run_id: str, from_seq: int, names: list[str], page: int) -> Iterator[list[tuple[Any, ...]]]:
         sql = page_sql(self.engine.dialect.paramstyle, len(names))
         after, last = from_seq - 1, -1
         while True:
@@ -319,8 +326,7 @@ class EventStore(KeyIndex):
                 if after >= last:
                     return
             upto = min(after + page, last)
-            for seq, type_, v, payload, ts, h in self._read(run_id, sql, (run_id, after, upto, *names)):
-                yield StoredEvent(run_id, seq, type_, v, payload, ts, h)
+            yield self._read(run_id, sql, (run_id, after, upto, *names))
             after = upto
 
     def _read(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

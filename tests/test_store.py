@@ -508,3 +508,41 @@ def test_benchmark_script_runs_and_reports_ratios(tmp_path, pg_url):
     assert pg["details"]["audit"]["ok"] is True and set(pg["ratio_vs_target"]) == set(result["ratio_vs_target"])
     for figures in (result, pg):  # 4 writers on 4 runs of one store
         assert figures["details"]["concurrent"]["events"] == 3000 - 3000 % 4 and figures["concurrent_appends_per_s"] > 0
+
+
+def test_read_ahead_keeps_order_raises_the_source_error_and_stops_when_closed():
+    from synthledger.store.engines import read_ahead
+
+    assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def failing():
+        yield 1
+        raise StoreError("page 2 cannot be read")
+
+    items = read_ahead(failing())
+    assert next(items) == 1
+    with pytest.raises(StoreError, match="page 2"):
+        next(items)
+
+    advanced = []
+
+    def endless():
+        for i in range(1000):
+            advanced.append(i)
+            yield i
+
+    items = read_ahead(endless())
+    assert next(items) == 0
+    items.close()  # the worker finishes the one page it was reading ahead, then stops
+    assert advanced == [0, 1]
+
+
+def test_an_abandoned_stream_leaves_the_store_usable(store):
+    run_id = store.create_run("r", {}, "h")
+    seq, head = store.append(run_id, [ev("e", i=i) for i in range(30)], 0, GENESIS)
+    for _ in range(20):  # more abandoned readers than the connection pool holds
+        reader = store.iter_events(run_id, page=4)
+        assert next(reader).seq == 1
+        reader.close()
+    assert store.append(run_id, [ev("e", i=30)], seq, head)[0] == 31
+    assert [e.seq for e in store.iter_events(run_id, 29, page=4)] == [29, 30, 31]
