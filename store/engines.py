@@ -101,6 +101,14 @@ def page_sql(paramstyle: str, n_types: int) -> str:
             f"AND seq > {m[1]} AND seq <= {m[2]}{types} ORDER BY seq")
 
 
+def next_match_sql(paramstyle: str, n_types: int) -> str:
+    """The first event after a point that has one of the types: (run_id, after, *types). A filtered
+    read jumps over ranges with none, so a rare type costs a few queries, not one per range."""
+    m = [_mark(paramstyle, i) for i in range(1, n_types + 3)]
+    return (f"SELECT min(seq) FROM events WHERE run_id = {m[0]} AND seq > {m[1]} "
+            f"AND type IN ({', '.join(m[2:])})")
+
+
 def max_seq_sql(paramstyle: str) -> str:
     """Where a run's log ends now: (run_id,)."""
     return f"SELECT max(seq) FROM events WHERE run_id = {_mark(paramstyle, 1)}"

@@ -23,7 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
-from .engines import insert_sql, max_seq_sql, one_line, open_engine, page_sql, read_ahead, sqlite_path
+from .engines import (insert_sql, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
+                      sqlite_path)
 from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex
@@ -318,16 +319,23 @@ class EventStore(KeyIndex):
                 yield StoredEvent(run_id, seq, type_, v, payload, ts, h)
 
     def _pages(self, run_id: str, from_seq: int, names: list[str], page: int) -> Iterator[list[tuple[Any, ...]]]:
-        sql = page_sql(self.engine.dialect.paramstyle, len(names))
+        style = self.engine.dialect.paramstyle
+        sql = page_sql(style, len(names))
         after, last = from_seq - 1, -1
         while True:
             if after >= last:
-                last = self._read(run_id, max_seq_sql(self.engine.dialect.paramstyle), (run_id,))[0][0] or 0
+                last = self._read(run_id, max_seq_sql(style), (run_id,))[0][0] or 0
                 if after >= last:
                     return
             upto = min(after + page, last)
-            yield self._read(run_id, sql, (run_id, after, upto, *names))
-            after = upto
+            rows = self._read(run_id, sql, (run_id, after, upto, *names))
+            if rows or not names:
+                yield rows
+                after = upto
+                continue
+            # None of these types in the range: go straight to the next event that has one.
+            found = self._read(run_id, next_match_sql(style, len(names)), (run_id, upto, *names))[0][0]
+            after = last if found is None else max(upto, found - 1)
 
     def _read(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
