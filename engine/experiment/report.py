@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..output.quality import HIGH_TRUNCATION
-from ..run.quality_gate import LOW_AGREEMENT, MIN_REFERENCED
+from ..output.quality import high_truncation
+from ..run.quality_gate import low_agreement
 
 
 def _pct(x: float | None) -> str:
@@ -83,9 +83,9 @@ def quality_lines(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         q = row.get("quality") or {}
         label = f"{row['strategy']} |S|={row['seed_size']} Q={row['budget']}"
-        if q.get("with_reference", 0) >= MIN_REFERENCED and (q.get("agreement") or 0) < LOW_AGREEMENT:
+        if low_agreement(q.get("agreeing", 0), q.get("with_reference", 0)):
             low.append(f"{label} ({100 * (q.get('agreement') or 0):.0f}%)")
-        if q.get("answers") and (q.get("truncation_rate") or 0) >= HIGH_TRUNCATION:
+        if high_truncation(q.get("truncated", 0), q.get("answers", 0)):
             cut.append(f"{label} ({100 * q['truncation_rate']:.0f}%)")
     out = []
     if low:

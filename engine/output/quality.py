@@ -13,7 +13,7 @@ from hashlib import blake2b
 from typing import Any, Iterable
 
 from ...store.eventstore import EventStore
-from ..run.quality_gate import LOW_AGREEMENT, MIN_REFERENCED, answer_query_id
+from ..run.quality_gate import answer_query_id, low_agreement
 from ..ledger.events import (QueryAbandoned, QueryReserved, QuerySettled, RunStarted, RunWarning,
                              SampleAccepted, SampleProposed, SampleRejected)
 
@@ -180,15 +180,20 @@ def data_quality(store: EventStore, run_id: str) -> dict[str, Any]:
     return fold_quality(store.iter_events(run_id, types=list(QUALITY_EVENTS)))
 
 
+def high_truncation(cut: int, replies: int) -> bool:
+    """So many replies were cut off at max_tokens that a person should raise it."""
+    return replies > 0 and cut >= HIGH_TRUNCATION * replies
+
+
 def _warnings(overall: dict[str, Any], recorded: dict[str, str]) -> list[str]:
     out = [message for kind, message in recorded.items() if kind != "low_agreement"]
     n, agreeing = overall["with_reference"], overall["agreeing"]
-    if n >= MIN_REFERENCED and agreeing < LOW_AGREEMENT * n:
+    if low_agreement(agreeing, n):
         out.append(f"low agreement: the teacher's final answers agree with the seeds' references in only "
                    f"{agreeing} of {n} answers ({agreeing / n:.0%}); check the seeds' answers, [task] name, the "
                    "answer template and max_tokens before training on this data")
     for role, r in overall["roles"].items():
-        if r["replies"] and r["truncated"] >= HIGH_TRUNCATION * r["replies"]:
+        if high_truncation(r["truncated"], r["replies"]):
             out.append(f"{r['truncated']} of {r['replies']} {role} replies were cut off at max_tokens "
                        f"({r['truncated'] / r['replies']:.0%}); raise max_tokens for the {role}")
     return out

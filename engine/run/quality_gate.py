@@ -27,6 +27,12 @@ LOW_AGREEMENT = 0.5  # below this share of agreement with the references, say so
 GATE_EVENTS = (SampleProposed.TYPE, SampleRejected.TYPE, ItemDone.TYPE, RunWarning.TYPE)  # what `load` reads
 
 
+def low_agreement(agreeing: int, referenced: int) -> bool:
+    """Enough answers had a seed reference to judge, and too few of them agreed with it: the one
+    test behind the live warning, `show`'s and the experiment table's."""
+    return referenced >= MIN_REFERENCED and agreeing < LOW_AGREEMENT * referenced
+
+
 @dataclass(frozen=True)
 class Reply:
     """One query a sample was built from, and why the teacher stopped writing its reply."""
@@ -165,7 +171,7 @@ class QualityGate:
 
     def _judge_agreement(self) -> None:
         n = self.referenced
-        if n < MIN_REFERENCED or self.agreeing >= LOW_AGREEMENT * n:
+        if not low_agreement(self.agreeing, n):
             return
         self._say("low_agreement",
                   f"the teacher's final answers agree with the seeds' reference answers in only {self.agreeing} of "
