@@ -39,6 +39,17 @@ def test_config_then_genai_prices_then_nothing():
     assert price_for("no-such-model-xyz", "openai", {}) is None
 
 
+def test_a_private_address_is_not_priced_and_does_not_load_genai_prices():
+    """Loading genai-prices costs a third of a second of start-up; a server on this machine or a
+    private network could only be answered "unknown" by it."""
+    code = ("import sys; from synthledger.engine.ledger.pricing import price_for\n"
+            "for url in ['http://localhost:8000/v1', 'http://10.1.2.3/v1', 'http://[::1]:9/v1', 'http://192.168.0.7/v1']:\n"
+            "    assert price_for('gpt-4o-mini', 'openai-compatible', {}, url) is None, url\n"
+            "print('genai_prices' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_cached_input_tokens_cost_their_own_price():
     p = ModelPrice(input_per_mtok=2.0, output_per_mtok=8.0, cached_input_per_mtok=0.5)
     assert p.cost(1_000_000, 0, 400_000) == pytest.approx(600_000 * 2.0 / 1e6 + 400_000 * 0.5 / 1e6)

@@ -70,8 +70,27 @@ def _highest(value: Any) -> float | None:
     return float(value)
 
 
+def _private_address(url: str) -> bool:
+    """A server on this machine or a private network: no hosted provider's price applies to it."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return addr.is_private or addr.is_loopback or addr.is_link_local
+
+
 def _from_genai_prices(model: str, provider: str, base_url: str | None) -> ModelPrice | None:
-    """The price genai-prices knows for this model at this provider, or None (also if not installed)."""
+    """The price genai-prices knows for this model at this provider, or None (also if not installed).
+    A private address is answered without loading genai-prices, which costs a third of a second of
+    every run's start-up and could only say "unknown" there."""
+    if provider not in _PROVIDER_IDS and (not base_url or _private_address(base_url)):
+        return None
     try:
         import genai_prices
     except ImportError:
@@ -109,7 +128,7 @@ def price_for(model: str, provider: str, overrides: dict[str, ModelPrice],
     if provider == "local":
         return FREE
     found = _from_genai_prices(model, provider, base_url)
-    if found is not None:
+    if found is not None or provider not in _PROVIDER_IDS:
         return found
     try:
         import genai_prices  # noqa: F401 - installed: its answer (none) stands
