@@ -13,17 +13,15 @@ from typing import Callable
 
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel
-
+from . import schema_v1
 from .keys import create_event_keys
-from .models import EventRow, MigrationRow, RunRow
 from .views import create_views
 
 PG_MIGRATION_LOCK = 0x5E1D1ED6  # any constant: the key of the advisory lock migrations take
 
 
 def _initial(conn: Connection) -> None:
-    SQLModel.metadata.create_all(conn, tables=[RunRow.__table__, EventRow.__table__])
+    schema_v1.metadata.create_all(conn, tables=[schema_v1.runs, schema_v1.events])
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_events_type ON events (run_id, type)"))
 
 
@@ -64,7 +62,7 @@ def migrate(engine: Engine) -> int:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
         elif conn.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: read, decide and write under it
-        MigrationRow.__table__.create(conn, checkfirst=True)
+        schema_v1.schema_migrations.create(conn, checkfirst=True)
         applied = _applied(conn)  # again, under the lock: another process may have just migrated
         _check_not_newer(applied)
         for version, name, fn in MIGRATIONS:
