@@ -12,8 +12,10 @@ busy timeout as StoreBusy, naming the holder where it can be told.
 
 from __future__ import annotations
 
+import atexit
 import time
 import uuid
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -38,6 +40,19 @@ __all__ = ["DEFAULT_DIR", "ENV_STORE", "ConcurrencyError", "EventStore", "NewEve
            "owner_token", "resolve_url"]
 
 PAGE = 5000
+_OPEN: "weakref.WeakSet[EventStore]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    """Close what a command left open, at exit: an SQLite store's last connection to close folds
+    its write-ahead log back into the database file, so the file alone holds every event (a copy
+    of it, a backup) even when the CLI skips the interpreter's teardown."""
+    for store in list(_OPEN):
+        try:
+            store.close()
+        except Exception:  # exiting anyway; the log itself is durable
+            pass
 
 
 def new_run_id() -> str:
@@ -57,6 +72,7 @@ class EventStore(KeyIndex):
         self._sqlite_path: str | None = None
         self.engine = self._open()
         self.dialect = self.engine.dialect.name
+        _OPEN.add(self)
 
     def _open(self) -> Engine:
         if self.url.startswith("sqlite"):
