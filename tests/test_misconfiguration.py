@@ -120,3 +120,27 @@ def test_the_live_view_shows_the_last_error_of_any_kind():
     time.sleep(0.01)
     progress.on_event(6, "query_abandoned", {"query_id": "q1", "reason": "bad_request after 1 attempt(s): HTTP 400"})
     assert "last error 0s ago: query abandoned: bad_request after 1 attempt(s): HTTP 400" in progress.stats_line()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_nothing_listening_stops_a_batch_run_at_its_first_submission(tmp_path, provider):
+    """Batch mode submits through other endpoints (files, batches), but a base_url where nothing
+    listens is the same mistake with the same fix: one failed submission, then the run stops."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cfg = run_config(tmp_path, provider, url)
+    cfg["teacher"].update(batch=True, batch_wait_s=0.05, batch_poll_s=0.05)
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    started = time.monotonic()
+    result = generate(config_from_dict(cfg), store, show_progress=False)
+    assert time.monotonic() - started < 30  # not max_attempts batches, each after a backoff
+    assert result.status == "failed"
+    assert result.message.startswith(f"cannot connect to the teacher endpoint {base_url(provider, url)} (")
+    assert result.message.endswith("is the server running, and is [teacher] base_url right?")
+    finished = [e.payload for e in store.iter_events(result.run_id, types=["batch_finished"])]
+    assert [f["status"] for f in finished] == ["not_submitted"]  # one submission tried, none retried
+    attempts = failed_attempts(store, result.run_id)
+    assert attempts and {a["kind"] for a in attempts} == {"connection"}
+    assert all(a["attempt"] == 1 and a["maybe_billed"] is False for a in attempts)

@@ -25,6 +25,7 @@ from ..api import BatchAPI, ChatRequest, Completion
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
 from ..ledger.events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, Cost,
                      QueryAbandoned, QueryDispatched, QuerySettled)
+from .misconfig import endpoint_url, misconfiguration
 from .samples import Member, shares
 from .usage_check import fault_error, fault_event
 
@@ -147,16 +148,18 @@ class BatchQueue:
         tg.start_soon(self._submit, key, at, pendings)
 
     async def _submit(self, key: str, at: float, pendings: list[Pending]) -> None:
-        d = self._d
-        assert d is not None
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
         reqs = [(p.member.qid, p.request) for p in pendings if p.request is not None]
         file_id = None
         try:
             file_id = await self.api.upload(key, reqs)
             if file_id is not None:
+                ep.answered += 1  # the provider answered: a refused connect later is not a wrong base_url
                 d.recorder.emit(BatchStatus(key=key, status="uploaded", input_file_id=file_id))
                 await d.recorder.flush()
             batch_id = await self.api.create(key, file_id, reqs)
+            ep.answered += 1
         except TeacherError as err:
             batch_id = await self._find(key, file_id, at, len(reqs)) if err.maybe_billed else None
             if batch_id is None:
@@ -243,6 +246,12 @@ class BatchQueue:
         d, ep = self._d, self._ep
         assert d is not None and ep is not None
         m = p.member
+        stop = misconfiguration(err, role=p.role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
+                                answered=ep.answered) if p.request is not None else None
+        if stop is not None:  # nothing listens at base_url, or no such model: every batch would fail alike
+            d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=stop))
+            self._resolve(p, error=FatalRunError(stop))
+            return
         if p.request is not None and not self._stopped and ep.retry.should_retry(err.kind, m.attempt):
             m.attempt += 1
             if not err.maybe_billed:
