@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,7 +89,16 @@ class PgCluster:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
                   "-o", " ".join(opts), "start")
         self.started = True
+        self._watchdog = self._start_watchdog()
         return self
+
+    def _start_watchdog(self) -> subprocess.Popen:
+        """A process of its own that stops the server and removes its folder once ours is gone: a
+        test run killed with SIGKILL runs no cleanup, and its server would live on."""
+        stop = self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.root), *stop],
+                                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
 
     def psql(self, sql: str, db: str = "postgres") -> str:
         return self._run(str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.sock),
@@ -102,6 +112,11 @@ class PgCluster:
         return f"postgresql+psycopg://{USER}@/{db}?host={self.sock}"
 
     def stop(self) -> None:
+        watchdog = getattr(self, "_watchdog", None)
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
+            self._watchdog = None
         if self.started:
             try:
                 self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
@@ -120,3 +135,20 @@ def _quote(s: str) -> str:
     import shlex
 
     return shlex.quote(s)
+
+
+# Run by the watchdog: argv = owner pid, cluster folder, the stop command.
+_WATCHDOG = """
+import os, shutil, subprocess, sys, time
+owner, root, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while True:
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        break
+    except PermissionError:
+        pass
+    time.sleep(1)
+subprocess.run(stop, capture_output=True, timeout=60)
+shutil.rmtree(root, ignore_errors=True)
+"""
