@@ -57,7 +57,8 @@ class RunSession:
         self._ran = False
         self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
         self.owner = owner_token()
-        self.dedupe: NearDuplicateIndex | None = None
+        self._dedupe: NearDuplicateIndex | None = None
+        self._dedupe_pending: list[tuple[str, str]] = []
         self.recorder: Journal
         self.dispatcher: Dispatcher
         self.ledger: Ledger
@@ -178,11 +179,19 @@ class RunSession:
         d = self.cfg.dedupe
         if not d.enabled:
             return
-        self.dedupe = NearDuplicateIndex(threshold=d.threshold, ngram=d.ngram, seed=self.cfg.run.seed)
-        for s in self.parts.seeds:
-            self.dedupe.add(s.question, f"seed {s.id}")
-        for i, q in enumerate(admitted):
-            self.dedupe.add(q, f"question {i}")
+        self._dedupe = NearDuplicateIndex(threshold=d.threshold, ngram=d.ngram, seed=self.cfg.run.seed)
+        self._dedupe_pending = [(s.question, f"seed {s.id}") for s in self.parts.seeds]
+        self._dedupe_pending += [(q, f"question {i}") for i, q in enumerate(admitted)]
+
+    @property
+    def dedupe(self) -> NearDuplicateIndex | None:
+        """The questions index, filled on first use: only strategies that write questions check
+        it, and indexing thousands of seeds up front was a visible part of every run's start-up."""
+        if self._dedupe is not None and self._dedupe_pending:
+            pending, self._dedupe_pending = self._dedupe_pending, []
+            for text, ref in pending:
+                self._dedupe.add(text, ref)
+        return self._dedupe
 
     def _lookup_settled(self, qid: str) -> str | None:
         """The answer of a query this run settled (or reused), read back through the store's index."""
