@@ -120,3 +120,43 @@ def test_augmenter_strategies_survive_a_kill_at_their_first_and_last_commits(tmp
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_every_commit_point_of_every_strategy(tmp_path, server, strategy, concurrency):
     _kill_at_every_commit(tmp_path, server.url, strategy, budget=8, concurrency=concurrency)
+
+
+def test_a_kill_during_verification_leaves_every_paid_answer_decided(tmp_path, server):
+    """A verifier that asks its own queries (self-consistency's votes), killed while a vote is out:
+    that vote counts as spent on resume, so the budget its item pledged may no longer cover the
+    verification. The paid answer must still get a decision (rejected, saying why), not be left a
+    proposal that nothing exports or explains; and the run still spends exactly its budget."""
+    extra = '[verifier]\nname = "self_consistency"\nk = 2\n' + COMMON.format(concurrency=1)
+    budget = 3  # one item: its answer and two votes
+    seen = []
+    for n in range(2, 12):
+        folder = tmp_path / f"kill-{n}"
+        config = write_project(folder, server.url, name="verify", seeds=1, queries=budget, extra=extra)
+        store = f"sqlite:///{folder / 'store.db'}"
+        args = ["generate", "--config", str(config), "--no-progress", "--store", store]
+        killed = fork_cli(args, cwd=folder, env={ENV: str(n)})
+        if killed.rc == 0:
+            break
+        events = run_events(folder / "store.db")
+        settled = {p["query_id"] for _, t, p, _ in events if t == "query_settled"}
+        purpose = {p["query_id"]: p["purpose"] for _, t, p, _ in events if t == "query_reserved"}
+        out = [q for _, t, p, _ in events if t == "query_dispatched" for q in [p["query_id"]] if q not in settled]
+        resumed = fork_cli([*args, "--resume"], cwd=folder)
+        assert resumed.rc == 0, f"N={n}: {resumed.stderr}"
+        after = run_events(folder / "store.db")
+        proposed = {p["sample_id"] for _, t, p, _ in after if t == "sample_proposed"}
+        decided = {p.get("sample_id") for _, t, p, _ in after if t in ("sample_accepted", "sample_rejected")}
+        assert proposed <= decided, f"N={n}: a proposed sample was never decided"
+        if any(purpose.get(q) == "verify" for q in out) and "answer" in {purpose[q] for q in settled}:
+            seen.append(n)  # the case this test is about: a vote out at the kill, the answer paid
+            why = [p for _, t, p, _ in after if t == "sample_rejected"]
+            assert [(w["stage"], w["kind"]) for w in why] == [("verification", "budget")], why
+        from synthledger.engine.ledger.audit import audit_run
+        from synthledger.store.eventstore import EventStore
+
+        st = EventStore(store)
+        report = audit_run(st, run_events_run_id(folder / "store.db"))
+        st.close()
+        assert report.ok and report.spent["queries"] == budget, (n, report.spent)
+    assert seen, "no kill landed while a vote was out"

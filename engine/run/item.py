@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..api import PlanItem
+from ..errors import BudgetExhausted
 from ..ledger.events import SampleAccepted, SampleProposed, SampleRejected
 from .context import ItemContext, ItemHost
 from .quality_gate import QualityGate, answer_reply
@@ -55,7 +56,16 @@ async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemCont
                                 question=sample.question))
         return "rejected"
     n_before = len(ctx.query_ids)
-    verdict = await runner.parts.verifier.verify(sample, ctx)
+    try:
+        verdict = await runner.parts.verifier.verify(sample, ctx)
+    except BudgetExhausted as exc:
+        # Only after a kill: the attempts that were in flight count as spent (their outcome is
+        # unknown), so a resumed run may not afford the verification its pledge once covered. The
+        # paid answer gets a decision, not a dangling proposal: rejected, saying why.
+        rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="verification",
+                                kind="budget", reason=f"budget exhausted before verification ({exc})",
+                                question=sample.question))
+        return "rejected"
     if verdict.accepted:
         rec.emit(SampleAccepted(sample_id=sid, reason=verdict.reason, details=verdict.details,
                                 query_ids=ctx.query_ids[n_before:]))
