@@ -13,11 +13,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from ...store.eventstore import EventStore
 from ..ledger.replay import replay
-from ..output.quality import brief, data_quality
+from ..output.quality import QUALITY_EVENTS, brief, fold_quality
 from ..run.config import RunConfig
 
 UNFINISHED = ("running", "interrupted", "failed")
@@ -40,12 +40,21 @@ class Generated:
 
 
 def generation_outcome(store: EventStore, run_id: str, wall_s: float = 0.0) -> Generated:
-    """What a (finished) generation run produced and cost, from its events."""
-    state = replay(store.iter_events(run_id))
+    """What a (finished) generation run produced and cost, from its events, read once: the quality
+    figures fold the same stream the replay reads."""
+    quality: list[Any] = []
+
+    def tee(events: Iterable[Any]) -> Iterator[Any]:
+        for ev in events:
+            if ev.type in QUALITY_EVENTS:
+                quality.append(ev)
+            yield ev
+
+    state = replay(tee(store.iter_events(run_id)))
     snap = state.ledger.snapshot()
     info = store.get_run(run_id)
     return Generated(run_id, state.status or info.status, state.message, state.accepted,
-                     snap["paid"], snap["reused"], round(wall_s, 3), brief(data_quality(store, run_id)))
+                     snap["paid"], snap["reused"], round(wall_s, 3), brief(fold_quality(quality)))
 
 
 def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,
