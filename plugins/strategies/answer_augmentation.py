@@ -64,11 +64,12 @@ class AnswerAugmentation(Strategy):
         if not text.strip():
             ctx.reject("teacher returned an empty answer", stage="answer")
             return None
+        answer = text.strip()  # the stored answer, and the text the gate extracts from (one cached parse)
         return Sample(
             question=item.seed.question,
-            answer=text.strip(),
+            answer=answer,
             seed_id=item.seed.id,
             strategy=item.strategy,
             reference=seed_reference(item.seed, self.task),
-            meta={"final": self.task.extract(text), "sample_index": item.sample_index},
+            meta={"final": self.task.extract(answer), "sample_index": item.sample_index},
         )
