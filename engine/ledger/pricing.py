@@ -89,19 +89,17 @@ def _from_genai_prices(model: str, provider: str, base_url: str | None) -> Model
     """The price genai-prices knows for this model at this provider, or None (also if not installed).
     A private address is answered without loading genai-prices, which costs a third of a second of
     every run's start-up and could only say "unknown" there."""
-    if provider not in _PROVIDER_IDS and (not base_url or _private_address(base_url)):
-        return None
-    try:
-        import genai_prices
-    except ImportError:
-        return None
     if provider in _PROVIDER_IDS:
         # The hosted API of that provider; a model name it does not list (a gateway serving another
         # vendor's model through this protocol) is looked up by name alone.
         tries: list[dict[str, str]] = [{"provider_id": _PROVIDER_IDS[provider]}, {}]
-    elif base_url:
+    elif base_url and not _private_address(base_url):
         tries = [{"provider_api_url": base_url}]
     else:
+        return None
+    try:
+        import genai_prices
+    except ImportError:
         return None
     calc = None
     for where in tries:
