@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # `python cli.py ...` from a checkout: make the p
 from synthledger.commands import runs  # noqa: E402,F401
 from synthledger.commands import models  # noqa: E402,F401
 from synthledger.commands import groups  # noqa: E402,F401
-from synthledger.commands.common import CliError, app  # noqa: E402,F401  (tests and plugins import them from here)
+from synthledger.commands.common import CliError, app  # noqa: E402,F401  (still importable from here)
 
 
 def main() -> None:

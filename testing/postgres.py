@@ -53,6 +53,7 @@ class PgCluster:
         self.log = self.root / "server.log"
         self.as_postgres = os.geteuid() == 0
         self.started = False
+        self._watchdog: subprocess.Popen | None = None
 
     # ---- running the server's own commands ----------------------------------------------
     def _cmd(self, *args: str) -> list[str]:
@@ -112,10 +113,9 @@ class PgCluster:
         return f"postgresql+psycopg://{USER}@/{db}?host={self.sock}"
 
     def stop(self) -> None:
-        watchdog = getattr(self, "_watchdog", None)
-        if watchdog is not None:
-            watchdog.kill()
-            watchdog.wait()
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
             self._watchdog = None
         if self.started:
             try:
