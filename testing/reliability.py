@@ -49,6 +49,17 @@ class ServerProcess:
     def stats(self) -> dict[str, Any]:
         return self._request("/stats")
 
+    def settled_stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The counts once no request is in flight: a client that exited with requests out (timed
+        out, abandoned) closes their connections as it goes, and the server records each as
+        `client_gone` only when it notices, a moment later."""
+        deadline = time.monotonic() + timeout
+        stats = self.stats()
+        while stats["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            stats = self.stats()
+        return stats
+
     def control(self, **changes: Any) -> dict[str, Any]:
         return self._request("/control", changes)
 

@@ -27,7 +27,7 @@ def test_malformed_no_usage_slow_and_dropped_under_one_budget(tmp_path, provider
         store = f"sqlite:///{tmp_path / 'store.db'}"
         res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store", store], cwd=tmp_path,
                        env={"OPENAI_API_KEY": "sk-test-not-checked"})
-        stats = server.stats()
+        stats = server.settled_stats()
     assert res.rc == 0 and res.last_line()[2] == "budget_exhausted", res
     result = check_run_exact(store, res.last_line()[1], budget)
     counts = result["report"].counts
