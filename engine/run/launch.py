@@ -14,6 +14,7 @@ from ...store.eventstore import EventStore
 from ..errors import ResumeRefused
 from ..ledger.replay import replay
 from .abort import start_error
+from .collector import tuned_for_a_run
 from .config import RunConfig
 from .runner import Runner, RunResult
 from .store_choice import StoreChoice
@@ -104,7 +105,8 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
                                announce=announce).result()
     runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce)
     try:
-        result = anyio.run(_run_with_signals, runner)
+        with tuned_for_a_run():
+            result = anyio.run(_run_with_signals, runner)
     finally:
         runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
     if result.error is not None:
