@@ -7,6 +7,7 @@ defaults; never repurpose one. Bump SCHEMA_VERSION when a payload changes meanin
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -326,13 +327,17 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
 )
 Event = Annotated[Union[EVENT_CLASSES], Field(discriminator="type")]  # type: ignore[valid-type]
 
-EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 EVENT_TYPES = frozenset(cls.TYPE for cls in EVENT_CLASSES)
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(Event)
 
 
 def parse_event(type_: str, payload: dict[str, Any]) -> Any:
     """A stored payload back to its typed event (raises pydantic.ValidationError on a bad one)."""
-    return EVENT_ADAPTER.validate_python({**payload, "type": type_})
+    return _adapter().validate_python({**payload, "type": type_})
 
 
 def to_payload(event: BaseModel) -> tuple[str, dict[str, Any]]:
