@@ -3,12 +3,14 @@
     python benchmarks/throughput.py [--quick] [--only a,b,c,d,e,f] [--styles openai,kind]
 
 (a) 6000 RPM enforced over a one-second window (100/s), 200 +/- 50 ms latency: successful
-    requests/s over RPM/60 >= 0.97 and 429s <= 1% of requests sent.
+    requests/s over RPM/60 >= 0.97 and 429s <= 1% of requests sent; 4,000 requests (40 s), and
+    10,000 (100 s) under OpenAI's headers.
 (b) 1200 RPM over a one-second window with 2% injected 500s: the same targets.
     Both run under each header style: "openai" (the one that matters: a 429 says only
     `retry-after: 1`, whole seconds, as OpenAI does) and "kind" (adds the exact `retry-after-ms`).
     The rate is reported two ways: over the server's span (first to last answer) and over the
-    whole `generate` process's wall time, start-up included. The server runs at normal priority.
+    whole `generate` process's wall time, start-up included; a target counts as met only when
+    both reach it. The server runs at normal priority.
 (c) engine overhead against a zero-latency unlimited server, every event durable (fsync'd group
     commits): >= 1,500 settled requests/s and >= 0.35 of a bare aiohttp client loop sending the
     same requests in the same run; peak RSS <= 200 MB and flat from 2k to 50k requests (--quick
@@ -74,8 +76,9 @@ def paced(name: str, rpm: float, n: int, style: str, error_rate: float = 0.0) ->
         "audit_ok": report["ok"], "spent": report["spent"]["queries"],
         "pacing_notes": report.get("pacing", {}).get("notes", []),
     }
-    out["met"] = (out["rate_ratio"] >= TARGETS["rate_ratio"] and out["share_429"] <= TARGETS["share_429"]
-                  and out["audit_ok"] and out["spent"] == n)
+    # Rates count over the whole process: a figure met only over the server's span is not met.
+    out["met"] = (min(out["rate_ratio"], out["rate_ratio_whole_process"]) >= TARGETS["rate_ratio"]
+                  and out["share_429"] <= TARGETS["share_429"] and out["audit_ok"] and out["spent"] == n)
     return out
 
 
@@ -223,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         if "b" in only:
             record(f"b_rpm1200_window1s_2pct_500_{style}",
                    paced("b", 1200, 400 if args.quick else 1000, style, error_rate=0.02))
+    if "a" in only and not args.quick:
+        # The same scenario 2.5 times as long (100 s): start-up is paid once, so the share over the
+        # whole process approaches the share over the span as a run grows.
+        record("a_rpm6000_window1s_openai_10k", paced("a", 6000, 10_000, "openai"))
     if "c" in only:
         record("c_overhead", overhead(args.quick))
     if "d" in only:
