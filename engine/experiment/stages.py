@@ -63,6 +63,7 @@ def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,
     the run exists and before any query is sent, so the experiment links the run first."""
     import anyio
 
+    from ..run.collector import tuned_for_a_run
     from ..run.launch import _run_with_signals
     from ..run.runner import Runner
 
@@ -77,7 +78,8 @@ def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,
     run_id = runner.start_resume(run_id) if run_id is not None else runner.start_new()
     on_start(run_id, runner)
     try:
-        anyio.run(_run_with_signals, runner)
+        with tuned_for_a_run():
+            anyio.run(_run_with_signals, runner)
     finally:
         runner.abandon_unstarted("the experiment could not drive this generation (its event loop failed)")
     return generation_outcome(store, run_id, time.perf_counter() - started)
