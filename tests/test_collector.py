@@ -30,6 +30,17 @@ def test_settings_are_raised_inside_and_restored_by_the_outermost_run():
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
+def test_a_freeze_the_process_made_itself_is_kept():
+    gc.freeze()  # as a server does after start-up
+    try:
+        frozen = gc.get_freeze_count()
+        with tuned_for_a_run():
+            assert gc.get_threshold()[0] >= RUN_THRESHOLD
+        assert gc.get_freeze_count() == frozen  # neither unfrozen nor grown by the run
+    finally:
+        gc.unfreeze()
+
+
 def test_generate_runs_with_them_and_leaves_the_process_as_it_was(tmp_path, monkeypatch):
     monkeypatch.delenv("SYNTHLEDGER_STORE", raising=False)
     before = gc.get_threshold()

@@ -8,7 +8,9 @@ run's CPU time (benchmarks/throughput.py, scenario c). For the length of a run t
 objects are frozen (never walked again) and young objects are collected every 20,000 net
 allocations instead of every 700. Cycles are still collected, so memory stays flat (the same
 benchmark checks peak RSS from 2k to 50k queries). The previous settings come back when the
-outermost run ends, so a notebook or a test that runs generation in-process is left as it was.
+outermost run ends, so a notebook or a test that runs generation in-process is left as it was; a
+process that froze its own objects (a server that calls gc.freeze() after start-up) keeps that
+freeze, untouched.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ RUN_THRESHOLD = 20_000
 _lock = threading.Lock()
 _depth = 0
 _saved: tuple[int, int, int] | None = None
+_froze = False  # whether we froze (a process that froze objects itself keeps its own freeze)
 
 
 @contextmanager
 def tuned_for_a_run() -> Iterator[None]:
-    global _depth, _saved
+    global _depth, _saved, _froze
     with _lock:
         _depth += 1
         if _depth == 1:
             _saved = gc.get_threshold()
-            gc.freeze()
+            _froze = gc.get_freeze_count() == 0
+            if _froze:
+                gc.freeze()
             gc.set_threshold(max(RUN_THRESHOLD, _saved[0]), *_saved[1:])
     try:
         yield
@@ -41,5 +46,6 @@ def tuned_for_a_run() -> Iterator[None]:
             _depth -= 1
             if _depth == 0 and _saved is not None:
                 gc.set_threshold(*_saved)
-                gc.unfreeze()
-                _saved = None
+                if _froze:
+                    gc.unfreeze()
+                _saved, _froze = None, False
