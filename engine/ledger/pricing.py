@@ -132,4 +132,4 @@ def price_for(model: str, provider: str, overrides: dict[str, ModelPrice],
         import genai_prices  # noqa: F401 - installed: its answer (none) stands
         return None
     except ImportError:
-        return BUILTIN.get(model) if provider in _PROVIDER_IDS else None
+        return BUILTIN.get(model)
