@@ -199,11 +199,16 @@ class TeacherServer(ServerControl):
             delay += self._latency_rng.uniform(-cfg.jitter_ms, cfg.jitter_ms) / 1000.0
         if cfg.slow_rate and rng.random() < cfg.slow_rate:
             delay += cfg.slow_s
+        # Every random choice of a request is drawn before its first await, in this order: requests
+        # in flight together cannot interleave their draws, so a seed gives the k-th request to
+        # arrive the same fate in every run (and a run of a given length the same fault counts).
+        variant = rng.randrange(3) if outcome == "malformed" else 0
+        no_usage = outcome == "answered" and bool(cfg.no_usage_rate) and rng.random() < cfg.no_usage_rate
         if delay > 0:
             await asyncio.sleep(delay)
 
         if outcome == "answered":
-            return self._success(proto, p, body, ptoks, headers)
+            return self._success(proto, p, body, ptoks, headers, no_usage)
         if outcome == "dropped":
             return self._drop(request, proto, "dropped", p)
         if outcome == "error":
@@ -220,7 +225,7 @@ class TeacherServer(ServerControl):
             )
         st.malformed += 1
         st.record(proto, 200, "malformed", p)
-        return web.Response(body=malformed_body(proto, self._rng.randrange(3)), headers={"Content-Type": _JSON, **headers})
+        return web.Response(body=malformed_body(proto, variant), headers={"Content-Type": _JSON, **headers})
 
     def _reply(self, proto: str, p: Parsed, body: bytes, ptoks: int) -> dict[str, Any]:
         """A successful answer's body (counted in the stats); also what a batch request gets."""
@@ -248,9 +253,10 @@ class TeacherServer(ServerControl):
             return openai_completion(rid, p.model, outs, ptoks, ctoks, cached)
         return anthropic_message(rid, p.model, outs[0], p.stop, ptoks, ctoks, cached if cfg.prompt_cache else None)
 
-    def _success(self, proto: str, p: Parsed, body: bytes, ptoks: int, headers: dict[str, str]) -> web.Response:
+    def _success(self, proto: str, p: Parsed, body: bytes, ptoks: int, headers: dict[str, str],
+                 no_usage: bool) -> web.Response:
         payload = self._reply(proto, p, body, ptoks)
-        if self.config.no_usage_rate and self._rng.random() < self.config.no_usage_rate:
+        if no_usage:
             payload.pop("usage", None)  # a body a strict client cannot account: counted as malformed
             self._stats.malformed += 1
             self._stats.record(proto, 200, "malformed", p)

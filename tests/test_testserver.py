@@ -191,6 +191,35 @@ async def test_fault_sequence_is_reproducible_from_the_seed(serve, http):
     assert runs[0] == runs[1] and {200, 500, 503} <= set(runs[0])
 
 
+async def test_fault_counts_are_reproducible_under_concurrency(serve, http):
+    # Requests in flight together must not interleave their random draws (the no-usage and
+    # malformed-body choices once came after the delay): the k-th request to arrive gets the same
+    # fate whatever the timing, so a run of 60 requests meets the same faults sent together or one
+    # at a time.
+    config = dict(seed=5, malformed_rate=0.15, no_usage_rate=0.2, drop_rate=0.1, latency_ms=5, jitter_ms=5,
+                  slow_rate=0.3, slow_s=0.02)
+
+    async def one(url: str) -> None:
+        try:
+            await post(http, url, chat_body())
+        except aiohttp.ClientError:
+            pass  # a dropped connection
+
+    runs = []
+    for together in (False, True, True, True):
+        srv = await serve(**config)
+        url = srv.url + "/v1/chat/completions"
+        if together:
+            await asyncio.gather(*(one(url) for _ in range(60)))
+        else:
+            for _ in range(60):
+                await one(url)
+        stats = srv.stats()
+        runs.append({k: stats[k] for k in ("answered", "malformed", "dropped")})
+    assert runs[0]["malformed"] and runs[0]["dropped"] and runs[0]["answered"]
+    assert all(r == runs[0] for r in runs), runs
+
+
 async def test_drop_closes_the_connection_without_an_answer(serve, http):
     srv = await serve(drop_rate=1.0)
     with pytest.raises(aiohttp.ServerDisconnectedError):
