@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Callable
 
 import anyio
 import pytest
 
 from synthledger.engine.scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
 from synthledger.engine.scheduler.limiter import catch_up_allowance
+from synthledger.engine.scheduler.shaper import SendShaper
 from synthledger.engine.api import FailureKind, RateLimitInfo
 from synthledger.testing.virtual_clock import VirtualClock
 
@@ -115,6 +117,48 @@ async def test_late_wake_ups_keep_their_slots_and_never_overfill_a_window(limit_
         assert late.late_s > 0
         assert max_in_window(times, 1.0) <= limit_per_s
         assert rate(times) >= floor * limit_per_s, rate(times)
+
+
+async def shaped_send_times(shaper: SendShaper, n: int, commit_done: Callable[[int, float], float]) -> list[float]:
+    """Release `n` requests on the limiter's schedule; request k's commit ends at
+    `commit_done(k, released)`; each then waits on the shaper and is sent (times from the start)."""
+    sent: list[float] = [0.0] * n
+    t0 = anyio.current_time()
+
+    async def one(k: int, release: float) -> None:
+        await anyio.sleep(release)
+        slot = shaper.slot(anyio.current_time())
+        await anyio.sleep(max(0.0, t0 + commit_done(k, release) - anyio.current_time()))
+        await shaper.wait(slot)
+        sent[k] = anyio.current_time() - t0
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for k in range(n):
+                tg.start_soon(one, k, k * shaper.interval_s)
+    return sent
+
+
+async def test_shaped_sends_keep_the_paced_interval(clock) -> None:
+    # Commits that end within the lag: every send on its slot, one interval apart, none held back.
+    shaper = SendShaper(6000, 0.995)
+    sent = await shaped_send_times(shaper, 300, lambda k, released: released + 0.004 * (k % 3))
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert all(g == pytest.approx(shaper.interval_s, abs=1e-9) for g in gaps)
+    assert max_in_window(sent, 1.0) <= 100
+
+
+async def test_a_slow_first_commit_cannot_overfill_the_window_a_second_later(clock) -> None:
+    # The run's first commit takes 60 ms: the first requests go out together when it ends, later
+    # ones on their slots. Sends 100 places apart must stay more than a second apart, as the
+    # provider's window counts them (this was one 429 at ~1 s into every paced run).
+    shaper = SendShaper(6000, 0.995)
+    sent = await shaped_send_times(shaper, 400, lambda k, released: max(released + 0.004, 0.060))
+    assert sent[0] == sent[4] == pytest.approx(0.060)  # the bunch went out together
+    assert max_in_window(sent, 1.0) <= 100
+    assert min(b - a for a, b in zip(sent, sent[100:])) > 1.0
+    # Only the sends a second after the bunch were held back; the schedule then continues.
+    assert sent[-1] == pytest.approx(399 * shaper.interval_s - 0.010 + 0.025, abs=1e-9)
 
 
 async def test_unlimited_acquire_never_waits(clock) -> None:

@@ -6,11 +6,20 @@ would carry that jitter to the provider, whose sliding window then sees two send
 the paced interval and answers 429. The shaper gives each release an ideal slot (one interval
 after the previous slot, or the release itself after an idle spell) and holds the send until
 that slot plus a fixed lag longer than a typical commit, so sends keep the interval exactly.
+
+A commit longer than the lag (the run's first one, which creates the log; a slow disk) still lets
+the sends waiting on it out together, while the sends after it keep their slots: the window
+ending at a later slot would then hold one request too many, and the provider answers 429 (one
+in every paced run started this way). So the shaper also keeps the provider's own rule on the
+actual send times: never more than the limit's share of a one-second window (OpenAI enforces
+"6000 RPM" as 100 per second) in any such window. On schedule that bound never binds, since
+pacing below the limit leaves slack in every window.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import anyio
 
@@ -22,6 +31,11 @@ SEND_LAG_S = 0.025
 # A release later than its ideal slot by up to this much keeps the slot (no drift from a busy
 # event loop); a later one starts the schedule afresh at the release.
 _TOLERANCE_S = 0.010
+# The window a per-minute limit is assumed to be enforced over, and a margin on it for the
+# wire's jitter between our send and the provider's arrival clock. Pacing at 99.5% leaves 5 ms
+# per one-second window, so the bound stays off a schedule kept exactly.
+WINDOW_S = 1.0
+_WINDOW_MARGIN_S = 0.002
 
 
 class SendShaper:
@@ -34,6 +48,9 @@ class SendShaper:
             raise ValueError(f"SendShaper: safety must be in (0, 1], got {safety!r}")
         self.interval_s = 60.0 / (rpm * safety)
         self._slot = -math.inf
+        # The send times of the last `per_window` sends: the oldest bounds the next one.
+        self.per_window = max(1, math.floor(rpm * WINDOW_S / 60.0))
+        self._sent: deque[float] = deque(maxlen=self.per_window)
 
     def set_interval(self, seconds: float) -> None:
         """Follow the limiter when its pace changes (a learned limit, a slower factor after 429s)."""
@@ -48,9 +65,15 @@ class SendShaper:
         self._slot = max(self._slot + self.interval_s, released_at - _TOLERANCE_S)
         return self._slot
 
-    @staticmethod
-    async def wait(slot: float) -> None:
-        """Sleep until `slot` + the lag (at once if the commit took longer than that)."""
+    async def wait(self, slot: float) -> None:
+        """Sleep until `slot` + the lag (at once if the commit took longer than that), and until
+        the window ending now has room; the caller sends straight after, so now is its send time."""
         delay = slot + SEND_LAG_S - anyio.current_time()
         if delay > 0:
             await anyio.sleep(delay)
+        while len(self._sent) == self.per_window:
+            delay = self._sent[0] + WINDOW_S + _WINDOW_MARGIN_S - anyio.current_time()
+            if delay <= 0:
+                break
+            await anyio.sleep(delay)
+        self._sent.append(anyio.current_time())
