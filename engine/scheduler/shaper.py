@@ -7,13 +7,15 @@ the paced interval and answers 429. The shaper gives each release an ideal slot 
 after the previous slot, or the release itself after an idle spell) and holds the send until
 that slot plus a fixed lag longer than a typical commit, so sends keep the interval exactly.
 
-A commit longer than the lag (the run's first one, which creates the log; a slow disk) still lets
-the sends waiting on it out together, while the sends after it keep their slots: the window
-ending at a later slot would then hold one request too many, and the provider answers 429 (one
-in every paced run started this way). So the shaper also keeps the provider's own rule on the
-actual send times: never more than the limit's share of a one-second window (OpenAI enforces
-"6000 RPM" as 100 per second) in any such window. On schedule that bound never binds, since
-pacing below the limit leaves slack in every window.
+A commit longer than the lag (the run's first one, which creates the log; a slow disk) makes its
+sends late. Were the sends after them to keep their slots, they would follow closer than the
+interval, and the window ending a second later would hold one request too many: the provider
+answers 429 (one in every paced run started this way). So a send later than its slot by more than
+the tolerance moves the schedule: every send claimed after it goes out that much later too, as a
+late release starts the schedule afresh. Lateness within the tolerance keeps the slots; for that
+the shaper keeps the provider's own rule on actual send times: never more than the limit's share
+of a one-second window (OpenAI enforces "6000 RPM" as 100 per second) in any such window, less a
+margin for the wire. On schedule that bound never binds: pacing below the limit leaves slack.
 """
 
 from __future__ import annotations
@@ -31,11 +33,8 @@ SEND_LAG_S = 0.025
 # A release later than its ideal slot by up to this much keeps the slot (no drift from a busy
 # event loop); a later one starts the schedule afresh at the release.
 _TOLERANCE_S = 0.010
-# The window a per-minute limit is assumed to be enforced over, and a margin on it for the
-# wire's jitter between our send and the provider's arrival clock. Pacing at 99.5% leaves 5 ms
-# per one-second window, so the bound stays off a schedule kept exactly.
+# The window a per-minute limit is assumed to be enforced over.
 WINDOW_S = 1.0
-_WINDOW_MARGIN_S = 0.002
 
 
 class SendShaper:
@@ -48,9 +47,16 @@ class SendShaper:
             raise ValueError(f"SendShaper: safety must be in (0, 1], got {safety!r}")
         self.interval_s = 60.0 / (rpm * safety)
         self._slot = -math.inf
+        # How much later than their slots sends go out, after sends that were late beyond the
+        # tolerance moved the schedule (slots stay on the limiter's clock; sends add this).
+        self.shift_s = 0.0
         # The send times of the last `per_window` sends: the oldest bounds the next one.
         self.per_window = max(1, math.floor(rpm * WINDOW_S / 60.0))
         self._sent: deque[float] = deque(maxlen=self.per_window)
+        # A margin on the window for the wire's jitter between our send and the provider's clock:
+        # four fifths of the slack pacing at `safety` leaves in it (4 ms at 99.5%), so the bound
+        # stays off a schedule kept exactly.
+        self.window_s = WINDOW_S + 0.8 * (1.0 - safety) / safety * WINDOW_S
 
     def set_interval(self, seconds: float) -> None:
         """Follow the limiter when its pace changes (a learned limit, a slower factor after 429s)."""
@@ -62,18 +68,21 @@ class SendShaper:
         """Claim the send slot of a request the limiter released at loop time `released_at`.
 
         Call in release order, right after the release (before any await)."""
-        self._slot = max(self._slot + self.interval_s, released_at - _TOLERANCE_S)
+        self._slot = max(self._slot + self.interval_s, released_at - _TOLERANCE_S - self.shift_s)
         return self._slot
 
     async def wait(self, slot: float) -> None:
         """Sleep until `slot` + the lag (at once if the commit took longer than that), and until
         the window ending now has room; the caller sends straight after, so now is its send time."""
-        delay = slot + SEND_LAG_S - anyio.current_time()
-        if delay > 0:
-            await anyio.sleep(delay)
-        while len(self._sent) == self.per_window:
-            delay = self._sent[0] + WINDOW_S + _WINDOW_MARGIN_S - anyio.current_time()
-            if delay <= 0:
+        while True:
+            now = anyio.current_time()
+            at = slot + SEND_LAG_S + self.shift_s  # the schedule may move while this one sleeps
+            if len(self._sent) == self.per_window:
+                at = max(at, self._sent[0] + self.window_s)
+            if at <= now:
                 break
-            await anyio.sleep(delay)
-        self._sent.append(anyio.current_time())
+            await anyio.sleep(at - now)
+        late = now - (slot + SEND_LAG_S + self.shift_s)
+        if late > _TOLERANCE_S:
+            self.shift_s += late
+        self._sent.append(now)
