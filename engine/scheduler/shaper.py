@@ -76,13 +76,11 @@ class SendShaper:
         the window ending now has room; the caller sends straight after, so now is its send time."""
         while True:
             now = anyio.current_time()
-            at = slot + SEND_LAG_S + self.shift_s  # the schedule may move while this one sleeps
-            if len(self._sent) == self.per_window:
-                at = max(at, self._sent[0] + self.window_s)
+            due = slot + SEND_LAG_S + self.shift_s  # the schedule may move while this one sleeps
+            at = max(due, self._sent[0] + self.window_s) if len(self._sent) == self.per_window else due
             if at <= now:
                 break
             await anyio.sleep(at - now)
-        late = now - (slot + SEND_LAG_S + self.shift_s)
-        if late > _TOLERANCE_S:
-            self.shift_s += late
+        if now - due > _TOLERANCE_S:
+            self.shift_s += now - due
         self._sent.append(now)
