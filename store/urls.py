@@ -27,9 +27,13 @@ def resolve_url(url: str | None) -> str:
 
 
 def normalize(url: str) -> str:
+    """The SQLAlchemy URL a user means. A bare path (no `scheme://`) is a SQLite file: that is how
+    every command prints a SQLite store, so it is what a user copies back into `--store`."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
+    if "://" not in url:
+        return f"sqlite:///{os.path.expanduser(url)}"
     return url
 
 

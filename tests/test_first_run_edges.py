@@ -134,6 +134,26 @@ def test_generate_first_line_names_the_store_and_the_rule(server, tmp_path):
     assert (tmp_path / ".synthledger" / "synthledger.db").exists()
 
 
+def test_a_store_may_be_named_by_its_path(server, tmp_path):
+    """Every command prints a SQLite store as its path, so a path is what users pass back: in the
+    config, to --store and in the environment, relative to the working directory like any path."""
+    write_project(tmp_path, server.url, name="bypath", seeds=2, queries=2)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(cfg.read_text().replace('name = "bypath"', 'name = "bypath"\nstore = "data/runs.db"'))
+    (tmp_path / "data").mkdir()
+    r = cli("generate", "-c", "run.toml", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("store data/runs.db (from [run] store in the run config)"), r.stderr
+    assert (tmp_path / "data" / "runs.db").is_file()
+    listed = cli("runs", "--json", "--store", "data/runs.db", cwd=tmp_path)
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["bypath"], listed.stderr
+    via_env = cli("audit", "bypath", "--json", cwd=tmp_path, env={"SYNTHLEDGER_STORE": str(tmp_path / "data/runs.db")})
+    assert via_env.returncode == 0 and json.loads(via_env.stdout)["ok"], via_env.stderr
+    typo = cli("runs", "--store", "data/run.db", cwd=tmp_path)
+    assert typo.returncode != 0 and "store data/run.db does not exist" in typo.stderr
+    assert "Traceback" not in typo.stderr and not (tmp_path / "data" / "run.db").exists()
+
+
 def test_a_server_url_is_shown_without_its_password():
     from synthledger.engine.run.store_choice import StoreChoice
 

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from ...store.eventstore import ENV_STORE, EventStore, StoreMissing, default_url
+from ...store.urls import normalize
 
 __all__ = ["StoreChoice", "choose_store", "open_store", "display_url"]
 
@@ -43,14 +44,16 @@ def display_url(url: str) -> str:
 
 def choose_store(flag: str | None = None, config_store: str | None = None,
                  config_source: str | None = None) -> StoreChoice:
-    """The store a command uses: flag, then environment, then the run config, then the default."""
+    """The store a command uses: flag, then environment, then the run config, then the default.
+    Each may be a URL or a SQLite file's path."""
     if flag:
-        return StoreChoice(flag, "--store")
+        return StoreChoice(normalize(flag), "--store")
     env = os.environ.get(ENV_STORE)
     if env:
-        return StoreChoice(env, f"${ENV_STORE}")
+        return StoreChoice(normalize(env), f"${ENV_STORE}")
     if config_store:
-        return StoreChoice(config_store, f"[run] store in {config_source}" if config_source else "[run] store")
+        return StoreChoice(normalize(config_store),
+                           f"[run] store in {config_source}" if config_source else "[run] store")
     return StoreChoice(default_url(), "the default location")
 
 
