@@ -25,13 +25,15 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protoco
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import BudgetExhausted, FailureKind, QueryFailed, SeedError, TeacherError
-from .scheduler.headers import RateLimitInfo, parse_reset, parse_retry_after, rate_limits_from_headers
+from .scheduler.headers import (RateLimitInfo, header_count, parse_reset, parse_retry_after, rate_limits_from_headers,
+                                wait_seconds)
 
 __all__ = [
     "BudgetExhausted", "ChatRequest", "Completion", "Context", "Evaluator", "FailureKind", "PlanItem",
     "PluginOptions", "QueryFailed", "RateLimitInfo", "Sample", "Seed", "SeedError", "SeedSource", "Strategy",
     "Task", "Teacher", "TeacherError", "Trainer", "Usage", "Verdict", "Verifier", "draw_subset",
-    "parse_reset", "parse_retry_after", "rate_limits_from_headers", "utf8_prompt_bound",
+    "header_count", "parse_reset", "parse_retry_after", "rate_limits_from_headers", "utf8_prompt_bound",
+    "wait_seconds",
 ]
 
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from .batches import BatchService
 from .payloads import (ANTHROPIC, OPENAI, PromptCache, anthropic_message, error_body, malformed_body,
                        model_not_found, openai_completion)
-from .ratelimit import SlidingWindow
+from .ratelimit import SlidingWindow, garbled
 from .replies import AnswerBook, Parsed, RequestInvalid, parse_anthropic, parse_openai, prompt_tokens, reply_text, shape
 from .control import ServerControl
 from .serverconfig import ServerConfig, Stats
@@ -170,8 +170,10 @@ class TeacherServer(ServerControl):
                 headers.update(self._limiter.retry_headers(decision.retry_after_s))
                 msg = f"Rate limit reached; retry after {decision.retry_after_s:.3f}s."
                 kind = "requests" if proto == OPENAI else None
+                if cfg.garbled_headers:
+                    headers = garbled(headers)
                 return headers, self._error(proto, 429, msg, headers=headers, kind=kind)
-        return headers, None
+        return (garbled(headers) if cfg.garbled_headers else headers), None
 
     async def _answer(self, request: web.Request, proto: str, p: Parsed, body: bytes) -> web.StreamResponse:
         st, cfg = self._stats, self.config

@@ -157,3 +157,17 @@ class SlidingWindow:
 def retry_after_headers(seconds: float) -> dict[str, str]:
     """Both retry headers (the "kind" styles); kept for callers outside the server."""
     return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(max(1, math.ceil(seconds * 1000.0)))}
+
+
+GARBLED = {"x-ratelimit-limit-requests": "inf", "x-ratelimit-remaining-requests": "nan",
+           "x-ratelimit-reset-requests": "1.2.3s", "x-ratelimit-limit-tokens": "1e400",
+           "x-ratelimit-remaining-tokens": "-5", "x-ratelimit-reset-tokens": "soon",
+           "anthropic-ratelimit-requests-limit": "inf", "anthropic-ratelimit-requests-remaining": "nan",
+           "anthropic-ratelimit-requests-reset": "not-a-date", "anthropic-ratelimit-tokens-limit": "-1",
+           "retry-after": "inf", "retry-after-ms": "nan"}
+
+
+def garbled(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` with every rate-limit value a client might read replaced by one it cannot use."""
+    return {k: GARBLED.get(k, v) for k, v in headers.items()}
+

@@ -151,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--usage-factor", type=float, default=1.0, help="report usage x this (an overbilling provider)")
     ap.add_argument("--no-usage-rate", type=float, default=0.0, help="share of 200s sent without `usage`")
     ap.add_argument("--echo-key", action="store_true", help="401 bodies repeat the key they were sent")
+    ap.add_argument("--garbled-headers", action="store_true", help="rate-limit headers that are not numbers")
     ap.add_argument("--stats-file", help="stats JSON, rewritten every 0.5 s and on shutdown")
     return ap
 
@@ -171,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         batch_request_s=args.batch_request_s, batch_finalizing_s=args.batch_finalizing_s,
         batch_expire_s=args.batch_expire_s, batch_fail=args.batch_fail, batch_error_rate=args.batch_error_rate,
         usage_factor=args.usage_factor, no_usage_rate=args.no_usage_rate, echo_key=args.echo_key,
+        garbled_headers=args.garbled_headers,
     )
 
 

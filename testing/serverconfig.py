@@ -65,6 +65,9 @@ class ServerConfig:
     usage_factor: float = 1.0  # reported usage = real usage x this (> 1: a provider that overbills)
     no_usage_rate: float = 0.0  # share of 200s whose body has no `usage` (counted as malformed)
     echo_key: bool = False  # a 401 body repeats the key it was sent, as some gateways do
+    # Rate-limit headers that are not numbers (`inf`, `nan`, `1.2.3s`, a date that is not one), as
+    # a sloppy gateway may send: a client must ignore them, never sleep forever or drop the answer.
+    garbled_headers: bool = False
 
     def __post_init__(self) -> None:
         self.error_codes = tuple(int(c) for c in self.error_codes)

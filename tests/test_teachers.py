@@ -133,6 +133,23 @@ async def test_rate_limit_maps_retry_after_and_headers(serve, teacher, provider)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_garbled_rate_headers_are_ignored_not_obeyed(serve, teacher, provider):
+    """A sloppy gateway's `retry-after: inf`, `x-ratelimit-reset-requests: 1.2.3s` or a limit of
+    `1e400` is no wait and no limit: the answer it came with is kept (it was paid for), and a 429
+    carries no wait, rather than one no sleep would end."""
+    srv = await serve(rpm=120, window_s=0.5, rate_headers="kind", garbled_headers=True)
+    t = teacher(provider, srv.url)
+    ok = await t.complete(request())
+    assert ok.texts and ok.usage.output_tokens > 0
+    if ok.rate_limits is not None:
+        assert all(v is None for v in vars(ok.rate_limits).values()), ok.rate_limits
+    err = await failure(t)
+    assert err.kind is FailureKind.RATE_LIMITED and err.status == 429
+    assert err.retry_after is None and not err.retry_after_exact
+    assert srv.stats()["answered"] == 1 and srv.stats()["rate_limited"] == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize(
     ("code", "kind", "billed"),
     [

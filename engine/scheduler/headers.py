@@ -8,12 +8,14 @@ apart from the provider contract so that contract stays a list of types.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-__all__ = ["RateLimitInfo", "parse_reset", "parse_retry_after", "rate_limits_from_headers"]
+__all__ = ["RateLimitInfo", "header_count", "parse_reset", "parse_retry_after", "rate_limits_from_headers",
+           "wait_seconds"]
 
 
 @dataclass
@@ -28,13 +30,29 @@ class RateLimitInfo:
     reset_tokens_s: float | None = None
 
 
+def wait_seconds(value: float) -> float | None:
+    """A wait a header gave, as seconds >= 0; None for `inf` or `nan`, which no sleep could end."""
+    return max(0.0, value) if math.isfinite(value) else None
+
+
+def header_count(value: str | None) -> int | None:
+    """A limit or remaining count; None when the header is absent or not a finite count >= 0."""
+    if value is None:
+        return None
+    try:
+        n = float(value)
+    except ValueError:
+        return None
+    return int(n) if math.isfinite(n) and n >= 0 else None
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """`retry-after` is seconds (possibly fractional) or an HTTP date; also accept `retry-after-ms`."""
     if value is None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return wait_seconds(float(value))
     except ValueError:
         pass
     try:
@@ -45,21 +63,24 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|h|m|s)")
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d+)?|\.\d+)(?:ms|h|m|s))+")
+
+
 def parse_reset(value: str | None) -> float | None:
-    """OpenAI-style reset durations: '1s', '6m0s', '20ms', or plain seconds."""
+    """OpenAI-style reset durations: '1s', '6m0s', '20ms', or plain seconds; None for anything else."""
     if not value:
         return None
     value = value.strip()
     try:
-        return float(value)
+        return wait_seconds(float(value))
     except ValueError:
         pass
-    total = 0.0
-    matched = False
-    for num, unit in re.findall(r"([0-9.]+)(ms|h|m|s)", value):
-        matched = True
-        total += float(num) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    return total if matched else None
+    if not _DURATION.fullmatch(value):
+        return None
+    total = sum(float(num) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+                for num, unit in _DURATION_PART.findall(value))
+    return wait_seconds(total)
 
 
 def rate_limits_from_headers(headers: Any) -> RateLimitInfo | None:
@@ -68,11 +89,7 @@ def rate_limits_from_headers(headers: Any) -> RateLimitInfo | None:
         return None
 
     def geti(name: str) -> int | None:
-        v = headers.get(name)
-        try:
-            return int(float(v)) if v is not None else None
-        except ValueError:
-            return None
+        return header_count(headers.get(name))
 
     info = RateLimitInfo(
         limit_requests=geti("x-ratelimit-limit-requests"),

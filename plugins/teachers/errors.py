@@ -13,8 +13,10 @@ from synthledger.engine.api import (
     FailureKind,
     RateLimitInfo,
     TeacherError,
+    header_count,
     parse_retry_after,
     rate_limits_from_headers,
+    wait_seconds,
 )
 
 
@@ -31,9 +33,11 @@ def retry_after_and_exactness(headers: Mapping[str, str] | None) -> tuple[float 
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return max(0.0, float(ms) / 1000.0), True
+            exact = wait_seconds(float(ms) / 1000.0)
         except ValueError:
-            pass
+            exact = None
+        if exact is not None:
+            return exact, True
     raw = headers.get("retry-after")
     value = parse_retry_after(raw)
     exact = value is not None and raw is not None and "." in raw
@@ -52,13 +56,6 @@ def _seconds_until(stamp: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _int(v: str | None) -> int | None:
-    try:
-        return int(float(v)) if v is not None else None
-    except ValueError:
-        return None
-
-
 def rate_limits(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
     """`x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*` (reset as an RFC 3339 instant)."""
     if headers is None:
@@ -72,11 +69,11 @@ def rate_limits(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
     ):
         return None
     return RateLimitInfo(
-        limit_requests=_int(headers.get("anthropic-ratelimit-requests-limit")),
-        remaining_requests=_int(headers.get("anthropic-ratelimit-requests-remaining")),
+        limit_requests=header_count(headers.get("anthropic-ratelimit-requests-limit")),
+        remaining_requests=header_count(headers.get("anthropic-ratelimit-requests-remaining")),
         reset_requests_s=_seconds_until(headers.get("anthropic-ratelimit-requests-reset")),
-        limit_tokens=_int(headers.get("anthropic-ratelimit-tokens-limit")),
-        remaining_tokens=_int(headers.get("anthropic-ratelimit-tokens-remaining")),
+        limit_tokens=header_count(headers.get("anthropic-ratelimit-tokens-limit")),
+        remaining_tokens=header_count(headers.get("anthropic-ratelimit-tokens-remaining")),
         reset_tokens_s=_seconds_until(headers.get("anthropic-ratelimit-tokens-reset")),
     )
 
