@@ -47,10 +47,9 @@ def test_a_paced_run_meets_few_429s_and_never_pauses(project, style):
     assert not [e for e in proj.events("sample_rejected") if e["stage"] == "failed"]
 
 
-@pytest.mark.parametrize("style, provider", [("openai", "openai-compatible"), ("kind", "openai-compatible"),
-                                             ("openai", "anthropic")])
-def test_limits_are_learned_from_the_headers(project, style, provider):
-    proj, srv = project("--rpm", "600", "--window-s", "1", "--latency-ms", "20", "--rate-headers", style, seeds=40)
+def forty_unconfigured(project, provider: str, *server_args: str):
+    """40 queries at 600 RPM with no limit in the config: what the engine knows, the server told it."""
+    proj, srv = project("--rpm", "600", "--window-s", "1", "--latency-ms", "20", *server_args, seeds=40)
     teacher = ({"provider": "anthropic", "base_url": srv.url, "model": "claude-3-5-haiku-latest"}
                if provider == "anthropic" else {})  # Anthropic announces anthropic-ratelimit-* instead
     cfg = proj.write(limits={"max_concurrency": 32}, budget={"queries": 40}, strategy={"samples_per_seed": 1},
@@ -59,7 +58,13 @@ def test_limits_are_learned_from_the_headers(project, style, provider):
     assert res.returncode == 0, res.stderr
     run_id, status = last_line(res)
     assert status == "completed"
-    report = proj.audit(run_id)
+    return proj, srv, proj.audit(run_id)
+
+
+@pytest.mark.parametrize("style, provider", [("openai", "openai-compatible"), ("kind", "openai-compatible"),
+                                             ("openai", "anthropic")])
+def test_limits_are_learned_from_the_headers(project, style, provider):
+    proj, srv, report = forty_unconfigured(project, provider, "--rate-headers", style)
     learned = [e for e in proj.events("rate_adjusted") if "learned" in e["note"]]
     assert learned and learned[0]["rpm"] == 600
     stats = srv.stats()
@@ -67,6 +72,16 @@ def test_limits_are_learned_from_the_headers(project, style, provider):
     # Slow start probes with 4 before the first answer teaches the limit: no 429 storm.
     assert stats["rate_limited"] <= 0.1 * stats["received"], stats
     assert "learned" in " ".join(report["pacing"]["notes"])
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
+def test_a_provider_with_garbled_rate_headers_loses_no_query(project, provider):
+    """`retry-after: inf` and limits of `inf` teach nothing: the run neither sleeps forever nor loses
+    the answers such headers came with, and ends with every query settled."""
+    proj, srv, report = forty_unconfigured(project, provider, "--garbled-headers")
+    assert report["ok"] and report["counts"]["settled"] == 40 == srv.stats()["answered"]
+    assert not [e for e in proj.events("rate_adjusted") if "learned" in e["note"]]
+    assert all(e["retry_after"] is None for e in proj.events("attempt_failed"))
 
 
 def _flood(url: str, stop: threading.Event) -> None:

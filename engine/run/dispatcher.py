@@ -300,7 +300,9 @@ class Dispatcher(Sender):
         if limited and err.requeue_in is not None:
             wait = err.requeue_in  # one lost slot: this request alone waits, for its next slot
         else:
-            wait = ep.retry.delay(max(1, counted), err.retry_after, self.rng)
+            # A 429 with no slot to wait for (no limit known, no usable retry-after) backs off by the
+            # attempts this query has made, or a provider that says nothing but 429 gets a storm.
+            wait = ep.retry.delay(attempt if limited else max(1, counted), err.retry_after, self.rng)
         if wait > 0:
             await anyio.sleep(wait)
         if ep.breaker.opened_count >= ep.max_breaker_trips:
