@@ -166,6 +166,9 @@ def test_bad_toml_names_file_and_line(project):
         load_config(project / "run.toml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(project / "missing.toml")
+    (project / "latin1.toml").write_bytes(GOOD_TOML.replace("[run]", "# caf\xe9\n[run]").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(byte 0xe9 at offset [0-9]+\)"):
+        load_config(project / "latin1.toml")
 
 
 # ---- --set overrides --------------------------------------------------------------------------------

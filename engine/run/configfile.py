@@ -32,6 +32,11 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} {path} is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} cannot be read: permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
