@@ -131,6 +131,13 @@ def events(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id
 
     Example: synthledger events gsm-aa --type query_settled --limit 5
     """
+    from synthledger.engine.ledger.events import EVENT_TYPES
+    from synthledger.engine.run.config_errors import suggestion
+
+    for t in type_:  # a misspelt type would match nothing, silently
+        if t not in EVENT_TYPES:
+            raise CliError(f"--type {t!r} is not an event type{suggestion(t, EVENT_TYPES)}; the types: "
+                           + ", ".join(sorted(EVENT_TYPES)))
     st = _store(store)
     info = st.resolve(ref)
     for i, ev in enumerate(st.iter_events(info.id, from_seq, types=type_ or None)):

@@ -141,6 +141,10 @@ def test_events_dump(recorded):
     tail = cli("events", run_id, "--store", url, "--from", str(n - 1)).stdout.splitlines()
     assert [json.loads(x)["seq"] for x in tail] == [n - 1, n]
     assert len(cli("events", run_id, "--store", url, "--limit", "3").stdout.splitlines()) == 3
+    # a misspelt type would match nothing: it is refused, naming the type it was close to
+    typo = cli("events", run_id, "--store", url, "--type", "query_setled")
+    assert typo.returncode == 2 and typo.stdout == "" and "Traceback" not in typo.stderr
+    assert "--type 'query_setled' is not an event type (did you mean `query_settled`?)" in " ".join(typo.stderr.split())
 
 
 
