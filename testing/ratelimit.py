@@ -9,7 +9,10 @@ What the headers say comes in three styles, because clients must cope with all o
   unit, resets as Go durations (`1s`, `6m0s`, `120ms`), and a 429 carries only a whole-second
   `retry-after` (ceil, at least 1) - no exact wait anywhere;
 - "kind": the same plus `retry-after-ms`, the exact wait;
-- "window": per-window counts (what some gateways announce) plus `retry-after-ms`.
+- "window": per-window counts (what some gateways announce) plus `retry-after-ms`;
+- "groq": as "openai", except that `x-ratelimit-limit-requests` and `-remaining-requests` count
+  requests per *day* (as Groq documents them): a client that takes them for a per-minute limit
+  paces hundreds of times too fast.
 Anthropic's `anthropic-ratelimit-*` names (reset as an RFC 3339 instant) follow the same numbers.
 """
 
@@ -21,7 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-HEADER_STYLES = ("openai", "kind", "window")
+HEADER_STYLES = ("openai", "kind", "window", "groq")
+DAY_PER_MINUTE = 480  # the "groq" style's requests per day per request per minute (Groq's free tier: 30 RPM, 14,400 RPD)
 
 
 @dataclass
@@ -56,6 +60,7 @@ class SlidingWindow:
     def __init__(self, rpm: float | None, tpm: float | None, window_s: float, style: str = "openai") -> None:
         self._events: deque[tuple[float, int]] = deque()
         self._tokens = 0
+        self._accepted = 0  # since start: what a per-day count has used
         self.configure(rpm, tpm, window_s, style)
 
     def configure(self, rpm: float | None, tpm: float | None, window_s: float, style: str = "openai") -> None:
@@ -77,6 +82,7 @@ class SlidingWindow:
     def reset(self) -> None:
         self._events.clear()
         self._tokens = 0
+        self._accepted = 0
 
     def _expire(self, now: float) -> None:
         cutoff = now - self.window_s
@@ -106,6 +112,7 @@ class SlidingWindow:
         if accepted:
             events.append((now, tokens))
             self._tokens += tokens
+            self._accepted += 1
         return Decision(accepted, max(0.0, wait), self._headers(now))
 
     def state(self, now: float) -> list[tuple[str, int, int, float]]:
@@ -119,6 +126,10 @@ class SlidingWindow:
         for kind, limit, used, per_minute in (("requests", self.request_limit, len(events), self.rpm),
                                               ("tokens", self.token_limit, self._tokens, self.tpm)):
             if limit is None or per_minute is None:
+                continue
+            if kind == "requests" and self.style == "groq":  # the day's count, not the window's
+                day = int(per_minute * DAY_PER_MINUTE)
+                out.append((kind, day, max(0, day - self._accepted), full_reset))
                 continue
             left = max(0, limit - used)
             out.append((kind, limit if per_window else int(per_minute), int(left * scale), full_reset))
@@ -149,7 +160,7 @@ class SlidingWindow:
         """`retry-after` is whole seconds (ceil, so obeying it always suffices); only the kind
         styles add the exact `retry-after-ms`."""
         out = {"retry-after": str(max(1, math.ceil(seconds)))}
-        if self.style != "openai":
+        if self.style in ("kind", "window"):
             out["retry-after-ms"] = str(max(1, math.ceil(seconds * 1000.0)))
         return out
 

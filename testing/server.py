@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--window-s", type=float, default=60.0)
     ap.add_argument("--rate-headers", choices=HEADER_STYLES, default="openai",
                     help="openai: whole-second retry-after only (as OpenAI); kind: also retry-after-ms; "
-                         "window: per-window counts and retry-after-ms")
+                         "window: per-window counts and retry-after-ms; groq: as openai, the requests "
+                         "limit counted per day")
     ap.add_argument("--error-rate", type=float, default=0.0)
     ap.add_argument("--error-codes", default="500,503", help="comma-separated HTTP statuses")
     ap.add_argument("--drop-rate", type=float, default=0.0)

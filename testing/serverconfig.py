@@ -23,7 +23,8 @@ class ServerConfig:
     tpm: float | None = None
     window_s: float = 60.0
     # How rate limits are announced: "openai" (whole-second retry-after only, per-minute limits,
-    # Go-duration resets), "kind" (the same plus retry-after-ms) or "window" (per-window counts).
+    # Go-duration resets), "kind" (the same plus retry-after-ms), "window" (per-window counts) or
+    # "groq" (as "openai", but the requests limit and remaining count requests per day).
     rate_headers: str = "openai"
     error_rate: float = 0.0
     error_codes: tuple[int, ...] = (500, 503)
