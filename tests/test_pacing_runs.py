@@ -74,6 +74,18 @@ def test_limits_are_learned_from_the_headers(project, style, provider):
     assert "learned" in " ".join(report["pacing"]["notes"])
 
 
+def test_a_per_day_requests_header_is_not_taken_for_the_per_minute_limit(project):
+    """Groq's `x-ratelimit-limit-requests` counts per day: learned as per minute it is 480 times the
+    real pace. Its 429s contradict it; the run drops it, says why, and loses nothing."""
+    proj, srv, report = forty_unconfigured(project, "openai-compatible", "--rate-headers", "groq")
+    assert report["ok"] and report["counts"]["settled"] == 40 == srv.stats()["answered"]
+    notes = [e["note"] for e in proj.events("rate_adjusted")]
+    assert any("learned" in n and "288000 requests/min" in n for n in notes), notes
+    dropped = [e for e in proj.events("rate_adjusted") if e["note"].startswith("stopped pacing")]
+    assert len(dropped) == 1 and dropped[0]["rpm"] is None, notes
+    assert not [e for e in proj.events("sample_rejected") if e["stage"] == "failed"]
+
+
 @pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
 def test_a_provider_with_garbled_rate_headers_loses_no_query(project, provider):
     """`retry-after: inf` and limits of `inf` teach nothing: the run neither sleeps forever nor loses

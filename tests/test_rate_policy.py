@@ -100,6 +100,33 @@ async def test_429s_we_did_not_cause_pause_everyone_bounded_and_said():
     assert d.pause_s == 2.5  # the reset header when there is no retry-after
 
 
+async def test_a_learned_limit_that_its_429s_contradict_is_dropped():
+    # Groq's x-ratelimit-limit-requests counts requests per day: read as per minute, it is a pace
+    # the provider refuses while we send at a fraction of it.
+    p, clock = policy(rpm=None)
+    assert "learned" in p.on_success(RateLimitInfo(limit_requests=14_400, remaining_requests=14_399), 0.2, 50)
+    day = RateLimitInfo(limit_requests=14_400, remaining_requests=14_000)
+    notes, paced = [], []
+    send_at_rate(p, clock, 1)
+    for _ in range(3):
+        send_at_rate(p, clock, 1)  # far below 14,400 a minute
+        notes.append(p.on_rate_limited(1.0, False, day, 10).note)
+        paced.append(p.limiter.current_rpm)
+    assert "shared" in notes[0] and "per day" in notes[0] and paced == [14_400, 14_400, None]
+    assert "stopped pacing" in notes[2] and "14400 requests/min" in notes[2]
+    assert p.limiter.current_rpm is None and p.shaper is None and p.distrusted
+    assert p.on_success(day, 0.2, 50) is None and p.limiter.current_rpm is None  # never learned again
+    d = p.on_rate_limited(1.0, False, None, 10)  # nothing known now: the provider's wait rules
+    assert d.retry_in is None and d.pause_s == 1.0
+    # A limit the user configured is theirs: the same 429s pause, and it stays.
+    configured, clock = policy(rpm=14_400)
+    send_at_rate(configured, clock, 1)
+    for _ in range(4):
+        send_at_rate(configured, clock, 1)
+        assert "shared" in configured.on_rate_limited(1.0, False, day, 10).note
+    assert configured.limiter.current_rpm == 14_400 and configured.shaper is not None
+
+
 async def test_with_nothing_known_concurrency_halves_and_the_provider_clock_rules():
     p, _ = policy(rpm=None)
     d = p.on_rate_limited(1.0, False, None, 10)

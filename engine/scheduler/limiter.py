@@ -75,6 +75,7 @@ class RateLimiter:
         self._req_tat = _NEVER
         self._tok_tat = _NEVER
         self._pause_until = _NEVER
+        self._learned: set[str] = set()  # dimensions whose limit came from the provider's headers
         self._lock = anyio.Lock(fast_acquire=True)
         self._waiting = 0
         self._wake: anyio.Event | None = None
@@ -204,11 +205,24 @@ class RateLimiter:
         changed = False
         if requests_per_minute and self._rpm is None:
             self._rpm = _check_limit("requests_per_minute", float(requests_per_minute))
+            self._learned.add("requests")
             changed = True
         if tokens_per_minute and self._tpm is None:
             self._tpm = _check_limit("tokens_per_minute", float(tokens_per_minute))
+            self._learned.add("tokens")
             changed = True
         return changed
+
+    def forget_learned(self) -> list[str]:
+        """Stop pacing to the limits `learn` adopted (configured ones stay); returns their names."""
+        gone = sorted(self._learned)
+        if "requests" in self._learned:
+            self._rpm, self._req_tat = None, _NEVER
+        if "tokens" in self._learned:
+            self._tpm, self._tok_tat = None, _NEVER
+        self._learned.clear()
+        self._notify()
+        return gone
 
     def update_from_headers(self, info: RateLimitInfo | None) -> None:
         """Adopt a lower limit the provider announces; pause until reset when it says none remain.

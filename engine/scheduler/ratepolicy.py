@@ -16,6 +16,12 @@ key) pauses the whole endpoint, bounded by `max_pause_s` and reported as a note 
 records. With no limit known at all, the old levers remain: halve concurrency, pause for the
 provider's wait.
 
+A limit learned from headers is the provider's word, and the word can be in other units: Groq's
+`x-ratelimit-limit-requests` counts requests per *day*, so read as per minute it sets a pace
+hundreds of times too fast, which the provider then refuses while we send far below it. When such
+429s come three times within 10 s, the learned limits are dropped for the rest of the run (and no
+header is learned again): the provider's 429s and waits set the pace, as with no limit known.
+
 Limits are learned from `x-ratelimit-limit-*` (and Anthropic's `anthropic-ratelimit-*`) when none
 are configured: both providers announce per-minute figures. And with a known rate, concurrency is
 raised to what that rate needs at the observed latency (Little's law), instead of growing into it.
@@ -47,6 +53,7 @@ SLOW_EVERY_S = 2.0  # at most one slowdown this often
 _BUCKET_S = 0.25
 EXPLAINED = 0.7  # sending at >= this share of the paced rate: a 429 is our own near miss
 LITTLE_MARGIN = 1.5  # in flight = rate x latency x margin (+2), for latency spread
+DISTRUST_AFTER = 3  # 429s far below a learned pace, within PERSIST_S, that drop the learned limits
 
 
 @dataclass
@@ -75,6 +82,8 @@ class RatePolicy:
         self._latency: float | None = None
         self.paused_until = -math.inf
         self.learned = False
+        self.distrusted = False  # the learned limits were contradicted: headers teach nothing more
+        self._unexplained: deque[float] = deque()  # when 429s came far below a learned pace
 
     # -- observations --------------------------------------------------------------------------
 
@@ -131,10 +140,13 @@ class RatePolicy:
         share = self._sending_share(now)
         if share is not None and share < EXPLAINED and not learned:
             wait = min(self.max_pause_s, retry_after or self._reset_hint(info) or 1.0)
+            dropped = self._distrust(now, share) if self.learned else None
             lim.pause_for(wait)
             self.paused_until = now + wait
-            return RateDecision(wait, wait, f"paused {wait:g}s: 429 while sending at {share:.0%} of the paced "
-                                            "rate (is the key shared with another client?)")
+            why = ("is the key shared with another client, or do its headers count something else, such as "
+                   "requests per day?" if self.learned else "is the key shared with another client?")
+            return RateDecision(wait, wait, dropped or f"paused {wait:g}s: 429 while sending at {share:.0%} of "
+                                                       f"the paced rate ({why})")
         if lim.interval_s is not None:
             lim.push_back(lim.interval_s)
         note = learned
@@ -171,8 +183,29 @@ class RatePolicy:
         if self.shaper is not None and self.limiter.interval_s is not None:
             self.shaper.set_interval(self.limiter.interval_s)
 
+    def _distrust(self, now: float, share: float) -> str | None:
+        """Count a 429 far below a learned pace; at the third within PERSIST_S, drop the learned
+        limits and say so."""
+        seen = self._unexplained
+        seen.append(now)
+        while seen[0] < now - PERSIST_S:
+            seen.popleft()
+        if len(seen) < DISTRUST_AFTER:
+            return None
+        lim = self.limiter
+        announced = {"requests": lim.current_rpm, "tokens": lim.current_tpm}
+        figures = ", ".join(f"{announced[k]:g} {k}/min" for k in lim.forget_learned())
+        self.learned, self.distrusted = False, True
+        if lim.interval_s is None:
+            self.shaper = None
+        self._first_send = None
+        self._sends.clear()
+        return (f"stopped pacing to the limits its headers announce ({figures}): it refused {len(seen)} "
+                f"requests in {PERSIST_S:g}s while we sent at {share:.0%} of that pace, so the headers count "
+                "something else (Groq's count requests per day); its 429s and waits set the pace now")
+
     def _learn(self, info: RateLimitInfo | None) -> str | None:
-        if info is None or (info.limit_requests is None and info.limit_tokens is None):
+        if self.distrusted or info is None or (info.limit_requests is None and info.limit_tokens is None):
             return None
         if not self.limiter.learn(info.limit_requests, info.limit_tokens):
             return None
