@@ -128,9 +128,17 @@ async def test_a_learned_limit_that_its_429s_contradict_is_dropped():
 
 
 async def test_with_nothing_known_concurrency_halves_and_the_provider_clock_rules():
-    p, _ = policy(rpm=None)
+    p, clock = policy(rpm=None)
     d = p.on_rate_limited(1.0, False, None, 10)
     assert d.retry_in is None and d.pause_s == 1.0 and p.concurrency.limit == 4
+    # The pause is a global one, so it is said - once per 10 s, with the count, not once per 429.
+    assert "paused 1s for the provider's retry-after (1 pause since" in d.note
+    notes = []
+    for _ in range(5):
+        clock.t += 2.5
+        notes.append(p.on_rate_limited(1.0, False, None, 10).note)
+    assert notes[:3] == [None, None, None] and "(4 pauses since the last note)" in notes[3] and notes[4] is None
+    assert p.on_rate_limited(None, False, None, 10).note is None  # no wait given: no pause to say
 
 
 async def test_limits_are_learned_from_headers_only_when_none_is_configured():

@@ -14,7 +14,7 @@ machine) cost their slot and nothing more: slowing down for them would cost more
 A 429 our pacing cannot explain (we sent well under the paced rate: another client shares the
 key) pauses the whole endpoint, bounded by `max_pause_s` and reported as a note the dispatcher
 records. With no limit known at all, the old levers remain: halve concurrency, pause for the
-provider's wait.
+provider's wait (recorded at most every 10 s, with the count since the last record).
 
 A limit learned from headers is the provider's word, and the word can be in other units: Groq's
 `x-ratelimit-limit-requests` counts requests per *day*, so read as per minute it sets a pace
@@ -84,6 +84,8 @@ class RatePolicy:
         self.learned = False
         self.distrusted = False  # the learned limits were contradicted: headers teach nothing more
         self._unexplained: deque[float] = deque()  # when 429s came far below a learned pace
+        self._pauses_unsaid = 0  # pauses with no limit known since the last one recorded
+        self._last_pause_note = -math.inf
 
     # -- observations --------------------------------------------------------------------------
 
@@ -134,9 +136,10 @@ class RatePolicy:
             # Nothing known: fewer in flight is the only lever, the provider's wait the only clock.
             self.concurrency.on_rate_limited()
             wait = min(self.max_pause_s, retry_after or 0.0)
-            if wait > 0.01:
-                lim.pause_for(wait)
-            return RateDecision(None, wait)
+            if wait <= 0.01:
+                return RateDecision(None, wait)
+            lim.pause_for(wait)
+            return RateDecision(None, wait, self._pause_note(now, wait))
         share = self._sending_share(now)
         if share is not None and share < EXPLAINED and not learned:
             wait = min(self.max_pause_s, retry_after or self._reset_hint(info) or 1.0)
@@ -182,6 +185,16 @@ class RatePolicy:
         self._last_change = now
         if self.shaper is not None and self.limiter.interval_s is not None:
             self.shaper.set_interval(self.limiter.interval_s)
+
+    def _pause_note(self, now: float, wait: float) -> str | None:
+        """A pause with no limit known is said at most once per PERSIST_S, with how many there were:
+        a 429 storm is visible in the log and the live view without one more event per 429."""
+        self._pauses_unsaid += 1
+        if now - self._last_pause_note < PERSIST_S:
+            return None
+        n, self._pauses_unsaid, self._last_pause_note = self._pauses_unsaid, 0, now
+        return (f"paused {wait:g}s for the provider's retry-after ({n} pause{'s' if n > 1 else ''} since the last "
+                "note): no limit is configured or announced, so its 429s set the pace")
 
     def _distrust(self, now: float, share: float) -> str | None:
         """Count a 429 far below a learned pace; at the third within PERSIST_S, drop the learned
