@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .batches import BatchService
 from .payloads import (ANTHROPIC, OPENAI, PromptCache, anthropic_message, error_body, malformed_body,
-                       model_not_found, openai_completion)
+                       model_not_found, openai_completion, too_large_message)
 from .ratelimit import SlidingWindow, garbled
 from .replies import AnswerBook, Parsed, RequestInvalid, parse_anthropic, parse_openai, prompt_tokens, reply_text, shape
 from .control import ServerControl
@@ -156,6 +156,9 @@ class TeacherServer(ServerControl):
             limit = self._limiter.token_limit
             if limit is not None and cost > limit:
                 st.bad_requests += 1
+                if proto == OPENAI and cfg.rate_headers != "window":  # OpenAI says so with a 429
+                    st.record(proto, 429, "bad_request", p)
+                    return headers, self._error(proto, 429, too_large_message(p.model, limit, cost), kind="tokens")
                 st.record(proto, 400, "bad_request", p)
                 return headers, self._error(proto, 400, f"request too large: {cost} tokens > {limit} per window")
             now = time.monotonic()

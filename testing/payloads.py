@@ -116,3 +116,12 @@ class PromptCache:
         if not hit or ptoks < self.min_tokens:
             return 0
         return ptoks // 128 * 128  # OpenAI caches in 128-token steps
+
+
+def too_large_message(model: str, limit: int, requested: int) -> str:
+    """OpenAI's words (HTTP 429, type "tokens", code "rate_limit_exceeded") for a request with more
+    tokens than its per-minute limit: a 429 that no wait will clear."""
+    return (f"Request too large for {model} in organization org-test on tokens per min (TPM): Limit {limit}, "
+            f"Requested {requested}. The input or output tokens must be reduced in order to run successfully. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more.")
+

@@ -163,6 +163,15 @@ async def test_token_limit_counts_prompt_plus_max_tokens_at_arrival(serve, http)
     assert status == 400 and b"too large" in raw  # could never fit: not worth retrying
 
 
+async def test_a_request_over_the_token_limit_is_openais_unkind_429(serve, http):
+    srv = await serve(tpm=6000, window_s=1.0)  # OpenAI's header style: it says so with a 429, not a 400
+    status, h, raw = await post(http, srv.url + "/v1/chat/completions", chat_body(max_tokens=500))
+    err = json.loads(raw)["error"]
+    assert status == 429 and err["type"] == "tokens" and err["code"] == "rate_limit_exceeded"
+    assert err["message"].startswith("Request too large for ") and "Limit 100, Requested 5" in err["message"]
+    assert srv.stats()["bad_requests"] == 1 and srv.stats()["rate_limited"] == 0
+
+
 async def test_anthropic_rate_limit_error_shape_and_headers(serve, http):
     srv = await serve(rpm=60, window_s=1.0)
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
