@@ -111,10 +111,14 @@ class FailureKind(str, Enum):
     MALFORMED = "malformed"
     EXPIRED = "expired"  # a batch ended (expired, cancelled) before this request ran: never billed
     MODEL_NOT_FOUND = "model_not_found"  # the endpoint does not serve the configured model
+    # More tokens in one request than the provider's per-minute limit admits at all (OpenAI's 429
+    # "Request too large ... on tokens per min"): as sent it never succeeds, however long we wait.
+    TOO_LARGE = "too_large"
 
     @property
     def retryable(self) -> bool:
-        return self not in (FailureKind.BAD_REQUEST, FailureKind.AUTH, FailureKind.MODEL_NOT_FOUND)
+        return self not in (FailureKind.BAD_REQUEST, FailureKind.AUTH, FailureKind.MODEL_NOT_FOUND,
+                            FailureKind.TOO_LARGE)
 
 
 class TeacherError(SynthledgerError):

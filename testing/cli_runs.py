@@ -98,6 +98,14 @@ class Project:
         return subprocess.Popen([sys.executable, CLI, "generate", "--config", str(config), "--no-progress", *args],
                                 cwd=self.dir, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def run_to(self, config: Path, status: str = "completed") -> tuple[str, dict[str, Any]]:
+        """`generate` from `config`, which must exit 0 ending in `status`: (run id, its audit)."""
+        res = self.generate(config)
+        assert res.returncode == 0, res.stderr
+        run_id, got = last_line(res)
+        assert got == status, res.stderr
+        return run_id, self.audit(run_id)
+
     def audit(self, run_id: str) -> dict[str, Any]:
         res = self.cli("audit", run_id, "--json", "--store", self.store)
         report = json.loads(res.stdout)

@@ -80,6 +80,23 @@ def test_nothing_listening_stops_the_run_at_once_naming_the_url(tmp_path, provid
     assert len(attempts) == 1 and attempts[0]["kind"] == "connection" and attempts[0]["maybe_billed"] is False
 
 
+@pytest.mark.parametrize("provider", ["openai-compatible", "openai"])
+def test_a_request_larger_than_the_token_limit_stops_the_run_at_the_first(tmp_path, provider):
+    """OpenAI refuses a request with more tokens than its per-minute limit with a 429 that no wait
+    clears; with max_tokens above the limit every query would, so the run stops at the first."""
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(tpm=6000, window_s=1.0) as srv:  # 100 tokens a window; one request asks 64 + prompt
+        data = run_config(tmp_path, provider, srv.url)
+        data["teacher"]["max_tokens"] = 400
+        result = generate(config_from_dict(data), store, show_progress=False)
+        received = srv.stats()["received"]
+    assert result.status == "failed" and received == 1
+    assert result.message.startswith(f"the teacher endpoint {base_url(provider, srv.url)} refuses one request of "
+                                     "this run as larger than its tokens-per-minute limit (")
+    assert result.message.endswith("lower [teacher] max_tokens, or raise the limit with the provider")
+    assert [a["kind"] for a in failed_attempts(store, result.run_id)] == ["too_large"]
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_sdk_errors_read_like_the_aiohttp_provider(provider):
     """The SDKs' own "Error code: 404 - {...}" becomes the provider's words after `HTTP 404:`."""

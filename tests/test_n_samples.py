@@ -28,11 +28,7 @@ def project(tmp_path):
 def test_k_answers_to_a_seed_are_one_request_and_k_queries(project):
     proj, srv = project(seeds=6)
     cfg = proj.write(strategy={"samples_per_seed": 8}, budget={"queries": 48})
-    res = proj.generate(cfg)
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
-    report = proj.audit(run_id)
+    _, report = proj.run_to(cfg)
     stats = srv.stats()
     assert stats["answered"] == 6 and stats["choices"] == 48 == report["counts"]["settled"]
     # The prompt is billed once per request, and the ledger paid exactly what the server counted.
@@ -48,6 +44,24 @@ def test_k_answers_to_a_seed_are_one_request_and_k_queries(project):
     done = proj.events("item_done")
     assert len(done) == 48 and {e["outcome"] for e in done} <= {"accepted", "rejected"}
     assert len(proj.events("sample_proposed")) == 48
+
+
+def test_n_too_large_for_the_token_limit_is_halved_until_it_fits(project):
+    """OpenAI refuses a request with more tokens than its per-minute limit (prompt + max_tokens x n)
+    with a 429 that no wait clears. Eight samples of 64 tokens do not fit in a 250-token window,
+    two do: the engine halves n, re-reserves, and every sample settles, exactly. (The configured
+    pace leaves room for one such request per window, so the refusals counted are the size's.)"""
+    proj, srv = project("--tpm", "60000", "--window-s", "0.25", seeds=3)
+    cfg = proj.write(strategy={"samples_per_seed": 8}, budget={"queries": 24}, limits={"tokens_per_minute": 40000})
+    _, report = proj.run_to(cfg)
+    stats = srv.stats()
+    assert report["ok"] and report["counts"]["settled"] == 24 == stats["choices"]
+    assert 2 <= stats["bad_requests"] <= 6  # n = 8, then n = 4, refused: at most once per seed each
+    assert stats["rate_limited"] <= 0.2 * stats["received"], stats
+    assert {(e["shared"] or {}).get("n", 1) for e in proj.events("query_settled")} <= {1, 2}
+    assert report["spent"]["input_tokens"] == stats["input_tokens"]  # refusals cost nothing
+    assert any("too large" in e["reason"] for e in proj.events("query_abandoned"))
+    assert not [e for e in proj.events("sample_rejected") if e["stage"] == "failed"]
 
 
 def test_one_request_per_sample_pays_the_prompt_each_time(project):

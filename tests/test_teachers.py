@@ -132,6 +132,17 @@ async def test_rate_limit_maps_retry_after_and_headers(serve, teacher, provider)
     assert srv.stats()["rate_limited"] == 1 and srv.stats()["answered"] == 2
 
 
+@pytest.mark.parametrize("provider", ["openai", "openai-compatible"])
+async def test_openais_request_too_large_429_is_not_a_rate_limit(serve, teacher, provider):
+    """OpenAI answers a request with more tokens than its per-minute limit with a 429 that no wait
+    clears ("Request too large ... The input or output tokens must be reduced")."""
+    srv = await serve(tpm=6000, window_s=1.0)
+    err = await failure(teacher(provider, srv.url), request(max_tokens=500))
+    assert err.kind is FailureKind.TOO_LARGE and not err.kind.retryable and err.status == 429
+    assert "Request too large" in err.message and not err.maybe_billed
+    assert status_error(429, "Rate limit reached for requests", {}, None).kind is FailureKind.RATE_LIMITED
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_garbled_rate_headers_are_ignored_not_obeyed(serve, teacher, provider):
     """A sloppy gateway's `retry-after: inf`, `x-ratelimit-reset-requests: 1.2.3s` or a limit of

@@ -115,14 +115,15 @@ class Dispatcher(Sender):
                   item: str, index: int, group: Mapping[int, str] | Iterable[int] | None) -> list[Member]:
         """The other samples of this prompt that may share its request: not settled, not being
         asked, not open in the ledger (at most MAX_N in all)."""
-        if group is None or not ep.supports_n or ep.batch is not None:
+        cap = MAX_N if ep.max_n is None else ep.max_n
+        if group is None or not ep.supports_n or ep.batch is not None or cap <= 1:
             return []
         items = group if isinstance(group, Mapping) else {i: item for i in group}
         if index not in items:
             return []
         out: list[Member] = []
         for i, it in items.items():
-            if i == index or len(out) >= MAX_N - 1:
+            if i == index or len(out) >= cap - 1:
                 continue
             m = self._member(ep, params, messages, i, purpose, it)
             if not (self.ledger.is_settled(m.qid) or m.qid in self._asking or m.qid in self.ledger.queries
@@ -248,6 +249,12 @@ class Dispatcher(Sender):
             try:
                 return await self._attempt(ep, members, request, prompt)
             except TeacherError as err:
+                if err.kind is FailureKind.TOO_LARGE and len(members) > 1:
+                    members = self._split(ep, members)  # fewer samples in one request, at once
+                    self._start(ep, members)
+                    members, worsts = self._fit(ep, role, strategy, base, prompt, members)
+                    self.reserve(ep, role, purpose, strategy, base, members, worsts)
+                    continue
                 limited = err.kind is FailureKind.RATE_LIMITED
                 counted += not limited
                 await self._after_failure(ep, role, members, err, counted)

@@ -124,6 +124,18 @@ class Sender:
             self._abandon(m.qid, True, "the provider ignored n; asked again on its own")
         return out
 
+    def _split(self, ep: "Endpoint", members: list[Member]) -> list[Member]:
+        """`n` made a request larger than the provider's token limit takes (nothing was billed):
+        from now on half as many samples go in one request. Every member's reservation is
+        released, since a smaller group's worst case per sample is larger; the first half is
+        reserved and asked again now, the rest on their own."""
+        keep = max(1, len(members) // 2)
+        ep.max_n = keep
+        for m in members:
+            self._abandon(m.qid, True, f"{len(members)} samples in one request were too large for the "
+                                       f"provider's token limit; asked again at most {keep} to a request")
+        return members[:keep]
+
     def _failed(self, ep: "Endpoint", members: list[Member], err: TeacherError, est: int) -> None:
         for m in members:
             self.recorder.emit(AttemptFailed(

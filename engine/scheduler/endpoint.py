@@ -45,6 +45,7 @@ class Endpoint:
     rate: RatePolicy = None  # type: ignore[assignment]  # 429s, learned limits, Little's law
     batch: Any = None  # a run.batching.BatchQueue with `[teacher] batch = true`: queries go out in batches
     supports_n: bool = False  # k samples of a prompt in one request (cleared if the provider ignores n)
+    max_n: int | None = None  # at most this many in one request (halved when n made one too large)
     last_note: str | None = None  # the last pacing change, for the live view
     section: str = "teacher"  # the config section that describes this endpoint (for messages)
     answered: int = 0  # replies received this session: a refused connect before the first is a config error
@@ -74,7 +75,11 @@ class Endpoint:
 
     def on_failure(self, err: TeacherError, est: int) -> RateDecision | None:
         """The 429/5xx policy: a 429 goes to the rate policy (which sets `err.requeue_in`), any
-        other failure counts toward the breaker."""
+        other failure counts toward the breaker (but a request too large for the token limit says
+        nothing of the provider's health, and the provider counted none of its tokens)."""
+        if err.kind is FailureKind.TOO_LARGE:
+            self.limiter.settle(est, 0)
+            return None
         if err.kind is not FailureKind.RATE_LIMITED:
             self.breaker.record_failure()
             return None

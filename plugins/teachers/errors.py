@@ -101,6 +101,8 @@ def status_error(
     maybe_billed = False
     if names_missing_model(status, message, body, model):
         kind = FailureKind.MODEL_NOT_FOUND
+    elif status == 429 and "request too large" in message.lower():
+        kind = FailureKind.TOO_LARGE  # OpenAI: more tokens than its per-minute limit; waiting cannot help
     elif status == 429:
         kind = FailureKind.RATE_LIMITED
     elif status in (401, 403):
