@@ -2,8 +2,9 @@
 
 The pieces each live in their own module (engine/scheduler/: limiter, rate policy, retry policy,
 circuit breaker, adaptive concurrency, and the endpoint that decides how they react to an
-outcome; run/sending.py: one attempt); this module wires them to the ledger and the event log in
-the one order that keeps the invariants: reserve -> record dispatch durably -> send -> record outcome.
+outcome; run/sending.py: one attempt; run/retrying.py: whether and when another); this module
+wires them to the ledger and the event log in the one order that keeps the invariants:
+reserve -> record dispatch durably -> send -> record outcome.
 
 Queries that differ only in their sample index (k answers to one prompt) may go out as one
 request with `n=k` when the provider supports it (run/samples.py splits its cost), and with
@@ -22,14 +23,14 @@ import anyio
 
 from ...store.hashing import canonical
 from ..api import ChatRequest
-from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
+from ..errors import BudgetExhausted, FailureKind, RunStopping, TeacherError
 from ..ledger.events import Cost, QueryReserved, QueryReused
 from ..ledger.journal import Journal
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
 from .admission import Admission
-from .misconfig import endpoint_url, misconfiguration
 from .samples import MAX_N, Member, worst_shares
+from .retrying import Retrier
 from .sending import Sender
 
 __all__ = ["Dispatcher", "request_key"]
@@ -57,7 +58,7 @@ Reusable = Callable[[str], "tuple[str, int, dict[str, Any]] | None"]
 
 
 @dataclass
-class Dispatcher(Sender):
+class Dispatcher(Retrier, Sender):
     recorder: Journal
     ledger: Ledger
     endpoints: dict[str, Endpoint]
@@ -276,45 +277,3 @@ class Dispatcher(Sender):
             self._abandon(m.qid, False, "budget cannot cover its share of a retry; asked again on its own")
         self.reserve(ep, role, purpose, strategy, base, kept, worsts)
         return kept
-
-    async def _after_failure(self, ep: Endpoint, role: str, members: list[Member], err: TeacherError,
-                             counted: int) -> None:
-        """Raise if this failure ends the query (its members abandoned); else wait before the retry."""
-        attempt = members[0].attempt
-
-        def give_up(reason: str, exc: type[Exception], message: str) -> None:
-            for m in members:
-                self._abandon(m.qid, m.holding and not err.maybe_billed, reason)
-            raise exc(message) from err
-
-        stop = misconfiguration(err, role=role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
-                                answered=ep.answered)
-        if stop is not None:  # a wrong model or base_url fails every query alike: stop at the first
-            give_up(stop, FatalRunError, stop)
-        if err.kind is FailureKind.AUTH:
-            give_up(f"authentication failed: {err.message}", FatalRunError,
-                    f"the {role} rejected our credentials: {err.message}")
-        if err.kind is FailureKind.RATE_LIMITED and "insufficient_quota" in (err.body_excerpt or ""):
-            give_up(f"no quota left: {err.message}", FatalRunError,
-                    f"the {role} account has no quota left: {err.message}")
-        limited = err.kind is FailureKind.RATE_LIMITED
-        retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
-        if not retry:
-            reason = f"{err.kind.value} after {attempt} attempt(s): {err.message}"
-            if ep.breaker.opened_count >= ep.max_breaker_trips:
-                give_up(reason, FatalRunError, f"the {role} keeps failing ({reason}); stopping")
-            give_up(reason, QueryFailed, reason)
-        if limited and err.requeue_in is not None:
-            wait = err.requeue_in  # one lost slot: this request alone waits, for its next slot
-        else:
-            # A 429 with no slot to wait for (no limit known, no usable retry-after) backs off by the
-            # attempts this query has made, or a provider that says nothing but 429 gets a storm.
-            wait = ep.retry.delay(attempt if limited else max(1, counted), err.retry_after, self.rng)
-        if wait > 0:
-            await anyio.sleep(wait)
-        if ep.breaker.opened_count >= ep.max_breaker_trips:
-            give_up(f"{err.kind.value}: teacher unavailable", FatalRunError,
-                    f"the {role} did not recover after {ep.breaker.opened_count} pauses "
-                    f"({err.kind.value}: {err.message}); stopping")
-        if self.stopping:
-            give_up("the run stopped before a retry", RunStopping, "the run is stopping")
