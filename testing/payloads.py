@@ -124,4 +124,3 @@ def too_large_message(model: str, limit: int, requested: int) -> str:
     return (f"Request too large for {model} in organization org-test on tokens per min (TPM): Limit {limit}, "
             f"Requested {requested}. The input or output tokens must be reduced in order to run successfully. "
             "Visit https://platform.openai.com/account/rate-limits to learn more.")
-

@@ -181,4 +181,3 @@ GARBLED = {"x-ratelimit-limit-requests": "inf", "x-ratelimit-remaining-requests"
 def garbled(headers: dict[str, str]) -> dict[str, str]:
     """`headers` with every rate-limit value a client might read replaced by one it cannot use."""
     return {k: GARBLED.get(k, v) for k, v in headers.items()}
-

@@ -63,8 +63,9 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|h|m|s)")
-_DURATION = re.compile(r"(?:(?:\d+(?:\.\d+)?|\.\d+)(?:ms|h|m|s))+")
+_PART = r"(\d+(?:\.\d+)?|\.\d+)(ms|h|m|s)"  # one number and its unit, as Go prints durations
+_DURATION_PART = re.compile(_PART)
+_DURATION = re.compile(f"(?:{_PART})+")
 
 
 def parse_reset(value: str | None) -> float | None:
