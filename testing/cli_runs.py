@@ -32,8 +32,9 @@ class Server:
         assert line.startswith("listening on "), f"server did not start: {line!r}"
         self.url = line.split()[-1]
 
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.url}/stats", timeout=10) as r:
+    def stats(self, log: bool = False) -> dict[str, Any]:
+        """The server's counts; with `log`, every request's (time, outcome) as well."""
+        with urllib.request.urlopen(f"{self.url}/stats?log={int(log)}", timeout=10) as r:
             return json.loads(r.read())
 
     def control(self, **changes: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Real providers enforce limits over a rolling window and count a request's tokens
 `max_tokens` at arrival. The window here is exact (a deque of accepted requests), so a test can
 send more than the limit within one window and count precisely how many were refused.
 
-What the headers say comes in three styles, because clients must cope with all of them:
+What the headers say comes in five styles, because clients must cope with all of them:
 - "openai" (the default, and as unkind as OpenAI): limits per *minute*, remaining in the same
   unit, resets as Go durations (`1s`, `6m0s`, `120ms`), and a 429 carries only a whole-second
   `retry-after` (ceil, at least 1) - no exact wait anywhere;
@@ -13,6 +13,8 @@ What the headers say comes in three styles, because clients must cope with all o
 - "groq": as "openai", except that `x-ratelimit-limit-requests` and `-remaining-requests` count
   requests per *day* (as Groq documents them): a client that takes them for a per-minute limit
   paces hundreds of times too fast.
+- "none": no rate-limit headers at all, and a 429 says only a whole-second `retry-after` (what
+  many self-hosted gateways and proxies send): a client learns nothing from a success.
 Anthropic's `anthropic-ratelimit-*` names (reset as an RFC 3339 instant) follow the same numbers.
 """
 
@@ -24,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-HEADER_STYLES = ("openai", "kind", "window", "groq")
+HEADER_STYLES = ("openai", "kind", "window", "groq", "none")
 DAY_PER_MINUTE = 480  # the "groq" style's requests per day per request per minute (Groq's free tier: 30 RPM, 14,400 RPD)
 
 
@@ -137,6 +139,8 @@ class SlidingWindow:
 
     def _headers(self, now: float) -> dict[str, str]:
         h: dict[str, str] = {}
+        if self.style == "none":
+            return h
         for kind, limit, left, reset in self.state(now):
             h[f"x-ratelimit-limit-{kind}"] = str(limit)
             h[f"x-ratelimit-remaining-{kind}"] = str(left)
@@ -147,6 +151,8 @@ class SlidingWindow:
         """Anthropic's own names for the same limits; its reset is an RFC 3339 instant. The token
         limit is also announced as the input-token limit (Anthropic splits input and output)."""
         out: dict[str, str] = {}
+        if self.style == "none":
+            return out
         wall = time.time()
         for kind, limit, left, reset in self.state(now):
             stamp = datetime.fromtimestamp(wall + reset, timezone.utc).isoformat(timespec="milliseconds")

@@ -85,6 +85,18 @@ async def test_kind_style_adds_the_exact_wait(serve, http):
     assert (await post(http, srv.url + "/v1/chat/completions", chat_body()))[0] == 200
 
 
+async def test_none_style_announces_nothing_and_429s_say_only_whole_seconds(serve, http):
+    srv = await serve(rpm=600, window_s=1.0, rate_headers="none")
+    results = await asyncio.gather(*[post(http, srv.url + "/v1/chat/completions", chat_body()) for _ in range(12)])
+    assert sorted(s for s, _, _ in results) == [200] * 10 + [429] * 2
+    for status, h, _ in results:
+        assert not [k for k in h if "ratelimit" in k.lower()], h
+        assert "retry-after-ms" not in h and (h.get("retry-after") == "1") == (status == 429)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    _, h, _ = await post(http, srv.url + "/v1/messages", body, ANTHROPIC_HEADERS)
+    assert not [k for k in h if "ratelimit" in k.lower()], h
+
+
 async def test_long_windows_announce_minute_resets(serve, http):
     srv = await serve(rpm=60, tpm=100_000, window_s=360.0)
     _, h, _ = await post(http, srv.url + "/v1/chat/completions", chat_body())
