@@ -96,6 +96,29 @@ def test_a_provider_with_garbled_rate_headers_loses_no_query(project, provider):
     assert all(e["retry_after"] is None for e in proj.events("attempt_failed"))
 
 
+def test_a_provider_that_announces_no_limit_is_paced_at_what_it_accepted(project):
+    """No rate headers and nothing configured: a 429's whole-second `retry-after` was all there was
+    to go by, and pausing everything for it at each 429 used about 0.6 of a 1-second window. The
+    first 429 now sets a pace from what the provider accepted in the second before it."""
+    proj, srv = project("--rpm", "1200", "--window-s", "1", "--latency-ms", "20", "--rate-headers", "none",
+                        seeds=120)
+    cfg = proj.write(limits={"max_concurrency": 32}, budget={"queries": 120}, strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    report = proj.audit(run_id)
+    assert status == "completed" and report["ok"] and report["counts"]["settled"] == 120 == srv.stats()["answered"]
+    notes = proj.events("rate_adjusted")
+    inferred = [e for e in notes if "what the provider accepted in the second before its first 429" in e["note"]]
+    assert len(inferred) == 1 and 18 * 60 <= inferred[0]["rpm"] <= 21 * 60, notes
+    after = notes[notes.index(inferred[0]) + 1:]
+    assert not [e for e in after if e["pause_s"]], after  # each later 429 cost its own slot, nothing more
+    log = srv.stats(log=True)["log"]
+    answered = sorted(e["t"] for e in log if e["outcome"] == "answered")
+    # Over the last 100 answers the provider's 20 a second was used (a paused second would show).
+    assert (100 - 1) / (answered[-1] - answered[-100]) >= 0.9 * 20, answered[-100:]
+
+
 def _flood(url: str, stop: threading.Event) -> None:
     body = json.dumps({"model": "other-client", "max_tokens": 5,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -63,10 +63,10 @@ class Sender:
                     completion = await ep.teacher.complete(request)
             except TimeoutError:
                 err = TeacherError(FailureKind.TIMEOUT, f"no answer within {ep.timeout_s:g}s", maybe_billed=True)
-                self._failed(ep, members, err, est)
+                self._failed(ep, members, err, est, started)
                 raise err from None
             except TeacherError as err:
-                self._failed(ep, members, err, est)
+                self._failed(ep, members, err, est, started)
                 raise
             except anyio.get_cancelled_exc_class():
                 # The run is being torn down with this request out: the provider may bill it, so
@@ -78,7 +78,7 @@ class Sender:
                 raise
             except Exception as exc:  # a provider bug must not lose the accounting
                 err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {exc}", maybe_billed=True)
-                self._failed(ep, members, err, est)
+                self._failed(ep, members, err, est, started)
                 raise err from exc
         latency = time.monotonic() - started
         usage = completion.usage
@@ -136,13 +136,13 @@ class Sender:
                                        f"provider's token limit; asked again at most {keep} to a request")
         return members[:keep]
 
-    def _failed(self, ep: "Endpoint", members: list[Member], err: TeacherError, est: int) -> None:
+    def _failed(self, ep: "Endpoint", members: list[Member], err: TeacherError, est: int, started: float) -> None:
         for m in members:
             self.recorder.emit(AttemptFailed(
                 query_id=m.qid, attempt=m.attempt, kind=err.kind.value, maybe_billed=err.maybe_billed,
                 message=err.message[:300], status=err.status, retry_after=err.retry_after,
                 body_excerpt=err.body_excerpt))
-        decision = ep.on_failure(err, est)
+        decision = ep.on_failure(err, est, time.monotonic() - started)
         if decision is not None:
             self._note(ep, decision.note, decision.pause_s)
 

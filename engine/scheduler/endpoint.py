@@ -73,7 +73,7 @@ class Endpoint:
         self.concurrency.on_success()
         return note
 
-    def on_failure(self, err: TeacherError, est: int) -> RateDecision | None:
+    def on_failure(self, err: TeacherError, est: int, elapsed_s: float = 0.0) -> RateDecision | None:
         """The 429/5xx policy: a 429 goes to the rate policy (which sets `err.requeue_in`), any
         other failure counts toward the breaker (but a request too large for the token limit says
         nothing of the provider's health, and the provider counted none of its tokens)."""
@@ -83,7 +83,7 @@ class Endpoint:
         if err.kind is not FailureKind.RATE_LIMITED:
             self.breaker.record_failure()
             return None
-        decision = self.rate.on_rate_limited(err.retry_after, err.retry_after_exact, err.rate_limits, est)
+        decision = self.rate.on_rate_limited(err.retry_after, err.retry_after_exact, err.rate_limits, est, elapsed_s)
         err.requeue_in = decision.retry_in
         if not err.maybe_billed:
             self.limiter.settle(est, 0)

@@ -15,7 +15,8 @@ safety. After an idle spell at most one extra request (at <= 6000 RPM) goes out 
 
 A provider's 429 while pacing is answered by `push_back` (one interval of slack for its window)
 and, when they persist, a slightly lower `factor` (the share of the limit actually paced); see
-`scheduler/ratepolicy.py`. Limits learned from a provider's headers arrive through `learn`.
+`scheduler/ratepolicy.py`. Limits learned from a provider's headers arrive through `learn`, and a
+request rate inferred from its 429s (when it announces none) through `pace_inferred`.
 
 Tokens are charged when a request is released (by its estimate) and corrected by `settle` once
 the real usage is known, so the average token rate is right even when estimates are upper bounds.
@@ -212,6 +213,15 @@ class RateLimiter:
             self._learned.add("tokens")
             changed = True
         return changed
+
+    def pace_inferred(self, requests_per_minute: float) -> None:
+        """Pace requests at a rate estimated from what the provider accepted (none configured or
+        announced); called again as the estimate moves, and dropped by `forget_learned`."""
+        if self._rpm is not None and "requests" not in self._learned:
+            raise ValueError("RateLimiter.pace_inferred: a configured request limit is never replaced")
+        self._rpm = _check_limit("requests_per_minute", float(requests_per_minute))
+        self._learned.add("requests")
+        self._notify()
 
     def forget_learned(self) -> list[str]:
         """Stop pacing to the limits `learn` adopted (configured ones stay); returns their names."""

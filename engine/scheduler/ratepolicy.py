@@ -13,7 +13,9 @@ machine) cost their slot and nothing more: slowing down for them would cost more
 
 A 429 our pacing cannot explain (we sent well under the paced rate: another client shares the
 key) pauses the whole endpoint, bounded by `max_pause_s` and reported as a note the dispatcher
-records. With no limit known at all, the old levers remain: halve concurrency, pause for the
+records. With no limit known at all, a 429 whose wait is short (a second or less: a 1-second
+window) sets a pace inferred from what the provider accepted before it (scheduler/inferred.py),
+paced like a learned one; otherwise the old levers remain: halve concurrency, pause for the
 provider's wait (recorded at most every 10 s, with the count since the last record).
 
 A limit learned from headers is the provider's word, and the word can be in other units: Groq's
@@ -37,6 +39,7 @@ from typing import Callable
 
 from .concurrency import AdaptiveConcurrency
 from .headers import RateLimitInfo
+from .inferred import SETTLE_S, SHORT_WAIT_S, InferredPace
 from .limiter import RateLimiter
 from .shaper import SendShaper
 
@@ -86,10 +89,13 @@ class RatePolicy:
         self._unexplained: deque[float] = deque()  # when 429s came far below a learned pace
         self._pauses_unsaid = 0  # pauses with no limit known since the last one recorded
         self._last_pause_note = -math.inf
+        self.inferred = InferredPace(limiter)  # a request rate from the 429s of a provider that announces none
 
     # -- observations --------------------------------------------------------------------------
 
     def on_send(self, tokens: int) -> None:
+        if self.inferred.watching:
+            self.inferred.accepted.sent(self._clock())
         if self.limiter.current_rpm is None and self.limiter.current_tpm is None:
             return  # nothing paced: our own rate explains nothing (the first learned limit starts it)
         now = self._clock()
@@ -123,24 +129,38 @@ class RatePolicy:
             self._set_factor(min(1.0, factor + RECOVERY), now)
             if self.limiter.factor >= 1.0:
                 note = note or "pace recovered to the full limit"
+        elif self.inferred.active and factor >= 1.0 and self.inferred.probe(now, self._last_429):
+            self._paced_changed()
         return note
 
     def on_rate_limited(self, retry_after: float | None, exact: bool, info: RateLimitInfo | None,
-                        tokens_estimate: int) -> RateDecision:
+                        tokens_estimate: int, elapsed_s: float = 0.0) -> RateDecision:
+        """`elapsed_s`: how long ago the refused request went out."""
         now = self._clock()
+        sent_at = now - elapsed_s
+        if self.inferred.watching:
+            self.inferred.accepted.refused(sent_at)
         learned = self._learn(info)
         self._last_429 = now
-        self._bucket(now)[2] += 1
         lim = self.limiter
         if lim.current_rpm is None and lim.current_tpm is None:
-            # Nothing known: fewer in flight is the only lever, the provider's wait the only clock.
-            self.concurrency.on_rate_limited()
-            wait = min(self.max_pause_s, retry_after or 0.0)
-            if wait <= 0.01:
-                return RateDecision(None, wait)
-            lim.pause_for(wait)
-            return RateDecision(None, wait, self._pause_note(now, wait))
-        share = self._sending_share(now)
+            inferred = self.inferred.start(now, retry_after, sent_at)
+            if inferred is not None:
+                self._paced_changed()
+                lim.push_back(lim.interval_s or 0.0)
+                return RateDecision(retry_after if exact and retry_after else 0.0, 0.0, inferred)
+            return self._nothing_known(now, retry_after)
+        if self.inferred.active and sent_at < self.inferred.since + SETTLE_S:
+            # Sent before the inferred pace could show in the provider's window (it still held the
+            # burst that found the limit): one lost slot, and nothing said about the pace.
+            lim.push_back(lim.interval_s or 0.0)
+            return RateDecision(retry_after if exact and retry_after else 0.0)
+        self._bucket(now)[2] += 1
+        if self.inferred.active:
+            decision = self._inferred_429(now, retry_after, exact, sent_at)
+            if decision is not None:
+                return decision
+        share = None if self.inferred.active else self._sending_share(now)  # (an inferred pace: `lower`)
         if share is not None and share < EXPLAINED and not learned:
             wait = min(self.max_pause_s, retry_after or self._reset_hint(info) or 1.0)
             dropped = self._distrust(now, share) if self.learned else None
@@ -179,6 +199,42 @@ class RatePolicy:
             paced = lim.current_tpm * lim.safety * lim.factor / 60.0
             shares.append(sum(t for _, t in self._sends) / span / paced)
         return max(shares) if shares else None
+
+    def _inferred_429(self, now: float, retry_after: float | None, exact: bool,
+                      sent_at: float) -> RateDecision | None:
+        """A 429 while pacing an inferred rate: a long wait means the window is not a second (the
+        inference goes); the provider accepting clearly less than we pace lowers the pace."""
+        if (retry_after or 0.0) > SHORT_WAIT_S:
+            note: str | None = self.inferred.drop(f"the provider asked for a {retry_after:g}s wait", long_window=True)
+        else:
+            note = self.inferred.lower(now, sent_at)
+        self._paced_changed()  # (also when a probe this 429 answered was undone, without a note)
+        if note is None:
+            return None
+        if not self.inferred.active:  # dropped: back to the provider's own clock
+            return self._nothing_known(now, retry_after, note)
+        self.limiter.push_back(self.limiter.interval_s or 0.0)
+        return RateDecision(retry_after if exact and retry_after else 0.0, 0.0, note)
+
+    def _nothing_known(self, now: float, retry_after: float | None, note: str | None = None) -> RateDecision:
+        """Fewer in flight is the only lever, the provider's wait the only clock."""
+        self.concurrency.on_rate_limited()
+        wait = min(self.max_pause_s, retry_after or 0.0)
+        if wait <= 0.01:
+            return RateDecision(None, wait, note)
+        self.limiter.pause_for(wait)
+        return RateDecision(None, wait, note or self._pause_note(now, wait))
+
+    def _paced_changed(self) -> None:
+        """The request pace was inferred, moved or dropped: the send shaper follows it."""
+        lim = self.limiter
+        if lim.interval_s is None:
+            self.shaper, self._first_send = None, None
+            self._sends.clear()
+        else:
+            if self.shaper is None:
+                self.shaper = SendShaper(lim.current_rpm, lim.safety)  # type: ignore[arg-type]
+            self.shaper.set_interval(lim.interval_s)
 
     def _set_factor(self, factor: float, now: float) -> None:
         self.limiter.set_factor(factor)
@@ -220,6 +276,8 @@ class RatePolicy:
     def _learn(self, info: RateLimitInfo | None) -> str | None:
         if self.distrusted or info is None or (info.limit_requests is None and info.limit_tokens is None):
             return None
+        if self.inferred.active:  # the provider's word replaces our estimate
+            self.inferred.drop("the provider announced its limits")
         if not self.limiter.learn(info.limit_requests, info.limit_tokens):
             return None
         self.learned = True
