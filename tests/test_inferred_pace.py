@@ -123,11 +123,15 @@ async def test_a_pace_above_what_the_provider_takes_comes_down_and_a_raised_limi
     said = [n for n in said if n]
     assert said and re.fullmatch(r"429s persist at 150 requests/s: pacing at (98|99|100)/s, one under .*", said[0])
     assert 98 * 60 <= policy.limiter.current_rpm <= 100 * 60 and len(said) <= 2
+    # The send shaper's window rule follows the pace: at most the new rate's share of any second.
+    assert policy.shaper.per_window == policy.limiter.current_rpm // 60
+    assert policy.shaper.interval_s == pytest.approx(policy.limiter.interval_s)
 
     # The provider raises its limit by a fifth: quiet spells find it, 2% at a time.
     policy, provider, notes, _ = simulate(100, 300.0, raise_to=(120, 20.0))
     rate, refused = steady(provider, 300.0)
     assert rate >= 1.1 * 100 and refused <= 0.01, (rate, refused)
+    assert policy.shaper.per_window == policy.limiter.current_rpm // 60 > 100  # its window rule moved up too
 
 
 async def test_a_long_wait_is_a_used_up_quota_and_keeps_the_providers_clock():

@@ -234,6 +234,7 @@ class RatePolicy:
         else:
             if self.shaper is None:
                 self.shaper = SendShaper(lim.current_rpm, lim.safety)  # type: ignore[arg-type]
+            self.shaper.set_limit(lim.current_rpm)  # type: ignore[arg-type]
             self.shaper.set_interval(lim.interval_s)
 
     def _set_factor(self, factor: float, now: float) -> None:

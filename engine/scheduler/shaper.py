@@ -64,6 +64,13 @@ class SendShaper:
             raise ValueError(f"SendShaper: interval must be a positive finite number, got {seconds!r}")
         self.interval_s = seconds
 
+    def set_limit(self, rpm: float) -> None:
+        """A new request limit for the window rule (an inferred limit moves; see inferred.py)."""
+        if not rpm > 0 or math.isinf(rpm):
+            raise ValueError(f"SendShaper: rpm must be a positive finite number, got {rpm!r}")
+        self.per_window = max(1, math.floor(rpm * WINDOW_S / 60.0))
+        self._sent = deque(self._sent, maxlen=self.per_window)
+
     def slot(self, released_at: float) -> float:
         """Claim the send slot of a request the limiter released at loop time `released_at`.
 
