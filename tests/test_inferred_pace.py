@@ -175,3 +175,16 @@ def test_accepted_counts_sends_less_refusals_in_the_second_before():
     assert rate.counts(11.1) == (100, 3)
     rate.sent(20.0)  # three seconds on: the old history is gone
     assert rate.counts(20.01) == (1, 0)
+
+
+async def test_a_probe_at_a_small_rate_adds_a_whole_request_a_second():
+    # The send shaper allows a whole number of sends a second: 2% of 20 a second would change nothing.
+    policy, _, _, _ = simulate(20, 3.0)
+    clock = policy._clock  # noqa: SLF001
+    before = policy.limiter.current_rpm
+    clock.t += 31.0
+    policy.on_success(None, 0.02, 10)
+    assert policy.limiter.current_rpm == (before // 60 + 1) * 60
+    assert policy.shaper.per_window == before // 60 + 1
+    policy.on_rate_limited(1.0, False, None, 10)  # the provider answers the probe: back where it was
+    assert policy.limiter.current_rpm == before and policy.shaper.per_window == before // 60

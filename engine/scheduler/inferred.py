@@ -37,7 +37,7 @@ MIN_PER_S = 2.0  # below this the provider accepted too little to infer a rate f
 NEAR_MISS = 0.005  # refusals up to this share of what we sent are jitter, not a pace too fast
 SETTLE_S = 1.0  # a changed pace shows in the provider's one-second window after this long
 PROBE_QUIET_S = 30.0  # this long without a 429: try a little faster...
-PROBE_STEP = 0.02  # ...by this much (the limit may have been raised)
+PROBE_STEP = 0.02  # ...by this much, and by one request a second at least (the limit may have been raised)
 
 
 class AcceptedRate:
@@ -140,8 +140,10 @@ class InferredPace:
         rpm = self.limiter.current_rpm
         if rpm is None or min(now - last_429, now - self._changed) < PROBE_QUIET_S:
             return False
-        self._set(rpm / 60.0 * (1.0 + PROBE_STEP), now)
-        self._before_probe = rpm / 60.0
+        per_s = rpm / 60.0
+        # At least one more a second: the send shaper holds a second to a whole number of sends.
+        self._set(max(per_s * (1.0 + PROBE_STEP), math.floor(per_s) + 1.0), now)
+        self._before_probe = per_s
         return True
 
     def drop(self, why: str, long_window: bool = False) -> str:
