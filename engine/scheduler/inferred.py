@@ -11,7 +11,8 @@ in a second less what came back refused is what it accepted.
 From then on the endpoint paces that rate like a learned one (`InferredPace`): a 429 our pacing
 explains costs one slot; when 429s come more often than near misses do (the estimate was high, or
 the limit fell), the pace drops to what the provider's window held at the last one; after a long
-quiet spell it tries 2% faster, in case the limit was raised, and goes back at the first 429.
+quiet spell it tries 2% faster (one request a second at least), in case the limit was raised, and
+goes back at the first 429.
 
 Only a short wait is taken as a 1-second window. A `retry-after` over a second (a per-minute quota
 used up) or none at all keeps the provider's own clock: pause for its wait, halve concurrency. A
