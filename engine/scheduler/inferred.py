@@ -108,10 +108,13 @@ class InferredPace:
         return (f"no limit is configured or announced: pacing at {rate:g} requests/s, what the provider "
                 "accepted in the second before its first 429")
 
-    def lower(self, now: float, sent_at: float) -> str | None:
-        """A 429 while pacing the inferred rate: if the provider refused more than near misses of
-        what we sent in the two seconds before it, pace what its window held. Returns a note when
-        the pace moved (or `drop`'s when it accepted too little)."""
+    def on_429(self, now: float, retry_after: float | None, sent_at: float) -> str | None:
+        """A 429 while pacing the inferred rate. A wait over a second means the window is not a
+        second: the inference goes. Else, if the provider refused more than near misses of what we
+        sent in the two seconds before it, pace what its window held. Returns a note when the pace
+        moved or was dropped."""
+        if retry_after is not None and retry_after > SHORT_WAIT_S:
+            return self.drop(f"the provider asked for a {retry_after:g}s wait", long_window=True)
         rpm = self.limiter.current_rpm
         if rpm is not None and self._before_probe is not None:  # the probe found the limit where it was
             self._set(self._before_probe, now)
@@ -137,7 +140,7 @@ class InferredPace:
 
     def probe(self, now: float, last_429: float) -> bool:
         """After a long quiet spell, try a little faster (a limit can be raised); a 429 that
-        answers it brings the pace back through `lower`. True when the pace moved."""
+        answers it brings the pace back through `on_429`. True when the pace moved."""
         rpm = self.limiter.current_rpm
         if rpm is None or min(now - last_429, now - self._changed) < PROBE_QUIET_S:
             return False

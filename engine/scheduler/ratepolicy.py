@@ -39,7 +39,7 @@ from typing import Callable
 
 from .concurrency import AdaptiveConcurrency
 from .headers import RateLimitInfo
-from .inferred import SETTLE_S, SHORT_WAIT_S, InferredPace
+from .inferred import SETTLE_S, InferredPace
 from .limiter import RateLimiter
 from .shaper import SendShaper
 
@@ -69,6 +69,12 @@ class RateDecision:
     note: str | None = None
 
 
+def _own_wait(retry_after: float | None, exact: bool) -> float:
+    """How long a refused request alone waits before it queues for its next slot: the provider's
+    exact wait when it gave one (a whole-second `retry-after` is only an upper bound)."""
+    return retry_after if exact and retry_after else 0.0
+
+
 class RatePolicy:
     def __init__(self, limiter: RateLimiter, concurrency: AdaptiveConcurrency, shaper: SendShaper | None = None,
                  *, max_pause_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -94,11 +100,11 @@ class RatePolicy:
     # -- observations --------------------------------------------------------------------------
 
     def on_send(self, tokens: int) -> None:
+        now = self._clock()
         if self.inferred.watching:
-            self.inferred.accepted.sent(self._clock())
+            self.inferred.accepted.sent(now)
         if self.limiter.current_rpm is None and self.limiter.current_tpm is None:
             return  # nothing paced: our own rate explains nothing (the first learned limit starts it)
-        now = self._clock()
         if self._first_send is None:
             self._first_send = now
         self._sends.append((now, tokens))
@@ -147,14 +153,12 @@ class RatePolicy:
             inferred = self.inferred.start(now, retry_after, sent_at)
             if inferred is not None:
                 self._paced_changed()
-                lim.push_back(lim.interval_s or 0.0)
-                return RateDecision(retry_after if exact and retry_after else 0.0, 0.0, inferred)
+                return self._lost_slot(retry_after, exact, inferred)
             return self._nothing_known(now, retry_after)
         if self.inferred.active and sent_at < self.inferred.since + SETTLE_S:
             # Sent before the inferred pace could show in the provider's window (it still held the
             # burst that found the limit): one lost slot, and nothing said about the pace.
-            lim.push_back(lim.interval_s or 0.0)
-            return RateDecision(retry_after if exact and retry_after else 0.0)
+            return self._lost_slot(retry_after, exact)
         self._bucket(now)[2] += 1
         if self.inferred.active:
             decision = self._inferred_429(now, retry_after, exact, sent_at)
@@ -180,7 +184,7 @@ class RatePolicy:
             self._set_factor(max(MIN_FACTOR, lim.factor * SLOWDOWN), now)
             note = note or (f"429s persist ({limited} of {sent} sent in {PERSIST_S:g}s): pacing at "
                             f"{lim.factor:.0%} of the limit")
-        return RateDecision(retry_after if exact and retry_after else 0.0, 0.0, note)
+        return RateDecision(_own_wait(retry_after, exact), 0.0, note)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -202,19 +206,21 @@ class RatePolicy:
 
     def _inferred_429(self, now: float, retry_after: float | None, exact: bool,
                       sent_at: float) -> RateDecision | None:
-        """A 429 while pacing an inferred rate: a long wait means the window is not a second (the
-        inference goes); the provider accepting clearly less than we pace lowers the pace."""
-        if (retry_after or 0.0) > SHORT_WAIT_S:
-            note: str | None = self.inferred.drop(f"the provider asked for a {retry_after:g}s wait", long_window=True)
-        else:
-            note = self.inferred.lower(now, sent_at)
+        """A 429 while pacing an inferred rate: the pace may have moved or been dropped (see
+        `InferredPace.on_429`); None when it is an ordinary near miss for the paced path."""
+        note = self.inferred.on_429(now, retry_after, sent_at)
         self._paced_changed()  # (also when a probe this 429 answered was undone, without a note)
         if note is None:
             return None
         if not self.inferred.active:  # dropped: back to the provider's own clock
             return self._nothing_known(now, retry_after, note)
-        self.limiter.push_back(self.limiter.interval_s or 0.0)
-        return RateDecision(retry_after if exact and retry_after else 0.0, 0.0, note)
+        return self._lost_slot(retry_after, exact, note)
+
+    def _lost_slot(self, retry_after: float | None, exact: bool, note: str | None = None) -> RateDecision:
+        """One lost slot: the schedule moves back an interval, and only the refused request waits."""
+        if self.limiter.interval_s is not None:
+            self.limiter.push_back(self.limiter.interval_s)
+        return RateDecision(_own_wait(retry_after, exact), 0.0, note)
 
     def _nothing_known(self, now: float, retry_after: float | None, note: str | None = None) -> RateDecision:
         """Fewer in flight is the only lever, the provider's wait the only clock."""
