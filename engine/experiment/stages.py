@@ -61,13 +61,13 @@ def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,
                    on_start: Callable[[str, Any], None]) -> Generated:
     """Run (or resume) a cell's generation to its end. `on_start(run_id, runner)` is called once
     the run exists and before any query is sent, so the experiment links the run first."""
-    import anyio
-
     from ..run.collector import tuned_for_a_run
+    from ..run.eventloop import drive, use_uvloop
     from ..run.launch import _run_with_signals
     from ..run.runner import Runner
 
     started = time.perf_counter()
+    uvloop = use_uvloop()
     if run_id is None:  # started by a process killed before the experiment recorded it: continue that one
         earlier = [r for r in store.list_runs(name=cfg.run.name, kind="generate") if r.last_seq > 0]
         run_id = earlier[-1].id if earlier else None
@@ -79,7 +79,7 @@ def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,
     on_start(run_id, runner)
     try:
         with tuned_for_a_run():
-            anyio.run(_run_with_signals, runner)
+            drive(_run_with_signals, runner, uvloop=uvloop)
     finally:
         runner.abandon_unstarted("the experiment could not drive this generation (its event loop failed)")
     return generation_outcome(store, run_id, time.perf_counter() - started)

@@ -15,6 +15,7 @@ from ..errors import ResumeRefused
 from ..ledger.replay import replay
 from .abort import start_error
 from .collector import tuned_for_a_run
+from .eventloop import drive, use_uvloop
 from .config import RunConfig
 from .runner import Runner, RunResult
 from .store_choice import StoreChoice
@@ -103,10 +104,11 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="synthledger-run") as pool:
             return pool.submit(generate, cfg, store, resume=resume, run_id=run_id, show_progress=show_progress,
                                announce=announce).result()
+    uvloop = use_uvloop()
     runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce)
     try:
         with tuned_for_a_run():
-            result = anyio.run(_run_with_signals, runner)
+            result = drive(_run_with_signals, runner, uvloop=uvloop)
     finally:
         runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
     if result.error is not None:

@@ -1,0 +1,55 @@
+"""The loop a run is driven on: uvloop where it is installed, the standard loop when asked or where
+it is missing, and a bad choice refused before the run exists."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from synthledger.engine.errors import ConfigError
+from synthledger.engine.run.eventloop import ENV, drive, use_uvloop
+from synthledger.testing.cli_runs import Project, last_line
+from synthledger.testing.server import run_in_thread
+
+
+async def loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+def test_runs_are_driven_on_uvloop_where_it_is_installed(monkeypatch):
+    pytest.importorskip("uvloop")
+    monkeypatch.delenv(ENV, raising=False)
+    assert drive(loop_module).startswith("uvloop")
+
+
+def test_the_standard_loop_when_asked(monkeypatch):
+    monkeypatch.setenv(ENV, "asyncio")
+    assert drive(loop_module).startswith("asyncio")
+
+
+def test_without_uvloop_the_standard_loop_runs_unless_uvloop_was_insisted_on(monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what `import uvloop` meets where it is not installed
+    monkeypatch.delenv(ENV, raising=False)
+    assert drive(loop_module).startswith("asyncio")
+    monkeypatch.setenv(ENV, "uvloop")
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        use_uvloop()
+
+
+def test_a_bad_choice_fails_the_command_before_the_run_exists(tmp_path, monkeypatch):
+    with run_in_thread() as srv:
+        project = Project(tmp_path, srv.url)
+        config = project.write()
+        monkeypatch.setenv(ENV, "tokio")
+        res = project.generate(config)
+        assert res.returncode != 0
+        assert f"{ENV}='tokio' is not an event loop" in res.stderr and "Traceback" not in res.stderr
+        assert srv.stats()["received"] == 0
+        assert project.events("run_started") == []
+
+        monkeypatch.setenv(ENV, "asyncio")  # the same project runs on the standard loop
+        res = project.generate(config)
+        assert res.returncode == 0, res.stderr
+        assert last_line(res)[1] == "budget_exhausted"  # 20 queries asked and answered
