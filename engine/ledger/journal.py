@@ -34,7 +34,9 @@ from ..redact import scrub_payload
 from . import crashpoints
 from ...store.keys import key_of
 from .events import (SCHEMA_VERSION, ItemDone, QueryDispatched, QueryReserved, QuerySettled,
-                     QuestionAdmitted, RunFinished, SampleAccepted, SampleProposed, parse_event, to_payload)
+                     QuestionAdmitted, RunFinished, SampleAccepted, SampleProposed, parse_event, plain_payload,
+                     to_payload)
+from .event_base import EventBase
 
 HEARTBEAT_S = 5.0
 
@@ -120,6 +122,11 @@ class Journal:
         """Queue one event; returns its sequence number (-1 once the writer has failed: the event
         cannot be kept, and the run is stopping)."""
         return self._append(*to_payload(event))
+
+    def emit_plain(self, cls: type[EventBase], **values: Any) -> int:
+        """`emit(cls(**values))` for the engine's own per-query events, without the model (see
+        `plain_payload`): `values` must already be what the model would dump."""
+        return self._append(*plain_payload(cls, **values))
 
     def record(self, type_: str, payload: dict[str, Any]) -> int:
         """`emit` for an event given as (type, payload), e.g. by a trainer's callback: checked

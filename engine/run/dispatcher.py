@@ -24,7 +24,7 @@ import anyio
 from ...store.hashing import canonical
 from ..api import ChatRequest
 from ..errors import BudgetExhausted, FailureKind, RunStopping, TeacherError
-from ..ledger.events import Cost, QueryReserved, QueryReused
+from ..ledger.events import Cost, QueryReserved, QueryReused, plain_cost
 from ..ledger.journal import Journal
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
@@ -205,13 +205,14 @@ class Dispatcher(Retrier, Sender):
                 members: list[Member], worsts: list[Amount]) -> None:
         """Record each member's reservation (the ledger applies it at once); messages and
         parameters go with a query's first reservation ever."""
-        params = (base.model_dump(exclude={"messages", "model"}, exclude_none=True)
+        params = (base.model_dump(mode="json", exclude={"messages", "model"}, exclude_none=True)
                   if any(m.first for m in members) else None)  # (dumping costs; repeats record none)
         for m, worst in zip(members, worsts):
-            self.recorder.emit(QueryReserved(
-                query_id=m.qid, attempt=m.attempt, key=m.key, role=role, purpose=purpose, strategy=strategy,
-                item=m.item, provider=ep.teacher.provider, model=ep.model, worst=Cost(**worst.as_dict()),
-                messages=list(base.messages) if m.first else None, params=params if m.first else None))
+            self.recorder.emit_plain(
+                QueryReserved, query_id=m.qid, attempt=m.attempt, key=m.key, role=role, purpose=purpose,
+                strategy=strategy, item=m.item, provider=ep.teacher.provider, model=ep.model,
+                worst=plain_cost(**worst.as_dict()), messages=[dict(x) for x in base.messages] if m.first else None,
+                params=params if m.first else None)
             m.first, m.holding, m.worst = False, True, worst
 
     def _fit(self, ep: Endpoint, role: str, strategy: str, base: ChatRequest, prompt: int,

@@ -230,7 +230,7 @@ class Runner(RunSession):
         rec = self.recorder
         try:
             outcome = await produce(self, item)
-            rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome=outcome))
+            rec.emit_plain(ItemDone, item=item.key, strategy=item.strategy, outcome=outcome)
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
         except (RunStopping, WriterFailed):

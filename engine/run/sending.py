@@ -14,7 +14,7 @@ import anyio
 
 from ..api import ChatRequest, Completion
 from ..errors import FailureKind, RunStopping, TeacherError
-from ..ledger.events import AttemptFailed, Cost, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted
+from ..ledger.events import AttemptFailed, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted, plain_cost
 from ..ledger.ledger import Amount
 from .samples import Member, output_split, shares, split_evenly
 from .usage_check import fault_error, fault_event
@@ -52,7 +52,7 @@ class Sender:
             shaper = ep.rate.shaper
             slot = shaper.slot(anyio.current_time()) if shaper is not None else None
             for m in members:
-                self.recorder.emit(QueryDispatched(query_id=m.qid, attempt=m.attempt, request=shared))
+                self.recorder.emit_plain(QueryDispatched, query_id=m.qid, attempt=m.attempt, request=shared)
             await self.recorder.flush()  # recorded before it is sent
             if slot is not None:
                 await shaper.wait(slot)  # type: ignore[union-attr]  # commit jitter stays off the wire
@@ -113,10 +113,10 @@ class Sender:
         for i, (m, amount) in enumerate(zip(answered, amounts)):
             out[m.qid] = texts[i]
             self.note_finish(m.qid, reasons[i] if i < len(reasons) else None)
-            self.recorder.emit(QuerySettled(
-                query_id=m.qid, attempt=m.attempt, actual=Cost(**amount.as_dict()), text=texts[i],
+            self.recorder.emit_plain(
+                QuerySettled, query_id=m.qid, attempt=m.attempt, actual=plain_cost(**amount.as_dict()), text=texts[i],
                 finish_reason=reasons[i] if i < len(reasons) else None, latency_s=round(latency, 4), shared=whole,
-                cached_input_tokens=cached[i]))
+                cached_input_tokens=cached[i])
         for m in members[len(answered):]:  # a server that ignores `n`: the rest were never answered
             ep.supports_n = False
             self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="bad_request", maybe_billed=False,
