@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from synthledger.engine import host as plugins
 from synthledger.plugins.tasks import FreeformTask, GSM8KTask, MultipleChoiceTask
@@ -85,3 +87,26 @@ def test_every_task_has_an_instruction_and_is_registered():
         assert plugins.get("tasks", cls.name) is cls
         assert cls().instruction
     assert "####" in GSM8KTask.instruction
+
+
+# Text made of what numbers are made of, and what sits around them, so that signs, points and
+# thousands groups meet in every order.
+_NUMBERISH = st.text(alphabet="0123456789-+.,/ $aA\nnswer:is\u2212", max_size=60)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_NUMBERISH)
+def test_the_last_number_is_found_as_findall_finds_it(text):
+    from synthledger.plugins.tasks import numeric
+
+    found = numeric._NUMBER.findall(text)
+    assert numeric._last_number(text) == (found[-1] if found else None)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="answerANSWER\u017f\u212a iS:=", max_size=30))
+def test_the_answer_is_pattern_is_skipped_only_where_it_cannot_match(text):
+    from synthledger.plugins.tasks import numeric
+
+    if "answer" not in text.casefold():  # what final_number checks before trying the pattern
+        assert numeric._ANSWER_IS.findall(text) == []
