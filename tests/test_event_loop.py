@@ -53,3 +53,35 @@ def test_a_bad_choice_fails_the_command_before_the_run_exists(tmp_path, monkeypa
         res = project.generate(config)
         assert res.returncode == 0, res.stderr
         assert last_line(res)[1] == "budget_exhausted"  # 20 queries asked and answered
+
+
+def test_a_time_limit_raises_timeout_and_lets_a_run_stopping_through(monkeypatch):
+    import anyio
+
+    from synthledger.engine.run.eventloop import time_limit
+
+    monkeypatch.delenv(ENV, raising=False)
+
+    async def expires() -> str:
+        try:
+            async with time_limit(0.05):
+                await anyio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+        return "not stopped"
+
+    async def cancelled_from_outside() -> str:
+        seen = []
+        with anyio.move_on_after(0.05) as scope:  # the run stopping, not this attempt's deadline
+            try:
+                async with time_limit(5):
+                    await anyio.sleep(5)
+            except TimeoutError:
+                seen.append("timeout")
+            except anyio.get_cancelled_exc_class():
+                seen.append("cancelled")
+                raise
+        return f"{seen} {scope.cancelled_caught}"
+
+    assert drive(expires) == "timed out"
+    assert drive(cancelled_from_outside) == "['cancelled'] True"

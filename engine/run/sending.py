@@ -16,6 +16,7 @@ from ..api import ChatRequest, Completion
 from ..errors import FailureKind, RunStopping, TeacherError
 from ..ledger.events import AttemptFailed, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted, plain_cost
 from ..ledger.ledger import Amount
+from .eventloop import time_limit
 from .samples import Member, output_split, shares, split_evenly
 from .usage_check import fault_error, fault_event
 
@@ -59,7 +60,7 @@ class Sender:
             ep.on_sent(est)
             started = time.monotonic()
             try:
-                with anyio.fail_after(ep.timeout_s):
+                async with time_limit(ep.timeout_s):
                     completion = await ep.teacher.complete(request)
             except TimeoutError:
                 err = TeacherError(FailureKind.TIMEOUT, f"no answer within {ep.timeout_s:g}s", maybe_billed=True)
