@@ -105,8 +105,9 @@ def _suspect(text: str) -> bool:
 
 
 def _suspect_bytes(raw: bytes, shapes: bool) -> bool:
-    if any(s in raw for s in _b_known):
-        return True
+    for s in _b_known:  # (a loop, not any(): this runs for every event, and a generator costs more)
+        if s in raw:
+            return True
     if not shapes:
         return False
     for h in _B_HINTS:
