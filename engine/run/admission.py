@@ -46,6 +46,7 @@ class Admission:
         self.verifier = verifier
         self._pledged: dict[str, Amount] = {}  # scope -> what running items may still ask for
         self._item_pledges: dict[str, dict[str, int]] = {}  # item key -> queries per role not yet asked
+        self._needs: dict[tuple[str, tuple[tuple[str, int], ...]], dict[str, Amount]] = {}  # see _need
 
     def route(self, role: str) -> str:
         """The endpoint serving `role` (roles without a model section of their own use the teacher's)."""
@@ -67,11 +68,20 @@ class Admission:
         return cost
 
     def _need(self, item: PlanItem, cost: dict[str, int]) -> dict[str, Amount]:
-        """`cost` priced and summed per budget scope."""
+        """`cost` priced and summed per budget scope; read-only. Asked four times per item with the
+        same few shapes of cost, and nothing in a run changes a role's worst case or a budget's
+        scopes: priced once per shape."""
+        key = (item.strategy, tuple(cost.items()))
+        need = self._needs.get(key)
+        if need is None:
+            need = self._needs[key] = self._price(item.strategy, cost)
+        return need
+
+    def _price(self, strategy: str, cost: dict[str, int]) -> dict[str, Amount]:
         need: dict[str, Amount] = {}
         for role, n in cost.items():
             one = self.worst_case(role)
-            for scope, _ in self.ledger.spec.scopes(role, item.strategy):
+            for scope, _ in self.ledger.spec.scopes(role, strategy):
                 amount = need.setdefault(scope, Amount())
                 for _ in range(n):
                     amount.add(one)
