@@ -85,3 +85,19 @@ def test_a_time_limit_raises_timeout_and_lets_a_run_stopping_through(monkeypatch
 
     assert drive(expires) == "timed out"
     assert drive(cancelled_from_outside) == "['cancelled'] True"
+
+
+def test_the_time_limit_before_python_3_11_is_anyio_s_and_behaves_the_same():
+    import anyio
+
+    from synthledger.engine.run import eventloop
+
+    async def expires() -> str:
+        try:
+            async with eventloop._fail_after(0.05):
+                await anyio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+        return "not stopped"
+
+    assert drive(expires) == "timed out"

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any, Awaitable, Callable, TypeVar
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import anyio
 
@@ -56,4 +57,10 @@ def time_limit(seconds: float) -> Any:
     Both let a cancellation from outside (the run stopping) through as a cancellation."""
     if sys.version_info >= (3, 11):
         return asyncio.timeout(seconds)
-    return anyio.fail_after(seconds)
+    return _fail_after(seconds)
+
+
+@asynccontextmanager
+async def _fail_after(seconds: float) -> AsyncIterator[None]:
+    with anyio.fail_after(seconds):  # (a cancel scope is entered with `with`; callers use `async with`)
+        yield
