@@ -6,6 +6,7 @@ builds them, and a run records its `BudgetSpec` in its first event (`budget_from
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,19 @@ class BudgetSpec:
     counted_roles: frozenset[str] | None = None  # roles that count against `total`; None = every role
 
     def scopes(self, role: str, strategy: str) -> list[tuple[str, Limits]]:
+        """The budget scopes a query of `role` for `strategy` counts in, with their limits; read-only.
+        Asked several times for every event the ledger folds, always for the same few pairs, and a
+        spec never changes (it is frozen): found once per pair."""
+        found = self._scopes.get((role, strategy))
+        if found is None:
+            found = self._scopes[(role, strategy)] = self._find_scopes(role, strategy)
+        return found
+
+    @functools.cached_property
+    def _scopes(self) -> dict[tuple[str, str], list[tuple[str, Limits]]]:
+        return {}  # (cached_property writes the instance's __dict__ directly, which frozen allows)
+
+    def _find_scopes(self, role: str, strategy: str) -> list[tuple[str, Limits]]:
         out: list[tuple[str, Limits]] = []
         if self.counted_roles is None or role in self.counted_roles:
             out.append(("total", self.total))

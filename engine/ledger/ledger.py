@@ -144,11 +144,8 @@ class Ledger(BatchFold, LedgerReport):
         if handler is not None:
             handler(self, seq, p)
 
-    def _scopes(self, q: QueryState) -> list[str]:
-        return [s for s, _ in self.spec.scopes(q.role, q.strategy)]
-
     def _move(self, seq: int, q: QueryState, amount: Amount, *, release: Amount | None, spend: bool) -> None:
-        for scope in self._scopes(q):
+        for scope, _ in self.spec.scopes(q.role, q.strategy):
             if release is not None:
                 self._bucket(self.reserved, scope).add(release, -1)
             if spend:
@@ -185,7 +182,7 @@ class Ledger(BatchFold, LedgerReport):
         q.worst = worst
         q.holding = True
         q.status = "reserved"
-        for scope in self._scopes(q):
+        for scope, _ in self.spec.scopes(q.role, q.strategy):
             self._bucket(self.reserved, scope).add(worst)
         self._check(seq, q)
 

@@ -33,6 +33,8 @@ class Member:
 
 def split_evenly(total: int, k: int) -> list[int]:
     """`total` in k integer parts differing by at most one, the larger ones first."""
+    if k == 1:  # a request of one sample: nearly every request
+        return [total]
     base, extra = divmod(total, k)
     return [base + (1 if i < extra else 0) for i in range(k)]
 
