@@ -164,7 +164,7 @@ class RatePolicy:
             decision = self._inferred_429(now, retry_after, exact, sent_at)
             if decision is not None:
                 return decision
-        share = None if self.inferred.active else self._sending_share(now)  # (an inferred pace: `lower`)
+        share = None if self.inferred.active else self._sending_share(now)  # (an inferred pace: `_inferred_429`)
         if share is not None and share < EXPLAINED and not learned:
             wait = min(self.max_pause_s, retry_after or self._reset_hint(info) or 1.0)
             dropped = self._distrust(now, share) if self.learned else None
@@ -240,7 +240,8 @@ class RatePolicy:
         else:
             if self.shaper is None:
                 self.shaper = SendShaper(lim.current_rpm, lim.safety)  # type: ignore[arg-type]
-            self.shaper.set_limit(lim.current_rpm)  # type: ignore[arg-type]
+            else:
+                self.shaper.set_limit(lim.current_rpm)  # type: ignore[arg-type]
             self.shaper.set_interval(lim.interval_s)
 
     def _set_factor(self, factor: float, now: float) -> None:

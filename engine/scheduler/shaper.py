@@ -41,8 +41,9 @@ class SendShaper:
     """Per-endpoint send spacing for a request-rate limit of `rpm` paced at `safety` of it."""
 
     def __init__(self, rpm: float, safety: float) -> None:
-        if not rpm > 0 or math.isinf(rpm):
-            raise ValueError(f"SendShaper: rpm must be a positive finite number, got {rpm!r}")
+        # The send times of the last `per_window` sends: the oldest bounds the next one.
+        self._sent: deque[float] = deque()
+        self.set_limit(rpm)
         if not 0.0 < safety <= 1.0:
             raise ValueError(f"SendShaper: safety must be in (0, 1], got {safety!r}")
         self.interval_s = 60.0 / (rpm * safety)
@@ -50,9 +51,6 @@ class SendShaper:
         # How much later than their slots sends go out, after sends that were late beyond the
         # tolerance moved the schedule (slots stay on the limiter's clock; sends add this).
         self.shift_s = 0.0
-        # The send times of the last `per_window` sends: the oldest bounds the next one.
-        self.per_window = max(1, math.floor(rpm * WINDOW_S / 60.0))
-        self._sent: deque[float] = deque(maxlen=self.per_window)
         # A margin on the window for the wire's jitter between our send and the provider's clock:
         # four fifths of the slack pacing at `safety` leaves in it (4 ms at 99.5%), so the bound
         # stays off a schedule kept exactly.
