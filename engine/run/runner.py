@@ -57,7 +57,7 @@ class Runner(RunSession):
         self._fatal: str | None = None
         self._stopping = False
         self._items_scope: anyio.CancelScope | None = None
-        self._handoff: asyncio.Queue[PlanItem | None] = asyncio.Queue()  # items for idle workers
+        self._handoff: asyncio.Queue[PlanItem | None]  # items for idle workers: each walk of the plan makes its own
         self._idle_workers = 0
 
     def route(self, role: str) -> str:
