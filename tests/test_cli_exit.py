@@ -1,0 +1,56 @@
+"""How the CLI process ends: without the interpreter's module teardown (a third of a second that
+every whole-run rate pays), yet with what a normal exit guarantees, in its order: threads that are
+not daemons finish, then exit handlers run, then output is flushed, and the exit status is kept."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A command (`--help`) run through cli.main() with a non-daemon thread still working when the
+# command returns, an exit handler, and an object that says so if module teardown reaches it.
+SCRIPT = textwrap.dedent("""
+    import atexit, os, sys, threading, time
+    sys.path.insert(0, {root!r})
+    sys.argv = ["cli.py", {arg!r}]
+    import cli
+
+    class TornDown:
+        def __del__(self, write=os.write):  # stdout may be gone by then; fd 1 is not
+            write(1, b"torn down\\n")
+
+    KEEP = TornDown()
+
+    def late():
+        time.sleep(1.0)  # still running when the command returns
+        print("thread finished", flush=True)
+
+    threading.Thread(target=late, name="plugin worker").start()
+    atexit.register(lambda: print("exit handler", flush=True))
+    cli.main()
+""")
+
+
+def _run(arg: str) -> subprocess.CompletedProcess:
+    script = SCRIPT.format(root=str(ROOT), arg=arg)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+
+
+def test_a_live_thread_is_waited_for_then_handlers_run_and_no_teardown_follows():
+    r = _run("--help")
+    assert r.returncode == 0, r.stderr
+    tail = [line for line in r.stdout.splitlines() if line in ("thread finished", "exit handler", "torn down")]
+    # Before: a live non-daemon thread sent the CLI down the normal exit, teardown and all.
+    assert tail == ["thread finished", "exit handler"], r.stdout[-500:]
+
+
+def test_the_exit_status_survives_the_fast_exit():
+    r = _run("--no-such-option")
+    assert r.returncode == 2
+    assert "thread finished" in r.stdout and "exit handler" in r.stdout
+    assert "torn down" not in r.stdout
