@@ -55,7 +55,11 @@ def _exit_now(code: object) -> None:
     wait_for_threads = getattr(threading, "_shutdown", None)  # what the interpreter's exit calls first
     if wait_for_threads is None:
         sys.exit(status)
-    wait_for_threads()
+    try:
+        wait_for_threads()
+    except KeyboardInterrupt:  # Ctrl-C while a plugin's thread holds the exit up: leave it, quietly
+        print("interrupted while waiting for a plugin's thread to finish", file=sys.stderr)
+        status = 130
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -1,6 +1,7 @@
 """How the CLI process ends: without the interpreter's module teardown (a third of a second that
 every whole-run rate pays), yet with what a normal exit guarantees, in its order: threads that are
-not daemons finish, then exit handlers run, then output is flushed, and the exit status is kept."""
+not daemons finish, then exit handlers run, then output is flushed, and the exit status is kept; a
+Ctrl-C while a thread holds the exit up ends it with 130 and one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -54,3 +55,32 @@ def test_the_exit_status_survives_the_fast_exit():
     assert r.returncode == 2
     assert "thread finished" in r.stdout and "exit handler" in r.stdout
     assert "torn down" not in r.stdout
+
+
+# A thread that holds the exit up until Ctrl-C: once the main thread has started waiting for it
+# (a normal exit marks the main thread finished first), it sends the process SIGINT and sleeps on.
+STUCK = textwrap.dedent("""
+    import atexit, os, signal, sys, threading, time
+    sys.path.insert(0, {root!r})
+    sys.argv = ["cli.py", "--help"]
+    import cli
+
+    def stuck():
+        while threading.main_thread().is_alive():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+
+    threading.Thread(target=stuck, name="stuck plugin worker").start()
+    atexit.register(lambda: print("exit handler", flush=True))
+    cli.main()
+""")
+
+
+def test_ctrl_c_while_a_thread_holds_the_exit_up_exits_130_without_a_traceback():
+    r = subprocess.run([sys.executable, "-c", STUCK.format(root=str(ROOT))], capture_output=True, text=True,
+                       timeout=50, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    assert r.returncode == 130, r.stderr[-800:]
+    assert "Traceback" not in r.stderr, r.stderr[-800:]
+    assert "interrupted while waiting" in r.stderr
+    assert "exit handler" in r.stdout
