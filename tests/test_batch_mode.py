@@ -92,6 +92,30 @@ def test_expired_requests_go_into_the_next_batch(project):
     assert report["counts"]["settled"] == 40 == srv.stats()["batch_requests"] == report["spent"]["queries"]
 
 
+@pytest.mark.parametrize("provider, base", [("openai", "/v1"), ("anthropic", "")])
+def test_requests_a_batch_answered_with_errors_are_retried_in_the_next_batch_and_never_charged(project, provider,
+                                                                                            base):
+    # A quarter of each batch's requests come back as errors (OpenAI: the error file; Anthropic: an
+    # `errored` result): known outcomes, so unbilled, and each goes again while it has attempts left.
+    proj, srv = project("--batch-request-s", "0.001", "--batch-error-rate", "0.25", seeds=40)
+    cfg = proj.write(teacher={"provider": provider, "base_url": srv.url + base, "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 40}, limits={"max_attempts": 8}, strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg, timeout=180)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed"
+    report = proj.audit(run_id)
+    assert report["ok"]
+    failed = proj.events("attempt_failed")
+    assert failed and not any(e["maybe_billed"] for e in failed)
+    stats = srv.stats()
+    assert stats["batches"] >= 2  # the errored ones went out again, in a later batch
+    assert stats["batch_requests"] == 40  # what the server answered: each query once, its errors aside
+    assert report["counts"]["settled"] == 40 == report["spent"]["queries"]
+    assert (report["spent"]["input_tokens"], report["spent"]["output_tokens"]) == (stats["input_tokens"],
+                                                                                   stats["output_tokens"])
+
+
 def test_a_refused_batch_releases_its_reservations(project):
     proj, srv = project("--batch-fail", seeds=5)
     cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
