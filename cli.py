@@ -53,8 +53,8 @@ def _exit_now(code: object) -> None:
         code = 1
     status = 0 if code is None else code if isinstance(code, int) else 1
     wait_for_threads = getattr(threading, "_shutdown", None)  # what the interpreter's exit calls first
-    if wait_for_threads is None:
-        sys.exit(status)
+    if wait_for_threads is None or threading.current_thread() is not threading.main_thread():
+        sys.exit(status)  # (called from another thread, the wait would include that thread itself)
     try:
         wait_for_threads()
     except KeyboardInterrupt:  # Ctrl-C while a plugin's thread holds the exit up: leave it, quietly

@@ -58,9 +58,9 @@ def test_the_exit_status_survives_the_fast_exit():
 
 
 # A thread that holds the exit up until Ctrl-C: once the main thread has started waiting for it
-# (a normal exit marks the main thread finished first), it sends the process SIGINT and sleeps on.
+# (a normal exit marks the main thread finished first), it sends the main thread SIGINT and sleeps on.
 STUCK = textwrap.dedent("""
-    import atexit, os, signal, sys, threading, time
+    import atexit, signal, sys, threading, time
     sys.path.insert(0, {root!r})
     sys.argv = ["cli.py", "--help"]
     import cli
@@ -68,7 +68,9 @@ STUCK = textwrap.dedent("""
     def stuck():
         while threading.main_thread().is_alive():
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
+        # To the main thread, as a terminal's Ctrl-C nearly always lands: a process-wide kill may be
+        # taken by this thread, and a main thread blocked in a lock wait never sees it.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         time.sleep(60)
 
     threading.Thread(target=stuck, name="stuck plugin worker").start()
@@ -84,3 +86,30 @@ def test_ctrl_c_while_a_thread_holds_the_exit_up_exits_130_without_a_traceback()
     assert "Traceback" not in r.stderr, r.stderr[-800:]
     assert "interrupted while waiting" in r.stderr
     assert "exit handler" in r.stdout
+
+
+def test_called_from_a_thread_other_than_main_it_ends_that_thread_with_systemexit():
+    # An embedding program may run the CLI on a worker thread: waiting for every thread there would
+    # wait for the caller itself.
+    script = textwrap.dedent(f"""
+        import sys, threading
+        sys.path.insert(0, {str(ROOT)!r})
+        sys.argv = ["cli.py", "--help"]
+        import cli
+        codes = []
+
+        def worker():
+            try:
+                cli.main()
+            except SystemExit as done:
+                codes.append(done.code)
+
+        t = threading.Thread(target=worker, daemon=True)
+        t.start()
+        t.join(20)  # (a worker stuck waiting for itself is left behind: it is a daemon)
+        print("worker exited with", codes, flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    assert r.returncode == 0, r.stderr[-800:]
+    assert "worker exited with [0]" in r.stdout
