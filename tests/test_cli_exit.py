@@ -68,8 +68,11 @@ STUCK = textwrap.dedent("""
     def stuck():
         while threading.main_thread().is_alive():
             time.sleep(0.01)
-        # To the main thread, as a terminal's Ctrl-C nearly always lands: a process-wide kill may be
-        # taken by this thread, and a main thread blocked in a lock wait never sees it.
+        # Once the main thread is blocked in its wait (a signal caught in the microseconds before it
+        # blocks is seen only at its next bytecode, as in any Python lock wait; a person's Ctrl-C
+        # does not land there) and to the main thread, as a terminal's Ctrl-C nearly always does: a
+        # process-wide kill taken by this thread would never wake a main thread blocked in a wait.
+        time.sleep(0.3)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         time.sleep(60)
 
