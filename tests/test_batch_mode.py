@@ -25,6 +25,14 @@ def project(tmp_path):
         srv.close()
 
 
+def completed(proj: Project, res) -> dict:
+    """The audit report of a run that `generate` ended as completed."""
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed"
+    return proj.audit(run_id)
+
+
 @pytest.mark.parametrize("provider, base", [("openai", "/v1"), ("anthropic", "")])
 def test_a_batch_run_settles_every_query_at_batch_prices(project, provider, base):
     proj, srv = project("--batch-request-s", "0.001")
@@ -33,10 +41,7 @@ def test_a_batch_run_settles_every_query_at_batch_prices(project, provider, base
                      # The online price, stated: genai-prices knows gpt-4o-mini only under provider openai.
                      pricing={"gpt-4o-mini": {"input_per_mtok": 0.15, "output_per_mtok": 0.60}})
     res = proj.generate(cfg)
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
-    report = proj.audit(run_id)
+    report = completed(proj, res)
     stats = srv.stats()
     assert stats["batches"] == 1 and stats["batch_requests"] == 40 == report["counts"]["settled"]
     assert stats["received"] == 0  # nothing went through the online endpoints
@@ -63,10 +68,7 @@ def test_killed_while_polling_then_resumed_polls_the_same_batch(project):
     proc.wait()
     assert not proj.events("query_settled")
     res = proj.generate(cfg, "--resume")
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
-    report = proj.audit(run_id)
+    report = completed(proj, res)
     stats = srv.stats()
     assert stats["batches"] == 1, "the resumed run submitted the batch again"
     assert stats["batch_requests"] == 30 == report["counts"]["settled"] == report["spent"]["queries"]
@@ -81,10 +83,7 @@ def test_expired_requests_go_into_the_next_batch(project):
     cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
                      budget={"queries": 40}, limits={"max_attempts": 4}, strategy={"samples_per_seed": 1})
     res = proj.generate(cfg, timeout=180)
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
-    report = proj.audit(run_id)
+    report = completed(proj, res)
     ends = [e["status"] for e in proj.events("batch_finished")]
     assert ends[0] == "expired" and ends[-1] == "completed" and len(ends) >= 2
     failed = proj.events("attempt_failed")
@@ -101,10 +100,7 @@ def test_requests_a_batch_answered_with_errors_are_retried_in_the_next_batch_and
     cfg = proj.write(teacher={"provider": provider, "base_url": srv.url + base, "model": "gpt-4o-mini", **BATCH},
                      budget={"queries": 40}, limits={"max_attempts": 8}, strategy={"samples_per_seed": 1})
     res = proj.generate(cfg, timeout=180)
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
-    report = proj.audit(run_id)
+    report = completed(proj, res)
     assert report["ok"]
     failed = proj.events("attempt_failed")
     assert failed and not any(e["maybe_billed"] for e in failed)
