@@ -12,13 +12,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A command (`--help`) run through cli.main() with a non-daemon thread still working when the
-# command returns, an exit handler, and an object that says so if module teardown reaches it.
-SCRIPT = textwrap.dedent("""
-    import atexit, os, sys, threading, time
-    sys.path.insert(0, {root!r})
-    sys.argv = ["cli.py", {arg!r}]
-    import cli
+
+def _python(body: str, *, arg: str = "--help", timeout: float) -> subprocess.CompletedProcess:
+    """`body` run in a fresh interpreter that has imported the CLI, with `arg` as its command line."""
+    preamble = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nsys.argv = ['cli.py', {arg!r}]\nimport cli\n"
+    return subprocess.run([sys.executable, "-c", preamble + textwrap.dedent(body)], capture_output=True, text=True,
+                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+
+
+# A command run through cli.main() with a non-daemon thread still working when the command
+# returns, an exit handler, and an object that says so if module teardown reaches it.
+LATE_THREAD = """
+    import atexit, os, threading, time
 
     class TornDown:
         def __del__(self, write=os.write):  # stdout may be gone by then; fd 1 is not
@@ -33,17 +38,11 @@ SCRIPT = textwrap.dedent("""
     threading.Thread(target=late, name="plugin worker").start()
     atexit.register(lambda: print("exit handler", flush=True))
     cli.main()
-""")
-
-
-def _run(arg: str) -> subprocess.CompletedProcess:
-    script = SCRIPT.format(root=str(ROOT), arg=arg)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+"""
 
 
 def test_a_live_thread_is_waited_for_then_handlers_run_and_no_teardown_follows():
-    r = _run("--help")
+    r = _python(LATE_THREAD, timeout=120)
     assert r.returncode == 0, r.stderr
     tail = [line for line in r.stdout.splitlines() if line in ("thread finished", "exit handler", "torn down")]
     # Before: a live non-daemon thread sent the CLI down the normal exit, teardown and all.
@@ -51,7 +50,7 @@ def test_a_live_thread_is_waited_for_then_handlers_run_and_no_teardown_follows()
 
 
 def test_the_exit_status_survives_the_fast_exit():
-    r = _run("--no-such-option")
+    r = _python(LATE_THREAD, arg="--no-such-option", timeout=120)
     assert r.returncode == 2
     assert "thread finished" in r.stdout and "exit handler" in r.stdout
     assert "torn down" not in r.stdout
@@ -59,11 +58,8 @@ def test_the_exit_status_survives_the_fast_exit():
 
 # A thread that holds the exit up until Ctrl-C: once the main thread has started waiting for it
 # (a normal exit marks the main thread finished first), it sends the main thread SIGINT and sleeps on.
-STUCK = textwrap.dedent("""
-    import atexit, signal, sys, threading, time
-    sys.path.insert(0, {root!r})
-    sys.argv = ["cli.py", "--help"]
-    import cli
+STUCK = """
+    import atexit, signal, threading, time
 
     def stuck():
         while threading.main_thread().is_alive():
@@ -79,12 +75,11 @@ STUCK = textwrap.dedent("""
     threading.Thread(target=stuck, name="stuck plugin worker").start()
     atexit.register(lambda: print("exit handler", flush=True))
     cli.main()
-""")
+"""
 
 
 def test_ctrl_c_while_a_thread_holds_the_exit_up_exits_130_without_a_traceback():
-    r = subprocess.run([sys.executable, "-c", STUCK.format(root=str(ROOT))], capture_output=True, text=True,
-                       timeout=50, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    r = _python(STUCK, timeout=50)
     assert r.returncode == 130, r.stderr[-800:]
     assert "Traceback" not in r.stderr, r.stderr[-800:]
     assert "interrupted while waiting" in r.stderr
@@ -94,11 +89,8 @@ def test_ctrl_c_while_a_thread_holds_the_exit_up_exits_130_without_a_traceback()
 def test_called_from_a_thread_other_than_main_it_ends_that_thread_with_systemexit():
     # An embedding program may run the CLI on a worker thread: waiting for every thread there would
     # wait for the caller itself.
-    script = textwrap.dedent(f"""
-        import sys, threading
-        sys.path.insert(0, {str(ROOT)!r})
-        sys.argv = ["cli.py", "--help"]
-        import cli
+    r = _python("""
+        import threading
         codes = []
 
         def worker():
@@ -111,8 +103,6 @@ def test_called_from_a_thread_other_than_main_it_ends_that_thread_with_systemexi
         t.start()
         t.join(20)  # (a worker stuck waiting for itself is left behind: it is a daemon)
         print("worker exited with", codes, flush=True)
-    """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                       env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "COLUMNS": "120"})
+    """, timeout=60)
     assert r.returncode == 0, r.stderr[-800:]
     assert "worker exited with [0]" in r.stdout
