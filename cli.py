@@ -21,11 +21,26 @@ if __package__ in (None, ""):  # `python cli.py ...` from a checkout: make the p
         sys.modules["synthledger"] = _mod
         _spec.loader.exec_module(_mod)  # type: ignore[union-attr]
 
+
+def _missing_dependency(error: ModuleNotFoundError) -> None:
+    """`python cli.py` with a Python the project was never installed into (the system one, or the
+    wrong venv) is the most common first mistake; it deserves one line, not an import traceback."""
+    missing = (error.name or "").partition(".")[0]
+    if not missing or missing == "synthledger":
+        raise error
+    sys.stderr.write(f"synthledger: cannot start: the module {missing!r} is not installed in this Python "
+                     f"({sys.executable}); install the project into it first: pip install -e .\n")
+    raise SystemExit(1)
+
+
 # The commands register themselves on the app as they are imported, in the order `--help` lists them.
-from synthledger.commands import runs  # noqa: E402,F401
-from synthledger.commands import models  # noqa: E402,F401
-from synthledger.commands import groups  # noqa: E402,F401
-from synthledger.commands.common import CliError, app  # noqa: E402,F401  (still importable from here)
+try:
+    from synthledger.commands import runs  # noqa: E402,F401
+    from synthledger.commands import models  # noqa: E402,F401
+    from synthledger.commands import groups  # noqa: E402,F401
+    from synthledger.commands.common import CliError, app  # noqa: E402,F401  (still importable from here)
+except ModuleNotFoundError as _error:
+    _missing_dependency(_error)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """What a new user hits on a first run, through the real command line against the test server:
 run names are unique, read-only commands never create a store, `generate` says which store it
-writes to and why, a named-but-unset API key variable is one line before the run, and a
-final_answer check that cannot be made is said once and counted."""
+writes to and why, a named-but-unset API key variable is one line before the run, a final_answer check that cannot be
+made is said once and counted, and `python cli.py` from a Python the project is not installed in
+says so in one line."""
 
 from __future__ import annotations
 
@@ -206,3 +207,13 @@ def test_the_demo_runs_again_under_a_fresh_name(server, tmp_path):
     st = EventStore(url, must_exist=True)
     assert [x.name for x in st.list_runs()] == ["demo", "demo-2"]
     st.close()
+
+
+def test_a_python_without_the_dependencies_gets_one_line_not_a_traceback(tmp_path):
+    # -S hides site-packages: the interpreter a user gets by typing `python3 cli.py` before installing
+    r = subprocess.run([sys.executable, "-S", CLI, "--help"], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not installed in this Python" in lines[0] and "pip install -e ." in lines[0], r.stderr
