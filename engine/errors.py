@@ -10,7 +10,8 @@ run id). The tree, with where each is raised:
     ├── JsonlError (ValueError)          a JSONL line is not a JSON object (output/jsonl)
     ├── ExportError (ValueError)         a dataset row cannot be exported (output/export)
     ├── PluginError                      a plugin failed to load, or two register one name (host)
-    │   └── UnknownPlugin                no plugin of that kind has that name (host)
+    │   ├── UnknownPlugin                no plugin of that kind has that name (host)
+    │   └── PluginFailed                 a plugin's code raised or broke its contract while used (plugin_faults)
     ├── ResumeRefused (RuntimeError)     a resume would mix two plans, or finds nothing to resume (run/runner)
     ├── RunNameTaken (ValueError)        a new run asks for a name another run has (run/runner)
     ├── StoreError (RuntimeError)        the store cannot be opened, read or extended (store/eventstore)
@@ -65,6 +66,11 @@ class PluginError(SynthledgerError):
 
 class UnknownPlugin(PluginError):
     """No plugin of that kind has that name; the message lists the known ones."""
+
+
+class PluginFailed(PluginError):
+    """A plugin's code raised, or returned what its contract does not allow, while a run or an
+    experiment used it: the message names the plugin or item and where in its code it failed."""
 
 
 class ResumeRefused(SynthledgerError, RuntimeError):

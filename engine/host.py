@@ -20,6 +20,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, PluginError, UnknownPlugin
+from .plugin_faults import failure
 
 GROUP = "synthledger"
 ENV_VAR = "SYNTHLEDGER_PLUGINS"
@@ -95,7 +96,10 @@ class PluginHost:
                 module = ep.load()
             except Exception as exc:  # a broken third-party plugin must not take the CLI down silently
                 raise PluginError(f"plugin {ep.name!r} from {dist} failed to load: {exc}") from exc
-            self.add(module, ep.name, dist, version)
+            try:
+                self.add(module, ep.name, dist, version)
+            except pluggy.PluginValidationError as exc:  # a hook with the wrong name or arguments
+                raise PluginError(f"plugin {ep.name!r} from {dist} has a malformed hook: {exc}") from exc
         if not found_builtin:
             # Running from a source checkout that was never pip-installed: same modules, same hooks.
             from .. import __version__
@@ -130,7 +134,12 @@ class PluginHost:
                             f"({prior.distribution}) and {_p} ({_d}); uninstall one, or choose with {ENV_VAR}")
                     registry[_kind][name] = Registration(_kind, name, factory, _p, _d, _v)
 
-                impl.function(register=register)
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:  # its own bug, not the user's: name it, and where
+                    raise PluginError(failure(f"plugin {plugin_name!r} ({dist}) register_{kind}", exc)) from exc
         self._registry = registry
         return registry
 
@@ -140,6 +149,13 @@ class PluginHost:
             known = ", ".join(sorted(entries)) or "none"
             raise UnknownPlugin(f"no {singular(kind)} named {name!r} (known: {known})")
         return entries[name].factory
+
+    def describe(self, kind: str, name: str) -> str:
+        """How a one-line error names a plugin: "strategy 'socratic' (plugin my_pkg from my-pkg 0.1)"."""
+        reg = self._collect()[kind].get(name)
+        if reg is None or reg.distribution == "synthledger":
+            return f"{singular(kind)} {name!r}"
+        return f"{singular(kind)} {name!r} (plugin {reg.plugin} from {reg.distribution} {reg.version})"
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._collect()[kind])
@@ -157,7 +173,9 @@ def get_host() -> PluginHost:
     if _host is None:
         host = PluginHost()
         raw = os.environ.get(ENV_VAR)
-        allowed = {p.strip() for p in raw.split(",") if p.strip()} if raw is not None else None
+        # Set but empty (`SYNTHLEDGER_PLUGINS=`) restricts nothing, as if unset: loading no plugin
+        # at all, built-ins included, is never what that means.
+        allowed = {p.strip() for p in raw.split(",") if p.strip()} if raw and raw.strip() else None
         host.load_entry_points(allowed)
         _host = host
     return _host

@@ -1,5 +1,7 @@
 """Plugins load through entry points: the built-ins, and a third-party package built and installed
-from tests/fixtures/thirdparty_plugin exactly as an outside author's would be (offline)."""
+from tests/fixtures/thirdparty_plugin exactly as an outside author's would be (offline). The same
+package, told to misbehave, shows what a broken plugin gets: one line naming it and where its code
+failed, the run closed as failed with what was on its way settled, and no endless plan."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import synthledger
-from synthledger.testing.server import run_in_thread
+from synthledger.testing.server import ServerConfig, run_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(ROOT / "cli.py")
@@ -42,8 +44,9 @@ def server():
         yield srv
 
 
-def cli(*args: str, plugins: str | None = None, only: str | None = None, cwd: Path | None = None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+def cli(*args: str, plugins: str | None = None, only: str | None = None, cwd: Path | None = None,
+        **extra_env: str):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **extra_env}
     env.pop("SYNTHLEDGER_PLUGINS", None)
     env.pop("SYNTHLEDGER_STORE", None)
     if plugins:
@@ -97,10 +100,10 @@ def test_a_misspelt_restriction_is_an_error(plugin_path):
     assert r.returncode == 2 and "SYNTHLEDGER_PLUGINS names 'ecoh'" in r.stderr and "Traceback" not in r.stderr
 
 
-def write_project(tmp_path: Path, server_url: str, extra: str = "") -> Path:
+def write_project(tmp_path: Path, server_url: str, extra: str = "", seeds: int = 4) -> Path:
     from synthledger.testing.projects import write_project as write
 
-    write(tmp_path, server_url, name="echo-run", queries=10, strategy="echo_strategy",
+    write(tmp_path, server_url, name="echo-run", queries=10, seeds=seeds, strategy="echo_strategy",
           extra='prefix = "Echo, please:"\n' + extra)
     return tmp_path
 
@@ -138,3 +141,55 @@ def test_restricted_out_plugin_cannot_be_used(plugin_path, server, tmp_path):
     r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{project / 'store.db'}",
             plugins=plugin_path, only="synthledger", cwd=project)
     assert r.returncode == 2 and "no strategy named 'echo_strategy'" in r.stderr
+
+
+def test_an_empty_restriction_restricts_nothing(plugin_path):
+    regs = listed(cli("plugins", "--json", plugins=plugin_path, only=""))
+    assert any(r["name"] == "echo_strategy" for r in regs) and any(r["distribution"] == "synthledger" for r in regs)
+
+
+def test_a_registration_hook_that_raises_is_one_line_naming_the_plugin(plugin_path):
+    r = cli("plugins", plugins=plugin_path, SYNTHLEDGER_ECHO_FAULT="register")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "plugin 'echo' (synthledger-echo) register_strategies raised ValueError" in r.stderr
+    assert "synthledger_echo.py:" in r.stderr and "registration went wrong" in r.stderr
+
+
+def run_faulty(plugin_path, tmp_path, url: str, fault: str, seeds: int = 4):
+    project = write_project(tmp_path, url, extra=f'fault = "{fault}"\n', seeds=seeds)
+    store = f"sqlite:///{project / 'store.db'}"
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", store, plugins=plugin_path, cwd=project)
+    runs = listed(cli("runs", "--json", "--store", store))
+    audit = cli("audit", "echo-run", "--json", "--store", store, plugins=plugin_path)
+    assert audit.returncode == 0 and json.loads(audit.stdout)["ok"]
+    return r, runs[0]["status"], sqlite3.connect(project / "store.db")
+
+
+@pytest.mark.parametrize("fault, said", [
+    ("plan", "strategy 'echo_strategy' (plugin echo from synthledger-echo 0.3.1) plan() raised RuntimeError at "
+             "synthledger_echo.py:"),
+    ("type", "strategy 'echo_strategy' returned str from run() on item"),
+    ("dupkey", "plan() yielded the item key 'echo:dup' twice"),
+])
+def test_a_broken_strategy_fails_its_run_in_one_line(plugin_path, server, tmp_path, fault, said):
+    r, status, _ = run_faulty(plugin_path, tmp_path, server.url, fault)
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    assert status == "failed" and said in r.stderr, r.stderr
+
+
+def test_a_strategy_that_raises_lets_the_answers_on_their_way_settle(plugin_path, tmp_path):
+    with run_in_thread(ServerConfig(latency_ms=100, jitter_ms=100)) as slow:
+        r, status, con = run_faulty(plugin_path, tmp_path, slow.url, "run", seeds=10)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and status == "failed"
+    assert "raised KeyError at synthledger_echo.py:" in r.stderr and "no such field" in r.stderr
+    counts = dict(con.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
+    # A hard stop would cut the other nine items' answers off in flight: paid for, never settled.
+    assert counts["query_dispatched"] == counts["query_settled"] == 10, counts
+
+
+def test_a_plan_that_only_repeats_answered_queries_ends(plugin_path, server, tmp_path):
+    r, status, con = run_faulty(plugin_path, tmp_path, server.url, "repeat")
+    assert r.returncode == 1 and status == "failed"
+    assert "took nothing from the budget" in r.stderr and "sample_index" in r.stderr, r.stderr
+    (settled,), = con.execute("SELECT count(*) FROM events WHERE type = 'query_settled'").fetchall()
+    assert settled == 4  # one per seed: every later round asked the same four queries

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import host
+from ..plugin_faults import guarded
 from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
@@ -54,23 +55,33 @@ def _plugin(kind: str, name: str, section: str) -> Any:
         raise ConfigError(f"[{section}] {exc}") from None
 
 
+def _named(kind: str, name: str, what: str) -> str:
+    return f"{host.get_host().describe(kind, name)} {what}"
+
+
 def build_parts(cfg: RunConfig) -> Parts:
-    task = _plugin("tasks", cfg.task.name, "task")()
+    """The run's plugins, made; a plugin whose own code fails here is one line naming it (guarded)."""
+    task = guarded(_named("tasks", cfg.task.name, "(making it)"), _plugin("tasks", cfg.task.name, "task"))
     source_cls = _plugin("seed_sources", cfg.seeds.source, "seeds")
     extras = cfg.seeds.extras()
     if "size" in source_cls.Options.model_fields and cfg.seeds.size is not None:
         extras.setdefault("size", cfg.seeds.size)  # a generator (reasoning-gym) makes exactly |S| seeds
     source_opts = validate_plugin_options(source_cls.Options, extras, "seeds")
-    seeds = draw_subset(source_cls(source_opts, base_dir=cfg.base_dir).load(), cfg.seeds.size, cfg.run.seed)
+    source = guarded(_named("seed_sources", cfg.seeds.source, "(making it)"), source_cls, source_opts,
+                     base_dir=cfg.base_dir)
+    loaded = guarded(_named("seed_sources", cfg.seeds.source, "load()"), lambda: list(source.load()))
+    seeds = draw_subset(loaded, cfg.seeds.size, cfg.run.seed)
     if not seeds:
         raise ConfigError("[seeds] the seed source produced no seeds")
     strat_cls = _plugin("strategies", cfg.strategy.name, "strategy")
     strat_opts = validate_plugin_options(strat_cls.Options, cfg.strategy.extras(), "strategy")
-    strategy = strat_cls(strat_opts, seeds, task, cfg.run.seed)
+    strategy = guarded(_named("strategies", cfg.strategy.name, "(making it)"), strat_cls, strat_opts, seeds, task,
+                       cfg.run.seed)
     ver_cls = _plugin("verifiers", cfg.verifier.name, "verifier")
     ver_opts = validate_plugin_options(ver_cls.Options, cfg.verifier.extras(), "verifier")
-    verifier = ver_cls(ver_opts, task)
-    shares = strategy.budget_fractions() if hasattr(strategy, "budget_fractions") else None
+    verifier = guarded(_named("verifiers", cfg.verifier.name, "(making it)"), ver_cls, ver_opts, task)
+    shares = (guarded(_named("strategies", cfg.strategy.name, "budget_fractions()"), strategy.budget_fractions)
+              if hasattr(strategy, "budget_fractions") else None)
     roles = tuple(dict.fromkeys(("teacher", *strategy.roles, *verifier.roles)))
     return Parts(task, seeds, strategy, verifier, cfg.budget.spec(shares), roles)
 

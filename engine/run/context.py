@@ -33,16 +33,18 @@ class ItemContext:
         self.replies: list[Reply] = []  # every query asked, with its finish reason, in order
         self.rejected = False
         self.admitted_question: str | None = None
+        self.fresh = 0  # queries this item took from the budget (not answers the run already held)
 
     async def ask(self, role: str, messages: list[dict[str, str]], *, purpose: str, sample_index: int = 0,
                   max_tokens: int | None = None, temperature: float | None = None,
                   group: Mapping[int, str] | Iterable[int] | None = None) -> str:
         runner = self._runner
         runner.admission.release(self.item, role)  # from here on the query's own reservation counts
-        qid, text = await runner.dispatcher.ask(
+        qid, text, fresh = await runner.dispatcher.ask(
             role=runner.admission.route(role), messages=messages, purpose=purpose, strategy=self.item.strategy,
             item=self.item.key, sample_index=sample_index,
             overrides={"max_tokens": max_tokens, "temperature": temperature}, group=group)
+        self.fresh += fresh
         self.query_ids.append(qid)
         self.roles[qid] = role
         self.replies.append(Reply(qid, role, purpose, runner.dispatcher.finish_reason(qid)))

@@ -134,8 +134,10 @@ class Dispatcher(Retrier, Sender):
 
     async def ask(self, *, role: str, messages: list[dict[str, str]], purpose: str, strategy: str, item: str,
                   sample_index: int = 0, overrides: dict[str, Any] | None = None,
-                  group: Mapping[int, str] | Iterable[int] | None = None) -> tuple[str, str]:
-        """Returns (query_id, text). Raises BudgetExhausted, QueryFailed, FatalRunError or RunStopping.
+                  group: Mapping[int, str] | Iterable[int] | None = None) -> tuple[str, str, bool]:
+        """Returns (query_id, text, fresh): fresh is False when the answer is one this run already
+        held (settled before, or being asked by another item right now), which took nothing from the
+        budget. Raises BudgetExhausted, QueryFailed, FatalRunError or RunStopping.
 
         An identical query (same provider, model, parameters, messages, sample index, purpose,
         replicate) is paid for once per store: a repeat gets the recorded answer (from another run: a
@@ -148,7 +150,7 @@ class Dispatcher(Retrier, Sender):
         while True:
             text = self._settled_text(qid)
             if text is not None:
-                return qid, text
+                return qid, text, False
             busy = self._asking.get(qid)
             if busy is None:
                 break
@@ -158,7 +160,7 @@ class Dispatcher(Retrier, Sender):
         reused = self._reuse(ep, role, primary, params, messages, purpose, strategy)
         if reused is not None:
             self.remember(qid, reused)
-            return qid, reused
+            return qid, reused, True
         members = [primary, *self._siblings(ep, params, messages, purpose, item, sample_index, group)]
         done = anyio.Event()
         for m in members:
@@ -174,7 +176,7 @@ class Dispatcher(Retrier, Sender):
             done.set()
         for q, t in texts.items():
             self.remember(q, t)
-        return qid, texts[qid]
+        return qid, texts[qid], True
 
     def _reuse(self, ep: Endpoint, role: str, m: Member, params: dict[str, Any], messages: list[dict[str, str]],
                purpose: str, strategy: str) -> str | None:

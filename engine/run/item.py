@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..api import PlanItem
-from ..errors import BudgetExhausted
+from ..api import PlanItem, Sample
+from ..errors import BudgetExhausted, PluginFailed
 from ..ledger.events import SampleAccepted, SampleProposed, SampleRejected
 from .context import ItemContext, ItemHost
 from .quality_gate import QualityGate, answer_reply
@@ -19,13 +19,16 @@ class ItemRunner(ItemHost, Protocol):
     endpoints: dict[str, Any]
 
 
-async def produce(runner: ItemRunner, item: PlanItem) -> str:
+async def produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
     """Run `item` and record its sample and verdict; returns the outcome ("accepted" or "rejected").
 
     Raises what `ctx.ask` raises (BudgetExhausted, QueryFailed, RunStopping, FatalRunError): the
-    runner decides what those mean for the item and the run."""
-    ctx = ItemContext(runner, item)
+    runner decides what those mean for the item and the run. A strategy that returns what is not
+    a Sample is a PluginFailed here, before the engine trips over it."""
     sample = await runner.parts.strategy.run(item, ctx)
+    if sample is not None and not isinstance(sample, Sample):
+        raise PluginFailed(f"strategy {item.strategy!r} returned {type(sample).__name__} from run() on item "
+                           f"{item.key!r}; expected a Sample or None")
     if sample is None:
         if not ctx.rejected:
             runner.recorder.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="parse",

@@ -15,12 +15,15 @@ from typing import Any
 import anyio
 
 from ...store.eventstore import EventStore
+from .. import host
 from ..api import PlanItem
-from ..errors import BudgetExhausted, FatalRunError, QueryFailed, RunStopping
+from ..errors import BudgetExhausted, FatalRunError, PluginFailed, QueryFailed, RunStopping
 from ..ledger.events import ItemDone, RunFinished, SampleRejected
 from ..ledger.journal import WriterFailed
+from ..plugin_faults import failure, guarded, guarded_iter
 from .abort import abort_error
 from .config import RunConfig
+from .context import ItemContext
 from .item import produce
 from .progress import RunProgress
 from .session import RunSession
@@ -59,6 +62,8 @@ class Runner(RunSession):
         self._items_scope: anyio.CancelScope | None = None
         self._handoff: asyncio.Queue[PlanItem | None]  # items for idle workers: each walk of the plan makes its own
         self._idle_workers = 0
+        self._free_streak = 0  # items in a row that took nothing from the budget (see _check_progress)
+        self._free_limit = 1000
 
     def route(self, role: str) -> str:
         return self.admission.route(role)
@@ -85,6 +90,13 @@ class Runner(RunSession):
             self._fatal = reason
         if self._items_scope is not None:
             self._items_scope.cancel()
+
+    def _plugin_failed(self, reason: str) -> None:
+        """A plugin's code failed (or broke its contract): the run ends as failed with `reason`, but
+        gently: nothing new starts, and answers already on their way are settled, not thrown away."""
+        if self._fatal is None:
+            self._fatal = reason
+        self.request_stop()
 
     def _batch_queues(self) -> list[Any]:
         return [ep.batch for ep in self._unique_endpoints() if ep.batch is not None]
@@ -178,12 +190,13 @@ class Runner(RunSession):
         max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()),
                         *(q.size for q in self._batch_queues()))
         finished = False
+        self._free_limit = max(1000, 2 * max_items)  # above what a resume replays: the items in flight at a kill
         self._handoff, self._idle_workers = asyncio.Queue(), 0
         async with anyio.create_task_group() as items:
             self._items_scope = items.cancel_scope
             if self._stopping:
                 items.cancel_scope.cancel()
-            for item in strategy.plan():
+            for item in self._plan(strategy):
                 if self._halted():
                     break
                 if item.key in self._done or item.strategy in exhausted:
@@ -192,15 +205,13 @@ class Runner(RunSession):
                     if all_names is not None and all_names <= exhausted:
                         break
                     continue
-                cost = self.admission.item_cost(item)
-                while True:
-                    tail = (not self.admission.fits(item, cost)
-                            or self._budget_hits.get(item.strategy, 0) > seen_hits.get(item.strategy, 0))
-                    if self._halted() or self._in_flight_items == 0:
-                        break
-                    if not tail and self._in_flight_items < max_items:
-                        break
-                    await self._wait_item()
+                try:
+                    cost = guarded(f"strategy {item.strategy!r} item_cost() (or its verifier's)",
+                                   self.admission.item_cost, item)
+                except PluginFailed as exc:
+                    self._plugin_failed(str(exc))
+                    break
+                tail = await self._room_for(item, cost, seen_hits.get(item.strategy, 0), max_items)
                 if self._halted():
                     break
                 hits_before = seen_hits[item.strategy] = self._budget_hits.get(item.strategy, 0)
@@ -227,6 +238,51 @@ class Runner(RunSession):
         return "budget_exhausted", (f"budget exhausted: spent {spent.queries} queries, {spent.input_tokens} in / "
                                     f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
 
+    def _plan(self, strategy: Any) -> Any:
+        """The strategy's plan, walked once. Its failures, and a plan that breaks the contract (not a
+        PlanItem; a key twice, which would run an item twice or loop on answers the run already
+        holds), end the run as failed with one line instead of a traceback or a loop."""
+        name = host.get_host().describe("strategies", self.cfg.strategy.name)
+        seen: set[str] = set()
+        try:
+            for item in guarded_iter(f"{name} plan()", strategy.plan()):
+                if not isinstance(item, PlanItem):
+                    raise PluginFailed(f"{name} plan() yielded {type(item).__name__}, not a PlanItem")
+                if item.key in seen:
+                    raise PluginFailed(f"{name} plan() yielded the item key {item.key!r} twice; "
+                                       "keys must be unique within a run")
+                seen.add(item.key)
+                yield item
+        except PluginFailed as exc:
+            self._plugin_failed(str(exc))
+
+    async def _room_for(self, item: PlanItem, cost: dict[str, int], hits_seen: int, max_items: int) -> bool:
+        """Wait until `item` may start; True if it starts as the tail (its worst case does not fit
+        beside the running items, or its strategy ran into the budget): then it runs alone."""
+        while True:
+            tail = (not self.admission.fits(item, cost)
+                    or self._budget_hits.get(item.strategy, 0) > hits_seen)
+            if self._halted() or self._in_flight_items == 0:
+                return tail
+            if not tail and self._in_flight_items < max_items:
+                return tail
+            await self._wait_item()
+
+    def _check_progress(self, item: PlanItem, ctx: ItemContext) -> None:
+        """The budget is what ends a plan; an item that takes nothing from it (every answer one the
+        run already held, or no question asked) brings that end no closer. Replayed items do that
+        for a while after a resume (at most the items in flight at the kill); a plan that keeps
+        doing it repeats its queries (a sample_index left out, say) and would never end."""
+        if ctx.fresh:
+            self._free_streak = 0
+            return
+        self._free_streak += 1
+        if self._free_streak >= self._free_limit:
+            self._plugin_failed(
+                f"strategy {item.strategy!r}: its last {self._free_streak} items took nothing from the budget "
+                "(each answer was one this run already had), so its plan would never end; give each sample its "
+                "own query (a distinct sample_index or prompt)")
+
     def _start(self, tg: Any, item: PlanItem, cost: dict[str, int]) -> None:
         """Hand `item` to an idle worker, or start one. Items run on reused worker tasks: starting a
         task per item in the task group cost about a twenty-fifth of a zero-latency run's main thread."""
@@ -246,9 +302,11 @@ class Runner(RunSession):
 
     async def _run_item(self, item: PlanItem) -> None:
         rec = self.recorder
+        ctx = ItemContext(self, item)
         try:
-            outcome = await produce(self, item)
+            outcome = await produce(self, item, ctx)
             rec.emit_plain(ItemDone, item=item.key, strategy=item.strategy, outcome=outcome)
+            self._check_progress(item, ctx)
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
         except (RunStopping, WriterFailed):
@@ -258,6 +316,10 @@ class Runner(RunSession):
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome="failed"))
         except FatalRunError as exc:
             self._fail(str(exc))
+        except PluginFailed as exc:
+            self._plugin_failed(str(exc))
+        except Exception as exc:  # the strategy's or verifier's own code: one line, where it raised
+            self._plugin_failed(failure(f"item {item.key!r} of strategy {item.strategy!r}", exc))
         finally:
             self.admission.finish(item)
             self._in_flight_items -= 1

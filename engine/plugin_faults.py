@@ -1,0 +1,53 @@
+"""What a run says when a plugin's own code fails: one line naming the plugin (or the item it was
+working on) and the line of code that raised, instead of a traceback through the engine's task
+groups. A plugin author needs the place; a user needs to know it was not their config."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from .errors import PluginFailed, SynthledgerError
+
+T = TypeVar("T")
+
+
+def where(exc: BaseException) -> str:
+    """`file.py:12 in run`: the innermost frame of the traceback, where the exception was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown place"
+    last = frames[-1]
+    return f"{Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
+def failure(what: str, exc: BaseException) -> str:
+    message = " ".join(str(exc).split()) or "(no message)"
+    return f"{what} raised {type(exc).__name__} at {where(exc)}: {message}"
+
+
+def guarded(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)`, with anything but synthledger's own errors (a plugin may raise a
+    ConfigError on purpose) turned into a PluginFailed that says `what` failed, and where."""
+    try:
+        return fn(*args, **kwargs)
+    except SynthledgerError:
+        raise
+    except Exception as exc:
+        raise PluginFailed(failure(what, exc)) from exc
+
+
+def guarded_iter(what: str, items: Iterable[T]) -> Iterator[T]:
+    """Iterate a plugin's generator (a strategy's plan), translating its failures as `guarded` does."""
+    it = guarded(what, iter, items)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except SynthledgerError:
+            raise
+        except Exception as exc:
+            raise PluginFailed(failure(what, exc)) from exc
+        yield item
