@@ -20,6 +20,7 @@ from synthledger.engine.experiment.seeds import subsets
 from synthledger.engine.experiment.stats import Scored, bootstrap, crossover, interval, mean_over
 from synthledger.engine.run.launch import generate
 from synthledger.engine.api import Seed
+from synthledger.engine.strategy import PluginOptions
 from synthledger.store.eventstore import EventStore
 from synthledger.testing.projects import write_experiment, write_project
 from synthledger.testing.server import ServerConfig, run_in_thread
@@ -96,16 +97,54 @@ def grid(tmp_path) -> Path:
     (["experiment.budgets=[]"], "experiment.budgets is empty"),
     (["experiment.ratios=[2.0]"], "set exactly one of experiment.budgets"),
     (["experiment.budgets=[1, 8]"], "below new_question's minimum of 2 counted queries per sample"),
-    (["experiment.eval.heldout=\"seeds.jsonl\""], "overlaps a seed subset"),
+    (["experiment.eval.heldout=\"seeds.jsonl\""], "also appear in the training seeds"),
     (["experiment.strategies=[\"answer_augmentation\", \"no_such_strategy\"]"], "no_such_strategy"),
     (["experiment.seed_sizes=[64]"], "the largest seed set (64) needs more seeds"),
     (["experiment.eval.colour=1"], "experiment.eval.colour: unknown key"),
+    (["experiment.strategy_options.new_questions.check_well_posed=false"],
+     "experiment.strategy_options.new_questions: no strategy of that name"),
+    (["experiment.eval.heldout=\"nofile.jsonl\""], "experiment.eval.heldout: held-out file"),
 ])
 def test_grid_errors_are_one_line_before_anything_runs(grid, overrides, message):
     with pytest.raises(ConfigError) as err:
         prepare(load_experiment(grid, overrides))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+class LostPlan:
+    """A third-party strategy whose plan raises."""
+
+    name, roles = "lost_plan", ("teacher",)
+    Options = PluginOptions
+
+    def __init__(self, options, seeds, task, seed):
+        self.seeds = seeds
+
+    def plan(self):
+        raise RuntimeError("the plan lost its place")
+        yield
+
+    def item_cost(self, item):
+        return {"teacher": 1}
+
+
+def test_a_strategy_that_fails_while_the_grid_is_checked_is_one_line_naming_it(grid):
+    import types
+
+    from synthledger.engine import host
+    from synthledger.engine.hookspecs import hookimpl
+
+    module = types.ModuleType("lost_plan_plugin")  # registered with the host as an entry point's module is
+    module.register_strategies = hookimpl(lambda register: register("lost_plan", LostPlan))
+    host.get_host().add(module, "lost_plan_plugin", "lost-plan", "1.0")
+    try:
+        with pytest.raises(ConfigError) as err:
+            prepare(load_experiment(grid, ['experiment.strategies=["lost_plan"]']))
+    finally:
+        host.reset_host()
+    assert "strategy 'lost_plan' (plugin lost_plan_plugin from lost-plan 1.0) plan() raised RuntimeError" in str(err.value)
+    assert "test_experiment.py:" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_the_command_prints_one_line_and_writes_nothing(grid, tmp_path):

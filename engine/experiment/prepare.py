@@ -42,15 +42,21 @@ def _minimum_budget(cfg: Any, seeds: list[Any]) -> tuple[int, str]:
     """Counted queries one sample of the cell's strategy (plus its verifier) needs, and their split."""
     from .. import host
 
-    task = host.get("tasks", cfg.task.name)()
+    from ..plugin_faults import guarded, guarded_iter
+
+    named = host.get_host().describe("strategies", cfg.strategy.name)
+    task = guarded(host.get_host().describe("tasks", cfg.task.name), host.get("tasks", cfg.task.name))
     strat_cls = host.get("strategies", cfg.strategy.name)
-    strategy = strat_cls(validate_plugin_options(strat_cls.Options, cfg.strategy.extras(), "strategy"),
-                         seeds, task, cfg.run.seed)
+    strategy = guarded(f"{named} (making it)", strat_cls, validate_plugin_options(
+        strat_cls.Options, cfg.strategy.extras(), "strategy"), seeds, task, cfg.run.seed)
     ver_cls = host.get("verifiers", cfg.verifier.name)
-    verifier = ver_cls(validate_plugin_options(ver_cls.Options, cfg.verifier.extras(), "verifier"), task)
-    first = next(iter(strategy.plan()))
-    cost = dict(strategy.item_cost(first))
-    for role, n in verifier.item_cost().items():
+    verifier = guarded(host.get_host().describe("verifiers", cfg.verifier.name), ver_cls, validate_plugin_options(
+        ver_cls.Options, cfg.verifier.extras(), "verifier"), task)
+    first = next(guarded_iter(f"{named} plan()", strategy.plan()), None)
+    if first is None:
+        raise ConfigError(f"{named} plans no item for a seed set of {len(seeds)}: its cells could make no data")
+    cost = dict(guarded(f"{named} item_cost()", strategy.item_cost, first))
+    for role, n in guarded(f"verifier {cfg.verifier.name!r} item_cost()", verifier.item_cost).items():
         cost[role] = cost.get(role, 0) + n
     counted = cfg.budget.counted_roles
     parts = {r: n for r, n in cost.items() if counted is None or r in counted}
@@ -58,9 +64,15 @@ def _minimum_budget(cfg: Any, seeds: list[Any]) -> tuple[int, str]:
 
 
 def _check_strategies(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> dict[str, int]:
+    from .. import host
     from ..run.assemble import build_endpoints, build_parts
     from ..run.config import config_from_dict
 
+    known = host.get_host().names("strategies")
+    for name in exp.section.strategy_options:  # a misspelt one would leave its strategy on defaults, silently
+        if name not in known:
+            raise ConfigError(f"{exp.path}: experiment.strategy_options.{name}: no strategy of that name "
+                              f"(known: {', '.join(known)})")
     minimum: dict[str, int] = {}
     size = exp.seed_sizes[0]
     for strategy in exp.strategies:
@@ -115,7 +127,7 @@ def _heldout(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> list[di
     try:
         return ev_cls(options).heldout(questions, base_dir=str(exp.path.resolve().parent))
     except ValueError as exc:
-        raise ConfigError(f"{exp.path}: experiment.eval.heldout overlaps a seed subset: {exc}") from None
+        raise ConfigError(f"{exp.path}: experiment.eval.heldout: {exc}") from None  # (missing, or overlapping)
 
 
 def prepare(exp: Experiment) -> Prepared:
