@@ -81,8 +81,9 @@ def test_credentials_in_headers_or_urls_are_refused_pointing_at_env_settings(tea
     with pytest.raises(ConfigError) as info:
         config_from_dict(data)
     msg = str(info.value)
-    assert f"{where}: " in msg and "_env" in msg, msg
-    assert "sk-live-abcdef123456" not in msg
+    # The path then a word, never `x-api-key: ...`: the scrubber reads that as a header and blanks what follows.
+    assert (f"{where}: " in msg or f"{where} is a credential header" in msg) and "_env" in msg, msg
+    assert "sk-live-abcdef123456" not in msg and "[REDACTED]" not in redact.scrub(msg)
 
 
 def test_a_credential_header_given_on_the_command_line_never_reaches_a_store(tmp_path):
@@ -123,6 +124,33 @@ def test_extra_headers_env_sends_a_header_from_the_environment_and_scrubs_it(mon
     monkeypatch.delenv("GATEWAY_KEY")
     with pytest.raises(MissingApiKey, match="GATEWAY_KEY"):
         TeacherSettings(provider="openai-compatible", model="m", extra_headers_env={"x-api-key": "GATEWAY_KEY"}).headers()
+
+
+def test_a_gateway_key_named_in_extra_headers_env_authenticates_a_run_and_stays_out_of_it(tmp_path):
+    # The README's way to send a credential header: refused before, as if the header's name were a secret.
+    with ServerProcess("--require-api-key", RIGHT) as server:
+        config = write_project(tmp_path, server.url, seeds=2, queries=2)
+        config.write_text(config.read_text().replace(
+            'model = "test-teacher"', 'model = "test-teacher"\n'
+            'extra_headers_env = {Authorization = "GATEWAY_AUTH", x-api-key = "GATEWAY_KEY"}'))
+        res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store",
+                        f"sqlite:///{tmp_path / 'st' / 'store.db'}"], cwd=tmp_path,
+                       env={"GATEWAY_AUTH": f"Bearer {RIGHT}", "GATEWAY_KEY": WRONG})
+        assert res.rc == 0 and server.stats()["answered"] == 2, res
+        assert server.stats()["auth_failed"] == 0
+    for key in (RIGHT, WRONG):
+        assert key.encode() not in _all_bytes(tmp_path / "st") and key not in res.stdout + res.stderr
+
+
+def test_a_credential_header_written_in_a_config_is_refused_in_one_readable_line():
+    data = {"run": {"name": "x"}, "seeds": {"source": "jsonl", "path": "s.jsonl"},
+            "teacher": {"provider": "openai-compatible", "model": "m", "extra_headers": {"x-api-key": "abc123456789"}},
+            "budget": {"queries": 2}, "strategy": {"name": "answer_augmentation"}}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    msg = redact.scrub(str(info.value))  # as the CLI prints it
+    assert "\n" not in msg and "[REDACTED]" not in msg and "abc123456789" not in msg
+    assert "teacher.extra_headers.x-api-key is a credential header" in msg and "extra_headers_env" in msg
 
 
 @pytest.mark.parametrize("text, expected", [

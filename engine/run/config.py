@@ -105,7 +105,7 @@ class ModelSection(_Open):
         for name in header_credentials(extras.get("extra_headers")):
             raise ValueError(f"extra_headers.{name}: a credential header in a config is recorded with the run; "
                              f"name the environment variable that holds it instead: "
-                             f"extra_headers_env = {{{name} = \"VARIABLE\"}} (or api_key_env for the API key)")
+                             f"extra_headers_env, which maps {name} to the variable's name (or api_key_env for the API key)")
         return self
 
 
@@ -267,6 +267,8 @@ def find_secrets(data: Any, path: str = "") -> list[str]:
     if isinstance(data, dict):
         for k, v in data.items():
             where = f"{path}.{k}" if path else str(k)
+            if k == "extra_headers_env" and isinstance(v, dict):
+                continue  # header name -> *name* of a variable: the place credential headers belong
             if isinstance(k, str) and is_secret_key(k):
                 found.append(where)
             found += find_secrets(v, where)
@@ -277,11 +279,13 @@ def find_secrets(data: Any, path: str = "") -> list[str]:
 
 
 def _secret_advice(path: str) -> str:
+    """(The key path is followed by a word, not a colon: `x-api-key: ...` reads as a header to the
+    redaction, which would blank the advice that follows it.)"""
     head, _, name = path.rpartition(".")
     if head.endswith("extra_headers"):
-        return ("secrets are not allowed in a run config (it is recorded in the event store); name the "
-                f"environment variable that holds this header instead: extra_headers_env = {{{name} = \"VARIABLE\"}}")
-    return ("secrets are not allowed in a run config (it is recorded in the event store); "
+        return (f"{path} is a credential header, and a run config is recorded in the event store; name the "
+                f"environment variable that holds it instead: extra_headers_env, which maps {name} to the variable's name")
+    return (f"{path}: secrets are not allowed in a run config (it is recorded in the event store); "
             "put the key in an environment variable and name it with api_key_env")
 
 
@@ -293,7 +297,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "config") -> RunConfig:
     secrets = find_secrets(data)
     if secrets:
-        raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {k}: {_secret_advice(k)}" for k in secrets))
+        raise ConfigError(f"{source}: " + "; ".join(_secret_advice(k) for k in secrets))
     return validate_config(RunConfig, {**data, "base_dir": base_dir}, source)
 
 

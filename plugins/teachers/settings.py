@@ -58,7 +58,7 @@ class TeacherSettings(BaseModel):
         for name in v:
             if is_credential_header(name):
                 raise ValueError(f"{name}: a credential header must not be written in a config; name the "
-                                 f"environment variable that holds it: extra_headers_env = {{{name} = \"VARIABLE\"}}")
+                                 f"environment variable that holds it: extra_headers_env, which maps {name} to the variable's name")
         return v
 
     @field_validator("extra_headers_env")
