@@ -31,7 +31,7 @@ from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreM
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex
 from .migrations import migrate
-from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, _owner_alive, chain_rows, iso_ms,
+from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, owner_alive, chain_rows, iso_ms,
                       owner_token)
 from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, default_url, display, resolve_url
 
@@ -237,7 +237,7 @@ class EventStore(KeyIndex):
         now = time.time()
         holder = info.owner
         if holder and holder != owner:
-            stale = info.heartbeat is None or now - info.heartbeat > ttl_s or not _owner_alive(holder)
+            stale = info.heartbeat is None or now - info.heartbeat > ttl_s or not owner_alive(holder)
             if not stale:
                 raise ConcurrencyError(
                     f"run {run_id} is being extended by another process ({holder}); "

@@ -78,7 +78,7 @@ def owner_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _owner_alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
     """Only a process on this host can be checked; others are judged by heartbeat age."""
     try:
         host, pid, _ = owner.rsplit(":", 2)

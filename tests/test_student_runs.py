@@ -1,17 +1,22 @@
 """Training and evaluation runs never overwrite one another's files: two students trained from the
 same generation run each keep their adapter, their evaluation (named after student, held-out set
-and run id) and its predictions. A short training run logs its loss at every step."""
+and run id) and its predictions. A short training run logs its loss at every step. One whose process
+died is closed as interrupted by the next."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from synthledger.cli import app
+from synthledger.engine.ledger.audit import audit_run
+from synthledger.engine.student.runs import open_log
 from synthledger.engine.run.config import load_config
 from synthledger.engine.run.launch import generate
 from synthledger.store.eventstore import EventStore
@@ -96,3 +101,36 @@ def test_a_short_training_run_logs_the_loss_at_every_step(two_students):
         assert steps == [1, 2, 3]
         curve_path = next(store.iter_events(run.id, types=["training_finished"])).payload["artifacts"]["loss_curve"]
         assert [p["step"] for p in json.loads(Path(curve_path).read_text())] == [1, 2, 3]
+
+
+def _dead_run(url: str, kind: str, name: str) -> str:
+    """A training or evaluation run whose process died mid-way, as a kill leaves it: `running`, its
+    lease held by a process that is gone."""
+    code = ("import os, sys\nfrom synthledger.store.eventstore import EventStore\n"
+            "from synthledger.engine.student.runs import open_log\n"
+            f"log = open_log(EventStore({url!r}), {name!r}, {kind!r}, {{'source': 'src'}})\n"
+            "print(log.run_id, flush=True)\nos._exit(9)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 9, out.stderr
+    return out.stdout.strip()
+
+
+def test_runs_whose_process_died_are_closed_as_interrupted_by_the_next_one(tmp_path, monkeypatch):
+    """They are never resumed: before, one killed with its experiment read `running` forever."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    dead = [_dead_run(url, "train", "train-src"), _dead_run(url, "eval", "eval-src-held")]
+    store = EventStore(url)
+    alive = open_log(store, "train-other", "train", {"source": "other"})  # this process: still working
+    assert {store.get_run(r).status for r in dead} == {"running"}
+    (tmp_path / "held.jsonl").write_text(json.dumps({"question": "What is 1 plus 7?", "answer": "8"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(app, ["eval", str(build_tiny_llama(tmp_path / "tiny")), "--on", "held.jsonl",
+                                 "--store", url, "--no-progress", "--max-new-tokens", "4"])
+    assert r.exit_code == 0, r.output
+    for run_id in dead:
+        assert store.get_run(run_id).status == "interrupted"
+        last = list(store.iter_events(run_id))[-1]
+        assert last.type == "run_finished" and last.payload["status"] == "interrupted"
+        assert audit_run(store, run_id).ok
+    assert store.get_run(alive.run_id).status == "running"

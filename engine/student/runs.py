@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import Field
 
 from ... import __version__
-from ...store.eventstore import EventStore, new_run_id, owner_token
+from ...store.eventstore import ConcurrencyError, EventStore, new_run_id, owner_token
+from ...store.records import owner_alive
 from ...store.hashing import canonical
 from .. import host
 from ..run.config import ConfigError, NamedSection, _Strict, apply_overrides, validate_plugin_options
@@ -70,6 +71,33 @@ def open_log(store: EventStore, name: str, kind: str, config: dict[str, Any], pa
                          run_id=run_id, durable_each=True)
 
 
+ORPHAN_MESSAGE = ("its process ended before the run did (killed, or the machine stopped); "
+                  "training and evaluation runs are not resumed: train or evaluate again to replace it")
+
+
+def close_orphans(store: EventStore) -> list[str]:
+    """Close every training or evaluation run whose process on this host is gone, as `interrupted`.
+
+    Unlike a generation run, neither kind is ever resumed: one killed with its experiment would read
+    `running` forever, beside the run its cell was redone as. Runs held by another host are left
+    alone (whether their process lives cannot be seen from here, and a long step may be silent)."""
+    closed = []
+    for info in store.list_runs():
+        if info.kind not in ("train", "eval") or info.status != "running" or not info.owner:
+            continue
+        if owner_alive(info.owner):
+            continue
+        me = owner_token()
+        try:
+            store.acquire(info.id, me, ttl_s=0)
+        except ConcurrencyError:  # another sweep took it first
+            continue
+        now = store.get_run(info.id)
+        Journal(store, info.id, now.last_seq, now.head_hash, me, durable_each=True).finish("interrupted", ORPHAN_MESSAGE)
+        closed.append(info.id)
+    return closed
+
+
 def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[list[dict[str, Any]], str | None, str]:
     """Chat rows from a run (id or name) or from an exported .jsonl file."""
     from ..output.export import chat_record
@@ -98,6 +126,7 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
     student = getattr(options, "student", None)
     if student is not None:
         _check_model(student)
+    close_orphans(store)
     run_id = new_run_id()
     out_dir = student_dir(cfg.output.dir, label, run_id)
     log = open_log(store, f"train-{label}", "train",
@@ -181,6 +210,7 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
         exclude = training_questions(store, store.resolve(exclude_run).id)
     evaluator_obj = ev_cls(opts)
     examples = evaluator_obj.heldout(exclude)
+    close_orphans(store)
     run_id = new_run_id()
     out = (Path(out_path) if out_path is not None else EVALS_DIR / run_id / "predictions.jsonl").resolve()
     log = open_log(store, eval_name(model, heldout, run_id), "eval",
