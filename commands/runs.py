@@ -21,7 +21,7 @@ def generate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config (TOML). Optional with "
                                                                       "--resume/--run: the run's recorded config is used."),
     resume: bool = typer.Option(False, "--resume", help="Continue the latest unfinished run of this config, or "
-                                                        "start it if it never recorded its start (without --config: "
+                                                        "start it if the store holds no start of it (the store must exist; without --config: "
                                                         "the latest unfinished run in the store)."),
     run: Optional[str] = typer.Option(None, "--run", help="Resume this run (id or name)."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the new run (overrides \\[run] name; names are "

@@ -102,6 +102,7 @@ def test_generate_resume_with_config_on_a_missing_store(server, tmp_path):
     write_project(tmp_path, server.url, name="r", seeds=2, queries=2)
     r = cli("generate", "-c", "run.toml", "--resume", "--store", f"sqlite:///{tmp_path / 'no.db'}", cwd=tmp_path)
     assert r.returncode != 0 and "does not exist" in r.stderr and not (tmp_path / "no.db").exists()
+    assert "start it without --resume" in r.stderr  # (a kill before the store existed paid for nothing)
 
 
 # ---- issue 14: which store generate writes to, and why --------------------------------------------------

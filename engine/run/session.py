@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 from ... import __version__
-from ...store.eventstore import EventStore, NewEvent, owner_token
+from ...store.eventstore import EventStore, NewEvent, StoreMissing, owner_token
 
 from .admission import Admission
 from .assemble import Parts, build_endpoints, build_parts
@@ -53,7 +53,11 @@ class RunSession:
         else:
             self.store_choice = (store if isinstance(store, StoreChoice)
                                  else choose_store(store, cfg.run.store, "the run config"))
-            self.store = open_store(self.store_choice, create=create)
+            try:
+                self.store = open_store(self.store_choice, create=create)
+            except StoreMissing as exc:  # a resume: the path is mistyped, or the run never got so far
+                raise StoreMissing(f"{exc}; a run killed before its store existed recorded and paid nothing: "
+                                   "start it without --resume") from None
         self._ran = False
         self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
         self.owner = owner_token()
