@@ -155,15 +155,31 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path, *, system: s
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (known: {', '.join(FORMATS)})")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "hf":
-        if out.exists() and not out.is_dir():
-            raise ExportError(f"{out}: exists and is not a folder (the hf format writes a folder)")
-        return _write_hf(rows, out, system, card)
-    if out.is_dir():
-        raise ExportError(f"{out}: is a folder; the {fmt} format writes a file")
-    records = _checked(rows)
-    if fmt == "jsonl":
-        return _write_lines(records, out)
-    make = chat_record if fmt == "chat" else openai_record
-    return _write_lines((make(r, system) for r in records), out)
+    try:
+        _make_parent(out)
+        if fmt == "hf":
+            if out.exists() and not out.is_dir():
+                raise ExportError(f"{out}: exists and is not a folder (the hf format writes a folder)")
+            return _write_hf(rows, out, system, card)
+        if out.is_dir():
+            raise ExportError(f"{out}: is a folder; the {fmt} format writes a file")
+        records = _checked(rows)
+        if fmt == "jsonl":
+            return _write_lines(records, out)
+        make = chat_record if fmt == "chat" else openai_record
+        return _write_lines((make(r, system) for r in records), out)
+    except OSError as exc:
+        # About the path the user gave, never the temporary name the writer was using.
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _make_parent(out: Path) -> None:
+    """The folder `out` goes in, created if missing; a file where a folder must be, or a folder that
+    cannot be created, is an error naming the path the user gave and the OS's reason."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
+        reason = (f"{blocker} is a file, not a folder" if blocker is not None
+                  else f"cannot create the folder {exc.filename or out.parent}: {exc.strerror or exc}")
+        raise ExportError(f"cannot write {out}: {reason}") from None
