@@ -39,8 +39,31 @@ def sqlite_path(url: str, must_exist: bool = False) -> str | None:
         raise StoreError(f"store path {p} is a directory, not a database file")
     if must_exist and not p.exists():
         raise StoreMissing(f"store {p} does not exist")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((a for a in reversed(p.parents) if a.exists() and not a.is_dir()), None)
+        reason = (f"{blocker} is a file, not a folder" if blocker is not None
+                  else f"cannot create the folder {exc.filename or p.parent}: {exc.strerror or exc}")
+        raise StoreError(f"cannot create store {p}: {reason}") from None
     return str(p)
+
+
+def unwritable(path: str) -> str | None:
+    """Why the SQLite store at `path` cannot be written (its file, or the folder it is or would be
+    created in, with the OS's reason), or None when it can."""
+    p = Path(path)
+    for target, what in ((p, "its file"), (p.parent, f"its folder {p.parent}")):
+        if not target.exists():
+            continue
+        if os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            continue
+        try:
+            ro = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+        except OSError:
+            ro = False
+        return f"{what} cannot be written ({'read-only file system' if ro else 'permission denied'})"
+    return None
 
 
 def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None) -> Engine:

@@ -17,6 +17,7 @@ import time
 import uuid
 import weakref
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
@@ -26,7 +27,7 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
 from .engines import (insert_sql, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
-                      sqlite_path)
+                      sqlite_path, unwritable)
 from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex
@@ -86,7 +87,11 @@ class EventStore(KeyIndex):
         except DatabaseError as exc:
             if is_busy(exc):
                 raise self._busy() from None
-            raise StoreError(f"cannot open store {self.where}: {one_line(exc)}") from exc
+            why = unwritable(self._sqlite_path) if self._sqlite_path else None
+            if why is None:
+                raise StoreError(f"cannot open store {self.where}: {one_line(exc)}") from exc
+            verb = "write to" if Path(self._sqlite_path).exists() else "create"
+            raise StoreError(f"cannot {verb} store {self.where}: {why} ({one_line(exc)})") from None
         except Exception as exc:
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         return engine

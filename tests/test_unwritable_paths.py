@@ -130,3 +130,39 @@ def test_an_export_into_a_read_only_folder_is_one_line_naming_the_path(recorded,
             assert f"cannot write {out}" in line, line
             assert re.search(r"read-only file system|permission denied", line, re.I), line
         assert files_in(ro) == {}
+
+
+# ---- a store where none can be created ------------------------------------------------------------------
+
+
+def test_a_new_store_under_a_file_is_one_line_naming_the_path(server, tmp_path):
+    write_project(tmp_path, server.url, seeds=2, queries=2)
+    (tmp_path / "afile").write_text("")
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", "afile/st.db", cwd=tmp_path)
+    line = one_error_line(r)
+    assert "cannot create store afile/st.db" in line and "afile is a file, not a folder" in line, line
+    assert server.stats()["answered"] == 0
+
+
+def test_a_new_store_in_a_read_only_folder_is_one_line_naming_the_path(server, tmp_path):
+    write_project(tmp_path, server.url, seeds=2, queries=2)
+    with read_only_folder(tmp_path / "ro") as ro:
+        for db in (ro / "st.db", ro / "sub" / "st.db"):
+            r = cli("generate", "-c", "run.toml", "--no-progress", "--store", str(db), cwd=tmp_path)
+            line = one_error_line(r)
+            assert f"cannot create store {db}" in line, line
+            assert re.search(r"read-only file system|permission denied", line, re.I), line
+        assert files_in(ro) == {}
+    assert server.stats()["answered"] == 0
+
+
+def test_the_default_store_from_a_read_only_working_directory_is_one_line(server, tmp_path):
+    write_project(tmp_path / "ro", server.url, seeds=2, queries=2)
+    with read_only_folder(tmp_path / "ro") as ro:
+        before = files_in(ro)
+        r = cli("generate", "-c", "run.toml", "--no-progress", cwd=ro)
+        line = one_error_line(r)
+        assert "cannot create store .synthledger/synthledger.db" in line, line
+        assert re.search(r"read-only file system|permission denied", line, re.I), line
+        assert files_in(ro) == before
+    assert server.stats()["answered"] == 0
