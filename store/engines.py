@@ -19,10 +19,11 @@ from .records import EVENT_COLUMNS
 from .urls import check_driver
 
 
-def _sqlite_pragmas(timeout_ms: float, dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(timeout_ms: float, read_only: bool, dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")  # durable at every commit; batching keeps that cheap
+    if not read_only:  # setting the journal mode is a write: a read-only store keeps the one it has
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # durable at every commit; batching keeps that cheap
     cur.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
@@ -66,9 +67,39 @@ def unwritable(path: str) -> str | None:
     return None
 
 
-def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None) -> Engine:
+def _read_only_connection(path: str) -> Any:
+    """A connection that never writes, for reading a store whose file or folder cannot be written
+    (an archived or shared copy, a read-only mount).
+
+    SQLite reads a WAL-mode database read-only through its `-shm` index; where that file is missing
+    and cannot be created the database is opened as immutable, which is exact only when no write-ahead
+    log holds events the database file lacks: with one, refusing is the only honest answer."""
+    import sqlite3
+    from urllib.parse import quote
+
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    con = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opening is lazy: open it now
+        return con
+    except sqlite3.OperationalError:
+        con.close()
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise sqlite3.OperationalError(
+            f"its write-ahead log {wal} holds events not yet in the database file, which SQLite reads only where "
+            "it can write the log's index: open the store once where it can be written (any command folds the log "
+            "in), or copy it with its -wal file to a folder that can be written")
+    return sqlite3.connect(f"{uri}&immutable=1", uri=True, check_same_thread=False)
+
+
+def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None,
+                read_only: bool = False) -> Engine:
+    """The engine for `url`; `read_only` (a SQLite file only) opens connections that never write."""
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite") and db_file is None:
+    if read_only and db_file is not None:
+        kwargs = {"creator": partial(_read_only_connection, db_file)}  # the URL still picks the dialect, pool
+    elif url.startswith("sqlite") and db_file is None:
         # An in-memory database lives in one connection: share it with every thread (the recorder
         # commits from a worker thread), or each thread would see an empty store.
         kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
@@ -86,7 +117,7 @@ def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None
     except Exception as exc:  # bad URL or missing driver
         raise StoreError(f"cannot open store {where}: {one_line(exc)}") from exc
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", partial(_sqlite_pragmas, busy_timeout_s * 1000))
+        event.listen(engine, "connect", partial(_sqlite_pragmas, busy_timeout_s * 1000, read_only))
     return engine
 
 

@@ -71,6 +71,8 @@ class EventStore(KeyIndex):
         self.where = display(self.url)  # what messages show: never a password
         self.busy_timeout_s = busy_timeout_s() if busy_timeout is None else busy_timeout
         self._sqlite_path: str | None = None
+        self.read_only = False  # a SQLite store opened for reading only: its file or folder cannot be written
+        self._why_read_only = ""
         self.engine = self._open()
         self.dialect = self.engine.dialect.name
         _OPEN.add(self)
@@ -90,9 +92,30 @@ class EventStore(KeyIndex):
             why = unwritable(self._sqlite_path) if self._sqlite_path else None
             if why is None:
                 raise StoreError(f"cannot open store {self.where}: {one_line(exc)}") from exc
-            verb = "write to" if Path(self._sqlite_path).exists() else "create"
-            raise StoreError(f"cannot {verb} store {self.where}: {why} ({one_line(exc)})") from None
+            engine.dispose()
+            if not self.must_exist:  # a command that writes (and may create): say why it cannot
+                verb = "write to" if Path(self._sqlite_path).exists() else "create"
+                raise StoreError(f"cannot {verb} store {self.where}: {why} ({one_line(exc)})") from None
+            return self._open_read_only(why)
         except Exception as exc:
+            raise StoreError(f"cannot open store {self.where}: {exc}") from exc
+        return engine
+
+    def _open_read_only(self, why: str) -> Engine:
+        """The store cannot be written here (an archive, a shared copy, a read-only mount): open it
+        for reading, which is all a command that must find an existing store mostly needs; a write
+        then fails naming the store and why."""
+        self.read_only, self._why_read_only = True, why
+        self.engine = engine = open_engine(self.url, self.where, self.busy_timeout_s, self._sqlite_path,
+                                           read_only=True)
+        try:
+            migrate(engine)  # an up-to-date store only reads here
+        except DatabaseError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open store {self.where}: {why}, and it cannot be read either: "
+                             f"{one_line(exc)}") from exc
+        except Exception as exc:
+            engine.dispose()
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         return engine
 
@@ -124,6 +147,9 @@ class EventStore(KeyIndex):
         except DatabaseError as exc:
             if is_busy(exc):
                 raise self._busy() from None
+            if self.read_only and "readonly" in one_line(exc).lower():
+                raise StoreError(f"store {self.where} can only be read here, {self._why_read_only}: "
+                                 f"{one_line(exc)}") from exc
             raise StoreError(f"store {self.where}: {one_line(exc)}") from exc
 
     @contextmanager

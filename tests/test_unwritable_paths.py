@@ -13,6 +13,7 @@ read-only (skipped, saying so, where mounting is not permitted); as another user
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -166,3 +167,54 @@ def test_the_default_store_from_a_read_only_working_directory_is_one_line(server
         assert re.search(r"read-only file system|permission denied", line, re.I), line
         assert files_in(ro) == before
     assert server.stats()["answered"] == 0
+
+
+# ---- a store that can only be read ---------------------------------------------------------------------
+
+
+def test_a_store_that_cannot_be_written_is_still_read(recorded, tmp_path):
+    project, store, run_id = recorded
+    (tmp_path / "archive").mkdir()
+    shutil.copy(store, tmp_path / "archive" / "store.db")
+    with read_only_folder(tmp_path / "archive") as archive:
+        db = str(archive / "store.db")
+        before = files_in(archive)
+        runs = cli("runs", "--json", "--store", db, cwd=tmp_path)
+        assert runs.returncode == 0 and [r["id"] for r in json.loads(runs.stdout)] == [run_id], runs.stderr
+        shown = cli("show", run_id, "--json", "--store", db, cwd=tmp_path)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == run_id, shown.stderr
+        audit = cli("audit", run_id, "--store", db, cwd=tmp_path)
+        assert audit.returncode == 0 and "audit ok" in audit.stdout, audit.stderr
+        events = cli("events", run_id, "--limit", "2", "--store", db, cwd=tmp_path)
+        assert events.returncode == 0 and len(events.stdout.splitlines()) == 2, events.stderr
+        out = tmp_path / "rows.jsonl"
+        export = cli("export", run_id, "--format", "jsonl", "--out", str(out), "--store", db, cwd=tmp_path)
+        assert export.returncode == 0 and out.read_text().count("\n") >= 1, export.stderr
+        # a command that writes says which store and why it cannot
+        more = cli("generate", "--run", run_id, "--set", "budget.queries=8", "--no-progress", "--store", db,
+                   cwd=tmp_path)
+        line = one_error_line(more)
+        assert db in line and "readonly" in line.replace("-", "").lower(), line
+        assert files_in(archive) == before
+
+
+def test_a_read_only_store_whose_log_was_never_folded_in_is_refused_not_misread(recorded, tmp_path):
+    """Without its `-shm` index SQLite cannot read a write-ahead log read-only; reading the database
+    file alone would silently miss the events in the log, so that is one line saying what to do."""
+    project, store, run_id = recorded
+    live = tmp_path / "live.db"
+    shutil.copy(store, live)
+    writer = sqlite3.connect(live)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("UPDATE runs SET name = 'renamed'")  # lands in the log only
+    writer.commit()
+    (tmp_path / "archive").mkdir()
+    db = tmp_path / "archive" / "store.db"
+    shutil.copy(live, db)  # the database file and its log, without the index its writer keeps
+    shutil.copy(f"{live}-wal", f"{db}-wal")
+    writer.close()
+    assert not Path(f"{db}-shm").exists()
+    with read_only_folder(tmp_path / "archive") as archive:
+        r = cli("runs", "--json", "--store", str(archive / "store.db"), cwd=tmp_path)
+        line = one_error_line(r)
+        assert str(archive / "store.db") in line and "store.db-wal" in line, line
