@@ -92,12 +92,14 @@ def _global_options(
 
 
 def _fail_line(message: str) -> None:
-    """One error line on stderr, scrubbed of every secret the process knows, and exit 2."""
+    """One error line on stderr, scrubbed of every secret the process knows, and exit 2. A message
+    that spans lines (a driver's, a holder's command line) is joined into one."""
     from rich.markup import escape
 
     from synthledger.engine.redact import scrub
 
-    err.print(f"[red]error:[/red] {escape(scrub(message))}", highlight=False, soft_wrap=True)
+    line = " ".join(scrub(message).split())
+    err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
 
 

@@ -30,8 +30,20 @@ def is_busy(exc: BaseException) -> bool:
 
 def busy_error(where: str, waited_s: float, holders: list[str]) -> StoreBusy:
     held = f"held by {'; '.join(holders)}" if holders else "held by another connection"
+    # --busy-timeout is an option of the program, not of a command: after the command it is refused.
     return StoreBusy(f"store {where} is busy: its write lock is {held}; gave up after {waited_s:g} s "
-                     f"(wait for that to finish, or wait longer with --busy-timeout or {ENV_BUSY_TIMEOUT})")
+                     f"(wait for that to finish, or wait longer: {_program()} --busy-timeout SECONDS <command> ..., "
+                     f"or {ENV_BUSY_TIMEOUT}=SECONDS)")
+
+
+def _program() -> str:
+    """How the user started us, as they would type it again: `python cli.py` from a checkout."""
+    import sys
+
+    return "python cli.py" if Path(sys.argv[0]).name == "cli.py" else "synthledger"
+
+
+CMD_SHOWN = 120  # characters of a holder's command line a message shows
 
 
 def _describe_pid(pid: int) -> str:
@@ -39,8 +51,12 @@ def _describe_pid(pid: int) -> str:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return f"pid {pid}"
+    # One line: an argument may hold newlines (a `python -c` script) and runs of spaces.
     cmd = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
-    return f"pid {pid} ({cmd[:120]})" if cmd else f"pid {pid}"
+    cmd = " ".join(cmd.split())
+    if len(cmd) > CMD_SHOWN:
+        cmd = cmd[:CMD_SHOWN - 1].rstrip() + "…"
+    return f"pid {pid} ({cmd})" if cmd else f"pid {pid}"
 
 
 def sqlite_holders(db_path: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -142,6 +143,38 @@ def test_a_locked_sqlite_store_names_itself_and_its_holder(tmp_path):
         holder.execute("ROLLBACK")
         holder.close()
     assert runs(url, tmp_path) == []  # nothing half-written
+
+
+def test_a_busy_store_is_one_line_even_when_its_holder_has_a_multi_line_command(tmp_path):
+    """The holder's command line (here a `python -c` script) may hold newlines and be cut short: the
+    error stays one line, its parenthesis closed, and shows --busy-timeout where it goes: before the
+    command (after it, Typer answers "No such option")."""
+    db = tmp_path / "store.db"
+    EventStore(f"sqlite:///{db}").close()
+    script = ("import sqlite3, sys, time\n"
+              "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "con.execute('BEGIN IMMEDIATE')  # another writer, mid-transaction, for a long while\n"
+              "print('held', flush=True)\n"
+              "time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with run_in_thread() as srv:
+            write_project(tmp_path, srv.url, name="blocked", queries=4)
+            r = cli("--busy-timeout", "0.5", "generate", "-c", "run.toml", "--no-progress", "--store", str(db),
+                    cwd=tmp_path)
+            assert srv.stats()["answered"] == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and all(ln.startswith(("error:", "store ")) for ln in lines), r.stderr
+    line = errors[0]
+    assert re.search(rf"held by pid {holder.pid} \(\S[^;]*\); gave up after 0.5 s", line), line
+    assert "--busy-timeout SECONDS <command>" in line and "SYNTHLEDGER_BUSY_TIMEOUT" in line, line
+    assert runs(f"sqlite:///{db}", tmp_path) == []
 
 
 def test_a_locked_postgresql_store_names_the_session_holding_it(pg_url, tmp_path):
