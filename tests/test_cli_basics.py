@@ -160,3 +160,13 @@ def test_show_and_audit_read_as_text(recorded):
     audit = subprocess.run([sys.executable, CLI, "audit", run_id, "--store", url], capture_output=True, text=True,
                            env={**os.environ, "COLUMNS": "200"}, timeout=60)
     assert audit.returncode == 0 and "queries: settled 6" in audit.stdout and "{'" not in audit.stdout
+
+
+def test_an_error_whose_message_spans_lines_is_printed_as_one(tmp_path):
+    """A path with a newline in it (or a driver's multi-line message) must not split the error line:
+    scripts and people read the first line of stderr."""
+    r = subprocess.run([sys.executable, CLI, "runs", "--store", str(tmp_path / "no\nsuch.db")], capture_output=True,
+                       text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: store "), r.stderr
+    assert "no such.db does not exist" in r.stderr, r.stderr
