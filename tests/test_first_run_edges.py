@@ -105,6 +105,20 @@ def test_generate_resume_with_config_on_a_missing_store(server, tmp_path):
     assert "start it without --resume" in r.stderr  # (a kill before the store existed paid for nothing)
 
 
+def test_a_hand_edited_seed_line_that_is_not_json_names_file_line_and_column(server, tmp_path):
+    """A tab pasted into a seed's question is a control character JSON forbids inside a string."""
+    write_project(tmp_path, server.url, name="tab", seeds=2, queries=2)
+    seeds = tmp_path / "seeds.jsonl"
+    lines = seeds.read_text().splitlines()
+    lines[1] = lines[1].replace("Ann has", "Ann\thas")
+    seeds.write_text("\n".join(lines) + "\n")
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", str(tmp_path / "s.db"), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    column = lines[1].index("\t") + 1
+    assert f"{seeds}, line 2: bad JSON (Invalid control character at column {column})" in r.stderr, r.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
 # ---- issue 14: which store generate writes to, and why --------------------------------------------------
 
 

@@ -28,7 +28,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise JsonlError(f"{path}, line {number}: bad JSON ({exc.msg} at column {exc.colno})") from None
+                # Some of the parser's messages end in "at" already ("Invalid control character at").
+                where = f"column {exc.colno}" if exc.msg.endswith(" at") else f"at column {exc.colno}"
+                raise JsonlError(f"{path}, line {number}: bad JSON ({exc.msg} {where})") from None
             if not isinstance(row, dict):
                 raise JsonlError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
             yield number, row
