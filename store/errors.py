@@ -24,3 +24,8 @@ class StoreMissing(StoreError):
 
 class StoreBusy(StoreError):
     """Another connection held a lock on the store for longer than we were willing to wait."""
+
+
+class DamagedEvent(StoreError, ValueError):
+    """A stored event's payload cannot be decoded: the store was altered or damaged. A ValueError
+    too, so the audit counts it as one more violation instead of stopping."""

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 import orjson
 
+from .errors import DamagedEvent
 from .hashing import canonical, chain_hash
 
 EVENT_COLUMNS = "run_id, seq, type, schema_version, payload, ts, hash"
@@ -49,7 +50,11 @@ class StoredEvent:
     @property
     def payload(self) -> dict[str, Any]:
         if self._payload is None:
-            self._payload = orjson.loads(self.raw)
+            try:
+                self._payload = orjson.loads(self.raw)
+            except orjson.JSONDecodeError as exc:  # which event, not just "(char 1)"
+                raise DamagedEvent(f"run {self.run_id}, event seq {self.seq} ({self.type}): the stored payload "
+                                   f"is not valid JSON ({exc})") from None
         return self._payload
 
     def as_dict(self) -> dict[str, Any]:

@@ -170,3 +170,22 @@ def test_an_error_whose_message_spans_lines_is_printed_as_one(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: store "), r.stderr
     assert "no such.db does not exist" in r.stderr, r.stderr
+
+
+def test_a_damaged_event_payload_is_named_by_run_and_seq(recorded, tmp_path):
+    url, run_id, project = recorded
+    broken = tmp_path / "broken.db"
+    broken.write_bytes((project / "store.db").read_bytes())
+    con = sqlite3.connect(broken)
+    (seq,) = con.execute("SELECT min(seq) FROM events WHERE type = 'sample_proposed'").fetchone()
+    con.execute("UPDATE events SET payload = 'x' || payload WHERE seq = ?", (seq,))  # no longer JSON
+    con.commit()
+    con.close()
+    store = f"sqlite:///{broken}"
+    for args in (("show", run_id), ("events", run_id)):
+        r = cli(*args, "--store", store)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("error:") == 1, r.stderr
+        assert f"run {run_id}, event seq {seq} (sample_proposed): the stored payload is not valid JSON" in r.stderr
+    audit = cli("audit", run_id, "--json", "--store", store)  # the audit lists it as one violation
+    report = json.loads(audit.stdout)
+    assert audit.returncode == 1 and report["violations"][0]["seq"] == seq, audit.stderr
