@@ -138,7 +138,7 @@ def _existing_store(url: str):
         path = Path(url.split(":///", 1)[1].split("?", 1)[0])
         if not path.exists():
             raise CliError(f"store {path} does not exist")
-    return EventStore(url)
+    return EventStore(url, must_exist=True)  # read from: an archived, read-only store is opened read-only
 
 
 def _wide() -> Console:

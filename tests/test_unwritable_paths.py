@@ -195,6 +195,9 @@ def test_a_store_that_cannot_be_written_is_still_read(recorded, tmp_path):
                    cwd=tmp_path)
         line = one_error_line(more)
         assert db in line and "readonly" in line.replace("-", "").lower(), line
+        # and its runs can be copied out of it
+        copy = cli("store", "copy", db, str(tmp_path / "copy.db"), cwd=tmp_path)
+        assert copy.returncode == 0 and f"copied run {run_id}" in copy.stdout, copy.stderr
         assert files_in(archive) == before
 
 
