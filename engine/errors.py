@@ -16,6 +16,7 @@ run id). The tree, with where each is raised:
     ├── RunNameTaken (ValueError)        a new run asks for a name another run has (run/runner)
     ├── StoreError (RuntimeError)        the store cannot be opened, read or extended (store/eventstore)
     │   ├── StoreMissing                 a command that does not create stores was pointed at none (store)
+    │   ├── DamagedEvent (ValueError)    a stored payload cannot be decoded: the store was altered (store)
     │   ├── WriterFailed                 a run's commit was refused; nothing more may be sent (ledger/journal)
     │   └── RunAborted                   a run stopped because it could not record (run/abort)
     │       └── LeaseLost                another process took the run over while this one was frozen
