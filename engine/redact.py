@@ -15,6 +15,7 @@ refused with a pointer to the `*_env` settings, because the config is recorded v
 
 from __future__ import annotations
 
+import html
 import re
 import threading
 from typing import Any
@@ -168,6 +169,32 @@ def scrub_value(value: Any) -> Any:
             return value
         return type(value)(items) if isinstance(value, tuple) else items
     return value
+
+
+# ---- excerpts of what a provider sent, for messages -------------------------------------------------
+
+# A markup tag (`<h1>`, `</body>`, `<!DOCTYPE html>`, `<br/>`), or one cut off by an earlier
+# truncation at the very end; a bare `<` in prose ("a < b") is not one.
+_TAG = re.compile(r"<[A-Za-z!/?][^<>]*(?:>|$)")
+_BLANK = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+def one_line(text: str | None, limit: int = 200, *, keep_tags: bool = False) -> str:
+    """A provider's words or body as one short line for a message: markup tags dropped (unless
+    `keep_tags`: the start of a page that came back where a JSON reply was due says more with its
+    `<html>`), entities decoded, every run of whitespace (newlines too) one space, secrets
+    scrubbed, and at most `limit` characters (`...` marks a cut). An error page from a gateway
+    (nginx's 502 is eight lines of HTML) would otherwise spill the run's message over many lines."""
+    if not text:
+        return ""
+    if not keep_tags and "<" in text:
+        text = _TAG.sub(" ", text)
+    if "&" in text and not keep_tags:
+        text = html.unescape(text)
+    text = scrub(_BLANK.sub(" ", text).strip())  # (scrubbed before the cut: half a key is still a key)
+    if len(text) > limit:
+        text = text[: max(0, limit - 3)].rstrip() + "..."
+    return text
 
 
 # ---- configs: refuse credentials written into them -------------------------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
+from ..redact import one_line
 from .misconfig import endpoint_url, misconfiguration
 from .samples import Member
 
@@ -34,6 +35,7 @@ class Retrier:
                              counted: int) -> None:
         """Raise if this failure ends the query (its members abandoned); else wait before the retry."""
         attempt = members[0].attempt
+        said = one_line(err.message, 300)  # a provider's words, from any plugin, as one line
 
         def give_up(reason: str, exc: type[Exception], message: str) -> None:
             for m in members:
@@ -45,15 +47,15 @@ class Retrier:
         if stop is not None:  # a wrong model or base_url fails every query alike: stop at the first
             give_up(stop, FatalRunError, stop)
         if err.kind is FailureKind.AUTH:
-            give_up(f"authentication failed: {err.message}", FatalRunError,
-                    f"the {role} rejected our credentials: {err.message}")
+            give_up(f"authentication failed: {said}", FatalRunError,
+                    f"the {role} rejected our credentials: {said}")
         if err.kind is FailureKind.RATE_LIMITED and "insufficient_quota" in (err.body_excerpt or ""):
-            give_up(f"no quota left: {err.message}", FatalRunError,
-                    f"the {role} account has no quota left: {err.message}")
+            give_up(f"no quota left: {said}", FatalRunError,
+                    f"the {role} account has no quota left: {said}")
         limited = err.kind is FailureKind.RATE_LIMITED
         retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
         if not retry:
-            reason = f"{err.kind.value} after {attempt} attempt(s): {err.message}"
+            reason = f"{err.kind.value} after {attempt} attempt(s): {said}"
             if ep.breaker.opened_count >= ep.max_breaker_trips:
                 give_up(reason, FatalRunError, f"the {role} keeps failing ({reason}); stopping")
             give_up(reason, QueryFailed, reason)
@@ -68,6 +70,6 @@ class Retrier:
         if ep.breaker.opened_count >= ep.max_breaker_trips:
             give_up(f"{err.kind.value}: teacher unavailable", FatalRunError,
                     f"the {role} did not recover after {ep.breaker.opened_count} pauses "
-                    f"({err.kind.value}: {err.message}); stopping")
+                    f"({err.kind.value}: {said}); stopping")
         if self.stopping:
             give_up("the run stopped before a retry", RunStopping, "the run is stopping")

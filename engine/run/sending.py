@@ -16,6 +16,7 @@ from ..api import ChatRequest, Completion
 from ..errors import FailureKind, RunStopping, TeacherError
 from ..ledger.events import AttemptFailed, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted, plain_cost
 from ..ledger.ledger import Amount
+from ..redact import one_line
 from .eventloop import time_limit
 from .samples import Member, output_split, shares, split_evenly
 from .usage_check import fault_error, fault_event
@@ -78,7 +79,8 @@ class Sender:
                                                      message="cancelled while in flight (the run stopped)"))
                 raise
             except Exception as exc:  # a provider bug must not lose the accounting
-                err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {exc}", maybe_billed=True)
+                err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {one_line(str(exc), 300)}",
+                                  maybe_billed=True)
                 self._failed(ep, members, err, est, started)
                 raise err from exc
         latency = time.monotonic() - started
@@ -141,7 +143,7 @@ class Sender:
         for m in members:
             self.recorder.emit(AttemptFailed(
                 query_id=m.qid, attempt=m.attempt, kind=err.kind.value, maybe_billed=err.maybe_billed,
-                message=err.message[:300], status=err.status, retry_after=err.retry_after,
+                message=one_line(err.message, 300), status=err.status, retry_after=err.retry_after,
                 body_excerpt=err.body_excerpt))
         decision = ep.on_failure(err, est, time.monotonic() - started)
         if decision is not None:

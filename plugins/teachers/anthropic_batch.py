@@ -15,7 +15,7 @@ import anthropic
 
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
-from .errors import sdk_error
+from .errors import one_line, sdk_error
 
 _ERRORS = {"invalid_request_error": (FailureKind.BAD_REQUEST, 400), "authentication_error": (FailureKind.AUTH, 401),
            "permission_error": (FailureKind.AUTH, 403), "not_found_error": (FailureKind.BAD_REQUEST, 404),
@@ -28,13 +28,14 @@ def result_of(result: Any, extract: Callable[[Any], Completion]) -> Completion |
         try:
             return extract(result.message)
         except (ValueError, TypeError, AttributeError) as exc:
-            return TeacherError(FailureKind.MALFORMED, f"malformed batch result: {exc}", maybe_billed=True)
+            return TeacherError(FailureKind.MALFORMED, f"malformed batch result: {one_line(str(exc), 300)}",
+                                maybe_billed=True)
     if kind in ("canceled", "expired"):
         return TeacherError(FailureKind.EXPIRED, f"the batch ended before this request ran ({kind})")
     inner = getattr(getattr(result, "error", None), "error", None)
     etype, message = getattr(inner, "type", "api_error"), getattr(inner, "message", "no message")
     fkind, status = _ERRORS.get(etype, (FailureKind.SERVER_ERROR, 500))
-    return TeacherError(fkind, f"batch request errored: {etype}: {message}", status=status)
+    return TeacherError(fkind, f"batch request errored: {etype}: {one_line(str(message))}", status=status)
 
 
 class AnthropicBatchAPI:

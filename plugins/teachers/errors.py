@@ -18,6 +18,7 @@ from synthledger.engine.api import (
     rate_limits_from_headers,
     wait_seconds,
 )
+from synthledger.engine.redact import one_line
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -97,7 +98,8 @@ def status_error(
 ) -> TeacherError:
     """Classify a non-2xx response. Only a gateway timeout (504) or a 408 can hide a billed call:
     the model may have run behind a proxy that gave up waiting. `model` (the requested one) lets a
-    "no such model" answer be told apart from other bad requests."""
+    "no such model" answer be told apart from other bad requests. The message is one short line
+    (a gateway's HTML error page is many); `body_excerpt` keeps what came back."""
     maybe_billed = False
     if names_missing_model(status, message, body, model):
         kind = FailureKind.MODEL_NOT_FOUND
@@ -118,7 +120,7 @@ def status_error(
     wait, exact = retry_after_and_exactness(headers)
     return TeacherError(
         kind,
-        f"HTTP {status}: {message}",
+        f"HTTP {status}: {one_line(message) or 'no body'}",
         maybe_billed=maybe_billed,
         retry_after=wait,
         retry_after_exact=exact,
@@ -134,7 +136,7 @@ def malformed(message: str, status: int | None, body: str | bytes | None, header
         body = bytes(body[:2000]).decode("utf-8", "replace")
     return TeacherError(
         FailureKind.MALFORMED,
-        f"malformed response: {message}",
+        f"malformed response: {one_line(message, 300)}",
         maybe_billed=True,
         status=status,
         body_excerpt=body,
@@ -187,7 +189,7 @@ def sdk_error(exc: Exception, sdk: Any, model: str | None = None) -> TeacherErro
     if isinstance(exc, sdk.APIStatusError):
         resp = exc.response
         text = _response_text(resp)
-        message = error_message(exc.body, (text or "")[:200] or "no body")
+        message = error_message(exc.body, text or "no body")  # (status_error makes it one short line)
         return status_error(exc.status_code, message, resp.headers, text, model)
     if isinstance(exc, sdk.APIResponseValidationError):
         return malformed(exc.message, exc.status_code, _response_text(exc.response), exc.response.headers)

@@ -16,7 +16,7 @@ import orjson
 
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
-from .errors import error_message, sdk_error, status_error
+from .errors import error_message, one_line, sdk_error, status_error
 from .openai_compatible import completion_from_openai
 
 ENDPOINT = "/v1/chat/completions"
@@ -41,9 +41,10 @@ def result_of(line: dict[str, Any]) -> Completion | TeacherError:
     """One line of an output or error file as a completion or a classified error."""
     err = line.get("error")
     if err:
+        said = one_line(str(err.get("message")))
         if err.get("code") == "batch_expired":
-            return TeacherError(FailureKind.EXPIRED, f"batch expired before this request ran: {err.get('message')}")
-        return TeacherError(FailureKind.SERVER_ERROR, f"batch request failed: {err.get('code')}: {err.get('message')}")
+            return TeacherError(FailureKind.EXPIRED, f"batch expired before this request ran: {said}")
+        return TeacherError(FailureKind.SERVER_ERROR, f"batch request failed: {err.get('code')}: {said}")
     response = line.get("response") or {}
     status, body = response.get("status_code"), response.get("body")
     if status != 200:
@@ -51,7 +52,8 @@ def result_of(line: dict[str, Any]) -> Completion | TeacherError:
     try:
         return completion_from_openai(body)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        return TeacherError(FailureKind.MALFORMED, f"malformed batch result: {type(exc).__name__}: {exc}",
+        return TeacherError(FailureKind.MALFORMED,
+                            f"malformed batch result: {type(exc).__name__}: {one_line(str(exc), 300)}",
                             maybe_billed=True)
 
 

@@ -141,7 +141,7 @@ class OpenAICompatibleTeacher:
             except orjson.JSONDecodeError:
                 parsed_err = None
             text = raw[:2000].decode("utf-8", "replace")
-            raise status_error(status, error_message(parsed_err, text[:200] or "no body"), headers, text, request.model)
+            raise status_error(status, error_message(parsed_err, text or "no body"), headers, text, request.model)
         try:
             completion = completion_from_openai(orjson.loads(raw))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

@@ -1,0 +1,165 @@
+"""A teacher that answers, but never usefully: every 200 is not a chat completion, every request is
+refused as a bad request, every error is a gateway's HTML page.
+
+Each runs the real CLI against a real HTTP server on 127.0.0.1: a few lines of the standard
+library's `http.server`, because these are faults of a whole endpoint (a web page where the API
+should be, a proxy that rewrites every request) that the project's test server does not play.
+The run must stop as `failed` within a few requests, say why in one line, and keep the budget
+exact: a malformed 200 may have been billed, so it stays spent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from synthledger.plugins.teachers.errors import malformed, status_error
+from synthledger.testing.projects import write_project
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(ROOT / "cli.py")
+SECRET = "sk-proj-h11secretkey0123456789abcdef"
+
+# What a request gets: (status, content type, body); `auth` is the Authorization header it came with.
+Reply = Callable[[int, str], "tuple[int, str, bytes]"]
+
+
+class Endpoint:
+    """A tiny HTTP server whose every POST is answered by `reply(n, auth)` (n counts from 0)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.requests = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    n = outer.requests
+                    outer.requests += 1
+                status, ctype, body = reply(n, self.headers.get("Authorization", ""))
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    made: list[Endpoint] = []
+
+    def start(reply: Reply) -> Endpoint:
+        made.append(Endpoint(reply))
+        return made[-1]
+
+    yield start
+    for e in made:
+        e.close()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", H11_TEACHER_KEY=SECRET)
+    env.pop("SYNTHLEDGER_STORE", None)
+    return env
+
+
+def _generate(tmp_path: Path, url: str, limits: str = "", queries: int = 40,
+              timeout: float = 90) -> tuple[subprocess.CompletedProcess, float, str]:
+    config = write_project(tmp_path, url, seeds=6, queries=queries,
+                           extra="\n[limits]\n" + limits if limits else "")
+    config.write_text(config.read_text().replace('max_tokens = 64', 'max_tokens = 64\napi_key_env = "H11_TEACHER_KEY"'))
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, CLI, "generate", "--config", str(config), "--no-progress", "--store", store],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return res, time.monotonic() - t0, store
+
+
+def _audit(tmp_path: Path, store: str, run_id: str) -> dict:
+    res = subprocess.run([sys.executable, CLI, "audit", run_id, "--json", "--store", store], cwd=tmp_path,
+                         env=_env(), capture_output=True, text=True, timeout=60)
+    report = json.loads(res.stdout)
+    assert res.returncode == 0 and report["ok"], (report.get("violations"), res.stderr)
+    return report
+
+
+def _last(res: subprocess.CompletedProcess) -> list[str]:
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    assert lines, res.stderr
+    return lines[-1].split()
+
+
+def _reason_line(res: subprocess.CompletedProcess, words: str) -> str:
+    """The one stderr line that says why the run stopped; the text around it is the run's own
+    notes (store, summary), so a reason that spilled onto a second line shows up as a stray line."""
+    hits = [ln for ln in res.stderr.splitlines() if words in ln]
+    assert len(hits) == 1, res.stderr
+    line = hits[0]
+    assert line.rstrip().endswith("stopping"), f"the reason does not end on its own line:\n{res.stderr}"
+    assert "Traceback" not in res.stderr and SECRET not in res.stderr + res.stdout, res.stderr
+    return line
+
+
+# ---- an error body that is a gateway's HTML page ----------------------------------------------------------
+
+NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
+def test_an_html_error_page_is_one_line_in_the_runs_message(tmp_path, endpoint):
+    ep = endpoint(lambda n, auth: (502, "text/html", NGINX_502))
+    res, _, store = _generate(tmp_path, ep.url, "max_concurrency = 2\nbackoff_base_s = 0.01\nbackoff_max_s = 0.02\n"
+                                                "breaker_threshold = 2\nbreaker_cooldown_s = 0.01\n")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    run_id, status = _last(res)[1:3]
+    assert status == "failed"
+    line = _reason_line(res, "502 Bad Gateway")
+    assert "<" not in line and "nginx" in line, line
+    for _, payload in _events(tmp_path / "store.db", "attempt_failed"):
+        assert "\n" not in payload["message"] and "<" not in payload["message"], payload["message"]
+    _audit(tmp_path, store, run_id)
+
+
+def _events(db: Path, type_: str) -> list[tuple[str, dict]]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [(t, json.loads(p)) for t, p in con.execute("SELECT type, payload FROM events WHERE type = ?", (type_,))]
+    finally:
+        con.close()
+
+
+def test_provider_bodies_in_error_messages_are_one_short_line():
+    err = status_error(502, NGINX_502.decode(), {}, NGINX_502.decode())
+    assert err.message == "HTTP 502: 502 Bad Gateway 502 Bad Gateway nginx", err.message
+    assert err.body_excerpt.startswith("<html>")  # the stored excerpt stays what came back
+    long = status_error(400, "bad\n\n" + "x " * 500, {}, None).message
+    assert "\n" not in long and len(long) <= 220, long
+    bad = malformed("JSONDecodeError: unexpected\ncharacter", 200, b"<html>\n<body>oops</body></html>")
+    assert bad.message == "malformed response: JSONDecodeError: unexpected character", bad.message
