@@ -125,6 +125,46 @@ def _reason_line(res: subprocess.CompletedProcess, words: str) -> str:
     return line
 
 
+# ---- a teacher whose every 200 is not a chat completion ----------------------------------------------------
+
+_USAGE = '"usage": {"prompt_tokens": %s, "completion_tokens": 5, "total_tokens": 12}'
+_CHOICE = '{"index": 0, "message": {"role": "assistant", "content": "#### 4"}, "finish_reason": "stop"}'
+BROKEN_200S = [
+    b"<!DOCTYPE html>\n<html>\n<head><title>Welcome</title></head>\n<body>\n<h1>It works!</h1>\n"
+    b"<p>Your key: %s</p>\n</body>\n</html>\n",  # a web server where the API should be (echoing the key)
+    ('{"id": "c1", "object": "chat.completion", "choices": [], ' + _USAGE % 7 + "}").encode(),
+    b'{"id": "c2", "object": "chat.completion", "choices": [{"index": 0, "mess',
+    b'[{"id": "c3"}]',
+    ('{"id": "c4", "object": "chat.completion", "choices": [' + _CHOICE + "], " + _USAGE % -3 + "}").encode(),
+    ('{"id": "c5", "object": "chat.completion", "choices": [' + _CHOICE + "], " + _USAGE % '"7"' + "}").encode(),
+    ('{"id": "c6", "object": "chat.completion", "choices": [' + _CHOICE + "], " + _USAGE % "NaN" + "}").encode(),
+]
+
+
+def _broken(n: int, auth: str) -> tuple[int, str, bytes]:
+    body = BROKEN_200S[n % len(BROKEN_200S)]
+    if b"%s" in body:
+        body = body.replace(b"%s", auth.encode())
+    return 200, "text/html" if body.startswith(b"<") else "application/json", body
+
+
+def test_a_teacher_whose_every_reply_is_malformed_stops_the_run_as_failed(tmp_path, endpoint):
+    ep = endpoint(_broken)
+    res, _, store = _generate(tmp_path, ep.url, "max_concurrency = 2\nbackoff_base_s = 0.01\nbackoff_max_s = 0.05\n")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    run_id, status = _last(res)[1:3]
+    assert status == "failed", res.stdout
+    line = _reason_line(res, "not valid chat completions")
+    assert "malformed" in line and len(line) < 600, line
+    sent = ep.requests
+    assert sent <= 10, f"{sent} malformed replies before the run stopped"
+    report = _audit(tmp_path, store, run_id)
+    # Each broken 200 may have been billed: every one is spent and none settled (the stop also
+    # charges what was still in flight, at most max_concurrency requests the server may not have seen).
+    lost = report["counts"]["lost"]
+    assert report["counts"]["settled"] == 0 and lost == report["spent"]["queries"] and sent <= lost <= sent + 2
+
+
 # ---- an error body that is a gateway's HTML page ----------------------------------------------------------
 
 NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"

@@ -2,8 +2,9 @@
 
 A failure that says the run is set up wrong (a model the endpoint does not serve, nothing
 listening, a request no token limit admits, rejected credentials, no quota) stops the run at the
-first; one that no retry can mend fails its query; the rest wait - for their next paced slot after
-a 429 our pacing explains, else for the retry policy's backoff - and go again.
+first; a few replies in a row that are not chat completions stop it too; one that no retry can
+mend fails its query; the rest wait - for their next paced slot after a 429 our pacing explains,
+else for the retry policy's backoff - and go again.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class Retrier:
         if err.kind is FailureKind.RATE_LIMITED and "insufficient_quota" in (err.body_excerpt or ""):
             give_up(f"no quota left: {said}", FatalRunError,
                     f"the {role} account has no quota left: {said}")
+        if err.kind is FailureKind.MALFORMED and ep.malformed_in_a_row >= ep.max_malformed_in_a_row:
+            # Like a dead teacher, but each of these may have been billed: stop, don't pay for more.
+            came = one_line(err.body_excerpt, 80, keep_tags=True)
+            give_up(f"malformed after {attempt} attempt(s): {said}", FatalRunError,
+                    f"the {role}'s replies are not valid chat completions ({ep.malformed_in_a_row} in a row, "
+                    f"none valid in between; the last: {said}; "
+                    + (f"it began: {came}" if came else "its body was empty") + "); stopping")
         limited = err.kind is FailureKind.RATE_LIMITED
         retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
         if not retry:

@@ -49,6 +49,11 @@ class Endpoint:
     last_note: str | None = None  # the last pacing change, for the live view
     section: str = "teacher"  # the config section that describes this endpoint (for messages)
     answered: int = 0  # replies received this session: a refused connect before the first is a config error
+    # Replies in a row that were not chat completions (a 200 we cannot read), with no good one in
+    # between: a web page or a broken proxy where the API should be. Each may have been billed, so
+    # at `max_malformed_in_a_row` the run stops instead of spending its budget on them.
+    malformed_in_a_row: int = 0
+    max_malformed_in_a_row: int = 5
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -71,12 +76,15 @@ class Endpoint:
         note = self.rate.on_success(rate_limits, latency_s, est)
         self.breaker.record_success()
         self.concurrency.on_success()
+        self.malformed_in_a_row = 0
         return note
 
     def on_failure(self, err: TeacherError, est: int, elapsed_s: float = 0.0) -> RateDecision | None:
         """The 429/5xx policy: a 429 goes to the rate policy (which sets `err.requeue_in`), any
         other failure counts toward the breaker (but a request too large for the token limit says
         nothing of the provider's health, and the provider counted none of its tokens)."""
+        if err.kind is FailureKind.MALFORMED:
+            self.malformed_in_a_row += 1
         if err.kind is FailureKind.TOO_LARGE:
             self.limiter.settle(est, 0)
             return None
