@@ -48,11 +48,14 @@ class Endpoint:
                     n = outer.requests
                     outer.requests += 1
                 status, ctype, body = reply(n, self.headers.get("Authorization", ""))
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the run stopped with this request in flight and hung up
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -163,6 +166,37 @@ def test_a_teacher_whose_every_reply_is_malformed_stops_the_run_as_failed(tmp_pa
     # charges what was still in flight, at most max_concurrency requests the server may not have seen).
     lost = report["counts"]["lost"]
     assert report["counts"]["settled"] == 0 and lost == report["spent"]["queries"] and sent <= lost <= sent + 2
+
+
+# ---- a teacher that refuses every request as a bad request -------------------------------------------------
+
+PROVIDER_400 = "Invalid value for 'messages[0].role': 'sytem' is not one of ['system', 'user', 'assistant']."
+
+
+def _bad_request(n: int, auth: str) -> tuple[int, str, bytes]:
+    return 400, "application/json", json.dumps({"error": {
+        "message": PROVIDER_400, "type": "invalid_request_error", "param": "messages[0].role", "code": None}}).encode()
+
+
+@pytest.mark.parametrize("limits", ["", "max_concurrency = 1\nbreaker_threshold = 2\n"],
+                         ids=["default-limits", "one-at-a-time-quick-breaker"])
+def test_a_teacher_that_answers_every_request_400_stops_the_run_promptly(tmp_path, endpoint, limits):
+    # The breaker pauses for a provider that is down; one that answers "bad request" is up, and no
+    # pause mends the request, so even a breaker set to open after two failures must not hold it.
+    ep = endpoint(_bad_request)
+    res, took, store = _generate(tmp_path, ep.url, limits)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    run_id, status = _last(res)[1:3]
+    assert status == "failed", res.stdout
+    line = _reason_line(res, PROVIDER_400)
+    assert "HTTP 400" in line, line
+    assert took < 30, f"took {took:.0f}s to stop"
+    assert ep.requests <= 20, ep.requests  # the first wave of max_concurrency requests, no more
+    report = _audit(tmp_path, store, run_id)
+    refused = [p for _, p in _events(tmp_path / "store.db", "attempt_failed") if p["kind"] == "bad_request"]
+    assert len(refused) >= 5 and not [p for p in refused if p["maybe_billed"]]  # a 400 is never billed
+    # Only what was still in flight when the run stopped is charged (it may have been served).
+    assert report["counts"]["settled"] == 0 and report["spent"]["queries"] == report["counts"]["lost"] <= 16
 
 
 # ---- an error body that is a gateway's HTML page ----------------------------------------------------------

@@ -442,6 +442,33 @@ async def test_breaker_counts_only_consecutive_failures() -> None:
     assert breaker.state == "closed" and breaker.opened_count == 0
 
 
+async def test_a_bad_request_never_opens_the_breaker_but_counts_toward_stopping_the_run() -> None:
+    # A 400 comes from a provider that is up and answering: pausing everyone mends no request, so
+    # the breaker (set to open after two failures) stays closed; the endpoint counts the 400s in a
+    # row instead (the dispatcher stops the run at its limit), and an answer resets the count.
+    from synthledger.engine.scheduler.endpoint import Endpoint
+    from synthledger.plugins.teachers.errors import malformed, status_error
+    from synthledger.plugins.teachers.openai_compatible import OpenAICompatibleTeacher
+    from synthledger.plugins.teachers.settings import TeacherSettings
+
+    teacher = OpenAICompatibleTeacher(TeacherSettings(provider="openai-compatible", model="m",
+                                                      base_url="http://127.0.0.1:9/v1"))
+    ep = Endpoint(teacher, "m", {}, RateLimiter(None, None), AdaptiveConcurrency(4, 4), CircuitBreaker(2, 5.0),
+                  RetryPolicy(), None, 10.0)
+    refused = status_error(400, "Invalid value for 'messages[0].role'", {}, None)
+    for _ in range(4):
+        assert ep.on_failure(refused, 100) is None
+    assert ep.breaker.state == "closed" and ep.breaker.consecutive_failures == 0
+    assert ep.bad_requests_in_a_row == 4
+    ep.on_failure(malformed("JSONDecodeError: x", 200, b"<html>"), 100)
+    assert (ep.malformed_in_a_row, ep.bad_requests_in_a_row) == (1, 4)  # neither is an answer
+    ep.on_success(100, 100, None, 0.1)
+    assert (ep.malformed_in_a_row, ep.bad_requests_in_a_row) == (0, 0)
+    for _ in range(2):
+        ep.on_failure(status_error(500, "boom", {}, None), 100)
+    assert ep.breaker.state == "open"  # a provider that is down still opens it
+
+
 async def test_breaker_probe_that_never_reports_expires(clock) -> None:
     breaker = CircuitBreaker(failure_threshold=1, cooldown_s=0.1)
     breaker.record_failure()

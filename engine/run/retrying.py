@@ -2,9 +2,9 @@
 
 A failure that says the run is set up wrong (a model the endpoint does not serve, nothing
 listening, a request no token limit admits, rejected credentials, no quota) stops the run at the
-first; a few replies in a row that are not chat completions stop it too; one that no retry can
-mend fails its query; the rest wait - for their next paced slot after a 429 our pacing explains,
-else for the retry policy's backoff - and go again.
+first; a few replies in a row that are not chat completions, or requests in a row refused as bad
+requests, stop it too; one that no retry can mend fails its query; the rest wait - for their next
+paced slot after a 429 our pacing explains, else for the retry policy's backoff - and go again.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ class Retrier:
                     f"the {role}'s replies are not valid chat completions ({ep.malformed_in_a_row} in a row, "
                     f"none valid in between; the last: {said}; "
                     + (f"it began: {came}" if came else "its body was empty") + "); stopping")
+        if err.kind is FailureKind.BAD_REQUEST and ep.bad_requests_in_a_row >= ep.max_bad_requests_in_a_row:
+            # Not retryable, and every request meets it: failing the items one by one mends nothing.
+            give_up(f"{err.kind.value} after {attempt} attempt(s): {said}", FatalRunError,
+                    f"the {role} refuses our requests as invalid ({ep.bad_requests_in_a_row} in a row, none "
+                    f"answered in between; {said}); stopping")
         limited = err.kind is FailureKind.RATE_LIMITED
         retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
         if not retry:

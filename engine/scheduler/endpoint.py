@@ -54,6 +54,11 @@ class Endpoint:
     # at `max_malformed_in_a_row` the run stops instead of spending its budget on them.
     malformed_in_a_row: int = 0
     max_malformed_in_a_row: int = 5
+    # Requests in a row refused as bad requests (a 400, or another 4xx no retry mends) with no answer
+    # in between: every request is wrong the same way (a parameter the server refuses, a proxy that
+    # rewrites them), so at `max_bad_requests_in_a_row` the run stops rather than fail every item.
+    bad_requests_in_a_row: int = 0
+    max_bad_requests_in_a_row: int = 5
 
     def __post_init__(self) -> None:
         if self.rate is None:
@@ -76,15 +81,20 @@ class Endpoint:
         note = self.rate.on_success(rate_limits, latency_s, est)
         self.breaker.record_success()
         self.concurrency.on_success()
-        self.malformed_in_a_row = 0
+        self.malformed_in_a_row = self.bad_requests_in_a_row = 0
         return note
 
     def on_failure(self, err: TeacherError, est: int, elapsed_s: float = 0.0) -> RateDecision | None:
         """The 429/5xx policy: a 429 goes to the rate policy (which sets `err.requeue_in`), any
-        other failure counts toward the breaker (but a request too large for the token limit says
-        nothing of the provider's health, and the provider counted none of its tokens)."""
+        other failure counts toward the breaker (but a request too large for the token limit, or
+        one refused as a bad request, says nothing of the provider's health - it answered - and
+        pausing everyone for it would mend nothing; the provider counted none of a too-large one's
+        tokens)."""
         if err.kind is FailureKind.MALFORMED:
             self.malformed_in_a_row += 1
+        if err.kind is FailureKind.BAD_REQUEST:
+            self.bad_requests_in_a_row += 1
+            return None
         if err.kind is FailureKind.TOO_LARGE:
             self.limiter.settle(est, 0)
             return None
