@@ -53,7 +53,7 @@ app.add_typer(experiment_app, name="experiment")
 @experiment_app.command("run")
 @_handled
 def experiment_run(
-    grid: Path = typer.Argument(..., metavar="GRID.toml", help="The experiment file ([experiment] section)."),
+    grid: Path = typer.Argument(..., metavar="GRID.toml", help="The experiment file (its \\[experiment] section)."),
     executor: str = typer.Option("local", "--executor", help="local (process pool) or ray (Ray tasks)."),
     resume: bool = typer.Option(False, "--resume", help="Continue this experiment; fail if the store has none. "
                                                         "(Running the same command again also continues it.)"),

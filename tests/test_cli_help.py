@@ -54,3 +54,21 @@ def test_rich_markup_does_not_eat_section_names():
     r = subprocess.run([sys.executable, CLI, "generate", "--help"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
     assert r.returncode == 0 and "[run] store" in r.stdout and "[run] name" in r.stdout
+
+
+def _all_commands(group=None, prefix: str = "") -> dict:
+    group = group or typer.main.get_command(cli.app)
+    out = {}
+    for name, cmd in group.commands.items():
+        out[prefix + name] = cmd
+        if hasattr(cmd, "commands"):
+            out.update(_all_commands(cmd, f"{prefix}{name} "))
+    return out
+
+
+def test_no_help_text_names_a_section_that_rich_would_eat():
+    # `[experiment]` unescaped is a markup tag to rich: `experiment run --help` read "( section)".
+    eaten = re.compile(r"(?<!\\)\[[a-z_][a-z_.]*\]")
+    found = [f"{name}: {text!r}" for name, cmd in _all_commands().items()
+             for text in [cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)] if eaten.search(text)]
+    assert found == []
