@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -197,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve_forever(TeacherServer(config, stats_file=args.stats_file)))
+    try:
+        asyncio.run(_serve_forever(TeacherServer(config, stats_file=args.stats_file)))
+    except OSError as exc:  # the port is taken, or the address is not ours to bind
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"error: cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr)
+        return 2
     return 0
 
 

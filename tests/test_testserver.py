@@ -394,3 +394,16 @@ def test_cli_rejects_bad_settings():
         [sys.executable, "-m", "synthledger.testing.server", "--error-rate", "1.5"], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 2 and "error_rate" in out.stderr
+
+
+def test_cli_on_a_port_already_taken_is_one_line_and_exit_2():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "synthledger.testing.server", "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use", r.stderr
