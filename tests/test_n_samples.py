@@ -136,3 +136,18 @@ def test_killed_with_n_requests_in_flight_then_resumed_pays_nothing_twice(projec
     assert after["query_id"] not in settled_before
     # Whatever was in flight at the kill is charged at its worst case, never settled twice.
     assert report["spent"]["queries"] == 48 + report["counts"]["lost"]
+
+
+def test_items_the_budget_refused_beside_others_run_again_alone(project):
+    """A dollar budget is checked at dispatch (an item's pledge cannot price a prompt not yet
+    written): all 80 items start, the first requests reserve their worst cases, the rest are
+    refused. They were dropped, and the plan having been walked, the run said `completed` with 4 of
+    80 items done and under 40% of its budget spent."""
+    proj, srv = project(seeds=10)
+    cfg = proj.write(teacher={"max_tokens": 100}, budget={"queries": 1000, "usd": 0.0123},
+                     pricing={"test-teacher": {"input_per_mtok": 10, "output_per_mtok": 30}},
+                     strategy={"samples_per_seed": 8, "samples_per_request": 4})
+    _, report = proj.run_to(cfg, status="budget_exhausted")
+    done = proj.events("item_done")
+    assert len(done) == report["counts"]["settled"] > 4
+    assert 0.0123 * 0.6 < report["spent"]["usd"] <= 0.0123  # near the budget, never over it

@@ -20,11 +20,12 @@ from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, PluginFailed, QueryFailed, RunStopping
 from ..ledger.events import ItemDone, RunFinished, SampleRejected
 from ..ledger.journal import WriterFailed
-from ..plugin_faults import failure, guarded, guarded_iter
+from ..plugin_faults import failure, guarded
 from .abort import abort_error
 from .config import RunConfig
 from .context import ItemContext
 from .item import produce
+from .plan_guard import FreeItemWatch, walk_plan
 from .progress import RunProgress
 from .session import RunSession
 from .store_choice import StoreChoice
@@ -62,8 +63,10 @@ class Runner(RunSession):
         self._items_scope: anyio.CancelScope | None = None
         self._handoff: asyncio.Queue[PlanItem | None]  # items for idle workers: each walk of the plan makes its own
         self._idle_workers = 0
-        self._free_streak = 0  # items in a row that took nothing from the budget (see _check_progress)
-        self._free_limit = 1000
+        self._free_items = FreeItemWatch()  # a plan that only repeats answered queries would never end
+        self._exhausted: set[str] = set()  # strategies whose budget (share) is spent
+        self._all_names: set[str] | None = None  # a mix's strategies, each with its own share
+        self._bounced: list[PlanItem] = []  # items the budget refused while others were in flight
 
     def route(self, role: str) -> str:
         return self.admission.route(role)
@@ -182,27 +185,27 @@ class Runner(RunSession):
 
         An item whose worst case no longer fits (or that follows one that ran into the budget) runs
         alone: if even alone it cannot get its queries reserved, its strategy's budget is spent.
-        That is also what ends a run whose limit the pledges cannot foresee (input tokens, USD)."""
+        That is also what ends a run whose limit the pledges cannot foresee (input tokens, USD).
+        An item that ran into the budget beside others is run again alone once they are done."""
         strategy = self.parts.strategy
-        exhausted: set[str] = set()
+        self._exhausted, self._bounced = set(), []
+        self._all_names = set(getattr(strategy, "budget_fractions", lambda: {})()) or None
         seen_hits: dict[str, int] = {}
-        all_names = set(getattr(strategy, "budget_fractions", lambda: {})()) or None
         max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()),
                         *(q.size for q in self._batch_queues()))
         finished = False
-        self._free_limit = max(1000, 2 * max_items)  # above what a resume replays: the items in flight at a kill
+        self._free_items.limit = max(1000, 2 * max_items)  # above what a resume replays: the items in flight
         self._handoff, self._idle_workers = asyncio.Queue(), 0
         async with anyio.create_task_group() as items:
             self._items_scope = items.cancel_scope
             if self._stopping:
                 items.cancel_scope.cancel()
-            for item in self._plan(strategy):
-                if self._halted():
+            for item in walk_plan(strategy, host.get_host().describe("strategies", self.cfg.strategy.name),
+                                  self._plugin_failed):
+                if self._halted() or (self._bounced and await self._rerun_bounced(items)):
                     break
-                if item.key in self._done or item.strategy in exhausted:
-                    if all_names is None and exhausted:
-                        break
-                    if all_names is not None and all_names <= exhausted:
+                if item.key in self._done or item.strategy in self._exhausted:
+                    if self._spent_out():
                         break
                     continue
                 try:
@@ -216,45 +219,57 @@ class Runner(RunSession):
                     break
                 hits_before = seen_hits[item.strategy] = self._budget_hits.get(item.strategy, 0)
                 self._start(items, item, cost)
-                if tail:
-                    await self._drain()
-                    if self._budget_hits.get(item.strategy, 0) > hits_before:
-                        exhausted.add(item.strategy)
-                        if all_names is None or all_names <= exhausted:
-                            break
+                if tail and await self._ran_into_budget(item, hits_before):
+                    break
             else:
                 finished = True
+                await self._rerun_bounced(items)
             await self._drain()
             for _ in range(self._idle_workers):  # every item ended: the workers may go
                 self._handoff.put_nowait(None)
         self._items_scope = None
+        return self._ending(finished)
+
+    def _spent_out(self) -> bool:
+        """No strategy of the plan may start another item (in a mix each has its own share)."""
+        return bool(self._exhausted) and (self._all_names is None or self._all_names <= self._exhausted)
+
+    async def _ran_into_budget(self, item: PlanItem, hits_before: int) -> bool:
+        """`item` runs alone: once it ends, if it still ran into the budget its strategy is spent.
+        True when no strategy may go on."""
+        await self._drain()
+        if self._budget_hits.get(item.strategy, 0) > hits_before:
+            self._exhausted.add(item.strategy)
+        return self._spent_out()
+
+    async def _rerun_bounced(self, tg: Any) -> bool:
+        """Items refused by the budget while others were in flight, run again one by one, alone:
+        the others' reservations (worst cases) were held then, and settle lower. Without this they
+        were dropped, and a run whose plan then ended said `completed` with them never done (a dollar
+        budget and `n` requests: 4 of 80 items done). True when no strategy may go on."""
+        while True:
+            await self._drain()  # (the items in flight may bounce too)
+            if not self._bounced or self._halted():
+                break
+            item = self._bounced.pop(0)
+            if item.strategy in self._exhausted:
+                continue
+            hits = self._budget_hits.get(item.strategy, 0)
+            self._start(tg, item, self.admission.item_cost(item))
+            if await self._ran_into_budget(item, hits):
+                return True
+        return self._spent_out()
+
+    def _ending(self, finished: bool) -> tuple[str, str]:
         if self._fatal:
             return "failed", self._fatal
-        if finished and not self._stopping:
+        if finished and not self._stopping and not self._exhausted and not self._bounced:
             return "completed", "the plan is complete"
-        if self._stopping and not exhausted:
+        if self._stopping and not self._exhausted:
             return "interrupted", "stopped by a signal; `generate --resume` continues the run"
         spent = self.ledger.total_spent()
         return "budget_exhausted", (f"budget exhausted: spent {spent.queries} queries, {spent.input_tokens} in / "
                                     f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
-
-    def _plan(self, strategy: Any) -> Any:
-        """The strategy's plan, walked once. Its failures, and a plan that breaks the contract (not a
-        PlanItem; a key twice, which would run an item twice or loop on answers the run already
-        holds), end the run as failed with one line instead of a traceback or a loop."""
-        name = host.get_host().describe("strategies", self.cfg.strategy.name)
-        seen: set[str] = set()
-        try:
-            for item in guarded_iter(f"{name} plan()", strategy.plan()):
-                if not isinstance(item, PlanItem):
-                    raise PluginFailed(f"{name} plan() yielded {type(item).__name__}, not a PlanItem")
-                if item.key in seen:
-                    raise PluginFailed(f"{name} plan() yielded the item key {item.key!r} twice; "
-                                       "keys must be unique within a run")
-                seen.add(item.key)
-                yield item
-        except PluginFailed as exc:
-            self._plugin_failed(str(exc))
 
     async def _room_for(self, item: PlanItem, cost: dict[str, int], hits_seen: int, max_items: int) -> bool:
         """Wait until `item` may start; True if it starts as the tail (its worst case does not fit
@@ -267,21 +282,6 @@ class Runner(RunSession):
             if not tail and self._in_flight_items < max_items:
                 return tail
             await self._wait_item()
-
-    def _check_progress(self, item: PlanItem, ctx: ItemContext) -> None:
-        """The budget is what ends a plan; an item that takes nothing from it (every answer one the
-        run already held, or no question asked) brings that end no closer. Replayed items do that
-        for a while after a resume (at most the items in flight at the kill); a plan that keeps
-        doing it repeats its queries (a sample_index left out, say) and would never end."""
-        if ctx.fresh:
-            self._free_streak = 0
-            return
-        self._free_streak += 1
-        if self._free_streak >= self._free_limit:
-            self._plugin_failed(
-                f"strategy {item.strategy!r}: its last {self._free_streak} items took nothing from the budget "
-                "(each answer was one this run already had), so its plan would never end; give each sample its "
-                "own query (a distinct sample_index or prompt)")
 
     def _start(self, tg: Any, item: PlanItem, cost: dict[str, int]) -> None:
         """Hand `item` to an idle worker, or start one. Items run on reused worker tasks: starting a
@@ -306,9 +306,12 @@ class Runner(RunSession):
         try:
             outcome = await produce(self, item, ctx)
             rec.emit_plain(ItemDone, item=item.key, strategy=item.strategy, outcome=outcome)
-            self._check_progress(item, ctx)
+            endless = self._free_items.observe(item.strategy, ctx.fresh)
+            if endless is not None:
+                self._plugin_failed(endless)
         except BudgetExhausted:
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
+            self._bounced.append(item)
         except (RunStopping, WriterFailed):
             pass  # not done: a resume runs the item again, its settled answers come from the store
         except QueryFailed as exc:

@@ -1,0 +1,54 @@
+"""What the runner holds a strategy's plan to: the contract a plugin cannot be trusted to keep.
+
+A plan is walked lazily and ended by the budget, so two mistakes in a plugin would run forever or
+twice: a key yielded twice, and items that only ever get answers the run already holds (a
+`sample_index` left out: every round asks the same queries, and a settled query is free). Both,
+and a plan that raises, end the run as failed with one line naming the cause."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from ..api import PlanItem
+from ..errors import PluginFailed
+from ..plugin_faults import guarded_iter
+
+
+def walk_plan(strategy: Any, name: str, on_failure: Callable[[str], None]) -> Iterator[PlanItem]:
+    """`strategy.plan()`, checked item by item; on a failure `on_failure(reason)` and the walk ends.
+    `name` is how messages name the strategy (its plugin and distribution when third-party)."""
+    seen: set[str] = set()
+    try:
+        for item in guarded_iter(f"{name} plan()", strategy.plan()):
+            if not isinstance(item, PlanItem):
+                raise PluginFailed(f"{name} plan() yielded {type(item).__name__}, not a PlanItem")
+            if item.key in seen:
+                raise PluginFailed(f"{name} plan() yielded the item key {item.key!r} twice; "
+                                   "keys must be unique within a run")
+            seen.add(item.key)
+            yield item
+    except PluginFailed as exc:
+        on_failure(str(exc))
+
+
+class FreeItemWatch:
+    """Counts items in a row that took nothing from the budget (every answer one the run already
+    held, or no question asked). Replayed items do that for a while after a resume, at most the
+    items in flight at the kill, so `limit` is set above that; a plan that keeps doing it would
+    never end."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self.streak = 0
+
+    def observe(self, strategy: str, fresh: int) -> str | None:
+        """An item ended having taken `fresh` queries from the budget; the reason to stop, if any."""
+        if fresh:
+            self.streak = 0
+            return None
+        self.streak += 1
+        if self.streak < self.limit:
+            return None
+        return (f"strategy {strategy!r}: its last {self.streak} items took nothing from the budget (each answer "
+                "was one this run already had), so its plan would never end; give each sample its own query "
+                "(a distinct sample_index or prompt)")
