@@ -99,6 +99,9 @@ def test_unknown_top_level_section():
     (("limits", "max_concurrency"), 0),
     (("budget", "roles", "augmenter", "queries"), -1),
     (("run", "seed"), [1, 2]),
+    (("budget", "queries"), True),  # was a budget of 1 query
+    (("budget", "queries"), 2.5),  # was 2
+    (("budget", "output_tokens"), False),
 ])
 def test_wrong_type_names_its_path(path, value):
     data = good()
@@ -121,6 +124,20 @@ def test_missing_key_inside_a_section():
     data = good()
     del data["teacher"]["model"]
     assert "teacher.model: required key is missing" in error_of(data)
+
+
+@pytest.mark.parametrize("dim", ["queries", "input_tokens", "output_tokens", "usd"])
+def test_a_total_budget_of_zero_is_refused_not_run(dim):
+    # It ended the run before its first query, while the live view called it "no limit".
+    data = good()
+    data["budget"] = {dim: 0}
+    assert f"{dim}: a budget of 0 allows nothing" in error_of(data)
+
+
+def test_a_dollar_budget_may_be_written_as_a_whole_number():
+    data = good()
+    data["budget"] = {"usd": 1}
+    assert config_from_dict(data).budget.usd == 1.0
 
 
 def test_budget_needs_a_limit():

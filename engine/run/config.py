@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from ..errors import ConfigError
 from .config_errors import format_errors as _format_errors
@@ -122,10 +123,11 @@ class LimitsSection(_Strict):
 
 
 class LimitValues(_Strict):
-    queries: int | None = Field(default=None, ge=0)
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
-    usd: float | None = Field(default=None, ge=0)
+    # Strict: `queries = true` was read as a budget of 1 query, `queries = 2.9` as 2.
+    queries: StrictInt | None = Field(default=None, ge=0)
+    input_tokens: StrictInt | None = Field(default=None, ge=0)
+    output_tokens: StrictInt | None = Field(default=None, ge=0)
+    usd: StrictFloat | None = Field(default=None, ge=0)
 
     def limits(self) -> Limits:
         return Limits(self.queries, self.input_tokens, self.output_tokens, self.usd)
@@ -134,6 +136,14 @@ class LimitValues(_Strict):
 class BudgetSection(LimitValues):
     counted_roles: list[str] | None = None  # roles counting against the totals (default: all)
     roles: dict[str, LimitValues] = {}
+
+    @model_validator(mode="after")
+    def _totals_above_zero(self) -> "BudgetSection":
+        """A total of 0 would end the run before its first query (a role's 0 bars that role only)."""
+        for dim in ("queries", "input_tokens", "output_tokens", "usd"):
+            if getattr(self, dim) == 0:
+                raise ValueError(f"{dim}: a budget of 0 allows nothing; leave {dim} out for no limit on it")
+        return self
 
     def spec(self, strategy_shares: dict[str, float] | None = None) -> BudgetSpec:
         total = self.limits()

@@ -113,8 +113,10 @@ class RunProgress:
     def budget_text(self, projection: bool = True) -> tuple[str, float]:
         """`usd $0.1234 of $0.5000 (24.7%), projected $0.4990` and the binding fraction."""
         dim, done, limit = binding_limit(self.ledger)
-        if not limit:
+        if limit is None:
             return f"{dim} {_amount(dim, done)} (no limit)", 0.0
+        if limit <= 0:  # (a role barred with 0)
+            return f"{dim} {_amount(dim, done)} of {_amount(dim, limit)}", 1.0
         frac = min(1.0, done / limit)
         text = f"{dim} {_amount(dim, done)} of {_amount(dim, limit)} ({100 * frac:.1f}%)"
         usd = self.ledger.total_spent().usd
