@@ -146,3 +146,18 @@ def test_reasoning_gym_is_reproducible_and_keeps_the_solution():
     assert all(s.meta.get("solution") for s in a)
     with pytest.raises(SeedError, match="'no_such_set'"):
         load(ReasoningGymSeedSource, Path("."), dataset="no_such_set", size=2)
+
+
+def test_a_seed_set_size_beyond_the_file_is_refused_not_silently_shrunk(tmp_path):
+    # It ran on the 3 seeds there were while the recorded config said 1000.
+    from synthledger.engine.run.assemble import build_parts
+    from synthledger.engine.run.config import ConfigError, config_from_dict
+
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": "1"}) + "\n" for i in range(3)))
+    data = {"run": {"name": "x"}, "seeds": {"source": "jsonl", "path": "s.jsonl", "size": 1000},
+            "teacher": {"model": "m", "base_url": "http://127.0.0.1:9/v1"}, "budget": {"queries": 2},
+            "strategy": {"name": "answer_augmentation"}}
+    with pytest.raises(ConfigError, match=r"\[seeds\] size = 1000, but the jsonl source has only 3 seeds"):
+        build_parts(config_from_dict(data, base_dir=str(tmp_path)))
+    data["seeds"]["size"] = 2
+    assert len(build_parts(config_from_dict(data, base_dir=str(tmp_path))).seeds) == 2

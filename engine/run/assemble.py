@@ -70,6 +70,9 @@ def build_parts(cfg: RunConfig) -> Parts:
     source = guarded(_named("seed_sources", cfg.seeds.source, "(making it)"), source_cls, source_opts,
                      base_dir=cfg.base_dir)
     loaded = guarded(_named("seed_sources", cfg.seeds.source, "load()"), lambda: list(source.load()))
+    if cfg.seeds.size is not None and cfg.seeds.size > len(loaded):  # (it ran on all, recording the size asked)
+        raise ConfigError(f"[seeds] size = {cfg.seeds.size}, but the {cfg.seeds.source} source has only "
+                          f"{len(loaded)} seeds; lower size, or leave it out to use them all")
     seeds = draw_subset(loaded, cfg.seeds.size, cfg.run.seed)
     if not seeds:
         raise ConfigError("[seeds] the seed source produced no seeds")
