@@ -53,6 +53,18 @@ def recommend(seeds: int = typer.Option(..., "--seeds", min=1, metavar="N", help
     out.print(escape(r.render()), highlight=False)
 
 
+def _quiet_libraries() -> None:
+    """--no-progress quiets the bars transformers and the Hub draw too ("Loading weights ...")."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # (without the train extra nothing here loads weights)
+        return
+    hf_logging.disable_progress_bar()
+
+
 @app.command()
 @_handled
 def train(
@@ -76,6 +88,8 @@ def train(
     from synthledger.engine.student.runs import eval_run, load_train_config, train_run
 
     cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
+    if not progress:
+        _quiet_libraries()
     from_file = Path(source).suffix in (".jsonl", ".json") and Path(source).exists()
     st = _store(store, create=from_file)  # training from a run needs the run's store to exist
     result = train_run(source, cfg, st, progress=progress)
@@ -114,6 +128,8 @@ def eval_(
     """
     from synthledger.engine.student.runs import eval_run
 
+    if not progress:
+        _quiet_libraries()
     result = eval_run(model, on, _store(store, create=True), limit=limit, task_name=task, exclude_run=exclude_run,
                       out_path=out_path, options={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
                       progress=progress)

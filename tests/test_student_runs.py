@@ -128,6 +128,7 @@ def test_runs_whose_process_died_are_closed_as_interrupted_by_the_next_one(tmp_p
     r = CliRunner().invoke(app, ["eval", str(build_tiny_llama(tmp_path / "tiny")), "--on", "held.jsonl",
                                  "--store", url, "--no-progress", "--max-new-tokens", "4"])
     assert r.exit_code == 0, r.output
+    assert "Loading weights" not in r.output and "it/s" not in r.output  # --no-progress: no library's bars either
     for run_id in dead:
         assert store.get_run(run_id).status == "interrupted"
         last = list(store.iter_events(run_id))[-1]
