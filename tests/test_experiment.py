@@ -74,6 +74,21 @@ def test_audit_checks_every_reuse_against_its_source(tmp_path):
     assert any("different answer text" in v.message for v in report.violations)
 
 
+def test_answers_are_reused_only_from_the_endpoint_that_gave_them(tmp_path):
+    # One model name at two servers is two teachers: a run moved to the second got the first's answers.
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(ServerConfig()) as first_server, run_in_thread(ServerConfig()) as other_server:
+        cfg = write_project(tmp_path, first_server.url, queries=4)
+        generate(load_config(cfg), store, show_progress=False)
+        moved = generate(load_config(cfg, [f'teacher.base_url="{other_server.url}/v1/"', "run.name=moved"]), store,
+                         show_progress=False)
+        assert other_server.stats()["answered"] == 4
+        back = generate(load_config(cfg, ["run.name=back"]), store, show_progress=False)
+        assert first_server.stats()["answered"] == 4  # the same endpoint again: reused, not paid
+    assert moved.snapshot["reused"]["queries"] == 0 and back.snapshot["reused"]["queries"] == 4
+    assert audit_run(store, back.run_id).ok
+
+
 def test_reuse_can_be_turned_off(tmp_path):
     store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
     with run_in_thread(ServerConfig()) as srv:

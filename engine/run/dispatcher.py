@@ -53,8 +53,9 @@ def request_key(provider: str, model: str, params: dict[str, Any], messages: lis
     return hashlib.sha256(canonical(ident)).hexdigest()
 
 
-# (source run id, source seq, payload of its query_settled event) of an identical settled query.
-Reusable = Callable[[str], "tuple[str, int, dict[str, Any]] | None"]
+# (source run id, source seq, payload of its query_settled event) of an identical query settled at
+# the endpoint of a config section (see run/reuse.py).
+Reusable = Callable[[str, str], "tuple[str, int, dict[str, Any]] | None"]
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Dispatcher(Retrier, Sender):
                 continue
             m = self._member(ep, params, messages, i, purpose, it)
             if not (self.ledger.is_settled(m.qid) or m.qid in self._asking or m.qid in self.ledger.queries
-                    or (self.find_reusable is not None and self.find_reusable(m.qid) is not None)):
+                    or (self.find_reusable is not None and self.find_reusable(m.qid, ep.section) is not None)):
                 out.append(m)  # (one the store can answer is left to be reused when it is asked)
         return out
 
@@ -187,7 +188,7 @@ class Dispatcher(Retrier, Sender):
         must be no await, or admission would see the budget free and start items it cannot finish."""
         if self.find_reusable is None:
             return None
-        found = self.find_reusable(m.qid)
+        found = self.find_reusable(m.qid, ep.section)
         if found is None:
             return None
         source_run, source_seq, settled = found

@@ -25,7 +25,7 @@ from ..ledger.ledger import Ledger
 from ..ledger.replay import replay
 from ..redact import scrub_payload, scrub_value
 from .quality_gate import GATE_EVENTS, QualityGate
-from .reuse import ReuseSource
+from .reuse import ReuseSource, endpoints_here
 from .store_choice import StoreChoice, choose_store, open_store
 
 
@@ -209,7 +209,8 @@ class RunSession:
 
     def _reuse_options(self) -> dict[str, Any]:
         return {"replicate": self.cfg.run.replicate,
-                "find_reusable": ReuseSource(self.store, lambda: self.recorder.run_id).find if self.cfg.run.reuse else None}
+                "find_reusable": ReuseSource(self.store, lambda: self.recorder.run_id,
+                                             here=endpoints_here(self.cfg.snapshot())).find if self.cfg.run.reuse else None}
 
     def _warn(self, kind: str, message: str) -> None:
         self.recorder.emit(RunWarning(kind=kind, message=message))
