@@ -1,8 +1,8 @@
 """What a new user hits on a first run, through the real command line against the test server:
 run names are unique, read-only commands never create a store, `generate` says which store it
 writes to and why, a named-but-unset API key variable is one line before the run, a final_answer check that cannot be
-made is said once and counted, and `python cli.py` from a Python the project is not installed in
-says so in one line."""
+made is said once and counted, seeds that repeat a question are said before the run, and `python
+cli.py` from a Python the project is not installed in says so in one line."""
 
 from __future__ import annotations
 
@@ -232,3 +232,13 @@ def test_a_python_without_the_dependencies_gets_one_line_not_a_traceback(tmp_pat
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not installed in this Python" in lines[0] and "pip install -e ." in lines[0], r.stderr
+
+
+def test_seeds_that_repeat_a_question_are_said_once_before_the_run(server, tmp_path):
+    # Each copy is its own seed, its answers free after the first, so its rows repeated silently.
+    write_project(tmp_path, server.url, name="dups", seeds=3, queries=3)
+    lines = (tmp_path / "seeds.jsonl").read_text().splitlines()
+    (tmp_path / "seeds.jsonl").write_text("\n".join([*lines, lines[0]]) + "\n")
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: seeds: 1 seed(s) repeat an earlier seed's question (e.g. seed 4 repeats seed 1)" in r.stderr

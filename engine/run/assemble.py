@@ -89,6 +89,24 @@ def build_parts(cfg: RunConfig) -> Parts:
     return Parts(task, seeds, strategy, verifier, cfg.budget.spec(shares), roles)
 
 
+def repeated_seeds(seeds: list[Seed]) -> list[str]:
+    """A line for the user when seeds repeat a question: each copy is a seed of its own, asked the
+    same queries, so their answers (free after the first) repeat in the data, as the seeds chose."""
+    seen: dict[str, str] = {}
+    repeats = []
+    for seed in seeds:
+        text = " ".join(seed.question.split())
+        if text in seen:
+            repeats.append((seen[text], seed.id))
+        else:
+            seen[text] = seed.id
+    if not repeats:
+        return []
+    first, again = repeats[0]
+    return [f"seeds: {len(repeats)} seed(s) repeat an earlier seed's question (e.g. seed {again} repeats seed {first}); "
+            "each copy is its own seed, so its rows repeat in the data: remove the copies to avoid that"]
+
+
 # Providers that run in-process and never send a key.
 KEYLESS_PROVIDERS = frozenset({"local"})
 

@@ -12,7 +12,7 @@ from ... import __version__
 from ...store.eventstore import EventStore, NewEvent, StoreMissing, owner_token
 
 from .admission import Admission
-from .assemble import Parts, build_endpoints, build_parts
+from .assemble import Parts, build_endpoints, build_parts, repeated_seeds
 from .config import RunConfig
 from .dedupe import NearDuplicateIndex
 from .dispatcher import Dispatcher
@@ -46,7 +46,8 @@ class RunSession:
         # Everything that can fail on bad input happens before the store is even opened.
         self.parts: Parts = build_parts(cfg)
         self.endpoints = build_endpoints(cfg, self.parts.roles)
-        self.warnings: list[str] = list(self.parts.verifier.start_warnings(self.parts.seeds))
+        self.warnings: list[str] = [*self.parts.verifier.start_warnings(self.parts.seeds),
+                                    *repeated_seeds(self.parts.seeds)]
         if isinstance(store, EventStore):
             self.store_choice = StoreChoice(store.url, "the caller")
             self.store = store
