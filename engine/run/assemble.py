@@ -55,6 +55,14 @@ def _plugin(kind: str, name: str, section: str) -> Any:
         raise ConfigError(f"[{section}] {exc}") from None
 
 
+def _options(cfg: RunConfig, plugin: Any, extras: dict[str, Any], section: str) -> Any:
+    """A plugin's options from its section; an error names the config file, as core keys' do."""
+    try:
+        return validate_plugin_options(plugin.Options, extras, section)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
+
+
 def _named(kind: str, name: str, what: str) -> str:
     return f"{host.get_host().describe(kind, name)} {what}"
 
@@ -66,7 +74,7 @@ def build_parts(cfg: RunConfig) -> Parts:
     extras = cfg.seeds.extras()
     if "size" in source_cls.Options.model_fields and cfg.seeds.size is not None:
         extras.setdefault("size", cfg.seeds.size)  # a generator (reasoning-gym) makes exactly |S| seeds
-    source_opts = validate_plugin_options(source_cls.Options, extras, "seeds")
+    source_opts = _options(cfg, source_cls, extras, "seeds")
     source = guarded(_named("seed_sources", cfg.seeds.source, "(making it)"), source_cls, source_opts,
                      base_dir=cfg.base_dir)
     loaded = guarded(_named("seed_sources", cfg.seeds.source, "load()"), lambda: list(source.load()))
@@ -77,11 +85,11 @@ def build_parts(cfg: RunConfig) -> Parts:
     if not seeds:
         raise ConfigError("[seeds] the seed source produced no seeds")
     strat_cls = _plugin("strategies", cfg.strategy.name, "strategy")
-    strat_opts = validate_plugin_options(strat_cls.Options, cfg.strategy.extras(), "strategy")
+    strat_opts = _options(cfg, strat_cls, cfg.strategy.extras(), "strategy")
     strategy = guarded(_named("strategies", cfg.strategy.name, "(making it)"), strat_cls, strat_opts, seeds, task,
                        cfg.run.seed)
     ver_cls = _plugin("verifiers", cfg.verifier.name, "verifier")
-    ver_opts = validate_plugin_options(ver_cls.Options, cfg.verifier.extras(), "verifier")
+    ver_opts = _options(cfg, ver_cls, cfg.verifier.extras(), "verifier")
     verifier = guarded(_named("verifiers", cfg.verifier.name, "(making it)"), ver_cls, ver_opts, task)
     shares = (guarded(_named("strategies", cfg.strategy.name, "budget_fractions()"), strategy.budget_fractions)
               if hasattr(strategy, "budget_fractions") else None)

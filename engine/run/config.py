@@ -197,6 +197,7 @@ class RunConfig(_Strict):
     quality: QualitySection = QualitySection()
 
     base_dir: str = Field(default=".", exclude=True)
+    source: str = Field(default="config", exclude=True)  # the file it was read from, for messages
 
     @field_validator("budget")
     @classmethod
@@ -212,7 +213,7 @@ class RunConfig(_Strict):
 
     def snapshot(self) -> dict[str, Any]:
         """The config as recorded in the run_started event (no secrets can be in it: see ModelSection)."""
-        return self.model_dump(mode="json", exclude={"base_dir"})
+        return self.model_dump(mode="json", exclude={"base_dir", "source"})
 
     def config_hash(self) -> str:
         return hashlib.sha256(canonical(self.snapshot())).hexdigest()[:16]
@@ -308,7 +309,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "c
     secrets = find_secrets(data)
     if secrets:
         raise ConfigError(f"{source}: " + "; ".join(_secret_advice(k) for k in secrets))
-    return validate_config(RunConfig, {**data, "base_dir": base_dir}, source)
+    return validate_config(RunConfig, {**data, "base_dir": base_dir, "source": source}, source)
 
 
 def options_error(exc: ValidationError, section: str, model: type[BaseModel] | None = None,
