@@ -114,6 +114,9 @@ def test_csv_loads_and_names_lines(tmp_path):
     write(tmp_path / "empty.csv", "question,answer\n")
     with pytest.raises(SeedError, match="contains no seeds"):
         load(CsvSeedSource, tmp_path, path="empty.csv")
+    (tmp_path / "latin1.csv").write_bytes(b"question,answer\nok,1\ncaf\xe9,2\n")  # a Latin-1 export
+    with pytest.raises(SeedError, match=r"latin1.csv, line 3: not UTF-8"):
+        load(CsvSeedSource, tmp_path, path="latin1.csv")
 
 
 def test_hf_reads_json_files_and_saved_datasets(tmp_path):

@@ -35,7 +35,7 @@ class CsvSeedSource(SeedSource):
             with path.open(newline="", encoding="utf-8-sig") as fh:
                 return build_seeds(self._rows(fh, str(path)), self.options, str(path))
         except UnicodeDecodeError as exc:
-            raise SeedError(f"{path}: not UTF-8 ({exc.reason})") from None
+            raise SeedError(f"{path}, line {_bad_utf8_line(path)}: not UTF-8 ({exc.reason})") from None
         except csv.Error as exc:
             raise SeedError(f"{path}: malformed CSV ({exc})") from None
 
@@ -54,3 +54,14 @@ class CsvSeedSource(SeedSource):
                 )
             # Empty cells are missing values, so an empty answer is "no answer", not "".
             yield reader.line_num, {k: v for k, v in zip(header, cells) if v != ""}
+
+
+def _bad_utf8_line(path: Any) -> int:
+    """The line of the first byte that is not UTF-8 (the text reader decodes ahead of the CSV reader,
+    so its own position says nothing of which line it was)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return raw.count(b"\n", 0, exc.start) + 1
+    return 1
