@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from .errors import StoreError, StoreMissing
+from .folders import make_parent
 from .records import EVENT_COLUMNS
 from .urls import check_driver
 
@@ -40,13 +41,9 @@ def sqlite_path(url: str, must_exist: bool = False) -> str | None:
         raise StoreError(f"store path {p} is a directory, not a database file")
     if must_exist and not p.exists():
         raise StoreMissing(f"store {p} does not exist")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((a for a in reversed(p.parents) if a.exists() and not a.is_dir()), None)
-        reason = (f"{blocker} is a file, not a folder" if blocker is not None
-                  else f"cannot create the folder {exc.filename or p.parent}: {exc.strerror or exc}")
-        raise StoreError(f"cannot create store {p}: {reason}") from None
+    reason = make_parent(p)
+    if reason is not None:
+        raise StoreError(f"cannot create store {p}: {reason}")
     return str(p)
 
 

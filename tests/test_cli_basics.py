@@ -76,11 +76,16 @@ def test_audit_json_keys(recorded):
     assert report["status"] == "budget_exhausted"
 
 
-def test_audit_json_violations_are_seq_and_message(recorded, tmp_path):
-    url, run_id, project = recorded
+def damaged_copy(project: Path, tmp_path: Path) -> tuple[Path, sqlite3.Connection]:
+    """A copy of the recorded store to damage, and a connection to it."""
     broken = tmp_path / "broken.db"
     broken.write_bytes((project / "store.db").read_bytes())
-    con = sqlite3.connect(broken)
+    return broken, sqlite3.connect(broken)
+
+
+def test_audit_json_violations_are_seq_and_message(recorded, tmp_path):
+    url, run_id, project = recorded
+    broken, con = damaged_copy(project, tmp_path)
     (seq,) = con.execute("SELECT min(seq) FROM events WHERE type = 'query_settled'").fetchone()
     con.execute("UPDATE events SET payload = replace(payload, '\"queries\":1', '\"queries\":0') WHERE seq = ?",
                 (seq,))  # a settlement that claims the query was free
@@ -174,9 +179,7 @@ def test_an_error_whose_message_spans_lines_is_printed_as_one(tmp_path):
 
 def test_a_damaged_event_payload_is_named_by_run_and_seq(recorded, tmp_path):
     url, run_id, project = recorded
-    broken = tmp_path / "broken.db"
-    broken.write_bytes((project / "store.db").read_bytes())
-    con = sqlite3.connect(broken)
+    broken, con = damaged_copy(project, tmp_path)
     (seq,) = con.execute("SELECT min(seq) FROM events WHERE type = 'sample_proposed'").fetchone()
     con.execute("UPDATE events SET payload = 'x' || payload WHERE seq = ?", (seq,))  # no longer JSON
     con.commit()

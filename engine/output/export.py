@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ...store.folders import make_parent
 from ..errors import ExportError
 
 FORMATS = ("jsonl", "chat", "openai", "hf")
@@ -174,12 +175,7 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path, *, system: s
 
 
 def _make_parent(out: Path) -> None:
-    """The folder `out` goes in, created if missing; a file where a folder must be, or a folder that
-    cannot be created, is an error naming the path the user gave and the OS's reason."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
-        reason = (f"{blocker} is a file, not a folder" if blocker is not None
-                  else f"cannot create the folder {exc.filename or out.parent}: {exc.strerror or exc}")
-        raise ExportError(f"cannot write {out}: {reason}") from None
+    """The folder `out` goes in, created if missing; an error names the path the user gave."""
+    reason = make_parent(out)
+    if reason is not None:
+        raise ExportError(f"cannot write {out}: {reason}")
