@@ -137,14 +137,6 @@ class BudgetSection(LimitValues):
     counted_roles: list[str] | None = None  # roles counting against the totals (default: all)
     roles: dict[str, LimitValues] = {}
 
-    @model_validator(mode="after")
-    def _totals_above_zero(self) -> "BudgetSection":
-        """A total of 0 would end the run before its first query (a role's 0 bars that role only)."""
-        for dim in ("queries", "input_tokens", "output_tokens", "usd"):
-            if getattr(self, dim) == 0:
-                raise ValueError(f"{dim}: a budget of 0 allows nothing; leave {dim} out for no limit on it")
-        return self
-
     def spec(self, strategy_shares: dict[str, float] | None = None) -> BudgetSpec:
         total = self.limits()
         shares = {name: total.scaled(f) for name, f in (strategy_shares or {}).items()}

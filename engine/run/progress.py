@@ -32,8 +32,8 @@ def binding_limit(ledger: Ledger) -> tuple[str, float, float | None]:
     frac = -1.0
     for dim in DIMS:
         limit = getattr(ledger.spec.total, dim)
-        if limit:
-            f = getattr(spent, dim) / limit
+        if limit is not None:
+            f = getattr(spent, dim) / limit if limit > 0 else 1.0  # (0: a run that asks nothing, all spent)
             if f > frac:
                 frac, best = f, (dim, float(getattr(spent, dim)), float(limit))
     return best
@@ -115,7 +115,7 @@ class RunProgress:
         dim, done, limit = binding_limit(self.ledger)
         if limit is None:
             return f"{dim} {_amount(dim, done)} (no limit)", 0.0
-        if limit <= 0:  # (a role barred with 0)
+        if limit <= 0:  # a run that asks nothing (an experiment's seeds-only cell)
             return f"{dim} {_amount(dim, done)} of {_amount(dim, limit)}", 1.0
         frac = min(1.0, done / limit)
         text = f"{dim} {_amount(dim, done)} of {_amount(dim, limit)} ({100 * frac:.1f}%)"
