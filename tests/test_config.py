@@ -266,3 +266,15 @@ def test_cli_config_error_leaves_an_existing_store_untouched(project):
 def test_cli_unknown_teacher_key_names_teacher_foo(project):
     r = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}", "--set", "teacher.foo=1")
     assert r.returncode == 2 and "teacher.foo" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_error_in_a_key_given_by_set_says_so_without_its_value(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[run]\nname = "x"\n[seeds]\npath = "s.jsonl"\n[teacher]\nmodel = "m"\n'
+                    '[budget]\nqueries = 2\n[strategy]\nname = "answer_augmentation"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["budget.queries=abc"])
+    assert str(err.value).startswith(f"{path}: ") and str(err.value).endswith("(given by --set budget.queries)")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["teacher.api_key=sk-live-abcdef123456"])
+    assert "(given by --set teacher.api_key)" in str(err.value) and "sk-live-abcdef123456" not in str(err.value)

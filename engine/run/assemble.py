@@ -155,7 +155,7 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
             except ValidationError as exc:  # the provider's own settings model: report full key paths
                 # Suggest from the section's own keys and those the provider says it takes.
                 known = sorted(set(ModelSection.model_fields) | set(getattr(factory, "settings_fields", ())))
-                raise options_error(exc, where, known=known) from None
+                raise ConfigError(f"{cfg.source}: {options_error(exc, where, known=known)}") from None
             except ConfigError:
                 raise
             except SynthledgerError as exc:  # e.g. a local model that does not exist: say which section

@@ -294,7 +294,16 @@ def _secret_advice(path: str) -> str:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     data = apply_overrides(read_toml(path, "config file"), overrides or [])
-    return config_from_dict(data, base_dir=str(Path(path).resolve().parent), source=str(path))
+    try:
+        return config_from_dict(data, base_dir=str(Path(path).resolve().parent), source=str(path))
+    except ConfigError as exc:
+        # The file is named first; a key the command line set is said to come from there (by its
+        # name only: the value may be a secret).
+        keys = [o.partition("=")[0].strip() for o in overrides or []]
+        named = [k for k in keys if k and f"{k}:" in str(exc)]
+        if not named:
+            raise
+        raise ConfigError(f"{exc} (given by --set {', '.join(named)})") from None
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "config") -> RunConfig:
