@@ -125,6 +125,23 @@ def test_a_refused_batch_releases_its_reservations(project):
     assert {e["stage"] for e in proj.events("sample_rejected")} == {"failed"}
 
 
+@pytest.mark.parametrize("server_args, base", [(("--batch-fail",), "/v1"),  # every batch fails validation
+                                              ((), "/wrong")])  # every upload is a 404
+def test_batches_refused_in_a_row_stop_the_run(project, server_args, base):
+    # A refused batch costs nothing, so with a plan that has no end the budget never stopped the run:
+    # it submitted a new batch every few hundred milliseconds until killed (1.2 GB in ten minutes).
+    proj, srv = project(*server_args, seeds=5)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + base, "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 30}, limits={"max_attempts": 6})  # answer augmentation: no end of its own
+    res = proj.generate(cfg)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    run_id, status = last_line(res)
+    assert status == "failed" and "batches are refused (3 in a row, none run" in res.stderr, res.stderr
+    assert len(proj.events("batch_finished")) == 3
+    report = proj.audit(run_id)
+    assert report["spent"]["queries"] == 0
+
+
 def test_batch_mode_needs_a_provider_with_a_batch_api(project):
     proj, srv = project()
     cfg = proj.write(teacher={"batch": True})

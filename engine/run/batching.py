@@ -23,6 +23,7 @@ import anyio
 
 from ..api import BatchAPI, ChatRequest, Completion
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
+from ..redact import one_line
 from ..ledger.events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, Cost,
                      QueryAbandoned, QueryDispatched, QuerySettled)
 from .misconfig import endpoint_url, misconfiguration
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     from .dispatcher import Dispatcher
 
 RETRY_S = 5.0  # wait after a failed poll or results download before trying again
+# Batches in a row refused whole (not submitted, or failed at validation) with none run between:
+# the provider refuses what we send, and since a refused batch costs nothing, the budget would
+# never end the run (a plan without end submitted a new batch every few hundred milliseconds).
+MAX_REFUSED_BATCHES = 3
 
 
 @dataclass
@@ -63,6 +68,7 @@ class BatchQueue:
         self._d: "Dispatcher | None" = None
         self._ep: "Endpoint | None" = None
         self._adopted: list[tuple[str, dict[str, Any], dict[str, Pending]]] = []
+        self._refused_in_a_row = 0  # see MAX_REFUSED_BATCHES
 
     @property
     def size(self) -> int:
@@ -238,6 +244,15 @@ class BatchQueue:
             retry.append((p, r))
         d.recorder.emit(BatchFinished(key=key, status=status, settled=settled, failed=failed,
                                       message=missing.message[:300] if failed else ""))
+        refused = not settled and status in ("not_submitted", "failed")
+        self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
+        if self._refused_in_a_row >= MAX_REFUSED_BATCHES:
+            stop = (f"the {ep.section}'s batches are refused ({self._refused_in_a_row} in a row, none run; the last: "
+                    f"{one_line(missing.message, 200)}); stopping")
+            for p, _ in retry:
+                d.recorder.emit(QueryAbandoned(query_id=p.member.qid, reason=stop))
+                self._resolve(p, error=FatalRunError(stop))
+            return
         for p, err in retry:
             self._retry_or_release(p, err)
 
