@@ -248,6 +248,14 @@ def export(
         card = dataset_card(st, info, len(rows), licence=licence)
     n = write_rows(rows, fmt, out_path, system=system, card=card)
     print(f"wrote {n} rows to {out_path}")
+    from rich.markup import escape
+
+    if info.status not in ("completed", "budget_exhausted"):  # easy to miss in a file that looks finished
+        err.print(f"warning: run {info.id} ({escape(info.name)}) is {info.status}: these are the rows it had accepted "
+                  "so far" + ("; it has none" if not n else ""), highlight=False, soft_wrap=True)
+    elif not n:
+        err.print(f"warning: run {info.id} ({escape(info.name)}) has no accepted samples: the file is empty",
+                  highlight=False, soft_wrap=True)
     if push_to_hub:
         from synthledger.engine.output.dataset_card import dataset_card
         from synthledger.engine.output.export import hf_dataset

@@ -250,3 +250,15 @@ def test_a_budget_of_zero_queries_is_shown_as_one_not_as_no_limit(server, tmp_pa
     r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
     assert r.returncode == 0 and "budget_exhausted" in r.stdout, r.stderr
     assert "queries 0 of 0" in r.stderr and "no limit" not in r.stderr, r.stderr
+
+
+def test_exporting_a_run_that_did_not_finish_says_so(server, tmp_path):
+    # It wrote an empty file and said only "wrote 0 rows": easy to take for a finished dataset.
+    write_project(tmp_path, server.url, name="cut", seeds=2, queries=2)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", store, cwd=tmp_path,
+            env={"SYNTHLEDGER_EXIT_AFTER_COMMITS": "1"})  # gone right after its start was recorded
+    assert r.returncode != 0
+    r = cli("export", "cut", "--store", store, "--out", str(tmp_path / "cut.jsonl"), cwd=tmp_path)
+    assert r.returncode == 0 and "wrote 0 rows" in r.stdout
+    assert "warning: run" in r.stderr and "is running: these are the rows it had accepted so far; it has none" in r.stderr
