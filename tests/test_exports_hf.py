@@ -86,6 +86,7 @@ def test_hf_export_has_messages_beside_provenance_and_a_card(recorded, tmp_path)
     r = cli("export", "hf-run", "--format", "hf", "--out", str(out), "--license", "cc-by-4.0", "--store", url,
             cwd=project)
     assert r.returncode == 0, r.stderr
+    assert "Saving the dataset" not in r.stderr and "it/s" not in r.stderr  # one line, not a bar per shard
     ds = datasets.load_from_disk(str(out))
     assert {"messages", "question", "answer", "sample_id", "query_ids", "verification"} <= set(ds.column_names)
     assert ds[0]["messages"] == [{"role": "user", "content": ds[0]["question"]},

@@ -115,6 +115,7 @@ def hf_dataset(rows: Iterable[dict[str, Any]], system: str | None = None) -> Any
     """The rows as a `datasets.Dataset` (the `hf` format's columns, `messages` first)."""
     import datasets  # only this format needs it
 
+    datasets.disable_progress_bars()  # an export says one line ("wrote N rows"), not a bar per shard
     records = [_hf_row(r, system) for r in _checked(rows)]
     if records:
         return datasets.Dataset.from_list(records)
