@@ -38,16 +38,11 @@ def guarded(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise PluginFailed(failure(what, exc)) from exc
 
 
+_END = object()
+
+
 def guarded_iter(what: str, items: Iterable[T]) -> Iterator[T]:
-    """Iterate a plugin's generator (a strategy's plan), translating its failures as `guarded` does."""
+    """Iterate a plugin's generator (a strategy's plan), each step `guarded`."""
     it = guarded(what, iter, items)
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        except SynthledgerError:
-            raise
-        except Exception as exc:
-            raise PluginFailed(failure(what, exc)) from exc
-        yield item
+    while (item := guarded(what, next, it, _END)) is not _END:
+        yield item  # type: ignore[misc]
