@@ -38,25 +38,22 @@ class Prepared:
         raise KeyError(cell_id)
 
 
-def _minimum_budget(cfg: Any, seeds: list[Any]) -> tuple[int, str]:
-    """Counted queries one sample of the cell's strategy (plus its verifier) needs, and their split."""
+def _minimum_budget(cfg: Any, parts: Any, seeds: list[Any]) -> tuple[int, str]:
+    """Counted queries one sample of the cell's strategy (plus its verifier) needs, and their split.
+    The strategy is made again on `seeds` (the cell's subset); task and verifier are the run's own."""
     from .. import host
 
     from ..plugin_faults import guarded, guarded_iter
 
     named = host.get_host().describe("strategies", cfg.strategy.name)
-    task = guarded(host.get_host().describe("tasks", cfg.task.name), host.get("tasks", cfg.task.name))
     strat_cls = host.get("strategies", cfg.strategy.name)
     strategy = guarded(f"{named} (making it)", strat_cls, validate_plugin_options(
-        strat_cls.Options, cfg.strategy.extras(), "strategy"), seeds, task, cfg.run.seed)
-    ver_cls = host.get("verifiers", cfg.verifier.name)
-    verifier = guarded(host.get_host().describe("verifiers", cfg.verifier.name), ver_cls, validate_plugin_options(
-        ver_cls.Options, cfg.verifier.extras(), "verifier"), task)
+        strat_cls.Options, cfg.strategy.extras(), "strategy"), seeds, parts.task, cfg.run.seed)
     first = next(guarded_iter(f"{named} plan()", strategy.plan()), None)
     if first is None:
         raise ConfigError(f"{named} plans no item for a seed set of {len(seeds)}: its cells could make no data")
     cost = dict(guarded(f"{named} item_cost()", strategy.item_cost, first))
-    for role, n in guarded(f"verifier {cfg.verifier.name!r} item_cost()", verifier.item_cost).items():
+    for role, n in guarded(f"verifier {cfg.verifier.name!r} item_cost()", parts.verifier.item_cost).items():
         cost[role] = cost.get(role, 0) + n
     counted = cfg.budget.counted_roles
     parts = {r: n for r, n in cost.items() if counted is None or r in counted}
@@ -84,7 +81,7 @@ def _check_strategies(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -
         cfg = config_from_dict(data, base_dir=exp.base_dir, source=f"experiment.base with strategy {strategy}")
         parts = build_parts(cfg)
         build_endpoints(cfg, parts.roles)  # provider settings and API keys, before anything is spent
-        need, split = _minimum_budget(cfg, subs[(0, size)])
+        need, split = _minimum_budget(cfg, parts, subs[(0, size)])
         minimum[strategy] = need
         for s, budgets in exp.budgets.items():
             low = [q for q in budgets if q < need]
