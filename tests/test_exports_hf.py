@@ -181,3 +181,26 @@ def test_hub_seed_dataset_offline_says_so(tmp_path, monkeypatch):
     local = HFSeedSource(HFSeedSource.Options(path="missing.jsonl"), base_dir=str(tmp_path))
     with pytest.raises(SeedError, match="seed dataset not found"):  # a file name is never taken for a hub id
         local.load()
+
+
+# ---- the hf format replaces its folder whole: never one that is not an earlier export ----------------------
+
+
+def test_hf_export_replaces_an_earlier_export_but_never_other_files(recorded, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    project, url, _ = recorded
+    out = tmp_path / "hf"
+    for _ in range(2):  # the second replaces the first export
+        r = cli("export", "hf-run", "--format", "hf", "--out", str(out), "--store", url, cwd=project)
+        assert r.returncode == 0, r.stderr
+    assert len(datasets.load_from_disk(str(out))) == 3
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = cli("export", "hf-run", "--format", "hf", "--out", str(mine), "--store", url, cwd=project)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "holds other files, not an earlier dataset export" in r.stderr and str(mine) in r.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert write_rows(rows(1), "hf", empty) == 1

@@ -160,8 +160,7 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path, *, system: s
     try:
         _make_parent(out)
         if fmt == "hf":
-            if out.exists() and not out.is_dir():
-                raise ExportError(f"{out}: exists and is not a folder (the hf format writes a folder)")
+            _check_replaceable(out)
             return _write_hf(rows, out, system, card)
         if out.is_dir():
             raise ExportError(f"{out}: is a folder; the {fmt} format writes a file")
@@ -173,6 +172,22 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path, *, system: s
     except OSError as exc:
         # About the path the user gave, never the temporary name the writer was using.
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+# What `Dataset.save_to_disk` leaves in a folder: the mark of an earlier export, safe to replace.
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json")
+
+
+def _check_replaceable(out: Path) -> None:
+    """The hf format replaces its folder whole, so `--out .` or a typo naming a project folder
+    would delete the user's files: only an empty folder or an earlier dataset export is replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder (the hf format writes a folder)")
+    if any(out.iterdir()) and not all((out / name).is_file() for name in SAVED_DATASET_FILES):
+        raise ExportError(f"{out}: is a folder that holds other files, not an earlier dataset export; "
+                          "the hf format replaces its folder whole, so give a new or empty one")
 
 
 def _make_parent(out: Path) -> None:
