@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from ..store.eventstore import EventStore, RunInfo
 from .errors import MissingExtra
+from .python_terms import python_terms, result_in_python_terms
 from .run.config import RunConfig, apply_overrides, config_from_dict, load_config as _load_toml
 from .run.launch import generate as _generate, prepare
 from .run.runner import RunResult
@@ -34,18 +35,19 @@ def load_config(config: RunConfig | Mapping[str, Any] | str | Path, overrides: I
     """A validated run config from a TOML file path, a dict shaped like the TOML, or a RunConfig.
 
     `overrides` are `section.key=value` strings (as `--set`); `name` renames the run (as `--name`)."""
-    sets = [*overrides, *([f"run.name={_toml_string(name)}"] if name else [])]
-    if isinstance(config, RunConfig):
-        if not sets:
-            return config
-        return config_from_dict(apply_overrides(config.snapshot(), sets), base_dir=config.base_dir,
-                                source="the given config")
-    if isinstance(config, Mapping):
-        import copy
+    with python_terms():
+        sets = [*overrides, *([f"run.name={_toml_string(name)}"] if name else [])]
+        if isinstance(config, RunConfig):
+            if not sets:
+                return config
+            return config_from_dict(apply_overrides(config.snapshot(), sets), base_dir=config.base_dir,
+                                    source="the given config")
+        if isinstance(config, Mapping):
+            import copy
 
-        return config_from_dict(apply_overrides(copy.deepcopy(dict(config)), sets), base_dir=str(Path.cwd()),
-                                source="the given config")
-    return _load_toml(Path(config), sets)
+            return config_from_dict(apply_overrides(copy.deepcopy(dict(config)), sets), base_dir=str(Path.cwd()),
+                                    source="the given config")
+        return _load_toml(Path(config), sets)
 
 
 def _toml_string(s: str) -> str:
@@ -66,8 +68,10 @@ def generate(config: RunConfig | Mapping[str, Any] | str | Path, *, store: str |
     `store` is a SQLAlchemy URL (default: $SYNTHLEDGER_STORE, then the config's [run] store, then
     .synthledger/synthledger.db). `progress` shows the live view on stderr. Safe to call inside a
     running event loop (Jupyter): the run then happens on a worker thread and this call blocks."""
-    cfg = load_config(config, overrides, name=name)
-    return _generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
+    with python_terms():
+        cfg = load_config(config, overrides, name=name)
+        result = _generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
+    return result_in_python_terms(result)
 
 
 async def agenerate(config: RunConfig | Mapping[str, Any] | str | Path, *, store: str | None = None,
@@ -79,13 +83,14 @@ async def agenerate(config: RunConfig | Mapping[str, Any] | str | Path, *, store
     is not blocked; no signal handlers are installed (cancel the awaiting task to stop the run)."""
     import anyio
 
-    cfg = load_config(config, overrides, name=name)
-    runner = await anyio.to_thread.run_sync(
-        lambda: prepare(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce))
-    try:
-        return await runner.run()
-    finally:
-        runner.abandon_unstarted("the run could not be started")
+    with python_terms():
+        cfg = load_config(config, overrides, name=name)
+        runner = await anyio.to_thread.run_sync(
+            lambda: prepare(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce))
+        try:
+            return result_in_python_terms(await runner.run())
+        finally:
+            runner.abandon_unstarted("the run could not be started")
 
 
 class Store:
@@ -95,7 +100,8 @@ class Store:
 
     def __init__(self, url: str | None = None) -> None:
         self.choice = choose_store(url)
-        self._store: EventStore = _open(self.choice)
+        with python_terms():
+            self._store: EventStore = _open(self.choice)
         self.url = self._store.url
 
     def __enter__(self) -> "Store":

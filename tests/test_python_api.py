@@ -148,3 +148,24 @@ def test_dataset_without_the_datasets_package_says_what_to_install(project, monk
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with synthledger.open_store(url) as st, pytest.raises(synthledger.MissingExtra, match=r"synthledger\[train\]"):
         st.dataset("api")
+
+
+def test_error_hints_name_keyword_arguments_not_cli_flags(project, tmp_path):
+    """The engine's hints say `--resume`, `--run ID`, `--set`, `--store` on the command line; a
+    script gets the keyword arguments it would pass instead."""
+    config, url = project
+    synthledger.generate(config, store=url)
+    with pytest.raises(ValueError) as taken:
+        synthledger.generate(config, store=url)
+    assert 'pass run="' in str(taken.value) and 'or name="NEW"' in str(taken.value)
+    with pytest.raises(ValueError) as typo:
+        synthledger.generate(config, store=url, name="x", overrides=["budget.queries=true"])
+    assert "given by overrides budget.queries" in str(typo.value)
+    with pytest.raises(Exception) as missing:
+        synthledger.open_store(f"sqlite:///{tmp_path / 'typo.db'}")
+    assert "(from the store argument)" in str(missing.value)
+    with pytest.raises(Exception) as resume:
+        synthledger.generate(config, store=f"sqlite:///{tmp_path / 'never.db'}", resume=True)
+    assert "without resume=True" in str(resume.value)
+    for exc in (taken.value, typo.value, missing.value, resume.value):
+        assert "--" not in str(exc), str(exc)
