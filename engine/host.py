@@ -54,6 +54,18 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _check_allowed(allowed: set[str], eps: list[Any]) -> None:
+    """A typo in SYNTHLEDGER_PLUGINS would silently drop a plugin: say so, in the user's spelling,
+    beside the names as installed (they match ignoring case, `-`, `_` and `.`)."""
+    names = {"synthledger", *builtin_modules(), *(ep.name for ep in eps),
+             *(ep.dist.name for ep in eps if ep.dist is not None)}
+    known = {_normalize(n) for n in names}
+    unknown = sorted(a for a in allowed if _normalize(a) not in known)
+    if unknown:
+        raise PluginError(f"{ENV_VAR} names {', '.join(map(repr, unknown))}, which is no installed "
+                          f"plugin or distribution (installed: {', '.join(sorted(names, key=str.lower))})")
+
+
 @dataclass(frozen=True)
 class Registration:
     kind: str
@@ -73,16 +85,10 @@ class PluginHost:
 
     def load_entry_points(self, allowed: set[str] | None = None) -> None:
         found_builtin = False
-        allowed = {_normalize(a) for a in allowed} if allowed is not None else None
         eps = list(entry_points(group=GROUP))
         if allowed is not None:
-            known = {"synthledger", *map(_normalize, builtin_modules())}
-            known |= {_normalize(ep.name) for ep in eps}
-            known |= {_normalize(ep.dist.name) for ep in eps if ep.dist is not None}
-            unknown = sorted(allowed - known)
-            if unknown:  # a typo here would silently drop a plugin: say so instead
-                raise PluginError(f"{ENV_VAR} names {', '.join(map(repr, unknown))}, which is no installed "
-                                  f"plugin or distribution (installed: {', '.join(sorted(known))})")
+            _check_allowed(allowed, eps)
+            allowed = {_normalize(a) for a in allowed}
         for ep in eps:
             dist = ep.dist.name if ep.dist is not None else "unknown"
             version = ep.dist.version if ep.dist is not None else "?"

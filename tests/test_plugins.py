@@ -96,8 +96,11 @@ def test_synthledger_plugins_restricts_loading(plugin_path, only, echo, builtins
 
 
 def test_a_misspelt_restriction_is_an_error(plugin_path):
-    r = cli("plugins", "--json", plugins=plugin_path, only="synthledger,ecoh")
-    assert r.returncode == 2 and "SYNTHLEDGER_PLUGINS names 'ecoh'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("plugins", "--json", plugins=plugin_path, only="synthledger,Ecoh_Plugin")
+    # Named as the user spelt it, beside the names as installed (not their pip-normalized forms).
+    assert r.returncode == 2 and "SYNTHLEDGER_PLUGINS names 'Ecoh_Plugin'" in r.stderr and "Traceback" not in r.stderr
+    installed = r.stderr.partition("(installed: ")[2].rstrip(")").split(", ")
+    assert "echo" in installed and "synthledger-echo" in installed and "synthledger" in installed, installed
 
 
 def write_project(tmp_path: Path, server_url: str, extra: str = "", seeds: int = 4) -> Path:
