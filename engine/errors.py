@@ -117,6 +117,7 @@ class FailureKind(str, Enum):
     AUTH = "auth"
     MALFORMED = "malformed"
     EXPIRED = "expired"  # a batch ended (expired, cancelled) before this request ran: never billed
+    BATCH_FAILED = "batch_failed"  # the provider refused the whole batch (validation): never run nor billed
     MODEL_NOT_FOUND = "model_not_found"  # the endpoint does not serve the configured model
     # More tokens in one request than the provider's per-minute limit admits at all (OpenAI's 429
     # "Request too large ... on tokens per min"): as sent it never succeeds, however long we wait.

@@ -122,6 +122,9 @@ def test_a_refused_batch_releases_its_reservations(project):
     report = proj.audit(run_id)
     assert report["spent"]["queries"] == 0 and report["counts"]["abandoned"] == 5
     assert [e["status"] for e in proj.events("batch_finished")] == ["failed", "failed"]
+    # Refused at validation, not expired: `show` and `audit` name what happened.
+    assert {e["kind"] for e in proj.events("attempt_failed")} == {"batch_failed"}
+    assert all(e["reason"].startswith("batch_failed after 2 attempt(s)") for e in proj.events("query_abandoned"))
     assert {e["stage"] for e in proj.events("sample_rejected")} == {"failed"}
 
 

@@ -207,7 +207,8 @@ class BatchQueue:
                 break
             except TeacherError:
                 await anyio.sleep(RETRY_S)
-        note = TeacherError(FailureKind.EXPIRED, f"not run: the batch ended {last}" + (
+        kind = FailureKind.BATCH_FAILED if last == "failed" else FailureKind.EXPIRED
+        note = TeacherError(kind, f"not run: the batch ended {last}" + (
             f" ({view.message})" if view.message else ""))
         self._settle_all(key, pendings, results, last or "ended", note)
 
