@@ -80,6 +80,23 @@ def test_nothing_listening_stops_the_run_at_once_naming_the_url(tmp_path, provid
     assert len(attempts) == 1 and attempts[0]["kind"] == "connection" and attempts[0]["maybe_billed"] is False
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_base_url_with_no_chat_api_at_its_path_stops_the_run_at_the_first_naming_base_url(tmp_path, provider):
+    """A missing or doubled /v1 answers HTTP 404 to every request, before any answer: not five
+    "invalid requests" that never say where to look, but one line naming the URL and the key."""
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        data = run_config(tmp_path, provider, srv.url)
+        wrong = srv.url + "/v1" if provider == "anthropic" else srv.url + "/v2"  # .../v1/v1/messages, .../v2/chat/...
+        data["teacher"]["base_url"] = wrong
+        result = generate(config_from_dict(data), store, show_progress=False)
+    assert result.status == "failed"
+    assert result.message.startswith(f"the teacher endpoint {wrong} serves no API at that path (HTTP 404: ")
+    assert result.message.endswith("is [teacher] base_url right (with or without /v1)?")
+    assert "\n" not in result.message
+    assert [a["status"] for a in failed_attempts(store, result.run_id)] == [404]  # stopped at the first
+
+
 @pytest.mark.parametrize("provider", ["openai-compatible", "openai"])
 def test_a_request_larger_than_the_token_limit_stops_the_run_at_the_first(tmp_path, provider):
     """OpenAI refuses a request with more tokens than its per-minute limit with a 429 that no wait
@@ -161,3 +178,21 @@ def test_nothing_listening_stops_a_batch_run_at_its_first_submission(tmp_path, p
     attempts = failed_attempts(store, result.run_id)
     assert attempts and {a["kind"] for a in attempts} == {"connection"}
     assert all(a["attempt"] == 1 and a["maybe_billed"] is False for a in attempts)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_base_url_with_no_api_at_its_path_stops_a_batch_run_at_its_first_submission(tmp_path, provider):
+    """Batch mode uploads elsewhere (files, batches), but every 404 there is the same wrong base_url."""
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        cfg = run_config(tmp_path, provider, srv.url)
+        wrong = srv.url + "/wrong"
+        cfg["teacher"].update(base_url=wrong, batch=True, batch_wait_s=0.05, batch_poll_s=0.05)
+        cfg["budget"] = {"queries": 30}  # answer augmentation has no end of its own
+        result = generate(config_from_dict(cfg), store, show_progress=False)
+    assert result.status == "failed"
+    assert result.message.startswith(f"the teacher endpoint {wrong} serves no API at that path (HTTP 404: ")
+    assert result.message.endswith("is [teacher] base_url right (with or without /v1)?")
+    finished = [e.payload for e in store.iter_events(result.run_id, types=["batch_finished"])]
+    assert len(finished) == 1  # one submission, not three refused batches in a row
+    assert all(a["status"] == 404 for a in failed_attempts(store, result.run_id))
