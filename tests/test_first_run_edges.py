@@ -262,3 +262,20 @@ def test_exporting_a_run_that_did_not_finish_says_so(server, tmp_path):
     r = cli("export", "cut", "--store", store, "--out", str(tmp_path / "cut.jsonl"), cwd=tmp_path)
     assert r.returncode == 0 and "wrote 0 rows" in r.stdout
     assert "warning: run" in r.stderr and "is running: these are the rows it had accepted so far; it has none" in r.stderr
+
+
+def test_a_budget_too_small_for_one_query_is_a_failure_naming_the_limit(server, tmp_path):
+    # It said "budget exhausted: spent 0 queries, $0.0000", exit 0, and left an empty dataset: as if
+    # the money had been spent, when max_tokens at the model's price did not fit in the budget once.
+    config = write_project(tmp_path, server.url, name="tiny", seeds=2, queries=10, max_tokens=128,
+                           extra='\n[pricing."test-teacher"]\ninput_per_mtok = 1000.0\noutput_per_mtok = 4000.0\n')
+    config.write_text(config.read_text().replace("queries = 10", "queries = 10\nusd = 0.5"))  # 128 x $4000/M > $0.5
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", store, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.strip().splitlines()[-1].split()[2] == "failed", r.stdout
+    assert ("the budget cannot cover a single query: one query's worst case (its prompt and max_tokens of answer, "
+            "at its price) is over the total usd limit 0.5; raise that limit or lower max_tokens") in r.stderr
+    audit = cli("audit", "tiny", "--store", store, "--json", cwd=tmp_path)
+    report = json.loads(audit.stdout)
+    assert report["ok"] and report["spent"]["queries"] == 0 and report["status"] == "failed"

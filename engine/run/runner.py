@@ -67,6 +67,7 @@ class Runner(RunSession):
         self._exhausted: set[str] = set()  # strategies whose budget (share) is spent
         self._all_names: set[str] | None = None  # a mix's strategies, each with its own share
         self._bounced: list[PlanItem] = []  # items the budget refused while others were in flight
+        self._refused_by: str | None = None  # the limit the budget last refused a query by
 
     def route(self, role: str) -> str:
         return self.admission.route(role)
@@ -268,8 +269,24 @@ class Runner(RunSession):
         if self._stopping and not self._exhausted:
             return "interrupted", "stopped by a signal; `generate --resume` continues the run"
         spent = self.ledger.total_spent()
+        if self._admits_nothing(spent):
+            # Not a spent budget but a budget no query fits in: "budget exhausted, spent 0", exit 0,
+            # and an empty dataset would tell the user nothing about the fix.
+            return "failed", (f"the budget cannot cover a single query: one query's worst case (its prompt and "
+                              f"max_tokens of answer, at its price) is over the {self._refused_by}; raise that "
+                              "limit or lower max_tokens")
         return "budget_exhausted", (f"budget exhausted: spent {spent.queries} queries, {spent.input_tokens} in / "
                                     f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
+
+    def _admits_nothing(self, spent: Any) -> bool:
+        """The budget refused the run's very first query: nothing was ever sent or reused in any
+        session, and no limit is zero on purpose (an experiment's seeds-only cell asks nothing)."""
+        if self._refused_by is None or spent.queries or self.ledger.counts["dispatched"]:
+            return False
+        spec = self.ledger.spec
+        limits = [spec.total, *spec.roles.values(), *spec.strategies.values()]
+        return not any(getattr(lim, d) is not None and getattr(lim, d) <= 0
+                       for lim in limits for d in ("queries", "input_tokens", "output_tokens", "usd"))
 
     async def _room_for(self, item: PlanItem, cost: dict[str, int], hits_seen: int, max_items: int) -> bool:
         """Wait until `item` may start; True if it starts as the tail (its worst case does not fit
@@ -309,7 +326,8 @@ class Runner(RunSession):
             endless = self._free_items.observe(item.strategy, ctx.fresh)
             if endless is not None:
                 self._plugin_failed(endless)
-        except BudgetExhausted:
+        except BudgetExhausted as exc:
+            self._refused_by = str(exc) or self._refused_by
             self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
             self._bounced.append(item)
         except (RunStopping, WriterFailed):
