@@ -220,6 +220,40 @@ async def test_refused_connection_was_not_billed(teacher, provider):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("login", ["", "bob:proxy-pass-0123456789@"])
+async def test_the_proxy_the_environment_names_is_used_by_every_provider(serve, provider, login, monkeypatch):
+    """Behind a company proxy (HTTP_PROXY), the SDK providers reached the teacher and openai-compatible
+    could not: aiohttp ignores the environment unless told. The test server answers a proxied request
+    (an absolute URL) as a proxy would pass it on; the host in base_url does not even resolve."""
+    from synthledger.engine.redact import known_secrets
+
+    srv = await serve()
+    monkeypatch.setenv("HTTP_PROXY", srv.url.replace("http://", f"http://{login}"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    base = "http://teacher.invalid:9" + ("" if provider == "anthropic" else "/v1")
+    t = FACTORIES[provider](TeacherSettings(provider=provider, model="test-teacher", base_url=base))
+    try:
+        out = await t.complete(request())
+    finally:
+        await t.aclose()
+    assert out.texts and srv.stats()["received"] == 1
+    if login and provider == "openai-compatible":
+        assert "proxy-pass-0123456789" in known_secrets()  # never written anywhere
+
+
+async def test_no_proxy_keeps_a_local_teacher_off_the_proxy(serve, teacher, monkeypatch):
+    srv = await serve()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    out = await teacher("openai-compatible", srv.url).complete(request())
+    assert out.texts and srv.stats()["received"] == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_malformed_bodies_never_crash(serve, teacher, provider):
     srv = await serve(malformed_rate=1.0, seed=5)
     t = teacher(provider, srv.url)

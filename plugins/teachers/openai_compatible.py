@@ -13,8 +13,11 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from synthledger.engine.api import ChatRequest, Completion, FailureKind, TeacherError, Usage, utf8_prompt_bound
+from synthledger.engine.redact import register
 
 from .errors import error_message, malformed, rate_limits, status_error
 from .settings import TeacherSettings, as_settings, resolve_api_key
@@ -57,6 +60,24 @@ def completion_from_openai(data: Any) -> Completion:
     )
 
 
+def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
+    """The proxy that HTTP_PROXY / HTTPS_PROXY (less NO_PROXY) name for `url`, and the header that
+    carries its credentials: the official SDKs (httpx) honour these variables, so behind a company
+    proxy `openai` reached the teacher and `openai-compatible` could not. Read once, here: aiohttp's
+    `trust_env` would read the environment and ~/.netrc on every request, and send a netrc login
+    beside our Authorization header. The proxy's password is registered as a secret."""
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+    if auth is None:
+        return str(proxy), None
+    header = auth.encode()
+    register(auth.password)
+    register(header)
+    return str(proxy), {"Proxy-Authorization": header}
+
+
 class OpenAICompatibleTeacher:
     provider = "openai-compatible"
     supports_n = True  # k samples of one prompt in one request, the prompt billed once
@@ -83,6 +104,8 @@ class OpenAICompatibleTeacher:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=settings.timeout_s, sock_read=settings.timeout_s
         )
+        self._proxy, proxy_headers = env_proxy(self._url)
+        self._send_kw: dict[str, Any] = {"proxy_headers": proxy_headers} if proxy_headers else {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -90,7 +113,8 @@ class OpenAICompatibleTeacher:
         self._loop = asyncio.get_running_loop()
         connector = aiohttp.TCPConnector(limit=self.settings.max_connections, limit_per_host=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers, skip_auto_headers=("User-Agent",)
+            connector=connector, timeout=self._timeout, headers=self._headers, skip_auto_headers=("User-Agent",),
+            proxy=self._proxy,
         )
         return self._session
 
@@ -119,7 +143,7 @@ class OpenAICompatibleTeacher:
         if session is None or session.closed or self._loop is not asyncio.get_running_loop():
             session = self._new_session()
         try:
-            async with session.post(self._url, data=self._body(request)) as resp:
+            async with session.post(self._url, data=self._body(request), **self._send_kw) as resp:
                 status = resp.status
                 headers = resp.headers
                 raw = await resp.read()
