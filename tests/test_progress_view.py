@@ -73,3 +73,25 @@ def test_generate_under_a_usd_budget_shows_dollars_samples_and_a_summary(tmp_pat
     assert live and all("usd $" in ln and "of $0.1000" in ln and "accepted" in ln for ln in live)
     summary = [ln for ln in lines if ln.startswith("dollars: budget_exhausted after")]
     assert len(summary) == 1 and "of $0.1000" in summary[0] and "rejected 0" in summary[0]
+
+
+def test_a_pause_leaves_the_live_view_when_it_ends_and_a_resume_does_not_show_an_old_one():
+    # The ledger keeps each model's last pacing note, and the view showed it while it was the last:
+    # "pace: paused 5s: 429 while ..." stayed on the line for minutes after the pause ended, and a
+    # resumed run showed the previous process's pause as if it were happening now.
+    import time
+
+    led = Ledger(BudgetSpec(total=Limits(queries=10)))
+    led.apply(1, "rate_adjusted", {"model": "m", "note": "paused 0.3s: 429 while sending at 5% of the paced rate",
+                                   "factor": 1.0, "pause_s": 0.3})
+    resumed = RunProgress(led, "r", enabled=False)  # that pause was recorded before this session
+    assert "pace:" not in resumed.stats_line()
+    view = RunProgress(led, "r", enabled=False)
+    payload = {"model": "m", "note": "paused 0.3s: 429 while sending at 5% of the paced rate", "factor": 0.98,
+               "pause_s": 0.3}
+    led.apply(2, "rate_adjusted", payload)
+    view.on_event(2, "rate_adjusted", payload)
+    assert "pace: paused 0.3s: 429 while sending at 5% of the paced rate" in view.stats_line()
+    time.sleep(0.35)
+    line = view.stats_line()
+    assert "paused" not in line and "pace: pacing at 98% of the limit" in line  # the slower pace stays

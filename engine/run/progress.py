@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..ledger.ledger import Ledger
-from ..ledger.events import AttemptFailed, QueryAbandoned, RunWarning, SampleAccepted, SampleRejected
+from ..ledger.events import AttemptFailed, QueryAbandoned, RateAdjusted, RunWarning, SampleAccepted, SampleRejected
 
 DIMS = ("queries", "input_tokens", "output_tokens", "usd")
 BAR_STEPS = 1000  # the bar's resolution; the numbers are in the text beside it
@@ -74,6 +74,7 @@ class RunProgress:
         self._task: Any = None
         self.last_error: tuple[float, str] | None = None  # (when, what): the latest failure of any kind
         self.warnings: list[str] = []
+        self._paused_until: dict[str, float] = {}  # model -> when the last pause this session saw ends
 
     # ---- inputs --------------------------------------------------------------------------
     def on_event(self, seq: int, type_: str, payload: dict[str, Any]) -> None:
@@ -84,6 +85,8 @@ class RunProgress:
             self.unchecked += bool((payload.get("details") or {}).get("unchecked"))
         elif type_ == SampleRejected.TYPE:
             self.rejected += 1
+        if type_ == RateAdjusted.TYPE and payload.get("pause_s"):
+            self._paused_until[payload["model"]] = time.monotonic() + payload["pause_s"]
         error = _error_of(type_, payload)
         if error is not None:
             self.last_error = (time.monotonic(), error)
@@ -142,7 +145,7 @@ class RunProgress:
         line = (f"{budget} | {self.samples_text()} | {rate:.1f} req/s, {per_min:.0f} samples/min | {eta_text} | "
                 f"tok {spent.input_tokens}/{spent.output_tokens} | 429s {c['rate_limited']} | "
                 f"retries {c['retries']} | in flight {led.in_flight}")
-        line += batch_line(led) + pacing_line(led)
+        line += batch_line(led) + pacing_line(led, self._paused_until)
         if self.last_error is not None:
             when, what = self.last_error
             line += f" | last error {time.monotonic() - when:.0f}s ago: {what}"
@@ -198,10 +201,23 @@ def batch_line(ledger: Ledger) -> str:
     return " | batches: " + ", ".join(parts[:4]) + (f" (+{len(parts) - 4})" if len(parts) > 4 else "")
 
 
-def pacing_line(ledger: Ledger) -> str:
-    """The last pacing change that is still in effect (a slower pace, a pause), if any."""
-    notes = [p for p in ledger.pacing.values() if (p.get("factor") or 1.0) < 1.0 or p.get("pause_s")]
-    return f" | pace: {notes[-1]['note']}" if notes else ""
+def pacing_line(ledger: Ledger, paused_until: dict[str, float] | None = None) -> str:
+    """The last pacing change that is still in effect (a slower pace, a pause), if any.
+
+    `paused_until` (model -> monotonic end of the pauses this session saw begin) keeps a pause from
+    being shown after it ended: the ledger keeps each model's last note, so "paused 5s: ..." stayed
+    on the line for the rest of the run (and came back on a resume); once over, a pause leaves only
+    the slower pace it may have come with."""
+    now = time.monotonic()
+    notes = []
+    for model, p in ledger.pacing.items():
+        factor = p.get("factor") or 1.0
+        if p.get("pause_s") and paused_until is not None and paused_until.get(model, -1.0) <= now:
+            if factor < 1.0:
+                notes.append(f"pacing at {factor:.0%} of the limit")
+        elif factor < 1.0 or p.get("pause_s"):
+            notes.append(p["note"])
+    return f" | pace: {notes[-1]}" if notes else ""
 
 
 def _error_of(type_: str, payload: dict[str, Any]) -> str | None:
