@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .batches import BatchService
 from .payloads import (ANTHROPIC, OPENAI, PromptCache, anthropic_message, error_body, malformed_body,
-                       model_not_found, openai_completion, too_large_message)
+                       model_not_found, openai_completion, output_limit, too_large_message)
 from .ratelimit import SlidingWindow, garbled
 from .replies import AnswerBook, Parsed, RequestInvalid, parse_anthropic, parse_openai, prompt_tokens, reply_text, shape
 from .control import ServerControl
@@ -135,6 +135,11 @@ class TeacherServer(ServerControl):
                 st.bad_requests += 1
                 st.record(proto, 400, "bad_request", None)
                 return self._error(proto, 400, f"invalid request: {exc}")
+            if parsed.max_tokens > cfg.max_output_tokens:
+                st.bad_requests += 1
+                st.record(proto, 400, "bad_request", parsed)
+                return self._error(proto, 400, output_limit(proto, parsed.model, parsed.max_tokens,
+                                                            cfg.max_output_tokens))
             if cfg.strict_models and parsed.model not in cfg.models:
                 st.bad_requests += 1
                 st.record(proto, 404, "model_not_found", parsed)
@@ -274,6 +279,8 @@ class TeacherServer(ServerControl):
     def batch_reply(self, proto: str, request_body: dict[str, Any]) -> dict[str, Any]:
         """Answer one request of a batch (RequestInvalid if it is not a valid call)."""
         p = parse_openai(request_body) if proto == OPENAI else parse_anthropic(request_body)
+        if p.max_tokens > self.config.max_output_tokens:
+            raise RequestInvalid(output_limit(proto, p.model, p.max_tokens, self.config.max_output_tokens))
         payload = self._reply(proto, p, orjson.dumps(request_body), prompt_tokens(p.texts))
         self._stats.batch_requests += 1
         self._stats.record(f"batch:{proto}", 200, "answered", p)

@@ -39,6 +39,14 @@ def model_not_found(proto: str, model: str) -> str:
     return f"The model `{model}` does not exist or you do not have access to it."
 
 
+def output_limit(proto: str, model: str, asked: int, limit: int) -> str:
+    """What OpenAI and Anthropic say (HTTP 400) about a max_tokens above the model's output cap."""
+    if proto == ANTHROPIC:
+        return f"max_tokens: {asked} > {limit}, which is the maximum allowed number of output tokens for {model}"
+    return (f"max_tokens is too large: {asked}. This model supports at most {limit} completion tokens, "
+            f"whereas you provided {asked}.")
+
+
 def error_object(proto: str, status: int, message: str, kind: str | None = None) -> dict[str, Any]:
     return orjson.loads(error_body(proto, status, message, kind))
 

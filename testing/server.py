@@ -144,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--models", default="test-teacher", help="comma-separated model names the server serves")
     ap.add_argument("--strict-models", action="store_true",
                     help="answer a model not in --models with 404 model_not_found")
+    ap.add_argument("--max-output-tokens", type=int, default=16_384,
+                    help="a larger max_tokens is refused with a 400, as the real providers do")
     ap.add_argument("--batch-validating-s", type=float, default=0.05)
     ap.add_argument("--batch-request-s", type=float, default=0.0005, help="processing time per batch request")
     ap.add_argument("--batch-finalizing-s", type=float, default=0.05)
@@ -170,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_requests=args.max_requests, exhausted_status=args.exhausted_status, log_size=args.log_size,
         prompt_cache=args.prompt_cache, ignore_n=args.ignore_n, greedy=args.greedy,
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()), strict_models=args.strict_models,
+        max_output_tokens=args.max_output_tokens,
         batch_validating_s=args.batch_validating_s,
         batch_request_s=args.batch_request_s, batch_finalizing_s=args.batch_finalizing_s,
         batch_expire_s=args.batch_expire_s, batch_fail=args.batch_fail, batch_error_rate=args.batch_error_rate,

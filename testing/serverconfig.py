@@ -43,6 +43,9 @@ class ServerConfig:
     greedy: bool = False
     # Answer a model name not in `models` with 404 model_not_found, in each provider's own words.
     strict_models: bool = False
+    # The most output tokens one request may ask for: a larger max_tokens is a 400 in the
+    # provider's words, as every real model has such a cap (gpt-4o-mini: 16,384).
+    max_output_tokens: int = 16_384
     max_requests: int | None = None
     exhausted_status: int = 429
     models: tuple[str, ...] = ("test-teacher",)

@@ -97,6 +97,24 @@ def test_a_base_url_with_no_chat_api_at_its_path_stops_the_run_at_the_first_nami
     assert [a["status"] for a in failed_attempts(store, result.run_id)] == [404]  # stopped at the first
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_max_tokens_above_the_models_output_cap_stops_the_run_at_the_first_naming_max_tokens(tmp_path, provider):
+    """Every real model caps its output (OpenAI: "max_tokens is too large: ... supports at most 16384
+    completion tokens"; Anthropic: "max_tokens: N > M, which is the maximum ..."), and the test
+    server does too. It took five refused requests, and the line never named [teacher] max_tokens."""
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        data = run_config(tmp_path, provider, srv.url)
+        data["teacher"]["max_tokens"] = 1_000_000
+        result = generate(config_from_dict(data), store, show_progress=False)
+    assert result.status == "failed" and "\n" not in result.message
+    assert result.message.startswith(f"the teacher endpoint {base_url(provider, srv.url)} refuses this run's "
+                                     "max_tokens (")
+    assert "16384" in result.message  # the provider's own words say what the cap is
+    assert result.message.endswith("lower [teacher] max_tokens to what model 'test-teacher' allows")
+    assert [a["status"] for a in failed_attempts(store, result.run_id)] == [400]  # stopped at the first
+
+
 @pytest.mark.parametrize("provider", ["openai-compatible", "openai"])
 def test_a_request_larger_than_the_token_limit_stops_the_run_at_the_first(tmp_path, provider):
     """OpenAI refuses a request with more tokens than its per-minute limit with a 429 that no wait

@@ -1,7 +1,8 @@
 """Failures that say a run is set up wrong, not that the teacher is busy: stop at the first one.
 
-A wrong model name, a base_url where nothing listens, or one whose path serves no API (a
-missing or doubled `/v1`: HTTP 404 or 405 before any answer) fails every query the same way. Retrying
+A wrong model name, a base_url where nothing listens, one whose path serves no API (a
+missing or doubled `/v1`: HTTP 404 or 405 before any answer), or a max_tokens above the model's
+output cap (HTTP 400 naming max_tokens) fails every query the same way. Retrying
 each query (with backoff, then the circuit breaker's pauses) only hides the mistake for minutes
 while the run looks busy. The words are the same for every provider, because so is the user's fix.
 """
@@ -32,6 +33,9 @@ def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, 
     if err.kind is FailureKind.TOO_LARGE and answered == 0:
         return (f"the {role} endpoint {url} refuses one request of this run as larger than its tokens-per-minute "
                 f"limit ({err.message}); lower [{section}] max_tokens, or raise the limit with the provider")
+    if err.kind is FailureKind.BAD_REQUEST and answered == 0 and "max_tokens" in err.message.lower():
+        return (f"the {role} endpoint {url} refuses this run's max_tokens ({err.message}); "
+                f"lower [{section}] max_tokens to what model {model!r} allows")
     if err.kind is FailureKind.BAD_REQUEST and err.status in (404, 405) and answered == 0:
         return (f"the {role} endpoint {url} serves no API at that path ({err.message}); "
                 f"is [{section}] base_url right (with or without /v1)?")
