@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,62 @@ def test_a_pause_leaves_the_live_view_when_it_ends_and_a_resume_does_not_show_an
     time.sleep(0.35)
     line = view.stats_line()
     assert "paused" not in line and "pace: pacing at 98% of the limit" in line  # the slower pace stays
+
+
+def _live_generate(tmp_path: Path, srv_url: str, limits: str, name: str) -> tuple[subprocess.Popen, str]:
+    cfg = write_project(tmp_path, srv_url, name=name, seeds=3, queries=6, extra=f"\n[limits]\n{limits}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400", "PYTHONUNBUFFERED": "1"}
+    env.pop("SYNTHLEDGER_STORE", None)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    proc = subprocess.Popen([sys.executable, CLI, "generate", "-c", str(cfg), "--store", store],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    return proc, store
+
+
+def _audit(tmp_path: Path, store: str, out: str) -> dict:
+    import json
+
+    run_id = out.strip().splitlines()[-1].split()[1]  # "run <id> <status> (...)"
+    r = subprocess.run([sys.executable, CLI, "audit", run_id, "--json", "--store", store], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=60, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(r.stdout)
+
+
+def test_the_breakers_pauses_are_recorded_and_counted_down_in_the_live_view_until_the_teacher_answers(tmp_path):
+    # A teacher that answers every request with a 5xx opens the circuit breaker, and nothing went out
+    # for minutes with the live view saying only "in flight 0 | last error 45s ago": no word of a
+    # pause, or of when the next try goes out, and no event recorded it.
+    with run_in_thread(error_rate=1.0) as srv:
+        proc, store = _live_generate(tmp_path, srv.url, "breaker_threshold = 2\nbreaker_cooldown_s = 1.0\n",
+                                     "down")
+        seen: list[str] = []
+        try:
+            for line in proc.stderr:  # the log-line view, one line every 5 s
+                seen.append(line)
+                if "pace: teacher paused" in line:
+                    break
+            srv.control(error_rate=0.0)  # the teacher comes back
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, "".join(seen) + err
+    paused = [ln for ln in seen if "pace: teacher paused" in ln]
+    assert paused, "".join(seen)
+    assert re.search(r"pace: teacher paused \d+s: (2 failures in a row|its test request failed too) "
+                     r"\(server_error\); pause \d of at most 6; next try in \d+s \|", paused[0]), paused[0]
+    notes = _audit(tmp_path, store, out)["pacing"]
+    assert notes["pauses"] >= 1
+    assert notes["notes"][0].startswith("teacher paused 1s: 2 failures in a row (server_error); pause 1 of at most 6")
+    assert any(n.startswith("teacher answers again after ") and "sending resumed" in n for n in notes["notes"])
+
+
+def test_a_breaker_that_never_closes_records_that_the_run_stops(tmp_path):
+    with run_in_thread(error_rate=1.0) as srv:
+        proc, store = _live_generate(tmp_path, srv.url, "breaker_threshold = 2\nbreaker_cooldown_s = 0.05\n",
+                                     "gone")
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "did not recover after 6 pauses" in err, err
+    notes = _audit(tmp_path, store, out)["pacing"]
+    assert notes["pauses"] == 5, notes
+    assert notes["notes"][-1] == "teacher still failing (server_error) after 6 pauses: the run stops", notes

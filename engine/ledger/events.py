@@ -231,7 +231,8 @@ class QuestionAdmitted(_Event):
 
 class RateAdjusted(_Event):
     """An endpoint's pacing changed in a way a user should see: limits learned from headers, a
-    pause for 429s our pacing cannot explain, a slower pace while 429s persist, a recovery."""
+    pause for 429s our pacing cannot explain, a slower pace while 429s persist, a recovery; and
+    the circuit breaker's pauses (`pause_s`: its cooldown), its closing and its giving up."""
 
     type: Literal["rate_adjusted"] = "rate_adjusted"
     model: str

@@ -9,6 +9,7 @@ the events as they are written, so the user sees whether the money is buying dat
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any
@@ -207,14 +208,19 @@ def pacing_line(ledger: Ledger, paused_until: dict[str, float] | None = None) ->
     `paused_until` (model -> monotonic end of the pauses this session saw begin) keeps a pause from
     being shown after it ended: the ledger keeps each model's last note, so "paused 5s: ..." stayed
     on the line for the rest of the run (and came back on a resume); once over, a pause leaves only
-    the slower pace it may have come with."""
+    the slower pace it may have come with. While one lasts, the line counts down to the next send
+    ("teacher paused 20s: ...; next try in 12s"): a pause can last a minute, and the note alone
+    says how long it was, not how much of it is left."""
     now = time.monotonic()
     notes = []
     for model, p in ledger.pacing.items():
         factor = p.get("factor") or 1.0
-        if p.get("pause_s") and paused_until is not None and paused_until.get(model, -1.0) <= now:
+        ends = -1.0 if paused_until is None else paused_until.get(model, -1.0)
+        if p.get("pause_s") and paused_until is not None and ends <= now:
             if factor < 1.0:
                 notes.append(f"pacing at {factor:.0%} of the limit")
+        elif p.get("pause_s") and ends > now:
+            notes.append(f"{p['note']}; next try in {math.ceil(ends - now)}s")
         elif factor < 1.0 or p.get("pause_s"):
             notes.append(p["note"])
     return f" | pace: {notes[-1]}" if notes else ""

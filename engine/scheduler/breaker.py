@@ -23,6 +23,7 @@ import anyio
 __all__ = ["CircuitBreaker"]
 
 State = Literal["closed", "open", "half_open"]
+Opening = Literal["opened", "reopened"]
 
 
 class CircuitBreaker:
@@ -95,28 +96,37 @@ class CircuitBreaker:
         self._state = "half_open"
         self._probe_deadline = now + self._cooldown
 
-    def record_success(self) -> None:
+    def record_success(self) -> bool:
         """A request succeeded: reset the failure count; a successful probe closes the breaker.
+        True when this success closed it (the caller tells the user the pauses are over).
 
         Successes reported while open (requests sent before it opened) do not cut the cooldown short."""
         if self._state == "open":
-            return
+            return False
         self._consecutive = 0
         if self._state == "half_open":
             self._state = "closed"
             self._cooldown = self.cooldown_s
             self._notify()
+            return True
+        return False
 
-    def record_failure(self) -> None:
-        """A request failed: open after `failure_threshold` in a row; a failed probe re-opens."""
+    def record_failure(self) -> Opening | None:
+        """A request failed: open after `failure_threshold` in a row; a failed probe re-opens.
+        Says when this failure opened it ("opened", or "reopened" after a failed probe): everyone
+        now waits `current_cooldown_s`, which the caller must make visible - a run that sits still
+        for minutes otherwise looks hung."""
         if self._state == "open":
-            return  # late reports from requests sent before it opened
+            return None  # late reports from requests sent before it opened
         self._consecutive += 1
         if self._state == "half_open":
             self._cooldown = min(self.max_cooldown_s, self._cooldown * self.cooldown_factor)
             self._open()
-        elif self._consecutive >= self.failure_threshold:
+            return "reopened"
+        if self._consecutive >= self.failure_threshold:
             self._open()
+            return "opened"
+        return None
 
     def _open(self) -> None:
         self._state = "open"

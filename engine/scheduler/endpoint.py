@@ -4,6 +4,10 @@ The dispatcher records what happened to an attempt; what the endpoint makes of i
 one slot, or pauses when our pacing cannot explain it; a 5xx counts toward the circuit breaker; a
 success widens concurrency, teaches limits and settles the token estimate) is decided here, in
 one place, from the provider's answer alone - the 429 policy itself is scheduler/ratepolicy.py.
+
+The breaker's pauses are said here too, as pacing notes: while it is open nothing is sent for up to
+a minute at a time, and a run that sits still with no word of why (or of when it tries again)
+looks hung. Its opening carries the pause's length, so the live view can count it down.
 """
 
 from __future__ import annotations
@@ -79,7 +83,10 @@ class Endpoint:
         pace. Returns a pacing change worth recording, if any."""
         self.limiter.settle(est, counted_tokens)
         note = self.rate.on_success(rate_limits, latency_s, est)
-        self.breaker.record_success()
+        if self.breaker.record_success():
+            said = (f"{self.section} answers again after {self.breaker.opened_count} "
+                    f"pause{'s' if self.breaker.opened_count > 1 else ''}: sending resumed")
+            note = f"{said}; {note}" if note else said
         self.concurrency.on_success()
         self.malformed_in_a_row = self.bad_requests_in_a_row = 0
         return note
@@ -89,7 +96,7 @@ class Endpoint:
         other failure counts toward the breaker (but a request too large for the token limit, or
         one refused as a bad request, says nothing of the provider's health - it answered - and
         pausing everyone for it would mend nothing; the provider counted none of a too-large one's
-        tokens)."""
+        tokens). The breaker's opening comes back as a decision too: its pause, to be recorded."""
         if err.kind is FailureKind.MALFORMED:
             self.malformed_in_a_row += 1
         if err.kind is FailureKind.BAD_REQUEST:
@@ -99,10 +106,24 @@ class Endpoint:
             self.limiter.settle(est, 0)
             return None
         if err.kind is not FailureKind.RATE_LIMITED:
-            self.breaker.record_failure()
-            return None
+            opening = self.breaker.record_failure()
+            return self._breaker_opened(opening == "reopened", err) if opening else None
         decision = self.rate.on_rate_limited(err.retry_after, err.retry_after_exact, err.rate_limits, est, elapsed_s)
         err.requeue_in = decision.retry_in
         if not err.maybe_billed:
             self.limiter.settle(est, 0)
         return decision
+
+    def _breaker_opened(self, reopened: bool, err: TeacherError) -> RateDecision:
+        """The note (and pause) for the breaker's opening: nothing goes out for its cooldown; at
+        `max_breaker_trips` openings the run stops instead (run/retrying.py), and says so. The
+        decision's `retry_in` is None: the failed request itself waits for the retry policy."""
+        b = self.breaker
+        if b.opened_count >= self.max_breaker_trips:
+            return RateDecision(None, 0.0, f"{self.section} still failing ({err.kind.value}) after "
+                                           f"{b.opened_count} pauses: the run stops")
+        wait = b.current_cooldown_s
+        why = (f"its test request failed too ({err.kind.value})" if reopened
+               else f"{b.consecutive_failures} failures in a row ({err.kind.value})")
+        return RateDecision(None, wait, f"{self.section} paused {wait:g}s: {why}; pause {b.opened_count} "
+                                        f"of at most {self.max_breaker_trips}")
