@@ -132,8 +132,9 @@ def _flood(url: str, stop: threading.Event) -> None:
 
 
 def test_429s_from_a_shared_key_pause_the_endpoint_visibly(project):
-    # We pace 6000 RPM but send far less (2 in flight); another client takes the whole 10/s.
-    proj, srv = project("--rpm", "600", "--window-s", "1", "--latency-ms", "50", seeds=12)
+    # We pace 6000 RPM but send far less (2 in flight); another client takes the whole 10/s. The
+    # provider announces no limit (a 600 it announced would now be paced instead of the configured 6000).
+    proj, srv = project("--rpm", "600", "--window-s", "1", "--latency-ms", "50", "--rate-headers", "none", seeds=12)
     cfg = proj.write(limits={"requests_per_minute": 6000, "max_concurrency": 2}, budget={"queries": 12},
                      strategy={"samples_per_seed": 1})
     stop = threading.Event()
@@ -152,3 +153,32 @@ def test_429s_from_a_shared_key_pause_the_endpoint_visibly(project):
     assert pauses and "shared" in pauses[0]["note"] and all(e["pause_s"] <= 30 for e in pauses)
     assert report["counts"]["settled"] == 12 and report["pacing"]["pauses"] == len(pauses)
     assert not [e for e in proj.events("sample_rejected") if e["stage"] == "failed"]
+
+
+def test_a_configured_limit_above_the_announced_one_is_paced_at_the_announced_one_and_said_once(project):
+    """[limits] requests_per_minute = 6000 against a provider that announces (and enforces) 120: the
+    announced figure was never compared with the configured one, so the run paced 6000 and each 429
+    read '429 while sending at 4% of the paced rate (is the key shared with another client?)', with
+    a pause for each. The provider's announced limit is what it enforces: the run paces to it and
+    says once, as a warning the live view and `show` carry, that the configured figure is too high."""
+    proj, srv = project("--rpm", "120", "--window-s", "1", "--latency-ms", "20", seeds=16)
+    cfg = proj.write(limits={"requests_per_minute": 6000, "max_concurrency": 8}, budget={"queries": 16},
+                     strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed"
+    said = "the provider announces 120 requests/min, below the configured 6000; pacing to 120"
+    assert res.stderr.count(said) == 1, res.stderr  # the live view's warning, once
+    warnings = [w for w in proj.events("run_warning") if w["kind"] == "limit_above_provider"]
+    assert len(warnings) == 1 and said in warnings[0]["message"]
+    lowered = [e for e in proj.events("rate_adjusted") if e["note"] == said]
+    assert len(lowered) == 1 and lowered[0]["rpm"] == 120, proj.events("rate_adjusted")
+    report = proj.audit(run_id)
+    assert report["counts"]["settled"] == 16 == srv.stats()["answered"]
+    assert not [e for e in proj.events("rate_adjusted") if e["pause_s"]], "429s at the configured pace paused it"
+    stats = srv.stats()
+    # Slow start sends a few before the first answer announces the limit; after it, near misses at most.
+    assert stats["rate_limited"] <= 6, stats
+    shown = proj.cli("show", run_id, "--store", proj.store)
+    assert shown.returncode == 0 and said in " ".join(shown.stdout.split()), shown.stdout

@@ -125,6 +125,18 @@ async def test_a_learned_limit_that_its_429s_contradict_is_dropped():
         send_at_rate(configured, clock, 1)
         assert "shared" in configured.on_rate_limited(1.0, False, day, 10).note
     assert configured.limiter.current_rpm == 14_400 and configured.shaper is not None
+    # A per-day figure under a configured per-minute one is paced at first; its 429s contradict it,
+    # and the configured limit (not none) sets the pace again.
+    above, clock = policy(rpm=60_000)
+    assert "below the configured 60000" in above.on_success(day, 0.2, 50)
+    assert above.limiter.current_rpm == 14_400
+    send_at_rate(above, clock, 1)
+    for _ in range(3):
+        send_at_rate(above, clock, 1)
+        note = above.on_rate_limited(1.0, False, day, 10).note
+    assert "stopped pacing" in note and "the configured limits set the pace again" in note
+    assert above.limiter.current_rpm == 60_000 and above.shaper.per_window == 1000
+    assert above.shaper.interval_s == pytest.approx(60 / (60_000 * 0.99))
 
 
 async def test_with_nothing_known_concurrency_halves_and_the_provider_clock_rules():
@@ -141,16 +153,27 @@ async def test_with_nothing_known_concurrency_halves_and_the_provider_clock_rule
     assert p.on_rate_limited(None, False, None, 10).note is None  # no wait given: no pause to say
 
 
-async def test_limits_are_learned_from_headers_only_when_none_is_configured():
+async def test_limits_are_learned_from_headers_where_none_or_a_higher_one_is_configured():
     p, clock = policy(rpm=None)
     note = p.on_success(RateLimitInfo(limit_requests=600, remaining_requests=599, limit_tokens=90_000), 0.2, 50)
     assert (p.limiter.current_rpm, p.limiter.current_tpm) == (600, 90_000) and "learned" in note
     assert p.shaper is not None and p.shaper.interval_s == pytest.approx(60 / (600 * 0.99))
     assert p.on_success(RateLimitInfo(limit_requests=60), 0.2, 50) is None  # learned once, kept
+    assert p.take_overruled() is None  # nothing configured was overruled
     configured, _ = policy(rpm=1200)
-    configured.on_success(RateLimitInfo(limit_requests=100, limit_tokens=50_000), 0.2, 50)
-    assert configured.limiter.current_rpm == 1200  # the user's figure stands
+    configured.on_success(RateLimitInfo(limit_requests=5000, limit_tokens=50_000), 0.2, 50)
+    assert configured.limiter.current_rpm == 1200  # under the announced figure, the user's figure stands
     assert configured.limiter.current_tpm == 50_000  # ...and an unconfigured dimension is learned
+    assert configured.take_overruled() is None
+    # Above the announced figure it would only buy 429s: the provider's figure is paced, and said.
+    high, _ = policy(rpm=6000)
+    note = high.on_success(RateLimitInfo(limit_requests=100, limit_tokens=50_000), 0.2, 50)
+    assert (high.limiter.current_rpm, high.limiter.current_tpm) == (100, 50_000)
+    said = "the provider announces 100 requests/min, below the configured 6000; pacing to 100"
+    assert note == f"learned the provider's limits from its headers: 50000 tokens/min; {said}"
+    assert high.take_overruled() == said and high.take_overruled() is None  # said once
+    assert high.shaper is not None and high.shaper.per_window == 1
+    assert high.shaper.interval_s == pytest.approx(60 / (100 * 0.99))
     # Anthropic's headers arrive through the same RateLimitInfo (see plugins/teachers/errors.py).
     anth, _ = policy(rpm=None)
     d = anth.on_rate_limited(1.0, False, RateLimitInfo(limit_requests=50, remaining_requests=0), 10)

@@ -15,7 +15,7 @@ import pytest
 from synthledger.engine.scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
 from synthledger.engine.scheduler.limiter import catch_up_allowance
 from synthledger.engine.scheduler.shaper import SendShaper
-from synthledger.engine.api import FailureKind, RateLimitInfo
+from synthledger.engine.api import FailureKind
 from synthledger.testing.virtual_clock import VirtualClock
 
 
@@ -255,35 +255,21 @@ async def test_pause_until_absolute(clock) -> None:
 
 async def test_adopts_lower_limits_from_headers_only(clock) -> None:
     limiter = RateLimiter(requests_per_minute=6000, tokens_per_minute=1_000_000)
-    limiter.update_from_headers(RateLimitInfo(limit_requests=10_000, limit_tokens=5_000_000))
+    assert limiter.learn(10_000, 5_000_000) == {}
     assert (limiter.current_rpm, limiter.current_tpm) == (6000, 1_000_000)
-    limiter.update_from_headers(RateLimitInfo(limit_requests=600, limit_tokens=500_000))
+    assert limiter.learn(600, 500_000) == {"requests": (6000, 600), "tokens": (1_000_000, 500_000)}
     assert (limiter.current_rpm, limiter.current_tpm) == (600, 500_000)
+    assert limiter.learn(300, 100_000) == {}  # learned once
     # Now ~10/s: four releases span 3 intervals (less the catch-up allowance the first one takes).
     times = sorted(await release_times(limiter, 4))
     assert times[-1] - times[0] == pytest.approx(3 * 60 / (600 * SAFETY) - ALLOWANCE, abs=1e-9)
+    assert limiter.forget_learned() == ["requests", "tokens"]
+    assert (limiter.current_rpm, limiter.current_tpm) == (6000, 1_000_000)  # back to the configured ones
 
     unlimited = RateLimiter(None, None)
-    unlimited.update_from_headers(RateLimitInfo(limit_requests=1200))
+    assert unlimited.learn(1200, None) == {"requests": (None, 1200)}
     assert unlimited.current_rpm == 1200
-
-
-async def test_exhausted_headers_pause_until_reset(clock) -> None:
-    limiter = RateLimiter(requests_per_minute=60_000, tokens_per_minute=None)
-    t0 = anyio.current_time()
-    limiter.update_from_headers(RateLimitInfo(limit_requests=60_000, remaining_requests=0, reset_requests_s=0.25))
-    await limiter.acquire()
-    assert anyio.current_time() - t0 == pytest.approx(0.25, abs=1e-9)
-
-    t0 = anyio.current_time()
-    limiter.update_from_headers(RateLimitInfo(remaining_tokens=0, reset_tokens_s=0.2))
-    await limiter.acquire()
-    assert anyio.current_time() - t0 == pytest.approx(0.2, abs=1e-9)
-
-    t0 = anyio.current_time()
-    limiter.update_from_headers(RateLimitInfo(remaining_requests=5, reset_requests_s=3.0))
-    await limiter.acquire()
-    assert anyio.current_time() - t0 <= 60 / (60_000 * SAFETY)  # requests remain: no pause, one interval
+    assert unlimited.forget_learned() == ["requests"] and unlimited.current_rpm is None
 
 
 async def test_waiters_are_released_in_fifo_order(clock) -> None:

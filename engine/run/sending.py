@@ -14,7 +14,8 @@ import anyio
 
 from ..api import ChatRequest, Completion
 from ..errors import FailureKind, RunStopping, TeacherError
-from ..ledger.events import AttemptFailed, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted, plain_cost
+from ..ledger.events import (AttemptFailed, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted, RunWarning,
+                             plain_cost)
 from ..ledger.ledger import Amount
 from ..redact import one_line
 from .eventloop import time_limit
@@ -150,7 +151,14 @@ class Sender:
             self._note(ep, decision.note, decision.pause_s)
 
     def _note(self, ep: "Endpoint", note: str | None, pause_s: float = 0.0) -> None:
-        """A pacing change users should see: recorded as an event (the live view shows the last)."""
+        """A pacing change users should see: recorded as an event (the live view shows the last).
+        A configured limit the provider's announced one overruled is also a run warning, said once:
+        the config is wrong for this provider, and the user should see it where warnings are seen
+        (the live view, `show`)."""
+        overruled = ep.rate.take_overruled()
+        if overruled is not None:
+            self.recorder.emit(RunWarning(kind="limit_above_provider", message=(
+                f"[{ep.section}] {ep.model}: {overruled} (lower [limits] in the config to match)")))
         if note is None:
             return
         lim = ep.limiter

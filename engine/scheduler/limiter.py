@@ -15,8 +15,9 @@ safety. After an idle spell at most one extra request (at <= 6000 RPM) goes out 
 
 A provider's 429 while pacing is answered by `push_back` (one interval of slack for its window)
 and, when they persist, a slightly lower `factor` (the share of the limit actually paced); see
-`scheduler/ratepolicy.py`. Limits learned from a provider's headers arrive through `learn`, and a
-request rate inferred from its 429s (when it announces none) through `pace_inferred`.
+`scheduler/ratepolicy.py`. Limits learned from a provider's headers arrive through `learn` (where
+none is configured, or below a configured one), and a request rate inferred from its 429s (when
+it announces none) through `pace_inferred`.
 
 Tokens are charged when a request is released (by its estimate) and corrected by `settle` once
 the real usage is known, so the average token rate is right even when estimates are upper bounds.
@@ -29,8 +30,6 @@ from __future__ import annotations
 import math
 
 import anyio
-
-from .headers import RateLimitInfo
 
 __all__ = ["RateLimiter"]
 
@@ -64,6 +63,7 @@ class RateLimiter:
     ) -> None:
         self._rpm = _check_limit("requests_per_minute", requests_per_minute)
         self._tpm = _check_limit("tokens_per_minute", tokens_per_minute)
+        self._configured_rpm, self._configured_tpm = self._rpm, self._tpm  # what `forget_learned` returns to
         if not 0.0 < safety <= 1.0:
             raise ValueError(f"RateLimiter: safety must be in (0, 1], got {safety!r}")
         if not burst_s >= 0.0 or math.isinf(burst_s):
@@ -201,17 +201,25 @@ class RateLimiter:
             raise ValueError(f"RateLimiter: factor must be in (0, 1], got {factor!r}")
         self._factor = float(factor)
 
-    def learn(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> bool:
-        """Adopt limits a provider announced for dimensions that have none; True if one changed."""
-        changed = False
-        if requests_per_minute and self._rpm is None:
-            self._rpm = _check_limit("requests_per_minute", float(requests_per_minute))
-            self._learned.add("requests")
-            changed = True
-        if tokens_per_minute and self._tpm is None:
-            self._tpm = _check_limit("tokens_per_minute", float(tokens_per_minute))
-            self._learned.add("tokens")
-            changed = True
+    def learn(self, requests_per_minute: float | None,
+              tokens_per_minute: float | None) -> dict[str, tuple[float | None, float]]:
+        """Adopt limits a provider announced: for a dimension with none, and below a configured
+        limit - the provider enforces what it announces, so pacing a higher configured figure only
+        buys 429s. A configured limit under the announced one stays (the user may share the quota
+        with other clients). Each dimension learns once. Returns, for each dimension that changed,
+        (the limit it replaced: None or the configured one, the new limit)."""
+        changed: dict[str, tuple[float | None, float]] = {}
+        for name, announced in (("requests", requests_per_minute), ("tokens", tokens_per_minute)):
+            current = self._rpm if name == "requests" else self._tpm
+            if not announced or name in self._learned or (current is not None and announced >= current):
+                continue
+            value = _check_limit(f"{name}_per_minute", float(announced))
+            if name == "requests":
+                self._rpm = value
+            else:
+                self._tpm = value
+            self._learned.add(name)
+            changed[name] = (current, value)  # type: ignore[assignment]
         return changed
 
     def pace_inferred(self, requests_per_minute: float) -> None:
@@ -224,33 +232,20 @@ class RateLimiter:
         self._notify()
 
     def forget_learned(self) -> list[str]:
-        """Stop pacing to the limits `learn` adopted (configured ones stay); returns their names."""
+        """Stop pacing to the limits `learn` adopted: back to the configured ones (or none); returns
+        the dimensions' names."""
         gone = sorted(self._learned)
         if "requests" in self._learned:
-            self._rpm, self._req_tat = None, _NEVER
+            self._rpm = self._configured_rpm
+            if self._rpm is None:
+                self._req_tat = _NEVER
         if "tokens" in self._learned:
-            self._tpm, self._tok_tat = None, _NEVER
+            self._tpm = self._configured_tpm
+            if self._tpm is None:
+                self._tok_tat = _NEVER
         self._learned.clear()
         self._notify()
         return gone
-
-    def update_from_headers(self, info: RateLimitInfo | None) -> None:
-        """Adopt a lower limit the provider announces; pause until reset when it says none remain.
-
-        Limits are only ever lowered: a provider announcing more than configured keeps the
-        configured value (the user may share the quota with other clients)."""
-        if info is None:
-            return
-        if info.limit_requests is not None and info.limit_requests > 0:
-            if self._rpm is None or info.limit_requests < self._rpm:
-                self._rpm = float(info.limit_requests)
-        if info.limit_tokens is not None and info.limit_tokens > 0:
-            if self._tpm is None or info.limit_tokens < self._tpm:
-                self._tpm = float(info.limit_tokens)
-        if info.remaining_requests is not None and info.remaining_requests <= 0 and info.reset_requests_s:
-            self.pause_for(info.reset_requests_s)
-        if info.remaining_tokens is not None and info.remaining_tokens <= 0 and info.reset_tokens_s:
-            self.pause_for(info.reset_tokens_s)
 
     def __repr__(self) -> str:
         return (

@@ -24,8 +24,10 @@ hundreds of times too fast, which the provider then refuses while we send far be
 429s come three times within 10 s, the learned limits are dropped for the rest of the run (and no
 header is learned again): the provider's 429s and waits set the pace, as with no limit known.
 
-Limits are learned from `x-ratelimit-limit-*` (and Anthropic's `anthropic-ratelimit-*`) when none
-are configured: both providers announce per-minute figures. And with a known rate, concurrency is
+Limits are learned from `x-ratelimit-limit-*` (and Anthropic's `anthropic-ratelimit-*`) where none
+is configured, or where the configured one is higher than announced: both providers announce
+per-minute figures, and a provider enforces its own - pacing a user's too-high figure would only
+meet a storm of 429s our pacing cannot explain. A configured figure under the announced one stays. And with a known rate, concurrency is
 raised to what that rate needs at the observed latency (Little's law), instead of growing into it.
 """
 
@@ -93,6 +95,7 @@ class RatePolicy:
         self.learned = False
         self.distrusted = False  # the learned limits were contradicted: headers teach nothing more
         self._unexplained: deque[float] = deque()  # when 429s came far below a learned pace
+        self.overruled: str | None = None  # configured limits the provider announced lower, not yet said
         self._pauses_unsaid = 0  # pauses with no limit known since the last one recorded
         self._last_pause_note = -math.inf
         self.inferred = InferredPace(limiter)  # a request rate from the 429s of a provider that announces none
@@ -275,27 +278,47 @@ class RatePolicy:
         self.learned, self.distrusted = False, True
         if lim.interval_s is None:
             self.shaper = None
+        elif self.shaper is not None:  # back to a configured request limit
+            self.shaper.set_limit(lim.current_rpm)  # type: ignore[arg-type]
+            self.shaper.set_interval(lim.interval_s)
         self._first_send = None
         self._sends.clear()
+        now_sets = ("the configured limits set the pace again"
+                    if lim.current_rpm is not None or lim.current_tpm is not None else "its 429s and waits set the pace now")
         return (f"stopped pacing to the limits its headers announce ({figures}): it refused {len(seen)} "
                 f"requests in {PERSIST_S:g}s while we sent at {share:.0%} of that pace, so the headers count "
-                "something else (Groq's count requests per day); its 429s and waits set the pace now")
+                f"something else (Groq's count requests per day); {now_sets}")
 
     def _learn(self, info: RateLimitInfo | None) -> str | None:
         if self.distrusted or info is None or (info.limit_requests is None and info.limit_tokens is None):
             return None
         if self.inferred.active:  # the provider's word replaces our estimate
             self.inferred.drop("the provider announced its limits")
-        if not self.limiter.learn(info.limit_requests, info.limit_tokens):
+        changed = self.limiter.learn(info.limit_requests, info.limit_tokens)
+        if not changed:
             return None
         self.learned = True
         lim = self.limiter
         if lim.interval_s is not None:
             if self.shaper is None:
                 self.shaper = SendShaper(lim.current_rpm, lim.safety)  # type: ignore[arg-type]
+            else:
+                self.shaper.set_limit(lim.current_rpm)  # type: ignore[arg-type]
             self.shaper.set_interval(lim.interval_s)
-        parts = [f"{v:g} {k}/min" for k, v in (("requests", lim.current_rpm), ("tokens", lim.current_tpm)) if v]
-        return "learned the provider's limits from its headers: " + ", ".join(parts)
+        learned = [f"{new:g} {k}/min" for k, (old, new) in changed.items() if old is None]
+        lowered = [f"the provider announces {new:g} {k}/min, below the configured {old:g}; pacing to {new:g}"
+                   for k, (old, new) in changed.items() if old is not None]
+        if lowered:
+            # The user's figure was wrong for this provider: said once as a warning too (they should
+            # fix the config), besides the pacing note.
+            self.overruled = "; ".join(lowered)
+        return "; ".join(([f"learned the provider's limits from its headers: {', '.join(learned)}"] if learned
+                          else []) + lowered)
+
+    def take_overruled(self) -> str | None:
+        """The configured limits the provider's announced ones overruled, once (None after)."""
+        said, self.overruled = self.overruled, None
+        return said
 
     @staticmethod
     def _reset_hint(info: RateLimitInfo | None) -> float | None:
