@@ -154,13 +154,13 @@ class Sender:
         """A pacing change users should see: recorded as an event (the live view shows the last).
         A configured limit the provider's announced one overruled is also a run warning, said once:
         the config is wrong for this provider, and the user should see it where warnings are seen
-        (the live view, `show`)."""
+        (the live view, `show`); it comes with a note, so a success with none costs nothing more."""
+        if note is None:
+            return
         overruled = ep.rate.take_overruled()
         if overruled is not None:
             self.recorder.emit(RunWarning(kind="limit_above_provider", message=(
                 f"[{ep.section}] {ep.model}: {overruled} (lower [limits] in the config to match)")))
-        if note is None:
-            return
         lim = ep.limiter
         ep.last_note = note
         self.recorder.emit(RateAdjusted(model=ep.model, note=note, rpm=lim.current_rpm, tpm=lim.current_tpm,
