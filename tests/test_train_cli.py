@@ -64,3 +64,22 @@ def test_merge_flag_writes_a_merged_model(tmp_path: Path, tiny: Path, data: Path
     out_dir = tmp_path / Path(r.stdout.split("adapter in ")[1].split()[0].rstrip(";"))
     assert (out_dir / "adapter" / "adapter_config.json").is_file()
     assert (out_dir / "merged" / "config.json").is_file() and not (out_dir / "merged" / "adapter_config.json").exists()
+
+
+def test_progress_bars_go_to_stderr_and_stdout_holds_only_the_result_lines(tmp_path: Path, tiny: Path,
+                                                                           data: Path) -> None:
+    """--progress is documented as "on stderr": a script that reads `train`'s or `eval`'s stdout
+    (the adapter folder, the accuracy, the run id) must not find the bars' last frame there."""
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("train", str(data), "--store", store, "--set", f"trainer.student={tiny}",
+            "--set", "trainer.max_steps=2", "--set", "trainer.batch_size=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()] == ["trained:", "run"], r.stdout
+    assert "training" in r.stderr and "2/2" in r.stderr
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"question": "What is 9 plus 9?", "answer": "18"}) + "\n")
+    student = r.stdout.split("adapter in ")[1].split()[0]
+    r = cli("eval", student, "--on", str(held), "--store", store, "--max-new-tokens", "4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [line.split()[0] for line in r.stdout.splitlines()] == ["accuracy", "run"], r.stdout
+    assert "evaluating" in r.stderr and "1/1" in r.stderr

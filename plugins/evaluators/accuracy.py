@@ -134,8 +134,11 @@ def _until_eos(tokens: list[int], eos: set[int]) -> list[int]:
 def _progress(enabled: bool, total: int) -> tuple[Any, Any] | None:
     if not enabled:
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("[bold]evaluating[/bold]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # On stderr, as --progress says: stdout is the command's result lines, which scripts read.
+    bar = Progress(TextColumn("[bold]evaluating[/bold]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True))
     bar.start()
     return bar, bar.add_task("eval", total=total)

@@ -26,11 +26,14 @@ class EventCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
         if self._progress_enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # On stderr, as --progress says: stdout is the command's result lines, which scripts read.
             self._progress = Progress(
                 TextColumn("[bold]training[/bold]"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False,
+                console=Console(stderr=True),
             )
             self._progress.start()
             self._task = self._progress.add_task("train", total=state.max_steps, loss="-")
