@@ -83,3 +83,15 @@ def test_progress_bars_go_to_stderr_and_stdout_holds_only_the_result_lines(tmp_p
     assert r.returncode == 0, r.stderr
     assert [line.split()[0] for line in r.stdout.splitlines()] == ["accuracy", "run"], r.stdout
     assert "evaluating" in r.stderr and "1/1" in r.stderr
+
+
+def test_a_file_row_with_neither_messages_nor_an_answer_names_its_file_and_line(tmp_path: Path, tiny: Path,
+                                                                              data: Path) -> None:
+    rows = tmp_path / "mixed.jsonl"
+    rows.write_text(data.read_text() + "\n" + json.dumps({"question": "What is 1 plus 1?"}) + "\n")
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("train", str(rows), "--store", store, "--no-progress", "--set", f"trainer.student={tiny}", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    message = " ".join(r.stderr.split())
+    assert f"{rows}, line 8: has no 'messages' and no 'answer' string" in message, message
+    assert json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout) == []

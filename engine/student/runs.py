@@ -106,7 +106,7 @@ def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[lis
     path = Path(source)
     if path.suffix in (".jsonl", ".json") and path.exists():
         try:
-            rows = [row if "messages" in row else chat_record(row) for _, row in read_jsonl(path)]
+            rows = [_file_row(path, number, row) for number, row in read_jsonl(path)]
         except JsonlError as exc:
             raise ConfigError(str(exc)) from None
         return rows, None, path.stem
@@ -115,6 +115,22 @@ def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[lis
     # then trains the same student, whichever process or run paid for it.
     rows = sorted(accepted_rows(store, info.id, include_seeds=include_seeds), key=lambda r: r["sample_id"])
     return [chat_record(r) for r in rows], info.id, info.name
+
+
+def _file_row(path: Path, number: int, row: dict[str, Any]) -> dict[str, Any]:
+    """One line of a dataset file as a chat row: `messages` as they are (chat, openai exports), or a
+    `question` and `answer` pair (a jsonl export); anything else is named by its file and line here,
+    before a run is recorded, rather than failing later on a missing key."""
+    from ..output.export import chat_record
+
+    if "messages" in row:
+        return row
+    if isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
+        return chat_record(row)
+    missing = " and ".join(repr(k) for k in ("question", "answer") if not isinstance(row.get(k), str))
+    raise ConfigError(f"{path}, line {number}: has no 'messages' and no {missing} string; a training row is "
+                      "a chat row (as `export --format chat` writes) or a question and answer "
+                      "(as `export --format jsonl` writes)")
 
 
 def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: bool = True) -> dict[str, Any]:
