@@ -91,6 +91,8 @@ def train(
     if not progress:
         _quiet_libraries()
     from_file = Path(source).suffix in (".jsonl", ".json") and Path(source).exists()
+    if Path(source).suffix in (".jsonl", ".json") and not from_file:  # a typo in a path, not a run name
+        raise CliError(f"dataset file {source} does not exist")
     st = _store(store, create=from_file)  # training from a run needs the run's store to exist
     result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss', float('nan')):.4g}, {result.get('steps')} steps, "

@@ -95,3 +95,10 @@ def test_a_file_row_with_neither_messages_nor_an_answer_names_its_file_and_line(
     message = " ".join(r.stderr.split())
     assert f"{rows}, line 8: has no 'messages' and no 'answer' string" in message, message
     assert json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout) == []
+
+
+def test_a_dataset_file_that_does_not_exist_is_named_not_the_store(tmp_path: Path) -> None:
+    """Without a store in the folder, a mistyped file name was reported as a missing store."""
+    r = cli("train", "rows.jsonl", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert " ".join(r.stderr.split()) == "error: dataset file rows.jsonl does not exist"
