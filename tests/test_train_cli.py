@@ -102,3 +102,21 @@ def test_a_dataset_file_that_does_not_exist_is_named_not_the_store(tmp_path: Pat
     r = cli("train", "rows.jsonl", "--no-progress", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert " ".join(r.stderr.split()) == "error: dataset file rows.jsonl does not exist"
+
+
+def test_outputs_under_a_file_are_refused_before_any_run_is_recorded(tmp_path: Path, tiny: Path, data: Path) -> None:
+    """The student folder and the predictions file are written at the end of a long job: a path
+    that cannot hold them is one line up front, not a traceback (eval) or a failed run after the
+    model was loaded (train)."""
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    r = cli("train", str(data), "--store", store, "--no-progress", "--set", f"trainer.student={tiny}",
+            "--set", f"output.dir={data}/student", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert " ".join(r.stderr.split()) == f"error: [output] dir {data}/student: {data} is a file, not a folder"
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"question": "What is 9 plus 9?", "answer": "18"}) + "\n")
+    r = cli("eval", str(tiny), "--on", str(held), "--store", store, "--no-progress", "--out", f"{data}/p.jsonl",
+            cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert " ".join(r.stderr.split()) == f"error: predictions {data}/p.jsonl: {data} is a file, not a folder"
+    assert json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout) == []

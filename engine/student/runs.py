@@ -13,6 +13,7 @@ from pydantic import Field
 
 from ... import __version__
 from ...store.eventstore import ConcurrencyError, EventStore, new_run_id, owner_token
+from ...store.folders import unwritable_folder
 from ...store.records import owner_alive
 from ...store.hashing import canonical
 from .. import host
@@ -145,6 +146,9 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
     close_orphans(store)
     run_id = new_run_id()
     out_dir = student_dir(cfg.output.dir, label, run_id)
+    why = unwritable_folder(out_dir)
+    if why is not None:
+        raise ConfigError(f"[output] dir {out_dir}: {why}")
     log = open_log(store, f"train-{label}", "train",
                  {"train": cfg.model_dump(mode="json"), "source": source, "out_dir": str(out_dir)},
                  parent_id=parent, run_id=run_id)
@@ -229,6 +233,9 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
     close_orphans(store)
     run_id = new_run_id()
     out = (Path(out_path) if out_path is not None else EVALS_DIR / run_id / "predictions.jsonl").resolve()
+    why = f"{out} is a folder, not a file" if out.is_dir() else unwritable_folder(out.parent)
+    if why is not None:
+        raise ConfigError(f"predictions {out}: {why}")
     log = open_log(store, eval_name(model, heldout, run_id), "eval",
                  {"model": model, "heldout": heldout, "limit": limit, "task": task_name,
                   "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run,
