@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.table import Table
@@ -65,6 +66,19 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+@contextmanager
+def _reported_interrupt() -> Iterator[None]:
+    """Ctrl-C during training or evaluation: one line saying what became of the run, exit 130."""
+    from synthledger.engine.student.runs import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        err.print(f"interrupted: {exc.kind} run {exc.run_id} is recorded as interrupted; "
+                  f"{exc.kind} again to replace it", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
 @app.command()
 @_handled
 def train(
@@ -94,14 +108,16 @@ def train(
     if Path(source).suffix in (".jsonl", ".json") and not from_file:  # a typo in a path, not a run name
         raise CliError(f"dataset file {source} does not exist")
     st = _store(store, create=from_file)  # training from a run needs the run's store to exist
-    result = train_run(source, cfg, st, progress=progress)
+    with _reported_interrupt():
+        result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss', float('nan')):.4g}, {result.get('steps')} steps, "
           f"{result.get('tokens_per_s', 0):.0f} tokens/s; adapter in {result['out_dir']}")
     if cfg.eval is not None:
         e = cfg.eval
-        scored = eval_run(result["out_dir"], e.heldout, st, limit=e.limit, task_name=e.task or "gsm8k",
-                          evaluator=e.evaluator, options={"batch_size": e.batch_size,
-                                                          "max_new_tokens": e.max_new_tokens}, progress=progress)
+        with _reported_interrupt():
+            scored = eval_run(result["out_dir"], e.heldout, st, limit=e.limit, task_name=e.task or "gsm8k",
+                              evaluator=e.evaluator, options={"batch_size": e.batch_size,
+                                                              "max_new_tokens": e.max_new_tokens}, progress=progress)
         print(f"eval run {scored['run_id']}: accuracy {scored['accuracy']:.4f} on {scored['n']} examples")
     print(f"run {result['run_id']} completed")
 
@@ -132,9 +148,10 @@ def eval_(
 
     if not progress:
         _quiet_libraries()
-    result = eval_run(model, on, _store(store, create=True), limit=limit, task_name=task, exclude_run=exclude_run,
-                      out_path=out_path, options={"batch_size": batch_size, "max_new_tokens": max_new_tokens},
-                      progress=progress)
+    with _reported_interrupt():
+        result = eval_run(model, on, _store(store, create=True), limit=limit, task_name=task,
+                          exclude_run=exclude_run, out_path=out_path,
+                          options={"batch_size": batch_size, "max_new_tokens": max_new_tokens}, progress=progress)
     print(f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}); predictions in "
           f"{result['predictions_path']}")
     print(f"run {result['run_id']} completed")

@@ -120,3 +120,39 @@ def test_outputs_under_a_file_are_refused_before_any_run_is_recorded(tmp_path: P
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert " ".join(r.stderr.split()) == f"error: predictions {data}/p.jsonl: {data} is a file, not a folder"
     assert json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout) == []
+
+
+def test_ctrl_c_mid_training_records_the_run_as_interrupted_and_says_so(tmp_path: Path, tiny: Path,
+                                                                        data: Path) -> None:
+    """Ctrl-C is the user stopping a run, not the run failing: `interrupted` (as a generation run
+    stopped by a signal is), one line naming the run, exit 130; it was `failed`, 'KeyboardInterrupt: ',
+    and nothing on the terminal."""
+    import signal
+    import time
+
+    import synthledger
+
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, CLI, "train", str(data), "--store", store, "--no-progress",
+                             "--set", f"trainer.student={tiny}", "--set", "trainer.epochs=100000"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the run has recorded training_started
+            if (tmp_path / "s.db").exists():
+                with synthledger.open_store(store) as st:
+                    if any(r.status == "running" and r.last_seq >= 2 for r in st.runs()):
+                        break
+            time.sleep(0.3)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    runs = json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout)
+    assert [(r["kind"], r["status"]) for r in runs] == [("train", "interrupted")]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"interrupted: train run {runs[0]['id']} is recorded as "
+                                               "interrupted; train again to replace it")

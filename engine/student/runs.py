@@ -76,6 +76,23 @@ ORPHAN_MESSAGE = ("its process ended before the run did (killed, or the machine 
                   "training and evaluation runs are not resumed: train or evaluate again to replace it")
 
 
+INTERRUPTED_MESSAGE = ("stopped by Ctrl-C (SIGINT); training and evaluation runs are not resumed: "
+                       "train or evaluate again to replace it")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training or evaluation, raised once its run is closed as `interrupted` (not
+    `failed`: nothing went wrong). Still a KeyboardInterrupt, so whatever drives the run (the
+    command, an experiment's worker) stops as it would have; it carries the run for the one line."""
+
+    def __init__(self, kind: str, run_id: str) -> None:
+        super().__init__(f"{kind} run {run_id} interrupted")
+        self.kind, self.run_id = kind, run_id
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt whole when it crosses to an experiment's driver
+        return (Interrupted, (self.kind, self.run_id))
+
+
 def close_orphans(store: EventStore) -> list[str]:
     """Close every training or evaluation run whose process on this host is gone, as `interrupted`.
 
@@ -155,6 +172,9 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
     trainer = trainer_cls(options)
     try:
         finished = trainer.train(rows, out_dir, on_event=log.record, progress=progress)
+    except KeyboardInterrupt:
+        log.finish("interrupted", INTERRUPTED_MESSAGE)
+        raise Interrupted("train", log.run_id) from None
     except BaseException as exc:
         log.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
@@ -242,6 +262,9 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
                   "predictions": str(out)}, parent_id=parent, run_id=run_id)
     try:
         result = evaluator_obj.evaluate(model, examples, task, out, on_event=log.record, progress=progress)
+    except KeyboardInterrupt:
+        log.finish("interrupted", INTERRUPTED_MESSAGE)
+        raise Interrupted("eval", log.run_id) from None
     except BaseException as exc:
         log.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
