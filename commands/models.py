@@ -66,6 +66,16 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _warn_if_unfinished(info) -> None:  # noqa: ANN001 - a store's RunInfo
+    """A run still going (or stopped short) holds only part of its data: training on it is allowed,
+    but said, before the wait, as `export` says it of the file it writes."""
+    from rich.markup import escape
+
+    if info.kind == "generate" and info.status not in ("completed", "budget_exhausted"):
+        err.print(f"warning: run {info.id} ({escape(info.name)}) is {info.status}: training on the rows it had "
+                  "accepted so far", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def _reported_interrupt() -> Iterator[None]:
     """Ctrl-C during training or evaluation: one line saying what became of the run, exit 130."""
@@ -108,6 +118,8 @@ def train(
     if Path(source).suffix in (".jsonl", ".json") and not from_file:  # a typo in a path, not a run name
         raise CliError(f"dataset file {source} does not exist")
     st = _store(store, create=from_file)  # training from a run needs the run's store to exist
+    if not from_file:
+        _warn_if_unfinished(st.resolve(source))
     with _reported_interrupt():
         result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss', float('nan')):.4g}, {result.get('steps')} steps, "

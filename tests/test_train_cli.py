@@ -156,3 +156,24 @@ def test_ctrl_c_mid_training_records_the_run_as_interrupted_and_says_so(tmp_path
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (f"interrupted: train run {runs[0]['id']} is recorded as "
                                                "interrupted; train again to replace it")
+
+
+def test_training_on_a_run_that_did_not_finish_warns_that_it_has_part_of_its_data(tmp_path: Path, tiny: Path) -> None:
+    """A generation run killed half-way (still `running` in the store) trains silently on what it had;
+    `export` of the same run warns, and so does `train` now, before the wait."""
+    from synthledger.testing.projects import write_project
+    from synthledger.testing.server import run_in_thread
+
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    with run_in_thread() as srv:
+        config = write_project(tmp_path, srv.url, name="half", seeds=4, queries=40)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "SYNTHLEDGER_EXIT_AFTER_COMMITS": "6"}
+        killed = subprocess.run([sys.executable, CLI, "generate", "--config", str(config), "--store", store,
+                                 "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode != 0
+    runs = json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout)
+    assert [(r["name"], r["status"]) for r in runs] == [("half", "running")]
+    r = cli("train", "half", "--store", store, "--no-progress", "--set", f"trainer.student={tiny}",
+            "--set", "trainer.max_steps=1", cwd=tmp_path)
+    assert f"warning: run {runs[0]['id']} (half) is running: training on the rows it had accepted so far" \
+        in " ".join(r.stderr.split()), r.stderr
