@@ -126,6 +126,15 @@ def test_plot_is_a_valid_png(grid_run):
     assert matplotlib.image.imread(str(out)).shape[:2] == (height, width)
 
 
+def test_a_plot_that_cannot_be_written_is_one_line_naming_the_path(grid_run):
+    """--out under a file was a FileExistsError traceback from the folder's mkdir."""
+    blocker = grid_run["folder"] / "not-a-folder"
+    blocker.write_text("")
+    res = cli("experiment", "plot", "grid", "--out", str(blocker / "fig.png"), "--store", grid_run["store"], ok=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert " ".join(res.stderr.split()) == f"error: cannot write {blocker}/fig.png: {blocker} is a file, not a folder"
+
+
 def test_recommend_from_names_the_experiment(grid_run):
     exp = grid_run["result"]["experiment"]
     res = cli("recommend", "--seeds", "4", "--budget", "16", "--from", "grid", "--store", grid_run["store"])

@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ...store.folders import make_parent
+from ..errors import ExportError
+
 COLORS = {"answer_augmentation": "#1f77b4", "question_rephrase": "#2ca02c", "new_question": "#d62728"}
 
 
@@ -70,7 +73,14 @@ def plot(result: dict[str, Any], out: str | Path) -> Path:
                  f"{held.get('spec')}, {held.get('n')} examples; bands: 95% paired-bootstrap CI", fontsize=10)
     fig.tight_layout(rect=(0, 0.12, 1, 0.98))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        reason = make_parent(out) or (f"{out} is a folder, not a file" if out.is_dir() else None)
+        if reason is None:
+            fig.savefig(out, dpi=120)
+    except OSError as exc:  # the path the user gave, in one line (--out under a file, a full disk)
+        reason = exc.strerror or str(exc)
+    finally:
+        plt.close(fig)
+    if reason is not None:
+        raise ExportError(f"cannot write {out}: {reason}")
     return out
