@@ -177,3 +177,17 @@ def test_training_on_a_run_that_did_not_finish_warns_that_it_has_part_of_its_dat
             "--set", "trainer.max_steps=1", cwd=tmp_path)
     assert f"warning: run {runs[0]['id']} (half) is running: training on the rows it had accepted so far" \
         in " ".join(r.stderr.split()), r.stderr
+
+
+def test_away_from_a_terminal_training_progress_is_a_line_every_few_seconds(tmp_path: Path, tiny: Path,
+                                                                            data: Path) -> None:
+    """With stderr in a log file (CI, `2> log`) rich draws its bar only when it stops, so a long
+    training or evaluation printed nothing at all until the end; now a plain line every 5 s, as
+    `generate` prints (the same StepProgress draws both commands' bars)."""
+    import re
+
+    r = cli("train", str(data), "--store", f"sqlite:///{tmp_path / 's.db'}", "--set", f"trainer.student={tiny}",
+            "--set", "trainer.max_steps=250", "--set", "trainer.batch_size=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    steps = [int(m.group(1)) for m in re.finditer(r"^\[ *[\d.]+s\] training: (\d+)/250, loss [\d.]+$", r.stderr, re.M)]
+    assert len(steps) >= 2 and steps == sorted(steps) and steps[0] < 250 and steps[-1] == 250, r.stderr

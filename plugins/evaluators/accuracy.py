@@ -98,10 +98,10 @@ def _generate(loaded: Any, examples: list[dict[str, str]], task: Task, options: 
             for i, row in zip(chunk, output[:, batch["input_ids"].shape[1]:].tolist()):
                 generated[i] = _until_eos(row, eos)
             if bar is not None:
-                bar[0].update(bar[1], advance=len(chunk))
+                bar.update(advance=len(chunk))
     finally:
         if bar is not None:
-            bar[0].stop()
+            bar.stop()
     return generated, time.perf_counter() - started
 
 
@@ -131,14 +131,9 @@ def _until_eos(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
-def _progress(enabled: bool, total: int) -> tuple[Any, Any] | None:
+def _progress(enabled: bool, total: int) -> Any:
     if not enabled:
         return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ..step_progress import StepProgress
 
-    # On stderr, as --progress says: stdout is the command's result lines, which scripts read.
-    bar = Progress(TextColumn("[bold]evaluating[/bold]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True))
-    bar.start()
-    return bar, bar.add_task("eval", total=total)
+    return StepProgress("evaluating", total)

@@ -22,28 +22,19 @@ class EventCallback(TrainerCallback):
         self.curve: list[dict[str, float]] = []
         self._progress_enabled = progress
         self._progress: Any = None
-        self._task: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
         if self._progress_enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from ..step_progress import StepProgress
 
-            # On stderr, as --progress says: stdout is the command's result lines, which scripts read.
-            self._progress = Progress(
-                TextColumn("[bold]training[/bold]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False,
-                console=Console(stderr=True),
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("train", total=state.max_steps, loss="-")
+            self._progress = StepProgress("training", state.max_steps, loss=True)
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
         if self.every_step_if_short and 0 < state.max_steps < EVERY_STEP_BELOW:
             # A short run logged every 10 steps has a curve of a point or two, or none at all.
             control.should_log = True
         if self._progress is not None:
-            self._progress.update(self._task, completed=state.global_step)
+            self._progress.update(completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         logs = logs or {}
@@ -60,7 +51,7 @@ class EventCallback(TrainerCallback):
         self.curve.append(point)
         self.on_event("training_progress", dict(point, max_steps=int(state.max_steps)))
         if self._progress is not None:
-            self._progress.update(self._task, loss=f"{point['loss']:.4f}")
+            self._progress.update(loss=f"{point['loss']:.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
         self.close()
