@@ -109,7 +109,8 @@ def train(
 
       synthledger train data.jsonl --set trainer.epochs=1 --merge
     """
-    from synthledger.engine.student.runs import eval_run, load_train_config, train_run
+    from synthledger.engine.student.runs import (check_eval, eval_run, load_train_config, train_run,
+                                                 training_questions)
 
     cfg = load_train_config(config, [*set_, *(["trainer.merge=true"] if merge else [])])
     if not progress:
@@ -117,9 +118,13 @@ def train(
     from_file = Path(source).suffix in (".jsonl", ".json") and Path(source).exists()
     if Path(source).suffix in (".jsonl", ".json") and not from_file:  # a typo in a path, not a run name
         raise CliError(f"dataset file {source} does not exist")
+    if from_file and cfg.eval is not None:  # [eval] is checked before the wait, not after it
+        check_eval(cfg.eval)
     st = _store(store, create=from_file)  # training from a run needs the run's store to exist
     if not from_file:
         _warn_if_unfinished(st.resolve(source))
+        if cfg.eval is not None:
+            check_eval(cfg.eval, training_questions(st, st.resolve(source).id))
     with _reported_interrupt():
         result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss', float('nan')):.4g}, {result.get('steps')} steps, "

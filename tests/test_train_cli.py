@@ -191,3 +191,20 @@ def test_away_from_a_terminal_training_progress_is_a_line_every_few_seconds(tmp_
     assert r.returncode == 0, r.stderr
     steps = [int(m.group(1)) for m in re.finditer(r"^\[ *[\d.]+s\] training: (\d+)/250, loss [\d.]+$", r.stderr, re.M)]
     assert len(steps) >= 2 and steps == sorted(steps) and steps[0] < 250 and steps[-1] == 250, r.stderr
+
+
+def test_a_bad_eval_section_is_refused_before_training(tmp_path: Path, tiny: Path, data: Path) -> None:
+    """`[eval]` runs after training: a held-out file that is not there, or an unknown task, failed
+    only once the student was trained (hours, for a real one), leaving a run and a student behind."""
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    for section, message in (('heldout = "missing.jsonl"', "error: held-out file missing.jsonl does not exist"),
+                             ('heldout = "held.jsonl"\ntask = "nosuch"', "error: no task named 'nosuch'")):
+        config = tmp_path / "train.toml"
+        config.write_text(f'[trainer]\nstudent = "{tiny}"\nmax_steps = 1\n[output]\ndir = "student"\n'
+                          f'[eval]\n{section}\n')
+        (tmp_path / "held.jsonl").write_text(json.dumps({"question": "What is 9 plus 9?", "answer": "18"}) + "\n")
+        r = cli("train", str(data), "--config", str(config), "--store", store, "--no-progress", cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert " ".join(r.stderr.split()).startswith(message), r.stderr
+        assert "trained:" not in r.stdout and not (tmp_path / "student").exists()
+    assert not (tmp_path / "s.db").exists()

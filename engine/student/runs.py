@@ -193,6 +193,17 @@ def student_dir(template: str, label: str, train_run: str) -> Path:
     return out
 
 
+def check_eval(e: EvalSection, trained_on: set[str] | None = None) -> None:
+    """A train config's [eval], checked before training: an unknown task or evaluator, a held-out
+    set that does not load, or one that shares a question with the data (`trained_on`) would
+    otherwise fail only once the student is trained, which can be hours in."""
+    ev_cls = host.get("evaluators", e.evaluator)
+    host.get("tasks", e.task or "gsm8k")
+    opts = validate_plugin_options(ev_cls.Options, {"heldout": e.heldout, "limit": e.limit, "batch_size": e.batch_size,
+                                                    "max_new_tokens": e.max_new_tokens}, "eval")
+    ev_cls(opts).heldout(trained_on)
+
+
 def _check_model(name: str) -> None:
     """Fail on an unknown model before a run is recorded (needs the `train` extra)."""
     from ...plugins.hf_models import resolve_model
