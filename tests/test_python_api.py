@@ -169,3 +169,13 @@ def test_error_hints_name_keyword_arguments_not_cli_flags(project, tmp_path):
     assert "without resume=True" in str(resume.value)
     for exc in (taken.value, typo.value, missing.value, resume.value):
         assert "--" not in str(exc), str(exc)
+
+
+def test_a_summary_says_when_its_answers_were_reused_not_sent(project):
+    # A second run of the same queries is served from the store: "0.0 req/s" beside "3 queries"
+    # read as a stalled run until the summary said where the answers came from.
+    config, url = project
+    first = synthledger.generate(config, store=url)
+    assert "reused" not in first.summary
+    again = synthledger.generate(config, store=url, name="api-again")
+    assert again.ok and "3 queries (3 reused from the store, not paid)" in again.summary, again.summary

@@ -158,8 +158,12 @@ class RunProgress:
         elapsed = time.monotonic() - self._t0
         spent = self.ledger.total_spent()
         rate = self.ledger.counts["settled"] / elapsed if elapsed > 0 else 0.0
+        # Answers reused from the store were never sent: without saying so, "0.0 req/s" beside
+        # "32 queries" reads as a stalled run.
+        reused = self.ledger.counts["reused"]
+        queries = f"{spent.queries} queries" + (f" ({reused} reused from the store, not paid)" if reused else "")
         return (f"{self.label}: {status} after {_duration(elapsed)} | {budget} | {self.samples_text()} | "
-                f"{spent.queries} queries, tok {spent.input_tokens}/{spent.output_tokens} | {rate:.1f} req/s")
+                f"{queries}, tok {spent.input_tokens}/{spent.output_tokens} | {rate:.1f} req/s")
 
     # ---- display -----------------------------------------------------------------------
     def __enter__(self) -> "RunProgress":
