@@ -97,6 +97,25 @@ def test_a_file_row_with_neither_messages_nor_an_answer_names_its_file_and_line(
     assert json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout) == []
 
 
+def test_a_chat_row_of_the_wrong_shape_or_an_empty_file_is_named_before_any_run(tmp_path: Path, tiny: Path,
+                                                                                  data: Path) -> None:
+    """A chat row whose messages are wrong said 'training row 0: ...' (no file, no line) only after
+    the student had loaded, leaving a failed run; an empty file got advice about runs in the store."""
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    bad = tmp_path / "chat.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]})
+    bad.write_text(good + "\n" + json.dumps({"messages": [1]}) + "\n")
+    r = cli("train", str(bad), "--store", store, "--no-progress", "--set", f"trainer.student={tiny}", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    message = " ".join(r.stderr.split())
+    assert f"{bad}, line 2: messages[0] must be an object with 'role' and 'content'" in message, message
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = cli("train", str(empty), "--store", store, "--no-progress", "--set", f"trainer.student={tiny}", cwd=tmp_path)
+    assert r.returncode == 2 and " ".join(r.stderr.split()) == f"error: dataset file {empty} has no rows to train on"
+    assert json.loads(cli("runs", "--json", "--store", store, cwd=tmp_path).stdout) == []
+
+
 def test_a_dataset_file_that_does_not_exist_is_named_not_the_store(tmp_path: Path) -> None:
     """Without a store in the folder, a mistyped file name was reported as a missing store."""
     r = cli("train", "rows.jsonl", "--no-progress", cwd=tmp_path)

@@ -139,9 +139,13 @@ def _file_row(path: Path, number: int, row: dict[str, Any]) -> dict[str, Any]:
     """One line of a dataset file as a chat row: `messages` as they are (chat, openai exports), or a
     `question` and `answer` pair (a jsonl export); anything else is named by its file and line here,
     before a run is recorded, rather than failing later on a missing key."""
+    from ..output.chat_rows import messages_problem
     from ..output.export import chat_record
 
     if "messages" in row:
+        problem = messages_problem(row)
+        if problem is not None:
+            raise ConfigError(f"{path}, line {number}: {problem}")
         return row
     if isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
         return chat_record(row)
@@ -156,6 +160,8 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
     options = validate_plugin_options(trainer_cls.Options, cfg.trainer.extras(), "trainer")
     rows, parent, label = _rows_from(source, store, cfg.data.include_seeds)
     if not rows:
+        if parent is None:  # a file, not a run: run advice would send the user looking in the store
+            raise ConfigError(f"dataset file {source} has no rows to train on")
         raise ConfigError(f"{source}: no accepted samples to train on (export it or check `show {source}`)")
     student = getattr(options, "student", None)
     if student is not None:

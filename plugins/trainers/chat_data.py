@@ -13,10 +13,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
+from synthledger.engine.output.chat_rows import messages_problem
+
 from .options import TrainingError
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass
@@ -44,25 +45,10 @@ class EncodedDataset:
 
 def validate_messages(row: Any, index: int) -> list[dict[str, str]]:
     """The row's messages, or a TrainingError naming the row and key path that is wrong."""
-    where = f"training row {index}"
-    if not isinstance(row, dict) or "messages" not in row:
-        raise TrainingError(f"{where}: expected an object with a 'messages' list (the OpenAI/TRL chat format)")
-    messages = row["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise TrainingError(f"{where}: 'messages' must be a non-empty list")
-    clean: list[dict[str, str]] = []
-    for j, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise TrainingError(f"{where}: messages[{j}] must be an object with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise TrainingError(f"{where}: messages[{j}].role must be one of {', '.join(ROLES)}, got {role!r}")
-        if not isinstance(content, str):
-            raise TrainingError(f"{where}: messages[{j}].content must be a string, got {type(content).__name__}")
-        clean.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in clean):
-        raise TrainingError(f"{where}: no assistant message, so there is nothing to learn from it")
-    return clean
+    problem = messages_problem(row)
+    if problem is not None:
+        raise TrainingError(f"training row {index}: {problem}")
+    return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
