@@ -116,6 +116,8 @@ def grid(tmp_path) -> Path:
     (["experiment.strategies=[\"answer_augmentation\", \"no_such_strategy\"]"], "no_such_strategy"),
     (["experiment.seed_sizes=[64]"], "the largest seed set (64) needs more seeds"),
     (["experiment.eval.colour=1"], "experiment.eval.colour: unknown key"),
+    (["experiment.budgts=[8]"], "experiment.budgts: unknown key (did you mean `budgets`?)"),
+    (["experiment.eval.heldot=\"x.jsonl\""], "experiment.eval.heldot: unknown key (did you mean `heldout`?)"),
     (["experiment.strategy_options.new_questions.check_well_posed=false"],
      "experiment.strategy_options.new_questions: no strategy of that name"),
     (["experiment.eval.heldout=\"nofile.jsonl\""], "experiment.eval.heldout: held-out file"),

@@ -20,6 +20,7 @@ from ...store.hashing import canonical
 from ..errors import ConfigError
 from ..run.config import _Strict, apply_overrides
 from ..run.configfile import read_toml as _read_toml
+from ..run.config_errors import format_errors
 
 DEFAULT_WORKDIR = ".synthledger/experiments/{name}"
 
@@ -96,16 +97,9 @@ class Experiment:
 
 
 def _one_line(exc: ValidationError, where: str) -> ConfigError:
-    parts = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{path}: unknown key")
-        elif err["type"] == "missing":
-            parts.append(f"{path}: required key is missing")
-        else:
-            parts.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
-    return ConfigError(f"{where}: " + "; ".join(parts))
+    """The run config's wording (a misspelt key gets its "did you mean"), on one line."""
+    lines = format_errors(exc, model=GridFile).splitlines()
+    return ConfigError(f"{where}: " + "; ".join(line.strip() for line in lines))
 
 
 def _grid_shape(sec: ExperimentSection, where: str) -> dict[int, list[int]]:
