@@ -29,15 +29,21 @@ def project(tmp_path):
         srv.close()
 
 
+def completed_run(proj, cfg):
+    """Run `generate`; it must complete. Its result and run id."""
+    res = proj.generate(cfg)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed", res.stdout
+    return res, run_id
+
+
 @pytest.mark.parametrize("style", ["openai", "kind"])
 def test_a_paced_run_meets_few_429s_and_never_pauses(project, style):
     proj, srv = project("--rpm", "1200", "--window-s", "1", "--latency-ms", "20", "--rate-headers", style, seeds=100)
     cfg = proj.write(limits={"requests_per_minute": 1200, "max_concurrency": 32}, budget={"queries": 100},
                      strategy={"samples_per_seed": 1})
-    res = proj.generate(cfg)
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
+    _, run_id = completed_run(proj, cfg)
     report = proj.audit(run_id)
     stats = srv.stats()
     assert report["counts"]["settled"] == 100 == stats["answered"]
@@ -54,10 +60,7 @@ def forty_unconfigured(project, provider: str, *server_args: str):
                if provider == "anthropic" else {})  # Anthropic announces anthropic-ratelimit-* instead
     cfg = proj.write(limits={"max_concurrency": 32}, budget={"queries": 40}, strategy={"samples_per_seed": 1},
                      teacher=teacher)
-    res = proj.generate(cfg)
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
+    _, run_id = completed_run(proj, cfg)
     return proj, srv, proj.audit(run_id)
 
 
@@ -164,10 +167,7 @@ def test_a_configured_limit_above_the_announced_one_is_paced_at_the_announced_on
     proj, srv = project("--rpm", "120", "--window-s", "1", "--latency-ms", "20", seeds=16)
     cfg = proj.write(limits={"requests_per_minute": 6000, "max_concurrency": 8}, budget={"queries": 16},
                      strategy={"samples_per_seed": 1})
-    res = proj.generate(cfg)
-    assert res.returncode == 0, res.stderr
-    run_id, status = last_line(res)
-    assert status == "completed"
+    res, run_id = completed_run(proj, cfg)
     said = "the provider announces 120 requests/min, below the configured 6000; pacing to 120"
     assert res.stderr.count(said) == 1, res.stderr  # the live view's warning, once
     warnings = [w for w in proj.events("run_warning") if w["kind"] == "limit_above_provider"]
