@@ -237,3 +237,34 @@ def test_ray_executor_gives_the_local_table(grid_run):
     mine = {k: r.finished["outcomes"] for k, r in load_state(st, "on-ray").cells.items()}
     theirs = {k: r.finished["outcomes"] for k, r in load_state(st, "grid").cells.items() if k in mine}
     assert mine == theirs
+
+
+def _running_student_runs(db: Path) -> int:
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM runs WHERE kind IN ('train', 'eval') AND status = 'running'"
+                           ).fetchone()[0]
+    except sqlite3.OperationalError:  # the store is not made yet
+        return 0
+    finally:
+        con.close()
+
+
+def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, tiny_student):
+    # Its workers were killed, but their train/eval runs read `running` until some later `train` or
+    # `eval` swept them.
+    db = tmp_path / "store.db"
+    with run_in_thread(ServerConfig()) as srv:
+        grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
+        proc = subprocess.Popen(CLI + ["experiment", "run", str(grid), "--store", f"sqlite:///{db}", "--no-progress"],
+                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while not _running_student_runs(db):
+            assert proc.poll() is None and time.monotonic() < deadline, "no train/eval run was ever seen running"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # the driver alone, as `kill -INT PID` does
+        out, err = proc.communicate(timeout=120)
+    assert "interrupted" in out, (out, err)
+    assert _running_student_runs(db) == 0

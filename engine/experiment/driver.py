@@ -225,8 +225,19 @@ def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: s
         signal.signal(signal.SIGTERM, previous)
         if pool is not None:
             pool.shutdown(cancel=status != "completed")
+            if status != "completed":
+                _close_stopped_cells(store)
         journal.finish(status, message)
     return Outcome(journal.run_id, status, message, build_result(load_state(store, journal.run_id)))
+
+
+def _close_stopped_cells(store: EventStore) -> None:
+    """The training and evaluation runs of the workers just stopped, closed as `interrupted` now:
+    they are never resumed (a rerun redoes the cell), and left `running` they read so until some
+    later `train` or `eval` happened to sweep them."""
+    from ..student.runs import close_orphans
+
+    close_orphans(store)
 
 
 def make_executor(kind: str, settings: Any) -> Any:

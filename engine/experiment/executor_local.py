@@ -39,6 +39,9 @@ class LocalExecutor:
 
     def shutdown(self, cancel: bool = False) -> None:
         if cancel:
-            for proc in list(getattr(self.pool, "_processes", {}).values()):
+            procs = list(getattr(self.pool, "_processes", {}).values())
+            for proc in procs:
                 proc.kill()  # a training in flight restarts cleanly on the rerun
+            for proc in procs:  # reaped, so the runs they held can be seen to have lost their process
+                proc.join(10)
         self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
