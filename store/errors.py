@@ -18,6 +18,11 @@ class RunNotFound(StoreError):
     pass
 
 
+class NameTaken(StoreError):
+    """A run that must have a name of its own was started while another process created a run of
+    that name: the second start is refused (the caller says which run has the name)."""
+
+
 class StoreMissing(StoreError):
     """A read-only command was pointed at a store that does not exist (a mistyped path, usually)."""
 

@@ -13,6 +13,7 @@ busy timeout as StoreBusy, naming the holder where it can be told.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import time
 import uuid
 import weakref
@@ -28,7 +29,7 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
 from .engines import (insert_sql, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
                       sqlite_path, unwritable)
-from .errors import ConcurrencyError, RunNotFound, StoreBusy, StoreError, StoreMissing
+from .errors import ConcurrencyError, NameTaken, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex
 from .migrations import migrate
@@ -165,26 +166,33 @@ class EventStore(KeyIndex):
     # ---- runs -------------------------------------------------------------------------
     def start_run(self, name: str, config: dict[str, Any], config_hash: str, events: Sequence[NewEvent] = (),
                   *, kind: str = "generate", parent_id: str | None = None,
-                  owner: str | None = None, run_id: str | None = None) -> tuple[str, int, str]:
+                  owner: str | None = None, run_id: str | None = None,
+                  unique_name: bool = False) -> tuple[str, int, str]:
         """Create a run and append its first events in one transaction: (run id, last seq, head hash).
 
         A run therefore exists with its `run_started` or not at all: a process killed at any instant
         leaves nothing a resume cannot read. `run_id` (from `new_run_id()`) when the run's name or
-        files must carry its id."""
+        files must carry its id. `unique_name`: NameTaken if a run of this name holds events, decided
+        under the lock the insert takes, so two processes starting one name at once make one run."""
         run_id = run_id or new_run_id()
         now = time.time()
         rows, last, head = chain_rows(run_id, events, 0, GENESIS, now)
         try:
             self._insert_run(run_id, name, config, config_hash, kind, parent_id, owner, now, last, head, rows,
-                             events)
+                             events, unique_name)
         except IntegrityError as exc:
             raise StoreError(f"cannot create run {name!r} in {self.where}: {one_line(exc)}") from exc
         return run_id, last, head
 
     def _insert_run(self, run_id: str, name: str, config: dict[str, Any], config_hash: str, kind: str,
                     parent_id: str | None, owner: str | None, now: float, last: int, head: str,
-                    rows: list[tuple[Any, ...]], events: Sequence[NewEvent] = ()) -> None:
+                    rows: list[tuple[Any, ...]], events: Sequence[NewEvent] = (), unique_name: bool = False) -> None:
         with self._begin() as conn:
+            if unique_name:
+                self._lock_name(conn, name)
+                held = conn.execute(text("SELECT id FROM runs WHERE name = :n AND last_seq > 0"), {"n": name}).first()
+                if held is not None:
+                    raise NameTaken(f"run name {name!r} is taken by run {held[0]} in {self.where}")
             conn.execute(
                 text("INSERT INTO runs (id, name, kind, parent_id, created, config, config_hash, status,"
                      " last_seq, head_hash, owner, heartbeat) VALUES (:id, :name, :kind, :parent, :created,"
@@ -196,6 +204,19 @@ class EventStore(KeyIndex):
             if rows:
                 self._insert_events(conn, rows)
                 self._insert_keys(conn, run_id, 0, events, now)
+
+    @staticmethod
+    def _lock_name(conn: Connection, name: str) -> None:
+        """Serialise the starts of runs of one name, for the rest of this transaction. A caller's own
+        look for the name came before, outside any lock: two processes can both find it free. On
+        SQLite the write lock is taken first (as migrations do); on PostgreSQL, where inserts do not
+        block each other, an advisory lock keyed by the name."""
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif conn.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.blake2b(f"run-name:{name}".encode(), digest_size=8).digest(), "big",
+                                 signed=True)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
     def create_run(self, name: str, config: dict[str, Any], config_hash: str, *, kind: str = "generate",
                    parent_id: str | None = None, owner: str | None = None) -> str:

@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from synthledger.testing.projects import write_project
 from synthledger.testing.reliability import ForkedCli, ServerProcess, check_run_exact, run_events
@@ -135,3 +139,59 @@ def test_a_takeover_while_the_store_is_write_locked_says_busy_in_one_line(tmp_pa
             holder.rollback()
             holder.close()
         assert taker.rc == 2 and "busy" in taker.error_line(), taker
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], timeout=0)
+con.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_two_starts_of_one_run_at_once_make_one_run(tmp_path, resume):
+    """Two `generate --resume` of a run killed before its first commit (or two `generate` of one new
+    config) started together: both find the name free, so only the insert's own lock can decide.
+    The store's write lock is held while both start, so both have looked before either inserts.
+    One run is made; the other process is refused in one line (the lease, or the name) and paid
+    nothing."""
+    with ServerProcess("--latency-ms", "150") as server:
+        config = write_project(tmp_path, server.url, name="once", seeds=4, queries=12,
+                               extra="\n[limits]\nmax_concurrency = 1\n")
+        db = tmp_path / "store.db"
+        url = f"sqlite:///{db}"
+        args = ["--busy-timeout", "60", "generate", "--config", str(config), "--no-progress", "--store", url]
+        first = ForkedCli([*args, "--name", "other", "--set", "budget.queries=1", "--set", "run.replicate=1"], cwd=tmp_path).wait(60)
+        assert first.rc == 0, first  # the store exists; the run `once` has never started
+        server.reset()
+        # The lock is held by a process of its own: a connection open in this one would be copied
+        # into the forked children, and SQLite's per-process lock records with it.
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(db)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            starts = [ForkedCli([*args, *(["--resume"] if resume else [])], cwd=tmp_path) for _ in range(2)]
+            # Each prints its store line before it looks for the name; give both time to look.
+            _wait(lambda: all(p._err.exists() and "store " in p._err.read_text() for p in starts), 30,
+                  "both processes to open the store")
+            time.sleep(2.0)
+            assert all(p.poll() is None for p in starts)
+        finally:
+            holder.kill()  # its lock goes with it (it wrote nothing)
+            holder.wait(30)
+        done = [p.wait(120) for p in starts]
+        con = sqlite3.connect(db)
+        try:
+            runs = [r[0] for r in con.execute("SELECT id FROM runs WHERE name = 'once'")]
+        finally:
+            con.close()
+        assert len(runs) == 1, f"{len(runs)} runs named 'once': {[d.stderr for d in done]}"
+        ok = [d for d in done if d.rc == 0]
+        refused = [d for d in done if d.rc != 0]
+        assert len(ok) == 1 and len(refused) == 1, done
+        line = refused[0].error_line()
+        assert refused[0].rc == 2
+        assert ("being extended by another process" if resume else f"is taken by run {runs[0]}") in line, line
+        check_run_exact(url, runs[0], 12)
+        assert server.settled_stats()["answered"] == 12  # the refused process sent nothing

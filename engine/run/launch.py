@@ -11,7 +11,7 @@ import anyio
 from sqlalchemy.exc import DatabaseError
 
 from ...store.eventstore import EventStore
-from ..errors import ResumeRefused
+from ..errors import ResumeRefused, RunNameTaken
 from ..ledger.replay import replay
 from .abort import start_error
 from .collector import tuned_for_a_run
@@ -70,7 +70,10 @@ def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None,
         if run_id:
             runner.start_resume(runner.store.resolve(run_id).id)
         elif resume and _never_started(runner.store, cfg.run.name):
-            runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
+            try:
+                runner.start_new()  # killed before its first commit: `--resume` starts it, as if it had never run
+            except RunNameTaken:  # another `--resume` started it just now: resume that (its lease decides)
+                runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
         elif resume:
             runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
         else:

@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from ... import __version__
+from ...store.errors import NameTaken
 from ...store.eventstore import EventStore, NewEvent, StoreMissing, owner_token
 
 from .admission import Admission
@@ -98,9 +99,15 @@ class RunSession:
                                                       for s in self.parts.seeds]))
         # The run row and its run_started commit together: a kill at any instant leaves either no
         # run or one that `--resume` can read. Both are scrubbed like every event (see redact).
-        run_id, last, head = self.store.start_run(cfg.run.name, scrub_value(cfg.snapshot()), cfg.config_hash(),
-                                                  [NewEvent(type_, scrub_payload(payload), SCHEMA_VERSION)],
-                                                  owner=self.owner)
+        # The name is checked again under the insert's lock: another process may have started a run
+        # of this name since the look above (two `generate` of one config at once).
+        try:
+            run_id, last, head = self.store.start_run(cfg.run.name, scrub_value(cfg.snapshot()), cfg.config_hash(),
+                                                      [NewEvent(type_, scrub_payload(payload), SCHEMA_VERSION)],
+                                                      owner=self.owner, unique_name=True)
+        except NameTaken:
+            self._check_name_free(cfg.run.name)  # says which run has it, and how to go on
+            raise
         crashpoints.committed()
         self.ledger = Ledger(self.parts.budget)
         self.ledger.apply(last, type_, payload)
