@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from synthledger.engine.ledger.crashpoints import ENV, EXIT_CODE
+from synthledger.engine.ledger.crashpoints import ENV, EXIT_CODE, SIGNAL_ENV
 from synthledger.testing.projects import write_project
 from synthledger.testing.reliability import ServerProcess, check_run_exact, fork_cli, run_events
 
@@ -160,3 +160,22 @@ def test_a_kill_during_verification_leaves_every_paid_answer_decided(tmp_path, s
         st.close()
         assert report.ok and report.spent["queries"] == budget, (n, report.spent)
     assert seen, "no kill landed while a vote was out"
+
+
+@pytest.mark.parametrize("sig", ["INT", "TERM"])
+def test_a_signal_right_after_the_first_commit_stops_the_run_cleanly(tmp_path, server, sig):
+    """Ctrl-C or SIGTERM between the run's first commit and its event loop listening for signals
+    (~30 ms): SIGINT failed the run with the false reason "its event loop failed before the first
+    query", SIGTERM killed the process and left the run `running`. Now the signal waits for the loop
+    and stops the run as any other: interrupted, in one line, and `--resume` finishes it exactly."""
+    config = _project(tmp_path, server.url, "answer_augmentation", budget=4, concurrency=1)
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["generate", "--config", str(config), "--no-progress", "--store", store]
+    stopped = fork_cli(args, cwd=tmp_path, env={SIGNAL_ENV: f"1:{sig}"})
+    assert stopped.rc > 0 and "Traceback" not in stopped.stderr, (stopped.rc, stopped.stderr)
+    assert stopped.last_line()[2] == "interrupted", stopped.stdout
+    finished = [p for _, t, p, _ in run_events(tmp_path / "store.db") if t == "run_finished"]
+    assert [p["status"] for p in finished] == ["interrupted"], finished
+    resumed = fork_cli([*args, "--resume"], cwd=tmp_path)
+    assert resumed.rc == 0, resumed.stderr
+    check_run_exact(store, run_events_run_id(tmp_path / "store.db"), 4)

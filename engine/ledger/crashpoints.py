@@ -4,15 +4,21 @@
 killing a run at every instant that matters: each point where the store changed. With
 SYNTHLEDGER_EXIT_AFTER_COMMITS=N the process leaves through `os._exit` (no cleanup, no final
 event: what a SIGKILL leaves) immediately after the N-th commit of the event writer, so a test can
-walk N over a whole run and `--resume` after each. Unset (the normal case) it costs one dict lookup
+walk N over a whole run and `--resume` after each. Unset (the normal case) it costs two dict lookups
 per commit.
+
+SYNTHLEDGER_SIGNAL_AFTER_COMMITS=N:INT (or N:TERM) sends the process that signal right after the
+N-th commit instead: a Ctrl-C landing at an exact instant (the first commit, before the event loop
+listens), which no timing-based test hits reliably.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 
 ENV = "SYNTHLEDGER_EXIT_AFTER_COMMITS"
+SIGNAL_ENV = "SYNTHLEDGER_SIGNAL_AFTER_COMMITS"
 EXIT_CODE = 86  # distinctive: a test tells "the hook fired" from any real exit
 
 _count = 0
@@ -21,9 +27,13 @@ _count = 0
 def committed() -> None:
     """Call after each durable commit of a run's events."""
     global _count
-    limit = os.environ.get(ENV)
-    if not limit:
+    limit, signal_at = os.environ.get(ENV), os.environ.get(SIGNAL_ENV)
+    if not limit and not signal_at:
         return
     _count += 1
-    if _count >= int(limit):
+    if limit and _count >= int(limit):
         os._exit(EXIT_CODE)
+    if signal_at:
+        at, _, name = signal_at.partition(":")
+        if _count == int(at):
+            os.kill(os.getpid(), getattr(signal, f"SIG{name}"))

@@ -40,6 +40,7 @@ async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> Ru
 
     async def watch(tg: Any) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            _release_signals()  # one that came while the run started is delivered here, as a clean stop
             async for _ in signals:
                 if runner._stopping:
                     runner.hard_stop()
@@ -55,17 +56,39 @@ async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> Ru
             tg.cancel_scope.cancel()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_signals() -> None:
+    """From the run's first commit until its event loop listens for them, Ctrl-C and SIGTERM wait
+    (blocked, so pending) instead of landing in between: there a SIGINT failed the run with a
+    false reason and a SIGTERM killed the process with the run left `running`. Main thread only,
+    where the loop's receiver is installed; a no-op where the OS has no signal masks."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _release_signals() -> None:
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None, *, resume: bool = False,
-            run_id: str | None = None, show_progress: bool = True, announce: Any = None) -> Runner:
+            run_id: str | None = None, show_progress: bool = True, announce: Any = None,
+            hold_signals: bool = False) -> Runner:
     """Build a run's parts, open its store and write its first event (or take over a run to resume).
 
     Bad input fails before any event. Only a new run may create the store. `announce`, when given,
-    is called with one line naming the store and why it was chosen (then any start warnings)."""
+    is called with one line naming the store and why it was chosen (then any start warnings).
+    `hold_signals`: SIGINT/SIGTERM wait from the first write until `_run_with_signals` listens
+    (the caller releases them if it never gets there)."""
     runner = Runner(cfg, store, show_progress=show_progress, create=not (resume or run_id))
     if announce is not None:
         announce(runner.store_choice.describe())
         for line in runner.warnings:
             announce(f"warning: {line}")
+    if hold_signals:
+        _hold_signals()
     try:
         if run_id:
             runner.start_resume(runner.store.resolve(run_id).id)
@@ -108,12 +131,16 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
             return pool.submit(generate, cfg, store, resume=resume, run_id=run_id, show_progress=show_progress,
                                announce=announce).result()
     uvloop = use_uvloop()
-    runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce)
     try:
-        with tuned_for_a_run():
-            result = drive(_run_with_signals, runner, uvloop=uvloop)
+        runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce,
+                         hold_signals=True)
+        try:
+            with tuned_for_a_run():
+                result = drive(_run_with_signals, runner, uvloop=uvloop)
+        finally:
+            runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
     finally:
-        runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
+        _release_signals()  # a signal still held is delivered now, as it would have been
     if result.error is not None:
         raise result.error
     return result
