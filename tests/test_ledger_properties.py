@@ -103,11 +103,12 @@ class Model:
 
     def scopes(self, role: str, strategy: str) -> list[str]:
         out = []
-        if self.spec.counted_roles is None or role in self.spec.counted_roles:
+        counted = self.spec.counted_roles is None or role in self.spec.counted_roles
+        if counted:
             out.append("total")
         if role in self.spec.roles:
             out.append(f"role:{role}")
-        if strategy in self.spec.strategies:
+        if strategy in self.spec.strategies and counted:  # a share of the total counts what it counts
             out.append(f"strategy:{strategy}")
         return out
 

@@ -95,6 +95,24 @@ def test_per_role_limits_and_counted_roles(tmp_path):
     assert by_role["augmenter"]["queries"] <= 50
 
 
+def test_mix_shares_count_only_the_counted_roles(tmp_path):
+    # Q counts teacher answers only: each part's share is that many teacher answers, and a question
+    # part's augmenter calls must not use up its share (they did: the mix ended with Q a third unspent).
+    budget = {"queries": 30, "counted_roles": ["teacher"]}
+    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
+                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, strategy, budget))
+        result = generate(cfg, show_progress=False)
+    report = audit(cfg.run.store, result.run_id)
+    assert result.status == "budget_exhausted"
+    assert report["spent"]["queries"] == report["by_role"]["teacher"]["queries"] == 30
+    reserved = [e.payload for e in EventStore(cfg.run.store).iter_events(result.run_id, types=["query_reserved"])]
+    teacher = {name: sum(1 for p in reserved if p["role"] == "teacher" and p["strategy"] == name)
+               for name in ("answer_augmentation", "new_question")}
+    assert teacher == {"answer_augmentation": 15, "new_question": 15}
+
+
 def test_augmenter_can_be_another_model(tmp_path):
     with run_in_thread(ServerConfig()) as srv:
         raw = config(tmp_path, srv.url, {"name": "new_question", "check_well_posed": False}, {"queries": 20})

@@ -84,11 +84,14 @@ class BudgetSpec:
 
     def _find_scopes(self, role: str, strategy: str) -> list[tuple[str, Limits]]:
         out: list[tuple[str, Limits]] = []
-        if self.counted_roles is None or role in self.counted_roles:
+        counted = self.counted_roles is None or role in self.counted_roles
+        if counted:
             out.append(("total", self.total))
         if role in self.roles:
             out.append((f"role:{role}", self.roles[role]))
-        if strategy in self.strategies:
+        # A strategy's share is a fraction of the total, so it counts what the total counts: with
+        # counted_roles = ["teacher"], a mix part's augmenter calls must not eat its teacher share.
+        if strategy in self.strategies and counted:
             out.append((f"strategy:{strategy}", self.strategies[strategy]))
         return out
 
