@@ -124,6 +124,24 @@ def test_augmenter_can_be_another_model(tmp_path):
     assert report["spent"]["queries"] == 20
 
 
+def test_a_rephrase_keeping_its_seeds_answer_is_not_credited_to_the_augmenter(tmp_path):
+    # reuse_seed_answer: the answer is the seed's own and the rewrite is the sample's only query; the
+    # export said role "augmenter", model "augmenter-m", as if that model had written the answer.
+    strategy = {"name": "question_rephrase", "reuse_seed_answer": True}
+    with run_in_thread(ServerConfig()) as srv:
+        raw = config(tmp_path, srv.url, strategy, {"queries": 6})
+        raw["augmenter"] = {**raw["teacher"], "model": "augmenter-m"}
+        cfg = config_from_dict(raw)
+        result = generate(cfg, show_progress=False)
+    seeds = {str(n): json.loads(line) for n, line in enumerate(seeds_file(tmp_path).read_text().splitlines(), 1)}
+    data = rows(cfg.run.store, result.run_id, tmp_path)
+    assert len(data) == 6
+    for row in data:
+        assert row["answer"] == seeds[row["seed_id"]]["answer"]
+        assert (row["role"], row["model"]) == ("seed", None), row
+        assert row["models"] == {"augmenter": "augmenter-m"} and len(row["query_ids"]) == 1
+
+
 def test_near_duplicates_are_rejected_before_they_are_answered(tmp_path):
     # A rephrase template that makes the test server's augmenter echo the seed: every "rewrite" is an
     # exact duplicate of its seed, so it must be rejected before the teacher is asked anything.

@@ -181,6 +181,9 @@ class SampleProposed(_Event):
     # no query wrote it, e.g. a seed's own answer), and the same for every query the sample used.
     finish_reason: str | None = None
     finish_reasons: dict[str, str | None] = {}
+    # The query the answer came from (None: no query wrote it, e.g. a seed's own answer reused by a
+    # rephrase), so an export names the model that wrote the answer. Absent in older runs.
+    answer_query_id: str | None = None
 
 
 class SampleAccepted(_Event):

@@ -40,10 +40,17 @@ class _Dataset:
         }
 
 
-def _answer_role(proposal: dict[str, Any]) -> str:
-    """Who wrote the answer: the role of the proposal's last query (its answer comes last; the
-    verifier's queries are added on acceptance). A sample no query wrote is the teacher's by default."""
+def _answer_role(proposal: dict[str, Any]) -> str | None:
+    """Who wrote the answer: the role of the query the run took it from. An answer no query wrote
+    (a rephrase keeping its seed's answer) is the seed's, not the augmenter's whose rewrite was the
+    sample's only query. Runs recorded before `answer_query_id` fall back to the last query's role
+    (the verifier's queries are added on acceptance), and a sample with no query to the teacher."""
     qids, roles = proposal.get("query_ids") or [], proposal.get("roles") or {}
+    if "answer_query_id" in proposal:
+        qid = proposal["answer_query_id"]
+        if qid is not None:
+            return roles.get(qid, "teacher")
+        return "seed" if proposal.get("seed_id") is not None else None
     return roles.get(qids[-1], "teacher") if qids else "teacher"
 
 

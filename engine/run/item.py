@@ -51,7 +51,8 @@ async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemCont
                             reference=sample.reference, query_ids=list(ctx.query_ids),
                             roles=dict(ctx.roles), models=models, meta=sample.meta,
                             finish_reason=answer.finish_reason if answer else None,
-                            finish_reasons={r.query_id: r.finish_reason for r in replies}))
+                            finish_reasons={r.query_id: r.finish_reason for r in replies},
+                            answer_query_id=answer.query_id if answer else None))
     problem = runner.gate.check(item.key, sample, replies)
     if problem is not None:
         rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="quality",
