@@ -158,6 +158,22 @@ def test_near_duplicates_are_rejected_before_they_are_answered(tmp_path):
     assert len(dup_items) == 10 and not teacher_items  # the whole budget went to (rejected) rewrites
 
 
+def test_a_rephrase_that_copies_its_seed_is_refused_with_dedupe_off(tmp_path):
+    # With [dedupe] off the echoed seed went through as a "rephrase", its answer the same query every
+    # round (one paid answer exported three times, and the seed question under the rephrase's name).
+    strategy = {"name": "question_rephrase", "rephrase_template": "Repeat: {question}", "rephrases_per_seed": 3}
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 12}, dedupe={"enabled": False}))
+        result = generate(cfg, show_progress=False)
+    st = EventStore(cfg.run.store)
+    rejected = [e.payload for e in st.iter_events(result.run_id, types=["sample_rejected"])]
+    reserved = [e.payload for e in st.iter_events(result.run_id, types=["query_reserved"])]
+    assert len(rejected) == 12 and {(r["stage"], r["reason"]) for r in rejected} == {
+        ("rephrase", "augmenter copied a seed question")}
+    assert not [r for r in reserved if r["role"] == "teacher"]
+    assert rows(cfg.run.store, result.run_id, tmp_path) == []
+
+
 def test_export_formats_load_with_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     with run_in_thread(ServerConfig()) as srv:

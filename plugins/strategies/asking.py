@@ -7,16 +7,23 @@ were lost, and the item ends without a sample.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from synthledger.engine.api import Context, Task
 
-from .common import answer_prompt, clean_question, user
+from .common import answer_prompt, clean_question, same_text, user
 from .options import AnswerOptions
 
 
 async def ask_question(ctx: Context, prompt: str, *, purpose: str, sample_index: int,
-                       temperature: float) -> str | None:
+                       temperature: float, sources: Sequence[str] = ()) -> str | None:
     """The augmenter's question for `prompt`, cleaned and admitted by near-duplicate control;
-    None (after ctx.reject, stage `purpose` or "dedupe") when there is none to use."""
+    None (after ctx.reject, stage `purpose` or "dedupe") when there is none to use.
+
+    A reply that is one of `sources` (the seed questions in the prompt) again is refused even with
+    [dedupe] off (with it on, the index refuses it first): it is no rewrite or new question but a
+    seed exported under another strategy's name, and its answer the very query answer augmentation
+    asks for that seed, shared for free (an exact copy of that row in a mix)."""
     raw = await ctx.ask("augmenter", user(prompt), purpose=purpose, sample_index=sample_index,
                         temperature=temperature)
     question = clean_question(raw)
@@ -26,6 +33,9 @@ async def ask_question(ctx: Context, prompt: str, *, purpose: str, sample_index:
     duplicate = ctx.check_new_question(question)
     if duplicate is not None:
         ctx.reject(duplicate, stage="dedupe", question=question)
+        return None
+    if any(same_text(question, source) for source in sources):  # [dedupe] off: the index did not look
+        ctx.reject("augmenter copied a seed question", stage=purpose, question=question)
         return None
     return question
 

@@ -107,6 +107,11 @@ def clean_question(text: str) -> str:
     return s
 
 
+def same_text(a: str, b: str) -> bool:
+    """The same question, up to case and spacing."""
+    return " ".join(a.casefold().split()) == " ".join(b.casefold().split())
+
+
 _VERDICT = re.compile(r"(?:verdict|answer|decision)\s*[:\-=]?\s*[*_]*\s*(yes|no)\b", re.IGNORECASE)
 _FIRST = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 _SHOUT = re.compile(r"\b(YES|NO)\b")

@@ -91,7 +91,8 @@ class NewQuestion(Strategy):
         )
         # sample_index: the same examples may recur; each item is its own draw
         question = await ask_question(ctx, prompt, purpose="new_question", sample_index=item.sample_index,
-                                      temperature=self.options.temperature)
+                                      temperature=self.options.temperature,
+                                      sources=[seed.question for seed in examples])
         if question is None:
             return None
         if self.options.check_well_posed:

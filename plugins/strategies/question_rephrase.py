@@ -56,7 +56,7 @@ class QuestionRephrase(Strategy):
         seed = item.seed
         question = await ask_question(ctx, self.options.rephrase_template.format(question=seed.question),
                                       purpose="rephrase", sample_index=item.sample_index,
-                                      temperature=self.options.temperature)
+                                      temperature=self.options.temperature, sources=[seed.question])
         if question is None:
             return None
         if self._reuses(item):
