@@ -99,6 +99,14 @@ def test_hf_export_has_messages_beside_provenance_and_a_card(recorded, tmp_path)
     assert "127.0.0.1" not in card  # endpoints stay out of a card meant for publishing
 
 
+def test_the_card_gives_the_seed_set_size_of_a_file_source(recorded, tmp_path):
+    # A jsonl source without `size` takes every row: the card read "|S| = -" although the run recorded them.
+    project, url, _ = recorded
+    out = tmp_path / "hf"
+    assert cli("export", "hf-run", "--format", "hf", "--out", str(out), "--store", url, cwd=project).returncode == 0
+    assert "seeds from `jsonl` (|S| = 3)" in (out / "README.md").read_text()
+
+
 def test_hf_export_trains_in_trl_sft_trainer_as_is(tmp_path):
     pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")

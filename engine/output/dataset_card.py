@@ -13,7 +13,7 @@ from typing import Any
 
 from ...store.eventstore import EventStore, RunInfo
 from .summary import summarize
-from ..ledger.events import RunStarted
+from ..ledger.events import RunStarted, recorded_seeds
 
 __all__ = ["dataset_card"]
 
@@ -73,6 +73,13 @@ def _first_event(store: EventStore, run_id: str) -> dict[str, Any]:
     return {}
 
 
+def _seed_count(config: dict[str, Any], started: dict[str, Any]) -> Any:
+    """|S|: the seed set the run recorded, else the configured size. A jsonl or csv source without
+    `size` takes every row, so the config alone says nothing (the card read `|S| = -`)."""
+    seeds = recorded_seeds(started)
+    return len(seeds) if seeds is not None else (config.get("seeds") or {}).get("size")
+
+
 def dataset_card(store: EventStore, info: RunInfo, n_rows: int, *, licence: str | None = None,
                  data_files: bool = False) -> str:
     """README.md text for an export of `info` with `n_rows` rows; `data_files` adds the hub layout."""
@@ -97,7 +104,7 @@ def dataset_card(store: EventStore, info: RunInfo, n_rows: int, *, licence: str 
         f"| samples | {samples.get('accepted', n_rows)} accepted of {samples.get('proposed', '-')} proposed"
         f" ({samples.get('accepted_unchecked', 0)} accepted unchecked) |", "",
         "## Strategy", "", f"`{strategy}` with {_options(config.get('strategy'))}; seeds from "
-        f"`{(config.get('seeds') or {}).get('source', '-')}` (|S| = {_cell((config.get('seeds') or {}).get('size'))}); "
+        f"`{(config.get('seeds') or {}).get('source', '-')}` (|S| = {_cell(_seed_count(config, started))}); "
         f"verifier `{verifier}` with {_options(config.get('verifier'))}.", "",
         "## Teacher", "", *_models(config), "",
         "## Budget", "", *_budget(summary), "",
