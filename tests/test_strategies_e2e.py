@@ -113,6 +113,19 @@ def test_mix_shares_count_only_the_counted_roles(tmp_path):
     assert teacher == {"answer_augmentation": 15, "new_question": 15}
 
 
+def test_mix_shares_add_up_to_the_whole_budget(tmp_path):
+    # Shares were rounded down each: Q = 21 in halves gave 10 + 10, and the run ended with a query unspent.
+    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
+                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 21}))
+        result = generate(cfg, show_progress=False)
+    report = audit(cfg.run.store, result.run_id)
+    assert result.status == "budget_exhausted" and report["spent"]["queries"] == 21
+    assert {k: v["queries"] for k, v in report["by_strategy"].items()} == {"answer_augmentation": 11,
+                                                                          "new_question": 10}
+
+
 def test_augmenter_can_be_another_model(tmp_path):
     with run_in_thread(ServerConfig()) as srv:
         raw = config(tmp_path, srv.url, {"name": "new_question", "check_well_posed": False}, {"queries": 20})

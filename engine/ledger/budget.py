@@ -58,6 +58,23 @@ class Limits:
         return Limits(part(self.queries, True), part(self.input_tokens, True), part(self.output_tokens, True),
                       part(self.usd, False))
 
+    def split(self, fractions: dict[str, float]) -> dict[str, "Limits"]:
+        """Shares of these limits for fractions summing to 1 (a mix's parts). Rounding every share
+        down lost up to one unit per part (Q = 10 in thirds gave 3 + 3 + 3), so integer dimensions
+        give the units left over to the largest remainders (the first listed on ties): the shares
+        add up to the limit exactly, and each is within one of its fraction."""
+        shares = {name: self.scaled(f) for name, f in fractions.items()}
+        out = {name: dict(vars(limits)) for name, limits in shares.items()}
+        for d in DIMENSIONS[:3]:
+            total = getattr(self, d)
+            if total is None or not fractions:
+                continue
+            left = total - sum(out[name][d] for name in fractions)
+            by_remainder = sorted(fractions, key=lambda n: -(total * fractions[n] - out[n][d]))
+            for name in by_remainder[:max(0, left)]:
+                out[name][d] += 1
+        return {name: Limits(**v) for name, v in out.items()}
+
     def as_dict(self) -> dict[str, Any]:
         return {d: getattr(self, d) for d in DIMENSIONS}
 

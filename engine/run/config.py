@@ -139,7 +139,7 @@ class BudgetSection(LimitValues):
 
     def spec(self, strategy_shares: dict[str, float] | None = None) -> BudgetSpec:
         total = self.limits()
-        shares = {name: total.scaled(f) for name, f in (strategy_shares or {}).items()}
+        shares = total.split(strategy_shares or {})
         return BudgetSpec(total=total, roles={k: v.limits() for k, v in self.roles.items()},
                           strategies=shares,
                           counted_roles=frozenset(self.counted_roles) if self.counted_roles is not None else None)
