@@ -187,6 +187,23 @@ def test_a_rephrase_that_copies_its_seed_is_refused_with_dedupe_off(tmp_path):
     assert rows(cfg.run.store, result.run_id, tmp_path) == []
 
 
+@pytest.mark.parametrize("strategy", [{"name": "question_rephrase"}, {"name": "new_question"}])
+def test_a_question_cut_off_is_rejected_before_the_teacher_answers_it(tmp_path, strategy):
+    # The gate rejects a sample with any reply cut off at max_tokens, but only after the teacher had
+    # answered the cut-off question (and the check judged it): a budget spent on answers all rejected.
+    with run_in_thread(ServerConfig()) as srv:
+        raw = config(tmp_path, srv.url, strategy, {"queries": 8})
+        raw["augmenter"] = {**raw["teacher"], "model": "augmenter-m", "max_tokens": 3}
+        cfg = config_from_dict(raw)
+        result = generate(cfg, show_progress=False)
+    st = EventStore(cfg.run.store)
+    reserved = [e.payload for e in st.iter_events(result.run_id, types=["query_reserved"])]
+    rejected = [e.payload for e in st.iter_events(result.run_id, types=["sample_rejected"])]
+    assert len(reserved) == 8 and {r["role"] for r in reserved} == {"augmenter"}
+    assert len(rejected) == 8 and {(r["stage"], r["kind"]) for r in rejected} == {("quality", "truncated")}
+    assert rejected[0]["reason"] == f"truncated: the augmenter's {reserved[0]['purpose']} reply was cut off at max_tokens"
+
+
 def test_export_formats_load_with_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     with run_in_thread(ServerConfig()) as srv:

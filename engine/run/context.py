@@ -22,6 +22,16 @@ class ItemHost(Protocol):
     dedupe: Any
 
 
+class CutOff(Exception):
+    """An item's reply was cut off at max_tokens while [quality] rejects such samples: the item is
+    rejected now, before anything more is asked for it (the teacher's answer to a rewrite that was
+    cut short would be paid for and then rejected all the same)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"truncated: the {reply.role}'s {reply.purpose} reply was cut off at max_tokens")
+        self.reply = reply
+
+
 class ItemContext:
     def __init__(self, runner: ItemHost, item: PlanItem) -> None:
         self._runner = runner
@@ -34,10 +44,12 @@ class ItemContext:
         self.rejected = False
         self.admitted_question: str | None = None
         self.fresh = 0  # queries this item took from the budget (not answers the run already held)
+        self.stop_on_cut_off = False  # set while the strategy makes its sample and cut-off replies are rejected
 
     async def ask(self, role: str, messages: list[dict[str, str]], *, purpose: str, sample_index: int = 0,
                   max_tokens: int | None = None, temperature: float | None = None,
                   group: Mapping[int, str] | Iterable[int] | None = None) -> str:
+        self._stop_if_cut_off()
         runner = self._runner
         runner.admission.release(self.item, role)  # from here on the query's own reservation counts
         qid, text, fresh = await runner.dispatcher.ask(
@@ -50,7 +62,14 @@ class ItemContext:
         self.replies.append(Reply(qid, role, purpose, runner.dispatcher.finish_reason(qid)))
         return text
 
+    def _stop_if_cut_off(self) -> None:
+        if self.stop_on_cut_off:
+            cut = next((r for r in self.replies if r.finish_reason == "length"), None)
+            if cut is not None:
+                raise CutOff(cut)
+
     def check_new_question(self, question: str) -> str | None:
+        self._stop_if_cut_off()  # a question cut short is not indexed: a whole one like it may follow
         index = self._runner.dedupe
         if index is None:
             return None

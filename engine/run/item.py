@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from ..api import PlanItem, Sample
 from ..errors import BudgetExhausted, PluginFailed
 from ..ledger.events import SampleAccepted, SampleProposed, SampleRejected
-from .context import ItemContext, ItemHost
+from .context import CutOff, ItemContext, ItemHost
 from .quality_gate import QualityGate, answer_reply
 
 
@@ -25,7 +25,17 @@ async def produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
     Raises what `ctx.ask` raises (BudgetExhausted, QueryFailed, RunStopping, FatalRunError): the
     runner decides what those mean for the item and the run. A strategy that returns what is not
     a Sample is a PluginFailed here, before the engine trips over it."""
-    sample = await runner.parts.strategy.run(item, ctx)
+    ctx.stop_on_cut_off = not runner.gate.keep_truncated  # the gate would reject the sample anyway
+    try:
+        sample = await runner.parts.strategy.run(item, ctx)
+    except CutOff as cut:
+        r = cut.reply
+        runner.recorder.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="quality", kind="truncated",
+                                            reason=str(cut), details={"query_id": r.query_id, "role": r.role,
+                                                                      "purpose": r.purpose}))
+        return "rejected"
+    finally:
+        ctx.stop_on_cut_off = False  # the verifier's own replies (votes) may be cut off: they are its to judge
     if sample is not None and not isinstance(sample, Sample):
         raise PluginFailed(f"strategy {item.strategy!r} returned {type(sample).__name__} from run() on item "
                            f"{item.key!r}; expected a Sample or None")
