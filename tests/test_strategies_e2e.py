@@ -95,6 +95,28 @@ def test_per_role_limits_and_counted_roles(tmp_path):
     assert by_role["augmenter"]["queries"] <= 50
 
 
+@pytest.mark.parametrize("augmenter_limit", [None, 50])
+def test_an_augmenter_no_limit_counts_cannot_spend_without_end(tmp_path, augmenter_limit):
+    # Q counts teacher answers only (the paper's setting) and every rewrite is refused before the
+    # teacher is asked: nothing ended the run, which paid the augmenter ~500 queries a second until killed.
+    budget = {"queries": 10, "counted_roles": ["teacher"]}
+    if augmenter_limit:
+        budget["roles"] = {"augmenter": {"queries": augmenter_limit}}
+    strategy = {"name": "question_rephrase", "rephrase_template": "Repeat: {question}"}
+    # A server that refuses everything after 3000 requests ends a runaway run (five 400s in a row) instead of the test.
+    with run_in_thread(ServerConfig(max_requests=3000, exhausted_status=400)) as srv:
+        raw = config(tmp_path, srv.url, strategy, budget)
+        raw["augmenter"] = {**raw["teacher"], "model": "augmenter-m"}
+        cfg = config_from_dict(raw)
+        result = generate(cfg, show_progress=False)
+        answered = srv.stats()["answered"]
+    if augmenter_limit:  # a limit of its own ends it, as before
+        assert result.status == "budget_exhausted" and answered == augmenter_limit
+    else:
+        assert result.status == "failed" and "paid only for roles no budget limit counts" in result.message
+        assert 1000 <= answered < 1100
+
+
 def test_mix_shares_count_only_the_counted_roles(tmp_path):
     # Q counts teacher answers only: each part's share is that many teacher answers, and a question
     # part's augmenter calls must not use up its share (they did: the mix ended with Q a third unspent).

@@ -44,6 +44,7 @@ class ItemContext:
         self.rejected = False
         self.admitted_question: str | None = None
         self.fresh = 0  # queries this item took from the budget (not answers the run already held)
+        self.fresh_bounded = 0  # of them, those some budget limit counts (see plan_guard.UnboundedSpendWatch)
         self.stop_on_cut_off = False  # set while the strategy makes its sample and cut-off replies are rejected
 
     async def ask(self, role: str, messages: list[dict[str, str]], *, purpose: str, sample_index: int = 0,
@@ -52,11 +53,15 @@ class ItemContext:
         self._stop_if_cut_off()
         runner = self._runner
         runner.admission.release(self.item, role)  # from here on the query's own reservation counts
+        routed = runner.admission.route(role)
         qid, text, fresh = await runner.dispatcher.ask(
-            role=runner.admission.route(role), messages=messages, purpose=purpose, strategy=self.item.strategy,
+            role=routed, messages=messages, purpose=purpose, strategy=self.item.strategy,
             item=self.item.key, sample_index=sample_index,
             overrides={"max_tokens": max_tokens, "temperature": temperature}, group=group)
         self.fresh += fresh
+        if fresh and any(not limits.is_empty()
+                         for _, limits in runner.admission.ledger.spec.scopes(routed, self.item.strategy)):
+            self.fresh_bounded += fresh
         self.query_ids.append(qid)
         self.roles[qid] = role
         self.replies.append(Reply(qid, role, purpose, runner.dispatcher.finish_reason(qid)))

@@ -52,3 +52,30 @@ class FreeItemWatch:
         return (f"strategy {strategy!r}: its last {self.streak} items took nothing from the budget (each answer "
                 "was one this run already had), so its plan would never end; give each sample its own query "
                 "(a distinct sample_index or prompt)")
+
+
+class UnboundedSpendWatch:
+    """Counts items in a row that paid only for roles no budget limit counts: `counted_roles`
+    leaves them out of the total and no `[budget.roles.NAME]` bounds them (the paper's setting:
+    Q counts teacher answers, the augmenter is paid on top). Nothing in the budget ends such items,
+    so an augmenter whose every question is refused before the teacher is asked (copies, near
+    duplicates, checks saying NO, replies cut off), or a plan that never asks a counted role,
+    would be paid without end. Replayed items (nothing paid) leave the count as it is."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self.streak = 0
+
+    def observe(self, strategy: str, fresh: int, bounded: int) -> str | None:
+        """An item ended having paid `fresh` queries, `bounded` of them counted by a limit."""
+        if bounded:
+            self.streak = 0
+            return None
+        if not fresh:
+            return None
+        self.streak += 1
+        if self.streak < self.limit:
+            return None
+        return (f"strategy {strategy!r}: its last {self.streak} items paid only for roles no budget limit counts, "
+                "so the budget would never end the run; count those roles ([budget] counted_roles) or give "
+                "them a limit of their own ([budget.roles.NAME])")

@@ -25,7 +25,7 @@ from .abort import abort_error
 from .config import RunConfig
 from .context import ItemContext
 from .item import produce
-from .plan_guard import FreeItemWatch, walk_plan
+from .plan_guard import FreeItemWatch, UnboundedSpendWatch, walk_plan
 from .progress import RunProgress
 from .session import RunSession
 from .store_choice import StoreChoice
@@ -64,6 +64,7 @@ class Runner(RunSession):
         self._handoff: asyncio.Queue[PlanItem | None]  # items for idle workers: each walk of the plan makes its own
         self._idle_workers = 0
         self._free_items = FreeItemWatch()  # a plan that only repeats answered queries would never end
+        self._unbounded = UnboundedSpendWatch()  # nor one whose items pay only roles no limit counts
         self._exhausted: set[str] = set()  # strategies whose budget (share) is spent
         self._all_names: set[str] | None = None  # a mix's strategies, each with its own share
         self._bounced: list[PlanItem] = []  # items the budget refused while others were in flight
@@ -323,7 +324,8 @@ class Runner(RunSession):
         try:
             outcome = await produce(self, item, ctx)
             rec.emit_plain(ItemDone, item=item.key, strategy=item.strategy, outcome=outcome)
-            endless = self._free_items.observe(item.strategy, ctx.fresh)
+            endless = (self._free_items.observe(item.strategy, ctx.fresh)
+                       or self._unbounded.observe(item.strategy, ctx.fresh, ctx.fresh_bounded))
             if endless is not None:
                 self._plugin_failed(endless)
         except BudgetExhausted as exc:
