@@ -25,6 +25,7 @@ CROSSOVERS: tuple[tuple[int, float, str], ...] = (
 )
 BAND_LOW = 27 / math.sqrt(27 * 51)   # the 100-seed range relative to its centre, applied at every size
 BAND_HIGH = 51 / math.sqrt(27 * 51)
+QUESTION_STRATEGIES = ("new_question", "question_rephrase")  # the families whose augmenter calls come on top of Q
 LARGE_SEED_SET = 1000  # from here on the research finds the choice of strategy matters much less
 MISTRAL_CROSSOVER = 12.0
 
@@ -43,6 +44,7 @@ class Recommendation:
     verifier: str = "none"
     reasons: list[str] = field(default_factory=list)
     thresholds: dict[str, Threshold] = field(default_factory=dict)
+    budget: int | None = None  # Q, in teacher queries
 
     def render(self) -> str:
         """What a person reads: the choice, the config section to paste, the reasons and the
@@ -54,10 +56,26 @@ class Recommendation:
         lines.append(f'name = "{section["name"]}"')
         for part in section.get("parts", []):  # type: ignore[union-attr]
             lines.append(f'[[strategy.parts]]\nname = "{part["name"]}"\nfraction = {part["fraction"]}')
+        budget = self.budget_config()
+        if budget:
+            lines += ["", "[budget]", f"queries = {budget['queries']}"]
+            if "counted_roles" in budget:
+                lines.append('counted_roles = ["teacher"]')
         lines += ["", "why:"] + [f"  - {reason}" for reason in self.reasons]
         if self.thresholds:
             lines += ["", "thresholds:"] + [f"  {name} = {t.value}  ({t.source})" for name, t in self.thresholds.items()]
         return "\n".join(lines)
+
+    def budget_config(self) -> dict[str, object]:
+        """The `[budget]` section that makes Q what the advice means by it: teacher answers, as the
+        research counts them. By default every role counts, and a question strategy would then get
+        a third of the samples at the same `queries` (new question: augmenter, check, teacher)."""
+        if self.budget is None:
+            return {}
+        names = [self.strategy] if self.fractions is None else list(self.fractions)
+        if any(name in QUESTION_STRATEGIES for name in names):
+            return {"queries": self.budget, "counted_roles": ["teacher"]}
+        return {"queries": self.budget}
 
     def strategy_config(self) -> dict[str, object]:
         """The `[strategy]` config section this recommends."""
@@ -112,6 +130,7 @@ def recommend(
     rec = Recommendation(
         strategy="",
         ratio=round(ratio, 3),
+        budget=budget,
         thresholds={
             "crossover_br": cross,
             "mix_band_low": low,
@@ -131,6 +150,10 @@ def recommend(
                        f"{questions} may already pay off")
     if seeds >= LARGE_SEED_SET:
         reasons.append(f"with {seeds} seeds the choice matters much less than with few seeds")
+    if "counted_roles" in rec.budget_config():
+        reasons.append(f"Q = {budget} teacher answers, as the research counts the budget: counted_roles = "
+                       "[\"teacher\"], the augmenter's calls (1 per rephrase, 2 per new question with its "
+                       "check) paid on top")
     rec.verifier = _verifier(rec, verifiable, reasons)
     if measured is None:
         reasons.append("these thresholds are starting points: compare strategies in a small pilot run on your task "

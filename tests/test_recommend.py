@@ -103,3 +103,38 @@ def test_render_reads_as_text_and_its_strategy_block_is_valid_config(budget):
     shown = subprocess.run([sys.executable, str(cli), "recommend", "--seeds", "100", "--budget", str(budget)],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "[strategy]" in shown.stdout and "Recommendation(" not in shown.stdout
+
+
+def test_the_pasted_advice_spends_q_on_teacher_answers(tmp_path):
+    # BR is teacher answers per seed, as the research counts Q. The advice printed only [strategy], and
+    # a run config's default budget counts every role: new questions then got a third of the answers.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from synthledger.engine.run.config import config_from_dict, tomllib
+    from synthledger.engine.run.launch import generate
+    from synthledger.store.eventstore import EventStore
+    from synthledger.testing.server import run_in_thread
+
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    shown = subprocess.run([sys.executable, str(cli), "recommend", "--seeds", "1", "--budget", "60"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    advice = tomllib.loads(shown.stdout.split("\nwhy:")[0].split("\n", 1)[1])
+    assert advice["strategy"] == {"name": "new_question"}
+    assert advice["budget"] == {"queries": 60, "counted_roles": ["teacher"]}
+    (tmp_path / "seeds.jsonl").write_text(json.dumps({"question": "Ann has 3 pens and buys 4. How many pens?",
+                                                      "answer": "#### 7"}) + "\n")
+    with run_in_thread() as srv:
+        raw = {"run": {"name": "advised", "store": f"sqlite:///{tmp_path / 's.db'}"},
+               "seeds": {"source": "jsonl", "path": str(tmp_path / "seeds.jsonl")},
+               "teacher": {"provider": "openai-compatible", "base_url": srv.url + "/v1", "model": "t", "max_tokens": 64},
+               "augmenter": {"provider": "openai-compatible", "base_url": srv.url + "/v1", "model": "a",
+                             "max_tokens": 64},
+               "limits": {"max_concurrency": 16}, **advice}
+        result = generate(config_from_dict(raw), show_progress=False)
+    reserved = [e.payload for e in EventStore(raw["run"]["store"]).iter_events(result.run_id, types=["query_reserved"])]
+    assert result.status == "budget_exhausted"
+    assert sum(1 for p in reserved if p["role"] == "teacher") == 60
