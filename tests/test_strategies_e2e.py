@@ -226,6 +226,20 @@ def test_a_question_cut_off_is_rejected_before_the_teacher_answers_it(tmp_path, 
     assert rejected[0]["reason"] == f"truncated: the augmenter's {reserved[0]['purpose']} reply was cut off at max_tokens"
 
 
+def test_a_question_written_again_with_dedupe_off_is_not_exported_twice(tmp_path):
+    # A greedy augmenter writes each seed's rewrite again in round 2; with [dedupe] off the teacher's
+    # answer to it is the same query, free, and its row was exported twice (the gate let a same-query
+    # answer through, meant for two seeds that share one question).
+    strategy = {"name": "question_rephrase", "rephrases_per_seed": 2}
+    with run_in_thread(ServerConfig(greedy=True)) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 100}, dedupe={"enabled": False}))
+        result = generate(cfg, show_progress=False)
+    data = rows(cfg.run.store, result.run_id, tmp_path)
+    assert len(data) == 12 and len({(r["question"], r["answer"]) for r in data}) == 12
+    rejected = [e.payload for e in EventStore(cfg.run.store).iter_events(result.run_id, types=["sample_rejected"])]
+    assert len(rejected) == 12 and {(r["stage"], r["kind"]) for r in rejected} == {("quality", "duplicate")}
+
+
 def test_export_formats_load_with_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     with run_in_thread(ServerConfig()) as srv:

@@ -83,8 +83,8 @@ class QualityGate:
         self.keep_truncated = keep_truncated
         self.keep_duplicates = keep_duplicates
         self._warn = warn or (lambda kind, message: None)
-        # (question, answer) -> (item key, answer query id) of its first sample
-        self._answers: dict[bytes, tuple[str, str | None]] = {}
+        # (question, answer) -> (item key, answer query id, seed id) of its first sample
+        self._answers: dict[bytes, tuple[str, str | None, str | None]] = {}
         self._questions: set[bytes] = set()
         self.warned: set[str] = set()
         self.answers = self.repeats = self.copies = 0
@@ -93,19 +93,19 @@ class QualityGate:
     # ---- state from earlier sessions of the run ------------------------------------------
     def load(self, events: Iterable[Any]) -> None:
         """Remember the answers of finished items and the warnings already given (a resume)."""
-        pending: dict[str, list[tuple[str, bytes, bytes, str | None]]] = {}  # item -> its undecided proposals
+        pending: dict[str, list[tuple[str, bytes, bytes, str | None, str | None]]] = {}  # item -> undecided proposals
         for ev in events:
             p = ev.payload
             if ev.type == SampleProposed.TYPE:
                 pending.setdefault(p["item"], []).append(
                     (p["sample_id"], _digest(p["question"], p["answer"]), _digest(p["question"]),
-                     answer_query_id(p.get("query_ids") or [], p.get("roles") or {})))
+                     answer_query_id(p.get("query_ids") or [], p.get("roles") or {}), p.get("seed_id")))
             elif ev.type == SampleRejected.TYPE and p.get("stage") == "quality" and p.get("sample_id"):
                 left = [x for x in pending.get(p["item"], []) if x[0] != p["sample_id"]]
                 pending[p["item"]] = left  # never entered the index
             elif ev.type == ItemDone.TYPE:
-                for _, both, question, qid in pending.pop(p["item"], []):
-                    self._answers.setdefault(both, (p["item"], qid))
+                for _, both, question, qid, seed_id in pending.pop(p["item"], []):
+                    self._answers.setdefault(both, (p["item"], qid, seed_id))
                     self._questions.add(question)
             elif ev.type == RunWarning.TYPE:
                 self.warned.add(p["kind"])
@@ -129,12 +129,17 @@ class QualityGate:
         # A copy is a second *paid* answer with the same text. The same query asked again (two seeds
         # with one question) is answered from the store for free: its rows are the seeds' choice.
         copy = first is not None and first[0] != item_key and first[1] != qid
+        # The same query's answer again is free. For two seeds with one question the rows are the
+        # seed set's; for one seed (or no seed) it is one answer exported twice: an augmenter that
+        # wrote the same question again with [dedupe] off.
+        again = (first is not None and first[0] != item_key and first[1] == qid
+                 and first[2] == sample.seed_id)
         self._observe_sampling(repeat, copy)
         self._questions.add(question)
-        if copy and not self.keep_duplicates:
+        if (copy or again) and not self.keep_duplicates:
             return Problem("duplicate", f"duplicate: the same answer to the same question as item {first[0]}",
                            {"first_item": first[0]})
-        self._answers.setdefault(both, (item_key, qid))
+        self._answers.setdefault(both, (item_key, qid, sample.seed_id))
         return None
 
     # ---- warnings --------------------------------------------------------------------------
