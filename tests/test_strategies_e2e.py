@@ -240,6 +240,28 @@ def test_a_question_written_again_with_dedupe_off_is_not_exported_twice(tmp_path
     assert len(rejected) == 12 and {(r["stage"], r["kind"]) for r in rejected} == {("quality", "duplicate")}
 
 
+def test_exported_rows_name_the_seeds_they_were_made_from(tmp_path):
+    # A new question's seed_id is null: the examples it was written from were recorded but not exported,
+    # so rows derived from a seed (one later found in an eval set, say) could not all be found.
+    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
+                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 20}))
+        result = generate(cfg, show_progress=False)
+    proposed = {e.payload["sample_id"]: e.payload
+                for e in EventStore(cfg.run.store).iter_events(result.run_id, types=["sample_proposed"])}
+    data = rows(cfg.run.store, result.run_id, tmp_path)
+    assert {r["strategy"] for r in data} == {"answer_augmentation", "new_question"}
+    for row in data:
+        if row["strategy"] == "new_question":
+            assert row["seed_id"] is None and len(row["source_seed_ids"]) == 3
+            assert row["source_seed_ids"] == proposed[row["sample_id"]]["meta"]["examples"]
+        else:
+            assert row["source_seed_ids"] == [row["seed_id"]]
+    chat = rows(cfg.run.store, result.run_id, tmp_path, "chat")
+    assert [r["metadata"]["source_seed_ids"] for r in chat] == [r["source_seed_ids"] for r in data]
+
+
 def test_export_formats_load_with_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     with run_in_thread(ServerConfig()) as srv:

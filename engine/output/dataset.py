@@ -35,9 +35,19 @@ class _Dataset:
             "strategy": s["strategy"], "seed_id": s.get("seed_id"), "reference": s.get("reference"),
             "role": role, "model": (s.get("models") or {}).get(role),
             "models": s.get("models") or {}, "query_ids": s.get("query_ids", []) + p.get("query_ids", []),
-            "finish_reason": s.get("finish_reason"),
+            "finish_reason": s.get("finish_reason"), "source_seed_ids": _source_seed_ids(s),
             "verification": {"accepted": True, "reason": p.get("reason", ""), "details": p.get("details", {})},
         }
+
+
+def _source_seed_ids(proposal: dict[str, Any]) -> list[str]:
+    """The seeds a sample was made from: its own, or the examples a new question was written from
+    (its seed_id is null: no one seed is its source). A user who must drop everything derived from
+    some seeds (found in an eval set, say) can then find the new questions too."""
+    examples = (proposal.get("meta") or {}).get("examples")
+    if examples:
+        return [str(e) for e in examples]
+    return [proposal["seed_id"]] if proposal.get("seed_id") is not None else []
 
 
 def _answer_role(proposal: dict[str, Any]) -> str | None:
@@ -92,4 +102,5 @@ def _seed_rows(seeds: list[dict[str, Any]], run_id: str) -> Iterator[dict[str, A
             yield {"run_id": run_id, "sample_id": f"seed-{seed['id']}", "question": seed["question"],
                    "answer": seed["answer"], "strategy": "seed", "seed_id": seed["id"], "reference": None,
                    "role": "seed", "model": None, "models": {}, "query_ids": [], "finish_reason": None,
+                   "source_seed_ids": [seed["id"]],
                    "verification": {"accepted": True, "reason": "seed", "details": {}}}

@@ -31,8 +31,10 @@ COLUMNS = (
     "question", "answer", "strategy", "seed_id", "role", "model", "query_ids", "verification", "sample_id", "run_id",
 )
 # Provenance a run's rows carry beyond COLUMNS (rows from elsewhere may lack it): the answer's
-# finish reason, "length" when the teacher was cut off at max_tokens ([quality] keep_truncated).
-EXTRA_COLUMNS = ("finish_reason",)
+# finish reason, "length" when the teacher was cut off at max_tokens ([quality] keep_truncated),
+# and the seeds the sample was made from (a new question's examples).
+EXTRA_COLUMNS = ("finish_reason", "source_seed_ids")
+LIST_COLUMNS = ("query_ids", "source_seed_ids")
 
 
 def _checked(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -122,8 +124,8 @@ def hf_dataset(rows: Iterable[dict[str, Any]], system: str | None = None) -> Any
     message = datasets.Features({"role": datasets.Value("string"), "content": datasets.Value("string")})
     features = datasets.Features({"messages": datasets.List(message),
                                   **{c: datasets.Value("string") for c in (*COLUMNS, *EXTRA_COLUMNS)
-                                     if c != "query_ids"},
-                                  "query_ids": datasets.List(datasets.Value("string"))})
+                                     if c not in LIST_COLUMNS},
+                                  **{c: datasets.List(datasets.Value("string")) for c in LIST_COLUMNS}})
     return datasets.Dataset.from_dict({c: [] for c in features}, features=features)
 
 
