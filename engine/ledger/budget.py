@@ -95,6 +95,18 @@ class BudgetSpec:
             found = self._scopes[(role, strategy)] = self._find_scopes(role, strategy)
         return found
 
+    def bounds(self, role: str, strategy: str) -> bool:
+        """Whether some limit counts a query of `role` for `strategy` (asked for every query, so
+        found once per pair like `scopes`)."""
+        found = self._bounds.get((role, strategy))
+        if found is None:
+            found = self._bounds[(role, strategy)] = any(not lim.is_empty() for _, lim in self.scopes(role, strategy))
+        return found
+
+    @functools.cached_property
+    def _bounds(self) -> dict[tuple[str, str], bool]:
+        return {}
+
     @functools.cached_property
     def _scopes(self) -> dict[tuple[str, str], list[tuple[str, Limits]]]:
         return {}  # (cached_property writes the instance's __dict__ directly, which frozen allows)

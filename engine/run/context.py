@@ -59,8 +59,7 @@ class ItemContext:
             item=self.item.key, sample_index=sample_index,
             overrides={"max_tokens": max_tokens, "temperature": temperature}, group=group)
         self.fresh += fresh
-        if fresh and any(not limits.is_empty()
-                         for _, limits in runner.admission.ledger.spec.scopes(routed, self.item.strategy)):
+        if fresh and runner.admission.ledger.spec.bounds(routed, self.item.strategy):
             self.fresh_bounded += fresh
         self.query_ids.append(qid)
         self.roles[qid] = role
