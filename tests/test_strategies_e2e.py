@@ -32,6 +32,11 @@ def seeds_file(tmp: Path, n: int = 12) -> Path:
     return path
 
 
+# A mix of answer augmentation and new questions in halves (no well-posedness check: one query each).
+HALVES_AA_NQ = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
+                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+
+
 def config(tmp: Path, url: str, strategy: dict, budget: dict, **extra) -> dict:
     cfg = {
         "run": {"name": f"e2e-{strategy['name']}", "store": f"sqlite:///{tmp / 'store.db'}"},
@@ -121,8 +126,7 @@ def test_mix_shares_count_only_the_counted_roles(tmp_path):
     # Q counts teacher answers only: each part's share is that many teacher answers, and a question
     # part's augmenter calls must not use up its share (they did: the mix ended with Q a third unspent).
     budget = {"queries": 30, "counted_roles": ["teacher"]}
-    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
-                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+    strategy = HALVES_AA_NQ
     with run_in_thread(ServerConfig()) as srv:
         cfg = config_from_dict(config(tmp_path, srv.url, strategy, budget))
         result = generate(cfg, show_progress=False)
@@ -137,8 +141,7 @@ def test_mix_shares_count_only_the_counted_roles(tmp_path):
 
 def test_mix_shares_add_up_to_the_whole_budget(tmp_path):
     # Shares were rounded down each: Q = 21 in halves gave 10 + 10, and the run ended with a query unspent.
-    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
-                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+    strategy = HALVES_AA_NQ
     with run_in_thread(ServerConfig()) as srv:
         cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 21}))
         result = generate(cfg, show_progress=False)
@@ -243,8 +246,7 @@ def test_a_question_written_again_with_dedupe_off_is_not_exported_twice(tmp_path
 def test_exported_rows_name_the_seeds_they_were_made_from(tmp_path):
     # A new question's seed_id is null: the examples it was written from were recorded but not exported,
     # so rows derived from a seed (one later found in an eval set, say) could not all be found.
-    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5},
-                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+    strategy = HALVES_AA_NQ
     with run_in_thread(ServerConfig()) as srv:
         cfg = config_from_dict(config(tmp_path, srv.url, strategy, {"queries": 20}))
         result = generate(cfg, show_progress=False)
