@@ -58,6 +58,15 @@ def audit(store_url: str, run_id: str) -> dict:
     return report
 
 
+def _toml_value(v) -> str:
+    """A config value as TOML, lists of inline tables included (a mix's parts)."""
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml_value, v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(v)
+
+
 def rows(store_url: str, run_id: str, tmp: Path, fmt: str = "jsonl") -> list[dict]:
     out = tmp / f"export.{fmt}"
     subprocess.run(CLI + ["export", run_id, "--format", fmt, "--out", str(out), "--store", store_url], check=True,
@@ -149,6 +158,25 @@ def test_mix_shares_add_up_to_the_whole_budget(tmp_path):
     assert result.status == "budget_exhausted" and report["spent"]["queries"] == 21
     assert {k: v["queries"] for k, v in report["by_strategy"].items()} == {"answer_augmentation": 11,
                                                                           "new_question": 10}
+
+
+def test_a_mix_whose_finite_part_ended_stops_when_the_other_share_is_spent(tmp_path):
+    # answer_augmentation with samples_per_seed ends its plan before its share; once new_question's
+    # share was spent the run skipped its endless items without a pause: it never ended, an answer
+    # stayed unsettled, memory grew, and SIGTERM went unheard.
+    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5, "samples_per_seed": 1},
+                                         {"name": "new_question", "fraction": 0.5, "check_well_posed": False}]}
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = config(tmp_path, srv.url, strategy, {"queries": 30})
+        (tmp_path / "run.toml").write_text("".join(
+            f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in section.items()) for name, section in cfg.items()))
+        out = subprocess.run(CLI + ["generate", "-c", str(tmp_path / "run.toml"), "--no-progress"],
+                             capture_output=True, text=True, timeout=60)  # killed, and failed, if it hangs
+    assert out.returncode == 0, out.stderr
+    report = audit(cfg["run"]["store"], "e2e-mix")
+    assert report["status"] == "budget_exhausted"
+    assert {k: v["queries"] for k, v in report["by_strategy"].items()} == {"answer_augmentation": 12,
+                                                                          "new_question": 15}
 
 
 def test_augmenter_can_be_another_model(tmp_path):

@@ -242,6 +242,11 @@ class Runner(RunSession):
         await self._drain()
         if self._budget_hits.get(item.strategy, 0) > hits_before:
             self._exhausted.add(item.strategy)
+            # A mix stops planning a part whose share is spent: its other parts may be finite and
+            # done, and an endless part's items, each skipped here without a pause, never ended the walk.
+            spent = getattr(self.parts.strategy, "share_spent", None)
+            if spent is not None:
+                spent(item.strategy)
         return self._spent_out()
 
     async def _rerun_bounced(self, tg: Any) -> bool:

@@ -84,6 +84,7 @@ class Mix(Strategy):
             for part, (cls, options) in zip(self.options.parts, self.options._validated)
         }
         self._fractions = {part.name: part.fraction for part in self.options.parts}
+        self._spent: set[str] = set()  # parts whose budget share the engine found spent
         roles: list[str] = []
         for sub in self.parts.values():
             roles += [r for r in sub.roles if r not in roles]
@@ -92,10 +93,20 @@ class Mix(Strategy):
     def budget_fractions(self) -> dict[str, float]:
         return dict(self._fractions)
 
+    def share_spent(self, name: str) -> None:
+        """The engine says part `name` has spent its share: the plan yields no more of its items,
+        so it ends once every part has ended or spent its share (a finite part that ended early
+        and an endless one whose share is spent made a plan that never ended)."""
+        self._spent.add(name)
+
     def plan(self) -> Iterator[PlanItem]:
         plans = {name: iter(sub.plan()) for name, sub in self.parts.items()}
         credit = {name: 0.0 for name in plans}
         while plans:
+            for name in self._spent & plans.keys():
+                del plans[name]
+            if not plans:
+                return
             total = sum(self._fractions[name] for name in plans)
             for name in plans:
                 credit[name] += self._fractions[name]
