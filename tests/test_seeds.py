@@ -94,6 +94,16 @@ def test_answer_field_null_means_no_answers(tmp_path):
     assert load(JsonlSeedSource, tmp_path, path="s.jsonl", answer_field=None)[0].answer is None
 
 
+def test_an_empty_answer_field_is_how_toml_says_no_answers(tmp_path):
+    # TOML has no null, and `--set seeds.answer_field=null` is the string "null": the typo message
+    # told users to "set answer_field to null", which a config file cannot say.
+    jsonl(tmp_path / "s.jsonl", [{"question": "a", "answer": "1"}])
+    assert load(JsonlSeedSource, tmp_path, path="s.jsonl", answer_field="")[0].answer is None
+    assert load(JsonlSeedSource, tmp_path, path="s.jsonl", id_field="")[0].id == "1"
+    with pytest.raises(SeedError, match='set answer_field = "" if the seeds have no answers'):
+        load(JsonlSeedSource, tmp_path, path="s.jsonl", answer_field="null")
+
+
 def test_unknown_option_is_refused():
     with pytest.raises(ValidationError, match="questionfield"):
         JsonlSeedSource.Options(path="x", questionfield="q")

@@ -30,6 +30,12 @@ class FieldOptions(PluginOptions):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("answer_field", "id_field")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        """TOML has no null: `answer_field = ""` is how a config file says the seeds have no answers."""
+        return None if value is not None and not value.strip() else value
+
 
 def resolve(path: str, base_dir: str) -> Path:
     """Relative paths are relative to the config file's folder, not the working directory."""
@@ -103,7 +109,7 @@ def build_seeds(
         # An explicitly named answer field that no row has is a typo, not "seeds without answers".
         raise SeedError(
             f"{where}: answer_field {options.answer_field!r} is not present in any row "
-            "(set answer_field to null if the seeds have no answers)"
+            "(set answer_field = \"\" if the seeds have no answers)"
         )
     return seeds
 
