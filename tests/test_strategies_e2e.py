@@ -206,6 +206,12 @@ def test_a_rephrase_keeping_its_seeds_answer_is_not_credited_to_the_augmenter(tm
         assert row["answer"] == seeds[row["seed_id"]]["answer"]
         assert (row["role"], row["model"]) == ("seed", None), row
         assert row["models"] == {"augmenter": "augmenter-m"} and len(row["query_ids"]) == 1
+    # Nor is the seed's own answer counted as agreeing with its reference (it is that reference):
+    # `show` read 100% agreement for a run whose teacher answered nothing.
+    from synthledger.engine.output.quality import data_quality
+
+    quality = data_quality(EventStore(cfg.run.store), result.run_id)
+    assert (quality["overall"]["with_reference"], quality["overall"]["agreeing"]) == (0, 0), quality["overall"]
 
 
 def test_near_duplicates_are_rejected_before_they_are_answered(tmp_path):

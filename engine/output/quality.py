@@ -131,9 +131,10 @@ class _Fold:
         copy = key in self.seen and self.seen[key] != qid  # a reused query's answer is not a bought copy
         self.seen.setdefault(key, qid)
         cut = any(q in self.cut for q in p.get("query_ids") or ())
-        # Agreement is judged on whole answers: a cut-off one has lost its final answer, and is
-        # counted as truncated instead.
-        referenced = p.get("reference") is not None and not cut
+        # Agreement is judged on whole answers a teacher wrote: a cut-off one has lost its final
+        # answer (counted as truncated instead), and a seed's own answer kept by a rephrase
+        # (no teacher query) would only agree with itself.
+        referenced = p.get("reference") is not None and not cut and qid is not None
         agrees = referenced and _agrees(self.task, p)
         for fig in self.both(strategy):
             fig.answers += 1

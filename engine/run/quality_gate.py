@@ -118,11 +118,11 @@ class QualityGate:
             r = cut[-1]
             return Problem("truncated", f"truncated: the {r.role}'s {r.purpose} reply was cut off at max_tokens",
                            {"query_id": r.query_id, "role": r.role, "purpose": r.purpose})
-        if not cut:
+        answer = answer_reply(replies)
+        if not cut and answer is not None:  # a seed's own answer (no teacher reply) agrees only with itself
             self._observe_agreement(sample)
         question = _digest(sample.question)
         both = _digest(sample.question, sample.answer)
-        answer = answer_reply(replies)
         qid = answer.query_id if answer is not None else None
         repeat = question in self._questions
         first = self._answers.get(both)
