@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping, Protocol
 from ..ledger.events import QuestionAdmitted, SampleRejected
 from ..api import PlanItem, Seed, Task
 from .admission import Admission
-from .quality_gate import Reply
+from .quality_gate import Problem, Reply, truncated
 
 
 class ItemHost(Protocol):
@@ -28,8 +28,8 @@ class CutOff(Exception):
     cut short would be paid for and then rejected all the same)."""
 
     def __init__(self, reply: Reply) -> None:
-        super().__init__(f"truncated: the {reply.role}'s {reply.purpose} reply was cut off at max_tokens")
-        self.reply = reply
+        self.problem: Problem = truncated(reply)
+        super().__init__(self.problem.reason)
 
 
 class ItemContext:

@@ -29,10 +29,9 @@ async def produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
     try:
         sample = await runner.parts.strategy.run(item, ctx)
     except CutOff as cut:
-        r = cut.reply
-        runner.recorder.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="quality", kind="truncated",
-                                            reason=str(cut), details={"query_id": r.query_id, "role": r.role,
-                                                                      "purpose": r.purpose}))
+        p = cut.problem
+        runner.recorder.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="quality", kind=p.kind,
+                                            reason=p.reason, details=p.details))
         return "rejected"
     finally:
         ctx.stop_on_cut_off = False  # the verifier's own replies (votes) may be cut off: they are its to judge

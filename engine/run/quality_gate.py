@@ -50,6 +50,13 @@ class Problem:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def truncated(reply: Reply) -> Problem:
+    """A sample rejected because `reply` was cut off at max_tokens (by the gate, or as soon as the
+    reply came back: see context.CutOff)."""
+    return Problem("truncated", f"truncated: the {reply.role}'s {reply.purpose} reply was cut off at max_tokens",
+                   {"query_id": reply.query_id, "role": reply.role, "purpose": reply.purpose})
+
+
 def answer_reply(replies: list[Reply]) -> Reply | None:
     """The reply the sample's answer came from: the last one asked for an answer (else the last
     teacher reply, else none: the answer is not a model's, e.g. a seed's own)."""
@@ -115,9 +122,7 @@ class QualityGate:
         """None to go on to the verifier, else why the sample is rejected."""
         cut = [r for r in replies if r.finish_reason == "length"]
         if cut and not self.keep_truncated:
-            r = cut[-1]
-            return Problem("truncated", f"truncated: the {r.role}'s {r.purpose} reply was cut off at max_tokens",
-                           {"query_id": r.query_id, "role": r.role, "purpose": r.purpose})
+            return truncated(cut[-1])
         answer = answer_reply(replies)
         if not cut and answer is not None:  # a seed's own answer (no teacher reply) agrees only with itself
             self._observe_agreement(sample)
