@@ -122,9 +122,10 @@ def train(
         check_eval(cfg.eval)
     st = _store(store, create=from_file)  # training from a run needs the run's store to exist
     if not from_file:
-        _warn_if_unfinished(st.resolve(source))
+        info = st.resolve(source)
+        _warn_if_unfinished(info)
         if cfg.eval is not None:
-            check_eval(cfg.eval, training_questions(st, st.resolve(source).id))
+            check_eval(cfg.eval, training_questions(st, info.id))
     with _reported_interrupt():
         result = train_run(source, cfg, st, progress=progress)
     print(f"trained: final loss {result.get('final_loss', float('nan')):.4g}, {result.get('steps')} steps, "

@@ -219,12 +219,12 @@ def pacing_line(ledger: Ledger, paused_until: dict[str, float] | None = None) ->
     notes = []
     for model, p in ledger.pacing.items():
         factor = p.get("factor") or 1.0
-        ends = -1.0 if paused_until is None else paused_until.get(model, -1.0)
-        if p.get("pause_s") and paused_until is not None and ends <= now:
-            if factor < 1.0:
+        if p.get("pause_s") and paused_until is not None:
+            ends = paused_until.get(model, -1.0)
+            if ends > now:
+                notes.append(f"{p['note']}; next try in {math.ceil(ends - now)}s")
+            elif factor < 1.0:
                 notes.append(f"pacing at {factor:.0%} of the limit")
-        elif p.get("pause_s") and ends > now:
-            notes.append(f"{p['note']}; next try in {math.ceil(ends - now)}s")
         elif factor < 1.0 or p.get("pause_s"):
             notes.append(p["note"])
     return f" | pace: {notes[-1]}" if notes else ""

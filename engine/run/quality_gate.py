@@ -133,12 +133,12 @@ class QualityGate:
         first = self._answers.get(both)
         # A copy is a second *paid* answer with the same text. The same query asked again (two seeds
         # with one question) is answered from the store for free: its rows are the seeds' choice.
-        copy = first is not None and first[0] != item_key and first[1] != qid
+        elsewhere = first is not None and first[0] != item_key
+        copy = elsewhere and first[1] != qid
         # The same query's answer again is free. For two seeds with one question the rows are the
         # seed set's; for one seed (or no seed) it is one answer exported twice: an augmenter that
         # wrote the same question again with [dedupe] off.
-        again = (first is not None and first[0] != item_key and first[1] == qid
-                 and first[2] == sample.seed_id)
+        again = elsewhere and first[1] == qid and first[2] == sample.seed_id
         self._observe_sampling(repeat, copy)
         self._questions.add(question)
         if (copy or again) and not self.keep_duplicates:

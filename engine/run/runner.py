@@ -18,6 +18,7 @@ from ...store.eventstore import EventStore
 from .. import host
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, PluginFailed, QueryFailed, RunStopping
+from ..ledger.budget import DIMENSIONS
 from ..ledger.events import ItemDone, RunFinished, SampleRejected
 from ..ledger.journal import WriterFailed
 from ..plugin_faults import failure, guarded
@@ -291,8 +292,7 @@ class Runner(RunSession):
             return False
         spec = self.ledger.spec
         limits = [spec.total, *spec.roles.values(), *spec.strategies.values()]
-        return not any(getattr(lim, d) is not None and getattr(lim, d) <= 0
-                       for lim in limits for d in ("queries", "input_tokens", "output_tokens", "usd"))
+        return not any(getattr(lim, d) is not None and getattr(lim, d) <= 0 for lim in limits for d in DIMENSIONS)
 
     async def _room_for(self, item: PlanItem, cost: dict[str, int], hits_seen: int, max_items: int) -> bool:
         """Wait until `item` may start; True if it starts as the tail (its worst case does not fit
