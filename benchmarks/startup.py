@@ -5,7 +5,8 @@
 Every figure is the median wall time of `--repeat` fresh processes, measured in this run:
 - baseline `python`: an interpreter that does nothing;
 - baseline libraries: an interpreter that imports what the engine cannot run without (SQLAlchemy for
-  the store, aiohttp for the teacher, pydantic for config and events);
+  the store, pydantic for config and events; the teacher's HTTP client is our own, `http1`, and
+  aiohttp, which it replaced, is no longer imported by a run);
 - `cli.py --help`;
 - `generate`, a 10-query run against a zero-latency test server, start to exit;
 - `generate`, spawn to the first request the server receives: what a paced run loses before its
@@ -30,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import CLI, HERE, Server, env, write_run  # noqa: E402
 
-LIBRARIES = "import sqlalchemy, aiohttp, pydantic"
+LIBRARIES = "import sqlalchemy, pydantic"
 
 
 def wall(cmd: list[str], cwd: Path | None = None) -> float:

@@ -184,7 +184,7 @@ def _response_text(response: Any) -> str | None:
 def sdk_error(exc: Exception, sdk: Any, model: str | None = None) -> TeacherError | None:
     """Map an `openai` or `anthropic` SDK exception (they share a hierarchy); None if not one.
 
-    The message is the provider's own words, as the aiohttp provider reports them (`HTTP 404:
+    The message is the provider's own words, as the openai-compatible provider reports them (`HTTP 404:
     ...`), not the SDK's `Error code: 404 - {...}` repr."""
     if isinstance(exc, sdk.APIStatusError):
         resp = exc.response

@@ -1,9 +1,9 @@
-"""A lean aiohttp client for any OpenAI-compatible `/chat/completions` endpoint (vLLM, llama.cpp,
-proxies, our test server).
+"""A lean client for any OpenAI-compatible `/chat/completions` endpoint (vLLM, llama.cpp, proxies,
+our test server).
 
 It exists beside the official SDK because the SDK's per-call cost (pydantic models, httpx) caps a
 single core well below the rate the engine's throughput benchmark asks for; here a call is one
-orjson encode, one POST on a pooled keep-alive connection and one orjson decode.
+orjson encode, one POST on a pooled keep-alive connection (`http1`) and one orjson decode.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp.helpers import get_env_proxy_for_url
-from yarl import URL
 
 from synthledger.engine.api import ChatRequest, Completion, FailureKind, TeacherError, Usage, utf8_prompt_bound
-from synthledger.engine.redact import register
 
+from .env_proxy import env_proxy
 from .errors import error_message, malformed, rate_limits, status_error
+from .http1 import ConnectFailed, ConnectTimeout, Http1Client, HttpFailure, ReadTimeout, parse_url
 from .settings import TeacherSettings, as_settings, resolve_api_key
 
 
@@ -60,24 +58,6 @@ def completion_from_openai(data: Any) -> Completion:
     )
 
 
-def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
-    """The proxy that HTTP_PROXY / HTTPS_PROXY (less NO_PROXY) name for `url`, and the header that
-    carries its credentials: the official SDKs (httpx) honour these variables, so behind a company
-    proxy `openai` reached the teacher and `openai-compatible` could not. Read once, here: aiohttp's
-    `trust_env` would read the environment and ~/.netrc on every request, and send a netrc login
-    beside our Authorization header. The proxy's password is registered as a secret."""
-    try:
-        proxy, auth = get_env_proxy_for_url(URL(url))
-    except LookupError:
-        return None, None
-    if auth is None:
-        return str(proxy), None
-    header = auth.encode()
-    register(auth.password)
-    register(header)
-    return str(proxy), {"Proxy-Authorization": header}
-
-
 class OpenAICompatibleTeacher:
     provider = "openai-compatible"
     supports_n = True  # k samples of one prompt in one request, the prompt billed once
@@ -99,24 +79,23 @@ class OpenAICompatibleTeacher:
             "Accept": "application/json",
             **settings.headers(),
         }
-        # Per-phase limits, like the SDKs' httpx timeouts: waiting for a free pooled connection is
-        # not counted, so a queued request never times out (and is never "maybe billed") unsent.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=settings.timeout_s, sock_read=settings.timeout_s
-        )
-        self._proxy, proxy_headers = env_proxy(self._url)
-        self._send_kw: dict[str, Any] = {"proxy_headers": proxy_headers} if proxy_headers else {}
-        self._session: aiohttp.ClientSession | None = None
+        try:
+            parse_url(self._url)
+        except ValueError as exc:
+            raise ValueError(f"[teacher] base_url is not a usable URL: {exc}") from None
+        self._proxy, self._proxy_headers = env_proxy(self._url)
+        self._client: Http1Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_client(self) -> Http1Client:
+        """Connections belong to the event loop that made them: a new loop (a test, a second
+        `asyncio.run`) gets a new pool."""
         self._loop = asyncio.get_running_loop()
-        connector = aiohttp.TCPConnector(limit=self.settings.max_connections, limit_per_host=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers, skip_auto_headers=("User-Agent",),
-            proxy=self._proxy,
+        self._client = Http1Client(
+            self._url, self._headers, connect_timeout=self.settings.timeout_s, read_timeout=self.settings.timeout_s,
+            max_connections=self.settings.max_connections, proxy=self._proxy, proxy_headers=self._proxy_headers,
         )
-        return self._session
+        return self._client
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)
@@ -139,24 +118,19 @@ class OpenAICompatibleTeacher:
         return orjson.dumps(body)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        session = self._session
-        if session is None or session.closed or self._loop is not asyncio.get_running_loop():
-            session = self._new_session()
+        client = self._client
+        if client is None or self._loop is not asyncio.get_running_loop():
+            client = self._new_client()
         try:
-            async with session.post(self._url, data=self._body(request), **self._send_kw) as resp:
-                status = resp.status
-                headers = resp.headers
-                raw = await resp.read()
-        except aiohttp.ConnectionTimeoutError as exc:
+            status, headers, raw = await client.post(self._body(request))
+        except ConnectTimeout as exc:
             raise TeacherError(FailureKind.TIMEOUT, f"connect timed out: {exc}", maybe_billed=False) from exc
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             raise TeacherError(FailureKind.CONNECTION, f"cannot connect: {exc}", maybe_billed=False) from exc
-        except asyncio.TimeoutError as exc:
+        except ReadTimeout as exc:
             msg = f"no response within {self.settings.timeout_s}s"
             raise TeacherError(FailureKind.TIMEOUT, msg, maybe_billed=True) from exc
-        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-            raise TeacherError(FailureKind.BAD_REQUEST, f"invalid base_url {self.settings.base_url!r}: {exc}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except HttpFailure as exc:
             # Disconnected, reset or garbled after the request went out: it may have been served.
             raise TeacherError(FailureKind.CONNECTION, f"{type(exc).__name__}: {exc}", maybe_billed=True) from exc
         if not 200 <= status < 300:
@@ -174,9 +148,9 @@ class OpenAICompatibleTeacher:
         return completion
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = None
 
 
 def factory(settings: TeacherSettings | dict) -> OpenAICompatibleTeacher:
