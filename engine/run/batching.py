@@ -14,6 +14,8 @@ A batch is submitted when `size` queries wait or none arrived for `wait_s`, and 
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 import uuid
 from dataclasses import dataclass
@@ -309,7 +311,7 @@ class BatchQueue:
             pendings: dict[str, Pending] = {}
             for qid in [q for q, k in d.ledger.batched.items() if k == key]:
                 q = d.ledger.queries[qid]
-                done = d._asking.setdefault(qid, anyio.Event())
+                done = d._asking.setdefault(qid, asyncio.Event())
                 pendings[qid] = Pending(Member(qid, q.key, 0, "", attempt=q.dispatched_attempt or q.attempts),
                                         q.role, q.strategy, "", None, done)
                 self._waiting[qid] = pendings[qid]

@@ -13,13 +13,13 @@ request with `n=k` when the provider supports it (run/samples.py splits its cost
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import anyio
 
 from ...store.hashing import canonical
 from ..api import ChatRequest
@@ -78,7 +78,8 @@ class Dispatcher(Retrier, Sender):
     # Recent settled answers by query id (bounded), and queries being asked right now: a second
     # asker of the same query waits for the first instead of paying for it again.
     _recent: OrderedDict[str, str] = field(default_factory=OrderedDict)
-    _asking: dict[str, anyio.Event] = field(default_factory=dict)
+    # (asyncio's Event, not anyio's: runs are always driven on asyncio, and one is made per query)
+    _asking: dict[str, asyncio.Event] = field(default_factory=dict)
     _finish: OrderedDict[str, str | None] = field(default_factory=OrderedDict)
 
     def _settled_text(self, qid: str) -> str | None:
@@ -163,7 +164,7 @@ class Dispatcher(Retrier, Sender):
             self.remember(qid, reused)
             return qid, reused, True
         members = [primary, *self._siblings(ep, params, messages, purpose, item, sample_index, group)]
-        done = anyio.Event()
+        done = asyncio.Event()
         for m in members:
             self._asking[m.qid] = done
         try:
