@@ -102,6 +102,9 @@ def final_number(text: str) -> str | None:
     if answer_is:
         candidates.append(answer_is[-1])
     for candidate in candidates:
+        plain = candidate.strip()
+        if plain.isdigit() and plain.isascii():  # "#### 42", nearly every reply: no parsing needed
+            return str(int(plain))
         value = parse_number(candidate)
         if value is not None:
             return format_number(value)
