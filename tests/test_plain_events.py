@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from synthledger.engine.ledger.events import (Cost, ItemDone, QueryDispatched, QueryReserved, QuerySettled,
-                                              parse_event, plain_cost, plain_payload, to_payload)
+                                              SampleAccepted, SampleProposed, is_plain_json, parse_event,
+                                              plain_cost, plain_payload, to_payload)
 from synthledger.engine.ledger.ledger import Amount
 
 COST = {"queries": 1, "input_tokens": 38, "output_tokens": 16, "usd": 0.0012}
@@ -27,6 +28,14 @@ CASES = [
                     "shared": {"request": "q0", "n": 2, "input_tokens": 38, "output_tokens": 30}}),
     (QuerySettled, {"query_id": "q1", "attempt": 1, "actual": COST, "text": ""}),
     (ItemDone, {"item": "aa:1:0", "strategy": "answer_augmentation", "outcome": "accepted"}),
+    (SampleProposed, {"sample_id": "s-aa:1:0", "item": "aa:1:0", "strategy": "answer_augmentation", "seed_id": "1",
+                      "question": "2+2?", "answer": "4\n#### 4", "reference": "4", "query_ids": ["q1"],
+                      "roles": {"q1": "teacher"}, "models": {"teacher": "gpt"},
+                      "meta": {"final": "4", "sample_index": 0, "score": 0.5, "tags": ["a", None, True]},
+                      "finish_reason": "stop", "finish_reasons": {"q1": "stop"}, "answer_query_id": "q1"}),
+    (SampleProposed, {"sample_id": "s-x", "item": "x", "strategy": "rephrase", "seed_id": None, "question": "q",
+                      "answer": "a"}),
+    (SampleAccepted, {"sample_id": "s-x", "reason": "agrees", "details": {"votes": [1, 2]}, "query_ids": ["q2"]}),
 ]
 
 
@@ -61,3 +70,16 @@ def test_a_cost_is_its_dumped_dict_with_usd_a_float():
     amount = Amount(queries=1, input_tokens=38, output_tokens=16, usd=0)
     assert plain_cost(**amount.as_dict()) == Cost(**amount.as_dict()).model_dump()
     assert type(plain_cost(**amount.as_dict())["usd"]) is float
+
+
+@pytest.mark.parametrize("value, plain", [
+    ({"a": [1, 2.5, "x", None, False, {"b": []}]}, True),
+    ({"a": (1, 2)}, False),  # the model dumps a tuple as a list: it must take the model's path
+    ({1: "x"}, False),
+    ({"a": float("inf")}, False),
+    ({"a": {1, 2}}, False),
+    ({"a": object()}, False),
+])
+def test_only_plain_json_plugin_data_skips_the_model(value, plain):
+    """A strategy's or verifier's data may take the plain path only when it needs no converting."""
+    assert is_plain_json(value) is plain

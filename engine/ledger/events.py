@@ -8,6 +8,7 @@ defaults; never repurpose one. Bump SCHEMA_VERSION when a payload changes meanin
 from __future__ import annotations
 
 import functools
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -368,6 +369,22 @@ def plain_payload(cls: type[EventBase], **values: Any) -> tuple[str, dict[str, A
     if values:
         raise TypeError(f"{cls.__name__} has no field {', '.join(values)}")
     return cls.TYPE, out
+
+
+def is_plain_json(value: Any) -> bool:
+    """`value` is already what a model's JSON dump would make of it (str keys; no tuples, no
+    infinities, no objects): a plugin's sample or verdict data that is, nearly always, may take
+    `plain_payload`'s path; anything else goes through the model, which converts or refuses it."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return all(type(k) is str and is_plain_json(v) for k, v in value.items())
+    if kind is list:
+        return all(is_plain_json(v) for v in value)
+    return False
 
 
 @functools.cache

@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 from ..api import PlanItem, Sample
 from ..errors import BudgetExhausted, PluginFailed
-from ..ledger.events import SampleAccepted, SampleProposed, SampleRejected
+from ..ledger.event_base import EventBase
+from ..ledger.events import SampleAccepted, SampleProposed, SampleRejected, is_plain_json
+from ..ledger.journal import Journal
 from .context import CutOff, ItemContext, ItemHost
 from .quality_gate import QualityGate, answer_reply
 
@@ -55,13 +57,13 @@ async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemCont
     answer = answer_reply(replies)
     route = runner.admission.route
     models = {ctx.roles[q]: runner.endpoints[route(ctx.roles[q])].model for q in ctx.query_ids}
-    rec.emit(SampleProposed(sample_id=sid, item=item.key, strategy=sample.strategy or item.strategy,
-                            seed_id=sample.seed_id, question=sample.question, answer=sample.answer,
-                            reference=sample.reference, query_ids=list(ctx.query_ids),
-                            roles=dict(ctx.roles), models=models, meta=sample.meta,
-                            finish_reason=answer.finish_reason if answer else None,
-                            finish_reasons={r.query_id: r.finish_reason for r in replies},
-                            answer_query_id=answer.query_id if answer else None))
+    _emit(rec, SampleProposed, _plain_sample(sample), sample_id=sid, item=item.key,
+          strategy=sample.strategy or item.strategy, seed_id=sample.seed_id, question=sample.question,
+          answer=sample.answer, reference=sample.reference, query_ids=list(ctx.query_ids),
+          roles=dict(ctx.roles), models=models, meta=sample.meta,
+          finish_reason=answer.finish_reason if answer else None,
+          finish_reasons={r.query_id: r.finish_reason for r in replies},
+          answer_query_id=answer.query_id if answer else None)
     problem = runner.gate.check(item.key, sample, replies)
     if problem is not None:
         rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="quality",
@@ -80,9 +82,26 @@ async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemCont
                                 question=sample.question))
         return "rejected"
     if verdict.accepted:
-        rec.emit(SampleAccepted(sample_id=sid, reason=verdict.reason, details=verdict.details,
-                                query_ids=ctx.query_ids[n_before:]))
+        _emit(rec, SampleAccepted, type(verdict.reason) is str and is_plain_json(verdict.details), sample_id=sid,
+              reason=verdict.reason, details=verdict.details, query_ids=ctx.query_ids[n_before:])
         return "accepted"
     rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="verification",
                             reason=verdict.reason, details=verdict.details, question=sample.question))
     return "rejected"
+
+
+def _plain_sample(sample: Sample) -> bool:
+    """The strategy's sample is already what `SampleProposed` would dump (nearly always)."""
+    return (type(sample.question) is str and type(sample.answer) is str and type(sample.strategy) is str
+            and (sample.seed_id is None or type(sample.seed_id) is str)
+            and (sample.reference is None or type(sample.reference) is str) and is_plain_json(sample.meta))
+
+
+def _emit(rec: Journal, cls: type[EventBase], plain: bool, **values: Any) -> None:
+    """A per-sample event without its model when a plugin's values need no checking or converting
+    (validating and dumping was a twentieth of a zero-latency run's main thread); else the model,
+    which converts what it can and refuses the rest, as before."""
+    if plain:
+        rec.emit_plain(cls, **values)
+    else:
+        rec.emit(cls(**values))
