@@ -9,7 +9,9 @@
 - the shares of a request that carried several queries (k samples, one `n=k` call) add up to
   that request's usage exactly (engine/audit_sharing.py, which also summarises batches and pacing);
 - every answer reused from another run matches the settled event it names (audit_reuse.py), and
-  what was paid is reported apart from what was reused.
+  what was paid is reported apart from what was reused;
+- a mix part's `share_handed_over` names a part of the mix, once, with the spend the events
+  counted and nothing of it still reserved; from there on its limit is that spend (the ledger's).
 """
 
 from __future__ import annotations

@@ -165,6 +165,18 @@ class QueryAbandoned(_Event):
     reason: str
 
 
+class ShareHandedOver(_Event):
+    """A mix part's plan ended and all its items finished, so its spend is final: it keeps exactly
+    `spent` (what its share's scope counted) and the rest of its share goes to the parts of `to`
+    (name -> fraction), in proportion. Folded by the ledger (shares.py): without it, a finite part
+    that ended under its share left that rest unspent, and the run under its budget."""
+
+    type: Literal["share_handed_over"] = "share_handed_over"
+    strategy: str
+    spent: Cost
+    to: dict[str, float]
+
+
 class SampleProposed(_Event):
     type: Literal["sample_proposed"] = "sample_proposed"
     sample_id: str
@@ -328,7 +340,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     QueryAbandoned, SampleProposed, SampleAccepted, SampleRejected, ItemDone, QuestionAdmitted,
     RunWarning, RunFinished, TrainingStarted, TrainingProgress, TrainingFinished, TrainingFailed,
     EvalStarted, EvalFinished, RateAdjusted, BatchPrepared, BatchSubmitted, BatchStatus, BatchFinished,
-    QueryReused, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
+    QueryReused, ShareHandedOver, ExperimentGrid, CellStarted, CellGenerated, CellFinished, CellFailed, ExperimentResult,
 )
 Event = Annotated[Union[EVENT_CLASSES], Field(discriminator="type")]  # type: ignore[valid-type]
 

@@ -14,7 +14,9 @@ Accounting rules (the research's unit is a settled teacher query, but every role
   except those inside a provider batch: the batch outlives the process, and the resumed run polls
   it, so they stay reserved and in flight until their results settle them;
 - a query reused from another run of the store (`query_reused`) counts toward every limit with the
-  source's actual usage, like a settled one, but is kept apart as `reused`: it was not paid.
+  source's actual usage, like a settled one, but is kept apart as `reused`: it was not paid;
+- a mix part's `share_handed_over` moves what it left of its share to the parts still going
+  (shares.py): `spec` is always the budget in effect with every recorded hand-over applied.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from .batch_fold import BatchFold
 from .budget import DIMENSIONS, EPS, Amount, BudgetSpec, Limits, budget_from_dict  # noqa: F401 (re-exported)
 from .events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, ProviderFault,
                      QueryAbandoned, QueryDispatched, QueryReserved, QueryReused, QuerySettled, RateAdjusted,
-                     RunResumed)
+                     RunResumed, ShareHandedOver)
 from .report import LedgerReport
+from .shares import HandOver, with_hand_overs
 
 
 @dataclass
@@ -54,6 +57,7 @@ _NOTHING = Amount()  # read-only stand-in for a scope with nothing spent or rese
 
 class Ledger(BatchFold, LedgerReport):
     def __init__(self, spec: BudgetSpec) -> None:
+        self.hand_overs: list[HandOver] = []  # a mix's recorded hand-overs, in order
         self.spec = spec
         # Open queries only: settled and abandoned ones leave, so a long run's memory stays flat.
         self.queries: dict[str, QueryState] = {}
@@ -77,6 +81,21 @@ class Ledger(BatchFold, LedgerReport):
         self.batched: dict[str, str] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.pacing: dict[str, dict[str, Any]] = {}  # model -> its last recorded pacing change
+
+    @property
+    def spec(self) -> BudgetSpec:
+        """The limits in effect: the session's budget with every recorded hand-over applied."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, budget: BudgetSpec) -> None:
+        """A session sets its budget (run_started, run_resumed: a resume may change it); the
+        hand-overs already recorded still apply to it, so a resumed run keeps the same shares."""
+        self._spec = with_hand_overs(budget, self.hand_overs)
+
+    def handed_over(self) -> set[str]:
+        """The mix parts whose share was handed over (their spend is final)."""
+        return {h.strategy for h in self.hand_overs}
 
     # ---- queries used by the dispatcher ----------------------------------------------
     def _bucket(self, table: dict[str, Amount], key: str) -> Amount:
@@ -294,6 +313,32 @@ class Ledger(BatchFold, LedgerReport):
                 self._move(seq, q, q.worst, release=q.worst, spend=False)
         self.queries = {k: q for k, q in self.queries.items() if q.status != "interrupted"}
 
+    def _on_handed_over(self, seq: int, p: dict[str, Any]) -> None:
+        """A part's share handed over: checked against the fold (a part of the mix, once, its
+        recorded spend the one counted, nothing of it still reserved), then applied to `spec`."""
+        h = HandOver.of(p)
+        for problem in self._hand_over_problems(h):
+            self._violate(seq, f"share_handed_over of {h.strategy!r}: {problem}")
+        self.hand_overs.append(h)
+        self._spec = with_hand_overs(self._spec, [h])
+
+    def _hand_over_problems(self, h: HandOver) -> Iterator[str]:
+        parts = self.spec.strategies
+        if h.strategy not in parts:
+            yield "not a part with a share of the budget"
+        if h.strategy in self.handed_over():
+            yield "handed over twice"
+        for name in h.to:
+            if name not in parts or name in self.handed_over() or name == h.strategy:
+                yield f"hands over to {name!r}, not a part still going"
+        scope = f"strategy:{h.strategy}"
+        counted = self.spent.get(scope) or _NOTHING
+        if any(abs(getattr(counted, d) - getattr(h.spent, d)) > EPS for d in DIMENSIONS):
+            yield f"records spent {h.spent.as_dict()}, the events counted {counted.as_dict()}"
+        held = self.reserved.get(scope) or _NOTHING
+        if any(getattr(held, d) > EPS for d in DIMENSIONS):
+            yield f"still holds reservations {held.as_dict()}: its spend is not final"
+
     def is_settled(self, query_id: str) -> bool:
         return hash(query_id) in self.settled
 
@@ -312,4 +357,5 @@ _HANDLERS = {
     BatchStatus.TYPE: Ledger._on_batch_status,
     BatchFinished.TYPE: Ledger._on_batch_finished,
     RateAdjusted.TYPE: Ledger._on_rate_adjusted,
+    ShareHandedOver.TYPE: Ledger._on_handed_over,
 }

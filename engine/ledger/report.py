@@ -27,6 +27,7 @@ class LedgerReport:
     pacing: dict[str, dict[str, Any]]
     last_seq: int
     violations: list[Any]
+    hand_overs: list[Any]
 
     def state(self) -> dict[str, Any]:
         """Everything the fold has accumulated, as plain data: two ledgers that replayed the same
@@ -43,6 +44,8 @@ class LedgerReport:
             "counts": dict(self.counts), "in_flight": self.in_flight,
             "batched": dict(sorted(self.batched.items())), "batches": dict(sorted(self.batches.items())),
             "pacing": dict(sorted(self.pacing.items())),
+            "hand_overs": [(h.strategy, asdict(h.spent), dict(h.to)) for h in self.hand_overs],
+            "shares": {k: v.as_dict() for k, v in sorted(self.spec.strategies.items())},
             "last_seq": self.last_seq, "violations": [(v.seq, v.message) for v in self.violations],
         }
 
