@@ -40,6 +40,9 @@ STRATEGIES = {
     "new_question": ("check_well_posed = false\n", AUGMENTER),
     "mix": ('parts = [{name = "answer_augmentation", fraction = 0.5}, '
             '{name = "question_rephrase", fraction = 0.5}]\n', AUGMENTER),
+    # answer augmentation plans one item per seed, under its share: it hands the rest over.
+    "mix-finite": ('parts = [{name = "answer_augmentation", fraction = 0.5, samples_per_seed = 1}, '
+                   '{name = "question_rephrase", fraction = 0.5}]\n', AUGMENTER),
 }
 
 
@@ -52,8 +55,8 @@ def server():
 def _project(folder: Path, url: str, strategy: str, budget: int, concurrency: int) -> Path:
     options, augmenter = STRATEGIES[strategy]
     extra = options + augmenter.format(url=url) + COMMON.format(concurrency=concurrency)
-    return write_project(folder, url, name=f"crash-{strategy}", seeds=6, queries=budget, strategy=strategy,
-                         extra=extra)
+    return write_project(folder, url, name=f"crash-{strategy}", seeds=6, queries=budget,
+                         strategy=strategy.removesuffix("-finite"), extra=extra)
 
 
 def _commits(db: Path) -> int:
@@ -120,6 +123,43 @@ def test_augmenter_strategies_survive_a_kill_at_their_first_and_last_commits(tmp
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_every_commit_point_of_every_strategy(tmp_path, server, strategy, concurrency):
     _kill_at_every_commit(tmp_path, server.url, strategy, budget=8, concurrency=concurrency)
+
+
+def _hand_over_commit(db: Path) -> int:
+    """The number of the commit that recorded the run's one share hand-over."""
+    events = run_events(db)
+    [ts] = [ts for _, t, _, ts in events if t == "share_handed_over"]
+    return sorted({ts for *_, ts in events}).index(ts) + 1
+
+
+def test_a_kill_around_a_mix_hand_over_resumes_with_the_same_shares(tmp_path, server):
+    """Answer augmentation (one item per seed: 6 queries) ends under its 8 of Q = 16 and hands the
+    other 2 to the rephrase part. A kill just before, at and after the commit that records it: the
+    resumed run records the hand-over exactly once (audit says so) with the same spend, and spends
+    exactly 16 - which it cannot unless the resume rebuilt (or made again) the shares."""
+    base = tmp_path / "whole"
+    config = _project(base, server.url, "mix-finite", 16, 1)
+    whole = fork_cli(["generate", "--config", str(config), "--no-progress", "--store",
+                      f"sqlite:///{base / 'store.db'}"], cwd=base)
+    assert whole.rc == 0, whole.stderr
+    at = _hand_over_commit(base / "store.db")
+    seen = set()
+    for n in range(max(1, at - 2), at + 3):
+        folder = tmp_path / f"kill-{n}"
+        config = _project(folder, server.url, "mix-finite", 16, 1)
+        store = f"sqlite:///{folder / 'store.db'}"
+        args = ["generate", "--config", str(config), "--no-progress", "--store", store]
+        killed = fork_cli(args, cwd=folder, env={ENV: str(n)})
+        assert killed.rc == EXIT_CODE, f"N={n}: rc {killed.rc}\n{killed.stderr}"
+        seen.add(any(t == "share_handed_over" for _, t, _, _ in run_events(folder / "store.db")))
+        resumed = fork_cli([*args, "--resume"], cwd=folder)
+        assert resumed.rc == 0, f"N={n}: resume failed (rc {resumed.rc})\n{resumed.stderr}"
+        checked = check_run_exact(store, run_events_run_id(folder / "store.db"), 16)
+        # (a query out at the kill counts as spent: the part may have spent 7)
+        spent = checked["report"].by_strategy["answer_augmentation"]["queries"]
+        handed = [p for _, t, p, _ in run_events(folder / "store.db") if t == "share_handed_over"]
+        assert [(p["strategy"], p["spent"]["queries"]) for p in handed] == [("answer_augmentation", spent)], n
+    assert seen == {False, True}, "no kill landed on each side of the hand-over"
 
 
 def test_a_kill_during_verification_leaves_every_paid_answer_decided(tmp_path, server):

@@ -175,8 +175,63 @@ def test_a_mix_whose_finite_part_ended_stops_when_the_other_share_is_spent(tmp_p
     assert out.returncode == 0, out.stderr
     report = audit(cfg["run"]["store"], "e2e-mix")
     assert report["status"] == "budget_exhausted"
+    # (answer_augmentation ended at 12 of its 15: new_question spends the 3 it left, see below)
     assert {k: v["queries"] for k, v in report["by_strategy"].items()} == {"answer_augmentation": 12,
-                                                                          "new_question": 15}
+                                                                          "new_question": 18}
+
+
+def _teacher_queries(store_url: str, run_id: str) -> dict[str, int]:
+    """Teacher queries reserved per strategy (what counted_roles = ["teacher"] counts)."""
+    out: dict[str, int] = {}
+    for ev in EventStore(store_url).iter_events(run_id, types=["query_reserved"]):
+        if ev.payload["role"] == "teacher":
+            out[ev.payload["strategy"]] = out.get(ev.payload["strategy"], 0) + 1
+    return out
+
+
+def _hand_overs(store_url: str, run_id: str) -> list[dict]:
+    return [e.payload for e in EventStore(store_url).iter_events(run_id, types=["share_handed_over"])]
+
+
+@pytest.mark.parametrize("other", [{"name": "question_rephrase"},
+                                   {"name": "new_question", "check_well_posed": False}])
+def test_a_mix_part_that_ended_under_its_share_hands_the_rest_to_the_other(tmp_path, other):
+    # Q = 30 teacher answers in halves, 6 seeds: answer augmentation with samples_per_seed = 1 plans
+    # 6 items and ended there; its 9 unspent queries were never used (21 of 30 spent).
+    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5, "samples_per_seed": 1},
+                                         {**other, "fraction": 0.5}]}
+    budget = {"queries": 30, "counted_roles": ["teacher"]}
+    with run_in_thread(ServerConfig()) as srv:
+        raw = config(tmp_path, srv.url, strategy, budget)
+        raw["seeds"]["path"] = str(seeds_file(tmp_path, 6))
+        cfg = config_from_dict(raw)
+        result = generate(cfg, show_progress=False)
+        answered = srv.stats()["answered"]
+    report = audit(cfg.run.store, result.run_id)
+    assert result.status == "budget_exhausted", result.message
+    assert report["spent"]["queries"] == report["by_role"]["teacher"]["queries"] == 30
+    assert answered == 30 + report["by_role"]["augmenter"]["queries"]  # paid once each
+    assert _teacher_queries(cfg.run.store, result.run_id) == {"answer_augmentation": 6, other["name"]: 24}
+    [handed] = _hand_overs(cfg.run.store, result.run_id)
+    assert (handed["strategy"], handed["spent"]["queries"], handed["to"]) == ("answer_augmentation", 6,
+                                                                             {other["name"]: 0.5})
+
+
+def test_a_mix_whose_parts_all_end_under_their_shares_completes(tmp_path):
+    # The one case where a run spends less than its budget: every part's plan ended. The first to end
+    # handed its rest to the other, which ended too; nobody is left to take the last rest.
+    strategy = {"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.5, "samples_per_seed": 1},
+                                         {"name": "question_rephrase", "fraction": 0.5, "rephrases_per_seed": 1}]}
+    with run_in_thread(ServerConfig()) as srv:
+        raw = config(tmp_path, srv.url, strategy, {"queries": 30})
+        raw["seeds"]["path"] = str(seeds_file(tmp_path, 6))
+        cfg = config_from_dict(raw)
+        result = generate(cfg, show_progress=False)
+    report = audit(cfg.run.store, result.run_id)
+    assert result.status == "completed", result.message
+    assert {k: v["queries"] for k, v in report["by_strategy"].items()} == {"answer_augmentation": 6,
+                                                                          "question_rephrase": 12}
+    assert len(_hand_overs(cfg.run.store, result.run_id)) <= 1
 
 
 def test_augmenter_can_be_another_model(tmp_path):

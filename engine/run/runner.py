@@ -18,12 +18,13 @@ from ...store.eventstore import EventStore
 from .. import host
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, PluginFailed, QueryFailed, RunStopping
-from ..ledger.budget import DIMENSIONS
+from ..ledger.budget import DIMENSIONS, Amount
 from ..ledger.events import ItemDone, RunFinished, SampleRejected
 from ..ledger.journal import WriterFailed
 from ..plugin_faults import failure, guarded
 from .abort import abort_error
 from .config import RunConfig
+from . import handover
 from .context import ItemContext
 from .item import produce
 from .plan_guard import FreeItemWatch, UnboundedSpendWatch, walk_plan
@@ -69,6 +70,11 @@ class Runner(RunSession):
         self._exhausted: set[str] = set()  # strategies whose budget (share) is spent
         self._all_names: set[str] | None = None  # a mix's strategies, each with its own share
         self._bounced: list[PlanItem] = []  # items the budget refused while others were in flight
+        self._parked: list[PlanItem] = []  # refused items of a spent part: run if it regains room
+        self._running: dict[str, int] = {}  # items in flight per strategy
+        self._fractions: dict[str, float] = {}  # a mix's parts; with its hooks, see handover.mix_hooks
+        self._ended_parts: Any = None
+        self._regain: Any = None
         self._refused_by: str | None = None  # the limit the budget last refused a query by
 
     def route(self, role: str) -> str:
@@ -189,49 +195,88 @@ class Runner(RunSession):
         An item whose worst case no longer fits (or that follows one that ran into the budget) runs
         alone: if even alone it cannot get its queries reserved, its strategy's budget is spent.
         That is also what ends a run whose limit the pledges cannot foresee (input tokens, USD).
-        An item that ran into the budget beside others is run again alone once they are done."""
+        An item that ran into the budget beside others is run again alone once they are done.
+        A mix part that handed its share to parts found spent after the plan ended gives them room
+        again: the plan is walked once more (items done are skipped)."""
         strategy = self.parts.strategy
-        self._exhausted, self._bounced = set(), []
+        self._exhausted, self._bounced, self._parked = set(), [], []
         self._all_names = set(getattr(strategy, "budget_fractions", lambda: {})()) or None
-        seen_hits: dict[str, int] = {}
+        self._fractions, self._ended_parts, self._regain = handover.mix_hooks(strategy)
         max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()),
                         *(q.size for q in self._batch_queues()))
-        finished = False
         self._free_items.limit = max(1000, 2 * max_items)  # above what a resume replays: the items in flight
         self._handoff, self._idle_workers = asyncio.Queue(), 0
+        finished = False
         async with anyio.create_task_group() as items:
             self._items_scope = items.cancel_scope
             if self._stopping:
                 items.cancel_scope.cancel()
-            for item in walk_plan(strategy, host.get_host().describe("strategies", self.cfg.strategy.name),
-                                  self._plugin_failed):
-                if self._halted() or (self._bounced and await self._rerun_bounced(items)):
+            while True:
+                finished = await self._walk(items, max_items)
+                await self._drain()
+                if not self._hand_over() or self._halted():
                     break
-                if item.key in self._done or item.strategy in self._exhausted:
-                    if self._spent_out():
-                        break
-                    continue
-                try:
-                    cost = guarded(f"strategy {item.strategy!r} item_cost() (or its verifier's)",
-                                   self.admission.item_cost, item)
-                except PluginFailed as exc:
-                    self._plugin_failed(str(exc))
-                    break
-                tail = await self._room_for(item, cost, seen_hits.get(item.strategy, 0), max_items)
-                if self._halted():
-                    break
-                hits_before = seen_hits[item.strategy] = self._budget_hits.get(item.strategy, 0)
-                self._start(items, item, cost)
-                if tail and await self._ran_into_budget(item, hits_before):
-                    break
-            else:
-                finished = True
-                await self._rerun_bounced(items)
-            await self._drain()
             for _ in range(self._idle_workers):  # every item ended: the workers may go
                 self._handoff.put_nowait(None)
         self._items_scope = None
         return self._ending(finished)
+
+    async def _walk(self, items: Any, max_items: int) -> bool:
+        """One walk of the plan, starting what the budget admits; True if the plan ended."""
+        strategy = self.parts.strategy
+        seen_hits: dict[str, int] = {}
+        finished = False
+        for item in walk_plan(strategy, host.get_host().describe("strategies", self.cfg.strategy.name),
+                              self._plugin_failed):
+            self._hand_over()
+            if self._halted() or (self._bounced and await self._rerun_bounced(items)):
+                break
+            if item.key in self._done or item.strategy in self._exhausted:
+                if self._spent_out():
+                    break
+                continue
+            try:
+                cost = guarded(f"strategy {item.strategy!r} item_cost() (or its verifier's)",
+                               self.admission.item_cost, item)
+            except PluginFailed as exc:
+                self._plugin_failed(str(exc))
+                break
+            tail = await self._room_for(item, cost, seen_hits.get(item.strategy, 0), max_items)
+            if self._halted():
+                break
+            hits_before = seen_hits[item.strategy] = self._budget_hits.get(item.strategy, 0)
+            self._start(items, item, cost)
+            if tail and await self._ran_into_budget(item, hits_before):
+                break
+        else:
+            finished = True
+            await self._rerun_bounced(items)
+        return finished
+
+    def _hand_over(self) -> bool:
+        """Record the hand-over of every mix part whose plan ended and whose items are all finished
+        (run/handover.py); the ledger applies it at once. True if a part found spent got room again:
+        it is no longer spent, and its refused items wait to run again."""
+        if not self._fractions or self._halted():
+            return False
+        handed = self.ledger.handed_over()
+        ended = self._ended_parts()
+        if ended <= handed:
+            return False
+        busy = {name for name, n in self._running.items() if n} | self._exhausted
+        busy |= {item.strategy for item in (*self._bounced, *self._parked)}
+        recipients: set[str] = set()
+        for name, to in handover.due(self._fractions, ended, handed, busy):
+            spent = self.ledger.spent.get(f"strategy:{name}") or Amount()
+            self.recorder.emit(handover.event(name, spent, to))
+            recipients |= set(to)
+        regained = recipients & self._exhausted
+        for name in regained:
+            self._exhausted.discard(name)
+            self._regain(name)
+        self._bounced += [item for item in self._parked if item.strategy in regained]
+        self._parked = [item for item in self._parked if item.strategy not in regained]
+        return bool(regained)
 
     def _spent_out(self) -> bool:
         """No strategy of the plan may start another item (in a mix each has its own share)."""
@@ -261,6 +306,7 @@ class Runner(RunSession):
                 break
             item = self._bounced.pop(0)
             if item.strategy in self._exhausted:
+                self._parked.append(item)
                 continue
             hits = self._budget_hits.get(item.strategy, 0)
             self._start(tg, item, self.admission.item_cost(item))
@@ -310,6 +356,7 @@ class Runner(RunSession):
         """Hand `item` to an idle worker, or start one. Items run on reused worker tasks: starting a
         task per item in the task group cost about a twenty-fifth of a zero-latency run's main thread."""
         self._in_flight_items += 1
+        self._running[item.strategy] = self._running.get(item.strategy, 0) + 1
         self.admission.pledge(item, cost)
         if self._idle_workers:
             self._idle_workers -= 1
@@ -323,12 +370,19 @@ class Runner(RunSession):
             self._idle_workers += 1
             item = await self._handoff.get()
 
+    def _mark_done(self, item: PlanItem) -> None:
+        """A mix's plan may be walked again after a hand-over: it must skip what this session did.
+        (Only a mix keeps the keys: any other run's memory stays flat.)"""
+        if self._fractions:
+            self._done.add(item.key)
+
     async def _run_item(self, item: PlanItem) -> None:
         rec = self.recorder
         ctx = ItemContext(self, item)
         try:
             outcome = await produce(self, item, ctx)
             rec.emit_plain(ItemDone, item=item.key, strategy=item.strategy, outcome=outcome)
+            self._mark_done(item)
             endless = (self._free_items.observe(item.strategy, ctx.fresh)
                        or self._unbounded.observe(item.strategy, ctx.fresh, ctx.fresh_bounded))
             if endless is not None:
@@ -342,6 +396,7 @@ class Runner(RunSession):
         except QueryFailed as exc:
             rec.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="failed", reason=str(exc)))
             rec.emit(ItemDone(item=item.key, strategy=item.strategy, outcome="failed"))
+            self._mark_done(item)
         except FatalRunError as exc:
             self._fail(str(exc))
         except PluginFailed as exc:
@@ -351,6 +406,7 @@ class Runner(RunSession):
         finally:
             self.admission.finish(item)
             self._in_flight_items -= 1
+            self._running[item.strategy] -= 1
             self._notify_item()
 
 

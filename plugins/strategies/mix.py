@@ -3,7 +3,9 @@
 Items of the parts are interleaved by smooth weighted round robin, so any prefix of the plan holds
 each part within one item of its fraction. The engine reads `budget_fractions()` to give each part
 that share of every budget limit; items keep their part's name in `PlanItem.strategy`, which is
-how the engine (and `run`) tell them apart.
+how the engine (and `run`) tell them apart. A part whose plan ended (`ended_parts()`) hands what
+it left of its share to the others once its items are finished; a part found spent
+(`share_spent`) may so get room again (`share_regained`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class Mix(Strategy):
         }
         self._fractions = {part.name: part.fraction for part in self.options.parts}
         self._spent: set[str] = set()  # parts whose budget share the engine found spent
+        self._ended: set[str] = set()  # parts whose own plan has ended
         roles: list[str] = []
         for sub in self.parts.values():
             roles += [r for r in sub.roles if r not in roles]
@@ -99,22 +102,32 @@ class Mix(Strategy):
         and an endless one whose share is spent made a plan that never ended)."""
         self._spent.add(name)
 
+    def share_regained(self, name: str) -> None:
+        """The engine says part `name` has room again (a part that ended handed it its unspent
+        share): the plan yields its items again, from where it stopped."""
+        self._spent.discard(name)
+
+    def ended_parts(self) -> set[str]:
+        """The parts whose plan has ended: once their items are finished, the engine hands what
+        they left of their share to the others."""
+        return set(self._ended)
+
     def plan(self) -> Iterator[PlanItem]:
         plans = {name: iter(sub.plan()) for name, sub in self.parts.items()}
         credit = {name: 0.0 for name in plans}
-        while plans:
-            for name in self._spent & plans.keys():
-                del plans[name]
-            if not plans:
+        while True:
+            going = [name for name in plans if name not in self._spent]  # a spent part may regain room
+            if not going:
                 return
-            total = sum(self._fractions[name] for name in plans)
-            for name in plans:
+            total = sum(self._fractions[name] for name in going)
+            for name in going:
                 credit[name] += self._fractions[name]
-            name = max(plans, key=lambda n: credit[n])  # first listed wins ties
+            name = max(going, key=lambda n: credit[n])  # first listed wins ties
             credit[name] -= total
             item = next(plans[name], None)
             if item is None:  # a finite part ended: the others share its turns from now on
                 del plans[name]
+                self._ended.add(name)
                 continue
             yield item
 
