@@ -147,6 +147,32 @@ def test_mix_continues_when_a_finite_part_ends():
     assert len(items) == 100
 
 
+def test_mix_names_a_part_that_ended_and_resumes_a_spent_part_that_regains_room():
+    # The engine hands an ended part's unspent share to the others (run/handover.py): a part it had
+    # found spent must then go on from where it stopped, in the same walk of the plan.
+    strategy = mix([{"name": "answer_augmentation", "fraction": 0.5, "samples_per_seed": 1},
+                    {"name": "question_rephrase", "fraction": 0.5}], seeds=make_seeds(2))
+    whole = take(strategy, 12)
+    plan = strategy.plan()
+    head = [next(plan) for _ in range(5)]  # aa, qr, aa, qr, then aa has ended: qr
+    assert strategy.ended_parts() == {"answer_augmentation"}
+    strategy.share_spent("question_rephrase")
+    assert next(plan, None) is None  # every part ended or spent: the plan ends
+    strategy.share_regained("question_rephrase")
+    plan = strategy.plan()
+    assert [next(plan) for _ in range(12)] == whole  # a new walk yields the same items
+    assert head == whole[:5]
+    plan = strategy.plan()
+    walked = [next(plan) for _ in range(2)]  # aa, qr
+    strategy.share_spent("question_rephrase")
+    walked.append(next(plan))  # aa only
+    strategy.share_regained("question_rephrase")
+    walked += [next(plan) for _ in range(4)]
+    rephrases = [item for item in walked if item.strategy == "question_rephrase"]
+    assert rephrases == [item for item in whole if item.strategy == "question_rephrase"][:len(rephrases)]
+    assert len(rephrases) == 5  # the same walk went on where it stopped, nothing skipped or repeated
+
+
 @pytest.mark.parametrize(
     "parts, message",
     [
