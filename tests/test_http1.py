@@ -258,3 +258,22 @@ def test_env_proxy_reads_credentials_once_and_honours_no_proxy(monkeypatch):
     assert "s3cr@t-pass-99" in known_secrets()
     assert env_proxy("http://api.example.com/v1") == (None, None)  # HTTPS_PROXY is for https only
     assert env_proxy("https://127.0.0.1:8000/v1") == (None, None)
+
+
+@pytest.mark.parametrize("headers, problem", [
+    ({"X-Team": "ops\r\nX-Injected: 1"}, "line breaks"),
+    ({"X-Team": "caf\u00e9 \u2603"}, "Latin-1"),
+    ({"Bad Name": "x"}, "names may not"),
+])
+def test_a_header_that_cannot_be_sent_is_a_configuration_error(headers, problem):
+    """Found when the teacher is built (start-up, one line naming [teacher]), not as a failed
+    request: a line break would smuggle a header, and a character beyond Latin-1 cannot be sent."""
+    from synthledger.plugins.teachers.openai_compatible import OpenAICompatibleTeacher
+    from synthledger.plugins.teachers.settings import TeacherSettings
+
+    settings = TeacherSettings(provider="openai-compatible", model="m", base_url="http://127.0.0.1:9/v1",
+                               extra_headers=headers)
+    with pytest.raises(ValueError, match=rf"^\[teacher\] header .*{problem}"):
+        OpenAICompatibleTeacher(settings)
+    with pytest.raises(ValueError, match=r"^\[teacher\] base_url is not a usable URL"):
+        OpenAICompatibleTeacher(TeacherSettings(provider="openai-compatible", model="m", base_url="http://127.0.0.1:99999/v1"))

@@ -108,6 +108,18 @@ def target_for(url: str, proxy: str | None = None) -> Target:
     return Target(scheme, p_host, p_port, path.encode(), authority.encode(), tunnel, tls)
 
 
+def header_line(name: str, value: str) -> bytes:
+    """`Name: value` as sent; ValueError for what cannot be a header (a line break in it would
+    end the header early and let its text be read as another header or a body)."""
+    if not name or any(c in name for c in ":\r\n \t") or "\r" in value or "\n" in value:
+        raise ValueError(f"header {name!r} cannot be sent: names may not hold ':' or spaces, "
+                         "and neither names nor values line breaks")
+    try:
+        return f"{name}: {value}".encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"header {name!r} holds characters HTTP headers cannot carry (only Latin-1)") from None
+
+
 class Http1Client:
     """POSTs to one URL. `headers` are sent with every request (values must be latin-1 text);
     `proxy_headers` only to the proxy (on the CONNECT for https, else with each request)."""
@@ -120,13 +132,13 @@ class Http1Client:
         if proxy_headers and self.target.tunnel is None:
             extra.update(proxy_headers)
         lines = [b"POST " + self.target.request_target + b" HTTP/1.1", b"Host: " + self.target.host_header]
-        lines += [f"{k}: {v}".encode("latin-1") for k, v in extra.items()]
+        lines += [header_line(k, v) for k, v in extra.items()]
         lines.append(b"Accept-Encoding: gzip, deflate")
         self._head = b"\r\n".join(lines) + b"\r\nContent-Length: "
         self._tunnel = None
         if self.target.tunnel is not None:
-            auth = "".join(f"{k}: {v}\r\n" for k, v in (proxy_headers or {}).items())
-            self._tunnel = self.target.tunnel + auth.encode("latin-1") + b"\r\n"
+            auth = b"".join(header_line(k, v) + b"\r\n" for k, v in (proxy_headers or {}).items())
+            self._tunnel = self.target.tunnel + auth + b"\r\n"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._slots = asyncio.Semaphore(max_connections) if max_connections else None

@@ -84,18 +84,17 @@ class OpenAICompatibleTeacher:
         except ValueError as exc:
             raise ValueError(f"[teacher] base_url is not a usable URL: {exc}") from None
         self._proxy, self._proxy_headers = env_proxy(self._url)
-        self._client: Http1Client | None = None
+        try:
+            self._client = self._make_client()  # (a URL or header it cannot send fails here, at start-up)
+        except ValueError as exc:
+            raise ValueError(f"[teacher] {exc}") from None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _new_client(self) -> Http1Client:
-        """Connections belong to the event loop that made them: a new loop (a test, a second
-        `asyncio.run`) gets a new pool."""
-        self._loop = asyncio.get_running_loop()
-        self._client = Http1Client(
+    def _make_client(self) -> Http1Client:
+        return Http1Client(
             self._url, self._headers, connect_timeout=self.settings.timeout_s, read_timeout=self.settings.timeout_s,
             max_connections=self.settings.max_connections, proxy=self._proxy, proxy_headers=self._proxy_headers,
         )
-        return self._client
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)
@@ -118,9 +117,11 @@ class OpenAICompatibleTeacher:
         return orjson.dumps(body)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        client = self._client
-        if client is None or self._loop is not asyncio.get_running_loop():
-            client = self._new_client()
+        client, loop = self._client, asyncio.get_running_loop()
+        if self._loop is not loop:  # connections belong to the loop that made them: a new loop, a new pool
+            if self._loop is not None:
+                client = self._client = self._make_client()
+            self._loop = loop
         try:
             status, headers, raw = await client.post(self._body(request))
         except ConnectTimeout as exc:
@@ -148,9 +149,7 @@ class OpenAICompatibleTeacher:
         return completion
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-        self._client = None
+        await self._client.aclose()
 
 
 def factory(settings: TeacherSettings | dict) -> OpenAICompatibleTeacher:
