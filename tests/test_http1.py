@@ -277,3 +277,23 @@ def test_a_header_that_cannot_be_sent_is_a_configuration_error(headers, problem)
         OpenAICompatibleTeacher(settings)
     with pytest.raises(ValueError, match=r"^\[teacher\] base_url is not a usable URL"):
         OpenAICompatibleTeacher(TeacherSettings(provider="openai-compatible", model="m", base_url="http://127.0.0.1:99999/v1"))
+
+
+def test_a_parser_is_freed_without_the_cyclic_collector():
+    """A run lets young objects outlive many allocations (engine/run/collector.py): a parser that
+    kept a bound method of itself (a cycle) held every response until a full collection, ~7 MB over a
+    50k-query run. Freed by reference counting, it goes as soon as its exchange does."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        for raw in (response(b'{"x": 1}'), CHUNKED, b"HTTP/1.0 200 OK\r\n\r\n{}"):
+            parser = ResponseParser()
+            parser.feed(raw[:5])
+            parser.feed(raw[5:])
+            ref = weakref.ref(parser)
+            del parser
+            assert ref() is None
+    finally:
+        gc.enable()
