@@ -103,14 +103,22 @@ def final_number(text: str) -> str | None:
         candidates.append(answer_is[-1])
     for candidate in candidates:
         plain = candidate.strip()
-        if plain.isdigit() and plain.isascii():  # "#### 42", nearly every reply: no parsing needed
+        if _is_whole(plain):  # "#### 42", nearly every reply: no parsing needed
             return str(int(plain))
         value = parse_number(candidate)
         if value is not None:
             return format_number(value)
     # Fallback: the last number anywhere (the flexible extract of GSM8K evaluation).
     last = _last_number(text.translate(_MINUS_SIGNS))
-    return format_number(_to_fraction(last)) if last is not None else None
+    if last is None:
+        return None
+    return str(int(last)) if _is_whole(last) else format_number(_to_fraction(last))
+
+
+def _is_whole(text: str) -> bool:
+    """Plain ASCII digits: canonical as int(), without Fraction's string parsing (which was ~4% of
+    a zero-latency run's main thread)."""
+    return text.isdigit() and text.isascii()
 
 
 def _last_number(text: str) -> str | None:
