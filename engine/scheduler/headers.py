@@ -8,6 +8,7 @@ apart from the provider contract so that contract stays a list of types.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -68,8 +69,10 @@ _DURATION_PART = re.compile(_PART)
 _DURATION = re.compile(f"(?:{_PART})+")
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_reset(value: str | None) -> float | None:
-    """OpenAI-style reset durations: '1s', '6m0s', '20ms', or plain seconds; None for anything else."""
+    """OpenAI-style reset durations: '1s', '6m0s', '20ms', or plain seconds; None for anything else.
+    Cached: every response carries two, and a provider repeats a few values (its window's steps)."""
     if not value:
         return None
     value = value.strip()
