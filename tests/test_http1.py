@@ -297,3 +297,30 @@ def test_a_parser_is_freed_without_the_cyclic_collector():
             assert ref() is None
     finally:
         gc.enable()
+
+
+async def test_max_connections_holds_and_passes_slots_in_order_even_through_cancellations():
+    async def slow(writer):
+        await asyncio.sleep(0.1)
+        writer.write(response(b"{}"))
+        await writer.drain()
+
+    async with Scripted(*[slow] * 6) as srv:
+        c = client(srv.port, max_connections=2)
+        peak = 0
+
+        async def watch():
+            nonlocal peak
+            while True:
+                peak = max(peak, c._busy)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.ensure_future(watch())
+        posts = [asyncio.ensure_future(c.post(b"{}")) for _ in range(6)]
+        await asyncio.sleep(0.02)
+        posts[3].cancel()  # a caller that gives up while queued leaves its turn to the next
+        results = await asyncio.gather(*posts, return_exceptions=True)
+        watcher.cancel()
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert all(r.body == b"{}" for i, r in enumerate(results) if i != 3)
+    assert peak == 2 and c._busy == 0 and srv.connections <= 5

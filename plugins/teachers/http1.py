@@ -17,6 +17,7 @@ timeout or a connection dropped mid-response may have been served.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ssl
 import zlib
 from typing import NamedTuple
@@ -141,15 +142,43 @@ class Http1Client:
             self._tunnel = self.target.tunnel + auth + b"\r\n"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._slots = asyncio.Semaphore(max_connections) if max_connections else None
+        self._limit = max_connections or 0
+        self._busy = 0  # exchanges under way (each holds a connection)
+        self._queued: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle: list[Connection] = []
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.target.tls_host else None
 
     async def post(self, body: bytes) -> Response:
-        if self._slots is None:
+        """At most `max_connections` at once; the rest wait here, in order, with no timeout running.
+        (A counter and a queue rather than asyncio.Semaphore: nearly every call finds room, and the
+        semaphore's per-call cost showed in a zero-latency run's profile.)"""
+        if self._limit and (self._busy >= self._limit or self._queued):
+            await self._wait_turn()  # (returns holding the slot the last holder passed on)
+        else:
+            self._busy += 1
+        try:
             return await self._post(body)
-        async with self._slots:
-            return await self._post(body)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Pass the slot to the first caller still waiting, or free it."""
+        while self._queued:
+            turn = self._queued.popleft()
+            if not turn.done():  # (one cancelled while waiting is skipped)
+                turn.set_result(None)
+                return
+        self._busy -= 1
+
+    async def _wait_turn(self) -> None:
+        turn = asyncio.get_running_loop().create_future()
+        self._queued.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():  # handed the slot as it was being cancelled
+                self._release()
+            raise
 
     async def _post(self, body: bytes) -> Response:
         conn = self._reusable() or await self._connect()
