@@ -368,19 +368,30 @@ def plain_payload(cls: type[EventBase], **values: Any) -> tuple[str, dict[str, A
     For the events the engine emits for every query (reserved, dispatched, settled, item done),
     from values it built itself and that are already plain JSON (a cost as its dict). Validating
     and dumping them was a twentieth of a zero-latency run's main thread. Events that carry a
-    plugin's data (samples, verdicts) still go through their model. A test holds this to
-    `to_payload` for every type the engine builds this way."""
-    out: dict[str, Any] = {}
-    for name, required, default in _fields(cls):
-        if name in values:
-            out[name] = values.pop(name)
-        elif required:
-            raise TypeError(f"{cls.__name__}: {name} is required")
-        else:
-            out[name] = default.copy() if isinstance(default, (list, dict)) else default
-    if values:
-        raise TypeError(f"{cls.__name__} has no field {', '.join(values)}")
+    plugin's data (samples, verdicts) take this path only when that data is plain JSON already
+    (`is_plain_json`). A test holds this to `to_payload` for every type the engine builds this way.
+    (Key order differs from the model's; stored payloads and hashes are canonical, keys sorted.)"""
+    defaults, mutable, required, allowed = _fields(cls)
+    if not values.keys() <= allowed:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(k for k in values if k not in allowed)}")
+    if not required <= values.keys():
+        missing = [name for name in required if name not in values]
+        raise TypeError(f"{cls.__name__}: {', '.join(missing)} is required")
+    out = {**defaults, **values}
+    for name in mutable:
+        if name not in values:
+            out[name] = out[name].copy()  # (a fresh list or dict: never the shared default)
     return cls.TYPE, out
+
+
+@functools.cache
+def _fields(cls: type[EventBase]) -> tuple[dict[str, Any], tuple[str, ...], frozenset[str], frozenset[str]]:
+    """(defaults of the optional fields, those of them that are lists or dicts, required names, all names)."""
+    fields = {name: f for name, f in cls.model_fields.items() if name != "type"}
+    defaults = {name: f.default for name, f in fields.items() if not f.is_required()}
+    mutable = tuple(name for name, d in defaults.items() if isinstance(d, (list, dict)))
+    required = frozenset(name for name, f in fields.items() if f.is_required())
+    return defaults, mutable, required, frozenset(fields)
 
 
 def is_plain_json(value: Any) -> bool:
@@ -397,11 +408,6 @@ def is_plain_json(value: Any) -> bool:
     if kind is list:
         return all(is_plain_json(v) for v in value)
     return False
-
-
-@functools.cache
-def _fields(cls: type[EventBase]) -> tuple[tuple[str, bool, Any], ...]:
-    return tuple((name, f.is_required(), f.default) for name, f in cls.model_fields.items() if name != "type")
 
 
 def plain_cost(queries: int, input_tokens: int, output_tokens: int, usd: float) -> dict[str, Any]:
