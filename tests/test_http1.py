@@ -35,7 +35,7 @@ INTERIM = b"HTTP/1.1 100 Continue\r\n\r\n" + response(b"{}")
                                        (GZIPPED, b'{"a": 1}'), (INTERIM, b"{}")],
                          ids=["sized", "chunked", "gzip", "interim-100"])
 def test_a_response_reads_the_same_whole_or_split_at_every_byte(raw, body):
-    from synthledger.plugins.teachers.http1 import decode_body
+    from synthledger.plugins.teachers.http1_connection import decode_body
 
     for step in (len(raw), 1, 3):
         parser = ResponseParser()

@@ -9,9 +9,8 @@ read one response (Content-Length, chunked or until close; gzip/deflate), keep t
 the next one, and time out the way the SDKs' httpx does (connect and read apart; waiting for a
 pooled connection is not counted, so a request queued here is never "maybe billed").
 
-Failures are one small tree (see `HttpFailure`), each saying whether the request may have reached
-the server, which is what the budget needs to know: a refused connection was never sent; a read
-timeout or a connection dropped mid-response may have been served.
+Failures are one small tree (`http1_errors`), each saying whether the request may have reached
+the server; one connection's bytes and timeouts are `http1_connection`, parsing is `http1_parse`.
 """
 
 from __future__ import annotations
@@ -19,47 +18,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-import zlib
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from .http1_parse import ResponseParser
+from .http1_connection import Connection
+from .http1_errors import (BadResponse, ConnectFailed, ConnectTimeout, Disconnected, HttpFailure, ReadTimeout,
+                           Response)
+
+# The client and its failures, from one place (the failures live in http1_errors for the connection's sake).
+__all__ = ["BadResponse", "ConnectFailed", "ConnectTimeout", "Disconnected", "Http1Client", "HttpFailure",
+           "ReadTimeout", "Response", "Target", "header_line", "parse_url", "target_for"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class HttpFailure(Exception):
-    """A request that got no complete HTTP response; `maybe_sent`: the server may have acted on it."""
-
-    maybe_sent = True
-
-
-class ConnectFailed(HttpFailure):
-    """No connection (refused, unknown host, TLS handshake refused): nothing was sent."""
-
-    maybe_sent = False
-
-
-class ConnectTimeout(ConnectFailed):
-    """The connection was not made within the connect timeout: nothing was sent."""
-
-
-class ReadTimeout(HttpFailure):
-    """Sent, and the server went quiet for longer than the read timeout."""
-
-
-class Disconnected(HttpFailure):
-    """Sent, and the connection closed (or broke) before the response was whole."""
-
-
-class BadResponse(HttpFailure):
-    """Sent, and what came back is not HTTP/1.x (or its body cannot be decoded)."""
-
-
-class Response(NamedTuple):
-    status: int
-    headers: dict[str, str]  # names in lower case; repeated headers joined by ", "
-    body: bytes
 
 
 class Target(NamedTuple):
@@ -234,111 +204,3 @@ class Http1Client:
     async def aclose(self) -> None:
         while self._idle:
             self._idle.pop().abort()
-
-
-class Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection, one exchange at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.BaseTransport | None = None
-        self.alive = False
-        self._parser: ResponseParser | None = None
-        self._waiter: asyncio.Future[tuple[Response, bool]] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_data = 0.0
-        self._read_timeout = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.alive = True
-
-    async def exchange(self, request: bytes, read_timeout: float, head_only: bool = False) -> tuple[Response, bool]:
-        """Send `request`; the response and whether the connection may carry another."""
-        self._loop = loop = asyncio.get_running_loop()
-        self._parser = ResponseParser(head_only)
-        self._waiter = waiter = loop.create_future()
-        self._read_timeout = read_timeout
-        self._last_data = loop.time()
-        self._timer = loop.call_at(self._last_data + read_timeout, self._check_quiet)
-        self.transport.write(request)  # type: ignore[union-attr]
-        try:
-            return await waiter
-        finally:
-            self._timer.cancel()
-            self._waiter = None
-
-    def data_received(self, data: bytes) -> None:
-        waiter, parser = self._waiter, self._parser
-        if waiter is None or waiter.done() or parser is None:
-            self.alive = False  # bytes nobody asked for: the connection cannot be trusted again
-            return
-        self._last_data = self._loop.time()  # type: ignore[union-attr]
-        try:
-            done = parser.feed(data)
-        except ValueError as exc:
-            self.alive = False
-            waiter.set_exception(BadResponse(str(exc)))
-            return
-        if done:
-            self._finish(waiter, parser)
-
-    def _finish(self, waiter: asyncio.Future[tuple[Response, bool]], parser: ResponseParser) -> None:
-        try:
-            body = decode_body(parser.body, parser.headers.get("content-encoding", ""))
-        except (zlib.error, ValueError) as exc:
-            self.alive = False
-            waiter.set_exception(BadResponse(f"cannot decode the response body: {exc}"))
-            return
-        waiter.set_result((Response(parser.status, parser.headers, body), parser.keep_alive and not parser.extra))
-
-    def eof_received(self) -> bool | None:
-        self._closed(None)
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed(exc)
-
-    def _closed(self, exc: Exception | None) -> None:
-        self.alive = False
-        waiter, parser = self._waiter, self._parser
-        if waiter is None or waiter.done():
-            return
-        if parser is not None and parser.until_close:  # a body delimited by the connection's end
-            parser.close()
-            self._finish(waiter, parser)
-            return
-        why = f": {exc}" if exc else ""
-        waiter.set_exception(Disconnected(f"server disconnected before the response was complete{why}"))
-
-    def _check_quiet(self) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
-        loop = self._loop
-        assert loop is not None
-        due = self._last_data + self._read_timeout
-        if loop.time() < due:  # data came meanwhile: wait out the rest of the quiet period
-            self._timer = loop.call_at(due, self._check_quiet)
-            return
-        self.alive = False
-        waiter.set_exception(ReadTimeout(f"no response within {self._read_timeout:g}s"))
-
-    def abort(self) -> None:
-        self.alive = False
-        if self.transport is not None:
-            self.transport.abort()  # type: ignore[attr-defined]
-
-
-def decode_body(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if not encoding or encoding == "identity":
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        try:
-            return zlib.decompress(body)
-        except zlib.error:  # some servers send raw deflate without the zlib wrapper
-            return zlib.decompress(body, -zlib.MAX_WBITS)
-    raise ValueError(f"unsupported content-encoding {encoding!r}")
