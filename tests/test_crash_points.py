@@ -144,12 +144,14 @@ def test_a_kill_around_a_mix_hand_over_resumes_with_the_same_shares(tmp_path, se
     assert whole.rc == 0, whole.stderr
     at = _hand_over_commit(base / "store.db")
     seen = set()
-    for n in range(max(1, at - 2), at + 3):
+    for n in range(max(1, at - 3), at + 4):
         folder = tmp_path / f"kill-{n}"
         config = _project(folder, server.url, "mix-finite", 16, 1)
         store = f"sqlite:///{folder / 'store.db'}"
         args = ["generate", "--config", str(config), "--no-progress", "--store", store]
         killed = fork_cli(args, cwd=folder, env={ENV: str(n)})
+        if killed.rc == 0:  # this run ended in fewer commits (group commits vary with timing): no kill
+            continue
         assert killed.rc == EXIT_CODE, f"N={n}: rc {killed.rc}\n{killed.stderr}"
         seen.add(any(t == "share_handed_over" for _, t, _, _ in run_events(folder / "store.db")))
         resumed = fork_cli([*args, "--resume"], cwd=folder)
