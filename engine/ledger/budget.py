@@ -121,13 +121,19 @@ class BudgetSpec:
         # A strategy's share is a fraction of the total, so it counts what the total counts: with
         # counted_roles = ["teacher"], a mix part's augmenter calls must not eat its teacher share.
         if strategy in self.strategies and counted:
-            out.append((f"strategy:{strategy}", self.strategies[strategy]))
+            out.append((strategy_scope(strategy), self.strategies[strategy]))
         return out
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total.as_dict(), "roles": {k: v.as_dict() for k, v in self.roles.items()},
                 "strategies": {k: v.as_dict() for k, v in self.strategies.items()},
                 "counted_roles": sorted(self.counted_roles) if self.counted_roles is not None else None}
+
+
+def strategy_scope(name: str) -> str:
+    """The ledger's key for a strategy's share (what `spent`/`reserved` are counted under): what a
+    mix part spent, for a hand-over, is read under this one name."""
+    return f"strategy:{name}"
 
 
 def budget_from_dict(d: dict[str, Any] | None) -> BudgetSpec:

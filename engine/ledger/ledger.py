@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from .batch_fold import BatchFold
-from .budget import DIMENSIONS, EPS, Amount, BudgetSpec, Limits, budget_from_dict  # noqa: F401 (re-exported)
+from .budget import (DIMENSIONS, EPS, Amount, BudgetSpec, Limits, budget_from_dict,  # noqa: F401 (re-exported)
+                     strategy_scope)
 from .events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, ProviderFault,
                      QueryAbandoned, QueryDispatched, QueryReserved, QueryReused, QuerySettled, RateAdjusted,
                      RunResumed, ShareHandedOver)
@@ -331,7 +332,7 @@ class Ledger(BatchFold, LedgerReport):
         for name in h.to:
             if name not in parts or name in self.handed_over() or name == h.strategy:
                 yield f"hands over to {name!r}, not a part still going"
-        scope = f"strategy:{h.strategy}"
+        scope = strategy_scope(h.strategy)
         counted = self.spent.get(scope) or _NOTHING
         if any(abs(getattr(counted, d) - getattr(h.spent, d)) > EPS for d in DIMENSIONS):
             yield f"records spent {h.spent.as_dict()}, the events counted {counted.as_dict()}"

@@ -18,7 +18,7 @@ from ...store.eventstore import EventStore
 from .. import host
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, PluginFailed, QueryFailed, RunStopping
-from ..ledger.budget import DIMENSIONS, Amount
+from ..ledger.budget import DIMENSIONS, Amount, strategy_scope
 from ..ledger.events import ItemDone, RunFinished, SampleRejected
 from ..ledger.journal import WriterFailed
 from ..plugin_faults import failure, guarded
@@ -267,7 +267,7 @@ class Runner(RunSession):
         busy |= {item.strategy for item in (*self._bounced, *self._parked)}
         recipients: set[str] = set()
         for name, to in handover.due(self._fractions, ended, handed, busy):
-            spent = self.ledger.spent.get(f"strategy:{name}") or Amount()
+            spent = self.ledger.spent.get(strategy_scope(name)) or Amount()
             self.recorder.emit(handover.event(name, spent, to))
             recipients |= set(to)
         regained = recipients & self._exhausted
