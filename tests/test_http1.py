@@ -184,6 +184,15 @@ async def test_a_refused_connection_was_never_sent():
     assert not info.value.maybe_sent
 
 
+def test_an_ipv6_host_is_bracketed_in_the_host_header_and_the_connect_line():
+    from synthledger.plugins.teachers.http1 import target_for
+
+    assert target_for("http://[::1]:8000/v1").host_header == b"[::1]:8000"
+    via = target_for("https://[::1]/v1", "http://[::2]:3128")
+    assert via.host == "::2" and via.port == 3128 and via.tls_host == "::1"
+    assert via.tunnel == b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n"
+
+
 def test_urls_it_cannot_use_are_refused_up_front():
     for bad in ("ftp://h/v1", "http://:80/v1", "http://h:99999/v1", "localhost:8000/v1"):
         with pytest.raises(ValueError):
@@ -260,6 +269,8 @@ def test_env_proxy_reads_credentials_once_and_honours_no_proxy(monkeypatch):
     assert "s3cr@t-pass-99" in known_secrets()
     assert env_proxy("http://api.example.com/v1") == (None, None)  # HTTPS_PROXY is for https only
     assert env_proxy("https://127.0.0.1:8000/v1") == (None, None)
+    monkeypatch.setenv("HTTPS_PROXY", "http://[fd00::5]:3128")
+    assert env_proxy("https://api.example.com/v1") == ("http://[fd00::5]:3128", None)
 
 
 @pytest.mark.parametrize("headers, problem", [

@@ -28,7 +28,7 @@ def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
     if "://" not in proxy:
         proxy = "http://" + proxy
     parts = urlsplit(proxy)
-    bare = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # (an IPv6 host keeps its brackets)
     if parts.username is None:
         return bare, None
     login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"

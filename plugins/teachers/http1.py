@@ -64,9 +64,8 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
 
 def target_for(url: str, proxy: str | None = None) -> Target:
     scheme, host, port, path = parse_url(url)
-    authority = host if port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    if ":" in host and not host.startswith("["):  # an IPv6 literal
-        authority = f"[{host}]" if port == DEFAULT_PORTS[scheme] else f"[{host}]:{port}"
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed wherever a port may follow
+    authority = named if port == DEFAULT_PORTS[scheme] else f"{named}:{port}"
     tls = host if scheme == "https" else None
     if proxy is None:
         return Target(scheme, host, port, path.encode(), authority.encode(), None, tls)
@@ -75,7 +74,7 @@ def target_for(url: str, proxy: str | None = None) -> Target:
         raise ValueError(f"proxy {proxy!r}: only http:// proxies are supported")
     if scheme == "http":  # a plain-http request goes to the proxy whole, its URL absolute
         return Target(scheme, p_host, p_port, f"http://{authority}{path}".encode(), authority.encode(), None, None)
-    tunnel = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()
+    tunnel = f"CONNECT {named}:{port} HTTP/1.1\r\nHost: {named}:{port}\r\n".encode()
     return Target(scheme, p_host, p_port, path.encode(), authority.encode(), tunnel, tls)
 
 
@@ -196,8 +195,7 @@ class Http1Client:
         if response.status != 200:
             transport.abort()
             raise ConnectFailed(f"proxy refused CONNECT: HTTP {response.status}")
-        tls = await loop.start_tls(transport, conn, self._ssl or ssl.create_default_context(),
-                                   server_hostname=t.tls_host)
+        tls = await loop.start_tls(transport, conn, self._ssl, server_hostname=t.tls_host)  # type: ignore[arg-type]
         conn.transport = tls
         return conn
 
