@@ -186,3 +186,18 @@ def test_bulk_data_loses_known_keys_but_keeps_key_shaped_text():
     assert redact.scrub_payload(payload)["text"] == "use [REDACTED] or Bearer [REDACTED]"
     clean = {"text": "3 + 4 = 7? yes & done", "n": 1}
     assert redact.scrub_payload(clean) is clean and redact.scrub_payload(clean, shapes=False) is clean
+
+
+def test_a_large_part_of_a_flagged_payload_is_scrubbed_only_where_it_needs_it():
+    # run_started: a config key named like a credential flags the payload; its 4,000 seeds are
+    # tested as one part before being walked, and a secret among them is still found.
+    seeds = [{"id": str(i), "question": f"What is {i} plus 1?", "answer": str(i + 1)} for i in range(40)]
+    payload = {"config": {"teacher": {"api_key_env": "OPENAI_API_KEY", "base_url": "https://u:p4ss@gw/v1"}},
+               "seeds": seeds}
+    out = redact.scrub_payload(payload)
+    assert out["config"]["teacher"]["base_url"] == "https://u:[REDACTED]@gw/v1"
+    assert out["seeds"] is seeds  # clean: kept as it was, not copied
+    leaky = [*seeds, {"id": "x", "question": "curl -H 'Authorization: Bearer abcdef123456'", "answer": None}]
+    out = redact.scrub_payload({**payload, "seeds": leaky})
+    assert out["seeds"][-1]["question"] == "curl -H 'Authorization: Bearer [REDACTED]'"
+    assert out["seeds"][:40] == seeds and "abcdef123456" in leaky[-1]["question"]

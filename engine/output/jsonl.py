@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+import orjson
+
 from ..errors import JsonlError
 
 __all__ = ["JsonlError", "read_jsonl"]
@@ -19,6 +21,14 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a UTF-8 byte-order mark is accepted."""
     with Path(path).open("rb") as fh:
         for number, raw in enumerate(fh, 1):
+            try:  # the common line, at a third of the cost; anything else takes the exact path below
+                row = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                if type(row) is dict:
+                    yield number, row
+                    continue
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:

@@ -98,7 +98,7 @@ def build_seeds(
         if seed_id in seen:
             raise SeedError(f"{at}: duplicate id {seed_id!r} (first seen at {unit} {seen[seed_id]})")
         seen[seed_id] = number
-        seeds.append(Seed(id=seed_id, question=question.strip(), answer=answer))
+        seeds.append(Seed(id=seed_id, question=question.strip(), answer=answer, meta={}))  # (a default is deep-copied)
     if not seeds:
         raise SeedError(f"{where}: contains no seeds (empty)")
     if (
