@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from synthledger.engine.ledger.events import (Cost, ItemDone, QueryDispatched, QueryReserved, QuerySettled,
-                                              SampleAccepted, SampleProposed, is_plain_json, parse_event,
+                                              SampleAccepted, SampleProposed, SampleRejected, is_plain_json, parse_event,
                                               plain_cost, plain_payload, to_payload)
 from synthledger.engine.ledger.ledger import Amount
 
@@ -36,6 +36,9 @@ CASES = [
     (SampleProposed, {"sample_id": "s-x", "item": "x", "strategy": "rephrase", "seed_id": None, "question": "q",
                       "answer": "a"}),
     (SampleAccepted, {"sample_id": "s-x", "reason": "agrees", "details": {"votes": [1, 2]}, "query_ids": ["q2"]}),
+    (SampleRejected, {"sample_id": "s-x", "item": "x", "strategy": "answer_augmentation", "stage": "quality",
+                      "kind": "truncated", "reason": "truncated: cut off at max_tokens",
+                      "details": {"query_id": "q1", "role": "teacher"}, "question": "2+2?"}),
 ]
 
 

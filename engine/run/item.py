@@ -66,9 +66,9 @@ async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemCont
           answer_query_id=answer.query_id if answer else None)
     problem = runner.gate.check(item.key, sample, replies)
     if problem is not None:
-        rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="quality",
-                                kind=problem.kind, reason=problem.reason, details=problem.details,
-                                question=sample.question))
+        _emit(rec, SampleRejected, type(sample.question) is str and is_plain_json(problem.details), sample_id=sid,
+              item=item.key, strategy=item.strategy, stage="quality", kind=problem.kind, reason=problem.reason,
+              details=problem.details, question=sample.question)
         return "rejected"
     n_before = len(ctx.query_ids)
     try:
