@@ -30,6 +30,7 @@ from .budget import (DIMENSIONS, EPS, Amount, BudgetSpec, Limits, budget_from_di
 from .events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, ProviderFault,
                      QueryAbandoned, QueryDispatched, QueryReserved, QueryReused, QuerySettled, RateAdjusted,
                      RunResumed, ShareHandedOver)
+from .idset import IntSet
 from .report import LedgerReport
 from .shares import HandOver, with_hand_overs
 
@@ -62,7 +63,7 @@ class Ledger(BatchFold, LedgerReport):
         self.spec = spec
         # Open queries only: settled and abandoned ones leave, so a long run's memory stays flat.
         self.queries: dict[str, QueryState] = {}
-        self.settled: set[int] = set()  # hash(query_id) of every settled query
+        self.settled = IntSet()  # hash(query_id) of every settled query (see idset: a set cost 75 B each)
         # Attempts made by queries a dead process left open: a resumed query continues its count
         # (and its attempt cap) rather than starting again at 1. Bounded by what was in flight.
         self.interrupted: dict[str, int] = {}

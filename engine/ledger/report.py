@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .budget import Amount, BudgetSpec
+from .idset import IntSet
 
 
 class LedgerReport:
@@ -18,7 +19,7 @@ class LedgerReport:
     by_model: dict[str, Amount]
     reused: Amount
     queries: dict[str, Any]
-    settled: set[int]
+    settled: IntSet
     interrupted: dict[str, int]
     counts: dict[str, int]
     in_flight: int
