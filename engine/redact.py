@@ -134,19 +134,28 @@ def scrub_payload(payload: dict[str, Any], *, shapes: bool = True) -> dict[str, 
         return payload
     if not shapes:
         return _scrub_known(payload)
-    # A large part (a run's seeds, in `run_started`) gets the same quick test before it is walked
-    # string by string: a config key named like a credential flags the whole payload, and walking
-    # 4,000 seeds for it cost a twentieth of start-up.
+    return _scrub_items(payload, _scrub_part)
+
+
+def _scrub_part(value: Any) -> Any:
+    """A large part (a run's seeds, in `run_started`) gets the payload's quick test before it is
+    walked string by string: a config key named like a credential flags the whole payload, and
+    walking 4,000 seeds for it cost a twentieth of start-up."""
+    if isinstance(value, (dict, list)) and len(value) > 16 and not _suspect_bytes(orjson.dumps(value), True):
+        return value
+    return scrub_value(value)
+
+
+def _scrub_items(value: dict[str, Any], scrub_one: Any) -> dict[str, Any]:
+    """`value` with `scrub_one` applied to each item; the very same dict when none changed."""
     out = None
-    for k, v in payload.items():
-        if isinstance(v, (dict, list)) and len(v) > 16 and not _suspect_bytes(orjson.dumps(v), True):
-            continue
-        new = scrub_value(v)
+    for k, v in value.items():
+        new = scrub_one(v)
         if new is not v:
             if out is None:
-                out = dict(payload)
+                out = dict(value)
             out[k] = new
-    return payload if out is None else out
+    return value if out is None else out
 
 
 def _scrub_known(value: Any) -> Any:
@@ -169,14 +178,7 @@ def scrub_value(value: Any) -> Any:
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
-        out = None
-        for k, v in value.items():
-            new = scrub_value(v)
-            if new is not v:
-                if out is None:
-                    out = dict(value)
-                out[k] = new
-        return value if out is None else out
+        return _scrub_items(value, scrub_value)
     if isinstance(value, (list, tuple)):
         items = [scrub_value(v) for v in value]
         if all(a is b for a, b in zip(items, value)):

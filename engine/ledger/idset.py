@@ -32,30 +32,25 @@ class IntSet:
 
     def __contains__(self, value: int) -> bool:
         value = value or 1
-        slots, mask = self._slots, self._mask
-        i = value & mask
-        while True:
-            found = slots[i]
-            if found == value:
-                return True
-            if found == _EMPTY:
-                return False
-            i = (i + 1) & mask
+        return self._slots[self._slot(value)] == value
 
     def add(self, value: int) -> None:
         value = value or 1
+        i = self._slot(value)
+        if self._slots[i] != value:
+            self._slots[i] = value
+            self._size += 1
+            if 2 * self._size > self._mask:
+                self._grow()
+
+    def _slot(self, value: int) -> int:
+        """Where `value` is, or the empty slot where it would go (linear probing)."""
         slots, mask = self._slots, self._mask
         i = value & mask
         while True:
             found = slots[i]
-            if found == value:
-                return
-            if found == _EMPTY:
-                slots[i] = value
-                self._size += 1
-                if 2 * self._size > mask:
-                    self._grow()
-                return
+            if found == value or found == _EMPTY:
+                return i
             i = (i + 1) & mask
 
     def __iter__(self) -> Iterator[int]:
