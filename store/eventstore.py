@@ -303,6 +303,15 @@ class EventStore(KeyIndex):
         if res.rowcount != 1:
             raise ConcurrencyError(f"run {run_id} was taken by another process just now")
 
+    def take_from(self, run_id: str, owner: str, gone: str) -> bool:
+        """Take the lease of a run from `gone`, a holder known to be dead, only while it still holds it:
+        False when another process took it first (two sweeps of a store's orphans at once). Unlike
+        `acquire`, never from a live holder."""
+        with self._begin() as conn:
+            res = conn.execute(text("UPDATE runs SET owner = :me, heartbeat = :now WHERE id = :id AND owner = :gone"),
+                               {"me": owner, "now": time.time(), "id": run_id, "gone": gone})
+        return res.rowcount == 1
+
     def heartbeat(self, run_id: str, owner: str) -> None:
         with self._begin() as conn:
             res = conn.execute(text("UPDATE runs SET heartbeat = :now WHERE id = :id AND owner = :me"),

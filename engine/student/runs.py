@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import Field
 
 from ... import __version__
-from ...store.eventstore import ConcurrencyError, EventStore, new_run_id, owner_token
+from ...store.eventstore import EventStore, new_run_id, owner_token
 from ...store.folders import unwritable_folder
 from ...store.records import owner_alive
 from ...store.hashing import canonical
@@ -106,9 +106,11 @@ def close_orphans(store: EventStore) -> list[str]:
         if owner_alive(info.owner):
             continue
         me = owner_token()
-        try:
-            store.acquire(info.id, me, ttl_s=0)
-        except ConcurrencyError:  # another sweep took it first
+        # Only from the dead holder seen above: an experiment's driver and each of its training and
+        # evaluation jobs sweep at once, and a take-over from whoever holds it now (the lease's
+        # `acquire` with no patience) let a second sweep take a run from the first mid-close, which
+        # then failed its cell ("held by another process (nobody)").
+        if not store.take_from(info.id, me, info.owner):
             continue
         now = store.get_run(info.id)
         Journal(store, info.id, now.last_seq, now.head_hash, me, durable_each=True).finish("interrupted", ORPHAN_MESSAGE)
