@@ -22,6 +22,7 @@ from ..run.configfile import read_toml, validate_config
 from ..output.dataset import accepted_rows, run_seeds
 from ..ledger.events import RunStarted, SampleProposed
 from ..ledger.journal import Journal
+from .ctrl_c import guarded_ctrl_c
 
 
 class DataSection(_Strict):
@@ -179,7 +180,9 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
                  parent_id=parent, run_id=run_id)
     trainer = trainer_cls(options)
     try:
-        finished = trainer.train(rows, out_dir, on_event=log.record, progress=progress)
+        with guarded_ctrl_c() as ctrl_c:
+            finished = trainer.train(rows, out_dir, on_event=ctrl_c.guarding(log.record), progress=progress)
+            ctrl_c.check()
     except KeyboardInterrupt:
         log.finish("interrupted", INTERRUPTED_MESSAGE)
         raise Interrupted("train", log.run_id) from None
@@ -280,7 +283,10 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
                   "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run,
                   "predictions": str(out)}, parent_id=parent, run_id=run_id)
     try:
-        result = evaluator_obj.evaluate(model, examples, task, out, on_event=log.record, progress=progress)
+        with guarded_ctrl_c() as ctrl_c:
+            result = evaluator_obj.evaluate(model, examples, task, out, on_event=ctrl_c.guarding(log.record),
+                                            progress=progress)
+            ctrl_c.check()
     except KeyboardInterrupt:
         log.finish("interrupted", INTERRUPTED_MESSAGE)
         raise Interrupted("eval", log.run_id) from None
