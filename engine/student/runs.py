@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field
 
@@ -22,7 +22,7 @@ from ..run.configfile import read_toml, validate_config
 from ..output.dataset import accepted_rows, run_seeds
 from ..ledger.events import RunStarted, SampleProposed
 from ..ledger.journal import Journal
-from .ctrl_c import guarded_ctrl_c
+from .ctrl_c import Record, guarded_ctrl_c
 
 
 class DataSection(_Strict):
@@ -158,6 +158,22 @@ def _file_row(path: Path, number: int, row: dict[str, Any]) -> dict[str, Any]:
                       "(as `export --format jsonl` writes)")
 
 
+def _logged(log: Journal, kind: str, work: Callable[[Record], Any]) -> Any:
+    """`work(on_event)`, a trainer's or evaluator's whole job, with its events going to `log` and Ctrl-C
+    guarded (see ctrl_c); a job that does not return closes its run as interrupted or failed."""
+    try:
+        with guarded_ctrl_c() as ctrl_c:
+            result = work(ctrl_c.guarding(log.record))
+            ctrl_c.check()
+    except KeyboardInterrupt:
+        log.finish("interrupted", INTERRUPTED_MESSAGE)
+        raise Interrupted(kind, log.run_id) from None
+    except BaseException as exc:
+        log.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    return result
+
+
 def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: bool = True) -> dict[str, Any]:
     trainer_cls = host.get("trainers", cfg.trainer.name)
     options = validate_plugin_options(trainer_cls.Options, cfg.trainer.extras(), "trainer")
@@ -179,16 +195,8 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
                  {"train": cfg.model_dump(mode="json"), "source": source, "out_dir": str(out_dir)},
                  parent_id=parent, run_id=run_id)
     trainer = trainer_cls(options)
-    try:
-        with guarded_ctrl_c() as ctrl_c:
-            finished = trainer.train(rows, out_dir, on_event=ctrl_c.guarding(log.record), progress=progress)
-            ctrl_c.check()
-    except KeyboardInterrupt:
-        log.finish("interrupted", INTERRUPTED_MESSAGE)
-        raise Interrupted("train", log.run_id) from None
-    except BaseException as exc:
-        log.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
+    finished = _logged(log, "train", lambda on_event: trainer.train(rows, out_dir, on_event=on_event,
+                                                                     progress=progress))
     (out_dir / "provenance.json").write_text(json.dumps(
         {"train_run_id": log.run_id, "source_run_id": parent, "store": store.where}, indent=2))
     log.finish("completed", f"adapter in {out_dir}")
@@ -282,16 +290,7 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
                  {"model": model, "heldout": heldout, "limit": limit, "task": task_name,
                   "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run,
                   "predictions": str(out)}, parent_id=parent, run_id=run_id)
-    try:
-        with guarded_ctrl_c() as ctrl_c:
-            result = evaluator_obj.evaluate(model, examples, task, out, on_event=ctrl_c.guarding(log.record),
-                                            progress=progress)
-            ctrl_c.check()
-    except KeyboardInterrupt:
-        log.finish("interrupted", INTERRUPTED_MESSAGE)
-        raise Interrupted("eval", log.run_id) from None
-    except BaseException as exc:
-        log.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
+    result = _logged(log, "eval", lambda on_event: evaluator_obj.evaluate(model, examples, task, out,
+                                                                         on_event=on_event, progress=progress))
     log.finish("completed", f"accuracy {result.get('accuracy')}")
     return {"run_id": log.run_id, **result}
