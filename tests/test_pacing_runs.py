@@ -53,6 +53,22 @@ def test_a_paced_run_meets_few_429s_and_never_pauses(project, style):
     assert not [e for e in proj.events("sample_rejected") if e["stage"] == "failed"]
 
 
+@pytest.mark.parametrize("configured", [True, False], ids=["configured", "learned"])
+def test_a_known_rate_gets_the_concurrency_its_latency_needs(project, configured):
+    """100 requests/s at 2 s of latency needs ~200 in flight (Little's law). With `max_concurrency`
+    left unset it used to stop at 64: a third of the limit, whatever the rate said."""
+    proj, srv = project("--rpm", "6000", "--window-s", "1", "--latency-ms", "2000", "--rate-headers", "openai",
+                        seeds=400)
+    limits = {"requests_per_minute": 6000} if configured else {}
+    cfg = proj.write(limits=limits, budget={"queries": 400}, strategy={"samples_per_seed": 1})
+    _, run_id = completed_run(proj, cfg)
+    assert proj.audit(run_id)["counts"]["settled"] == 400 == srv.stats()["answered"]
+    answered = sorted(e["t"] for e in srv.stats(log=True)["log"] if e["outcome"] == "answered")
+    # 64 in flight at 2 s each is 32 answers a second; the limit is 100.
+    rate = (300 - 1) / (answered[-1] - answered[-300])
+    assert rate >= 70, rate
+
+
 def forty_unconfigured(project, provider: str, *server_args: str):
     """40 queries at 600 RPM with no limit in the config: what the engine knows, the server told it."""
     proj, srv = project("--rpm", "600", "--window-s", "1", "--latency-ms", "20", *server_args, seeds=40)

@@ -492,6 +492,43 @@ async def test_aimd_halves_once_per_burst_and_recovers_additively(clock) -> None
     assert acc.limit == 20  # capped at maximum
 
 
+def test_growth_stops_at_its_cap_while_a_known_rate_may_raise_to_the_maximum() -> None:
+    probe = AdaptiveConcurrency(initial=4, maximum=1024, slow_start=True, growth_cap=64)
+    for _ in range(1000):
+        probe.on_success()
+    assert probe.limit == 64  # nothing known: more in flight would only queue at the provider
+    probe.raise_to(600)  # a rate at its latency needs 600 (Little's law)
+    assert probe.limit == 600
+    probe.raise_to(5000)
+    assert probe.limit == 1024
+    for _ in range(1000):
+        probe.on_success()
+    assert probe.limit == 1024
+
+
+def test_the_concurrency_ceiling_follows_the_file_limit() -> None:
+    """Each request in flight holds a socket: the soft file limit is raised toward the hard one,
+    and the ceiling stays a reserve below whatever is granted (run in a child: limits are per process)."""
+    import subprocess
+    import sys
+
+    code = """
+import resource
+from synthledger.engine.run.assemble import concurrency_ceiling, FD_RESERVE, PACED_CEILING
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if hard != resource.RLIM_INFINITY and hard < 600:
+    raise SystemExit("skip")
+resource.setrlimit(resource.RLIMIT_NOFILE, (300, 600))  # soft 300, hard 600: 600 is all it can get
+assert concurrency_ceiling() == 600 - FD_RESERVE, concurrency_ceiling()
+assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 600
+print("ok", PACED_CEILING)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.stderr.strip().endswith("skip"):
+        pytest.skip("hard file limit below 600")
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
+
+
 async def test_shrinking_does_not_cancel_in_flight_work(clock) -> None:
     acc = AdaptiveConcurrency(initial=4, maximum=8, cooldown_s=0.0)
     done = [anyio.Event() for _ in range(4)]

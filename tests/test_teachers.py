@@ -317,7 +317,7 @@ def test_missing_key_names_the_variable(monkeypatch):
 
 def test_settings_validation():
     s = TeacherSettings(provider="openai", model="gpt-x")
-    assert (s.max_tokens, s.temperature, s.top_p, s.timeout_s, s.max_connections) == (256, 0.7, None, 60, 256)
+    assert (s.max_tokens, s.temperature, s.top_p, s.timeout_s, s.max_connections) == (256, 0.7, None, 60, None)
     with pytest.raises(pydantic.ValidationError, match="max_tokenz"):
         TeacherSettings(provider="openai", model="m", max_tokenz=5)
     with pytest.raises(pydantic.ValidationError, match="timeout_s"):

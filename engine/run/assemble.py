@@ -34,6 +34,12 @@ PACING_SAFETY = 0.995
 # Before any response is seen, concurrency is sized for this latency at the configured rate
 # (Little's law); observed latencies raise it further as they come in.
 ASSUMED_LATENCY_S = 4.0
+# With `max_concurrency` unset: a known rate may keep up to PACED_CEILING requests in flight (6000
+# RPM at 6 s of latency needs ~600), while success-driven growth with no rate known stops at
+# PROBE_CAP. File descriptors kept free beside the sockets: the store, logs, a local model's files.
+PACED_CEILING = 1024
+PROBE_CAP = 64
+FD_RESERVE = 256
 # OpenAI and Anthropic both bill batch requests at half their online price.
 BATCH_DISCOUNT = 0.5
 
@@ -189,14 +195,43 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
 
 def _concurrency(cfg: RunConfig) -> AdaptiveConcurrency:
     """Where concurrency starts: what a configured rate needs (Little's law, at an assumed latency
-    until one is observed); with no limit known, a slow start that probes the provider."""
+    until one is observed); with no limit known, a slow start that probes the provider.
+
+    A `max_concurrency` the user set bounds all of it. Unset, a known rate (configured, or learned
+    from the provider's headers later) may take what its latency needs, up to `concurrency_ceiling()`,
+    while growth with no rate known stops at PROBE_CAP."""
     lim = cfg.limits
+    if lim.max_concurrency is not None:
+        top, cap = lim.max_concurrency, None
+    else:
+        top, cap = concurrency_ceiling(), PROBE_CAP
     if lim.initial_concurrency:
-        return AdaptiveConcurrency(initial=min(lim.initial_concurrency, lim.max_concurrency),
-                                   maximum=lim.max_concurrency)
+        return AdaptiveConcurrency(initial=min(lim.initial_concurrency, top), maximum=top, growth_cap=cap)
     if lim.requests_per_minute is not None:
         need = math.ceil(lim.requests_per_minute / 60.0 * ASSUMED_LATENCY_S * 1.5) + 2
-        return AdaptiveConcurrency(initial=min(need, lim.max_concurrency), maximum=lim.max_concurrency)
+        return AdaptiveConcurrency(initial=min(need, top), maximum=top, growth_cap=cap)
     if lim.tokens_per_minute is not None:
-        return AdaptiveConcurrency(initial=min(lim.max_concurrency, 64), maximum=lim.max_concurrency)
-    return AdaptiveConcurrency(initial=min(4, lim.max_concurrency), maximum=lim.max_concurrency, slow_start=True)
+        return AdaptiveConcurrency(initial=min(top, PROBE_CAP), maximum=top, growth_cap=cap)
+    return AdaptiveConcurrency(initial=min(4, top), maximum=top, slow_start=True, growth_cap=cap)
+
+
+def concurrency_ceiling() -> int:
+    """PACED_CEILING, or less where this process may not open that many sockets (each request in
+    flight holds one, and the store and logs need a few): the soft file limit is raised toward
+    the hard one first, as servers do, since a default soft limit of 1024 is common."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to read
+        return PACED_CEILING
+    want = PACED_CEILING + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return PACED_CEILING
+    return max(1, min(PACED_CEILING, soft - FD_RESERVE))

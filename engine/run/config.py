@@ -113,7 +113,9 @@ class ModelSection(_Open):
 class LimitsSection(_Strict):
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
-    max_concurrency: int = Field(default=64, ge=1)
+    # Unset: what a known rate needs at the observed latency (Little's law), or up to 64 while probing
+    # a provider whose limits are unknown; see run/assemble.py.
+    max_concurrency: int | None = Field(default=None, ge=1)
     initial_concurrency: int | None = Field(default=None, ge=1)
     max_attempts: int = Field(default=6, ge=1)
     backoff_base_s: float = Field(default=0.5, ge=0)

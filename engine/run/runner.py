@@ -202,9 +202,9 @@ class Runner(RunSession):
         self._exhausted, self._bounced, self._parked = set(), [], []
         self._all_names = set(getattr(strategy, "budget_fractions", lambda: {})()) or None
         self._fractions, self._ended_parts, self._regain = handover.mix_hooks(strategy)
-        max_items = max(8, 2 * max(ep.concurrency.maximum for ep in self.endpoints.values()),
-                        *(q.size for q in self._batch_queues()))
-        self._free_items.limit = max(1000, 2 * max_items)  # above what a resume replays: the items in flight
+        self._batch_room = max((q.size for q in self._batch_queues()), default=0)
+        most = max(2 * max(ep.concurrency.maximum for ep in self.endpoints.values()), self._batch_room)
+        self._free_items.limit = max(1000, 2 * most)  # above what a resume replays: the items in flight
         self._handoff, self._idle_workers = asyncio.Queue(), 0
         finished = False
         async with anyio.create_task_group() as items:
@@ -212,7 +212,7 @@ class Runner(RunSession):
             if self._stopping:
                 items.cancel_scope.cancel()
             while True:
-                finished = await self._walk(items, max_items)
+                finished = await self._walk(items)
                 await self._drain()
                 if not self._hand_over() or self._halted():
                     break
@@ -221,7 +221,7 @@ class Runner(RunSession):
         self._items_scope = None
         return self._ending(finished)
 
-    async def _walk(self, items: Any, max_items: int) -> bool:
+    async def _walk(self, items: Any) -> bool:
         """One walk of the plan, starting what the budget admits; True if the plan ended."""
         strategy = self.parts.strategy
         seen_hits: dict[str, int] = {}
@@ -241,7 +241,7 @@ class Runner(RunSession):
             except PluginFailed as exc:
                 self._plugin_failed(str(exc))
                 break
-            tail = await self._room_for(item, cost, seen_hits.get(item.strategy, 0), max_items)
+            tail = await self._room_for(item, cost, seen_hits.get(item.strategy, 0))
             if self._halted():
                 break
             hits_before = seen_hits[item.strategy] = self._budget_hits.get(item.strategy, 0)
@@ -340,7 +340,7 @@ class Runner(RunSession):
         limits = [spec.total, *spec.roles.values(), *spec.strategies.values()]
         return not any(getattr(lim, d) is not None and getattr(lim, d) <= 0 for lim in limits for d in DIMENSIONS)
 
-    async def _room_for(self, item: PlanItem, cost: dict[str, int], hits_seen: int, max_items: int) -> bool:
+    async def _room_for(self, item: PlanItem, cost: dict[str, int], hits_seen: int) -> bool:
         """Wait until `item` may start; True if it starts as the tail (its worst case does not fit
         beside the running items, or its strategy ran into the budget): then it runs alone."""
         while True:
@@ -348,9 +348,14 @@ class Runner(RunSession):
                     or self._budget_hits.get(item.strategy, 0) > hits_seen)
             if self._halted() or self._in_flight_items == 0:
                 return tail
-            if not tail and self._in_flight_items < max_items:
+            if not tail and self._in_flight_items < self._item_room():
                 return tail
             await self._wait_item()
+
+    def _item_room(self) -> int:
+        """How many items may run at once: twice what the endpoints let out now (their concurrency
+        grows to what a rate needs), or a whole batch in batch mode."""
+        return max(8, 2 * max(ep.concurrency.limit for ep in self.endpoints.values()), self._batch_room)
 
     def _start(self, tg: Any, item: PlanItem, cost: dict[str, int]) -> None:
         """Hand `item` to an idle worker, or start one. Items run on reused worker tasks: starting a

@@ -10,6 +10,10 @@ Two starts: with `slow_start` (used when nothing is known about the provider's l
 grows by one per success, doubling every round trip, until the first 429, so an unknown provider
 is probed rather than hit with a full burst. `raise_to` lifts the limit to what a known rate needs
 at the observed latency (Little's law: in flight = rate x latency), instead of growing into it.
+
+Two ceilings: `maximum` bounds everything, `growth_cap` (when given) only the growth from successes.
+A rate needs what its latency needs (100/s at 6 s is 600 in flight), but with no rate known, more
+in flight than a probe's cap only queues requests at the provider.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class AdaptiveConcurrency:
         cooldown_s: float = 1.0,
         clock: Callable[[], float] = anyio.current_time,
         slow_start: bool = False,
+        growth_cap: int | None = None,
     ) -> None:
         for name, v in (("initial", initial), ("maximum", maximum), ("minimum", minimum)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -65,6 +70,7 @@ class AdaptiveConcurrency:
             raise ValueError(f"AdaptiveConcurrency: cooldown_s must be >= 0, got {cooldown_s!r}")
         self.minimum = minimum
         self.maximum = maximum
+        self.growth_cap = maximum if growth_cap is None else max(1, min(growth_cap, maximum))
         self.cooldown_s = float(cooldown_s)
         self._clock = clock
         self._limit = initial
@@ -118,8 +124,8 @@ class AdaptiveConcurrency:
             self._waiters.popleft().set()
 
     def on_success(self) -> None:
-        """Additive increase: +1 after each `limit` successes, up to `maximum`."""
-        if self._limit >= self.maximum:
+        """Additive increase: +1 after each `limit` successes, up to `growth_cap`."""
+        if self._limit >= self.growth_cap:
             return
         if self._slow_start:
             self._limit += 1
@@ -154,5 +160,5 @@ class AdaptiveConcurrency:
     def __repr__(self) -> str:
         return (
             f"AdaptiveConcurrency(limit={self._limit}, in_flight={self._in_flight}, "
-            f"waiting={len(self._waiters)}, range=[{self.minimum}, {self.maximum}])"
+            f"waiting={len(self._waiters)}, range=[{self.minimum}, {self.maximum}], growth_cap={self.growth_cap})"
         )

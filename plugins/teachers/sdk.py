@@ -2,7 +2,7 @@
 call's errors are mapped, the batch API hook, and closing.
 
 The SDK's own retries are off (`max_retries=0`): the engine retries, and only it knows what each
-attempt may have cost. The connection pool is sized from `max_connections` so the engine's
+attempt may have cost. The pool has no limit of its own unless `max_connections` is set, so the engine's
 concurrency, not the SDK's default pool, decides how many requests are out.
 """
 

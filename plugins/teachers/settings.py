@@ -29,7 +29,8 @@ class TeacherSettings(BaseModel):
     temperature: float = Field(default=0.7, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     timeout_s: float = Field(default=60.0, gt=0.0)
-    max_connections: int = Field(default=256, ge=1)
+    # Unset: no pool limit of its own; the engine's concurrency bounds the requests in flight.
+    max_connections: int | None = Field(default=None, ge=1)
     extra_headers: dict[str, str] = Field(default_factory=dict)
     # Batch mode (providers openai and anthropic): queries go out through the provider's batch API
     # at its discounted price, up to `batch_size` per batch; a batch is submitted when full or when
