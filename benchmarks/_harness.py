@@ -72,7 +72,7 @@ class Server:
         self.close()
 
 
-def write_run(d: Path, url: str, *, budget: int, concurrency: int, rpm: float | None = None, seeds: int = 500,
+def write_run(d: Path, url: str, *, budget: int, concurrency: int | None, rpm: float | None = None, seeds: int = 500,
               name: str = "bench", strategy: str = "", teacher: str = "", provider: str = "openai-compatible",
               max_tokens: int = MAX_TOKENS, question: str = "What is {i} plus {m}?") -> Path:
     seed_file = d / f"seeds-{seeds}.jsonl"
@@ -81,7 +81,7 @@ def write_run(d: Path, url: str, *, budget: int, concurrency: int, rpm: float | 
             for i in range(seeds):
                 fh.write(json.dumps({"id": f"s{i}", "question": question.format(i=i, m=i % 7),
                                      "answer": f"#### {i + i % 7}"}) + "\n")
-    limits = f"max_concurrency = {concurrency}\n" + (f"requests_per_minute = {rpm}\n" if rpm else "")
+    limits = (f"max_concurrency = {concurrency}\n" if concurrency else "") + (f"requests_per_minute = {rpm}\n" if rpm else "")
     cfg = d / f"{name}.toml"
     cfg.write_text(f"""[run]
 name = "{name}"

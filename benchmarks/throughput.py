@@ -1,6 +1,6 @@
 """Engine throughput against the test teacher server, each side in its own process.
 
-    python benchmarks/throughput.py [--quick] [--only a,b,c,d,e,f,g] [--styles openai,kind]
+    python benchmarks/throughput.py [--quick] [--only a,b,c,d,e,f,g,h] [--styles openai,kind]
 
 (a) 6000 RPM enforced over a one-second window (100/s), 200 +/- 50 ms latency: successful
     requests/s over RPM/60 >= 0.97 and 429s <= 1% of requests sent; 4,000 requests (40 s), and
@@ -27,6 +27,10 @@
     what the provider accepted before its first 429. The issue sets no target here; the figures are
     recorded against the same ones as (a) and (b), with `met` left null. Not in the default set:
     `--only g --out benchmarks/results/throughput-headerless.json`.
+(h) a hosted model's latency (3 +/- 0.25 s) at 6000 RPM over a one-second window, OpenAI's headers, and
+    the config a user writes (the rate, no `max_concurrency`): ~300 requests must be in flight, which
+    only Little's law provides. Its baseline, run beside it: the same config capped at 64 in flight (the
+    old default; ~0.2 of the limit). Recorded like (g), no target; in the default set.
 
 Every engine run is the real `python cli.py generate` in a subprocess. Results are printed and
 saved to benchmarks/results/throughput.json.
@@ -58,13 +62,15 @@ TARGETS = {"rate_ratio": 0.97, "share_429": 0.01, "overhead_settled_per_s": 1500
 # ---- (a) and (b): pacing under a provider's limit ------------------------------------------------------
 
 def paced(name: str, rpm: float, n: int, style: str, error_rate: float = 0.0,
-          configured: bool = True) -> dict[str, Any]:
-    args = ["--rpm", str(rpm), "--window-s", "1", "--latency-ms", "200", "--jitter-ms", "50",
+          configured: bool = True, latency_ms: int = 200, jitter_ms: int = 50,
+          concurrency: int | None = 128) -> dict[str, Any]:
+    args = ["--rpm", str(rpm), "--window-s", "1", "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms),
             "--rate-headers", style]
     if error_rate:
         args += ["--error-rate", str(error_rate), "--error-codes", "500"]
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp, Server(*args) as server:
-        cfg = write_run(Path(tmp), server.url, budget=n, concurrency=128, rpm=rpm if configured else None, seeds=n)
+        cfg = write_run(Path(tmp), server.url, budget=n, concurrency=concurrency, rpm=rpm if configured else None,
+                        seeds=n)
         res = run_generate(cfg)
         stats = server.stats(log=True)
         report = audit(cfg, run_id_of(res["last_line"]))
@@ -75,7 +81,7 @@ def paced(name: str, rpm: float, n: int, style: str, error_rate: float = 0.0,
     sent = stats["received"]
     out = {
         "rpm": rpm, "limit_per_s": per_s, "header_style": style, "requests": n, "error_rate": error_rate,
-        "configured": configured,
+        "configured": configured, "latency_ms": latency_ms, "max_concurrency": concurrency,
         "answered": stats["answered"], "sent": sent, "rate_limited": stats["rate_limited"],
         "errors": stats["errors"], "successful_per_s": round(rate, 2), "rate_ratio": round(rate / per_s, 4),
         "process_wall_s": res["wall_s"],
@@ -231,7 +237,7 @@ def kill_and_resume(n: int = 2000) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="skip the 50k-request memory run, fewer paced requests")
-    ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated scenarios to run (g: see above)")
+    ap.add_argument("--only", default="a,b,c,d,e,f,h", help="comma-separated scenarios to run (g: see above)")
     ap.add_argument("--styles", default="openai,kind", help="rate-limit header styles for (a) and (b)")
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     args = ap.parse_args(argv)
@@ -257,6 +263,18 @@ def main(argv: list[str] | None = None) -> int:
             g = paced("g", rpm, n, "none", configured=False)
             g["met"] = None  # no target set for this case
             record(f"g_rpm{rpm}_window1s_none_unconfigured", g)
+    if "h" in only:
+        # A hosted model's latency, the config as a user writes it (no max_concurrency): what the
+        # rate needs in flight (~300 here) comes from Little's law alone. No target of its own.
+        h = paced("h", 6000, 1500 if args.quick else 3000, "openai", latency_ms=3000, jitter_ms=250,
+                  concurrency=None)
+        # The baseline, in the same run: the same config with the fixed cap of 64 that was the default.
+        capped = paced("h", 6000, 500 if args.quick else 1000, "openai", latency_ms=3000, jitter_ms=250,
+                       concurrency=64)
+        h["vs_max_concurrency_64"] = round(h["successful_per_s"] / capped["successful_per_s"], 2)
+        h["met"] = capped["met"] = None
+        record("h_rpm6000_window1s_latency3s_openai_max_concurrency_64", capped)
+        record("h_rpm6000_window1s_latency3s_openai_defaults", h)
     if "c" in only:
         record("c_overhead", overhead(args.quick))
     if "d" in only:
