@@ -25,10 +25,10 @@ class Clock:
         return self.t
 
 
-def policy(rpm: float | None = 6000, tpm: float | None = None, **kw):
+def policy(rpm: float | None = 6000, tpm: float | None = None, growth_cap: int | None = None, **kw):
     clock = Clock()
     limiter = RateLimiter(rpm, tpm, safety=0.99)
-    conc = AdaptiveConcurrency(initial=8, maximum=256, clock=clock)
+    conc = AdaptiveConcurrency(initial=8, maximum=256, clock=clock, growth_cap=growth_cap)
     shaper = SendShaper(rpm, 0.99) if rpm else None
     return RatePolicy(limiter, conc, shaper, clock=clock, **kw), clock
 
@@ -103,8 +103,11 @@ async def test_429s_we_did_not_cause_pause_everyone_bounded_and_said():
 async def test_a_learned_limit_that_its_429s_contradict_is_dropped():
     # Groq's x-ratelimit-limit-requests counts requests per day: read as per minute, it is a pace
     # the provider refuses while we send at a fraction of it.
-    p, clock = policy(rpm=None)
+    p, clock = policy(rpm=None, growth_cap=64)
     assert "learned" in p.on_success(RateLimitInfo(limit_requests=14_400, remaining_requests=14_399), 0.2, 50)
+    for _ in range(20):  # what 240/s needs at 1 s of latency: ~240 in flight (Little's law)
+        p.on_success(None, 1.0, 50)
+    assert p.concurrency.limit > 200
     day = RateLimitInfo(limit_requests=14_400, remaining_requests=14_000)
     notes, paced = [], []
     send_at_rate(p, clock, 1)
@@ -115,6 +118,7 @@ async def test_a_learned_limit_that_its_429s_contradict_is_dropped():
     assert "shared" in notes[0] and "per day" in notes[0] and paced == [14_400, 14_400, None]
     assert "stopped pacing" in notes[2] and "14400 requests/min" in notes[2]
     assert p.limiter.current_rpm is None and p.shaper is None and p.distrusted
+    assert p.concurrency.limit <= 64  # no rate known: what only the false one asked for is gone
     assert p.on_success(day, 0.2, 50) is None and p.limiter.current_rpm is None  # never learned again
     d = p.on_rate_limited(1.0, False, None, 10)  # nothing known now: the provider's wait rules
     assert d.retry_in is None and d.pause_s == 1.0

@@ -157,6 +157,14 @@ class AdaptiveConcurrency:
             self._limit = limit
             self._grant()
 
+    def back_to_probing(self) -> None:
+        """No rate is known any more (a learned or inferred one was dropped): what only a rate could
+        ask for goes, and growth from successes starts again at `growth_cap` at most. In-flight
+        work is not cancelled; new acquisitions wait until it drops below."""
+        if self._limit > self.growth_cap:
+            self._limit = self.growth_cap
+            self._successes = 0
+
     def __repr__(self) -> str:
         return (
             f"AdaptiveConcurrency(limit={self._limit}, in_flight={self._in_flight}, "

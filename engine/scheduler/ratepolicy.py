@@ -240,6 +240,8 @@ class RatePolicy:
         if lim.interval_s is None:
             self.shaper, self._first_send = None, None
             self._sends.clear()
+            if lim.current_tpm is None:
+                self.concurrency.back_to_probing()
         else:
             if self.shaper is None:
                 self.shaper = SendShaper(lim.current_rpm, lim.safety)  # type: ignore[arg-type]
@@ -278,7 +280,9 @@ class RatePolicy:
         self.learned, self.distrusted = False, True
         if lim.interval_s is None:
             self.shaper = None
-        elif self.shaper is not None:  # back to a configured request limit
+        if lim.current_rpm is None and lim.current_tpm is None:
+            self.concurrency.back_to_probing()
+        if lim.interval_s is not None and self.shaper is not None:  # back to a configured request limit
             self.shaper.set_limit(lim.current_rpm)  # type: ignore[arg-type]
             self.shaper.set_interval(lim.interval_s)
         self._first_send = None
