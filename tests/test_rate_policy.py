@@ -195,6 +195,19 @@ async def test_littles_law_sizes_concurrency_to_the_rate():
     assert 8 <= slow.concurrency.limit <= 12  # ~5 needed: the initial 8 already covers it
 
 
+async def test_a_token_limit_alone_sizes_concurrency_by_its_request_pace():
+    # 600k tokens a minute at 1,000 tokens a request is ~10 requests/s: ~30 in flight at 2 s.
+    p, _ = policy(rpm=None, tpm=600_000)
+    for _ in range(20):
+        p.on_success(None, 2.0, 1000)
+    assert 30 <= p.concurrency.limit <= 40
+    # Both limits: the slower pace decides (100/s of requests, but only ~10/s of such tokens).
+    both, _ = policy(rpm=6000, tpm=600_000)
+    for _ in range(20):
+        both.on_success(None, 2.0, 1000)
+    assert 30 <= both.concurrency.limit <= 40
+
+
 def test_catch_up_allowance_keeps_every_window_within_the_limit():
     assert catch_up_allowance(0.985) == 0.010
     assert catch_up_allowance(0.99) == pytest.approx(0.00808, abs=1e-4)

@@ -107,6 +107,14 @@ class RateLimiter:
         """Seconds between paced requests now, None when requests are not paced."""
         return None if self._rpm is None else 60.0 / (self._rpm * self._safety * self._factor)
 
+    def interval_for(self, tokens: int) -> float | None:
+        """Seconds between paced requests of `tokens` each: the request pace or the token pace,
+        whichever is slower; None when neither is paced."""
+        per_tokens = tokens * self._seconds_per_token() if self._tpm is not None and tokens > 0 else None
+        if per_tokens is None or self.interval_s is None:
+            return per_tokens if per_tokens is not None else self.interval_s
+        return max(per_tokens, self.interval_s)
+
     @property
     def waiting(self) -> int:
         """Callers currently inside `acquire` and not yet released."""

@@ -129,7 +129,7 @@ class RatePolicy:
         note = self._learn(info)
         self._hint(info, tokens_estimate)
         self._latency = latency_s if self._latency is None else 0.8 * self._latency + 0.2 * latency_s
-        interval = self.limiter.interval_s
+        interval = self.limiter.interval_for(tokens_estimate)  # a token limit alone has a request pace too
         if interval is not None:
             self.concurrency.raise_to(math.ceil(self._latency / interval * LITTLE_MARGIN) + 2)
         now = self._clock()
