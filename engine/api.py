@@ -218,6 +218,10 @@ class ChatRequest(BaseModel):
     n: int = Field(default=1, ge=1)
     seed: int | None = None
     stop: tuple[str, ...] | None = None
+    # How long to wait for this answer; None: the teacher's configured `timeout_s`. The engine sets it
+    # longer on a retry after a timeout (a model slower than the timeout would otherwise be paid for
+    # at every attempt and answer none); a teacher passes it to its client. Never sent to the model.
+    timeout_s: float | None = Field(default=None, gt=0)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ...store.hashing import canonical
 from ..api import ChatRequest
 from ..errors import BudgetExhausted, FailureKind, RunStopping, TeacherError
-from ..ledger.events import Cost, QueryReserved, QueryReused, plain_cost
+from ..ledger.events import Cost, QueryReserved, QueryReused, RunWarning, plain_cost
 from ..ledger.journal import Journal
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
@@ -249,9 +249,12 @@ class Dispatcher(Retrier, Sender):
         self._start(ep, members)
         members, worsts = self._fit(ep, role, strategy, base, prompt, members)
         self.reserve(ep, role, purpose, strategy, base, members, worsts)
-        counted = 0  # failed attempts that count against max_attempts (429s do not)
+        counted = timeouts = 0  # failed attempts that count against max_attempts (429s do not); timed out
         while True:
-            request = base if len(members) == 1 else base.model_copy(update={"n": len(members)})
+            update: dict[str, Any] = {"n": len(members)} if len(members) > 1 else {}
+            if timeouts:
+                update["timeout_s"] = ep.timeout_after(timeouts)
+            request = base.model_copy(update=update) if update else base
             try:
                 return await self._attempt(ep, members, request, prompt)
             except TeacherError as err:
@@ -263,12 +266,25 @@ class Dispatcher(Retrier, Sender):
                     continue
                 limited = err.kind is FailureKind.RATE_LIMITED
                 counted += not limited
+                if err.kind is FailureKind.TIMEOUT and err.maybe_billed:
+                    timeouts += 1
+                    self._said_slow(ep)
                 await self._after_failure(ep, role, members, err, counted)
                 for m in members:
                     m.attempt += 1
                     m.holding = m.holding and not err.maybe_billed
                 if not members[0].holding:  # possibly billed: a retry must reserve afresh
                     members = self._refit(ep, role, strategy, purpose, base, prompt, members, err)
+
+    def _said_slow(self, ep: Endpoint) -> None:
+        """The first timeout of an endpoint, told once: retries wait longer, and the config may want it."""
+        if ep.slow_said:
+            return
+        ep.slow_said = True
+        self.recorder.emit(RunWarning(kind="slow_teacher", message=(
+            f"[{ep.section}] {ep.model}: no answer within timeout_s = {ep.timeout_s:g}s. A timed-out attempt may "
+            f"be billed, so its retry waits longer (up to {ep.timeout_after(99):g}s); if the model is this slow, "
+            f"raise [{ep.section}] timeout_s")))
 
     def _refit(self, ep: Endpoint, role: str, strategy: str, purpose: str, base: ChatRequest, prompt: int,
                members: list[Member], err: TeacherError) -> list[Member]:

@@ -61,11 +61,12 @@ class Sender:
                 await shaper.wait(slot)  # type: ignore[union-attr]  # commit jitter stays off the wire
             ep.on_sent(est)
             started = time.monotonic()
+            limit = request.timeout_s or ep.timeout_s
             try:
-                async with time_limit(ep.timeout_s):
+                async with time_limit(limit):
                     completion = await ep.teacher.complete(request)
             except TimeoutError:
-                err = TeacherError(FailureKind.TIMEOUT, f"no answer within {ep.timeout_s:g}s", maybe_billed=True)
+                err = TeacherError(FailureKind.TIMEOUT, f"no answer within {limit:g}s", maybe_billed=True)
                 self._failed(ep, members, err, est, started)
                 raise err from None
             except TeacherError as err:

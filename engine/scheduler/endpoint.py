@@ -31,6 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Endpoint"]
 
 
+# A retry after timeouts waits at most this many times `[teacher] timeout_s` (60 s: 120, then 240).
+TIMEOUT_GROWTH = 4
+
+
 @dataclass
 class Endpoint:
     """A model serving one or more roles, with its own pacing and failure handling."""
@@ -63,6 +67,13 @@ class Endpoint:
     # rewrites them), so at `max_bad_requests_in_a_row` the run stops rather than fail every item.
     bad_requests_in_a_row: int = 0
     max_bad_requests_in_a_row: int = 5
+    slow_said: bool = False  # the first timeout on this endpoint was told the user (a run warning)
+
+    def timeout_after(self, timeouts: int) -> float:
+        """The time limit for a query's attempt after `timeouts` of its attempts timed out: doubled
+        each time, at most TIMEOUT_GROWTH times the configured one. A timed-out attempt may be billed;
+        waiting the same time again would only pay for another."""
+        return self.timeout_s * min(2 ** timeouts, TIMEOUT_GROWTH)
 
     def __post_init__(self) -> None:
         if self.rate is None:

@@ -35,6 +35,8 @@ class AnthropicTeacher(SdkTeacher):
 
     async def complete(self, request: ChatRequest) -> Completion:
         kwargs = message_params(request)
+        if request.timeout_s is not None:  # a retry after a timeout waits longer
+            kwargs["timeout"] = request.timeout_s
         raw = await self._call(self._client.messages.with_raw_response.create, **kwargs)
         try:
             completion = _extract(await raw.parse())

@@ -123,13 +123,13 @@ class OpenAICompatibleTeacher:
                 client = self._client = self._make_client()
             self._loop = loop
         try:
-            status, headers, raw = await client.post(self._body(request))
+            status, headers, raw = await client.post(self._body(request), request.timeout_s)
         except ConnectTimeout as exc:
             raise TeacherError(FailureKind.TIMEOUT, f"connect timed out: {exc}", maybe_billed=False) from exc
         except ConnectFailed as exc:
             raise TeacherError(FailureKind.CONNECTION, f"cannot connect: {exc}", maybe_billed=False) from exc
         except ReadTimeout as exc:
-            msg = f"no response within {self.settings.timeout_s}s"
+            msg = f"no response within {request.timeout_s or self.settings.timeout_s:g}s"
             raise TeacherError(FailureKind.TIMEOUT, msg, maybe_billed=True) from exc
         except HttpFailure as exc:
             # Disconnected, reset or garbled after the request went out: it may have been served.

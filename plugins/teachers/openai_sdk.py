@@ -76,6 +76,8 @@ class OpenAITeacher(SdkTeacher):
             kwargs["seed"] = request.seed
         if request.stop:
             kwargs["stop"] = list(request.stop)
+        if request.timeout_s is not None:  # a retry after a timeout waits longer
+            kwargs["timeout"] = request.timeout_s
         raw = await self._call(self._client.chat.completions.with_raw_response.create, **kwargs)
         try:
             completion = _extract(raw.parse())
