@@ -107,6 +107,12 @@ class RateLimiter:
         """Seconds between paced requests now, None when requests are not paced."""
         return None if self._rpm is None else 60.0 / (self._rpm * self._safety * self._factor)
 
+    @property
+    def paced(self) -> bool:
+        """Whether any limit is in force (configured, learned or inferred): without one, nothing
+        known sets the pace, and a 429 is answered by fewer in flight and the provider's wait."""
+        return self._rpm is not None or self._tpm is not None
+
     def interval_for(self, tokens: int) -> float | None:
         """Seconds between paced requests of `tokens` each: the request pace or the token pace,
         whichever is slower; None when neither is paced."""

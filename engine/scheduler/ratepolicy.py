@@ -106,7 +106,7 @@ class RatePolicy:
         now = self._clock()
         if self.inferred.watching:
             self.inferred.accepted.sent(now)
-        if self.limiter.current_rpm is None and self.limiter.current_tpm is None:
+        if not self.limiter.paced:
             return  # nothing paced: our own rate explains nothing (the first learned limit starts it)
         if self._first_send is None:
             self._first_send = now
@@ -152,7 +152,7 @@ class RatePolicy:
         learned = self._learn(info)
         self._last_429 = now
         lim = self.limiter
-        if lim.current_rpm is None and lim.current_tpm is None:
+        if not lim.paced:
             inferred = self.inferred.start(now, retry_after, sent_at)
             if inferred is not None:
                 self._paced_changed()
@@ -240,7 +240,7 @@ class RatePolicy:
         if lim.interval_s is None:
             self.shaper, self._first_send = None, None
             self._sends.clear()
-            if lim.current_tpm is None:
+            if not lim.paced:
                 self.concurrency.back_to_probing()
         else:
             if self.shaper is None:
@@ -280,15 +280,15 @@ class RatePolicy:
         self.learned, self.distrusted = False, True
         if lim.interval_s is None:
             self.shaper = None
-        if lim.current_rpm is None and lim.current_tpm is None:
-            self.concurrency.back_to_probing()
-        if lim.interval_s is not None and self.shaper is not None:  # back to a configured request limit
+        elif self.shaper is not None:  # back to a configured request limit
             self.shaper.set_limit(lim.current_rpm)  # type: ignore[arg-type]
             self.shaper.set_interval(lim.interval_s)
+        if not lim.paced:
+            self.concurrency.back_to_probing()
         self._first_send = None
         self._sends.clear()
         now_sets = ("the configured limits set the pace again"
-                    if lim.current_rpm is not None or lim.current_tpm is not None else "its 429s and waits set the pace now")
+                    if lim.paced else "its 429s and waits set the pace now")
         return (f"stopped pacing to the limits its headers announce ({figures}): it refused {len(seen)} "
                 f"requests in {PERSIST_S:g}s while we sent at {share:.0%} of that pace, so the headers count "
                 f"something else (Groq's count requests per day); {now_sets}")
