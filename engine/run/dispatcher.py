@@ -283,7 +283,7 @@ class Dispatcher(Retrier, Sender):
         ep.slow_said = True
         self.recorder.emit(RunWarning(kind="slow_teacher", message=(
             f"[{ep.section}] {ep.model}: no answer within timeout_s = {ep.timeout_s:g}s. A timed-out attempt may "
-            f"be billed, so its retry waits longer (up to {ep.timeout_after(99):g}s); if the model is this slow, "
+            f"be billed, so its retry waits longer (up to {ep.longest_timeout:g}s); if the model is this slow, "
             f"raise [{ep.section}] timeout_s")))
 
     def _refit(self, ep: Endpoint, role: str, strategy: str, purpose: str, base: ChatRequest, prompt: int,

@@ -75,6 +75,11 @@ class Endpoint:
         waiting the same time again would only pay for another."""
         return self.timeout_s * min(2 ** timeouts, TIMEOUT_GROWTH)
 
+    @property
+    def longest_timeout(self) -> float:
+        """The most a retry after timeouts waits (what the slow-teacher warning tells the user)."""
+        return self.timeout_s * TIMEOUT_GROWTH
+
     def __post_init__(self) -> None:
         if self.rate is None:
             self.rate = RatePolicy(self.limiter, self.concurrency, self.shaper)
