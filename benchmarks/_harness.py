@@ -81,7 +81,8 @@ def write_run(d: Path, url: str, *, budget: int, concurrency: int | None, rpm: f
             for i in range(seeds):
                 fh.write(json.dumps({"id": f"s{i}", "question": question.format(i=i, m=i % 7),
                                      "answer": f"#### {i + i % 7}"}) + "\n")
-    limits = (f"max_concurrency = {concurrency}\n" if concurrency else "") + (f"requests_per_minute = {rpm}\n" if rpm else "")
+    limits = ((f"max_concurrency = {concurrency}\n" if concurrency else "")
+              + (f"requests_per_minute = {rpm}\n" if rpm else ""))
     cfg = d / f"{name}.toml"
     cfg.write_text(f"""[run]
 name = "{name}"
