@@ -234,3 +234,57 @@ def test_reason_kinds_drop_the_particulars():
     assert reason_kind("no clear majority: 4 has 2/5 < 0.6") == "no clear majority"
     assert reason_kind("server_error after 6 attempt(s): HTTP 503: busy") == "server_error after attempt"
     assert reason_kind("anything at all", "truncated") == "truncated"
+
+
+# ---- 4. many replies cut off: said while the run spends, once -----------------------------------
+
+
+def test_many_cut_off_replies_are_said_while_the_run_goes_on_once_and_once_in_show(tmp_path):
+    """Every cut-off reply is paid for, then thrown away: the first 50 replies decide a warning the
+    live view prints while the budget is still there, not only `show` afterwards."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with run_in_thread() as srv:
+        cfg = write_project(tmp_path, srv.url, name="cut", seeds=8, queries=80, max_tokens=30)
+        r = cli("generate", "-c", str(cfg), "--no-progress", "--store", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = " ".join(r.stderr.split())
+    assert log.count("cut off at max_tokens: each is paid for, then rejected.") == 1, log
+    assert re.search(r"\d+ of the first 50 teacher replies were cut off", log), log
+    assert "Raise max_tokens for the teacher in the config" in log
+    store = EventStore(url)
+    run_id = store.list_runs()[0].id
+    seqs = {e.type: e.seq for e in store.iter_events(run_id) if e.type in ("run_warning", "query_settled")}
+    warned = [e for e in store.iter_events(run_id, types=["run_warning"]) if e.payload["kind"] == "truncated_replies"]
+    assert len(warned) == 1 and warned[0].seq < seqs["query_settled"]  # said before the last answer came back
+    shown = cli("show", run_id, "--store", url).stdout
+    assert " ".join(shown.split()).count("replies were cut off at max_tokens") == 1  # the whole run's figure only
+
+
+def test_a_short_run_is_judged_at_its_end_and_whole_replies_say_nothing(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        short = generate(config_from_dict(run_config(tmp_path, "openai-compatible", srv.url, max_tokens=30)), store,
+                         show_progress=False)
+        whole = generate(config_from_dict({**run_config(tmp_path, "openai-compatible", srv.url, max_tokens=256),
+                                           "run": {"name": "whole"}}), store, show_progress=False)
+    assert [w["kind"] for w in events(store, short.run_id, "run_warning")] == ["truncated_replies"]
+    assert not [w for w in events(store, whole.run_id, "run_warning") if w["kind"] == "truncated_replies"]
+
+
+def test_the_cut_off_warning_counts_each_role_and_needs_enough_replies():
+    from synthledger.engine.run.quality_gate import WINDOW, QualityGate, Reply
+
+    said: list[tuple[str, str]] = []
+    gate = QualityGate(object(), warn=lambda kind, message: said.append((kind, message)))  # type: ignore[arg-type]
+    gate.observe_replies([Reply("a", "augmenter", "rewrite", "length")] * 9)  # too few to judge alone
+    gate.observe_replies([Reply(f"t{i}", "teacher", "answer", "stop") for i in range(WINDOW - 10)])
+    assert not said
+    gate.observe_replies([Reply("x", "teacher", "answer", "stop")] * 5)  # the window closes: judged now
+    assert not said  # 9 augmenter replies are too few, and no teacher reply was cut off
+    gate = QualityGate(object(), warn=lambda kind, message: said.append((kind, message)))  # type: ignore[arg-type]
+    gate.observe_replies([Reply("a", "augmenter", "rewrite", "length")] * 10 + [Reply("t", "teacher", "answer", "stop")])
+    gate.finish()
+    gate.finish()
+    assert said == [("truncated_replies", said[0][1])] and "10 of the first 10 augmenter replies" in said[0][1]
+    assert "teacher" not in said[0][1]
+

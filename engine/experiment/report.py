@@ -8,8 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..output.quality import high_truncation
-from ..run.quality_gate import low_agreement
+from ..run.quality_gate import high_truncation, low_agreement
 
 
 def _pct(x: float | None) -> str:

@@ -13,13 +13,12 @@ from hashlib import blake2b
 from typing import Any, Iterable
 
 from ...store.eventstore import EventStore
-from ..run.quality_gate import answer_query_id, low_agreement
+from ..run.quality_gate import answer_query_id, high_truncation, low_agreement
 from ..ledger.events import (QueryAbandoned, QueryReserved, QuerySettled, RunStarted, RunWarning,
                              SampleAccepted, SampleProposed, SampleRejected)
 
 QUALITY_EVENTS = (RunStarted.TYPE, QueryReserved.TYPE, QuerySettled.TYPE, QueryAbandoned.TYPE, SampleProposed.TYPE,
                   SampleAccepted.TYPE, SampleRejected.TYPE, RunWarning.TYPE)
-HIGH_TRUNCATION = 0.1  # from this share of cut-off teacher replies on, say so
 _NUMBERISH = re.compile(r"\S*\d\S*")
 _PAREN = re.compile(r"\([^)]*\)")
 
@@ -181,13 +180,9 @@ def data_quality(store: EventStore, run_id: str) -> dict[str, Any]:
     return fold_quality(store.iter_events(run_id, types=list(QUALITY_EVENTS)))
 
 
-def high_truncation(cut: int, replies: int) -> bool:
-    """So many replies were cut off at max_tokens that a person should raise it."""
-    return replies > 0 and cut >= HIGH_TRUNCATION * replies
-
-
 def _warnings(overall: dict[str, Any], recorded: dict[str, str]) -> list[str]:
-    out = [message for kind, message in recorded.items() if kind != "low_agreement"]
+    # The live warnings judged the first answers; the whole run's figures below say it better.
+    out = [message for kind, message in recorded.items() if kind not in ("low_agreement", "truncated_replies")]
     n, agreeing = overall["with_reference"], overall["agreeing"]
     if low_agreement(agreeing, n):
         out.append(f"low agreement: the teacher's final answers agree with the seeds' references in only "

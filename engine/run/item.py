@@ -27,6 +27,13 @@ async def produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
     Raises what `ctx.ask` raises (BudgetExhausted, QueryFailed, RunStopping, FatalRunError): the
     runner decides what those mean for the item and the run. A strategy that returns what is not
     a Sample is a PluginFailed here, before the engine trips over it."""
+    try:
+        return await _produce(runner, item, ctx)
+    finally:  # what was paid for counts toward the cut-off warning, however the item ended
+        runner.gate.observe_replies(ctx.replies)
+
+
+async def _produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
     ctx.stop_on_cut_off = not runner.gate.keep_truncated  # the gate would reject the sample anyway
     try:
         sample = await runner.parts.strategy.run(item, ctx)

@@ -6,7 +6,8 @@ stop mid-sentence. A teacher that ignores `temperature` (greedy decoding on a se
 answers the same question with the same text every time, so more answers per seed buy exact copies.
 Both are rejected here by default (`[quality]` keeps them), with a kind `show` can count, and the
 gate says once, while the run goes on, when the first answers show a teacher ignoring sampling or
-disagreeing with the seeds' reference answers.
+disagreeing with the seeds' reference answers, or when many of the first replies were cut off: each
+of those is paid for and thrown away, so the user should hear it while the budget is still there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ MIN_REPEATS = 4  # repeat answers (a question answered before) needed to judge s
 MIN_REFERENCED = 8  # answers with a seed reference needed to judge agreement
 DUPLICATE_SHARE = 0.5  # this share of exact copies among repeat answers = sampling is ignored
 LOW_AGREEMENT = 0.5  # below this share of agreement with the references, say so
+MIN_REPLIES = 10  # replies of one role needed to judge how many are cut off
+HIGH_TRUNCATION = 0.1  # from this share of cut-off replies on, say so (the live warning's and `show`'s)
 GATE_EVENTS = (SampleProposed.TYPE, SampleRejected.TYPE, ItemDone.TYPE, RunWarning.TYPE)  # what `load` reads
+
+
+def high_truncation(cut: int, replies: int) -> bool:
+    """So many replies were cut off at max_tokens that a person should raise it."""
+    return replies > 0 and cut >= HIGH_TRUNCATION * replies
 
 
 def low_agreement(agreeing: int, referenced: int) -> bool:
@@ -96,6 +104,8 @@ class QualityGate:
         self.warned: set[str] = set()
         self.answers = self.repeats = self.copies = 0
         self.referenced = self.agreeing = 0
+        self.replies = 0
+        self.cut_by_role: dict[str, list[int]] = {}  # role -> [cut off, replies] among the first WINDOW
 
     # ---- state from earlier sessions of the run ------------------------------------------
     def load(self, events: Iterable[Any]) -> None:
@@ -165,10 +175,26 @@ class QualityGate:
         if self.referenced == WINDOW:
             self._judge_agreement()
 
+    def observe_replies(self, replies: Iterable[Reply]) -> None:
+        """An item is done: count its replies (the verifier's too) toward the cut-off warning. A
+        reply cut off is rejected before any check, so this is not part of `check`."""
+        if self.replies >= WINDOW:
+            return
+        for r in replies:
+            if self.replies >= WINDOW:
+                break
+            self.replies += 1
+            counts = self.cut_by_role.setdefault(r.role, [0, 0])
+            counts[0] += r.finish_reason == "length"
+            counts[1] += 1
+        if self.replies >= WINDOW:
+            self._judge_truncation()
+
     def finish(self) -> None:
         """End of a session: judge what the window holds, for runs shorter than the window."""
         self._judge_sampling()
         self._judge_agreement()
+        self._judge_truncation()
 
     def _judge_sampling(self) -> None:
         if self.repeats < MIN_REPEATS or self.copies < DUPLICATE_SHARE * self.repeats:
@@ -187,6 +213,18 @@ class QualityGate:
                   f"the teacher's final answers agree with the seeds' reference answers in only {self.agreeing} of "
                   f"{n} samples ({self.agreeing / n:.0%}): check the seeds' answers and [task] name, the answer "
                   "template and max_tokens; much of this data may be wrong")
+
+    def _judge_truncation(self) -> None:
+        worst = [(role, cut, n) for role, (cut, n) in sorted(self.cut_by_role.items())
+                 if n >= MIN_REPLIES and high_truncation(cut, n)]
+        if not worst:
+            return
+        said = "; ".join(f"{cut} of the first {n} {role} replies" for role, cut, n in worst)
+        roles = " and ".join(f"the {role}" for role, _, _ in worst)
+        fate = ("kept cut off ([quality] keep_truncated)" if self.keep_truncated else "rejected")
+        self._say("truncated_replies",
+                  f"{said} were cut off at max_tokens: each is paid for, then {fate}. Raise max_tokens for "
+                  f"{roles} in the config; the run goes on as configured")
 
     def _say(self, kind: str, message: str) -> None:
         if kind in self.warned:
