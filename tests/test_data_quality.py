@@ -173,6 +173,40 @@ def test_a_resumed_run_still_knows_the_answers_and_warnings_of_earlier_sessions(
     assert [w["kind"] for w in events(store, first.run_id, "run_warning")].count("sampling_ignored") == 1
 
 
+def test_a_greedy_augmenter_writing_the_same_questions_is_said_once_while_the_run_goes_on(tmp_path):
+    """Rephrasing a seed greedily gives the same question every time: each is paid for, then dropped
+    by [dedupe]. Nothing said so but a rejection count in `show` afterwards."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with run_in_thread(greedy=True) as srv:
+        config = write_project(tmp_path, srv.url, name="greedy-qr", seeds=8, queries=80,
+                               strategy="question_rephrase")
+        r = cli("generate", "-c", str(config), "--no-progress", "--store", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = " ".join(r.stderr.split())
+    assert log.count("new questions were exact copies of a question written before") == 1, log
+    found = re.search(r"(\d+) of the first 50 new questions were exact copies", log)
+    assert found and int(found[1]) >= 40  # 8 seeds, one rephrasing each, then copies
+    assert "honours temperature" in log
+    store = EventStore(url)
+    run_id = store.resolve("greedy-qr").id
+    warned = [e for e in store.iter_events(run_id, types=["run_warning"]) if e.payload["kind"] == "questions_repeated"]
+    last_settled = max(e.seq for e in store.iter_events(run_id, types=["query_settled"]))
+    assert len(warned) == 1 and warned[0].seq < last_settled  # said while the budget was still there
+    shown = " ".join(cli("show", run_id, "--store", url).stdout.split())
+    assert shown.count("new questions were exact copies") == 1
+
+
+def test_a_sampling_augmenter_is_not_said_to_repeat_itself(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        for strategy in ("question_rephrase", "new_question"):
+            cfg = run_config(tmp_path, "openai-compatible", srv.url, queries=60, strategy={"name": strategy})
+            cfg["run"]["name"] = strategy
+            result = generate(config_from_dict(cfg), store, show_progress=False)
+            kinds = [w["kind"] for w in events(store, result.run_id, "run_warning")]
+            assert "questions_repeated" not in kinds, (strategy, kinds)
+
+
 # ---- 3. the data-quality section of `show` -------------------------------------------------------
 
 
@@ -288,3 +322,27 @@ def test_the_cut_off_warning_counts_each_role_and_needs_enough_replies():
     assert said == [("truncated_replies", said[0][1])] and "10 of the first 10 augmenter replies" in said[0][1]
     assert "teacher" not in said[0][1]
 
+
+def test_the_repeated_questions_warning_counts_exact_copies_only_and_needs_enough_questions():
+    from synthledger.engine.run.quality_gate import QualityGate
+
+    said: list[str] = []
+    gate = QualityGate(object(), warn=lambda kind, message: said.append(kind))  # type: ignore[arg-type]
+    for _ in range(9):
+        gate.observe_question("exact duplicate of question of qr:1:0")
+    gate.finish()
+    assert not said  # 9 questions are too few to judge
+    gate = QualityGate(object(), warn=lambda kind, message: said.append(kind))  # type: ignore[arg-type]
+    for i in range(36):  # near duplicates of seeds are the augmenter being unoriginal, not greedy
+        gate.observe_question("near duplicate (jaccard 0.91) of seed s1" if i % 2 else None)
+    gate.finish()
+    assert not said
+    for _ in range(13):
+        gate.observe_question("exact duplicate of seed s3")
+    assert not said  # 13 of 49 (27%), but the window is still open
+    gate.observe_question(None)
+    assert said == ["questions_repeated"]  # 13 of 50: the window closed and judged
+    for _ in range(50):
+        gate.observe_question("exact duplicate of seed s3")
+    gate.finish()
+    assert said == ["questions_repeated"]  # once

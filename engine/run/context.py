@@ -20,6 +20,7 @@ class ItemHost(Protocol):
     dispatcher: Any
     recorder: Any
     dedupe: Any
+    gate: Any  # the run's QualityGate: counts repeated questions toward its warning
 
 
 class CutOff(Exception):
@@ -78,6 +79,7 @@ class ItemContext:
         if index is None:
             return None
         reason = index.check_and_add(question, f"question of {self.item.key}")
+        self._runner.gate.observe_question(reason)
         if reason is None:
             self.admitted_question = question
             self._runner.recorder.emit(QuestionAdmitted(item=self.item.key, question=question))

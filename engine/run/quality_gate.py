@@ -6,8 +6,10 @@ stop mid-sentence. A teacher that ignores `temperature` (greedy decoding on a se
 answers the same question with the same text every time, so more answers per seed buy exact copies.
 Both are rejected here by default (`[quality]` keeps them), with a kind `show` can count, and the
 gate says once, while the run goes on, when the first answers show a teacher ignoring sampling or
-disagreeing with the seeds' reference answers, or when many of the first replies were cut off: each
-of those is paid for and thrown away, so the user should hear it while the budget is still there.
+disagreeing with the seeds' reference answers, when many of the first replies were cut off, or when
+the augmenter keeps writing questions it wrote before (a greedy augmenter rephrases a seed the same
+way every time): each of those is paid for and thrown away, so the user should hear it while the
+budget is still there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ MIN_REFERENCED = 8  # answers with a seed reference needed to judge agreement
 DUPLICATE_SHARE = 0.5  # this share of exact copies among repeat answers = sampling is ignored
 LOW_AGREEMENT = 0.5  # below this share of agreement with the references, say so
 MIN_REPLIES = 10  # replies of one role needed to judge how many are cut off
+MIN_QUESTIONS = 10  # new questions needed to judge how many repeat earlier ones
+REPEATED_QUESTIONS = 0.25  # from this share of new questions that are exact copies on, say so
 HIGH_TRUNCATION = 0.1  # from this share of cut-off replies on, say so (the live warning's and `show`'s)
 GATE_EVENTS = (SampleProposed.TYPE, SampleRejected.TYPE, ItemDone.TYPE, RunWarning.TYPE)  # what `load` reads
 
@@ -106,6 +110,7 @@ class QualityGate:
         self.referenced = self.agreeing = 0
         self.replies = 0
         self.cut_by_role: dict[str, list[int]] = {}  # role -> [cut off, replies] among the first WINDOW
+        self.questions = self.repeated_questions = 0
 
     # ---- state from earlier sessions of the run ------------------------------------------
     def load(self, events: Iterable[Any]) -> None:
@@ -190,11 +195,21 @@ class QualityGate:
         if self.replies >= WINDOW:
             self._judge_truncation()
 
+    def observe_question(self, duplicate_reason: str | None) -> None:
+        """A new question was checked against the ones before it (`[dedupe]`): count the exact copies."""
+        if self.questions >= WINDOW:
+            return
+        self.questions += 1
+        self.repeated_questions += bool(duplicate_reason and duplicate_reason.startswith("exact duplicate"))
+        if self.questions == WINDOW:
+            self._judge_questions()
+
     def finish(self) -> None:
         """End of a session: judge what the window holds, for runs shorter than the window."""
         self._judge_sampling()
         self._judge_agreement()
         self._judge_truncation()
+        self._judge_questions()
 
     def _judge_sampling(self) -> None:
         if self.repeats < MIN_REPEATS or self.copies < DUPLICATE_SHARE * self.repeats:
@@ -225,6 +240,17 @@ class QualityGate:
         self._say("truncated_replies",
                   f"{said} were cut off at max_tokens: each is paid for, then {fate}. Raise max_tokens for "
                   f"{roles} in the config; the run goes on as configured")
+
+    def _judge_questions(self) -> None:
+        n, copies = self.questions, self.repeated_questions
+        if n < MIN_QUESTIONS or copies < REPEATED_QUESTIONS * n:
+            return
+        self._say("questions_repeated",
+                  f"{copies} of the first {n} new questions were exact copies of a question written before (rejected "
+                  "as duplicates, but the augmenter was paid for each). Check that the model writing questions "
+                  "([augmenter], else [teacher]) honours temperature: greedy decoding writes the same question for "
+                  "the same prompt. With few seeds, more answers per seed (strategy answer_augmentation) may spend "
+                  "the budget better")
 
     def _say(self, kind: str, message: str) -> None:
         if kind in self.warned:
