@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .batch_state import ENDPOINTS, Batch, BatchStore, json_response
 from .payloads import OPENAI, error_object
-from .replies import RequestInvalid, parse_openai
+from .replies import RequestInvalid, parse_openai, prompt_tokens
 
 
 class OpenAIBatches(BatchStore):
@@ -98,7 +98,24 @@ class OpenAIBatches(BatchStore):
         requests, errors = self._parse_input(self.contents[fid], endpoint)
         batch = self._new_batch(OPENAI, requests, input_file_id=fid, metadata=body.get("metadata"))
         batch.invalid.extend(errors)
+        self._enqueue(batch)
         return json_response(self._openai_view(batch))
+
+    def _enqueue(self, batch: Batch) -> None:
+        """OpenAI's enqueued token limit: the batch is created, then fails at validation when its
+        prompt tokens and those of the model's batches still running would go over it."""
+        batch.prompt_tokens = sum(prompt_tokens(parse_openai(b).texts) for _, b in batch.requests)
+        limit = self.server.config.batch_enqueued_tokens
+        if limit is None or batch.invalid or not batch.requests:
+            return
+        model, now = batch.requests[0][1].get("model"), time.time()
+        running = sum(b.prompt_tokens for b in self.batches.values()
+                      if b is not batch and b.proto == OPENAI and b.requests and b.requests[0][1].get("model") == model
+                      and b.phase(now)[0] in ("validating", "in_progress", "finalizing"))
+        if running + batch.prompt_tokens > limit:
+            batch.invalid.append({"code": "token_limit_exceeded", "param": None, "line": None, "message": (
+                f"Enqueued token limit reached for {model} in organization org-test. Limit: {limit:,} enqueued "
+                "tokens. Please try again once some in_progress batches have been completed.")})
 
     def _openai_files(self, batch: Batch, done: int) -> None:
         if batch.output_file_id is not None or batch.error_file_id is not None:

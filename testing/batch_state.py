@@ -47,6 +47,7 @@ class Batch:
     results: dict[str, Any] | None = None  # made once at the end
     output_file_id: str | None = None
     error_file_id: str | None = None
+    prompt_tokens: int = 0  # what it holds of an enqueued token limit while it has not ended
 
     @property
     def started(self) -> float:

@@ -65,6 +65,11 @@ class ServerConfig:
     batch_expire_s: float | None = None
     batch_fail: bool = False
     batch_error_rate: float = 0.0
+    # OpenAI's enqueued token limit: the prompt tokens of a model's batches not yet ended may not
+    # exceed it. A batch that would go over is created, then fails at validation with
+    # `token_limit_exceeded` ("... Please try again once some in_progress batches have been
+    # completed."), as OpenAI's does; a tier-1 organisation has 90,000 for gpt-4o.
+    batch_enqueued_tokens: int | None = None
     # Faults of a dishonest or sloppy provider (a gateway, an OpenAI-compatible server):
     usage_factor: float = 1.0  # reported usage = real usage x this (> 1: a provider that overbills)
     no_usage_rate: float = 0.0  # share of 200s whose body has no `usage` (counted as malformed)

@@ -130,6 +130,34 @@ async def test_openai_batch_refused_or_with_failing_requests(serve):
     await client.close()
 
 
+async def test_openai_enqueued_token_limit_fails_a_batch_at_validation_until_others_end(serve):
+    # As OpenAI: the batch is created, then fails with token_limit_exceeded while the model's running
+    # batches and it hold more prompt tokens than the limit; once they end, the same file passes.
+    srv = await serve(batch_request_s=0.02, batch_enqueued_tokens=85)
+    client = oai(srv)
+    first = await client.files.create(file=("a.jsonl", jsonl(20)), purpose="batch")  # 4 tokens each: 80
+    second = await client.files.create(file=("b.jsonl", jsonl(2, start=20)), purpose="batch")
+    a = await client.batches.create(input_file_id=first.id, endpoint="/v1/chat/completions", completion_window="24h")
+    b = await client.batches.create(input_file_id=second.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert b.status == "validating"  # created; the refusal comes at validation
+    b, seen = await wait_openai(client, b.id)
+    assert seen[-1] == "failed" and b.output_file_id is None and b.request_counts.total == 2
+    err = b.errors.data[0]
+    assert err.code == "token_limit_exceeded" and err.line is None
+    assert err.message == ("Enqueued token limit reached for test-teacher in organization org-test. Limit: 85 enqueued "
+                           "tokens. Please try again once some in_progress batches have been completed.")
+    a, _ = await wait_openai(client, a.id)
+    assert a.status == "completed"
+    b = await client.batches.create(input_file_id=second.id, endpoint="/v1/chat/completions", completion_window="24h")
+    b, _ = await wait_openai(client, b.id)
+    assert b.status == "completed" and b.request_counts.completed == 2
+    big = await client.files.create(file=("c.jsonl", jsonl(30)), purpose="batch")  # alone over the limit
+    c = await client.batches.create(input_file_id=big.id, endpoint="/v1/chat/completions", completion_window="24h")
+    c, _ = await wait_openai(client, c.id)
+    assert c.status == "failed" and c.errors.data[0].code == "token_limit_exceeded"
+    await client.close()
+
+
 async def test_anthropic_message_batches_through_the_sdk(serve):
     srv = await serve(batch_request_s=0.01, batch_finalizing_s=0.05)
     client = anthropic.AsyncAnthropic(base_url=srv.url, api_key="k", max_retries=0)
