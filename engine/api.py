@@ -266,6 +266,10 @@ class BatchView:
     ended: bool
     counts: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    # Failed for the tokens the provider already holds queued (OpenAI's enqueued token limit), not
+    # for its requests; `token_limit` is that limit where the provider said it.
+    over_token_limit: bool = False
+    token_limit: int | None = None
 
 
 @runtime_checkable

@@ -145,6 +145,28 @@ def test_batches_refused_in_a_row_stop_the_run(project, server_args, base):
     assert report["spent"]["queries"] == 0
 
 
+def test_batches_over_the_enqueued_token_limit_get_smaller_or_wait_and_the_run_completes(project):
+    # OpenAI caps the prompt tokens of a model's batches still running (90,000 for gpt-4o at tier 1):
+    # a batch over it fails at validation with token_limit_exceeded. That was three refusals in a
+    # row and a stopped run. The cap here holds about 25 of these requests.
+    proj, srv = project("--batch-request-s", "0.005", "--batch-enqueued-tokens", "1200", seeds=60)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH,
+                              "batch_size": 100},
+                     budget={"queries": 60}, limits={"max_attempts": 2}, strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg, timeout=180)
+    report = completed(proj, res)
+    stats = srv.stats()
+    assert report["counts"]["settled"] == 60 == report["spent"]["queries"] == stats["batch_requests"]
+    assert report["counts"]["abandoned"] == 0  # two attempts each would not have survived the refusals
+    ends = [e["status"] for e in proj.events("batch_finished")]
+    assert ends[0] == "failed" and ends.count("completed") >= 3, ends
+    prepared = [len(e["query_ids"]) for e in proj.events("batch_prepared")]
+    assert prepared[0] == 60 and max(prepared[1:]) <= 25, prepared
+    warned = [e for e in proj.events("run_warning") if e["kind"] == "batch_token_limit"]
+    assert len(warned) == 1 and "enqueued token limit (1,200 tokens)" in warned[0]["message"]
+    assert "batch_size" in warned[0]["message"] and "Traceback" not in res.stderr
+
+
 def test_batch_mode_needs_a_provider_with_a_batch_api(project):
     proj, srv = project()
     cfg = proj.write(teacher={"batch": True})

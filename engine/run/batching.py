@@ -7,7 +7,9 @@ The same invariants as online dispatch, over hours instead of seconds:
   polls the existing batch and never submits those queries again - and a batch whose creation
   the dead process did not record is looked up by our key before anything is decided;
 - each result settles its own query at its own usage; a request that failed, expired or was
-  cancelled is released or, within its attempts and the budget, goes into the next batch.
+  cancelled is released or, within its attempts and the budget, goes into the next batch;
+- a batch refused for the tokens the provider holds queued is no verdict on its requests: they go
+  into the next batch, smaller or later (see batch_room.py), without using up their attempts.
 A batch is submitted when `size` queries wait or none arrived for `wait_s`, and is polled every
 `poll_s`; its state changes are recorded (`batch_status`) and shown in the live view.
 """
@@ -23,24 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..api import BatchAPI, ChatRequest, Completion
-from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, RunStopping, TeacherError
-from ..redact import one_line
-from ..ledger.events import (AttemptFailed, BatchFinished, BatchPrepared, BatchStatus, BatchSubmitted, Cost,
-                     QueryAbandoned, QueryDispatched, QuerySettled)
-from .misconfig import endpoint_url, misconfiguration
-from .samples import Member, shares
-from .usage_check import fault_error, fault_event
+from ..api import BatchAPI, ChatRequest
+from ..errors import FailureKind, RunStopping, TeacherError
+from ..ledger.events import BatchPrepared, BatchStatus, BatchSubmitted, QueryAbandoned, QueryDispatched
+from .batch_outcomes import BatchOutcomes
+from .batch_room import BatchRoom, typical_tokens
+from .samples import Member
 
 if TYPE_CHECKING:
     from ..scheduler.endpoint import Endpoint
     from .dispatcher import Dispatcher
 
 RETRY_S = 5.0  # wait after a failed poll or results download before trying again
-# Batches in a row refused whole (not submitted, or failed at validation) with none run between:
-# the provider refuses what we send, and since a refused batch costs nothing, the budget would
-# never end the run (a plan without end submitted a new batch every few hundred milliseconds).
-MAX_REFUSED_BATCHES = 3
 
 
 @dataclass
@@ -59,7 +55,7 @@ class Pending:
     error: BaseException | None = None
 
 
-class BatchQueue:
+class BatchQueue(BatchOutcomes):
     def __init__(self, api: BatchAPI) -> None:
         self.api = api
         self._queue: list[Pending] = []
@@ -70,11 +66,13 @@ class BatchQueue:
         self._d: "Dispatcher | None" = None
         self._ep: "Endpoint | None" = None
         self._adopted: list[tuple[str, dict[str, Any], dict[str, Pending]]] = []
-        self._refused_in_a_row = 0  # see MAX_REFUSED_BATCHES
+        self._refused_in_a_row = 0  # see batch_outcomes.MAX_REFUSED_BATCHES
+        self.room = BatchRoom()
+        self._said_room = False
 
     @property
     def size(self) -> int:
-        return self.api.size
+        return self.room.size(self.api.size)
 
     # ---- asking ------------------------------------------------------------------------------
 
@@ -103,6 +101,7 @@ class BatchQueue:
         """Nothing new is submitted; every asker stops waiting (batches already submitted stay with
         the provider and are polled again by a resume)."""
         self._stopped = True
+        self.room.close()
         for p in [*self._queue, *self._waiting.values()]:
             self._resolve(p, error=RunStopping("the run is stopping"))
         self._arrived.set()
@@ -124,6 +123,7 @@ class BatchQueue:
         self._d, self._ep = d, ep
         async with anyio.create_task_group() as tg:
             for key, info, pendings in self._adopted:
+                self.room.started(key, 0.0)  # (its prompts were not kept: only the ended event counts)
                 tg.start_soon(self._resume_batch, key, info, pendings)
             while True:
                 if not self._queue or self._stopped:
@@ -137,6 +137,7 @@ class BatchQueue:
                     self._arrived = anyio.Event()
                     with anyio.move_on_after(self.api.wait_s - quiet):
                         await self._arrived.wait()
+                await self.room.wait(_tokens(self._queue[: self.size]))
                 if self._stopped:
                     continue
                 take, self._queue = self._queue[: self.size], self._queue[self.size:]
@@ -153,9 +154,16 @@ class BatchQueue:
             d.recorder.emit(QueryDispatched(query_id=p.member.qid, attempt=p.member.attempt, request=key))
             self._waiting[p.member.qid] = p
         await d.recorder.flush()  # recorded before anything is uploaded
+        self.room.started(key, _tokens(pendings))
         tg.start_soon(self._submit, key, at, pendings)
 
     async def _submit(self, key: str, at: float, pendings: list[Pending]) -> None:
+        try:
+            await self._submit_and_follow(key, at, pendings)
+        finally:
+            self.room.ended(key)
+
+    async def _submit_and_follow(self, key: str, at: float, pendings: list[Pending]) -> None:
         d, ep = self._d, self._ep
         assert d is not None and ep is not None
         reqs = [(p.member.qid, p.request) for p in pendings if p.request is not None]
@@ -212,92 +220,8 @@ class BatchQueue:
         kind = FailureKind.BATCH_FAILED if last == "failed" else FailureKind.EXPIRED
         note = TeacherError(kind, f"not run: the batch ended {last}" + (
             f" ({view.message})" if view.message else ""))
-        self._settle_all(key, pendings, results, last or "ended", note)
-
-    def _settle_all(self, key: str, pendings: dict[str, Pending], results: dict[str, Completion | TeacherError],
-                    status: str, missing: TeacherError) -> None:
-        d, ep = self._d, self._ep
-        assert d is not None and ep is not None
-        settled = failed = 0
-        retry: list[tuple[Pending, TeacherError]] = []
-        for qid, p in pendings.items():
-            self._waiting.pop(qid, None)
-            r = results.get(qid, missing)
-            m = p.member
-            if isinstance(r, Completion):
-                text = r.texts[0] if r.texts else ""
-                amount = shares(r.usage.input_tokens, [r.usage.output_tokens], ep.price, r.usage.cached_input_tokens)[0]
-                fault = fault_event(qid, m.attempt, r.usage, m.worst, amount.usd) if m.worst is not None else None
-                if fault is not None:  # settled below at what it reported, then the asker stops the run
-                    d.recorder.emit(fault)
-                d.recorder.emit(QuerySettled(query_id=qid, attempt=m.attempt, actual=Cost(**amount.as_dict()),
-                                             text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
-                                             cached_input_tokens=r.usage.cached_input_tokens))
-                d.remember(qid, text)
-                d.note_finish(qid, r.finish_reasons[0] if r.finish_reasons else None)
-                if fault is not None:
-                    self._resolve(p, error=fault_error(ep.teacher.provider, ep.model, fault))
-                else:
-                    self._resolve(p, text=text)
-                settled += 1
-                continue
-            failed += 1
-            d.recorder.emit(AttemptFailed(query_id=qid, attempt=m.attempt, kind=r.kind.value,
-                                          maybe_billed=r.maybe_billed, message=r.message[:300], status=r.status))
-            retry.append((p, r))
-        d.recorder.emit(BatchFinished(key=key, status=status, settled=settled, failed=failed,
-                                      message=missing.message[:300] if failed else ""))
-        refused = not settled and status in ("not_submitted", "failed")
-        self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
-        if self._refused_in_a_row >= MAX_REFUSED_BATCHES:
-            stop = (f"the {ep.section}'s batches are refused ({self._refused_in_a_row} in a row, none run; the last: "
-                    f"{one_line(missing.message, 200)}); stopping")
-            for p, _ in retry:
-                d.recorder.emit(QueryAbandoned(query_id=p.member.qid, reason=stop))
-                self._resolve(p, error=FatalRunError(stop))
-            return
-        for p, err in retry:
-            self._retry_or_release(p, err)
-
-    def _retry_or_release(self, p: Pending, err: TeacherError) -> None:
-        """Into the next batch within the query's attempts and the budget; else released."""
-        d, ep = self._d, self._ep
-        assert d is not None and ep is not None
-        m = p.member
-        stop = misconfiguration(err, role=p.role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
-                                answered=ep.answered) if p.request is not None else None
-        if stop is not None:  # nothing listens at base_url, or no such model: every batch would fail alike
-            d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=stop))
-            self._resolve(p, error=FatalRunError(stop))
-            return
-        if p.request is not None and not self._stopped and ep.retry.should_retry(err.kind, m.attempt):
-            m.attempt += 1
-            if not err.maybe_billed:
-                self._enqueue(p)  # still holding its reservation
-                return
-            try:
-                members, worsts = d._fit(ep, p.role, p.strategy, p.request, p.prompt, [m])
-                d.reserve(ep, p.role, p.purpose, p.strategy, p.request, members, worsts)
-                self._enqueue(p)
-                return
-            except BudgetExhausted as exc:
-                d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=f"budget cannot cover a retry ({exc})"))
-                self._resolve(p, error=exc)
-                return
-        reason = f"{err.kind.value} after {m.attempt} attempt(s): {err.message}"
-        d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=reason))
-        if p.request is None:
-            self._resolve(p)
-        elif err.kind is FailureKind.AUTH:
-            self._resolve(p, error=FatalRunError(f"the {p.role} rejected our credentials: {err.message}"))
-        else:
-            self._resolve(p, error=QueryFailed(reason))
-
-    def _resolve(self, p: Pending, *, text: str | None = None, error: BaseException | None = None) -> None:
-        p.text, p.error = text, error
-        if p.request is None and self._d is not None:  # adopted: its event is the dispatcher's
-            self._d._asking.pop(p.member.qid, None)
-        p.done.set()
+        no_room = last == "failed" and view.over_token_limit and self._no_room(key, view, len(pendings))
+        self._settle_all(key, pendings, results, last or "ended", note, no_room=no_room)
 
     # ---- a resumed run: batches an earlier session submitted -----------------------------------
 
@@ -320,12 +244,20 @@ class BatchQueue:
     async def _resume_batch(self, key: str, info: dict[str, Any], pendings: dict[str, Pending]) -> None:
         d = self._d
         assert d is not None
-        batch_id = info.get("batch_id")
-        if batch_id is None:
-            batch_id = await self._find(key, info.get("input_file_id"), info.get("at", 0.0), info["requests"])
+        try:
+            batch_id = info.get("batch_id")
             if batch_id is None:
-                gone = TeacherError(FailureKind.EXPIRED, "the batch was never created (the run stopped first)")
-                self._settle_all(key, pendings, {}, "not_submitted", gone)
-                return
-            d.recorder.emit(BatchSubmitted(key=key, batch_id=batch_id, input_file_id=info.get("input_file_id")))
-        await self._follow(key, batch_id, pendings)
+                batch_id = await self._find(key, info.get("input_file_id"), info.get("at", 0.0), info["requests"])
+                if batch_id is None:
+                    gone = TeacherError(FailureKind.EXPIRED, "the batch was never created (the run stopped first)")
+                    self._settle_all(key, pendings, {}, "not_submitted", gone)
+                    return
+                d.recorder.emit(BatchSubmitted(key=key, batch_id=batch_id, input_file_id=info.get("input_file_id")))
+            await self._follow(key, batch_id, pendings)
+        finally:
+            self.room.ended(key)
+
+
+def _tokens(pendings: list[Pending]) -> float:
+    """The typical prompt tokens of a batch of these queries (see batch_room.py)."""
+    return typical_tokens(sum(p.prompt for p in pendings))

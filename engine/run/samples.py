@@ -29,6 +29,7 @@ class Member:
     first: bool = True  # never reserved before: its reservation records messages and params
     holding: bool = False
     worst: Amount | None = None
+    spared: int = 0  # attempts that do not count toward max_attempts: batches refused for room, not for it
 
 
 def split_evenly(total: int, k: int) -> list[int]:

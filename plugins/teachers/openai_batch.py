@@ -9,6 +9,7 @@ is created, so a resumed run can find a batch whose creation it did not live to 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import openai
@@ -21,6 +22,9 @@ from .openai_compatible import completion_from_openai
 
 ENDPOINT = "/v1/chat/completions"
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+# token_limit_exceeded: "Enqueued token limit reached for gpt-4o-mini in organization org-...
+# Limit: 2,000,000 enqueued tokens. Please try again once some in_progress batches have been completed."
+_ENQUEUED_LIMIT = re.compile(r"Limit: ([\d,]+) enqueued tokens")
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
@@ -93,10 +97,13 @@ class OpenAIBatchAPI:
         b = await self._call(self._client.batches.retrieve(batch_id))
         rc = b.request_counts
         counts = {"total": rc.total, "completed": rc.completed, "failed": rc.failed} if rc is not None else {}
-        message = ""
+        message, over, limit = "", False, None
         if b.errors is not None and b.errors.data:
             message = "; ".join(f"{e.code}: {e.message}" for e in b.errors.data[:3])
-        return BatchView(b.status, b.status in ENDED, counts, message)
+            over = any(e.code == "token_limit_exceeded" for e in b.errors.data)
+            said = _ENQUEUED_LIMIT.search(message)
+            limit = int(said[1].replace(",", "")) if over and said else None
+        return BatchView(b.status, b.status in ENDED, counts, message, over, limit)
 
     async def results(self, batch_id: str) -> dict[str, Completion | TeacherError]:
         b = await self._call(self._client.batches.retrieve(batch_id))

@@ -1,0 +1,143 @@
+"""What a batch's end does to its queries: each result settles its own query, and what failed is
+released or goes into the next batch (the outcome half of batching.BatchQueue, a mixin: it needs
+the queue's dispatcher, endpoint, waiting queries and room)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..api import Completion
+from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, TeacherError
+from ..ledger.events import AttemptFailed, BatchFinished, Cost, QueryAbandoned, QuerySettled, RunWarning
+from ..redact import one_line
+from .batch_room import BatchRoom
+from .misconfig import endpoint_url, misconfiguration
+from .samples import shares
+from .usage_check import fault_error, fault_event
+
+if TYPE_CHECKING:
+    from ..scheduler.endpoint import Endpoint
+    from .batching import Pending
+    from .dispatcher import Dispatcher
+
+# Batches in a row refused whole (not submitted, or failed at validation) with none run between:
+# the provider refuses what we send, and since a refused batch costs nothing, the budget would
+# never end the run (a plan without end submitted a new batch every few hundred milliseconds).
+MAX_REFUSED_BATCHES = 3
+
+
+class BatchOutcomes:
+    _d: "Dispatcher | None"
+    _ep: "Endpoint | None"
+    _waiting: dict[str, "Pending"]
+    _refused_in_a_row: int
+    _said_room: bool
+    _stopped: bool
+    room: BatchRoom
+    size: int
+
+    def _enqueue(self, p: "Pending") -> None: ...
+
+    def _no_room(self, key: str, view: Any, n: int) -> bool:
+        """The batch went over the provider's enqueued token limit: smaller or later batches from
+        now on, said once (see batch_room.py). False when nothing can change (one request, alone)."""
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        change = self.room.refused(key, n, view.token_limit)
+        if change is None:
+            return False
+        if not self._said_room:
+            self._said_room = True
+            limit = f" ({view.token_limit:,} tokens)" if view.token_limit else ""
+            d.recorder.emit(RunWarning(kind="batch_token_limit", message=(
+                f"[{ep.section}] {ep.model}: the provider refused a batch of {n} requests for its enqueued "
+                f"token limit{limit}: {change}; its requests go into the next batch. Set [{ep.section}] batch_size "
+                f"to {self.size} or less to start there")))
+        return True
+
+    def _settle_all(self, key: str, pendings: dict[str, Pending], results: dict[str, Completion | TeacherError],
+                    status: str, missing: TeacherError, *, no_room: bool = False) -> None:
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        settled = failed = 0
+        retry: list[tuple[Pending, TeacherError]] = []
+        for qid, p in pendings.items():
+            self._waiting.pop(qid, None)
+            r = results.get(qid, missing)
+            m = p.member
+            if isinstance(r, Completion):
+                text = r.texts[0] if r.texts else ""
+                amount = shares(r.usage.input_tokens, [r.usage.output_tokens], ep.price, r.usage.cached_input_tokens)[0]
+                fault = fault_event(qid, m.attempt, r.usage, m.worst, amount.usd) if m.worst is not None else None
+                if fault is not None:  # settled below at what it reported, then the asker stops the run
+                    d.recorder.emit(fault)
+                d.recorder.emit(QuerySettled(query_id=qid, attempt=m.attempt, actual=Cost(**amount.as_dict()),
+                                             text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
+                                             cached_input_tokens=r.usage.cached_input_tokens))
+                d.remember(qid, text)
+                d.note_finish(qid, r.finish_reasons[0] if r.finish_reasons else None)
+                if fault is not None:
+                    self._resolve(p, error=fault_error(ep.teacher.provider, ep.model, fault))
+                else:
+                    self._resolve(p, text=text)
+                settled += 1
+                continue
+            failed += 1
+            d.recorder.emit(AttemptFailed(query_id=qid, attempt=m.attempt, kind=r.kind.value,
+                                          maybe_billed=r.maybe_billed, message=r.message[:300], status=r.status))
+            retry.append((p, r))
+        d.recorder.emit(BatchFinished(key=key, status=status, settled=settled, failed=failed,
+                                      message=missing.message[:300] if failed else ""))
+        refused = not settled and status in ("not_submitted", "failed")
+        if not no_room:  # a batch refused for room is no refusal of what we send
+            self._refused_in_a_row = self._refused_in_a_row + 1 if refused else 0
+        if self._refused_in_a_row >= MAX_REFUSED_BATCHES:
+            stop = (f"the {ep.section}'s batches are refused ({self._refused_in_a_row} in a row, none run; the last: "
+                    f"{one_line(missing.message, 200)}); stopping")
+            for p, _ in retry:
+                d.recorder.emit(QueryAbandoned(query_id=p.member.qid, reason=stop))
+                self._resolve(p, error=FatalRunError(stop))
+            return
+        for p, err in retry:
+            p.member.spared += no_room
+            self._retry_or_release(p, err)
+
+    def _retry_or_release(self, p: Pending, err: TeacherError) -> None:
+        """Into the next batch within the query's attempts and the budget; else released."""
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        m = p.member
+        stop = misconfiguration(err, role=p.role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
+                                answered=ep.answered) if p.request is not None else None
+        if stop is not None:  # nothing listens at base_url, or no such model: every batch would fail alike
+            d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=stop))
+            self._resolve(p, error=FatalRunError(stop))
+            return
+        if p.request is not None and not self._stopped and ep.retry.should_retry(err.kind, m.attempt - m.spared):
+            m.attempt += 1
+            if not err.maybe_billed:
+                self._enqueue(p)  # still holding its reservation
+                return
+            try:
+                members, worsts = d._fit(ep, p.role, p.strategy, p.request, p.prompt, [m])
+                d.reserve(ep, p.role, p.purpose, p.strategy, p.request, members, worsts)
+                self._enqueue(p)
+                return
+            except BudgetExhausted as exc:
+                d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=f"budget cannot cover a retry ({exc})"))
+                self._resolve(p, error=exc)
+                return
+        reason = f"{err.kind.value} after {m.attempt} attempt(s): {err.message}"
+        d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=reason))
+        if p.request is None:
+            self._resolve(p)
+        elif err.kind is FailureKind.AUTH:
+            self._resolve(p, error=FatalRunError(f"the {p.role} rejected our credentials: {err.message}"))
+        else:
+            self._resolve(p, error=QueryFailed(reason))
+
+    def _resolve(self, p: Pending, *, text: str | None = None, error: BaseException | None = None) -> None:
+        p.text, p.error = text, error
+        if p.request is None and self._d is not None:  # adopted: its event is the dispatcher's
+            self._d._asking.pop(p.member.qid, None)
+        p.done.set()
