@@ -4,20 +4,22 @@ the queue's dispatcher, endpoint, waiting queries and room)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..api import Completion
+import anyio
+
+from ..api import ChatRequest, Completion
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, TeacherError
 from ..ledger.events import AttemptFailed, BatchFinished, Cost, QueryAbandoned, QuerySettled, RunWarning
 from ..redact import one_line
 from .batch_room import BatchRoom
 from .misconfig import endpoint_url, misconfiguration
-from .samples import shares
+from .samples import Member, shares
 from .usage_check import fault_error, fault_event
 
 if TYPE_CHECKING:
     from ..scheduler.endpoint import Endpoint
-    from .batching import Pending
     from .dispatcher import Dispatcher
 
 # Batches in a row refused whole (not submitted, or failed at validation) with none run between:
@@ -26,17 +28,33 @@ if TYPE_CHECKING:
 MAX_REFUSED_BATCHES = 3
 
 
+@dataclass
+class Pending:
+    """A query waiting for its batch; `request` is None for one adopted from an earlier session
+    (its asker re-asks if it does not settle)."""
+
+    member: Member
+    role: str
+    strategy: str
+    purpose: str
+    request: ChatRequest | None
+    done: anyio.Event
+    prompt: int = 0
+    text: str | None = None
+    error: BaseException | None = None
+
+
 class BatchOutcomes:
     _d: "Dispatcher | None"
     _ep: "Endpoint | None"
-    _waiting: dict[str, "Pending"]
+    _waiting: dict[str, Pending]
     _refused_in_a_row: int
     _said_room: bool
     _stopped: bool
     room: BatchRoom
     size: int
 
-    def _enqueue(self, p: "Pending") -> None: ...
+    def _enqueue(self, p: Pending) -> None: ...
 
     def _no_room(self, key: str, view: Any, n: int) -> bool:
         """The batch went over the provider's enqueued token limit: smaller or later batches from

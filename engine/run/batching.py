@@ -20,7 +20,6 @@ import asyncio
 
 import time
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,7 +27,7 @@ import anyio
 from ..api import BatchAPI, ChatRequest
 from ..errors import FailureKind, RunStopping, TeacherError
 from ..ledger.events import BatchPrepared, BatchStatus, BatchSubmitted, QueryAbandoned, QueryDispatched
-from .batch_outcomes import BatchOutcomes
+from .batch_outcomes import BatchOutcomes, Pending
 from .batch_room import BatchRoom, typical_tokens
 from .samples import Member
 
@@ -37,22 +36,6 @@ if TYPE_CHECKING:
     from .dispatcher import Dispatcher
 
 RETRY_S = 5.0  # wait after a failed poll or results download before trying again
-
-
-@dataclass
-class Pending:
-    """A query waiting for its batch; `request` is None for one adopted from an earlier session
-    (its asker re-asks if it does not settle)."""
-
-    member: Member
-    role: str
-    strategy: str
-    purpose: str
-    request: ChatRequest | None
-    done: anyio.Event
-    prompt: int = 0
-    text: str | None = None
-    error: BaseException | None = None
 
 
 class BatchQueue(BatchOutcomes):
