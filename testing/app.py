@@ -22,6 +22,7 @@ from .batches import BatchService
 from .payloads import (ANTHROPIC, OPENAI, PromptCache, anthropic_message, error_body, malformed_body,
                        model_not_found, openai_completion, output_limit, too_large_message)
 from .ratelimit import SlidingWindow, garbled
+from .split_limits import SplitTokenLimits
 from .replies import AnswerBook, Parsed, RequestInvalid, parse_anthropic, parse_openai, prompt_tokens, reply_text, shape
 from .control import ServerControl
 from .serverconfig import ServerConfig, Stats
@@ -38,6 +39,7 @@ class TeacherServer(ServerControl):
         cfg = self.config
         self._stats = Stats(cfg.log_size)
         self._limiter = SlidingWindow(cfg.rpm, cfg.tpm, cfg.window_s, cfg.rate_headers)
+        self._split = SplitTokenLimits(cfg.itpm, cfg.otpm, cfg.window_s)  # Anthropic's endpoint only
         self._book = AnswerBook(cfg.answers)
         self._cache = PromptCache(cfg.cache_min_tokens)
         self._batches = BatchService(self)
@@ -183,10 +185,39 @@ class TeacherServer(ServerControl):
                 return headers, self._error(proto, 429, msg, headers=headers, kind=kind)
         return (garbled(headers) if cfg.garbled_headers else headers), None
 
+    def _admit_split(self, p: Parsed, ptoks: int) -> tuple[dict[str, str], web.Response | None, list[float] | None]:
+        """Anthropic's input and output limits (beside a request limit, if any): output charged at
+        max_tokens now, corrected to what was written when the reply is made (see `_reply`)."""
+        st, cfg, now = self._stats, self.config, time.monotonic()
+        cap = p.max_tokens * p.n
+        wait = self._split.wait(ptoks, cap, now)
+        decision = None
+        if wait <= 0 and self._limiter.active:
+            decision = self._limiter.acquire(0, now)  # (requests only: no combined token limit here)
+            wait = decision.retry_after_s if not decision.accepted else 0.0
+        if wait > 0:
+            st.rate_limited += 1
+            st.record(ANTHROPIC, 429, "rate_limited", p)
+            headers = {**self._limiter.anthropic_headers(now), **self._split_headers(now),
+                       **self._limiter.retry_headers(wait)}
+            headers = garbled(headers) if cfg.garbled_headers else headers
+            refused = self._error(ANTHROPIC, 429, f"Rate limit reached; retry after {wait:.3f}s.", headers=headers)
+            return headers, refused, None
+        charge = self._split.charge(ptoks, cap, now)
+        headers = {**self._limiter.anthropic_headers(now), **self._split_headers(now)}
+        return (garbled(headers) if cfg.garbled_headers else headers), None, charge
+
+    def _split_headers(self, now: float) -> dict[str, str]:
+        return {} if self.config.rate_headers == "none" else self._split.headers(now)
+
     async def _answer(self, request: web.Request, proto: str, p: Parsed, body: bytes) -> web.StreamResponse:
         st, cfg = self._stats, self.config
         ptoks = prompt_tokens(p.texts)
-        headers, refused = self._admit(proto, p, ptoks)
+        charge = None
+        if proto == ANTHROPIC and self._split.active:
+            headers, refused, charge = self._admit_split(p, ptoks)
+        else:
+            headers, refused = self._admit(proto, p, ptoks)
         if refused is not None:
             return refused
 
@@ -218,7 +249,8 @@ class TeacherServer(ServerControl):
             await asyncio.sleep(delay)
 
         if outcome == "answered":
-            return self._success(proto, p, body, ptoks, headers, no_usage)
+            return self._success(proto, p, body, ptoks, headers, no_usage, charge)
+        self._split.correct(charge, 0)  # nothing was written
         if outcome == "dropped":
             return self._drop(request, proto, "dropped", p)
         if outcome == "error":
@@ -264,8 +296,10 @@ class TeacherServer(ServerControl):
         return anthropic_message(rid, p.model, outs[0], p.stop, ptoks, ctoks, cached if cfg.prompt_cache else None)
 
     def _success(self, proto: str, p: Parsed, body: bytes, ptoks: int, headers: dict[str, str],
-                 no_usage: bool) -> web.Response:
+                 no_usage: bool, charge: list[float] | None = None) -> web.Response:
         payload = self._reply(proto, p, body, ptoks)
+        if charge is not None:  # Anthropic's output limit counts what was written, not max_tokens
+            self._split.correct(charge, payload["usage"]["output_tokens"])
         if no_usage:
             payload.pop("usage", None)  # a body a strict client cannot account: counted as malformed
             self._stats.malformed += 1

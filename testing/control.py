@@ -63,6 +63,8 @@ class ServerControl:
         cfg = self.config
         if {"rpm", "tpm", "window_s", "rate_headers"} & changes.keys():
             self._limiter.configure(cfg.rpm, cfg.tpm, cfg.window_s, cfg.rate_headers)
+        if {"itpm", "otpm", "window_s"} & changes.keys():
+            self._split.configure(cfg.itpm, cfg.otpm, cfg.window_s)
         if "cache_min_tokens" in changes:
             self._cache = PromptCache(cfg.cache_min_tokens)
         if "answers" in changes:

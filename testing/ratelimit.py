@@ -148,18 +148,18 @@ class SlidingWindow:
         return h
 
     def anthropic_headers(self, now: float) -> dict[str, str]:
-        """Anthropic's own names for the same limits; its reset is an RFC 3339 instant. The token
-        limit is also announced as the input-token limit (Anthropic splits input and output)."""
+        """Anthropic's own names for the same limits; its reset is an RFC 3339 instant. A token
+        limit here counts prompt + max_tokens, which is none of Anthropic's split input and output
+        limits (split_limits.py has those): it is announced only as `tokens-*`."""
         out: dict[str, str] = {}
         if self.style == "none":
             return out
         wall = time.time()
         for kind, limit, left, reset in self.state(now):
             stamp = datetime.fromtimestamp(wall + reset, timezone.utc).isoformat(timespec="milliseconds")
-            for name in ((kind,) if kind == "requests" else (kind, "input-tokens")):
-                out[f"anthropic-ratelimit-{name}-limit"] = str(limit)
-                out[f"anthropic-ratelimit-{name}-remaining"] = str(left)
-                out[f"anthropic-ratelimit-{name}-reset"] = stamp.replace("+00:00", "Z")
+            out[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+            out[f"anthropic-ratelimit-{kind}-remaining"] = str(left)
+            out[f"anthropic-ratelimit-{kind}-reset"] = stamp.replace("+00:00", "Z")
         return out
 
     def retry_headers(self, seconds: float) -> dict[str, str]:

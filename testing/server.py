@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--jitter-ms", type=float, default=0.0)
     ap.add_argument("--rpm", type=float)
     ap.add_argument("--tpm", type=float)
+    ap.add_argument("--itpm", type=float, help="Anthropic's input tokens per minute (prompt, cache reads excluded)")
+    ap.add_argument("--otpm", type=float, help="Anthropic's output tokens per minute (max_tokens, then what was written)")
     ap.add_argument("--window-s", type=float, default=60.0)
     ap.add_argument("--rate-headers", choices=HEADER_STYLES, default="openai",
                     help="openai: whole-second retry-after only (as OpenAI); kind: also retry-after-ms; "
@@ -165,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host, port=args.port, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms,
-        rpm=args.rpm, tpm=args.tpm, window_s=args.window_s, rate_headers=args.rate_headers,
+        rpm=args.rpm, tpm=args.tpm, itpm=args.itpm, otpm=args.otpm, window_s=args.window_s, rate_headers=args.rate_headers,
         error_rate=args.error_rate,
         error_codes=tuple(int(c) for c in args.error_codes.split(",") if c.strip()),
         drop_rate=args.drop_rate, malformed_rate=args.malformed_rate, slow_rate=args.slow_rate,

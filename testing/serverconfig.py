@@ -21,6 +21,9 @@ class ServerConfig:
     jitter_ms: float = 0.0
     rpm: float | None = None
     tpm: float | None = None
+    # Anthropic's separate input and output token limits (see split_limits.py), on its endpoint.
+    itpm: float | None = None
+    otpm: float | None = None
     window_s: float = 60.0
     # How rate limits are announced: "openai" (whole-second retry-after only, per-minute limits,
     # Go-duration resets), "kind" (the same plus retry-after-ms), "window" (per-window counts) or
@@ -94,6 +97,9 @@ class ServerConfig:
             raise ValueError("ServerConfig.error_codes must not be empty when error_rate > 0")
         if self.window_s <= 0:
             raise ValueError(f"ServerConfig.window_s must be > 0, got {self.window_s}")
+        for name in ("itpm", "otpm"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"ServerConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.rate_headers not in HEADER_STYLES:
             raise ValueError(f"ServerConfig.rate_headers must be one of {', '.join(HEADER_STYLES)}, "
                              f"got {self.rate_headers!r}")

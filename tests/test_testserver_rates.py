@@ -114,7 +114,8 @@ async def test_anthropic_headers_only_anthropic_names(serve, http):
     assert (s1, s2, s3) == (200, 200, 429)
     assert not [k for k in h1 if k.lower().startswith("x-ratelimit")]
     assert h1["anthropic-ratelimit-requests-limit"] == "120" and h1["anthropic-ratelimit-requests-remaining"] == "60"
-    assert h1["anthropic-ratelimit-tokens-limit"] == "60000" == h1["anthropic-ratelimit-input-tokens-limit"]
+    # A combined token limit is none of Anthropic's split ones: only `tokens-*` says it.
+    assert h1["anthropic-ratelimit-tokens-limit"] == "60000" and "anthropic-ratelimit-input-tokens-limit" not in h1
     reset = datetime.fromisoformat(h3["anthropic-ratelimit-requests-reset"].replace("Z", "+00:00"))
     assert 0 < (reset - datetime.now(timezone.utc)).total_seconds() <= 1.0
     assert h3["retry-after"] == "1" and "retry-after-ms" not in h3
@@ -167,3 +168,28 @@ async def test_short_prompts_are_never_cached(serve):
 def test_bad_header_style_is_refused():
     with pytest.raises(ValueError, match="rate_headers"):
         ServerConfig(rate_headers="nice")
+
+
+async def test_output_tokens_are_charged_at_max_tokens_then_at_what_was_written(serve):
+    # 600 output tokens a minute over a 1 s window: 10 per window. max_tokens 8 fits once; the
+    # reply (a few words, cut at 8) is charged what it wrote, so a second request fits after it.
+    srv = await serve(otpm=600, itpm=60_000, window_s=1.0)
+    client = anthropic.AsyncAnthropic(base_url=srv.url, api_key="k", max_retries=0)
+    raw = await client.messages.with_raw_response.create(
+        model="test-teacher", max_tokens=8, messages=[{"role": "user", "content": "What is 2 plus 2?"}])
+    h, msg = raw.headers, await raw.parse()
+    assert h["anthropic-ratelimit-output-tokens-limit"] == "600"
+    assert h["anthropic-ratelimit-input-tokens-limit"] == "60000"
+    # `tokens-*` repeats the limit with fewer tokens left: the output one (600 x 60 / 60 - 8 charged).
+    assert h["anthropic-ratelimit-tokens-limit"] == "600"
+    assert int(h["anthropic-ratelimit-output-tokens-remaining"]) == (10 - 8) * 60
+    written = msg.usage.output_tokens
+    assert written <= 8
+    with pytest.raises(anthropic.RateLimitError) as refused:  # 8 + 8 > 10 were it still charged at the cap
+        await client.messages.create(model="test-teacher", max_tokens=10 - written + 1,
+                                     messages=[{"role": "user", "content": "What is 3 plus 3?"}])
+    assert refused.value.response.headers["retry-after"] == "1"
+    ok = await client.messages.create(model="test-teacher", max_tokens=10 - written,
+                                      messages=[{"role": "user", "content": "What is 4 plus 4?"}])
+    assert ok.usage.output_tokens <= 10 - written
+    await client.close()
