@@ -198,3 +198,33 @@ def test_a_configured_limit_above_the_announced_one_is_paced_at_the_announced_on
     assert stats["rate_limited"] <= 6, stats
     shown = proj.cli("show", run_id, "--store", proj.store)
     assert shown.returncode == 0 and said in " ".join(shown.stdout.split()), shown.stdout
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["learned", "configured"])
+def test_a_run_paces_output_tokens_by_what_was_written_not_prompt_plus_max_tokens(project, configured):
+    """1,000 output tokens a second, max_tokens 64, replies of ~31 words: ~32 requests a second fit.
+    Paced as prompt + max_tokens against the output limit (all the old reading of `tokens-*` knew),
+    a request took ~111 tokens of it: ~9 a second, 0.28 of the limit. Configured, the server says
+    nothing of its limits."""
+    proj, srv = project("--otpm", "60000", "--itpm", "6000000", "--window-s", "1", "--latency-ms", "50",
+                        *(("--rate-headers", "none") if configured else ()), seeds=300)
+    limits = {"output_tokens_per_minute": 60000, "input_tokens_per_minute": 6e6} if configured else {}
+    cfg = proj.write(teacher={"provider": "anthropic", "base_url": srv.url, "model": "test-teacher",
+                              "max_tokens": 64},
+                     budget={"queries": 300}, strategy={"samples_per_seed": 1}, limits=limits)
+    res = proj.generate(cfg, timeout=300)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    assert status == "completed", res.stdout
+    stats = srv.stats(log=True)
+    answered = sorted(e["t"] for e in stats["log"] if e["outcome"] == "answered")
+    assert len(answered) == 300 == proj.audit(run_id)["counts"]["settled"]
+    per_s = stats["output_tokens"] / (answered[-1] - answered[0])
+    assert per_s >= 0.7 * 1000, (per_s, stats["rate_limited"])
+    assert stats["rate_limited"] <= 0.05 * stats["received"], stats
+    assert not [e for e in proj.events("rate_adjusted") if e["pause_s"]], "a 429 paused the endpoint"
+    learned = " ".join(e["note"] for e in proj.events("rate_adjusted"))
+    if configured:  # paced from the start by the config, not by a rate inferred from 429s
+        assert "no limit is configured or announced" not in learned, learned
+    else:
+        assert "60000 output_tokens/min" in learned and "6e+06 input_tokens/min" in learned, learned

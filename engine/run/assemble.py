@@ -179,7 +179,9 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
                 params["top_p"] = section.top_p
             by_section[key] = Endpoint(
                 teacher=teacher, model=section.model, params=params,
-                limiter=RateLimiter(lim.requests_per_minute, lim.tokens_per_minute, safety=PACING_SAFETY),
+                limiter=RateLimiter(lim.requests_per_minute, lim.tokens_per_minute, safety=PACING_SAFETY,
+                                    input_tokens_per_minute=lim.input_tokens_per_minute,
+                                    output_tokens_per_minute=lim.output_tokens_per_minute),
                 concurrency=_concurrency(cfg),
                 breaker=CircuitBreaker(lim.breaker_threshold, lim.breaker_cooldown_s, cooldown_factor=2.0),
                 retry=RetryPolicy(max_attempts=lim.max_attempts, base_s=lim.backoff_base_s,
@@ -210,7 +212,7 @@ def _concurrency(cfg: RunConfig) -> AdaptiveConcurrency:
     if lim.requests_per_minute is not None:
         need = math.ceil(lim.requests_per_minute / 60.0 * ASSUMED_LATENCY_S * 1.5) + 2
         return AdaptiveConcurrency(initial=min(need, top), maximum=top, growth_cap=cap)
-    if lim.tokens_per_minute is not None:
+    if any(v is not None for v in (lim.tokens_per_minute, lim.input_tokens_per_minute, lim.output_tokens_per_minute)):
         return AdaptiveConcurrency(initial=min(top, PROBE_CAP), maximum=top, growth_cap=cap)
     return AdaptiveConcurrency(initial=min(4, top), maximum=top, slow_start=True, growth_cap=cap)
 

@@ -113,6 +113,10 @@ class ModelSection(_Open):
 class LimitsSection(_Strict):
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
+    # Anthropic's separate limits: the prompt (cache reads excluded), and what is written (charged
+    # at max_tokens until the answer says). Learned from its headers where not set.
+    input_tokens_per_minute: float | None = Field(default=None, gt=0)
+    output_tokens_per_minute: float | None = Field(default=None, gt=0)
     # Unset: what a known rate needs at the observed latency (Little's law), or up to 64 while probing
     # a provider whose limits are unknown; see run/assemble.py.
     max_concurrency: int | None = Field(default=None, ge=1)

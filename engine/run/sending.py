@@ -18,6 +18,7 @@ from ..ledger.events import (AttemptFailed, QueryAbandoned, QueryDispatched, Que
                              plain_cost)
 from ..ledger.ledger import Amount
 from ..redact import one_line
+from ..scheduler.limiter import Tokens
 from .eventloop import time_limit
 from .samples import Member, output_split, shares, split_evenly
 from .usage_check import fault_error, fault_event
@@ -42,8 +43,10 @@ class Sender:
                        prompt_bound: int) -> dict[str, str]:
         """Send `request` (n = len(members)) once; settle every member it answered and return
         their texts by query id. Raises TeacherError (recorded) or RunStopping."""
-        # What the provider counts against a token limit: the prompt and every completion's cap.
-        est = prompt_bound + request.max_tokens * len(members)
+        # What the provider counts against its token limits: the prompt and every completion's cap
+        # (a tokens-per-minute limit counts both; Anthropic's input and output limits one each).
+        cap = request.max_tokens * len(members)
+        est = Tokens(prompt_bound + cap, prompt_bound, cap)
         shared = members[0].qid if len(members) > 1 else None
         await ep.breaker.wait_ready()
         async with ep.concurrency.slot():
@@ -94,7 +97,9 @@ class Sender:
             self.recorder.emit(fault)
         texts = self._settle(ep, members, request, completion, latency, shared)
         ep.answered += 1
-        counted = completion.usage.input_tokens + request.max_tokens * len(members)
+        # As counted: the output limit corrected to what was written, cache reads not input (Anthropic).
+        counted = Tokens(usage.input_tokens + cap, max(0, usage.input_tokens - usage.cached_input_tokens),
+                         usage.output_tokens)
         self._note(ep, ep.on_success(est, counted, completion.rate_limits, latency))
         if fault is not None:  # settled at what it reported (that is what will be billed), then stop
             raise fault_error(ep.teacher.provider, ep.model, fault)
@@ -141,7 +146,7 @@ class Sender:
                                        f"provider's token limit; asked again at most {keep} to a request")
         return members[:keep]
 
-    def _failed(self, ep: "Endpoint", members: list[Member], err: TeacherError, est: int, started: float) -> None:
+    def _failed(self, ep: "Endpoint", members: list[Member], err: TeacherError, est: Tokens, started: float) -> None:
         for m in members:
             self.recorder.emit(AttemptFailed(
                 query_id=m.qid, attempt=m.attempt, kind=err.kind.value, maybe_billed=err.maybe_billed,

@@ -19,7 +19,7 @@ from ..errors import FailureKind, TeacherError
 from .breaker import CircuitBreaker
 from .concurrency import AdaptiveConcurrency
 from .headers import RateLimitInfo
-from .limiter import RateLimiter
+from .limiter import RateLimiter, Tokens
 from .ratepolicy import RateDecision, RatePolicy
 from .retry import RetryPolicy
 from .shaper import SendShaper
@@ -90,15 +90,15 @@ class Endpoint:
         only ever answers 429 must still end the query some time."""
         return max(20, 4 * self.retry.max_attempts)
 
-    def on_sent(self, est: int) -> None:
+    def on_sent(self, est: Tokens) -> None:
         self.rate.on_send(est)
 
-    def on_success(self, est: int, counted_tokens: int, rate_limits: RateLimitInfo | None,
+    def on_success(self, est: Tokens, counted_tokens: Tokens, rate_limits: RateLimitInfo | None,
                    latency_s: float) -> str | None:
         """Settle the token estimate to what the provider counted; learn, size and recover the
         pace. Returns a pacing change worth recording, if any."""
         self.limiter.settle(est, counted_tokens)
-        note = self.rate.on_success(rate_limits, latency_s, est)
+        note = self.rate.on_success(rate_limits, latency_s, counted_tokens)  # (what a request takes, as counted)
         if self.breaker.record_success():
             said = (f"{self.section} answers again after {self.breaker.opened_count} "
                     f"pause{'s' if self.breaker.opened_count > 1 else ''}: sending resumed")
@@ -107,7 +107,7 @@ class Endpoint:
         self.malformed_in_a_row = self.bad_requests_in_a_row = 0
         return note
 
-    def on_failure(self, err: TeacherError, est: int, elapsed_s: float = 0.0) -> RateDecision | None:
+    def on_failure(self, err: TeacherError, est: Tokens, elapsed_s: float = 0.0) -> RateDecision | None:
         """The 429/5xx policy: a 429 goes to the rate policy (which sets `err.requeue_in`), any
         other failure counts toward the breaker (but a request too large for the token limit, or
         one refused as a bad request, says nothing of the provider's health - it answered - and

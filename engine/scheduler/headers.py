@@ -29,6 +29,9 @@ class RateLimitInfo:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens_s: float | None = None
+    # Anthropic's separate input and output limits (`anthropic-ratelimit-input-tokens-limit`, ...).
+    limit_input_tokens: int | None = None
+    limit_output_tokens: int | None = None
 
 
 def wait_seconds(value: float) -> float | None:

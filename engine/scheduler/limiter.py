@@ -21,6 +21,10 @@ it announces none) through `pace_inferred`.
 
 Tokens are charged when a request is released (by its estimate) and corrected by `settle` once
 the real usage is known, so the average token rate is right even when estimates are upper bounds.
+Three token limits, each counting its own share of a request (`Tokens`): a tokens-per-minute limit
+(OpenAI's: the prompt and every completion's `max_tokens`), and Anthropic's separate input and output
+limits (the output one is charged at `max_tokens` as a request starts and corrected to what was
+written). Pacing prompt + `max_tokens` against an output limit alone would use a fraction of it.
 
 All times are on the event loop's clock (`anyio.current_time()`).
 """
@@ -28,14 +32,37 @@ All times are on the event loop's clock (`anyio.current_time()`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import anyio
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "Tokens", "as_tokens", "counted"]
 
 # Lateness we absorb without losing schedule time, at most; see the module docstring for the bound.
 _JITTER_S = 0.010
 _NEVER = -math.inf
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One request's tokens as each token limit counts them (see the module docstring)."""
+
+    total: int = 0
+    input: int = 0
+    output: int = 0
+
+
+TOKEN_LIMITS = ("tokens", "input_tokens", "output_tokens")  # the dimensions, as `learn` names them
+
+
+def counted(name: str, t: "Tokens") -> int:
+    """What token limit `name` (TOKEN_LIMITS) counts of a request's tokens."""
+    return t.total if name == "tokens" else t.input if name == "input_tokens" else t.output
+
+
+def as_tokens(t: "int | Tokens") -> "Tokens":
+    """A bare count is a `total` (what a tokens-per-minute limit counts)."""
+    return t if isinstance(t, Tokens) else Tokens(total=t)
 
 
 def _check_limit(name: str, value: float | None) -> float | None:
@@ -60,10 +87,17 @@ class RateLimiter:
         tokens_per_minute: float | None,
         safety: float = 0.985,
         burst_s: float = 0.0,
+        *,
+        input_tokens_per_minute: float | None = None,
+        output_tokens_per_minute: float | None = None,
     ) -> None:
         self._rpm = _check_limit("requests_per_minute", requests_per_minute)
-        self._tpm = _check_limit("tokens_per_minute", tokens_per_minute)
-        self._configured_rpm, self._configured_tpm = self._rpm, self._tpm  # what `forget_learned` returns to
+        # Token limits per dimension (TOKEN_LIMITS), and what `forget_learned` returns them to.
+        self._per_min: dict[str, float | None] = {
+            "tokens": _check_limit("tokens_per_minute", tokens_per_minute),
+            "input_tokens": _check_limit("input_tokens_per_minute", input_tokens_per_minute),
+            "output_tokens": _check_limit("output_tokens_per_minute", output_tokens_per_minute)}
+        self._configured_rpm, self._configured = self._rpm, dict(self._per_min)
         if not 0.0 < safety <= 1.0:
             raise ValueError(f"RateLimiter: safety must be in (0, 1], got {safety!r}")
         if not burst_s >= 0.0 or math.isinf(burst_s):
@@ -74,7 +108,7 @@ class RateLimiter:
         self._catch_up = catch_up_allowance(self._safety)
         # Theoretical arrival times (GCRA): the earliest time the next release is on schedule.
         self._req_tat = _NEVER
-        self._tok_tat = _NEVER
+        self._tat = {name: _NEVER for name in TOKEN_LIMITS}
         self._pause_until = _NEVER
         self._learned: set[str] = set()  # dimensions whose limit came from the provider's headers
         self._lock = anyio.Lock(fast_acquire=True)
@@ -91,7 +125,11 @@ class RateLimiter:
     @property
     def current_tpm(self) -> float | None:
         """The provider's token limit in force (before `safety`), None when unlimited."""
-        return self._tpm
+        return self._per_min["tokens"]
+
+    def token_limits(self) -> dict[str, float]:
+        """The token limits in force, by dimension (TOKEN_LIMITS)."""
+        return {name: v for name, v in self._per_min.items() if v is not None}
 
     @property
     def safety(self) -> float:
@@ -111,15 +149,16 @@ class RateLimiter:
     def paced(self) -> bool:
         """Whether any limit is in force (configured, learned or inferred): without one, nothing
         known sets the pace, and a 429 is answered by fewer in flight and the provider's wait."""
-        return self._rpm is not None or self._tpm is not None
+        return self._rpm is not None or any(v is not None for v in self._per_min.values())
 
-    def interval_for(self, tokens: int) -> float | None:
-        """Seconds between paced requests of `tokens` each: the request pace or the token pace,
-        whichever is slower; None when neither is paced."""
-        per_tokens = tokens * self._seconds_per_token() if self._tpm is not None and tokens > 0 else None
-        if per_tokens is None or self.interval_s is None:
-            return per_tokens if per_tokens is not None else self.interval_s
-        return max(per_tokens, self.interval_s)
+    def interval_for(self, tokens: "int | Tokens") -> float | None:
+        """Seconds between paced requests of `tokens` each: the request pace or a token pace,
+        whichever is slowest; None when none is paced."""
+        t = as_tokens(tokens)
+        paces = [] if self.interval_s is None else [self.interval_s]
+        paces += [counted(name, t) * self._seconds_per(name) for name, v in self._per_min.items()
+                  if v is not None and counted(name, t) > 0]
+        return max(paces) if paces else None
 
     @property
     def waiting(self) -> int:
@@ -133,11 +172,12 @@ class RateLimiter:
 
     # -- acquiring -----------------------------------------------------------------------------
 
-    async def acquire(self, tokens_estimate: int = 0) -> None:
+    async def acquire(self, tokens_estimate: "int | Tokens" = 0) -> None:
         """Wait until both request and token pacing (and any pause) allow one more request."""
-        if tokens_estimate < 0:
+        estimate = as_tokens(tokens_estimate)
+        if min(estimate.total, estimate.input, estimate.output) < 0:
             raise ValueError(f"RateLimiter.acquire: tokens_estimate must be >= 0, got {tokens_estimate!r}")
-        if self._rpm is None and self._tpm is None and self._waiting == 0:
+        if not self.paced and self._waiting == 0:
             # Unlimited fast path: no lock, no clock unless a pause was ever set.
             if self._pause_until == _NEVER or self._pause_until <= anyio.current_time():
                 return
@@ -148,7 +188,7 @@ class RateLimiter:
                     now = anyio.current_time()
                     at = self._earliest()
                     if at <= now:
-                        self._claim(tokens_estimate, now)
+                        self._claim(estimate, now)
                         return
                     wake = self._wake = anyio.Event()
                     with anyio.move_on_after(at - now):
@@ -160,20 +200,23 @@ class RateLimiter:
         at = self._pause_until
         if self._rpm is not None:
             at = max(at, self._req_tat - self._burst)
-        if self._tpm is not None:
-            at = max(at, self._tok_tat - self._burst)
+        for name, v in self._per_min.items():
+            if v is not None:
+                at = max(at, self._tat[name] - self._burst)
         return at
 
-    def _claim(self, tokens: int, now: float) -> None:
+    def _claim(self, tokens: Tokens, now: float) -> None:
         floor = now - self._catch_up
         if self._rpm is not None:
             self._req_tat = max(self._req_tat, floor) + 60.0 / (self._rpm * self._safety * self._factor)
-        if self._tpm is not None:
-            self._tok_tat = max(self._tok_tat, floor) + tokens * self._seconds_per_token()
+        for name, v in self._per_min.items():
+            if v is not None:
+                self._tat[name] = max(self._tat[name], floor) + counted(name, tokens) * self._seconds_per(name)
 
-    def _seconds_per_token(self) -> float:
-        assert self._tpm is not None
-        return 60.0 / (self._tpm * self._safety * self._factor)
+    def _seconds_per(self, name: str) -> float:
+        per_min = self._per_min[name]
+        assert per_min is not None
+        return 60.0 / (per_min * self._safety * self._factor)
 
     def _notify(self) -> None:
         """Wake the head waiter so it recomputes its release time (it may now be earlier)."""
@@ -183,14 +226,18 @@ class RateLimiter:
 
     # -- corrections ---------------------------------------------------------------------------
 
-    def settle(self, estimated: int, actual: int) -> None:
-        """Correct the token account once real usage is known: refund or charge the difference."""
-        if estimated < 0 or actual < 0:
+    def settle(self, estimated: "int | Tokens", actual: "int | Tokens") -> None:
+        """Correct the token accounts once real usage is known: refund or charge the difference."""
+        est, act = as_tokens(estimated), as_tokens(actual)
+        if min(est.total, est.input, est.output, act.total, act.input, act.output) < 0:
             raise ValueError(f"RateLimiter.settle: token counts must be >= 0, got estimated={estimated!r}, actual={actual!r}")
-        if self._tpm is None or actual == estimated:
-            return
-        self._tok_tat += (actual - estimated) * self._seconds_per_token()
-        if actual < estimated:
+        refunded = False
+        for name, v in self._per_min.items():
+            diff = counted(name, act) - counted(name, est)
+            if v is not None and diff:
+                self._tat[name] += diff * self._seconds_per(name)
+                refunded = refunded or diff < 0
+        if refunded:
             self._notify()
 
     def pause_until(self, t: float) -> None:
@@ -215,23 +262,26 @@ class RateLimiter:
             raise ValueError(f"RateLimiter: factor must be in (0, 1], got {factor!r}")
         self._factor = float(factor)
 
-    def learn(self, requests_per_minute: float | None,
-              tokens_per_minute: float | None) -> dict[str, tuple[float | None, float]]:
+    def learn(self, requests_per_minute: float | None, tokens_per_minute: float | None, *,
+              input_tokens_per_minute: float | None = None,
+              output_tokens_per_minute: float | None = None) -> dict[str, tuple[float | None, float]]:
         """Adopt limits a provider announced: for a dimension with none, and below a configured
         limit - the provider enforces what it announces, so pacing a higher configured figure only
         buys 429s. A configured limit under the announced one stays (the user may share the quota
         with other clients). Each dimension learns once. Returns, for each dimension that changed,
         (the limit it replaced: None or the configured one, the new limit)."""
         changed: dict[str, tuple[float | None, float]] = {}
-        for name, announced in (("requests", requests_per_minute), ("tokens", tokens_per_minute)):
-            current = self._rpm if name == "requests" else self._tpm
+        for name, announced in (("requests", requests_per_minute), ("tokens", tokens_per_minute),
+                                ("input_tokens", input_tokens_per_minute),
+                                ("output_tokens", output_tokens_per_minute)):
+            current = self._rpm if name == "requests" else self._per_min[name]
             if not announced or name in self._learned or (current is not None and announced >= current):
                 continue
             value = _check_limit(f"{name}_per_minute", float(announced))
             if name == "requests":
                 self._rpm = value
             else:
-                self._tpm = value
+                self._per_min[name] = value
             self._learned.add(name)
             changed[name] = (current, value)  # type: ignore[assignment]
         return changed
@@ -253,17 +303,18 @@ class RateLimiter:
             self._rpm = self._configured_rpm
             if self._rpm is None:
                 self._req_tat = _NEVER
-        if "tokens" in self._learned:
-            self._tpm = self._configured_tpm
-            if self._tpm is None:
-                self._tok_tat = _NEVER
+        for name in TOKEN_LIMITS:
+            if name in self._learned:
+                self._per_min[name] = self._configured[name]
+                if self._per_min[name] is None:
+                    self._tat[name] = _NEVER
         self._learned.clear()
         self._notify()
         return gone
 
     def __repr__(self) -> str:
         return (
-            f"RateLimiter(rpm={self._rpm}, tpm={self._tpm}, safety={self._safety}, factor={self._factor}, "
+            f"RateLimiter(rpm={self._rpm}, tokens={self.token_limits()}, safety={self._safety}, factor={self._factor}, "
             f"burst_s={self._burst}, waiting={self._waiting})"
         )
 

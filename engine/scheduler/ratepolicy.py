@@ -42,7 +42,7 @@ from typing import Callable
 from .concurrency import AdaptiveConcurrency
 from .headers import RateLimitInfo
 from .inferred import SETTLE_S, InferredPace
-from .limiter import RateLimiter
+from .limiter import RateLimiter, Tokens, as_tokens, counted
 from .shaper import SendShaper
 
 __all__ = ["RateDecision", "RatePolicy"]
@@ -85,7 +85,7 @@ class RatePolicy:
         self.shaper = shaper
         self.max_pause_s = max_pause_s
         self._clock = clock
-        self._sends: deque[tuple[float, int]] = deque()  # the last second's sends (time, tokens)
+        self._sends: deque[tuple[float, Tokens]] = deque()  # the last second's sends (time, tokens)
         self._first_send: float | None = None
         self._buckets: deque[list[int]] = deque()  # [bucket, sends, 429s] over the last PERSIST_S
         self._last_429 = -math.inf
@@ -102,7 +102,7 @@ class RatePolicy:
 
     # -- observations --------------------------------------------------------------------------
 
-    def on_send(self, tokens: int) -> None:
+    def on_send(self, tokens: int | Tokens) -> None:
         now = self._clock()
         if self.inferred.watching:
             self.inferred.accepted.sent(now)
@@ -110,7 +110,7 @@ class RatePolicy:
             return  # nothing paced: our own rate explains nothing (the first learned limit starts it)
         if self._first_send is None:
             self._first_send = now
-        self._sends.append((now, tokens))
+        self._sends.append((now, as_tokens(tokens)))
         while self._sends and self._sends[0][0] < now - 1.0:
             self._sends.popleft()
         self._bucket(now)[1] += 1
@@ -123,7 +123,7 @@ class RatePolicy:
                 self._buckets.popleft()
         return self._buckets[-1]
 
-    def on_success(self, info: RateLimitInfo | None, latency_s: float, tokens_estimate: int) -> str | None:
+    def on_success(self, info: RateLimitInfo | None, latency_s: float, tokens_estimate: int | Tokens) -> str | None:
         """Learn from headers, size concurrency to the rate, recover a lowered pace. Returns a note
         when the pacing changed in a way worth recording."""
         note = self._learn(info)
@@ -143,7 +143,7 @@ class RatePolicy:
         return note
 
     def on_rate_limited(self, retry_after: float | None, exact: bool, info: RateLimitInfo | None,
-                        tokens_estimate: int, elapsed_s: float = 0.0) -> RateDecision:
+                        tokens_estimate: int | Tokens, elapsed_s: float = 0.0) -> RateDecision:
         """`elapsed_s`: how long ago the refused request went out."""
         now = self._clock()
         sent_at = now - elapsed_s
@@ -202,9 +202,9 @@ class RatePolicy:
         shares = []
         if lim.interval_s is not None:
             shares.append(len(self._sends) / span * lim.interval_s)
-        if lim.current_tpm is not None:
-            paced = lim.current_tpm * lim.safety * lim.factor / 60.0
-            shares.append(sum(t for _, t in self._sends) / span / paced)
+        for name, per_min in lim.token_limits().items():
+            paced = per_min * lim.safety * lim.factor / 60.0
+            shares.append(sum(counted(name, t) for _, t in self._sends) / span / paced)
         return max(shares) if shares else None
 
     def _inferred_429(self, now: float, retry_after: float | None, exact: bool,
@@ -275,7 +275,7 @@ class RatePolicy:
         if len(seen) < DISTRUST_AFTER:
             return None
         lim = self.limiter
-        announced = {"requests": lim.current_rpm, "tokens": lim.current_tpm}
+        announced = {"requests": lim.current_rpm, **lim.token_limits()}
         figures = ", ".join(f"{announced[k]:g} {k}/min" for k in lim.forget_learned())
         self.learned, self.distrusted = False, True
         if lim.interval_s is None:
@@ -294,11 +294,14 @@ class RatePolicy:
                 f"something else (Groq's count requests per day); {now_sets}")
 
     def _learn(self, info: RateLimitInfo | None) -> str | None:
-        if self.distrusted or info is None or (info.limit_requests is None and info.limit_tokens is None):
+        if self.distrusted or info is None or all(v is None for v in (
+                info.limit_requests, info.limit_tokens, info.limit_input_tokens, info.limit_output_tokens)):
             return None
         if self.inferred.active:  # the provider's word replaces our estimate
             self.inferred.drop("the provider announced its limits")
-        changed = self.limiter.learn(info.limit_requests, info.limit_tokens)
+        changed = self.limiter.learn(info.limit_requests, info.limit_tokens,
+                                     input_tokens_per_minute=info.limit_input_tokens,
+                                     output_tokens_per_minute=info.limit_output_tokens)
         if not changed:
             return None
         self.learned = True
@@ -332,7 +335,7 @@ class RatePolicy:
                                    (info.remaining_tokens, info.reset_tokens_s)) if left == 0 and r]
         return max(waits) if waits else None
 
-    def _hint(self, info: RateLimitInfo | None, tokens_estimate: int) -> None:
+    def _hint(self, info: RateLimitInfo | None, tokens_estimate: int | Tokens) -> None:
         """"None remaining" for a dimension we do not pace: hold back about one slot's worth (the
         reset header is the time until the *whole* window refills, far longer than needed)."""
         if info is None:
@@ -343,5 +346,5 @@ class RatePolicy:
             lim.pause_for(info.reset_requests_s / max(1, info.limit_requests or 1))
         if (lim.current_tpm is None and info.remaining_tokens is not None and info.remaining_tokens <= 0
                 and info.reset_tokens_s):
-            share = min(1.0, tokens_estimate / info.limit_tokens) if info.limit_tokens else 1.0
+            share = min(1.0, as_tokens(tokens_estimate).total / info.limit_tokens) if info.limit_tokens else 1.0
             lim.pause_for(info.reset_tokens_s * share)

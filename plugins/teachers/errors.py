@@ -58,7 +58,11 @@ def _seconds_until(stamp: str | None) -> float | None:
 
 
 def rate_limits(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
-    """`x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*` (reset as an RFC 3339 instant)."""
+    """`x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*` (reset as an RFC 3339 instant).
+
+    Anthropic limits input and output tokens apart, and its `tokens-*` headers repeat whichever of
+    the two has fewer tokens left. Where the two are sent, they are read instead: pacing prompt +
+    max_tokens against the smaller one would use a fraction of either."""
     if headers is None:
         return None
     info = rate_limits_from_headers(headers)
@@ -69,13 +73,17 @@ def rate_limits(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
         and headers.get("anthropic-ratelimit-tokens-limit") is None
     ):
         return None
+    limit_in = header_count(headers.get("anthropic-ratelimit-input-tokens-limit"))
+    limit_out = header_count(headers.get("anthropic-ratelimit-output-tokens-limit"))
+    split = limit_in is not None or limit_out is not None
     return RateLimitInfo(
         limit_requests=header_count(headers.get("anthropic-ratelimit-requests-limit")),
         remaining_requests=header_count(headers.get("anthropic-ratelimit-requests-remaining")),
         reset_requests_s=_seconds_until(headers.get("anthropic-ratelimit-requests-reset")),
-        limit_tokens=header_count(headers.get("anthropic-ratelimit-tokens-limit")),
-        remaining_tokens=header_count(headers.get("anthropic-ratelimit-tokens-remaining")),
-        reset_tokens_s=_seconds_until(headers.get("anthropic-ratelimit-tokens-reset")),
+        limit_tokens=None if split else header_count(headers.get("anthropic-ratelimit-tokens-limit")),
+        remaining_tokens=None if split else header_count(headers.get("anthropic-ratelimit-tokens-remaining")),
+        reset_tokens_s=None if split else _seconds_until(headers.get("anthropic-ratelimit-tokens-reset")),
+        limit_input_tokens=limit_in, limit_output_tokens=limit_out,
     )
 
 
