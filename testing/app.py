@@ -175,37 +175,35 @@ class TeacherServer(ServerControl):
                 anthropic = self._limiter.anthropic_headers(now)
                 headers = {**headers, **anthropic} if cfg.rate_headers == "window" else anthropic
             if not decision.accepted:
-                st.rate_limited += 1
-                st.record(proto, 429, "rate_limited", p)
-                headers.update(self._limiter.retry_headers(decision.retry_after_s))
-                msg = f"Rate limit reached; retry after {decision.retry_after_s:.3f}s."
-                kind = "requests" if proto == OPENAI else None
-                if cfg.garbled_headers:
-                    headers = garbled(headers)
-                return headers, self._error(proto, 429, msg, headers=headers, kind=kind)
+                return self._rate_limited(proto, p, headers, decision.retry_after_s)
         return (garbled(headers) if cfg.garbled_headers else headers), None
+
+    def _rate_limited(self, proto: str, p: Parsed, headers: dict[str, str],
+                      wait: float) -> tuple[dict[str, str], web.Response]:
+        """A 429 whose headers say the limits and when to come back (whole seconds, as OpenAI's)."""
+        self._stats.rate_limited += 1
+        self._stats.record(proto, 429, "rate_limited", p)
+        headers = {**headers, **self._limiter.retry_headers(wait)}
+        if self.config.garbled_headers:
+            headers = garbled(headers)
+        msg = f"Rate limit reached; retry after {wait:.3f}s."
+        return headers, self._error(proto, 429, msg, headers=headers, kind="requests" if proto == OPENAI else None)
 
     def _admit_split(self, p: Parsed, ptoks: int) -> tuple[dict[str, str], web.Response | None, list[float] | None]:
         """Anthropic's input and output limits (beside a request limit, if any): output charged at
-        max_tokens now, corrected to what was written when the reply is made (see `_reply`)."""
-        st, cfg, now = self._stats, self.config, time.monotonic()
+        max_tokens now, corrected to what was written when the reply is made (see `_success`)."""
+        now = time.monotonic()
         cap = p.max_tokens * p.n
         wait = self._split.wait(ptoks, cap, now)
-        decision = None
         if wait <= 0 and self._limiter.active:
             decision = self._limiter.acquire(0, now)  # (requests only: no combined token limit here)
-            wait = decision.retry_after_s if not decision.accepted else 0.0
+            wait = 0.0 if decision.accepted else decision.retry_after_s
         if wait > 0:
-            st.rate_limited += 1
-            st.record(ANTHROPIC, 429, "rate_limited", p)
-            headers = {**self._limiter.anthropic_headers(now), **self._split_headers(now),
-                       **self._limiter.retry_headers(wait)}
-            headers = garbled(headers) if cfg.garbled_headers else headers
-            refused = self._error(ANTHROPIC, 429, f"Rate limit reached; retry after {wait:.3f}s.", headers=headers)
-            return headers, refused, None
+            headers = {**self._limiter.anthropic_headers(now), **self._split_headers(now)}
+            return (*self._rate_limited(ANTHROPIC, p, headers, wait), None)
         charge = self._split.charge(ptoks, cap, now)
         headers = {**self._limiter.anthropic_headers(now), **self._split_headers(now)}
-        return (garbled(headers) if cfg.garbled_headers else headers), None, charge
+        return (garbled(headers) if self.config.garbled_headers else headers), None, charge
 
     def _split_headers(self, now: float) -> dict[str, str]:
         return {} if self.config.rate_headers == "none" else self._split.headers(now)

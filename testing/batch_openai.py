@@ -61,9 +61,11 @@ class OpenAIBatches(BatchStore):
 
     # ---- OpenAI batches -------------------------------------------------------------------------
 
-    def _parse_input(self, data: bytes, endpoint: str) -> tuple[list[tuple[str, dict[str, Any]]], list[dict]]:
+    def _parse_input(self, data: bytes, endpoint: str) -> tuple[list[tuple[str, dict[str, Any]]], list[dict], int]:
+        """The file's valid requests, its errors, and the requests' prompt tokens (for `_enqueue`)."""
         requests: list[tuple[str, dict[str, Any]]] = []
         errors: list[dict[str, Any]] = []
+        tokens = 0
         seen: set[str] = set()
         for line_no, line in enumerate(data.splitlines(), 1):
             if not line.strip():
@@ -75,7 +77,7 @@ class OpenAIBatches(BatchStore):
                     raise RequestInvalid(f"custom_id {custom_id!r} is missing or not unique")
                 if row.get("method") != "POST" or row.get("url") != endpoint:
                     raise RequestInvalid(f"each line must be a POST to {endpoint}")
-                parse_openai(row["body"])
+                tokens += prompt_tokens(parse_openai(row["body"]).texts)
                 seen.add(custom_id)
                 requests.append((custom_id, row["body"]))
             except (orjson.JSONDecodeError, KeyError, TypeError, RequestInvalid) as exc:
@@ -83,7 +85,7 @@ class OpenAIBatches(BatchStore):
         if not requests and not errors:
             errors.append({"code": "empty_file", "message": "the input file has no requests", "param": None,
                            "line": None})
-        return requests, errors
+        return requests, errors, tokens
 
     async def openai_create(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request, OPENAI)) is not None:
@@ -95,8 +97,9 @@ class OpenAIBatches(BatchStore):
         if endpoint not in ENDPOINTS or body.get("completion_window") != "24h":
             return json_response(error_object(OPENAI, 400, "endpoint must be /v1/chat/completions and "
                                                    "completion_window 24h"), 400)
-        requests, errors = self._parse_input(self.contents[fid], endpoint)
-        batch = self._new_batch(OPENAI, requests, input_file_id=fid, metadata=body.get("metadata"))
+        requests, errors, tokens = self._parse_input(self.contents[fid], endpoint)
+        batch = self._new_batch(OPENAI, requests, input_file_id=fid, metadata=body.get("metadata"),
+                                prompt_tokens=tokens)
         batch.invalid.extend(errors)
         self._enqueue(batch)
         return json_response(self._openai_view(batch))
@@ -104,7 +107,6 @@ class OpenAIBatches(BatchStore):
     def _enqueue(self, batch: Batch) -> None:
         """OpenAI's enqueued token limit: the batch is created, then fails at validation when its
         prompt tokens and those of the model's batches still running would go over it."""
-        batch.prompt_tokens = sum(prompt_tokens(parse_openai(b).texts) for _, b in batch.requests)
         limit = self.server.config.batch_enqueued_tokens
         if limit is None or batch.invalid or not batch.requests:
             return

@@ -90,7 +90,7 @@ class Sender:
                 raise err from exc
         latency = time.monotonic() - started
         usage = completion.usage
-        worst = Amount(len(members), prompt_bound, request.max_tokens * len(members))
+        worst = Amount(len(members), prompt_bound, cap)
         fault = fault_event(members[0].qid, members[0].attempt, usage, worst,
                             ep.price.cost(usage.input_tokens, usage.output_tokens) if ep.price else 0.0)
         if fault is not None:  # recorded before the settlement it explains
