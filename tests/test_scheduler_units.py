@@ -622,3 +622,16 @@ def test_concurrency_rejects_bad_configuration() -> None:
         AdaptiveConcurrency(initial=10, maximum=5)
     with pytest.raises(ValueError, match="minimum"):
         AdaptiveConcurrency(initial=1, maximum=5, minimum=0)
+
+
+async def test_a_breaker_at_its_last_opening_lets_no_probe_through(clock) -> None:
+    # The run stops at the breaker's last opening. A waiter let through as a probe meanwhile failed
+    # and opened it once more: the run said "after 7 pauses" where it promised at most 6.
+    breaker = CircuitBreaker(failure_threshold=1, cooldown_s=0.05, max_openings=2)
+    breaker.record_failure()
+    await breaker.wait_ready()  # the first opening's probe
+    assert breaker.record_failure() == "reopened" and breaker.exhausted
+    with anyio.move_on_after(1.0) as scope:
+        await breaker.wait_ready()
+    assert scope.cancelled_caught and breaker.state == "open" and breaker.opened_count == 2
+    assert breaker.record_failure() is None and breaker.opened_count == 2  # late reports change nothing

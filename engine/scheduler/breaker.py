@@ -11,6 +11,10 @@ caller should report neither success nor failure for a 429.
 If a probe never reports back (its caller was cancelled, or the outcome was not reportable), the
 probe slot expires after the current cooldown and the next waiter becomes the probe, so the
 breaker cannot stay half-open forever.
+
+With `max_openings`, the breaker that opens for the last time stays open: the caller stops the run
+on that opening, and a probe let through meanwhile would only fail and open it once more than the
+run was told it would (and than its stop message says).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class CircuitBreaker:
         *,
         cooldown_factor: float = 1.0,
         max_cooldown_s: float = 60.0,
+        max_openings: int | None = None,
     ) -> None:
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
             raise ValueError(f"CircuitBreaker: failure_threshold must be an integer >= 1, got {failure_threshold!r}")
@@ -43,7 +48,10 @@ class CircuitBreaker:
             raise ValueError(f"CircuitBreaker: cooldown_factor must be >= 1, got {cooldown_factor!r}")
         if not max_cooldown_s >= cooldown_s:
             raise ValueError(f"CircuitBreaker: max_cooldown_s must be >= cooldown_s ({cooldown_s!r}), got {max_cooldown_s!r}")
+        if max_openings is not None and max_openings < 1:
+            raise ValueError(f"CircuitBreaker: max_openings must be >= 1, got {max_openings!r}")
         self.failure_threshold = failure_threshold
+        self.max_openings = max_openings
         self.cooldown_s = float(cooldown_s)
         self.cooldown_factor = float(cooldown_factor)
         self.max_cooldown_s = float(max_cooldown_s)
@@ -128,10 +136,15 @@ class CircuitBreaker:
             return "opened"
         return None
 
+    @property
+    def exhausted(self) -> bool:
+        """It opened `max_openings` times: it stays open, and no probe goes out again."""
+        return self.max_openings is not None and self._opened_count >= self.max_openings
+
     def _open(self) -> None:
         self._state = "open"
         self._opened_count += 1
-        self._open_until = anyio.current_time() + self._cooldown
+        self._open_until = math.inf if self.exhausted else anyio.current_time() + self._cooldown
         self._notify()
 
     def _notify(self) -> None:

@@ -83,6 +83,8 @@ class Endpoint:
     def __post_init__(self) -> None:
         if self.rate is None:
             self.rate = RatePolicy(self.limiter, self.concurrency, self.shaper)
+        if self.breaker.max_openings is None:  # its last opening stops the run: no probe after it
+            self.breaker.max_openings = self.max_breaker_trips
         self.supports_n = bool(getattr(self.teacher, "supports_n", False))
 
     def rate_limited_cap(self) -> int:
