@@ -279,8 +279,14 @@ class BatchAPI(Protocol):
     resumed run can find a batch whose creation it did not live to record."""
 
     size: int  # most requests per batch
+    max_bytes: int  # most bytes one batch may upload (OpenAI: a 200 MB file; Anthropic: a 256 MB request)
     wait_s: float  # submit a partial batch after this long without a new request
     poll_s: float  # seconds between polls
+
+    def request_bytes(self, cid: str, request: ChatRequest) -> int:
+        """What this request adds to its batch's upload, at most: batches are cut to `max_bytes`
+        by it, since the provider refuses a larger one whole."""
+        ...
 
     async def upload(self, key: str, requests: list[tuple[str, ChatRequest]]) -> str | None:
         """Stage the requests (OpenAI: upload the input file) and return its id, or None."""

@@ -18,7 +18,12 @@ class AnthropicBatches(BatchStore):
     async def anthropic_create(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request, ANTHROPIC)) is not None:
             return denied
-        body = orjson.loads(await request.read())
+        raw = await request.read()
+        cap = self.server.config.batch_max_bytes
+        if cap is not None and len(raw) > cap:  # Anthropic's front door refuses it before the API sees it
+            return json_response(error_object(ANTHROPIC, 413, "Request exceeds the maximum allowed number of bytes."),
+                                 413)
+        body = orjson.loads(raw)
         reqs = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(reqs, list) or not reqs:
             return json_response(error_object(ANTHROPIC, 400, "requests: must be a non-empty list"), 400)

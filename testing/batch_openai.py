@@ -39,6 +39,9 @@ class OpenAIBatches(BatchStore):
                 data = bytes(await part.read())
         if purpose is None:
             return json_response(error_object(OPENAI, 400, "purpose: field required"), 400)
+        cap = self.server.config.batch_max_bytes
+        if purpose == "batch" and cap is not None and len(data) > cap:
+            return json_response(error_object(OPENAI, 400, "File is too large."), 400)
         return json_response(self.add_file(data, filename, purpose))
 
     async def file_info(self, request: web.Request) -> web.Response:

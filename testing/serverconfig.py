@@ -73,6 +73,10 @@ class ServerConfig:
     # `token_limit_exceeded` ("... Please try again once some in_progress batches have been
     # completed."), as OpenAI's does; a tier-1 organisation has 90,000 for gpt-4o.
     batch_enqueued_tokens: int | None = None
+    # The most bytes one batch may upload: OpenAI takes a batch input file of up to 200 MB (a larger
+    # one: 400 "File is too large."), Anthropic a batch request of up to 256 MB (413
+    # request_too_large, from its front door). None: no cap (the server's own body limit holds).
+    batch_max_bytes: int | None = None
     # Faults of a dishonest or sloppy provider (a gateway, an OpenAI-compatible server):
     usage_factor: float = 1.0  # reported usage = real usage x this (> 1: a provider that overbills)
     no_usage_rate: float = 0.0  # share of 200s whose body has no `usage` (counted as malformed)

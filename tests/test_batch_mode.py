@@ -167,6 +167,44 @@ def test_batches_over_the_enqueued_token_limit_get_smaller_or_wait_and_the_run_c
     assert "batch_size" in warned[0]["message"] and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("provider, base", [("openai", "/v1"), ("anthropic", "")])
+def test_a_batch_refused_as_too_large_is_halved_until_one_goes_through(project, provider, base):
+    # OpenAI refuses a batch input file over 200 MB ("File is too large.") and Anthropic a batch over
+    # 256 MB (413). Each refusal took an attempt from every query in it, and three stopped the run:
+    # long prompts at a large batch_size never ran. Here the server takes 8,000 bytes, about 20 requests.
+    proj, srv = project("--batch-request-s", "0.002", "--batch-max-bytes", "8000", seeds=60)
+    cfg = proj.write(teacher={"provider": provider, "base_url": srv.url + base, "model": "gpt-4o-mini", **BATCH,
+                              "batch_size": 100},
+                     budget={"queries": 60}, limits={"max_attempts": 2}, strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg, timeout=180)
+    report = completed(proj, res)
+    assert report["counts"]["settled"] == 60 == report["spent"]["queries"] == srv.stats()["batch_requests"]
+    assert report["counts"]["abandoned"] == 0  # two attempts each would not have survived the refusals
+    sizes = {e["key"]: len(e["query_ids"]) for e in proj.events("batch_prepared")}
+    ends = {e["key"]: e["status"] for e in proj.events("batch_finished")}
+    refused = [sizes[k] for k, status in ends.items() if status == "not_submitted"]
+    ran = [sizes[k] for k, status in ends.items() if status != "not_submitted"]
+    # 60 refused, then 30 (with its twin, prepared before the first answer came back), then 15s run.
+    assert refused[0] == 60 and len(refused) <= 3 and min(refused) == 30 and max(ran) == 15, (refused, ran)
+    warned = [e["message"] for e in proj.events("run_warning") if e["kind"] == "batch_too_large"]
+    assert len(warned) == 1 and "refused a batch of 60 requests" in warned[0] and "batch_max_mb" in warned[0], warned
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("provider, base", [("openai", "/v1"), ("anthropic", "")])
+def test_batches_are_cut_to_the_bytes_the_provider_takes_before_any_is_refused(project, provider, base):
+    proj, srv = project("--batch-request-s", "0.002", "--batch-max-bytes", "8000", seeds=60)
+    cfg = proj.write(teacher={"provider": provider, "base_url": srv.url + base, "model": "gpt-4o-mini", **BATCH,
+                              "batch_size": 100, "batch_max_mb": 0.008},
+                     budget={"queries": 60}, strategy={"samples_per_seed": 1})
+    report = completed(proj, proj.generate(cfg, timeout=180))
+    assert report["counts"]["settled"] == 60 == srv.stats()["batch_requests"]
+    prepared = [len(e["query_ids"]) for e in proj.events("batch_prepared")]
+    assert len(prepared) >= 3 and sum(prepared) == 60 and max(prepared) >= 15, prepared  # full, not tiny
+    assert {e["status"] for e in proj.events("batch_finished")} <= {"completed", "ended"}
+    assert not [e for e in proj.events("run_warning") if e["kind"] == "batch_too_large"]
+
+
 def test_batch_mode_needs_a_provider_with_a_batch_api(project):
     proj, srv = project()
     cfg = proj.write(teacher={"batch": True})

@@ -75,3 +75,14 @@ async def test_a_stopping_run_waits_for_no_room():
             tg.start_soon(room.wait, 100.0)
             await anyio.sleep(0.01)
             room.close()  # "a" may run for hours: the collector must not wait for it to stop
+
+
+def test_a_batch_refused_as_too_large_halves_requests_and_bytes_until_one_request_is_left():
+    room = BatchRoom()
+    assert room.max_bytes(200_000_000) == 200_000_000 and room.size(10_000) == 10_000
+    assert room.too_large(60, 19_000) == "batches of at most 30 requests and 9,500 bytes from now on"
+    assert room.size(10_000) == 30 and room.max_bytes(200_000_000) == 9_500 and room.max_bytes(8_000) == 8_000
+    room.too_large(30, 12_000)  # its twin, prepared before the first answer: never grows back
+    assert (room.size(100), room.max_bytes(10**9)) == (15, 6_000)
+    assert room.too_large(1, 5_000) is None  # one request too large is refused for itself
+    assert (room.size(100), room.max_bytes(10**9)) == (15, 6_000)

@@ -143,6 +143,15 @@ async def test_openais_request_too_large_429_is_not_a_rate_limit(serve, teacher,
     assert status_error(429, "Rate limit reached for requests", {}, None).kind is FailureKind.RATE_LIMITED
 
 
+def test_more_bytes_than_an_endpoint_takes_is_too_large_not_a_bad_request():
+    # Anthropic's 413 request_too_large and OpenAI's 400 "File is too large." (a batch input file
+    # over 200 MB): the same request never goes through, but a smaller batch does (batch_room.py).
+    for err in (status_error(413, "Request exceeds the maximum allowed number of bytes.", {}, None),
+                status_error(400, "File is too large.", {}, None)):
+        assert err.kind is FailureKind.TOO_LARGE and not err.kind.retryable and not err.maybe_billed
+    assert status_error(400, "Invalid value for 'messages'", {}, None).kind is FailureKind.BAD_REQUEST
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_garbled_rate_headers_are_ignored_not_obeyed(serve, teacher, provider):
     """A sloppy gateway's `retry-after: inf`, `x-ratelimit-reset-requests: 1.2.3s` or a limit of

@@ -158,6 +158,33 @@ async def test_openai_enqueued_token_limit_fails_a_batch_at_validation_until_oth
     await client.close()
 
 
+async def test_a_batch_upload_over_the_byte_cap_is_refused_whole_as_each_provider_refuses_it(serve):
+    # OpenAI takes a batch input file of up to 200 MB and says 400 "File is too large." to a larger
+    # one; Anthropic takes a batch request of up to 256 MB, and its front door answers a larger one
+    # with 413 request_too_large. Here the cap is 2,000 bytes.
+    srv = await serve(batch_max_bytes=2000)
+    client = oai(srv)
+    small, big = jsonl(5), jsonl(40)
+    assert len(small) <= 2000 < len(big)
+    assert (await client.files.create(file=("a.jsonl", small), purpose="batch")).bytes == len(small)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.files.create(file=("b.jsonl", big), purpose="batch")
+    assert refused.value.status_code == 400 and refused.value.body["message"] == "File is too large."
+    assert (await client.files.create(file=("c.jsonl", big), purpose="fine-tune")).bytes == len(big)  # batch files only
+    await client.close()
+
+    client = anthropic.AsyncAnthropic(base_url=srv.url, api_key="k", max_retries=0)
+    def reqs(n):
+        return [{"custom_id": f"q{i}", "params": {"model": "m", "max_tokens": 30,
+                                                  "messages": [{"role": "user", "content": f"What is {i}?"}]}}
+                for i in range(n)]
+    assert (await client.messages.batches.create(requests=reqs(5))).request_counts.processing == 5
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        await client.messages.batches.create(requests=reqs(40))
+    assert refused.value.status_code == 413 and refused.value.body["error"]["type"] == "request_too_large"
+    await client.close()
+
+
 async def test_anthropic_message_batches_through_the_sdk(serve):
     srv = await serve(batch_request_s=0.01, batch_finalizing_s=0.05)
     client = anthropic.AsyncAnthropic(base_url=srv.url, api_key="k", max_retries=0)

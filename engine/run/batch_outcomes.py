@@ -40,6 +40,7 @@ class Pending:
     request: ChatRequest | None
     done: anyio.Event
     prompt: int = 0
+    nbytes: int = 0  # what it adds to its batch's upload (BatchAPI.request_bytes)
     text: str | None = None
     error: BaseException | None = None
 
@@ -50,6 +51,7 @@ class BatchOutcomes:
     _waiting: dict[str, Pending]
     _refused_in_a_row: int
     _said_room: bool
+    _said_too_large: bool
     _stopped: bool
     room: BatchRoom
     size: int
@@ -71,6 +73,24 @@ class BatchOutcomes:
                 f"[{ep.section}] {ep.model}: the provider refused a batch of {n} requests for its enqueued "
                 f"token limit{limit}: {change}; its requests go into the next batch. Set [{ep.section}] batch_size "
                 f"to {self.size} or less to start there")))
+        return True
+
+    def _too_large(self, pendings: list[Pending], err: TeacherError) -> bool:
+        """The provider refused the batch as more bytes than it takes at once: later batches are
+        half its size, said once. False when it held one request (too large alone)."""
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        nbytes = sum(p.nbytes for p in pendings)
+        change = self.room.too_large(len(pendings), nbytes)
+        if change is None:
+            return False
+        if not self._said_too_large:
+            self._said_too_large = True
+            mb = max(1, (self.room.byte_cap or 0) // 1000) / 1000  # rounded down: at most the halved size
+            d.recorder.emit(RunWarning(kind="batch_too_large", message=(
+                f"[{ep.section}] {ep.model}: the provider refused a batch of {len(pendings)} requests "
+                f"({nbytes:,} bytes) as too large ({one_line(err.message, 120)}): {change}; its requests go "
+                f"into the next batch. Set [{ep.section}] batch_max_mb = {mb:g} to start there")))
         return True
 
     def _settle_all(self, key: str, pendings: dict[str, Pending], results: dict[str, Completion | TeacherError],
@@ -118,20 +138,22 @@ class BatchOutcomes:
             return
         for p, err in retry:
             p.member.spared += no_room
-            self._retry_or_release(p, err)
+            self._retry_or_release(p, err, verdict=not no_room)
 
-    def _retry_or_release(self, p: Pending, err: TeacherError) -> None:
-        """Into the next batch within the query's attempts and the budget; else released."""
+    def _retry_or_release(self, p: Pending, err: TeacherError, *, verdict: bool = True) -> None:
+        """Into the next batch within the query's attempts and the budget; else released. Without
+        `verdict` the error said nothing of the request itself (its batch found no room)."""
         d, ep = self._d, self._ep
         assert d is not None and ep is not None
         m = p.member
         stop = misconfiguration(err, role=p.role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
-                                answered=ep.answered) if p.request is not None else None
+                                answered=ep.answered) if p.request is not None and verdict else None
         if stop is not None:  # nothing listens at base_url, or no such model: every batch would fail alike
             d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=stop))
             self._resolve(p, error=FatalRunError(stop))
             return
-        if p.request is not None and not self._stopped and ep.retry.should_retry(err.kind, m.attempt - m.spared):
+        again = not verdict or ep.retry.should_retry(err.kind, m.attempt - m.spared)
+        if p.request is not None and not self._stopped and again:
             m.attempt += 1
             if not err.maybe_billed:
                 self._enqueue(p)  # still holding its reservation

@@ -1,4 +1,5 @@
-"""Room at the provider for another batch: OpenAI's enqueued token limit.
+"""Room at the provider for another batch: OpenAI's enqueued token limit, and every provider's cap
+on the bytes of one batch.
 
 OpenAI caps the prompt tokens of a model's batches that have not ended (90,000 for gpt-4o at tier 1,
 2,000,000 for gpt-4o-mini). A batch over the cap is created, then fails at validation with
@@ -7,6 +8,10 @@ is no verdict on its requests, and its queries go into the next batch without us
 attempts (see BatchQueue). From then on the cap is known: batches are sized to fit it, and a batch
 waits while those running leave it no room. Where the provider names no figure, a batch refused
 beside others waits for one of them to end, and one refused alone is halved.
+
+A batch is also cut to the bytes the provider takes in one upload (BatchAPI.max_bytes). One refused
+as too large all the same (a gateway in front that takes less) is halved, by requests and by bytes,
+until one goes through.
 
 Prompt tokens here are typical counts, not the reservations' upper bounds (a token per byte of
 UTF-8): English runs about four bytes a token, and sizing by the bound would make batches four
@@ -29,6 +34,7 @@ class BatchRoom:
     def __init__(self) -> None:
         self.limit: int | None = None  # the provider's enqueued token limit, once it named it
         self.cap: int | None = None  # most requests per batch, once a batch was refused alone
+        self.byte_cap: int | None = None  # most bytes per batch, once one was refused as too large
         self._running: dict[str, float] = {}  # batches not ended -> their typical prompt tokens
         self._hold = False
         self._closed = False
@@ -40,6 +46,18 @@ class BatchRoom:
 
     def size(self, configured: int) -> int:
         return configured if self.cap is None else min(configured, self.cap)
+
+    def max_bytes(self, provider_cap: int) -> int:
+        return provider_cap if self.byte_cap is None else min(provider_cap, self.byte_cap)
+
+    def too_large(self, n: int, nbytes: int) -> str | None:
+        """A batch of `n` requests and `nbytes` was refused as too large: later ones are half its
+        size, in words; None when it held one request (it is too large alone)."""
+        if n <= 1:
+            return None
+        self.cap = max(1, n // 2) if self.cap is None else min(self.cap, max(1, n // 2))
+        self.byte_cap = max(1, nbytes // 2) if self.byte_cap is None else min(self.byte_cap, max(1, nbytes // 2))
+        return f"batches of at most {self.cap} requests and {self.byte_cap:,} bytes from now on"
 
     def started(self, key: str, tokens: float) -> None:
         self._running[key] = tokens

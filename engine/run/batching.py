@@ -8,9 +8,11 @@ The same invariants as online dispatch, over hours instead of seconds:
   the dead process did not record is looked up by our key before anything is decided;
 - each result settles its own query at its own usage; a request that failed, expired or was
   cancelled is released or, within its attempts and the budget, goes into the next batch;
-- a batch refused for the tokens the provider holds queued is no verdict on its requests: they go
-  into the next batch, smaller or later (see batch_room.py), without using up their attempts.
-A batch is submitted when `size` queries wait or none arrived for `wait_s`, and is polled every
+- a batch refused for the tokens the provider holds queued, or as more bytes than it takes at once,
+  is no verdict on its requests: they go into the next batch, smaller or later (see
+  batch_room.py), without using up their attempts.
+A batch is submitted when `size` queries wait, or as many as the provider takes in bytes, or none
+arrived for `wait_s`, and is polled every
 `poll_s`; its state changes are recorded (`batch_status`) and shown in the live view.
 """
 
@@ -42,6 +44,7 @@ class BatchQueue(BatchOutcomes):
     def __init__(self, api: BatchAPI) -> None:
         self.api = api
         self._queue: list[Pending] = []
+        self._queued_bytes = 0
         self._arrived = anyio.Event()
         self._last_arrival = 0.0
         self._waiting: dict[str, Pending] = {}  # submitted, waiting for results
@@ -52,10 +55,26 @@ class BatchQueue(BatchOutcomes):
         self._refused_in_a_row = 0  # see batch_outcomes.MAX_REFUSED_BATCHES
         self.room = BatchRoom()
         self._said_room = False
+        self._said_too_large = False
 
     @property
     def size(self) -> int:
         return self.room.size(self.api.size)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.room.max_bytes(self.api.max_bytes)
+
+    def _next_batch(self) -> int:
+        """How many queued queries the next batch takes: `size`, and never more bytes than the
+        provider takes in one (but always one, which alone is what it is)."""
+        n, total, cap = 0, 0, self.max_bytes
+        for p in self._queue[: self.size]:
+            total += p.nbytes
+            if n and total > cap:
+                break
+            n += 1
+        return n
 
     # ---- asking ------------------------------------------------------------------------------
 
@@ -68,7 +87,8 @@ class BatchQueue(BatchOutcomes):
         d._start(ep, [member])
         members, worsts = d._fit(ep, role, strategy, base, prompt, [member])
         d.reserve(ep, role, purpose, strategy, base, members, worsts)
-        p = Pending(member, role, strategy, purpose, base, anyio.Event(), prompt)
+        p = Pending(member, role, strategy, purpose, base, anyio.Event(), prompt,
+                    nbytes=self.api.request_bytes(member.qid, base))
         self._enqueue(p)
         await p.done.wait()
         if p.error is not None:
@@ -77,6 +97,7 @@ class BatchQueue(BatchOutcomes):
 
     def _enqueue(self, p: Pending) -> None:
         self._queue.append(p)
+        self._queued_bytes += p.nbytes
         self._last_arrival = anyio.current_time()
         self._arrived.set()
 
@@ -98,6 +119,7 @@ class BatchQueue(BatchOutcomes):
                                                reason="the run stopped before its batch was submitted"))
             self._resolve(p, error=RunStopping("the run is stopping"))
         self._queue.clear()
+        self._queued_bytes = 0
 
     # ---- the collector -----------------------------------------------------------------------
 
@@ -113,17 +135,19 @@ class BatchQueue(BatchOutcomes):
                     self._arrived = anyio.Event()
                     await self._arrived.wait()
                     continue
-                while len(self._queue) < self.size and not self._stopped:
+                while len(self._queue) < self.size and self._queued_bytes <= self.max_bytes and not self._stopped:
                     quiet = anyio.current_time() - self._last_arrival
                     if quiet >= self.api.wait_s:
                         break
                     self._arrived = anyio.Event()
                     with anyio.move_on_after(self.api.wait_s - quiet):
                         await self._arrived.wait()
-                await self.room.wait(_tokens(self._queue[: self.size]))
+                await self.room.wait(_tokens(self._queue[: self._next_batch()]))
                 if self._stopped:
                     continue
-                take, self._queue = self._queue[: self.size], self._queue[self.size:]
+                n = self._next_batch()  # (the caps may have changed during the wait)
+                take, self._queue = self._queue[:n], self._queue[n:]
+                self._queued_bytes -= sum(p.nbytes for p in take)
                 await self._prepare_and_start(tg, take)
 
     async def _prepare_and_start(self, tg: Any, pendings: list[Pending]) -> None:
@@ -162,7 +186,9 @@ class BatchQueue(BatchOutcomes):
         except TeacherError as err:
             batch_id = await self._find(key, file_id, at, len(reqs)) if err.maybe_billed else None
             if batch_id is None:
-                self._settle_all(key, {p.member.qid: p for p in pendings}, {}, "not_submitted", err)
+                too_large = err.kind is FailureKind.TOO_LARGE and self._too_large(pendings, err)
+                self._settle_all(key, {p.member.qid: p for p in pendings}, {}, "not_submitted", err,
+                                 no_room=too_large)
                 return
         d.recorder.emit(BatchSubmitted(key=key, batch_id=batch_id, input_file_id=file_id))
         await d.recorder.flush()

@@ -30,6 +30,9 @@ def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, 
         status = f"HTTP {err.status}" if err.status else "not found"
         return (f"the {role} endpoint {url} has no model {model!r} ({status}); "
                 f"set [{section}] model to a model it serves")
+    if err.kind is FailureKind.TOO_LARGE and answered == 0 and err.status == 413:
+        return (f"the {role} endpoint {url} refuses one request of this run as more bytes than it takes "
+                f"({err.message}); shorten the prompts (seeds, templates)")
     if err.kind is FailureKind.TOO_LARGE and answered == 0:
         return (f"the {role} endpoint {url} refuses one request of this run as larger than its tokens-per-minute "
                 f"limit ({err.message}); lower [{section}] max_tokens, or raise the limit with the provider")

@@ -8,6 +8,7 @@ finds it by its creation time and request count, and only when exactly one batch
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Callable
 
@@ -17,6 +18,9 @@ from synthledger.engine.teacher import BatchView, ChatRequest, Completion, Failu
 
 from .errors import one_line, sdk_error
 
+# "A Message Batch is limited to either 100,000 Message requests or 256 MB in size"; a larger one is
+# refused whole before it reaches the API: 413 request_too_large.
+MAX_BYTES = 256_000_000
 _ERRORS = {"invalid_request_error": (FailureKind.BAD_REQUEST, 400), "authentication_error": (FailureKind.AUTH, 401),
            "permission_error": (FailureKind.AUTH, 403), "not_found_error": (FailureKind.BAD_REQUEST, 404),
            "rate_limit_error": (FailureKind.RATE_LIMITED, 429), "overloaded_error": (FailureKind.SERVER_ERROR, 529)}
@@ -43,10 +47,17 @@ class AnthropicBatchAPI:
     Completion - the online teacher's own, so both modes send and read exactly the same."""
 
     def __init__(self, client: anthropic.AsyncAnthropic, size: int, wait_s: float, poll_s: float, *,
-                 params: Callable[[ChatRequest], dict[str, Any]], extract: Callable[[Any], Completion]) -> None:
+                 params: Callable[[ChatRequest], dict[str, Any]], extract: Callable[[Any], Completion],
+                 max_bytes: int | None = None) -> None:
         self._client = client
         self.size, self.wait_s, self.poll_s = size, wait_s, poll_s
         self._params, self._extract = params, extract
+        self.max_bytes = max_bytes or MAX_BYTES
+
+    def request_bytes(self, cid: str, request: ChatRequest) -> int:
+        # The SDK writes the body: compact UTF-8 now, ASCII-escaped with spaces in older releases.
+        # The escaped form is never the shorter, so it bounds both.
+        return len(json.dumps({"custom_id": cid, "params": self._params(request)})) + 2
 
     async def _call(self, coro: Any) -> Any:
         try:

@@ -31,7 +31,7 @@ class AnthropicTeacher(SdkTeacher):
 
         s = self.settings
         return AnthropicBatchAPI(self._client, s.batch_size, s.batch_wait_s, s.batch_poll_s,
-                                 params=message_params, extract=_extract)
+                                 params=message_params, extract=_extract, max_bytes=s.batch_max_bytes)
 
     async def complete(self, request: ChatRequest) -> Completion:
         kwargs = message_params(request)

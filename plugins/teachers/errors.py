@@ -113,6 +113,8 @@ def status_error(
         kind = FailureKind.MODEL_NOT_FOUND
     elif status == 429 and "request too large" in message.lower():
         kind = FailureKind.TOO_LARGE  # OpenAI: more tokens than its per-minute limit; waiting cannot help
+    elif status == 413 or (status == 400 and "file is too large" in message.lower()):
+        kind = FailureKind.TOO_LARGE  # more bytes than the endpoint takes (a batch's upload, mostly)
     elif status == 429:
         kind = FailureKind.RATE_LIMITED
     elif status in (401, 403):

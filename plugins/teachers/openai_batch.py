@@ -22,6 +22,9 @@ from .openai_compatible import completion_from_openai
 
 ENDPOINT = "/v1/chat/completions"
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+# "The file can contain up to 50,000 requests, and can be up to 200 MB in size"; a larger upload is
+# refused whole: 400 "File is too large."
+MAX_BYTES = 200_000_000
 # token_limit_exceeded: "Enqueued token limit reached for gpt-4o-mini in organization org-...
 # Limit: 2,000,000 enqueued tokens. Please try again once some in_progress batches have been completed."
 _ENQUEUED_LIMIT = re.compile(r"Limit: ([\d,]+) enqueued tokens")
@@ -61,10 +64,20 @@ def result_of(line: dict[str, Any]) -> Completion | TeacherError:
                             maybe_billed=True)
 
 
+def request_line(cid: str, request: ChatRequest) -> bytes:
+    """One line of the batch's input file."""
+    return orjson.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": request_body(request)}) + b"\n"
+
+
 class OpenAIBatchAPI:
-    def __init__(self, client: openai.AsyncOpenAI, size: int, wait_s: float, poll_s: float) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, size: int, wait_s: float, poll_s: float,
+                 max_bytes: int | None = None) -> None:
         self._client = client
         self.size, self.wait_s, self.poll_s = size, wait_s, poll_s
+        self.max_bytes = max_bytes or MAX_BYTES
+
+    def request_bytes(self, cid: str, request: ChatRequest) -> int:
+        return len(request_line(cid, request))
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -76,8 +89,7 @@ class OpenAIBatchAPI:
             raise mapped from exc
 
     async def upload(self, key: str, requests: list[tuple[str, ChatRequest]]) -> str | None:
-        data = b"".join(orjson.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
-                                      "body": request_body(r)}) + b"\n" for cid, r in requests)
+        data = b"".join(request_line(cid, r) for cid, r in requests)
         f = await self._call(self._client.files.create(file=(f"{key}.jsonl", data), purpose="batch"))
         return f.id
 

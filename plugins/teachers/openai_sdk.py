@@ -58,7 +58,7 @@ class OpenAITeacher(SdkTeacher):
         from .openai_batch import OpenAIBatchAPI
 
         s = self.settings
-        return OpenAIBatchAPI(self._client, s.batch_size, s.batch_wait_s, s.batch_poll_s)
+        return OpenAIBatchAPI(self._client, s.batch_size, s.batch_wait_s, s.batch_poll_s, s.batch_max_bytes)
 
     async def complete(self, request: ChatRequest) -> Completion:
         kwargs: dict[str, Any] = {

@@ -39,9 +39,16 @@ class TeacherSettings(BaseModel):
     batch_size: int = Field(default=10_000, ge=1, le=50_000)
     batch_wait_s: float = Field(default=5.0, ge=0.0)
     batch_poll_s: float = Field(default=30.0, gt=0.0)
+    # Unset: the provider's own cap on one batch's upload (OpenAI 200 MB, Anthropic 256 MB). Set it
+    # lower for a gateway that refuses less; a batch refused as too large is halved all the same.
+    batch_max_mb: float | None = Field(default=None, gt=0.0)
     # Header name -> name of the environment variable holding its value: how a gateway credential
     # (x-api-key, a second Authorization) is sent without being written into the recorded config.
     extra_headers_env: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def batch_max_bytes(self) -> int | None:
+        return None if self.batch_max_mb is None else max(1, int(self.batch_max_mb * 1_000_000))
 
     @field_validator("base_url")
     @classmethod
