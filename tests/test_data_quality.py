@@ -207,6 +207,48 @@ def test_a_sampling_augmenter_is_not_said_to_repeat_itself(tmp_path):
             assert "questions_repeated" not in kinds, (strategy, kinds)
 
 
+def test_self_consistency_votes_that_copy_the_answer_are_said_once_while_the_run_goes_on(tmp_path):
+    """A greedy teacher votes for its own answer with the same text every time: each vote is paid
+    for, self-consistency accepts every sample, and nothing said so (52 votes for 14 samples)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with run_in_thread(greedy=True) as srv:
+        config = write_project(tmp_path, srv.url, name="greedy-sc", seeds=20, queries=80,
+                               extra='[verifier]\nname = "self_consistency"\nk = 4\n')
+        r = cli("generate", "-c", str(config), "--no-progress", "--store", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = " ".join(r.stderr.split())
+    assert log.count("verifier votes were exact copies of the answer they check") == 1, log
+    assert "50 of the first 50 verifier votes" in log and "honours temperature" in log
+    store = EventStore(url)
+    run_id = store.resolve("greedy-sc").id
+    warned = [e for e in store.iter_events(run_id, types=["run_warning"]) if e.payload["kind"] == "votes_copied"]
+    last_settled = max(e.seq for e in store.iter_events(run_id, types=["query_settled"]))
+    assert len(warned) == 1 and warned[0].seq < last_settled  # said while the budget was still there
+
+
+def test_sampled_votes_and_a_judges_verdicts_are_not_said_to_be_copies(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        cfg = run_config(tmp_path, "openai-compatible", srv.url, queries=60,
+                         verifier={"name": "self_consistency", "k": 4})
+        result = generate(config_from_dict(cfg), store, show_progress=False)
+    kinds = [w["kind"] for w in events(store, result.run_id, "run_warning")]
+    assert len(events(store, result.run_id, "sample_proposed")) >= 10 and "votes_copied" not in kinds, kinds
+    from synthledger.engine.run.quality_gate import MIN_VOTES, QualityGate, Reply
+    said = []
+    gate = QualityGate(None, warn=lambda kind, message: said.append(kind))  # type: ignore[arg-type]
+    for i in range(20):  # a judge's verdicts are alike by design: only "verify" replies are votes
+        gate.observe_replies([Reply(f"a{i}", "teacher", "answer", "stop", f"answer {i}"),
+                              Reply(f"j{i}", "teacher", "judge", "stop", "YES")])
+    gate.observe_replies([Reply("a", "teacher", "answer", "stop", "x"),
+                          *[Reply(f"v{i}", "teacher", "verify", "stop", "x") for i in range(MIN_VOTES - 1)]])
+    gate.finish()
+    assert said == [] and gate.copied_votes == MIN_VOTES - 1  # too few votes to judge
+    gate.observe_replies([Reply("b", "teacher", "answer", "stop", "y"), Reply("w", "teacher", "verify", "stop", "y ")])
+    gate.finish()
+    assert said == ["votes_copied"]
+
+
 # ---- 3. the data-quality section of `show` -------------------------------------------------------
 
 

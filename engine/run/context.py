@@ -64,7 +64,7 @@ class ItemContext:
             self.fresh_bounded += fresh
         self.query_ids.append(qid)
         self.roles[qid] = role
-        self.replies.append(Reply(qid, role, purpose, runner.dispatcher.finish_reason(qid)))
+        self.replies.append(Reply(qid, role, purpose, runner.dispatcher.finish_reason(qid), text))
         return text
 
     def _stop_if_cut_off(self) -> None:

@@ -8,8 +8,10 @@ Both are rejected here by default (`[quality]` keeps them), with a kind `show` c
 gate says once, while the run goes on, when the first answers show a teacher ignoring sampling or
 disagreeing with the seeds' reference answers, when many of the first replies were cut off, or when
 the augmenter keeps writing questions it wrote before (a greedy augmenter rephrases a seed the same
-way every time): each of those is paid for and thrown away, so the user should hear it while the
-budget is still there.
+way every time), or when the verifier's votes copy the answer they check (a greedy teacher votes for
+its own answer every time, so self-consistency accepts everything and checks nothing): each of those
+is paid for and thrown away, or bought for nothing, so the user should hear it while the budget is
+still there.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ LOW_AGREEMENT = 0.5  # below this share of agreement with the references, say so
 MIN_REPLIES = 10  # replies of one role needed to judge how many are cut off
 MIN_QUESTIONS = 10  # new questions needed to judge how many repeat earlier ones
 REPEATED_QUESTIONS = 0.25  # from this share of new questions that are exact copies on, say so
+MIN_VOTES = 8  # verifier votes needed to judge how many copy the answer or another vote
 HIGH_TRUNCATION = 0.1  # from this share of cut-off replies on, say so (the live warning's and `show`'s)
 GATE_EVENTS = (SampleProposed.TYPE, SampleRejected.TYPE, ItemDone.TYPE, RunWarning.TYPE)  # what `load` reads
 
@@ -53,6 +56,7 @@ class Reply:
     role: str
     purpose: str
     finish_reason: str | None
+    text: str = ""
 
 
 @dataclass
@@ -111,6 +115,7 @@ class QualityGate:
         self.replies = 0
         self.cut_by_role: dict[str, list[int]] = {}  # role -> [cut off, replies] among the first WINDOW
         self.questions = self.repeated_questions = 0
+        self.votes = self.copied_votes = 0
 
     # ---- state from earlier sessions of the run ------------------------------------------
     def load(self, events: Iterable[Any]) -> None:
@@ -181,8 +186,11 @@ class QualityGate:
             self._judge_agreement()
 
     def observe_replies(self, replies: Iterable[Reply]) -> None:
-        """An item is done: count its replies (the verifier's too) toward the cut-off warning. A
-        reply cut off is rejected before any check, so this is not part of `check`."""
+        """An item is done: count its replies (the verifier's too) toward the cut-off warning, and
+        its votes toward the copied-votes one. A reply cut off is rejected before any check, so
+        this is not part of `check`."""
+        replies = list(replies)
+        self._observe_votes(replies)
         if self.replies >= WINDOW:
             return
         for r in replies:
@@ -194,6 +202,22 @@ class QualityGate:
             counts[1] += 1
         if self.replies >= WINDOW:
             self._judge_truncation()
+
+    def _observe_votes(self, replies: list[Reply]) -> None:
+        """A vote ("verify" reply) that is the text of the answer it checks, or of a vote before
+        it on the same item, is a copy: at temperature > 0 a reasoning reply is never written twice."""
+        votes = [r.text for r in replies if r.purpose == "verify"]
+        if not votes or self.votes >= WINDOW:
+            return
+        answer = answer_reply(replies)
+        seen = {_norm(answer.text)} if answer is not None and answer.purpose == "answer" else set()
+        for text in votes[: WINDOW - self.votes]:
+            vote = _norm(text)
+            self.copied_votes += vote in seen
+            seen.add(vote)
+            self.votes += 1
+        if self.votes >= WINDOW:
+            self._judge_votes()
 
     def observe_question(self, duplicate_reason: str | None) -> None:
         """A new question was checked against the ones before it (`[dedupe]`): count the exact copies."""
@@ -210,6 +234,7 @@ class QualityGate:
         self._judge_agreement()
         self._judge_truncation()
         self._judge_questions()
+        self._judge_votes()
 
     def _judge_sampling(self) -> None:
         if self.repeats < MIN_REPEATS or self.copies < DUPLICATE_SHARE * self.repeats:
@@ -251,6 +276,16 @@ class QualityGate:
                   "([augmenter], else [teacher]) honours temperature: greedy decoding writes the same question for "
                   "the same prompt. With few seeds, more answers per seed (strategy answer_augmentation) may spend "
                   "the budget better")
+
+    def _judge_votes(self) -> None:
+        n, copies = self.votes, self.copied_votes
+        if n < MIN_VOTES or copies < DUPLICATE_SHARE * n:
+            return
+        self._say("votes_copied",
+                  f"{copies} of the first {n} verifier votes were exact copies of the answer they check or of "
+                  "another vote: the teacher seems to ignore sampling, so each vote is paid for and agrees by "
+                  "construction (self-consistency then accepts everything). Check that the server honours "
+                  "temperature, or drop the [verifier] and spend its queries on more samples")
 
     def _say(self, kind: str, message: str) -> None:
         if kind in self.warned:
