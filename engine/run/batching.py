@@ -12,8 +12,8 @@ The same invariants as online dispatch, over hours instead of seconds:
   is no verdict on its requests: they go into the next batch, smaller or later (see
   batch_room.py), without using up their attempts.
 A batch is submitted when `size` queries wait, or as many as the provider takes in bytes, or none
-arrived for `wait_s`, and is polled every
-`poll_s`; its state changes are recorded (`batch_status`) and shown in the live view.
+arrived for `wait_s`, and is polled every `poll_s`; its state changes are recorded (`batch_status`)
+and shown in the live view.
 """
 
 from __future__ import annotations
