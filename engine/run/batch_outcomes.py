@@ -86,11 +86,11 @@ class BatchOutcomes:
             return False
         if not self._said_too_large:
             self._said_too_large = True
-            mb = max(1, (self.room.byte_cap or 0) // 1000) / 1000  # rounded down: at most the halved size
             d.recorder.emit(RunWarning(kind="batch_too_large", message=(
                 f"[{ep.section}] {ep.model}: the provider refused a batch of {len(pendings)} requests "
                 f"({nbytes:,} bytes) as too large ({one_line(err.message, 120)}): {change}; its requests go "
-                f"into the next batch. Set [{ep.section}] batch_max_mb = {mb:g} to start there")))
+                f"into the next batch. Set [{ep.section}] batch_max_mb below {nbytes / 1e6:.3g} (this batch's "
+                "size) to start under the provider's cap")))
         return True
 
     def _settle_all(self, key: str, pendings: dict[str, Pending], results: dict[str, Completion | TeacherError],
