@@ -43,7 +43,18 @@ except ModuleNotFoundError as _error:
     _missing_dependency(_error)
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's Python stack to stderr, and the command goes on: how a
+    command that seems stuck (a provider that never answers, a lock, a plugin) tells where it is."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
 def main() -> None:
+    _stacks_on_sigusr1()
     try:
         app()
     except SystemExit as done:

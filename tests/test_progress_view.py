@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from synthledger.engine.ledger.ledger import Amount, BudgetSpec, Ledger, Limits
@@ -155,3 +157,25 @@ def test_a_breaker_that_never_closes_records_that_the_run_stops(tmp_path):
     notes = _audit(tmp_path, store, out)["pacing"]
     assert notes["pauses"] == 5, notes
     assert notes["notes"][-1] == "teacher still failing (server_error) after 6 pauses: the run stops", notes
+
+
+def test_sigusr1_prints_where_every_thread_is_and_the_run_goes_on(tmp_path):
+    # A command that seems stuck (here a teacher that never answers) says where it is when asked,
+    # as `kill -USR1 PID`, instead of a user reaching for py-spy or killing it blind.
+    with run_in_thread(hang=True) as srv:
+        proc, store = _live_generate(tmp_path, srv.url, "", "stuck")
+        try:
+            for line in proc.stderr:  # the first live line: the run is going
+                if "stuck: queries" in line:
+                    break
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            assert proc.poll() is None  # it printed, and goes on
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert "most recent call first" in err and "Current thread" in err, err
+    assert re.search(r'File ".*engine/run/\w+\.py", line \d+ in \w+', err), err
+    assert proc.returncode == 1 and "stopped by a signal; `generate --resume` continues the run" in err, err
