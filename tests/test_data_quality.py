@@ -173,25 +173,32 @@ def test_a_resumed_run_still_knows_the_answers_and_warnings_of_earlier_sessions(
     assert [w["kind"] for w in events(store, first.run_id, "run_warning")].count("sampling_ignored") == 1
 
 
+def greedy_run_said_once(tmp_path: Path, url: str, kind: str, **project) -> tuple[str, str]:
+    """An 80-query CLI run against a teacher that ignores temperature, which must record the run
+    warning `kind` once, before its last settlement (while the budget was still there); returns
+    the run's stderr on one line, and its id."""
+    with run_in_thread(greedy=True) as srv:
+        config = write_project(tmp_path, srv.url, queries=80, **project)
+        r = cli("generate", "-c", str(config), "--no-progress", "--store", url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    store = EventStore(url)
+    run_id = store.resolve(project["name"]).id
+    warned = [e for e in store.iter_events(run_id, types=["run_warning"]) if e.payload["kind"] == kind]
+    last_settled = max(e.seq for e in store.iter_events(run_id, types=["query_settled"]))
+    assert len(warned) == 1 and warned[0].seq < last_settled, (warned, last_settled)
+    return " ".join(r.stderr.split()), run_id
+
+
 def test_a_greedy_augmenter_writing_the_same_questions_is_said_once_while_the_run_goes_on(tmp_path):
     """Rephrasing a seed greedily gives the same question every time: each is paid for, then dropped
     by [dedupe]. Nothing said so but a rejection count in `show` afterwards."""
     url = f"sqlite:///{tmp_path / 's.db'}"
-    with run_in_thread(greedy=True) as srv:
-        config = write_project(tmp_path, srv.url, name="greedy-qr", seeds=8, queries=80,
-                               strategy="question_rephrase")
-        r = cli("generate", "-c", str(config), "--no-progress", "--store", url, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    log = " ".join(r.stderr.split())
+    log, run_id = greedy_run_said_once(tmp_path, url, "questions_repeated", name="greedy-qr", seeds=8,
+                                       strategy="question_rephrase")
     assert log.count("new questions were exact copies of a question written before") == 1, log
     found = re.search(r"(\d+) of the first 50 new questions were exact copies", log)
     assert found and int(found[1]) >= 40  # 8 seeds, one rephrasing each, then copies
     assert "honours temperature" in log
-    store = EventStore(url)
-    run_id = store.resolve("greedy-qr").id
-    warned = [e for e in store.iter_events(run_id, types=["run_warning"]) if e.payload["kind"] == "questions_repeated"]
-    last_settled = max(e.seq for e in store.iter_events(run_id, types=["query_settled"]))
-    assert len(warned) == 1 and warned[0].seq < last_settled  # said while the budget was still there
     shown = " ".join(cli("show", run_id, "--store", url).stdout.split())
     assert shown.count("new questions were exact copies") == 1
 
@@ -210,20 +217,10 @@ def test_a_sampling_augmenter_is_not_said_to_repeat_itself(tmp_path):
 def test_self_consistency_votes_that_copy_the_answer_are_said_once_while_the_run_goes_on(tmp_path):
     """A greedy teacher votes for its own answer with the same text every time: each vote is paid
     for, self-consistency accepts every sample, and nothing said so (52 votes for 14 samples)."""
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    with run_in_thread(greedy=True) as srv:
-        config = write_project(tmp_path, srv.url, name="greedy-sc", seeds=20, queries=80,
-                               extra='[verifier]\nname = "self_consistency"\nk = 4\n')
-        r = cli("generate", "-c", str(config), "--no-progress", "--store", url, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    log = " ".join(r.stderr.split())
+    log, _ = greedy_run_said_once(tmp_path, f"sqlite:///{tmp_path / 's.db'}", "votes_copied", name="greedy-sc",
+                                  seeds=20, extra='[verifier]\nname = "self_consistency"\nk = 4\n')
     assert log.count("verifier votes were exact copies of the answer they check") == 1, log
     assert "50 of the first 50 verifier votes" in log and "honours temperature" in log
-    store = EventStore(url)
-    run_id = store.resolve("greedy-sc").id
-    warned = [e for e in store.iter_events(run_id, types=["run_warning"]) if e.payload["kind"] == "votes_copied"]
-    last_settled = max(e.seq for e in store.iter_events(run_id, types=["query_settled"]))
-    assert len(warned) == 1 and warned[0].seq < last_settled  # said while the budget was still there
 
 
 def test_sampled_votes_and_a_judges_verdicts_are_not_said_to_be_copies(tmp_path):

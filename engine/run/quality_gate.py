@@ -267,25 +267,25 @@ class QualityGate:
                   f"{roles} in the config; the run goes on as configured")
 
     def _judge_questions(self) -> None:
-        n, copies = self.questions, self.repeated_questions
-        if n < MIN_QUESTIONS or copies < REPEATED_QUESTIONS * n:
-            return
-        self._say("questions_repeated",
-                  f"{copies} of the first {n} new questions were exact copies of a question written before (rejected "
-                  "as duplicates, but the augmenter was paid for each). Check that the model writing questions "
-                  "([augmenter], else [teacher]) honours temperature: greedy decoding writes the same question for "
-                  "the same prompt. With few seeds, more answers per seed (strategy answer_augmentation) may spend "
-                  "the budget better")
+        self._say_copies("questions_repeated", self.repeated_questions, self.questions, MIN_QUESTIONS,
+                         REPEATED_QUESTIONS,
+                         "new questions were exact copies of a question written before (rejected as duplicates, but "
+                         "the augmenter was paid for each). Check that the model writing questions ([augmenter], else "
+                         "[teacher]) honours temperature: greedy decoding writes the same question for the same "
+                         "prompt. With few seeds, more answers per seed (strategy answer_augmentation) may spend the "
+                         "budget better")
 
     def _judge_votes(self) -> None:
-        n, copies = self.votes, self.copied_votes
-        if n < MIN_VOTES or copies < DUPLICATE_SHARE * n:
-            return
-        self._say("votes_copied",
-                  f"{copies} of the first {n} verifier votes were exact copies of the answer they check or of "
-                  "another vote: the teacher seems to ignore sampling, so each vote is paid for and agrees by "
-                  "construction (self-consistency then accepts everything). Check that the server honours "
-                  "temperature, or drop the [verifier] and spend its queries on more samples")
+        self._say_copies("votes_copied", self.copied_votes, self.votes, MIN_VOTES, DUPLICATE_SHARE,
+                         "verifier votes were exact copies of the answer they check or of another vote: the teacher "
+                         "seems to ignore sampling, so each vote is paid for and agrees by construction "
+                         "(self-consistency then accepts everything). Check that the server honours temperature, or "
+                         "drop the [verifier] and spend its queries on more samples")
+
+    def _say_copies(self, kind: str, copies: int, n: int, minimum: int, share: float, what: str) -> None:
+        """Warn `kind` when at least `minimum` were seen and `share` of them or more were copies."""
+        if n >= minimum and copies >= share * n:
+            self._say(kind, f"{copies} of the first {n} {what}")
 
     def _say(self, kind: str, message: str) -> None:
         if kind in self.warned:
