@@ -50,8 +50,7 @@ class BatchOutcomes:
     _ep: "Endpoint | None"
     _waiting: dict[str, Pending]
     _refused_in_a_row: int
-    _said_room: bool
-    _said_too_large: bool
+    _warned: set[str]  # the run warnings this queue gave (each once)
     _stopped: bool
     room: BatchRoom
     size: int
@@ -61,37 +60,39 @@ class BatchOutcomes:
     def _no_room(self, key: str, view: Any, n: int) -> bool:
         """The batch went over the provider's enqueued token limit: smaller or later batches from
         now on, said once (see batch_room.py). False when nothing can change (one request, alone)."""
-        d, ep = self._d, self._ep
-        assert d is not None and ep is not None
+        ep = self._ep
+        assert ep is not None
         change = self.room.refused(key, n, view.token_limit)
         if change is None:
             return False
-        if not self._said_room:
-            self._said_room = True
-            limit = f" ({view.token_limit:,} tokens)" if view.token_limit else ""
-            d.recorder.emit(RunWarning(kind="batch_token_limit", message=(
-                f"[{ep.section}] {ep.model}: the provider refused a batch of {n} requests for its enqueued "
-                f"token limit{limit}: {change}; its requests go into the next batch. Set [{ep.section}] batch_size "
-                f"to {self.size} or less to start there")))
+        limit = f" ({view.token_limit:,} tokens)" if view.token_limit else ""
+        self._warn_once("batch_token_limit", (
+            f"[{ep.section}] {ep.model}: the provider refused a batch of {n} requests for its enqueued "
+            f"token limit{limit}: {change}; its requests go into the next batch. Set [{ep.section}] batch_size "
+            f"to {self.size} or less to start there"))
         return True
 
     def _too_large(self, pendings: list[Pending], err: TeacherError) -> bool:
         """The provider refused the batch as more bytes than it takes at once: later batches are
         half its size, said once. False when it held one request (too large alone)."""
-        d, ep = self._d, self._ep
-        assert d is not None and ep is not None
+        ep = self._ep
+        assert ep is not None
         nbytes = sum(p.nbytes for p in pendings)
         change = self.room.too_large(len(pendings), nbytes)
         if change is None:
             return False
-        if not self._said_too_large:
-            self._said_too_large = True
-            d.recorder.emit(RunWarning(kind="batch_too_large", message=(
-                f"[{ep.section}] {ep.model}: the provider refused a batch of {len(pendings)} requests "
-                f"({nbytes:,} bytes) as too large ({one_line(err.message, 120)}): {change}; its requests go "
-                f"into the next batch. Set [{ep.section}] batch_max_mb below {nbytes / 1e6:.3g} (this batch's "
-                "size) to start under the provider's cap")))
+        self._warn_once("batch_too_large", (
+            f"[{ep.section}] {ep.model}: the provider refused a batch of {len(pendings)} requests "
+            f"({nbytes:,} bytes) as too large ({one_line(err.message, 120)}): {change}; its requests go "
+            f"into the next batch. Set [{ep.section}] batch_max_mb below {nbytes / 1e6:.3g} (this batch's "
+            "size) to start under the provider's cap"))
         return True
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            assert self._d is not None
+            self._d.recorder.emit(RunWarning(kind=kind, message=message))
 
     def _settle_all(self, key: str, pendings: dict[str, Pending], results: dict[str, Completion | TeacherError],
                     status: str, missing: TeacherError, *, no_room: bool = False) -> None:

@@ -54,8 +54,7 @@ class BatchQueue(BatchOutcomes):
         self._adopted: list[tuple[str, dict[str, Any], dict[str, Pending]]] = []
         self._refused_in_a_row = 0  # see batch_outcomes.MAX_REFUSED_BATCHES
         self.room = BatchRoom()
-        self._said_room = False
-        self._said_too_large = False
+        self._warned: set[str] = set()
 
     @property
     def size(self) -> int:
