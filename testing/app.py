@@ -198,11 +198,10 @@ class TeacherServer(ServerControl):
         if wait <= 0 and self._limiter.active:
             decision = self._limiter.acquire(0, now)  # (requests only: no combined token limit here)
             wait = 0.0 if decision.accepted else decision.retry_after_s
-        if wait > 0:
-            headers = {**self._limiter.anthropic_headers(now), **self._split_headers(now)}
-            return (*self._rate_limited(ANTHROPIC, p, headers, wait), None)
-        charge = self._split.charge(ptoks, cap, now)
+        charge = self._split.charge(ptoks, cap, now) if wait <= 0 else None  # (headers say what is left after it)
         headers = {**self._limiter.anthropic_headers(now), **self._split_headers(now)}
+        if wait > 0:
+            return (*self._rate_limited(ANTHROPIC, p, headers, wait), None)
         return (garbled(headers) if self.config.garbled_headers else headers), None, charge
 
     def _split_headers(self, now: float) -> dict[str, str]:

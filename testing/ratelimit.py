@@ -25,6 +25,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterable, Sequence
 
 HEADER_STYLES = ("openai", "kind", "window", "groq", "none")
 DAY_PER_MINUTE = 480  # the "groq" style's requests per day per request per minute (Groq's free tier: 30 RPM, 14,400 RPD)
@@ -54,6 +55,23 @@ def go_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+def wait_to_free(charges: Iterable[Sequence[float]], need: float, window_s: float, now: float) -> float:
+    """Seconds until the oldest of `charges` ((time, tokens, ...), oldest first) leave the window
+    and free `need` tokens; a whole window when all of them would not (too large for any window)."""
+    freed = 0.0
+    for t, k, *_ in charges:
+        freed += k
+        if freed >= need:
+            return t + window_s - now
+    return window_s
+
+
+def rfc3339_after(seconds: float) -> str:
+    """The wall-clock instant `seconds` from now as Anthropic writes its resets (`...123Z`)."""
+    stamp = datetime.fromtimestamp(time.time() + seconds, timezone.utc).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 class SlidingWindow:
@@ -101,15 +119,8 @@ class SlidingWindow:
             # The oldest (len - limit + 1) entries must leave the window first.
             wait = events[len(events) - self.request_limit][0] + self.window_s - now
         if self.token_limit is not None and self._tokens + tokens > self.token_limit:
-            need = self._tokens + tokens - self.token_limit
-            freed = 0
-            for t, k in events:
-                freed += k
-                if freed >= need:
-                    wait = max(wait, t + self.window_s - now)
-                    break
-            else:  # cannot fit even in an empty window; the caller rejects such requests earlier
-                wait = max(wait, self.window_s)
+            # (one that cannot fit even in an empty window waits a whole one; the caller rejects those earlier)
+            wait = max(wait, wait_to_free(events, self._tokens + tokens - self.token_limit, self.window_s, now))
         accepted = wait <= 0.0
         if accepted:
             events.append((now, tokens))
@@ -154,12 +165,10 @@ class SlidingWindow:
         out: dict[str, str] = {}
         if self.style == "none":
             return out
-        wall = time.time()
         for kind, limit, left, reset in self.state(now):
-            stamp = datetime.fromtimestamp(wall + reset, timezone.utc).isoformat(timespec="milliseconds")
             out[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
             out[f"anthropic-ratelimit-{kind}-remaining"] = str(left)
-            out[f"anthropic-ratelimit-{kind}-reset"] = stamp.replace("+00:00", "Z")
+            out[f"anthropic-ratelimit-{kind}-reset"] = rfc3339_after(reset)
         return out
 
     def retry_headers(self, seconds: float) -> dict[str, str]:

@@ -11,9 +11,9 @@ sliding window as the server's request limit (see ratelimit.py).
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from datetime import datetime, timezone
+
+from .ratelimit import rfc3339_after, wait_to_free
 
 
 class TokenWindow:
@@ -36,14 +36,7 @@ class TokenWindow:
         """Seconds until `tokens` more fit (0: they fit now)."""
         self._expire(now)
         need = self._used + tokens - self.limit
-        if need <= 0:
-            return 0.0
-        freed = 0.0
-        for t, k, _ in self._charges:
-            freed += k
-            if freed >= need:
-                return t + self.window_s - now
-        return self.window_s
+        return 0.0 if need <= 0 else wait_to_free(self._charges, need, self.window_s, now)
 
     def charge(self, tokens: int, now: float) -> list[float]:
         entry = [now, float(tokens), 1.0]
@@ -98,8 +91,7 @@ class SplitTokenLimits:
         """Per minute, as Anthropic announces them; resets as RFC 3339 instants."""
         out: dict[str, str] = {}
         scale = 60.0 / self.window_s
-        stamp = datetime.fromtimestamp(time.time() + self.window_s, timezone.utc).isoformat(timespec="milliseconds")
-        stamp = stamp.replace("+00:00", "Z")
+        stamp = rfc3339_after(self.window_s)
         fewest: tuple[int, int] | None = None
         for name, window in (("input-tokens", self.input), ("output-tokens", self.output)):
             if window is None:
