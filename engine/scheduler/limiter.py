@@ -156,8 +156,8 @@ class RateLimiter:
         whichever is slowest; None when none is paced."""
         t = as_tokens(tokens)
         paces = [] if self.interval_s is None else [self.interval_s]
-        paces += [counted(name, t) * self._seconds_per(name) for name, v in self._per_min.items()
-                  if v is not None and counted(name, t) > 0]
+        paces += [n * self._seconds_per(name) for name, v in self._per_min.items()
+                  if v is not None and (n := counted(name, t)) > 0]
         return max(paces) if paces else None
 
     @property
@@ -233,8 +233,10 @@ class RateLimiter:
             raise ValueError(f"RateLimiter.settle: token counts must be >= 0, got estimated={estimated!r}, actual={actual!r}")
         refunded = False
         for name, v in self._per_min.items():
+            if v is None:  # (an unpaced dimension: nothing to count, on every query of a run)
+                continue
             diff = counted(name, act) - counted(name, est)
-            if v is not None and diff:
+            if diff:
                 self._tat[name] += diff * self._seconds_per(name)
                 refunded = refunded or diff < 0
         if refunded:
