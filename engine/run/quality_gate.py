@@ -206,8 +206,10 @@ class QualityGate:
     def _observe_votes(self, replies: list[Reply]) -> None:
         """A vote ("verify" reply) that is the text of the answer it checks, or of a vote before
         it on the same item, is a copy: at temperature > 0 a reasoning reply is never written twice."""
+        if self.votes >= WINDOW:
+            return
         votes = [r.text for r in replies if r.purpose == "verify"]
-        if not votes or self.votes >= WINDOW:
+        if not votes:
             return
         answer = answer_reply(replies)
         seen = {_norm(answer.text)} if answer is not None and answer.purpose == "answer" else set()
