@@ -69,7 +69,7 @@ class Retrier:
         retry = (attempt < ep.rate_limited_cap()) if limited else ep.retry.should_retry(err.kind, counted)
         if not retry:
             reason = f"{err.kind.value} after {attempt} attempt(s): {said}"
-            if ep.breaker.opened_count >= ep.max_breaker_trips:
+            if ep.breaker.exhausted:
                 give_up(reason, FatalRunError, f"the {role} keeps failing ({reason}); stopping")
             give_up(reason, QueryFailed, reason)
         if limited and err.requeue_in is not None:
@@ -80,7 +80,7 @@ class Retrier:
             wait = ep.retry.delay(attempt if limited else max(1, counted), err.retry_after, self.rng)
         if wait > 0:
             await anyio.sleep(wait)
-        if ep.breaker.opened_count >= ep.max_breaker_trips:
+        if ep.breaker.exhausted:
             give_up(f"{err.kind.value}: teacher unavailable", FatalRunError,
                     f"the {role} did not recover after {ep.breaker.opened_count} pauses "
                     f"({err.kind.value}: {said}); stopping")

@@ -137,7 +137,7 @@ class Endpoint:
         `max_breaker_trips` openings the run stops instead (run/retrying.py), and says so. The
         decision's `retry_in` is None: the failed request itself waits for the retry policy."""
         b = self.breaker
-        if b.opened_count >= self.max_breaker_trips:
+        if b.exhausted:
             return RateDecision(None, 0.0, f"{self.section} still failing ({err.kind.value}) after "
                                            f"{b.opened_count} pauses: the run stops")
         wait = b.current_cooldown_s
