@@ -5,6 +5,7 @@ learned from headers, and 429s our pacing cannot explain pause the endpoint, vis
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -233,3 +234,22 @@ def test_a_run_paces_output_tokens_by_what_was_written_not_prompt_plus_max_token
         assert "no limit is configured or announced" not in learned, learned
     else:
         assert "60000 output_tokens/min" in learned and "6e+06 input_tokens/min" in learned, learned
+
+
+def test_a_paced_run_sends_its_first_request_before_it_starts_every_item_it_has_room_for(project):
+    """256 in flight leaves room for 512 items. Started in one go, every one of them was reserved
+    (its events written) before the run's first request went out; at the ~1,200 items Little's law
+    gives 6000 RPM that held the first request back ~0.3 s, slots a paced run never gets back."""
+    proj, srv = project("--rpm", "60000", "--window-s", "1", "--latency-ms", "0", seeds=600)
+    cfg = proj.write(limits={"requests_per_minute": 60000, "max_concurrency": 256}, budget={"queries": 600},
+                     strategy={"samples_per_seed": 1})
+    _, run_id = completed_run(proj, cfg)
+    first_request = min(e["t"] for e in srv.stats(log=True)["log"])
+    con = sqlite3.connect(f"file:{proj.dir / 'store.db'}?mode=ro", uri=True)
+    try:
+        (before,), = con.execute("SELECT count(*) FROM events WHERE type = 'query_reserved' AND ts < ?",
+                                 (first_request,)).fetchall()
+    finally:
+        con.close()
+    assert before < 128, f"{before} queries were reserved before the first request went out"
+    assert proj.audit(run_id)["counts"]["settled"] == 600

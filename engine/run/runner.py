@@ -32,7 +32,9 @@ from .progress import RunProgress
 from .session import RunSession
 from .store_choice import StoreChoice
 
-
+# Items started in a row, with room for all of them, before the walk lets them go first (see
+# `_let_started_go`).
+START_BURST = 8
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Runner(RunSession):
         super().__init__(cfg, store, show_progress=show_progress, create=create)
         self._in_flight_items = 0
         self._item_finished = asyncio.Event()  # (renewed per item: asyncio's is the cheaper)
+        self._item_waits = 0  # times the walk waited for an item to end (starts between are a burst)
         self._budget_hits: dict[str, int] = {}
         self._fatal: str | None = None
         self._stopping = False
@@ -175,8 +178,20 @@ class Runner(RunSession):
             await anyio.sleep(0.25)
 
     async def _wait_item(self) -> None:
+        self._item_waits += 1
         ev = self._item_finished
         await ev.wait()
+
+    async def _let_started_go(self) -> None:
+        """Let the items just started take their first steps and their first requests go out
+        before more items start, while a rate paces the sends (the walk cannot usefully run ahead
+        of it then). Started in one go, every item's first steps (prompt, reservation, events) ran
+        before anything else did, the journal's commit and so every send included: the ~1,200 items
+        Little's law gives 6000 RPM held a paced run's first request back ~0.3 s, and a commit
+        competing with them for the interpreter was as slow. Unpaced, the walk keeps the endpoint's
+        concurrency full instead: waiting on commits there cost a zero-latency run a fifth of its rate."""
+        await asyncio.sleep(0)
+        await self.recorder.flush()
 
     def _notify_item(self) -> None:
         done, self._item_finished = self._item_finished, asyncio.Event()
@@ -225,7 +240,7 @@ class Runner(RunSession):
         """One walk of the plan, starting what the budget admits; True if the plan ended."""
         strategy = self.parts.strategy
         seen_hits: dict[str, int] = {}
-        finished = False
+        finished, burst, waits = False, 0, self._item_waits
         for item in walk_plan(strategy, host.get_host().describe("strategies", self.cfg.strategy.name),
                               self._plugin_failed):
             self._hand_over()
@@ -248,6 +263,11 @@ class Runner(RunSession):
             self._start(items, item, cost)
             if tail and await self._ran_into_budget(item, hits_before):
                 break
+            if self._item_waits != waits:  # it waited for room: one start, not a burst
+                waits, burst = self._item_waits, 0
+            burst += 1
+            if burst % START_BURST == 0 and any(ep.limiter.paced for ep in self.endpoints.values()):
+                await self._let_started_go()
         else:
             finished = True
             await self._rerun_bounced(items)
