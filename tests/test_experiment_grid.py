@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -268,3 +269,36 @@ def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, t
         out, err = proc.communicate(timeout=120)
     assert "interrupted" in out, (out, err)
     assert _running_student_runs(db) == 0
+
+
+
+def test_a_stopped_experiment_on_a_ray_cluster_it_joined_cancels_its_tasks(tmp_path, tiny_student):
+    """On a cluster the driver joined (here one this test started), its train/eval tasks trained on
+    after Ctrl-C had stopped the experiment, and their runs read `running` until they ended."""
+    ray = pytest.importorskip("ray")
+    from synthledger.engine.experiment.config import load_experiment
+    from synthledger.engine.experiment.driver import run_experiment
+
+    db = tmp_path / "store.db"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    main, done = threading.get_ident(), threading.Event()
+
+    def ctrl_c_once_training() -> None:  # (a job seen running takes seconds more: the grid is not over)
+        while not _running_student_runs(db):
+            if done.wait(0.05):
+                return
+        signal.pthread_kill(main, signal.SIGINT)
+
+    try:
+        with run_in_thread(ServerConfig()) as srv:
+            grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
+            exp = load_experiment(grid, [f'experiment.workdir="{tmp_path / "work"}"'])
+            threading.Thread(target=ctrl_c_once_training, daemon=True).start()
+            try:
+                outcome = run_experiment(exp, f"sqlite:///{db}", executor="ray", progress=False)
+            finally:
+                done.set()
+        assert outcome.status == "interrupted", outcome.message
+        assert _running_student_runs(db) == 0
+    finally:
+        ray.shutdown()

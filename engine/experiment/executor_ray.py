@@ -13,6 +13,10 @@ from typing import Any
 from .stages import train_eval_job
 
 
+# How long a stopped experiment waits for its cancelled tasks' processes to be gone (see `shutdown`).
+CANCEL_WAIT_S = 30.0
+
+
 class RayExecutor:
     name = "ray"
 
@@ -25,11 +29,22 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
             self._started = True
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(train_eval_job)
+        self._refs: list[Any] = []
 
     def submit(self, job: dict[str, Any]) -> Future:
-        return self._task.remote(job).future()
+        ref = self._task.remote(job)
+        self._refs.append(ref)
+        return ref.future()
 
     def shutdown(self, cancel: bool = False) -> None:
+        """With `cancel` (a stopped experiment), the tasks still going are killed and awaited first:
+        on a cluster the driver joined they would train on after it left, holding its GPUs, and
+        their runs would read `running` until they ended (a rerun redoes their cells anyway). Once
+        their processes are gone, the driver closes those runs as interrupted."""
+        if cancel and self._refs:
+            for ref in self._refs:
+                self._ray.cancel(ref, force=True)  # (a finished one is left as it is)
+            self._ray.wait(self._refs, num_returns=len(self._refs), timeout=CANCEL_WAIT_S)
         if self._started:
             self._ray.shutdown()
 
