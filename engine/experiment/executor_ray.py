@@ -13,7 +13,7 @@ from typing import Any
 from .stages import train_eval_job
 
 
-# How long a stopped experiment waits for its cancelled tasks' processes to be gone (see `shutdown`).
+# How long a stopped experiment waits for its cancelled tasks to end (see `shutdown`).
 CANCEL_WAIT_S = 30.0
 
 
@@ -37,14 +37,22 @@ class RayExecutor:
         return ref.future()
 
     def shutdown(self, cancel: bool = False) -> None:
-        """With `cancel` (a stopped experiment), the tasks still going are killed and awaited first:
+        """With `cancel` (a stopped experiment), the tasks still going are stopped and awaited first:
         on a cluster the driver joined they would train on after it left, holding its GPUs, and
-        their runs would read `running` until they ended (a rerun redoes their cells anyway). Once
-        their processes are gone, the driver closes those runs as interrupted."""
+        their runs would read `running` until they ended (a rerun redoes their cells anyway).
+
+        A cancel is a Ctrl-C in the task, so a job closes its own run as interrupted, as one does
+        in the terminal (its process may outlive the task's end by a moment, too long for the
+        driver's sweep to see it gone). A job that has not stopped within CANCEL_WAIT_S is killed,
+        and its run is left to that sweep."""
         if cancel and self._refs:
             for ref in self._refs:
-                self._ray.cancel(ref, force=True)  # (a finished one is left as it is)
-            self._ray.wait(self._refs, num_returns=len(self._refs), timeout=CANCEL_WAIT_S)
+                self._ray.cancel(ref)  # (a finished one is left as it is)
+            _, left = self._ray.wait(self._refs, num_returns=len(self._refs), timeout=CANCEL_WAIT_S)
+            for ref in left:
+                self._ray.cancel(ref, force=True)
+            if left:
+                self._ray.wait(left, num_returns=len(left), timeout=CANCEL_WAIT_S)
         if self._started:
             self._ray.shutdown()
 
