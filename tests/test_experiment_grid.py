@@ -271,7 +271,6 @@ def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, t
     assert _running_student_runs(db) == 0
 
 
-
 def test_a_stopped_experiment_on_a_ray_cluster_it_joined_cancels_its_tasks(tmp_path, tiny_student):
     """On a cluster the driver joined (here one this test started), its train/eval tasks trained on
     after Ctrl-C had stopped the experiment, and their runs read `running` until they ended."""
