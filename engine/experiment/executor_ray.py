@@ -44,9 +44,10 @@ class RayExecutor:
         A cancel is a Ctrl-C in the task, so a job closes its own run as interrupted, as one does
         in the terminal (its process may outlive the task's end by a moment, too long for the
         driver's sweep to see it gone). A job that has not stopped within CANCEL_WAIT_S is killed,
-        and its run is left to that sweep. Not yet reliable: in CI a run was still `running` when
-        the driver returned, 2 times in 3 (a cancel that reached the job outside its run's guard,
-        and a worker process Ray keeps for reuse), so it reads so until that process exits."""
+        and its run is left to that sweep. The tasks stop for sure; their runs' closing does not
+        yet: in fresh-clone CI one was still `running` when the driver returned, 1 time in 2 (not
+        here, under load or not). Likely, not confirmed: the cancel reached a job outside its run's
+        Ctrl-C handling, and Ray keeps that worker process for reuse, so the sweep sees it alive."""
         if cancel and self._refs:
             for ref in self._refs:
                 self._ray.cancel(ref)  # (a finished one is left as it is)
