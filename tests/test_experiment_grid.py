@@ -240,17 +240,21 @@ def test_ray_executor_gives_the_local_table(grid_run):
     assert mine == theirs
 
 
-def _running_student_runs(db: Path) -> int:
+def _student_runs(db: Path) -> dict[str, str]:
+    """The training and evaluation runs in the store, by id, with their status."""
     if not db.exists():
-        return 0
+        return {}
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        return con.execute("SELECT count(*) FROM runs WHERE kind IN ('train', 'eval') AND status = 'running'"
-                           ).fetchone()[0]
+        return dict(con.execute("SELECT id, status FROM runs WHERE kind IN ('train', 'eval')").fetchall())
     except sqlite3.OperationalError:  # the store is not made yet
-        return 0
+        return {}
     finally:
         con.close()
+
+
+def _running_student_runs(db: Path) -> int:
+    return sum(status == "running" for status in _student_runs(db).values())
 
 
 def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, tiny_student):
@@ -269,14 +273,6 @@ def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, t
         out, err = proc.communicate(timeout=120)
     assert "interrupted" in out, (out, err)
     assert _running_student_runs(db) == 0
-
-
-def _student_runs(db: Path) -> dict[str, str]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return dict(con.execute("SELECT id, status FROM runs WHERE kind IN ('train', 'eval')").fetchall())
-    finally:
-        con.close()
 
 
 def test_a_stopped_experiment_on_a_ray_cluster_it_joined_cancels_its_tasks(tmp_path, tiny_student):
