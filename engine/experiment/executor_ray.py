@@ -44,10 +44,10 @@ class RayExecutor:
         A cancel is a Ctrl-C in the task, so a job closes its own run as interrupted, as one does
         in the terminal (its process may outlive the task's end by a moment, too long for the
         driver's sweep to see it gone). A job that has not stopped within CANCEL_WAIT_S is killed,
-        and its run is left to that sweep. The tasks stop for sure; their runs' closing does not
-        yet: in fresh-clone CI one was still `running` when the driver returned, 1 time in 2 (not
-        here, under load or not). Likely, not confirmed: the cancel reached a job outside its run's
-        Ctrl-C handling, and Ray keeps that worker process for reuse, so the sweep sees it alive."""
+        and its run is left to that sweep. The tasks stop for sure; their runs are not yet sure to
+        be closed at once: a cancel that reaches a job outside its run's Ctrl-C handling leaves the
+        run `running` while Ray keeps the worker process for reuse (the likely cause of what CI
+        showed; see the closing note of the change)."""
         if cancel and self._refs:
             for ref in self._refs:
                 self._ray.cancel(ref)  # (a finished one is left as it is)
