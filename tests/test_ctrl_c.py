@@ -1,18 +1,25 @@
-"""A Ctrl-C that lands inside a finalizer is not lost by a training or evaluation run.
+"""A Ctrl-C that lands inside a finalizer is not lost by a training or evaluation run, and one that
+lands while such a run is being opened or closed cannot leave it `running`.
 
 Python raises the KeyboardInterrupt wherever the main thread is, and one raised inside `__del__` is
 printed as "ignored" and dropped: loading a model runs many finalizers, and a Ctrl-C there left the run
-training (CI saw `test_ctrl_c_mid_training_records_the_run_as_interrupted_and_says_so` time out)."""
+training (CI saw `test_ctrl_c_mid_training_records_the_run_as_interrupted_and_says_so` time out).
+An experiment on Ray cancels a job with a Ctrl-C (`_thread.interrupt_main`, as here), and under load it
+came while the job's run was being opened: the run was left `running` in a worker Ray kept alive."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
 
 import pytest
+import sqlalchemy
 
 from synthledger.engine.student.ctrl_c import guarded_ctrl_c
+from synthledger.engine.student.runs import Interrupted, _recorded, open_log
+from synthledger.store.eventstore import EventStore
 
 
 class _InterruptedWhileFinalized:
@@ -69,3 +76,83 @@ def test_a_worker_that_ignores_ctrl_c_keeps_ignoring_it():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
         ctrl_c.check()
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def _ctrl_c_here() -> None:
+    """A Ctrl-C that lands in the middle of the caller's step (the handler runs within the loop)."""
+    _thread.interrupt_main()
+    for _ in range(200_000):
+        pass
+
+
+@pytest.fixture
+def store(tmp_path):
+    st = EventStore(f"sqlite:///{tmp_path / 'store.db'}")
+    yield st
+    st.close()
+
+
+def _stopped_by(*args) -> KeyboardInterrupt | None:
+    """What `_recorded(*args)` raised (caught here, so a regression fails the test, not the session)."""
+    try:
+        _recorded(*args)
+    except KeyboardInterrupt as exc:
+        return exc
+    return None
+
+
+def _status(store: EventStore) -> str:
+    [info] = store.list_runs()
+    return info.status
+
+
+def test_a_ctrl_c_while_the_run_is_opened_closes_it_as_interrupted(store):
+    worked = []
+
+    def open_run():
+        log = open_log(store, "train-x", "train", {"source": "x"})  # the run exists from here on
+        _ctrl_c_here()
+        return log
+
+    stopped = _stopped_by("train", open_run, lambda on_event: worked.append(1), lambda log, result: "done")
+    assert isinstance(stopped, Interrupted)
+    assert _status(store) == "interrupted" and worked == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_while_the_runs_end_is_recorded_lets_it_complete_then_stops_the_caller(store):
+    def closing(log, result):  # the work is done: from the next commit on, the run's end is being written
+        fired = []
+
+        def ctrl_c_in_commit(conn):
+            if not fired:
+                fired.append(1)
+                _ctrl_c_here()
+
+        sqlalchemy.event.listen(store.engine, "commit", ctrl_c_in_commit)
+        return "done"
+
+    stopped = _stopped_by("eval", lambda: open_log(store, "eval-x", "eval", {}), lambda on_event: {"accuracy": 1.0},
+                          closing)
+    assert stopped is not None and not isinstance(stopped, Interrupted)  # the run itself was not interrupted
+    assert _status(store) == "completed"
+
+
+def test_a_ctrl_c_while_the_run_leaves_its_files_closes_it_as_interrupted(store):
+    def closing(log, result):  # (a trainer's provenance.json: without it the run is not complete)
+        _ctrl_c_here()
+        return "done"
+
+    stopped = _stopped_by("train", lambda: open_log(store, "train-z", "train", {}), lambda on_event: {}, closing)
+    assert isinstance(stopped, Interrupted)
+    assert _status(store) == "interrupted"
+
+
+def test_a_ctrl_c_during_the_work_closes_the_run_as_interrupted(store):
+    def work(on_event):
+        on_event("training_progress", {"step": 1})
+        _ctrl_c_here()
+
+    stopped = _stopped_by("train", lambda: open_log(store, "train-y", "train", {}), work, lambda log, result: "done")
+    assert isinstance(stopped, Interrupted)
+    assert _status(store) == "interrupted"

@@ -42,12 +42,11 @@ class RayExecutor:
         their runs would read `running` until they ended (a rerun redoes their cells anyway).
 
         A cancel is a Ctrl-C in the task, so a job closes its own run as interrupted, as one does
-        in the terminal (its process may outlive the task's end by a moment, too long for the
-        driver's sweep to see it gone). A job that has not stopped within CANCEL_WAIT_S is killed,
-        and its run is left to that sweep. The tasks stop for sure; their runs are not yet sure to
-        be closed at once: a cancel that reaches a job outside its run's Ctrl-C handling leaves the
-        run `running` while Ray keeps the worker process for reuse (the likely cause of what CI
-        showed; see the closing note of the change)."""
+        in the terminal, even when the cancel comes while the run is being opened (student/ctrl_c).
+        That matters here: Ray keeps the worker process for reuse, so the driver's sweep, which
+        closes only runs whose process is gone, cannot close such a run. A job that has not stopped
+        within CANCEL_WAIT_S is killed, and its run is left to that sweep (its process may outlive
+        the kill by a moment; a later `train`, `eval` or experiment sweeps it then)."""
         if cancel and self._refs:
             for ref in self._refs:
                 self._ray.cancel(ref)  # (a finished one is left as it is)

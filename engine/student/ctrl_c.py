@@ -7,6 +7,12 @@ in one left training going as if nothing had been pressed (seen in CI: the run w
 minute later). While a run is guarded, a Ctrl-C is also remembered: a KeyboardInterrupt lost in a
 finalizer is not printed, and it is raised again at the run's next event (a logging step, a batch
 of predictions).
+
+Opening and closing a run are held steps (`held()`): a Ctrl-C then is remembered and raised once
+the step is over. One that landed while a run was being opened (its row and `run_started` written,
+the journal not yet handed back) left the run `running` with nobody to close it: an experiment on
+Ray cancels its jobs with a Ctrl-C, and the first moments of a job are when that comes (seen under
+load: the run's process is a Ray worker that lives on, so no sweep closes it either).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ Record = Callable[[str, dict[str, Any]], Any]
 class CtrlC:
     def __init__(self) -> None:
         self.pressed = False
+        self._holding = False
 
     def check(self) -> None:
         """Raise the KeyboardInterrupt a Ctrl-C meant, if it was lost on its way."""
@@ -37,9 +44,19 @@ class CtrlC:
             return record(type_, payload)
         return guarded
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A step no Ctrl-C may cut in two: one pressed meanwhile is raised by the next `check()`."""
+        holding, self._holding = self._holding, True
+        try:
+            yield
+        finally:
+            self._holding = holding
+
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         self.pressed = True
-        raise KeyboardInterrupt
+        if not self._holding:
+            raise KeyboardInterrupt
 
 
 @contextmanager

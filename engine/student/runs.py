@@ -158,20 +158,33 @@ def _file_row(path: Path, number: int, row: dict[str, Any]) -> dict[str, Any]:
                       "(as `export --format jsonl` writes)")
 
 
-def _logged(log: Journal, kind: str, work: Callable[[Record], Any]) -> Any:
-    """`work(on_event)`, a trainer's or evaluator's whole job, with its events going to `log` and Ctrl-C
-    guarded (see ctrl_c); a job that does not return closes its run as interrupted or failed."""
-    try:
-        with guarded_ctrl_c() as ctrl_c:
+def _recorded(kind: str, open_run: Callable[[], Journal], work: Callable[[Record], Any],
+              closing: Callable[[Journal, Any], str]) -> tuple[Journal, Any]:
+    """A trainer's or evaluator's whole job as a run: `open_run()`, then `work(on_event)` with its
+    events going to the run, then `closing(log, result)` (what must exist before the run reads
+    completed; it returns the closing message). Ctrl-C is guarded throughout (see ctrl_c), and
+    opening and closing are held: once the run exists, it ends `completed`, `interrupted` or
+    `failed`, never left `running` by a Ctrl-C that came while it was being opened."""
+    with guarded_ctrl_c() as ctrl_c:
+        with ctrl_c.held():
+            log = open_run()
+        try:
+            ctrl_c.check()
             result = work(ctrl_c.guarding(log.record))
             ctrl_c.check()
-    except KeyboardInterrupt:
-        log.finish("interrupted", INTERRUPTED_MESSAGE)
-        raise Interrupted(kind, log.run_id) from None
-    except BaseException as exc:
-        log.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    return result
+            message = closing(log, result)
+        except KeyboardInterrupt:
+            with ctrl_c.held():
+                log.finish("interrupted", INTERRUPTED_MESSAGE)
+            raise Interrupted(kind, log.run_id) from None
+        except BaseException as exc:
+            with ctrl_c.held():
+                log.finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        with ctrl_c.held():
+            log.finish("completed", message)
+        ctrl_c.check()  # (pressed while it closed: the run is complete, and the caller still stops)
+    return log, result
 
 
 def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: bool = True) -> dict[str, Any]:
@@ -191,15 +204,19 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
     why = unwritable_folder(out_dir)
     if why is not None:
         raise ConfigError(f"[output] dir {out_dir}: {why}")
-    log = open_log(store, f"train-{label}", "train",
-                 {"train": cfg.model_dump(mode="json"), "source": source, "out_dir": str(out_dir)},
-                 parent_id=parent, run_id=run_id)
     trainer = trainer_cls(options)
-    finished = _logged(log, "train", lambda on_event: trainer.train(rows, out_dir, on_event=on_event,
-                                                                     progress=progress))
-    (out_dir / "provenance.json").write_text(json.dumps(
-        {"train_run_id": log.run_id, "source_run_id": parent, "store": store.where}, indent=2))
-    log.finish("completed", f"adapter in {out_dir}")
+
+    def closing(log: Journal, finished: Any) -> str:
+        (out_dir / "provenance.json").write_text(json.dumps(
+            {"train_run_id": log.run_id, "source_run_id": parent, "store": store.where}, indent=2))
+        return f"adapter in {out_dir}"
+
+    log, finished = _recorded(
+        "train",
+        lambda: open_log(store, f"train-{label}", "train",
+                         {"train": cfg.model_dump(mode="json"), "source": source, "out_dir": str(out_dir)},
+                         parent_id=parent, run_id=run_id),
+        lambda on_event: trainer.train(rows, out_dir, on_event=on_event, progress=progress), closing)
     return {"run_id": log.run_id, "out_dir": str(out_dir), **finished}
 
 
@@ -286,11 +303,12 @@ def eval_run(model: str, heldout: str, store: EventStore, *, limit: int | None =
     why = f"{out} is a folder, not a file" if out.is_dir() else unwritable_folder(out.parent)
     if why is not None:
         raise ConfigError(f"predictions {out}: {why}")
-    log = open_log(store, eval_name(model, heldout, run_id), "eval",
-                 {"model": model, "heldout": heldout, "limit": limit, "task": task_name,
-                  "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run,
-                  "predictions": str(out)}, parent_id=parent, run_id=run_id)
-    result = _logged(log, "eval", lambda on_event: evaluator_obj.evaluate(model, examples, task, out,
-                                                                         on_event=on_event, progress=progress))
-    log.finish("completed", f"accuracy {result.get('accuracy')}")
+    log, result = _recorded(
+        "eval",
+        lambda: open_log(store, eval_name(model, heldout, run_id), "eval",
+                         {"model": model, "heldout": heldout, "limit": limit, "task": task_name,
+                          "options": opts.model_dump(mode="json"), "excluded_from_run": exclude_run,
+                          "predictions": str(out)}, parent_id=parent, run_id=run_id),
+        lambda on_event: evaluator_obj.evaluate(model, examples, task, out, on_event=on_event, progress=progress),
+        lambda log, result: f"accuracy {result.get('accuracy')}")
     return {"run_id": log.run_id, **result}
