@@ -83,6 +83,11 @@ def owner_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def owner_host(owner: str) -> bool:
+    """Whether `owner` is a process of this host (whose life `owner_alive` can see)."""
+    return owner.rsplit(":", 2)[0] == socket.gethostname()
+
+
 def owner_alive(owner: str) -> bool:
     """Only a process on this host can be checked; others are judged by heartbeat age."""
     try:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -275,40 +276,71 @@ def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, t
     assert _running_student_runs(db) == 0
 
 
-def test_a_stopped_experiment_on_a_ray_cluster_it_joined_cancels_its_tasks(tmp_path, tiny_student):
-    """On a cluster the driver joined (here one this test started), its train/eval tasks trained on
-    after Ctrl-C had stopped the experiment, to the end: a job running when the driver returned
-    finished its run as `completed` seconds later. And a job cancelled while its run was being
-    opened left that run `running` (under load, in CI): Ray keeps the worker process, so no sweep
-    closed it."""
+@pytest.fixture
+def ray_instance():
+    """A local Ray instance the driver joins (as it joins a cluster: `address`, or Ray already up)."""
     ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _ctrl_c_once_training(tmp_path: Path, tiny_student: Path, db: Path, then: Any = None) -> Any:
+    """Run a grid on the joined Ray instance; Ctrl-C it once a train/eval run is running. `then()` runs
+    while the test server is still up; returns (the outcome, what `then` returned)."""
     from synthledger.engine.experiment.config import load_experiment
     from synthledger.engine.experiment.driver import run_experiment
 
-    db = tmp_path / "store.db"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     main, done = threading.get_ident(), threading.Event()
 
-    def ctrl_c_once_training() -> None:  # (a job seen running takes seconds more: the grid is not over)
+    def ctrl_c() -> None:  # (a job seen running takes seconds more: the grid is not over)
         while not _running_student_runs(db):
             if done.wait(0.05):
                 return
         signal.pthread_kill(main, signal.SIGINT)
 
-    try:
-        with run_in_thread(ServerConfig()) as srv:
-            grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
-            exp = load_experiment(grid, [f'experiment.workdir="{tmp_path / "work"}"'])
-            threading.Thread(target=ctrl_c_once_training, daemon=True).start()
-            try:
-                outcome = run_experiment(exp, f"sqlite:///{db}", executor="ray", progress=False)
-            finally:
-                done.set()
-            assert outcome.status == "interrupted", outcome.message
-            assert _running_student_runs(db) == 0  # each cancelled job closed its own run
-            unfinished = {rid for rid, status in _student_runs(db).items() if status != "completed"}
-            time.sleep(15)  # a job left going finishes its tiny training and evaluation in this time
-            later = _student_runs(db)
-        assert not [rid for rid in unfinished if later.get(rid) == "completed"], "a job trained on after the stop"
-    finally:
-        ray.shutdown()
+    with run_in_thread(ServerConfig()) as srv:
+        grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
+        exp = load_experiment(grid, [f'experiment.workdir="{tmp_path / "work"}"'])
+        threading.Thread(target=ctrl_c, daemon=True).start()
+        try:
+            outcome = run_experiment(exp, f"sqlite:///{db}", executor="ray", progress=False)
+        finally:
+            done.set()
+        return outcome, then() if then is not None else None
+
+
+def test_a_stopped_experiment_on_a_ray_cluster_it_joined_cancels_its_tasks(tmp_path, tiny_student, ray_instance):
+    """On a cluster the driver joined (here one this test started), its train/eval tasks trained on
+    after Ctrl-C had stopped the experiment, to the end: a job running when the driver returned
+    finished its run as `completed` seconds later. And a job cancelled while its run was being
+    opened left that run `running` (under load, in CI): Ray keeps the worker process, so no sweep
+    closed it."""
+    db = tmp_path / "store.db"
+    seen: dict[str, Any] = {}
+
+    def after_the_stop() -> dict[str, str]:
+        seen["running"] = _running_student_runs(db)
+        seen["unfinished"] = {rid for rid, status in _student_runs(db).items() if status != "completed"}
+        time.sleep(15)  # a job left going finishes its tiny training and evaluation in this time
+        return _student_runs(db)
+
+    outcome, later = _ctrl_c_once_training(tmp_path, tiny_student, db, after_the_stop)
+    assert outcome.status == "interrupted", outcome.message
+    assert seen["running"] == 0  # each cancelled job closed its own run
+    assert not [rid for rid in seen["unfinished"] if later.get(rid) == "completed"], "a job trained on after the stop"
+
+
+def test_a_ray_task_killed_at_a_stop_has_its_run_closed_before_the_driver_returns(tmp_path, tiny_student,
+                                                                                  ray_instance, monkeypatch):
+    # A task that ignores its cancel is killed after CANCEL_WAIT_S (0 here: every task is killed). Its
+    # run can only be closed by the driver's sweep, which closes runs whose process is gone, and a
+    # killed Ray worker outlives its task's end by a moment: the sweep must wait for it.
+    from synthledger.engine.experiment import executor_ray
+
+    monkeypatch.setattr(executor_ray, "CANCEL_WAIT_S", 0.0)
+    db = tmp_path / "store.db"
+    outcome, _ = _ctrl_c_once_training(tmp_path, tiny_student, db)
+    assert outcome.status == "interrupted", outcome.message
+    assert _running_student_runs(db) == 0
+    assert "interrupted" in _student_runs(db).values()

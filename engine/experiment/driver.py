@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,7 @@ def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: s
     pool = None
     status, message = "failed", "stopped"
     previous = _stop_on_sigterm()
+    started = time.time()
     try:
         pool = make_executor(executor, exp.section.executor)
         driver = Driver(prep, store, url, journal, pool, view)
@@ -226,18 +228,33 @@ def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: s
         if pool is not None:
             pool.shutdown(cancel=status != "completed")
             if status != "completed":
-                _close_stopped_cells(store)
+                _close_stopped_cells(store, started, getattr(pool, "killed", False))
         journal.finish(status, message)
     return Outcome(journal.run_id, status, message, build_result(load_state(store, journal.run_id)))
 
 
-def _close_stopped_cells(store: EventStore) -> None:
+# How long the sweep after a stop waits for killed workers' processes to be gone (see below).
+KILLED_GONE_S = 10.0
+
+
+def _close_stopped_cells(store: EventStore, since: float, killed: bool) -> None:
     """The training and evaluation runs of the workers just stopped, closed as `interrupted` now:
     they are never resumed (a rerun redoes the cell), and left `running` they read so until some
-    later `train` or `eval` happened to sweep them."""
+    later `train` or `eval` happened to sweep them. A run is closed once its process is gone; a Ray
+    worker killed after ignoring its cancel can outlive its task's end by a moment, so when the
+    executor `killed` any, this waits (at most KILLED_GONE_S) for the processes of this host that
+    hold this experiment's runs (created `since` it started) to be gone."""
+    from ...store.records import owner_alive, owner_host
     from ..student.runs import close_orphans
 
-    close_orphans(store)
+    deadline = time.monotonic() + (KILLED_GONE_S if killed else 0.0)
+    while True:
+        close_orphans(store)
+        held = [r for r in store.list_runs() if r.kind in ("train", "eval") and r.status == "running"
+                and r.created >= since and r.owner and owner_host(r.owner) and owner_alive(r.owner)]
+        if not held or time.monotonic() >= deadline:
+            return
+        time.sleep(0.2)
 
 
 def make_executor(kind: str, settings: Any) -> Any:

@@ -30,6 +30,7 @@ class RayExecutor:
             self._started = True
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(train_eval_job)
         self._refs: list[Any] = []
+        self.killed = False  # whether a stop had to kill a task (the driver's sweep then waits for it)
 
     def submit(self, job: dict[str, Any]) -> Future:
         ref = self._task.remote(job)
@@ -45,14 +46,15 @@ class RayExecutor:
         in the terminal, even when the cancel comes while the run is being opened (student/ctrl_c).
         That matters here: Ray keeps the worker process for reuse, so the driver's sweep, which
         closes only runs whose process is gone, cannot close such a run. A job that has not stopped
-        within CANCEL_WAIT_S is killed, and its run is left to that sweep (its process may outlive
-        the kill by a moment; a later `train`, `eval` or experiment sweeps it then)."""
+        within CANCEL_WAIT_S is killed, and its run is left to that sweep, which waits a moment for
+        the killed process to be gone (`killed`)."""
         if cancel and self._refs:
             for ref in self._refs:
                 self._ray.cancel(ref)  # (a finished one is left as it is)
             _, left = self._ray.wait(self._refs, num_returns=len(self._refs), timeout=CANCEL_WAIT_S)
             for ref in left:
                 self._ray.cancel(ref, force=True)
+                self.killed = True
             if left:
                 self._ray.wait(left, num_returns=len(left), timeout=CANCEL_WAIT_S)
         if self._started:
