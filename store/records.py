@@ -83,7 +83,7 @@ def owner_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def owner_host(owner: str) -> bool:
+def owned_here(owner: str) -> bool:
     """Whether `owner` is a process of this host (whose life `owner_alive` can see)."""
     return owner.rsplit(":", 2)[0] == socket.gethostname()
 
