@@ -91,10 +91,10 @@ def owned_here(owner: str) -> bool:
 def owner_alive(owner: str) -> bool:
     """Only a process on this host can be checked; others are judged by heartbeat age."""
     try:
-        host, pid, _ = owner.rsplit(":", 2)
+        _host, pid, _ = owner.rsplit(":", 2)
     except ValueError:
         return False
-    if host != socket.gethostname():
+    if not owned_here(owner):
         return True
     try:
         os.kill(int(pid), 0)

@@ -285,9 +285,8 @@ def ray_instance():
     ray.shutdown()
 
 
-def _ctrl_c_once_training(tmp_path: Path, tiny_student: Path, db: Path, then: Any = None) -> Any:
-    """Run a grid on the joined Ray instance; Ctrl-C it once a train/eval run is running. `then()` runs
-    while the test server is still up; returns (the outcome, what `then` returned)."""
+def _ctrl_c_once_training(tmp_path: Path, tiny_student: Path, db: Path) -> Any:
+    """Run a grid on the joined Ray instance; Ctrl-C it once a train/eval run is running; the outcome."""
     from synthledger.engine.experiment.config import load_experiment
     from synthledger.engine.experiment.driver import run_experiment
 
@@ -307,7 +306,7 @@ def _ctrl_c_once_training(tmp_path: Path, tiny_student: Path, db: Path, then: An
             outcome = run_experiment(exp, f"sqlite:///{db}", executor="ray", progress=False)
         finally:
             done.set()
-        return outcome, then() if then is not None else None
+    return outcome
 
 
 def test_a_stopped_experiment_on_a_ray_cluster_it_joined_cancels_its_tasks(tmp_path, tiny_student, ray_instance):
@@ -317,18 +316,13 @@ def test_a_stopped_experiment_on_a_ray_cluster_it_joined_cancels_its_tasks(tmp_p
     opened left that run `running` (under load, in CI): Ray keeps the worker process, so no sweep
     closed it."""
     db = tmp_path / "store.db"
-    seen: dict[str, Any] = {}
-
-    def after_the_stop() -> dict[str, str]:
-        seen["running"] = _running_student_runs(db)
-        seen["unfinished"] = {rid for rid, status in _student_runs(db).items() if status != "completed"}
-        time.sleep(15)  # a job left going finishes its tiny training and evaluation in this time
-        return _student_runs(db)
-
-    outcome, later = _ctrl_c_once_training(tmp_path, tiny_student, db, after_the_stop)
+    outcome = _ctrl_c_once_training(tmp_path, tiny_student, db)
     assert outcome.status == "interrupted", outcome.message
-    assert seen["running"] == 0  # each cancelled job closed its own run
-    assert not [rid for rid in seen["unfinished"] if later.get(rid) == "completed"], "a job trained on after the stop"
+    assert _running_student_runs(db) == 0  # each cancelled job closed its own run
+    unfinished = {rid for rid, status in _student_runs(db).items() if status != "completed"}
+    time.sleep(15)  # a job left going finishes its tiny training and evaluation in this time (no teacher needed)
+    later = _student_runs(db)
+    assert not [rid for rid in unfinished if later.get(rid) == "completed"], "a job trained on after the stop"
 
 
 def test_a_ray_task_killed_at_a_stop_has_its_run_closed_before_the_driver_returns(tmp_path, tiny_student,
@@ -340,7 +334,7 @@ def test_a_ray_task_killed_at_a_stop_has_its_run_closed_before_the_driver_return
 
     monkeypatch.setattr(executor_ray, "CANCEL_WAIT_S", 0.0)
     db = tmp_path / "store.db"
-    outcome, _ = _ctrl_c_once_training(tmp_path, tiny_student, db)
+    outcome = _ctrl_c_once_training(tmp_path, tiny_student, db)
     assert outcome.status == "interrupted", outcome.message
     assert _running_student_runs(db) == 0
     assert "interrupted" in _student_runs(db).values()

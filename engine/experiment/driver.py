@@ -242,19 +242,11 @@ def _close_stopped_cells(store: EventStore, since: float, killed: bool) -> None:
     they are never resumed (a rerun redoes the cell), and left `running` they read so until some
     later `train` or `eval` happened to sweep them. A run is closed once its process is gone; a Ray
     worker killed after ignoring its cancel can outlive its task's end by a moment, so when the
-    executor `killed` any, this waits (at most KILLED_GONE_S) for the processes of this host that
-    hold this experiment's runs (created `since` it started) to be gone."""
-    from ...store.records import owned_here, owner_alive
+    executor `killed` any, the sweep waits (at most KILLED_GONE_S) for the processes of this host
+    that hold this experiment's runs (created `since` it started) to be gone."""
     from ..student.runs import close_orphans
 
-    deadline = time.monotonic() + (KILLED_GONE_S if killed else 0.0)
-    while True:
-        close_orphans(store)
-        holders = [r for r in store.list_runs() if r.kind in ("train", "eval") and r.status == "running"
-                   and r.created >= since and r.owner and owned_here(r.owner) and owner_alive(r.owner)]
-        if not holders or time.monotonic() >= deadline:
-            return
-        time.sleep(0.2)
+    close_orphans(store, wait_s=KILLED_GONE_S if killed else 0.0, since=since)
 
 
 def make_executor(kind: str, settings: Any) -> Any:

@@ -54,8 +54,8 @@ class RayExecutor:
             _, left = self._ray.wait(self._refs, num_returns=len(self._refs), timeout=CANCEL_WAIT_S)
             for ref in left:
                 self._ray.cancel(ref, force=True)
-                self.killed = True
             if left:
+                self.killed = True
                 self._ray.wait(left, num_returns=len(left), timeout=CANCEL_WAIT_S)
         if self._started:
             self._ray.shutdown()

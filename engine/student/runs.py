@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from pydantic import Field
 from ... import __version__
 from ...store.eventstore import EventStore, new_run_id, owner_token
 from ...store.folders import unwritable_folder
-from ...store.records import owner_alive
+from ...store.records import owned_here, owner_alive
 from ...store.hashing import canonical
 from .. import host
 from ..run.config import ConfigError, NamedSection, _Strict, apply_overrides, validate_plugin_options
@@ -94,17 +95,31 @@ class Interrupted(KeyboardInterrupt):
         return (Interrupted, (self.kind, self.run_id))
 
 
-def close_orphans(store: EventStore) -> list[str]:
+def close_orphans(store: EventStore, *, wait_s: float = 0.0, since: float = 0.0) -> list[str]:
     """Close every training or evaluation run whose process on this host is gone, as `interrupted`.
 
     Unlike a generation run, neither kind is ever resumed: one killed with its experiment would read
     `running` forever, beside the run its cell was redone as. Runs held by another host are left
-    alone (whether their process lives cannot be seen from here, and a long step may be silent)."""
-    closed = []
+    alone (whether their process lives cannot be seen from here, and a long step may be silent).
+    With `wait_s`, sweeps again (for at most that long) while a live process of this host still holds
+    such a run created `since`: a worker just killed outlives its task's end by a moment."""
+    deadline = time.monotonic() + wait_s
+    closed: list[str] = []
+    while _sweep(store, since, closed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return closed
+
+
+def _sweep(store: EventStore, since: float, closed: list[str]) -> int:
+    """One pass of `close_orphans`, adding what it closed to `closed`; how many running training or
+    evaluation runs created `since` a live process of this host still holds."""
+    held = 0
     for info in store.list_runs():
         if info.kind not in ("train", "eval") or info.status != "running" or not info.owner:
             continue
         if owner_alive(info.owner):
+            if info.created >= since and owned_here(info.owner):
+                held += 1
             continue
         me = owner_token()
         # Only from the dead holder seen above: an experiment's driver and each of its training and
@@ -116,7 +131,7 @@ def close_orphans(store: EventStore) -> list[str]:
         now = store.get_run(info.id)
         Journal(store, info.id, now.last_seq, now.head_hash, me, durable_each=True).finish("interrupted", ORPHAN_MESSAGE)
         closed.append(info.id)
-    return closed
+    return held
 
 
 def _rows_from(source: str, store: EventStore, include_seeds: bool) -> tuple[list[dict[str, Any]], str | None, str]:
