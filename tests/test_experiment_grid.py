@@ -258,9 +258,11 @@ def _running_student_runs(db: Path) -> int:
     return sum(status == "running" for status in _student_runs(db).values())
 
 
-def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, tiny_student):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, tiny_student, stop):
     # Its workers were killed, but their train/eval runs read `running` until some later `train` or
-    # `eval` swept them.
+    # `eval` swept them. SIGTERM once training runs comes after a generation cell, whose event loop
+    # left SIGTERM at the default: the driver died at once, its run and its workers' left `running`.
     db = tmp_path / "store.db"
     with run_in_thread(ServerConfig()) as srv:
         grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
@@ -270,9 +272,9 @@ def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, t
         while not _running_student_runs(db):
             assert proc.poll() is None and time.monotonic() < deadline, "no train/eval run was ever seen running"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)  # the driver alone, as `kill -INT PID` does
+        proc.send_signal(stop)  # the driver alone, as `kill -INT PID` does
         out, err = proc.communicate(timeout=120)
-    assert "interrupted" in out, (out, err)
+    assert "interrupted" in out, (proc.returncode, out, err)
     assert _running_student_runs(db) == 0
 
 

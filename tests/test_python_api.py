@@ -43,6 +43,25 @@ def test_import_is_cheap_and_torch_free():
     assert r.returncode == 0, r.stderr
 
 
+def test_a_program_keeps_its_own_signal_handlers_after_a_run(project):
+    # A run listens for SIGINT/SIGTERM while it lasts; the event loop's cleanup left SIGTERM at the
+    # default and SIGINT at Python's, so a `kill` then ended the program (an experiment training
+    # after its first generation died with its run left `running`).
+    import signal
+
+    def mine(signum, frame):  # noqa: ARG001
+        pass
+
+    before = {sig: signal.signal(sig, mine) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        config, url = project
+        assert synthledger.generate(config, store=url).ok
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def test_generate_then_browse_the_store(project):
     config, url = project
     result = synthledger.generate(config, store=url)

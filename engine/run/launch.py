@@ -30,9 +30,23 @@ async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> Ru
     finish, and the run is recorded as `interrupted` (a second signal cuts the grace short).
 
     Signal handlers belong to the main thread; a run driven from another thread (the Python API
-    inside a notebook's event loop) runs without them and is stopped by its caller."""
+    inside a notebook's event loop) runs without them and is stopped by its caller. The handlers
+    the caller had are theirs again once the run ends: the event loop's own cleanup would leave
+    SIGTERM at the default (an experiment that went on to train was then killed by a `kill`, its
+    run left `running`), and a program using the Python API would lose its own handlers."""
     if threading.current_thread() is not threading.main_thread():
         return await runner.run()
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    try:
+        return await _run_listening(runner, grace_s)
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # (None: set outside Python, nothing we can put back)
+                signal.signal(sig, handler)
+
+
+async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
+    """The run, with SIGINT/SIGTERM turned into its clean stop while it lasts."""
 
     async def cut_after_grace() -> None:
         await anyio.sleep(grace_s)
