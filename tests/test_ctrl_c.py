@@ -13,6 +13,7 @@ import _thread
 import os
 import signal
 import sys
+import threading
 
 import pytest
 import sqlalchemy
@@ -58,6 +59,26 @@ def test_a_guarded_run_raises_it_at_its_next_event_and_prints_nothing(ignored):
             record("training_progress", {"step": 1})
     assert recorded == [] and ignored == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_experiment_waiting_for_its_jobs_raises_a_ctrl_c_lost_in_a_finalizer(ignored):
+    # The driver waits on its train/eval jobs for most of an experiment; a Ctrl-C lost before it
+    # began to wait left it waiting for every job to finish (here: the job ends after 10 s).
+    from concurrent.futures import Future
+
+    from synthledger.engine.experiment.driver import wait_for_one
+
+    job: Future = Future()
+    finish = threading.Timer(10, job.set_result, ({},))
+    finish.start()
+    try:
+        with guarded_ctrl_c() as ctrl_c:
+            _InterruptedWhileFinalized()
+            with pytest.raises(KeyboardInterrupt):
+                wait_for_one([job], ctrl_c)
+    finally:
+        finish.cancel()
+    assert not job.done() and ignored == []
 
 
 def test_an_ordinary_ctrl_c_still_raises_where_it_lands_and_nothing_is_left_behind():

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..ledger.events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
                              ExperimentResult)
 from ..ledger.ledger import Amount
+from ..student.ctrl_c import CtrlC, guarded_ctrl_c
 from .cells import Cell, generation_config, predictions_path, train_dict
 from .config import Experiment
 from ..ledger.journal import Journal
@@ -32,6 +33,21 @@ from .results import build_result, load_state
 from .seeds import subset_path, write_subset
 from .stages import Generated, run_generation
 from .view import GridView
+
+
+# How often a driver waiting for its jobs looks for a Ctrl-C that a finalizer swallowed.
+CTRL_C_CHECK_S = 0.5
+
+
+def wait_for_one(futures: list[Future], ctrl_c: CtrlC) -> set[Future]:
+    """The futures done once one is: the driver waits here for most of an experiment, so it also
+    raises a Ctrl-C that landed in a finalizer (and was lost there) instead of waiting on for the
+    jobs as if nothing had been pressed."""
+    while True:
+        done, _ = wait(futures, timeout=CTRL_C_CHECK_S, return_when=FIRST_COMPLETED)
+        if done:
+            return done
+        ctrl_c.check()
 
 
 @dataclass
@@ -86,7 +102,8 @@ def grid_event(prep: Prepared) -> ExperimentGrid:
 
 class Driver:
     def __init__(self, prep: Prepared, store: EventStore, store_url: str, journal: Journal, executor: Any,
-                 view: GridView) -> None:
+                 view: GridView, ctrl_c: CtrlC | None = None) -> None:
+        self.ctrl_c = ctrl_c or CtrlC()
         self.prep, self.exp = prep, prep.exp
         self.store, self.store_url = store, store_url
         self.journal, self.executor, self.view = journal, executor, view
@@ -113,7 +130,8 @@ class Driver:
     def harvest(self, block: bool) -> None:
         if not self.pending:
             return
-        done, _ = wait(list(self.pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        pending = list(self.pending)
+        done = wait_for_one(pending, self.ctrl_c) if block else wait(pending, 0, FIRST_COMPLETED)[0]
         for fut in done:
             cell = self.pending.pop(fut)
             try:
@@ -152,6 +170,7 @@ class Driver:
         state = load_state(self.store, self.journal.run_id)
         self.gen_runs = {cid: rec.generate_run for cid, rec in state.cells.items() if rec.generate_run}
         for cell in self.prep.cells:
+            self.ctrl_c.check()
             rec = state.cells[cell.id]
             if rec.status == "finished":
                 self.view.skipped(cell.id)
@@ -209,13 +228,20 @@ def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: s
     if journal is None:
         return Outcome(done_state.info.id, "completed", "every cell had finished already", build_result(done_state))
     view = GridView(exp.name, [c.id for c in prep.cells], enabled=progress)
+    with guarded_ctrl_c() as ctrl_c:
+        return _drive(prep, store, url, journal, view, executor, ctrl_c)
+
+
+def _drive(prep: Prepared, store: EventStore, url: str, journal: Journal, view: GridView, executor: str,
+           ctrl_c: CtrlC) -> Outcome:
+    """The grid driven to its end or its stop, and the experiment run closed either way."""
     pool = None
     status, message = "failed", "stopped"
-    previous = _stop_on_sigterm()
+    previous = _stop_on_sigterm(ctrl_c)
     started = time.time()
     try:
-        pool = make_executor(executor, exp.section.executor)
-        driver = Driver(prep, store, url, journal, pool, view)
+        pool = make_executor(executor, prep.exp.section.executor)
+        driver = Driver(prep, store, url, journal, pool, view, ctrl_c)
         with view:
             driver.run()
         status, message = _verdict(store, journal.run_id, driver)
@@ -260,13 +286,11 @@ def make_executor(kind: str, settings: Any) -> Any:
     return LocalExecutor(settings.parallel, settings.num_cpus, settings.num_gpus)
 
 
-def _stop_on_sigterm() -> Any:
-    """SIGTERM stops the experiment as Ctrl-C does: recorded as interrupted, workers stopped. (During a
-    generation the runner's own handler takes over and stops that run cleanly first.)"""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
+def _stop_on_sigterm(ctrl_c: CtrlC) -> Any:
+    """SIGTERM stops the experiment as Ctrl-C does: recorded as interrupted, workers stopped, and not
+    lost in a finalizer either. (During a generation the runner's own handler takes over and stops
+    that run cleanly first.)"""
+    return signal.signal(signal.SIGTERM, ctrl_c.on_signal)
 
 
 def _verdict(store: EventStore, run_id: str, driver: Driver) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Ctrl-C that a training or evaluation run cannot lose.
+"""Ctrl-C that a training or evaluation run, or the experiment driving them, cannot lose.
 
 Python raises KeyboardInterrupt wherever the main thread is when SIGINT is handled, and that can be
 inside a finalizer (`__del__`). An exception raised there is "ignored" and printed, so the interrupt
@@ -53,7 +53,8 @@ class CtrlC:
         finally:
             self._holding = holding
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """The handler: SIGINT here, and the experiment driver's SIGTERM, which stops it the same way."""
         self.pressed = True
         if not self._holding:
             raise KeyboardInterrupt
@@ -75,7 +76,7 @@ def guarded_ctrl_c() -> Iterator[CtrlC]:
             return  # raised again at the next event; not worth a traceback on the terminal
         previous_hook(info)
 
-    signal.signal(signal.SIGINT, ctrl_c._on_sigint)
+    signal.signal(signal.SIGINT, ctrl_c.on_signal)
     sys.unraisablehook = unraisable
     try:
         yield ctrl_c
