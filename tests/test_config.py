@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from synthledger.engine.run.assemble import build_parts
 from synthledger.engine.run.config import ConfigError, config_from_dict, load_config, validate_plugin_options
 from synthledger.plugins.strategies import AnswerAugmentation
 from synthledger.store.eventstore import EventStore
@@ -231,6 +232,10 @@ BAD_RUNS = {
     "plugin option": ["--set", "strategy.num_exampels=3"],
     "unknown plugin": ["--set", "strategy.name=\"no_such_strategy\""],
     "seed file": ["--set", "seeds.path=\"missing.jsonl\""],
+    # A budget naming no role of the run limited nothing (1,058 paid against queries = 20).
+    "misspelt counted role": ["--set", "budget.counted_roles=[\"teachr\"]"],
+    "misspelt budget role": ["--set", "budget.roles.teachr.queries=5"],
+    "uncounted run": ["--set", "budget.counted_roles=[\"augmenter\"]"],
 }
 EXPECTED = {
     "unknown core key": "run.bogus: unknown key",
@@ -239,6 +244,9 @@ EXPECTED = {
     "plugin option": "strategy.num_exampels: unknown key",
     "unknown plugin": "no_such_strategy",
     "seed file": "missing.jsonl",
+    "misspelt counted role": "budget.counted_roles: no role is called 'teachr' (did you mean `teacher`?)",
+    "misspelt budget role": "budget.roles.teachr: no role is called 'teachr' (did you mean `teacher`?)",
+    "uncounted run": "budget.counted_roles: none of this run's roles (teacher) is counted",
 }
 
 
@@ -251,6 +259,16 @@ def test_cli_config_error_writes_nothing(project, case):
     assert "sk-live-9" not in r.stderr
     assert not fresh.exists() and not fresh.parent.exists()
     assert not (project / ".synthledger").exists()
+
+
+def test_a_budget_whose_only_limits_are_for_roles_the_run_lacks_is_refused(project):
+    # An experiment's base config may limit the augmenter for every strategy: allowed beside totals,
+    # but alone it would leave answer augmentation unlimited.
+    data = {**good(), "budget": {"roles": {"augmenter": {"queries": 5}}}}
+    with pytest.raises(ConfigError, match="its only limits are for roles this run does not have .augmenter"):
+        build_parts(config_from_dict(data, base_dir=str(project), source="run.toml"))
+    data["budget"]["queries"] = 20
+    assert build_parts(config_from_dict(data, base_dir=str(project), source="run.toml")).roles == ("teacher",)
 
 
 def test_cli_config_error_leaves_an_existing_store_untouched(project):

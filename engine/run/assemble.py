@@ -16,6 +16,7 @@ from ..plugin_faults import guarded
 from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
+from .config_errors import suggestion
 from ..scheduler.endpoint import Endpoint
 from .batching import BatchQueue
 from ..ledger.ledger import BudgetSpec
@@ -100,7 +101,31 @@ def build_parts(cfg: RunConfig) -> Parts:
     shares = (guarded(_named("strategies", cfg.strategy.name, "budget_fractions()"), strategy.budget_fractions)
               if hasattr(strategy, "budget_fractions") else None)
     roles = tuple(dict.fromkeys(("teacher", *strategy.roles, *verifier.roles)))
+    _check_budget_roles(cfg, roles)
     return Parts(task, seeds, strategy, verifier, cfg.budget.spec(shares), roles)
+
+
+def _check_budget_roles(cfg: RunConfig, roles: tuple[str, ...]) -> None:
+    """A budget that names no role of the run limits nothing: `[budget.roles.teachr]` alone left the
+    run unlimited, and `counted_roles = ["teachr"]` counted no query (1,058 paid against queries = 20).
+    A role some other plugin asks (an experiment's base config serves every strategy) is let through."""
+    known = set(roles)
+    for kind in ("strategies", "verifiers"):
+        known |= {r for name in host.get_host().names(kind) for r in getattr(host.get(kind, name), "roles", ())}
+    named = [(f"budget.roles.{r}", r) for r in cfg.budget.roles] + [("budget.counted_roles", r)
+                                                                     for r in cfg.budget.counted_roles or []]
+    for where, role in named:
+        if role not in known:
+            raise ConfigError(f"{cfg.source}: {where}: no role is called {role!r}{suggestion(role, roles)}; "
+                              f"this run's roles are {', '.join(roles)}")
+    counted, totals = cfg.budget.counted_roles, not cfg.budget.limits().is_empty()
+    if totals and counted is not None and not set(counted) & set(roles):
+        raise ConfigError(f"{cfg.source}: budget.counted_roles: none of this run's roles ({', '.join(roles)}) "
+                          "is counted, so the budget's totals would limit nothing")
+    if not totals and not set(cfg.budget.roles) & set(roles):
+        raise ConfigError(f"{cfg.source}: budget: its only limits are for roles this run does not have "
+                          f"({', '.join(cfg.budget.roles)}; this run's: {', '.join(roles)}), so nothing would limit it")
+
 
 
 def repeated_seeds(seeds: list[Seed]) -> list[str]:
