@@ -272,6 +272,10 @@ class BatchView:
     token_limit: int | None = None
 
 
+# How far a provider's clock may lag ours when a batch is looked up by when it was created.
+BATCH_CLOCK_SKEW_S = 60.0
+
+
 @runtime_checkable
 class BatchAPI(Protocol):
     """A provider's batch API (`[teacher] batch = true`). Requests are identified by our query ids
@@ -296,8 +300,11 @@ class BatchAPI(Protocol):
         """Create the batch; returns the provider's batch id."""
         ...
 
-    async def find(self, key: str, file_id: str | None, since: float, count: int) -> str | None:
-        """The id of a batch created for `key` (after wall time `since`, with `count` requests), if any."""
+    async def find(self, key: str, file_id: str | None, since: float, count: int) -> list[str]:
+        """The ids of the batches that may be the one created for `key` (after wall time `since`,
+        less BATCH_CLOCK_SKEW_S, with `count` requests): the one that matches exactly where the
+        provider keeps our key, else every batch that fits. The engine drops those it knows; none
+        left means the batch was never created, and several mean it cannot tell."""
         ...
 
     async def poll(self, batch_id: str) -> BatchView: ...

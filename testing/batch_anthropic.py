@@ -39,6 +39,7 @@ class AnthropicBatches(BatchStore):
             requests.append((cid, r["params"]))
         batch = self._new_batch(ANTHROPIC, requests)
         batch.validating_s = 0.0  # Anthropic has no separate validation phase
+        await self._hang_if_asked()
         return json_response(self._anthropic_view(batch))
 
     def _anthropic_view(self, batch: Batch) -> dict[str, Any]:
@@ -106,6 +107,12 @@ class AnthropicBatches(BatchStore):
             return denied
         data = [self._anthropic_view(b) for b in reversed(list(self.batches.values())) if b.proto == ANTHROPIC]
         limit = int(request.query.get("limit", "20"))
+        ids = [d["id"] for d in data]
+        after, before = request.query.get("after_id"), request.query.get("before_id")
+        if after is not None:  # newest first: the page of older ones after this one
+            data = data[ids.index(after) + 1:] if after in ids else []
+        elif before is not None:  # the page of newer ones just before it
+            data = data[:ids.index(before)][-limit:] if before in ids else []
         page = data[:limit]
         return json_response({"data": page, "has_more": len(data) > limit,
                       "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None})

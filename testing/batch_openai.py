@@ -105,6 +105,7 @@ class OpenAIBatches(BatchStore):
                                 prompt_tokens=tokens)
         batch.invalid.extend(errors)
         self._enqueue(batch)
+        await self._hang_if_asked()
         return json_response(self._openai_view(batch))
 
     def _enqueue(self, batch: Batch) -> None:

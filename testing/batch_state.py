@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -112,6 +113,11 @@ class BatchStore:
         self.batches[batch.id] = batch
         self.server.stats_obj.batches += 1
         return batch
+
+    async def _hang_if_asked(self) -> None:
+        """The batch just created gets no reply when it is the one `batch_create_hang` names."""
+        if self.server.config.batch_create_hang == len(self.batches):
+            await asyncio.sleep(3600)
 
     def _finish(self, batch: Batch, done: int) -> dict[str, Any]:
         """custom_id -> ("ok", body) | ("error", status, error body), for the first `done` requests."""

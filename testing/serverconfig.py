@@ -77,6 +77,10 @@ class ServerConfig:
     # one: 400 "File is too large."), Anthropic a batch request of up to 256 MB (413
     # request_too_large, from its front door). None: no cap (the server's own body limit holds).
     batch_max_bytes: int | None = None
+    # The Nth batch creation (1-based, either API) is carried out, and its reply never comes: the
+    # connection hangs until the client gives up, as when it drops after the provider acted. What a
+    # resumed run, or the client itself, then has to find without re-submitting it.
+    batch_create_hang: int = 0
     # Faults of a dishonest or sloppy provider (a gateway, an OpenAI-compatible server):
     usage_factor: float = 1.0  # reported usage = real usage x this (> 1: a provider that overbills)
     no_usage_rate: float = 0.0  # share of 200s whose body has no `usage` (counted as malformed)

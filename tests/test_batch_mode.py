@@ -3,9 +3,14 @@ real CLI against the test server's batch APIs, witnessed by the server's counts 
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import time
+from pathlib import Path
 
+import anthropic
+import openai
 import pytest
 from synthledger.testing.cli_runs import Project, Server, last_line, wait_for
 
@@ -75,6 +80,84 @@ def test_killed_while_polling_then_resumed_polls_the_same_batch(project):
     assert stats["batch_requests"] == 30 == report["counts"]["settled"] == report["spent"]["queries"]
     assert report["counts"]["lost"] == 0  # a batch outlives the process: nothing was charged unseen
     assert len(proj.events("batch_submitted")) == 1 and len(proj.events("batch_finished")) == 1
+
+
+THREE_BATCHES = {"batch_size": 10, "batch_wait_s": 0.3, "batch_poll_s": 0.1}  # 30 queries: 3 alike
+
+
+def batches_of(proj: Project, srv: Server, provider: str, timeout_s: float) -> Path:
+    base = "/v1" if provider == "openai" else ""
+    return proj.write(teacher={"provider": provider, "base_url": srv.url + base, "model": "gpt-4o-mini",
+                               "batch": True, **THREE_BATCHES, "timeout_s": timeout_s},
+                      budget={"queries": 30}, strategy={"samples_per_seed": 1})
+
+
+def paid_once(proj: Project, srv: Server, res, batches: int = 3) -> None:
+    """Every query went out in one batch, once: none was submitted again, none counted lost."""
+    report = completed(proj, res)
+    stats = srv.stats()
+    assert stats["batches"] == batches, "a batch the provider had created was submitted again"
+    assert report["counts"]["settled"] == 30 == report["spent"]["queries"] and report["counts"]["lost"] == 0
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_batch_created_without_a_reply_is_found_and_followed_not_submitted_again(project, provider):
+    # The second creation's reply never comes (a dropped connection after the provider acted): the
+    # run looks it up. Anthropic's batches carry no key of ours, and the run's first and third
+    # batches are the same size: taken as ambiguous, it was submitted again and paid twice.
+    proj, srv = project("--batch-create-hang", "2", "--batch-request-s", "0.001", seeds=30)
+    res = proj.generate(batches_of(proj, srv, provider, timeout_s=2.0), timeout=180)
+    paid_once(proj, srv, res)
+    assert srv.stats()["batch_requests"] == 30
+
+
+@pytest.mark.parametrize("provider, hang, others", [("anthropic", "2", 0), ("openai", "1", 101)])
+def test_killed_before_a_created_batch_was_recorded_the_resume_follows_it(project, provider, hang, others):
+    # Killed while the provider holds a batch whose id the run never recorded. Anthropic: the run's
+    # own earlier batch of the same size made it ambiguous. OpenAI: 101 newer batches (another job
+    # of the organisation) pushed it off the list's first page. Either way it was "never created",
+    # and its queries were submitted again.
+    proj, srv = project("--batch-create-hang", hang, "--batch-request-s", "0.001", seeds=30)
+    proc = proj.popen(batches_of(proj, srv, provider, timeout_s=60.0))
+    wait_for(lambda: srv.stats()["batches"] >= int(hang), 60, "the batch to be created")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    submitted = {e["batch_id"] for e in proj.events("batch_submitted")}
+    assert len(submitted) < srv.stats()["batches"]  # the provider holds a batch the store does not name
+    if others:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-test", max_retries=0)
+        line = {"custom_id": "other", "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
+        upload = client.files.create(file=("other.jsonl", json.dumps(line).encode()), purpose="batch")
+        for _ in range(others):
+            client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    res = proj.generate(batches_of(proj, srv, provider, timeout_s=60.0), "--resume", timeout=180)
+    paid_once(proj, srv, res, batches=3 + others)
+    assert srv.stats()["batch_requests"] == 30 + others
+
+
+def test_a_batch_that_cannot_be_told_apart_from_another_counts_as_spent(project):
+    # Killed while Anthropic holds the run's first batch, unrecorded; another job then creates a batch
+    # of the same size. Either may be the run's: its queries may have been billed, so they count as
+    # spent (lost), and the rest of the budget pays for the answers still needed, never more.
+    proj, srv = project("--batch-create-hang", "1", "--batch-request-s", "0.001", seeds=30)
+    proc = proj.popen(batches_of(proj, srv, "anthropic", timeout_s=60.0))
+    wait_for(lambda: srv.stats()["batches"] >= 1, 60, "the batch to be created")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    client = anthropic.Anthropic(base_url=srv.url, api_key="sk-test", max_retries=0)
+    client.messages.batches.create(requests=[
+        {"custom_id": f"other-{i}", "params": {"model": "gpt-4o-mini", "max_tokens": 8,
+                                               "messages": [{"role": "user", "content": "hi"}]}} for i in range(10)])
+    res = proj.generate(batches_of(proj, srv, "anthropic", timeout_s=60.0), "--resume", timeout=180)
+    assert res.returncode == 0, res.stderr
+    report = proj.audit(last_line(res)[0])
+    assert report["counts"]["lost"] == 10 and report["spent"]["queries"] == 30
+    assert report["counts"]["settled"] == 20 and srv.stats()["batch_requests"] == 10 + 10 + 20
+    finished = proj.events("batch_finished")
+    assert finished[0]["status"] == "unknown" and "2 batches at the provider could be it" in finished[0]["message"]
 
 
 def test_expired_requests_go_into_the_next_batch(project):

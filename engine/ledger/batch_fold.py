@@ -12,6 +12,7 @@ class BatchFold:
     queries: dict[str, Any]
     batched: dict[str, str]  # query id -> batch key
     batches: dict[str, dict[str, Any]]
+    batch_ids: set[str]
     pacing: dict[str, dict[str, Any]]
     counts: dict[str, int]
 
@@ -29,6 +30,7 @@ class BatchFold:
                                   "at": p.get("at", 0.0), "batch_id": None, "input_file_id": None}
 
     def _on_batch_submitted(self, seq: int, p: dict[str, Any]) -> None:
+        self.batch_ids.add(p["batch_id"])
         b = self.batches.get(p["key"])
         if b is not None:
             b.update(status="submitted", batch_id=p["batch_id"])

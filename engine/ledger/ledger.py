@@ -82,6 +82,7 @@ class Ledger(BatchFold, LedgerReport):
         # Queries inside a provider batch (query id -> batch key), and each open batch's state.
         self.batched: dict[str, str] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_ids: set[str] = set()  # every batch the provider created for this run, ended ones too
         self.pacing: dict[str, dict[str, Any]] = {}  # model -> its last recorded pacing change
 
     @property

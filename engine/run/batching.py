@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 RETRY_S = 5.0  # wait after a failed poll or results download before trying again
 
 
+class BatchUnsure(Exception):
+    """Whether a batch was created cannot be told (see BatchQueue._find)."""
+
+
 class BatchQueue(BatchOutcomes):
     def __init__(self, api: BatchAPI) -> None:
         self.api = api
@@ -183,7 +187,11 @@ class BatchQueue(BatchOutcomes):
             batch_id = await self.api.create(key, file_id, reqs)
             ep.answered += 1
         except TeacherError as err:
-            batch_id = await self._find(key, file_id, at, len(reqs)) if err.maybe_billed else None
+            try:
+                batch_id = await self._find(key, file_id, at, len(reqs)) if err.maybe_billed else None
+            except BatchUnsure as unsure:
+                self._settle_unsure(key, {p.member.qid: p for p in pendings}, f"{err.message}; {unsure}")
+                return
             if batch_id is None:
                 too_large = err.kind is FailureKind.TOO_LARGE and self._too_large(pendings, err)
                 self._settle_all(key, {p.member.qid: p for p in pendings}, {}, "not_submitted", err,
@@ -194,12 +202,29 @@ class BatchQueue(BatchOutcomes):
         await self._follow(key, batch_id, {p.member.qid: p for p in pendings})
 
     async def _find(self, key: str, file_id: str | None, at: float, count: int) -> str | None:
+        """The provider's id for batch `key` whose creation was not recorded, or None: it surely was
+        never created. BatchUnsure when that cannot be told: taken for not created, its queries were
+        sent again and, if it had run, paid twice (the provider unreachable; several batches like it
+        where the provider keeps no key of ours, the run's own earlier ones left out)."""
+        assert self._d is not None
+        known = self._d.ledger.batch_ids
         for _ in range(3):
             try:
-                return await self.api.find(key, file_id, at, count)
+                found = [b for b in await self.api.find(key, file_id, at, count) if b not in known]
             except TeacherError:
                 await anyio.sleep(RETRY_S)
-        return None
+                continue
+            if len(found) > 1:
+                raise BatchUnsure(f"{len(found)} batches at the provider could be it ({', '.join(found[:3])})")
+            return found[0] if found else None
+        raise BatchUnsure("the provider could not be asked whether it was created")
+
+    def _settle_unsure(self, key: str, pendings: dict[str, Pending], why: str) -> None:
+        """A batch that may have been created and cannot be found: its queries' outcome is unknown,
+        so they count as spent (maybe billed), as a request that timed out after it was sent."""
+        lost = TeacherError(FailureKind.CONNECTION, f"the batch may have been created, and cannot be followed: {why}",
+                            maybe_billed=True)
+        self._settle_all(key, pendings, {}, "unknown", lost)
 
     # ---- following a batch to its results ----------------------------------------------------
 
@@ -255,7 +280,11 @@ class BatchQueue(BatchOutcomes):
         try:
             batch_id = info.get("batch_id")
             if batch_id is None:
-                batch_id = await self._find(key, info.get("input_file_id"), info.get("at", 0.0), info["requests"])
+                try:
+                    batch_id = await self._find(key, info.get("input_file_id"), info.get("at", 0.0), info["requests"])
+                except BatchUnsure as unsure:
+                    self._settle_unsure(key, pendings, str(unsure))
+                    return
                 if batch_id is None:
                     gone = TeacherError(FailureKind.EXPIRED, "the batch was never created (the run stopped first)")
                     self._settle_all(key, pendings, {}, "not_submitted", gone)

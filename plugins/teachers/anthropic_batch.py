@@ -3,7 +3,8 @@
 A batch is created with all its requests at once (custom_id = our query id); when it has ended,
 each request's result is `succeeded`, `errored`, `canceled` or `expired`, in no particular order.
 Anthropic's batches carry no metadata, so a resumed run that did not live to record a batch's id
-finds it by its creation time and request count, and only when exactly one batch fits.
+finds it by its creation time and request count: adopted when exactly one batch it does not know of
+fits, its queries counted as spent when several do.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable
 
 import anthropic
 
+from synthledger.engine.api import BATCH_CLOCK_SKEW_S
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
 from .errors import one_line, sdk_error
@@ -76,15 +78,22 @@ class AnthropicBatchAPI:
         b = await self._call(self._client.messages.batches.create(requests=reqs))
         return b.id
 
-    async def find(self, key: str, file_id: str | None, since: float, count: int) -> str | None:
+    async def find(self, key: str, file_id: str | None, since: float, count: int) -> list[str]:
+        """Message batches carry no metadata of ours: every batch created since `since` (less the
+        clocks' skew) with `count` requests may be it. Listed newest first, page by page, until older."""
+        fits: list[str] = []
         page = await self._call(self._client.messages.batches.list(limit=100))
-        fits = []
-        for b in page.data:
-            created = b.created_at.timestamp() if isinstance(b.created_at, datetime) else 0.0
-            total = sum(b.request_counts.model_dump().values()) if b.request_counts is not None else -1
-            if created >= since - 5.0 and total == count:
-                fits.append(b.id)
-        return fits[0] if len(fits) == 1 else None
+        while True:
+            for b in page.data:
+                created = b.created_at.timestamp() if isinstance(b.created_at, datetime) else 0.0
+                if created < since - BATCH_CLOCK_SKEW_S:
+                    return fits
+                total = sum(b.request_counts.model_dump().values()) if b.request_counts is not None else -1
+                if total == count:
+                    fits.append(b.id)
+            if not page.has_next_page():
+                return fits
+            page = await self._call(page.get_next_page())
 
     async def poll(self, batch_id: str) -> BatchView:
         b = await self._call(self._client.messages.batches.retrieve(batch_id))

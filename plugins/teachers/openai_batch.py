@@ -15,6 +15,7 @@ from typing import Any
 import openai
 import orjson
 
+from synthledger.engine.api import BATCH_CLOCK_SKEW_S
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
 from .errors import error_message, one_line, sdk_error, status_error
@@ -98,12 +99,19 @@ class OpenAIBatchAPI:
                                                          completion_window="24h", metadata={"synthledger": key}))
         return b.id
 
-    async def find(self, key: str, file_id: str | None, since: float, count: int) -> str | None:
+    async def find(self, key: str, file_id: str | None, since: float, count: int) -> list[str]:
+        """Our key is in the batch's metadata: an exact match. Listed newest first, page by page, until
+        batches older than `since` (less the clocks' skew): one page missed it behind 100 newer ones."""
         page = await self._call(self._client.batches.list(limit=100))
-        for b in page.data:
-            if (b.metadata or {}).get("synthledger") == key or (file_id is not None and b.input_file_id == file_id):
-                return b.id
-        return None
+        while True:
+            for b in page.data:
+                if (b.metadata or {}).get("synthledger") == key or (file_id is not None and b.input_file_id == file_id):
+                    return [b.id]
+                if b.created_at < since - BATCH_CLOCK_SKEW_S:
+                    return []
+            if not page.has_next_page():
+                return []
+            page = await self._call(page.get_next_page())
 
     async def poll(self, batch_id: str) -> BatchView:
         b = await self._call(self._client.batches.retrieve(batch_id))
