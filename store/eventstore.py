@@ -257,9 +257,9 @@ class EventStore(KeyIndex):
             if row is not None:
                 return self._row_to_info(row)
             rows = conn.execute(text("SELECT * FROM runs WHERE name = :n ORDER BY created"), {"n": ref}).all()
-            if not rows:
-                rows = conn.execute(text("SELECT * FROM runs WHERE id LIKE :p ORDER BY created"),
-                                    {"p": ref.replace("%", "") + "%"}).all()
+            if not rows and ref:  # a prefix compared as text: `_` and `%` in LIKE matched other runs
+                rows = conn.execute(text("SELECT * FROM runs WHERE substr(id, 1, :n) = :p ORDER BY created"),
+                                    {"n": len(ref), "p": ref}).all()
         if not rows:
             raise RunNotFound(f"no run with id or name {ref!r} in {self.where}")
         if len(rows) > 1:

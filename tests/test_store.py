@@ -159,6 +159,15 @@ def test_unknown_run_is_named(store):
         store.append("nope", [ev("a")], 0, GENESIS)
 
 
+def test_a_run_is_named_by_its_id_prefix_as_text_never_as_a_pattern(store):
+    # `show _d` showed run 6d4f...: the prefix went into LIKE, where `_` and `%` are wildcards.
+    first, second = (store.create_run(name, {}, "h") for name in ("first", "second"))
+    assert store.resolve(first[:8]).id == first and store.resolve(second).id == second
+    for ref in ("_" + first[1:6], "%" + first[-2:], first[:2] + "%", ""):
+        with pytest.raises(RunNotFound):
+            store.resolve(ref)
+
+
 def test_a_writer_blocked_behind_another_fails_once_it_commits(store_url):
     """Truly concurrent writers: while another writer's transaction extends the run, our append waits
     on the database's lock, then finds the run moved on: the same error as a stale read."""
