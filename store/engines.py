@@ -20,12 +20,22 @@ from .records import EVENT_COLUMNS
 from .urls import check_driver
 
 
-def _sqlite_pragmas(timeout_ms: float, read_only: bool, dbapi_conn: Any, _record: Any) -> None:
+# SQLite's busy timeout and PostgreSQL's lock_timeout are 32-bit milliseconds: a larger value was
+# read as none at all (a store locked for a moment then failed at once).
+MAX_WAIT_MS = 2**31 - 1
+
+
+def wait_ms(seconds: float) -> int:
+    return MAX_WAIT_MS if seconds * 1000 >= MAX_WAIT_MS else int(seconds * 1000)
+
+
+def _sqlite_pragmas(timeout_ms: int, read_only: bool, dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    # First: switching a store to WAL needs its lock too, and waited only the driver's 5 s for it.
+    cur.execute(f"PRAGMA busy_timeout={timeout_ms}")
     if not read_only:  # setting the journal mode is a write: a read-only store keeps the one it has
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")  # durable at every commit; batching keeps that cheap
-    cur.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -105,7 +115,7 @@ def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None
         # Sessions say whose they are (pg_stat_activity), and a lock is waited for as long as a busy
         # SQLite file would be, not forever.
         app = f"synthledger {socket.gethostname()}:{os.getpid()}"[:63]
-        options = f"-c lock_timeout={int(busy_timeout_s * 1000)}"
+        options = f"-c lock_timeout={wait_ms(busy_timeout_s)}"
         given = make_url(url).query.get("options")  # the URL's own server options come first
         options = f"{given if isinstance(given, str) else ' '.join(given)} {options}" if given else options
         kwargs = {"connect_args": {"application_name": app, "options": options}}
@@ -114,7 +124,7 @@ def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None
     except Exception as exc:  # bad URL or missing driver
         raise StoreError(f"cannot open store {where}: {one_line(exc)}") from exc
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", partial(_sqlite_pragmas, busy_timeout_s * 1000, read_only))
+        event.listen(engine, "connect", partial(_sqlite_pragmas, wait_ms(busy_timeout_s), read_only))
     return engine
 
 
