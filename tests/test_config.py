@@ -236,6 +236,9 @@ BAD_RUNS = {
     "misspelt counted role": ["--set", "budget.counted_roles=[\"teachr\"]"],
     "misspelt budget role": ["--set", "budget.roles.teachr.queries=5"],
     "uncounted run": ["--set", "budget.counted_roles=[\"augmenter\"]"],
+    # Stored as JSON with 64-bit integers: a larger one failed the start with a traceback.
+    "huge number": ["--set", "budget.queries=99999999999999999999999"],
+    "huge plugin option": ["--set", "strategy.samples_per_seed=99999999999999999999999"],
 }
 EXPECTED = {
     "unknown core key": "run.bogus: unknown key",
@@ -247,6 +250,8 @@ EXPECTED = {
     "misspelt counted role": "budget.counted_roles: no role is called 'teachr' (did you mean `teacher`?)",
     "misspelt budget role": "budget.roles.teachr: no role is called 'teachr' (did you mean `teacher`?)",
     "uncounted run": "budget.counted_roles: none of this run's roles (teacher) is counted",
+    "huge number": "budget.queries: too large a number (at most 9,223,372,036,854,775,807)",
+    "huge plugin option": "strategy.samples_per_seed: too large a number",
 }
 
 

@@ -41,8 +41,26 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
+# A config is hashed and stored as JSON, whose integers our encoder keeps to 64 bits: a larger one
+# (`queries = 99999999999999999999999`) failed the run's start with a traceback.
+MAX_INT = 2**63 - 1
+
+
+def oversized_numbers(data: Any, path: str = "") -> list[str]:
+    """Key paths whose value is an integer beyond 64 bits."""
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in oversized_numbers(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in oversized_numbers(v, f"{path}[{i}]")]
+    return [path] if isinstance(data, int) and abs(data) > MAX_INT else []
+
+
 def validate_config(model: type[M], data: dict[str, Any], source: str) -> M:
     """`data` as a `model`, or one ConfigError listing every bad key path under `source`."""
+    huge = oversized_numbers(data)
+    if huge:
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(
+            f"{p}: too large a number (at most {MAX_INT:,})" for p in huge))
     try:
         return model.model_validate(data)
     except ValidationError as exc:
