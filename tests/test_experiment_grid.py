@@ -278,6 +278,38 @@ def test_ctrl_c_to_the_driver_closes_its_workers_runs_as_interrupted(tmp_path, t
     assert _running_student_runs(db) == 0
 
 
+def _count_where(db: Path, sql: str) -> int:
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:  # the store is not made yet
+        return 0
+    finally:
+        con.close()
+
+
+def test_ctrl_c_during_a_generation_is_an_interruption_not_a_failed_cell(tmp_path, tiny_student):
+    # The cell was recorded as failed, and the message pointed at `generate --resume`, which is not
+    # how an experiment continues.
+    db = tmp_path / "store.db"
+    with run_in_thread(ServerConfig(latency_ms=1000)) as srv:  # the first cell asks 4 queries, one at a time
+        grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
+        proc = subprocess.Popen(CLI + ["experiment", "run", str(grid), "--store", f"sqlite:///{db}", "--no-progress"],
+                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not _count_where(db, "SELECT count(*) FROM events WHERE type = 'query_settled'"):
+            assert proc.poll() is None and time.monotonic() < deadline, "no generation was ever seen running"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    said = " ".join((out + err).split())
+    assert "interrupted" in said and "was interrupted; run the same command again to continue" in said, said
+    assert "generate --resume" not in said and "failed" not in said, said
+    assert _count_where(db, "SELECT count(*) FROM events WHERE type = 'cell_failed'") == 0
+
+
 @pytest.fixture
 def ray_instance():
     """A local Ray instance the driver joins (as it joins a cluster: `address`, or Ray already up)."""

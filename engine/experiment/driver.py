@@ -185,13 +185,13 @@ class Driver:
                 continue
             gen = self.generate(cell, rec.generate_run)
             self.gen_runs[cell.id] = gen.run_id
+            if gen.status == "interrupted":  # not a failure: the same command again resumes it
+                self.stop_reason, self.interrupted = f"the generation of {cell.id} was interrupted", True
+                return
             if not gen.ok:
                 self.journal.emit(CellFailed(cell=cell.id, stage="generate", reason=f"{gen.status}: {gen.message}"))
                 self.view.failed_cell(cell.id, gen.message)
                 self.stop_reason = f"generation of {cell.id} {gen.status}: {gen.message}"
-                self.interrupted = gen.status == "interrupted"
-                if self.interrupted:
-                    return
                 continue
             self.submit(cell, gen.run_id)
             self.harvest(block=False)

@@ -38,8 +38,8 @@ class CellRecord:
             return "finished"
         if self.failed is not None:
             return "failed"
-        if self.generated is not None:
-            return "generated"
+        if self.generated is not None:  # (an interrupted generation is resumed by the next run)
+            return "interrupted" if self.generated.get("status") == "interrupted" else "generated"
         return "generating" if self.generate_run else "pending"
 
 
