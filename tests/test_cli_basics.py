@@ -177,6 +177,20 @@ def test_an_error_whose_message_spans_lines_is_printed_as_one(tmp_path):
     assert "no such.db does not exist" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args, said", [
+    (["export"], "Missing argument 'RUN'. (see: cli.py export --help)"),
+    (["generate", "--bogus"], "No such option: --bogus (see: cli.py generate --help)"),
+    (["--busy-timeout", "-1", "runs"], "Invalid value for '--busy-timeout'"),
+    (["nonsense"], "No such command 'nonsense'."),
+])
+def test_a_command_line_that_cannot_be_taken_is_one_line(args, said):
+    # Typer drew a five-line box around these; every other error is one line.
+    r = subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "80"}, timeout=60)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: ") and said in r.stderr, r.stderr
+
+
 def test_a_damaged_event_payload_is_named_by_run_and_seq(recorded, tmp_path):
     url, run_id, project = recorded
     broken, con = damaged_copy(project, tmp_path)
