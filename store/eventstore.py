@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import time
 import uuid
 import weakref
@@ -27,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
-from .engines import (insert_sql, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
+from .engines import (insert_sql, wait_ms, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
                       sqlite_path, unwritable)
 from .errors import ConcurrencyError, NameTaken, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
@@ -82,6 +83,8 @@ class EventStore(KeyIndex):
         if self.url.startswith("sqlite"):
             self._sqlite_path = sqlite_path(self.url, self.must_exist)
             self.where = self._sqlite_path or self.where
+            if self.must_exist and self._sqlite_path:
+                self._refuse_a_foreign_file(self._sqlite_path)
         self.engine = engine = open_engine(self.url, self.where, self.busy_timeout_s, self._sqlite_path)
         if self.must_exist and not self.url.startswith("sqlite"):
             self._require_schema()
@@ -119,6 +122,26 @@ class EventStore(KeyIndex):
             engine.dispose()
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         return engine
+
+    def _refuse_a_foreign_file(self, path: str) -> None:
+        """A command that only reads must not turn another program's SQLite file into a store: opening
+        it migrated it (our tables added, the file switched to WAL) and could leave it half done.
+        Looked at read-only, before anything writes; a file SQLite cannot read is left to the open."""
+        import sqlite3
+        from urllib.parse import quote
+
+        try:
+            con = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True,
+                                  timeout=wait_ms(self.busy_timeout_s) / 1000)
+            try:
+                tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return
+        if "schema_migrations" not in tables:
+            held = f"it holds other tables ({', '.join(tables[:5])})" if tables else "it is an empty database"
+            raise StoreError(f"{path} is not a synthledger store: {held}; nothing was written to it")
 
     def _require_schema(self) -> None:
         """A server database counts as a store once it holds our tables; an empty one is not created here."""

@@ -191,6 +191,23 @@ def test_a_command_line_that_cannot_be_taken_is_one_line(args, said):
     assert r.stderr.startswith("error: ") and said in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("tables", [["users"], ["runs"], []], ids=["other", "a_runs_table", "empty"])
+def test_a_read_command_on_a_file_that_is_no_store_refuses_and_writes_nothing(tmp_path, tables):
+    # `runs` on another program's SQLite file migrated it: our tables added, the file switched to
+    # WAL, and with a `runs` table of its own left half-migrated behind an error.
+    db = tmp_path / "other.db"
+    con = sqlite3.connect(db)
+    for table in tables:
+        con.execute(f"CREATE TABLE {table} (id INTEGER)")
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    for args in (["runs"], ["show", "x"], ["audit", "x"]):
+        r = cli(*args, "--store", f"sqlite:///{db}")
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {db} is not a synthledger store"), r.stderr
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
 def test_a_damaged_event_payload_is_named_by_run_and_seq(recorded, tmp_path):
     url, run_id, project = recorded
     broken, con = damaged_copy(project, tmp_path)
