@@ -294,12 +294,13 @@ def test_ctrl_c_during_a_generation_is_an_interruption_not_a_failed_cell(tmp_pat
     # The cell was recorded as failed, and the message pointed at `generate --resume`, which is not
     # how an experiment continues.
     db = tmp_path / "store.db"
-    with run_in_thread(ServerConfig(latency_ms=1000)) as srv:  # the first cell asks 4 queries, one at a time
+    # The first cell's 4 queries go out at once and take 3 s: the stop comes while they are in flight.
+    with run_in_thread(ServerConfig(latency_ms=3000)) as srv:
         grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
         proc = subprocess.Popen(CLI + ["experiment", "run", str(grid), "--store", f"sqlite:///{db}", "--no-progress"],
                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
-        while not _count_where(db, "SELECT count(*) FROM events WHERE type = 'query_settled'"):
+        while not _count_where(db, "SELECT count(*) FROM events WHERE type = 'query_dispatched'"):
             assert proc.poll() is None and time.monotonic() < deadline, "no generation was ever seen running"
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
