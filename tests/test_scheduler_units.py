@@ -190,6 +190,34 @@ async def test_tpm_is_paced(clock) -> None:
     assert times[-1] - times[0] == pytest.approx(20 * interval - ALLOWANCE, abs=1e-9)
 
 
+async def test_a_token_limit_holds_its_share_of_every_second_over_whole_requests(clock) -> None:
+    # 60,000 TPM is 1,000 tokens a second where a provider enforces it per second: requests of 550
+    # (prompt + max_tokens) fit one per second. Paced on average they went every 0.55 s, and every
+    # second one was refused (a 429 storm once the refunds let the next go at once).
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=60_000)
+    times = sorted(await release_times(limiter, 4, tokens=550))
+    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(times, times[1:])), times
+
+
+async def test_a_refused_request_keeps_its_place_in_the_second(clock) -> None:
+    # Its tokens are refunded to the average pace, but not to the second it was refused in.
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=60_000)
+    await limiter.acquire(550)
+    t0 = anyio.current_time()
+    limiter.sent(550)
+    limiter.settle(estimated=550, actual=0)  # a 429: the provider counted nothing
+    await limiter.acquire(550)
+    assert anyio.current_time() - t0 >= 1.0 - 1e-9
+
+
+async def test_a_small_request_goes_beside_a_large_one_within_the_share(clock) -> None:
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=60_000)
+    await limiter.acquire(550)
+    t0 = anyio.current_time()
+    await limiter.acquire(400)  # 950 of 1,000 in the second: only the average pace holds it
+    assert anyio.current_time() - t0 == pytest.approx(550 * 60 / (60_000 * SAFETY) - ALLOWANCE, abs=1e-9)
+
+
 async def test_both_limits_apply(clock) -> None:
     # The request limit allows 10/s, the token limit only 5/s at 100 tokens: tokens bind.
     limiter = RateLimiter(requests_per_minute=600, tokens_per_minute=30_000)

@@ -93,6 +93,7 @@ class Endpoint:
         return max(20, 4 * self.retry.max_attempts)
 
     def on_sent(self, est: Tokens) -> None:
+        self.limiter.sent(est)
         self.rate.on_send(est)
 
     def on_success(self, est: Tokens, counted_tokens: Tokens, rate_limits: RateLimitInfo | None,

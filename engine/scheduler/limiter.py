@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from .token_window import WINDOW_S, TokenWindows, counts_of
+
 __all__ = ["RateLimiter", "Tokens", "as_tokens", "counted"]
 
 # Lateness we absorb without losing schedule time, at most; see the module docstring for the bound.
@@ -109,6 +111,7 @@ class RateLimiter:
         # Theoretical arrival times (GCRA): the earliest time the next release is on schedule.
         self._req_tat = _NEVER
         self._tat = {name: _NEVER for name in TOKEN_LIMITS}
+        self._windows = TokenWindows(TOKEN_LIMITS)  # each token limit's one-second share (token_window.py)
         self._pause_until = _NEVER
         self._learned: set[str] = set()  # dimensions whose limit came from the provider's headers
         self._lock = anyio.Lock(fast_acquire=True)
@@ -187,6 +190,8 @@ class RateLimiter:
                 while True:
                     now = anyio.current_time()
                     at = self._earliest()
+                    if self._tokens_paced:
+                        at = max(at, self._windows.room_at(counts_of(estimate), self._window_shares(), max(at, now)))
                     if at <= now:
                         self._claim(estimate, now)
                         return
@@ -205,7 +210,19 @@ class RateLimiter:
                 at = max(at, self._tat[name] - self._burst)
         return at
 
+    @property
+    def _tokens_paced(self) -> bool:
+        return any(v is not None for v in self._per_min.values())
+
+    def _window_shares(self) -> dict[str, float]:
+        """Each paced token limit's share of one second, at the pace's factor. Not less the pace's
+        safety: that keeps the average rate under the limit, and whole requests at it fill a second
+        to the limit's share (20 of 100 tokens at 120,000 a minute), which the provider admits."""
+        return {name: v * self._factor * WINDOW_S / 60.0 for name, v in self._per_min.items() if v is not None}
+
     def _claim(self, tokens: Tokens, now: float) -> None:
+        if self._tokens_paced:
+            self._windows.add(counts_of(tokens), self._window_shares(), now)
         floor = now - self._catch_up
         if self._rpm is not None:
             self._req_tat = max(self._req_tat, floor) + 60.0 / (self._rpm * self._safety * self._factor)
@@ -238,9 +255,15 @@ class RateLimiter:
             diff = counted(name, act) - counted(name, est)
             if diff:
                 self._tat[name] += diff * self._seconds_per(name)
+                self._windows.settle(name, counted(name, est), counted(name, act))
                 refunded = refunded or diff < 0
         if refunded:
             self._notify()
+
+    def sent(self, tokens: "int | Tokens") -> None:
+        """A released request is on the wire now: the provider's window counts it from here."""
+        if self._tokens_paced:
+            self._windows.sent(counts_of(as_tokens(tokens)), anyio.current_time())
 
     def pause_until(self, t: float) -> None:
         """Release nobody before loop time `t` (an existing longer pause is kept)."""

@@ -1,0 +1,84 @@
+"""Keep each token limit's one-second share over the requests actually sent.
+
+The limiter paces tokens on average (GCRA): at 60,000 tokens per minute, requests of 550 tokens
+(a prompt and its `max_tokens`) go out every 0.55 s. A provider that enforces the limit per second
+(OpenAI documents that a per-minute limit may be enforced over shorter periods) counts whole
+requests in any one-second window: two of them are 1,100 tokens, over its 1,000, so the second is
+refused. Its tokens were refunded, which let the next request go at once into the same full window:
+a storm of 429s (exploratory QA: 407 for 10 answers, and items failed after 24 attempts).
+
+So a release also waits until the last second's sends leave room for it under the limit's share of
+a second; a request larger than that share goes alone. An entry counts from its release until its
+request is on the wire, then from the send (the run's first commit can hold a send for most of a
+second); it is corrected to what the provider counted once that is known, except a refusal, which
+keeps its place: the refusal says the window was full.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+WINDOW_S = 1.0
+
+
+@dataclass
+class _Entry:
+    at: float  # released, then sent
+    tokens: int  # as estimated, then as the provider counted them
+    sent: bool = False
+    settled: bool = False
+
+
+class TokenWindows:
+    def __init__(self, dimensions: tuple[str, ...]) -> None:
+        self._entries: dict[str, deque[_Entry]] = {name: deque() for name in dimensions}
+
+    def room_at(self, counts: dict[str, int], shares: dict[str, float], now: float) -> float:
+        """The earliest time (>= now) a request counting `counts` fits every limit's share."""
+        at = now
+        for name, share in shares.items():
+            need = counts.get(name, 0)
+            if need <= 0:
+                continue
+            entries = self._expire(name, now)
+            used = sum(e.tokens for e in entries)
+            if used + need <= share:
+                continue
+            for e in sorted(entries, key=lambda e: e.at):  # the oldest leave the window first
+                used -= e.tokens
+                if used + need <= share or used <= 0:
+                    at = max(at, e.at + WINDOW_S)
+                    break
+        return at
+
+    def add(self, counts: dict[str, int], shares: dict[str, float], now: float) -> None:
+        for name in shares:
+            if counts.get(name, 0) > 0:
+                self._entries[name].append(_Entry(now, counts[name]))
+
+    def sent(self, counts: dict[str, int], now: float) -> None:
+        """The oldest release of these counts not yet sent is on the wire now."""
+        for name, entries in self._entries.items():
+            e = next((e for e in entries if not e.sent and e.tokens == counts.get(name)), None)
+            if e is not None:
+                e.at, e.sent = max(e.at, now), True
+
+    def settle(self, name: str, estimated: int, actual: int) -> None:
+        """The oldest unsettled request of `estimated` tokens counted `actual` at the provider."""
+        if actual <= 0:  # refused: it keeps its place (see the module docstring)
+            return
+        e = next((e for e in self._entries[name] if not e.settled and e.tokens == estimated), None)
+        if e is not None:
+            e.tokens, e.settled = actual, True
+
+    def _expire(self, name: str, now: float) -> deque[_Entry]:
+        entries = self._entries[name]
+        while entries and entries[0].at <= now - WINDOW_S:
+            entries.popleft()
+        return entries
+
+
+def counts_of(tokens: object) -> dict[str, int]:
+    """A limiter.Tokens as each token limit counts it."""
+    return {"tokens": tokens.total, "input_tokens": tokens.input, "output_tokens": tokens.output}  # type: ignore[attr-defined]
