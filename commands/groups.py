@@ -29,8 +29,11 @@ def store_copy(
     from synthledger.store.eventstore import EventStore
 
     source = _existing_store(src)
+    for ref in refs or []:
+        source.resolve(ref)  # a run that is not there fails before the target is made
+    new_file = _new_sqlite_file(dst)
     target = EventStore(dst)
-    failed = 0
+    failed = copied = 0
     for result in copy_runs(source, target, refs or []):
         if isinstance(result, CopyRefused):
             from rich.markup import escape
@@ -40,9 +43,25 @@ def store_copy(
         elif result.action == "identical":
             print(f"run {result.run_id} ({result.name}) is already in {target.where}, identical: nothing to do")
         else:
+            copied += 1
             print(f"{result.action} run {result.run_id} ({result.name}): {result.events} events")
+    target.close()
+    if new_file is not None and not copied:  # nothing went in: leave no empty store behind
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{new_file}{suffix}").unlink(missing_ok=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _new_sqlite_file(url: str) -> Path | None:
+    """The SQLite file `url` names, when it does not exist yet (a copy that copies nothing removes it)."""
+    from synthledger.store.urls import normalize
+
+    url = normalize(url)
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    path = Path(url.split(":///", 1)[1].split("?", 1)[0])
+    return None if path.exists() else path
 
 
 experiment_app = typer.Typer(no_args_is_help=True, help="The research's grid as one command: strategy x budget x "

@@ -127,6 +127,7 @@ def test_a_broken_source_chain_is_refused_and_nothing_is_written(stores, tmp_pat
     raw(lite, f"DELETE FROM events WHERE run_id = '{good}' AND seq = 5")  # a cut tail
     r = cli("store", "copy", lite, f"sqlite:///{tmp_path / 'other.db'}", good)
     assert r.returncode == 1 and "ends at seq 4 but the run records 5 events" in r.stderr
+    assert not (tmp_path / "other.db").exists()  # a new store nothing went into is not left behind
 
 
 def test_bad_arguments_are_one_line(stores, tmp_path):
@@ -137,4 +138,6 @@ def test_bad_arguments_are_one_line(stores, tmp_path):
     EventStore(lite).close()
     unknown = cli("store", "copy", lite, pg, "no-such-run")
     assert unknown.returncode == 2 and "no run with id or name 'no-such-run'" in unknown.stderr
+    new = cli("store", "copy", lite, f"sqlite:///{tmp_path / 'new.db'}", "no-such-run")
+    assert new.returncode == 2 and not (tmp_path / "new.db").exists()  # refused before it was made
     assert "Traceback" not in missing.stderr + unknown.stderr
