@@ -29,7 +29,7 @@ def _version(value: bool) -> None:
 
 StoreOpt = typer.Option(None, "--store", metavar="URL",
                         help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, else \\[run] store of "
-                             "the config for generate, else .synthledger/synthledger.db). Only generate creates one.")
+                             "the config for generate, else .synthledger/synthledger.db). Only generate and experiment run, starting anew, create one.")
 
 
 class CliError(Exception):

@@ -174,6 +174,15 @@ def test_the_command_prints_one_line_and_writes_nothing(grid, tmp_path):
     assert not store.exists() and not (tmp_path / "work").exists()
 
 
+def test_a_resume_where_no_store_is_makes_none(grid, tmp_path):
+    # --resume of a mistyped store made an empty one, then said there was no experiment to resume.
+    store = tmp_path / "typo.db"
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "experiment", "run", str(grid), "--resume",
+                          "--store", f"sqlite:///{store}"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 2 and f"store {store} does not exist" in res.stderr, res.stderr
+    assert res.stderr.count("error:") == 1 and "Traceback" not in res.stderr and not store.exists()
+
+
 # ---- nested seed subsets -----------------------------------------------------------------------
 def test_seed_subsets_are_nested_within_a_replicate_and_differ_between_replicates():
     pool = [Seed(id=str(i), question=f"q{i}") for i in range(40)]

@@ -222,7 +222,7 @@ def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: s
     url, where = store_for(exp, store_url)
     if announce is not None:
         announce(where)
-    store = EventStore(url)
+    store = EventStore(url, must_exist=resume)  # (a resume of a store that is not there is a typo, not a new store)
     _write_inputs(prep)  # deterministic files; written before the run so a failure here leaves no run behind
     journal, done_state = _start(prep, store, resume)
     if journal is None:

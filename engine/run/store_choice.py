@@ -66,4 +66,4 @@ def open_store(choice: StoreChoice | str | None = None, *, create: bool = False)
         return EventStore(choice.url, must_exist=not create)
     except StoreMissing as exc:
         raise StoreMissing(f"{exc} (from {choice.origin}); check the path — only `generate` "
-                           "starting a new run creates a store") from None
+                           "and `experiment run` starting anew create a store") from None
