@@ -196,6 +196,26 @@ def test_unset_api_key_env_is_one_line_before_the_run(tmp_path):
         assert ok.returncode == 0, ok.stderr
 
 
+def test_rejected_credentials_leave_no_attempt_without_its_end(tmp_path):
+    # The first 401 stops the run; an attempt recorded as dispatched and not yet sent was left with
+    # no outcome (neither spent nor released, only "dispatched"), though it never went out.
+    with run_in_thread(require_api_key="sk-right") as srv:
+        write_project(tmp_path, srv.url, name="wrongkey", seeds=10, queries=10)
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        for i in range(3):  # (where the stop finds each attempt varies)
+            r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, "--name", f"wrongkey{i}",
+                    cwd=tmp_path, env={"OPENAI_API_KEY": "sk-wrong"})
+            assert r.returncode == 1 and "rejected our credentials" in r.stderr, r.stderr
+    store = EventStore(url)
+    for run_id in run_ids(url):
+        events = list(store.iter_events(run_id))
+        dispatched = {(e.payload["query_id"], e.payload["attempt"]) for e in events if e.type == "query_dispatched"}
+        ended = {(e.payload["query_id"], e.payload["attempt"]) for e in events
+                 if e.type in ("attempt_failed", "query_settled")}
+        assert dispatched and dispatched <= ended, dispatched - ended
+    store.close()
+
+
 # ---- 13: final_answer verification without references ------------------------------------------------------
 
 

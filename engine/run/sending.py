@@ -59,9 +59,18 @@ class Sender:
             slot = shaper.slot(anyio.current_time()) if shaper is not None else None
             for m in members:
                 self.recorder.emit_plain(QueryDispatched, query_id=m.qid, attempt=m.attempt, request=shared)
-            await self.recorder.flush()  # recorded before it is sent
-            if slot is not None:
-                await shaper.wait(slot)  # type: ignore[union-attr]  # commit jitter stays off the wire
+            try:
+                await self.recorder.flush()  # recorded before it is sent
+                if slot is not None:
+                    await shaper.wait(slot)  # type: ignore[union-attr]  # commit jitter stays off the wire
+            except anyio.get_cancelled_exc_class():
+                # The run stopped (a fatal error elsewhere) after the dispatch was recorded and before
+                # the send: the attempt surely never went out, and its record must say how it ended.
+                for m in members:
+                    self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="connection",
+                                                     maybe_billed=False,
+                                                     message="not sent: the run stopped before its send"))
+                raise
             ep.on_sent(est)
             started = time.monotonic()
             limit = request.timeout_s or ep.timeout_s
