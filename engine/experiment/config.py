@@ -102,6 +102,18 @@ def _one_line(exc: ValidationError, where: str) -> ConfigError:
     return ConfigError(f"{where}: " + "; ".join(line.strip() for line in lines))
 
 
+def _known_strategies(names: list[str], where: str) -> None:
+    """An unknown name is the grid file's error, not a `[strategy]` section the user never wrote."""
+    from .. import host
+    from ..run.config_errors import suggestion
+
+    known = host.get_host().names("strategies")
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{where}: experiment.strategies: no strategy named {name!r}{suggestion(name, known)} "
+                              f"(known: {', '.join(known)})")
+
+
 def _grid_shape(sec: ExperimentSection, where: str) -> dict[int, list[int]]:
     """Budgets per seed size, after the checks that need nothing but the grid file."""
     if not sec.strategies:
@@ -112,6 +124,7 @@ def _grid_shape(sec: ExperimentSection, where: str) -> dict[int, list[int]]:
         values = getattr(sec, key)
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: experiment.{key} lists a value twice")
+    _known_strategies(sec.strategies, where)
     if (sec.budgets is None) == (sec.ratios is None):
         raise ConfigError(f"{where}: set exactly one of experiment.budgets (queries Q) and experiment.ratios "
                           "(Q = ratio x |S|)")
