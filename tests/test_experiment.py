@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,38 @@ def test_a_resume_where_no_store_is_makes_none(grid, tmp_path):
                           "--store", f"sqlite:///{store}"], capture_output=True, text=True, env=ENV, timeout=300)
     assert res.returncode == 2 and f"store {store} does not exist" in res.stderr, res.stderr
     assert res.stderr.count("error:") == 1 and "Traceback" not in res.stderr and not store.exists()
+
+
+def test_a_generation_killed_with_queries_out_says_how_many_it_lost(tmp_path):
+    # kill -9 with requests out: they count as spent (their outcome is unknown), are never answered,
+    # and the cell trains on fewer answers than Q; the grid's table said nothing of it.
+    from synthledger.engine.experiment.report import lost_lines
+    from synthledger.engine.experiment.stages import generation_outcome
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with run_in_thread(ServerConfig(latency_ms=4000)) as srv:
+        write_project(tmp_path, srv.url, name="cell", seeds=4, queries=4)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "generate", "-c", "run.toml", "--no-progress",
+                                 "--store", url], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        db = tmp_path / "s.db"
+        deadline = time.monotonic() + 60
+        while srv.stats()["received"] < 4:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never had its queries out"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        assert db.exists()
+        resumed = subprocess.run([sys.executable, str(ROOT / "cli.py"), "generate", "-c", "run.toml", "--resume",
+                                  "--no-progress", "--store", url], cwd=tmp_path, env=ENV, capture_output=True,
+                                 text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+    store = EventStore(url)
+    gen = generation_outcome(store, store.resolve("cell").id)
+    store.close()
+    assert gen.lost == 4 and gen.paid["queries"] == 4 and gen.rows == 0
+    cell = {"id": "answer_augmentation/s4/q4/r0", "budget": 4, "lost_queries": gen.lost}
+    assert lost_lines([cell]) == ["answer_augmentation/s4/q4/r0: 4 queries were out when a process was killed; "
+                                  "paid, never answered, so it trained on fewer answers than Q = 4"]
 
 
 # ---- nested seed subsets -----------------------------------------------------------------------

@@ -162,7 +162,7 @@ class Driver:
         gen = run_generation(cfg, self.store, run_id, started)
         self.journal.emit(CellGenerated(cell=cell.id, generate_run=gen.run_id, status=gen.status, rows=gen.rows,
                                         paid=gen.paid, reused=gen.reused, wall_s=gen.wall_s,
-                                        quality=gen.quality))
+                                        quality=gen.quality, lost=gen.lost))
         self.view.generated(cell.id, Amount.of(gen.paid), Amount.of(gen.reused), gen.status)
         return gen
 

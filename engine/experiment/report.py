@@ -41,7 +41,7 @@ def render(result: dict[str, Any], console: Console) -> None:
                       str(row["paid_queries"]), str(row["reused_queries"]), f"{row['usd']:.4f}",
                       _pct(q.get("agreement")), _pct(q.get("truncation_rate")), _pct(q.get("duplicate_rate")))
     console.print(table)
-    for line in quality_lines(result["summary"]):
+    for line in quality_lines(result["summary"]) + lost_lines(result["cells"]):
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     if result["baselines"]:
         base = Table("baseline", "|S|", "accuracy", "95% CI", "reps", "rows", title="baselines")
@@ -59,6 +59,14 @@ def render(result: dict[str, Any], console: Console) -> None:
     if failed:
         console.print(f"[yellow]{len(failed)} cell(s) not finished[/yellow]: "
                       + escape(", ".join(f"{c['id']} ({c['status']})" for c in failed[:8])), highlight=False)
+
+
+def lost_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """Cells whose generation lost queries in flight to a kill: each was paid for and never answered
+    (invariant: an unknown outcome counts as spent), so the cell trained on fewer answers than its
+    budget, and its score is not quite the uninterrupted grid's."""
+    return [f"{c['id']}: {c['lost_queries']} queries were out when a process was killed; paid, never answered, "
+            f"so it trained on fewer answers than Q = {c['budget']}" for c in cells if c.get("lost_queries")]
 
 
 def crossover_lines(result: dict[str, Any]) -> list[str]:

@@ -161,6 +161,7 @@ def _cell_json(rec: CellRecord, n: int, draws: int) -> dict[str, Any]:
             "accuracy": scored.accuracy() if scored else None, "ci_low": low, "ci_high": high,
             "n": f.get("n"), "correct": f.get("correct"), "rows": f.get("rows", g.get("rows")),
             "paid_queries": paid.queries, "reused_queries": reused.queries, "usd": round(paid.usd, 6),
+            "lost_queries": g.get("lost", 0),
             "generate_run": rec.generate_run, "train_run": f.get("train_run"), "eval_run": f.get("eval_run"),
             "wall_s": {**({"generate": g["wall_s"]} if g.get("wall_s") else {}), **(f.get("wall_s") or {})},
             "quality": g.get("quality") or None,

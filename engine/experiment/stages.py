@@ -33,6 +33,7 @@ class Generated:
     reused: dict[str, Any]
     wall_s: float
     quality: dict[str, Any] = field(default_factory=dict)  # output.quality.brief of the run
+    lost: int = 0  # queries out when a process was killed: counted as spent, never answered
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,8 @@ def generation_outcome(store: EventStore, run_id: str, wall_s: float = 0.0) -> G
     snap = state.ledger.snapshot()
     info = store.get_run(run_id)
     return Generated(run_id, state.status or info.status, state.message, state.accepted,
-                     snap["paid"], snap["reused"], round(wall_s, 3), brief(fold_quality(quality)))
+                     snap["paid"], snap["reused"], round(wall_s, 3), brief(fold_quality(quality)),
+                     int(snap["counts"].get("lost", 0)))
 
 
 def run_generation(cfg: RunConfig, store: EventStore, run_id: str | None,

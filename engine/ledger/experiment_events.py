@@ -44,6 +44,9 @@ class CellGenerated(_ExperimentEvent):
     paid: dict[str, Any] = {}
     reused: dict[str, Any] = {}
     wall_s: float = 0.0
+    # Queries out when a process was killed: spent (their outcome is unknown) and never answered, so
+    # the cell was trained on fewer answers than its budget paid for.
+    lost: int = 0
     # The generated data's quality in brief (`output.quality.brief`): answers, agreement with the
     # seeds' references, truncation and duplicate rates; empty for cells recorded before it existed.
     quality: dict[str, Any] = {}
