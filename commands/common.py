@@ -27,7 +27,24 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-StoreOpt = typer.Option(None, "--store", metavar="URL",
+def _a_store_that_lasts(value: Optional[str]) -> Optional[str]:
+    """An in-memory store ends with the command: `generate --store :memory:` paid for a whole run and
+    kept nothing, and a read command found an empty store where it should say there is none."""
+    import os
+
+    from synthledger.store.urls import ENV_STORE, normalize
+
+    for given, origin in ((value, "--store"), (os.environ.get(ENV_STORE), f"${ENV_STORE}")):
+        if given:
+            url = normalize(given)
+            if url in ("sqlite://", "sqlite:///", "sqlite:///:memory:") or url.startswith("sqlite:///:memory:?"):
+                raise typer.BadParameter(f"{given!r} is an in-memory store, gone when the command ends; name a "
+                                         f"file or a database server", param_hint=origin)
+            break
+    return value
+
+
+StoreOpt = typer.Option(None, "--store", metavar="URL", callback=_a_store_that_lasts,
                         help="SQLAlchemy URL of the event store (default: $SYNTHLEDGER_STORE, else \\[run] store of "
                              "the config for generate, else .synthledger/synthledger.db). Only generate and experiment run, starting anew, create one.")
 

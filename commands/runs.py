@@ -47,7 +47,7 @@ def generate(
     from synthledger.engine.run.config import load_config
     from synthledger.engine.run.launch import generate as run_generate, recorded_config
 
-    named = [f"run.name={json.dumps(name)}"] if name else []
+    named = [f"run.name={json.dumps(name)}"] if name is not None else []  # (--name "" is refused, not ignored)
     if config is not None:
         cfg = load_config(config, [*set_, *named])
         result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
@@ -123,10 +123,10 @@ def show(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id p
 @_handled
 def events(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id prefix or unique run name."),
            store: Optional[str] = StoreOpt,
-           from_seq: int = typer.Option(1, "--from", metavar="SEQ", help="Start at this sequence number."),
+           from_seq: int = typer.Option(1, "--from", metavar="SEQ", min=1, help="Start at this sequence number."),
            type_: list[str] = typer.Option([], "--type", metavar="TYPE",
                                            help="Only events of this type, e.g. query_settled (repeatable)."),
-           limit: Optional[int] = typer.Option(None, "--limit", metavar="N", help="Stop after N events.")) -> None:
+           limit: Optional[int] = typer.Option(None, "--limit", metavar="N", min=0, help="Stop after N events.")) -> None:
     """Dump a run's events as JSON lines {seq, type, v, ts, hash, payload}.
 
     Example: synthledger events gsm-aa --type query_settled --limit 5

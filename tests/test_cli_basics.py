@@ -182,6 +182,10 @@ def test_an_error_whose_message_spans_lines_is_printed_as_one(tmp_path):
     (["generate", "--bogus"], "No such option: --bogus (see: cli.py generate --help)"),
     (["--busy-timeout", "-1", "runs"], "Invalid value for '--busy-timeout'"),
     (["nonsense"], "No such command 'nonsense'."),
+    # An in-memory store ends with the command: generate paid for a run and kept nothing.
+    (["generate", "--store", "sqlite://"], "'sqlite://' is an in-memory store, gone when the command ends"),
+    (["runs", "--store", ":memory:"], "':memory:' is an in-memory store"),
+    (["events", "x", "--limit", "-1"], "Invalid value for '--limit'"),
 ])
 def test_a_command_line_that_cannot_be_taken_is_one_line(args, said):
     # Typer drew a five-line box around these; every other error is one line.

@@ -239,6 +239,8 @@ BAD_RUNS = {
     # Stored as JSON with 64-bit integers: a larger one failed the start with a traceback.
     "huge number": ["--set", "budget.queries=99999999999999999999999"],
     "huge plugin option": ["--set", "strategy.samples_per_seed=99999999999999999999999"],
+    "empty --name": ["--name", ""],  # (was ignored: the config's name was used)
+    "name with a newline": ["--name", "a\nb"],
 }
 EXPECTED = {
     "unknown core key": "run.bogus: unknown key",
@@ -252,6 +254,8 @@ EXPECTED = {
     "uncounted run": "budget.counted_roles: none of this run's roles (teacher) is counted",
     "huge number": "budget.queries: too large a number (at most 9,223,372,036,854,775,807)",
     "huge plugin option": "strategy.samples_per_seed: too large a number",
+    "empty --name": "run.name: String should have at least 1 character",
+    "name with a newline": "run.name: must be one line of printable characters",
 }
 
 

@@ -62,6 +62,14 @@ class RunSection(_Strict):
     # Answer a query already settled by another run of the store from there, paying nothing.
     reuse: bool = True
 
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, name: str) -> str:
+        """A name heads `runs` and `show` tables and one-line messages: a newline in it broke them."""
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError("must be one line of printable characters (no newline, tab or control character)")
+        return name
+
 
 class SeedsSection(_Open):
     source: str = "jsonl"
