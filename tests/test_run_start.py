@@ -203,20 +203,25 @@ def test_a_locked_postgresql_store_names_the_session_holding_it(pg_url, tmp_path
     assert runs(pg_url, tmp_path) == []
 
 
+def _runs_while_locked(db: Path, begin: str, hold_s: float, busy_timeout: str) -> subprocess.CompletedProcess:
+    """`runs` on `db` while another connection holds it (`begin`) for `hold_s` seconds."""
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute(begin)
+    release = threading.Timer(hold_s, lambda: holder.execute("ROLLBACK"))
+    release.start()
+    try:
+        return cli("--busy-timeout", busy_timeout, "runs", "--store", f"sqlite:///{db}", cwd=db.parent)
+    finally:
+        release.join()
+        holder.close()
+
+
 def test_a_store_locked_for_a_while_is_waited_for_as_long_as_busy_timeout_says(tmp_path):
     # A store not (yet) in WAL mode: switching it waited only the driver's 5 s, whatever --busy-timeout said.
     db = tmp_path / "store.db"
     EventStore(f"sqlite:///{db}").close()
     sqlite3.connect(db, isolation_level=None).execute("PRAGMA journal_mode=delete").fetchall()
-    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN EXCLUSIVE")
-    release = threading.Timer(6.5, lambda: holder.execute("ROLLBACK"))
-    release.start()
-    try:
-        r = cli("--busy-timeout", "60", "runs", "--store", f"sqlite:///{db}", cwd=tmp_path)
-    finally:
-        release.join()
-        holder.close()
+    r = _runs_while_locked(db, "BEGIN EXCLUSIVE", 6.5, "60")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
@@ -224,15 +229,7 @@ def test_a_huge_busy_timeout_still_waits(tmp_path):
     # 32-bit milliseconds: 3,000,000 s was read as no wait at all, and the locked store failed at once.
     db = tmp_path / "store.db"
     EventStore(f"sqlite:///{db}").close()
-    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")  # another writer, in WAL mode
-    release = threading.Timer(1.5, lambda: holder.execute("ROLLBACK"))
-    release.start()
-    try:
-        r = cli("--busy-timeout", "3000000", "runs", "--store", f"sqlite:///{db}", cwd=tmp_path)
-    finally:
-        release.join()
-        holder.close()
+    r = _runs_while_locked(db, "BEGIN IMMEDIATE", 1.5, "3000000")  # another writer, in WAL mode
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 

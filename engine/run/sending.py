@@ -36,6 +36,12 @@ class Sender:
 
     def note_finish(self, qid: str, reason: str | None) -> None: ...
 
+    def _cancelled(self, members: list[Member], maybe_billed: bool, message: str) -> None:
+        """The attempt's end when the run's teardown cancels it: billed or not, as far as it got."""
+        for m in members:
+            self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="connection",
+                                             maybe_billed=maybe_billed, message=message))
+
     def _abandon(self, qid: str, holding: bool, reason: str) -> None:
         self.recorder.emit(QueryAbandoned(query_id=qid, reason=reason))
 
@@ -66,10 +72,7 @@ class Sender:
             except anyio.get_cancelled_exc_class():
                 # The run stopped (a fatal error elsewhere) after the dispatch was recorded and before
                 # the send: the attempt surely never went out, and its record must say how it ended.
-                for m in members:
-                    self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="connection",
-                                                     maybe_billed=False,
-                                                     message="not sent: the run stopped before its send"))
+                self._cancelled(members, False, "not sent: the run stopped before its send")
                 raise
             ep.on_sent(est)
             started = time.monotonic()
@@ -87,10 +90,7 @@ class Sender:
             except anyio.get_cancelled_exc_class():
                 # The run is being torn down with this request out: the provider may bill it, so
                 # the ledger keeps its worst case now rather than leaving the attempt open.
-                for m in members:
-                    self.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind="connection",
-                                                     maybe_billed=True,
-                                                     message="cancelled while in flight (the run stopped)"))
+                self._cancelled(members, True, "cancelled while in flight (the run stopped)")
                 raise
             except Exception as exc:  # a provider bug must not lose the accounting
                 err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {one_line(str(exc), 300)}",
