@@ -25,6 +25,8 @@ Three token limits, each counting its own share of a request (`Tokens`): a token
 (OpenAI's: the prompt and every completion's `max_tokens`), and Anthropic's separate input and output
 limits (the output one is charged at `max_tokens` as a request starts and corrected to what was
 written). Pacing prompt + `max_tokens` against an output limit alone would use a fraction of it.
+Each token limit also holds its share of every second over the whole requests sent (a provider may
+enforce a per-minute limit per second): see `token_window.py`.
 
 All times are on the event loop's clock (`anyio.current_time()`).
 """
