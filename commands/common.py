@@ -32,12 +32,11 @@ def _a_store_that_lasts(value: Optional[str]) -> Optional[str]:
     kept nothing, and a read command found an empty store where it should say there is none."""
     import os
 
-    from synthledger.store.urls import ENV_STORE, normalize
+    from synthledger.store.urls import ENV_STORE, in_memory, normalize
 
     for given, origin in ((value, "--store"), (os.environ.get(ENV_STORE), f"${ENV_STORE}")):
         if given:
-            url = normalize(given)
-            if url in ("sqlite://", "sqlite:///", "sqlite:///:memory:") or url.startswith("sqlite:///:memory:?"):
+            if in_memory(normalize(given)):
                 raise typer.BadParameter(f"{given!r} is an in-memory store, gone when the command ends; name a "
                                          f"file or a database server", param_hint=origin)
             break
@@ -148,13 +147,12 @@ def _when(ts: float) -> str:
 def _existing_store(url: str):
     """A store to read from: a SQLite path that does not exist is a typo, not a new empty store."""
     from synthledger.store.eventstore import EventStore
-    from synthledger.store.urls import normalize
+    from synthledger.store.urls import normalize, sqlite_file
 
     url = normalize(url)
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.split(":///", 1)[1].split("?", 1)[0])
-        if not path.exists():
-            raise CliError(f"store {path} does not exist")
+    path = sqlite_file(url)
+    if path is not None and not Path(path).exists():
+        raise CliError(f"store {path} does not exist")
     return EventStore(url, must_exist=True)  # read from: an archived, read-only store is opened read-only
 
 

@@ -55,13 +55,10 @@ def store_copy(
 
 def _new_sqlite_file(url: str) -> Path | None:
     """The SQLite file `url` names, when it does not exist yet (a copy that copies nothing removes it)."""
-    from synthledger.store.urls import normalize
+    from synthledger.store.urls import normalize, sqlite_file
 
-    url = normalize(url)
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
-        return None
-    path = Path(url.split(":///", 1)[1].split("?", 1)[0])
-    return None if path.exists() else path
+    path = sqlite_file(normalize(url))
+    return None if path is None or Path(path).exists() else Path(path)
 
 
 experiment_app = typer.Typer(no_args_is_help=True, help="The research's grid as one command: strategy x budget x "

@@ -17,7 +17,7 @@ from sqlalchemy.pool import StaticPool
 from .errors import StoreError, StoreMissing
 from .folders import make_parent
 from .records import EVENT_COLUMNS
-from .urls import check_driver
+from .urls import check_driver, sqlite_file
 
 
 # SQLite's busy timeout and PostgreSQL's lock_timeout are 32-bit milliseconds: a larger value was
@@ -43,8 +43,8 @@ def _sqlite_pragmas(timeout_ms: int, read_only: bool, dbapi_conn: Any, _record: 
 def sqlite_path(url: str, must_exist: bool = False) -> str | None:
     """The file behind a sqlite URL (None in memory); refuses a directory, creates the folder
     unless `must_exist` (a read-only command must not conjure a store at a mistyped path)."""
-    path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
-    if not path or path == ":memory:":
+    path = sqlite_file(url)
+    if path is None:
         return None
     p = Path(path)
     if p.exists() and p.is_dir():

@@ -28,8 +28,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
-from .engines import (insert_sql, wait_ms, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
-                      sqlite_path, unwritable)
+from .engines import (insert_sql, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
+                      sqlite_path, unwritable, wait_ms)
 from .errors import ConcurrencyError, NameTaken, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex

@@ -37,6 +37,20 @@ def normalize(url: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL names; None for a database in memory (`sqlite://`, `sqlite:///:memory:`)
+    and for any other backend."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    path = url.split(":///", 1)[1].split("?", 1)[0]
+    return None if not path or path == ":memory:" else path
+
+
+def in_memory(url: str) -> bool:
+    """A SQLite database that lives only as long as its connection."""
+    return url.startswith("sqlite") and sqlite_file(url) is None
+
+
 def display(url: str) -> str:
     """The URL as it may appear in a message or a log: any password replaced by ***."""
     try:

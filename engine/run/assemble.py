@@ -109,12 +109,14 @@ def _check_budget_roles(cfg: RunConfig, roles: tuple[str, ...]) -> None:
     """A budget that names no role of the run limits nothing: `[budget.roles.teachr]` alone left the
     run unlimited, and `counted_roles = ["teachr"]` counted no query (1,058 paid against queries = 20).
     A role some other plugin asks (an experiment's base config serves every strategy) is let through."""
-    known = set(roles)
-    for kind in ("strategies", "verifiers"):
-        known |= {r for name in host.get_host().names(kind) for r in getattr(host.get(kind, name), "roles", ())}
     named = [(f"budget.roles.{r}", r) for r in cfg.budget.roles] + [("budget.counted_roles", r)
                                                                      for r in cfg.budget.counted_roles or []]
-    for where, role in named:
+    strangers = [(where, role) for where, role in named if role not in roles]
+    known = set(roles)
+    if strangers:  # (every plugin's roles are looked at only when the budget names one this run lacks)
+        for kind in ("strategies", "verifiers"):
+            known |= {r for name in host.get_host().names(kind) for r in getattr(host.get(kind, name), "roles", ())}
+    for where, role in strangers:
         if role not in known:
             raise ConfigError(f"{cfg.source}: {where}: no role is called {role!r}{suggestion(role, roles)}; "
                               f"this run's roles are {', '.join(roles)}")
@@ -125,7 +127,6 @@ def _check_budget_roles(cfg: RunConfig, roles: tuple[str, ...]) -> None:
     if not totals and not set(cfg.budget.roles) & set(roles):
         raise ConfigError(f"{cfg.source}: budget: its only limits are for roles this run does not have "
                           f"({', '.join(cfg.budget.roles)}; this run's: {', '.join(roles)}), so nothing would limit it")
-
 
 
 def repeated_seeds(seeds: list[Seed]) -> list[str]:

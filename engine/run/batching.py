@@ -177,6 +177,7 @@ class BatchQueue(BatchOutcomes):
         d, ep = self._d, self._ep
         assert d is not None and ep is not None
         reqs = [(p.member.qid, p.request) for p in pendings if p.request is not None]
+        by_qid = {p.member.qid: p for p in pendings}
         file_id = None
         try:
             file_id = await self.api.upload(key, reqs)
@@ -190,16 +191,15 @@ class BatchQueue(BatchOutcomes):
             try:
                 batch_id = await self._find(key, file_id, at, len(reqs)) if err.maybe_billed else None
             except BatchUnsure as unsure:
-                self._settle_unsure(key, {p.member.qid: p for p in pendings}, f"{err.message}; {unsure}")
+                self._settle_unsure(key, by_qid, f"{err.message}; {unsure}")
                 return
             if batch_id is None:
                 too_large = err.kind is FailureKind.TOO_LARGE and self._too_large(pendings, err)
-                self._settle_all(key, {p.member.qid: p for p in pendings}, {}, "not_submitted", err,
-                                 no_room=too_large)
+                self._settle_all(key, by_qid, {}, "not_submitted", err, no_room=too_large)
                 return
         d.recorder.emit(BatchSubmitted(key=key, batch_id=batch_id, input_file_id=file_id))
         await d.recorder.flush()
-        await self._follow(key, batch_id, {p.member.qid: p for p in pendings})
+        await self._follow(key, batch_id, by_qid)
 
     async def _find(self, key: str, file_id: str | None, at: float, count: int) -> str | None:
         """The provider's id for batch `key` whose creation was not recorded, or None: it surely was

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .token_window import WINDOW_S, TokenWindows, counts_of
+from .token_window import WINDOW_S, TokenWindows
 
 __all__ = ["RateLimiter", "Tokens", "as_tokens", "counted"]
 
@@ -62,6 +62,11 @@ TOKEN_LIMITS = ("tokens", "input_tokens", "output_tokens")  # the dimensions, as
 def counted(name: str, t: "Tokens") -> int:
     """What token limit `name` (TOKEN_LIMITS) counts of a request's tokens."""
     return t.total if name == "tokens" else t.input if name == "input_tokens" else t.output
+
+
+def counts_of(t: "Tokens") -> dict[str, int]:
+    """What each token limit (TOKEN_LIMITS) counts of a request's tokens."""
+    return {name: counted(name, t) for name in TOKEN_LIMITS}
 
 
 def as_tokens(t: "int | Tokens") -> "Tokens":

@@ -77,8 +77,3 @@ class TokenWindows:
         while entries and entries[0].at <= now - WINDOW_S:
             entries.popleft()
         return entries
-
-
-def counts_of(tokens: object) -> dict[str, int]:
-    """A limiter.Tokens as each token limit counts it."""
-    return {"tokens": tokens.total, "input_tokens": tokens.input, "output_tokens": tokens.output}  # type: ignore[attr-defined]
