@@ -149,6 +149,18 @@ def test_csv_loads_and_names_lines(tmp_path):
         load(CsvSeedSource, tmp_path, path="latin1.csv")
 
 
+def test_csv_names_the_line_of_a_malformed_header_or_row(tmp_path):
+    write(tmp_path / "dup.csv", "question,answer,question\nq1,1,q2\n")
+    with pytest.raises(SeedError, match=r"dup.csv, line 1: column 'question' appears twice in the header"):
+        load(CsvSeedSource, tmp_path, path="dup.csv")
+    write(tmp_path / "open.csv", 'question,answer\nq1,1\n"q2 never closed,2\nq3,3\n')
+    with pytest.raises(SeedError, match=r"open.csv, lines 3-4: 1 fields .* quote opened on line 3 never closed"):
+        load(CsvSeedSource, tmp_path, path="open.csv")
+    write(tmp_path / "big.csv", 'question,answer\nq1,1\n"' + "x" * 200_000 + '",2\n')
+    with pytest.raises(SeedError, match=r"big.csv, line 3: malformed CSV \(field larger than field limit"):
+        load(CsvSeedSource, tmp_path, path="big.csv")
+
+
 def test_hf_reads_json_files_and_saved_datasets(tmp_path):
     datasets = pytest.importorskip("datasets")
     jsonl(tmp_path / "s.jsonl", [{"question": "Q1", "answer": "#### 1"}, {"question": "Q2", "answer": "#### 2"}])

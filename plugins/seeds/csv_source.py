@@ -36,24 +36,48 @@ class CsvSeedSource(SeedSource):
                 return build_seeds(self._rows(fh, str(path)), self.options, str(path))
         except UnicodeDecodeError as exc:
             raise SeedError(f"{path}, line {_bad_utf8_line(path)}: not UTF-8 ({exc.reason})") from None
-        except csv.Error as exc:
-            raise SeedError(f"{path}: malformed CSV ({exc})") from None
 
     def _rows(self, fh: Any, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
         reader = csv.reader(fh, delimiter=self.options.delimiter)
-        header = next(reader, None)
+        header = _header(next(reader, None), where)
         if header is None:
             return
-        header = [h.strip() for h in header]
-        for cells in reader:
+        while True:
+            start = reader.line_num + 1  # a quoted field may span lines: name where its row began
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise SeedError(f"{where}, line {start}: malformed CSV ({exc})") from None
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) != len(header):
-                raise SeedError(
-                    f"{where}, line {reader.line_num}: {len(cells)} fields but the header has {len(header)}"
-                )
+                raise SeedError(f"{where}, {_lines(start, reader.line_num)}: {len(cells)} fields but the header "
+                                f"has {len(header)}{_unclosed_hint(start, reader.line_num)}")
             # Empty cells are missing values, so an empty answer is "no answer", not "".
             yield reader.line_num, {k: v for k, v in zip(header, cells) if v != ""}
+
+
+def _header(cells: list[str] | None, where: str) -> list[str] | None:
+    """The column names; a name given twice would let one column silently replace the other."""
+    if cells is None:
+        return None
+    names = [c.strip() for c in cells]
+    seen: set[str] = set()
+    for name in names:
+        if name and name in seen:
+            raise SeedError(f"{where}, line 1: column {name!r} appears twice in the header")
+        seen.add(name)
+    return names
+
+
+def _lines(start: int, end: int) -> str:
+    return f"line {end}" if start >= end else f"lines {start}-{end}"
+
+
+def _unclosed_hint(start: int, end: int) -> str:
+    return f" (is a quote opened on line {start} never closed?)" if end > start else ""
 
 
 def _bad_utf8_line(path: Any) -> int:
