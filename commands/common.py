@@ -114,9 +114,27 @@ def _fail_line(message: str) -> None:
 
     from synthledger.engine.redact import scrub
 
-    line = " ".join(scrub(message).split())
+    line = one_line(scrub(message))
     err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
+
+
+def one_line(message: str) -> str:
+    """Lines joined into one; indented lines are a list (a config's bad keys), kept apart by `;`."""
+    out, listing = "", False
+    for raw in message.splitlines():
+        text = " ".join(raw.split())
+        if not text:
+            continue
+        indented = raw[:1].isspace()
+        if not out:
+            out = text
+        elif indented:
+            out += ("; " if listing else (" " if out.endswith(":") else ": ")) + text
+        else:
+            out += " " + text
+        listing = indented
+    return out
 
 
 def _database_error(exc: Any) -> str:

@@ -295,6 +295,15 @@ def test_cli_unknown_teacher_key_names_teacher_foo(project):
     assert r.returncode == 2 and "teacher.foo" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_lists_several_bad_keys_apart_and_names_the_option_that_gave_each(project):
+    r = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}", "--name", "",
+                 "--set", "budget.queries=-1", "--set", "nosection.x=1")
+    line = r.stderr.strip()
+    assert r.returncode == 2 and "\n" not in line, r.stderr
+    assert "invalid config: " in line and line.count("; ") == 2, line  # three bad keys, one line
+    assert line.endswith("(given by --name and --set budget.queries, nosection.x)"), line
+
+
 def test_an_error_in_a_key_given_by_set_says_so_without_its_value(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[run]\nname = "x"\n[seeds]\npath = "s.jsonl"\n[teacher]\nmodel = "m"\n'

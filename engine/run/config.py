@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, field_validator,
                       model_validator)
@@ -306,18 +306,32 @@ def _secret_advice(path: str) -> str:
             "put the key in an environment variable and name it with api_key_env")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                given_by: Mapping[str, str] | None = None) -> RunConfig:
+    """`given_by` names the option an override came from where it is not `--set` (`--name`)."""
     data = apply_overrides(read_toml(path, "config file"), overrides or [])
     try:
         return config_from_dict(data, base_dir=str(Path(path).resolve().parent), source=str(path))
     except ConfigError as exc:
-        # The file is named first; a key the command line set is said to come from there (by its
-        # name only: the value may be a secret).
-        keys = [o.partition("=")[0].strip() for o in overrides or []]
-        named = [k for k in keys if k and f"{k}:" in str(exc)]
-        if not named:
-            raise
-        raise ConfigError(f"{exc} (given by --set {', '.join(named)})") from None
+        raise ConfigError(f"{exc}{_given_by(str(exc), overrides or [], given_by or {})}") from None
+
+
+def _given_by(message: str, overrides: list[str], flags: Mapping[str, str]) -> str:
+    """The file is named first; a key the command line set is said to come from there (by its name
+    only: the value may be a secret). An error may name the key or a section above it."""
+    keys = [o.partition("=")[0].strip() for o in overrides]
+    named = [k for k in keys if k and any(re.search(rf"(^|\s){re.escape(p)}:", message) for p in _prefixes(k))]
+    if not named:
+        return ""
+    options = [flags[k] for k in named if k in flags]
+    sets = [k for k in named if k not in flags]
+    said = options + ([f"--set {', '.join(sets)}"] if sets else [])
+    return f" (given by {' and '.join(said)})"
+
+
+def _prefixes(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
 def config_from_dict(data: dict[str, Any], base_dir: str = ".", source: str = "config") -> RunConfig:
