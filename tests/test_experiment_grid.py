@@ -311,6 +311,32 @@ def test_ctrl_c_during_a_generation_is_an_interruption_not_a_failed_cell(tmp_pat
     assert _count_where(db, "SELECT count(*) FROM events WHERE type = 'cell_failed'") == 0
 
 
+def test_a_cell_stopped_in_its_evaluation_is_not_trained_again(tmp_path, tiny_student):
+    # Its training had completed (a run, a student with its provenance); the rerun trained it anew.
+    db = tmp_path / "store.db"
+    evaluating_a_trained_student = ("SELECT count(*) FROM runs e JOIN runs t ON e.parent_id = t.id "
+                                    "WHERE e.kind = 'eval' AND e.status = 'running' AND t.kind = 'train'")
+    with run_in_thread(ServerConfig()) as srv:
+        grid = write_experiment(tmp_path, srv.url, tiny_student, budgets=BUDGETS)
+        args = ["experiment", "run", str(grid), "--store", f"sqlite:///{db}", "--no-progress",
+                "--set", "experiment.baselines=false"]
+        proc = subprocess.Popen(CLI + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while not _count_where(db, evaluating_a_trained_student):
+            assert proc.poll() is None and time.monotonic() < deadline, "no trained student was ever seen in evaluation"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+        stopped_in_eval = _count_where(db, "SELECT count(*) FROM runs e JOIN runs t ON e.parent_id = t.id "
+                                           "WHERE e.kind = 'eval' AND e.status = 'interrupted' AND t.kind = 'train'")
+        assert stopped_in_eval >= 1
+        cli(*args)
+    trained_twice = _count_where(db, "SELECT count(*) FROM (SELECT parent_id FROM runs WHERE kind = 'train' "
+                                     "AND status = 'completed' GROUP BY parent_id HAVING count(*) > 1)")
+    assert trained_twice == 0
+    assert _count(db, "cell_finished") >= CELLS
+
+
 @pytest.fixture
 def ray_instance():
     """A local Ray instance the driver joins (as it joins a cluster: `address`, or Ray already up)."""

@@ -118,9 +118,31 @@ def _quiet_worker(n: float) -> None:
     hf_logging.set_verbosity_error()
 
 
+def kept_training(store: EventStore, generate_run: str, cfg: Any, student_dir: Path) -> dict[str, Any] | None:
+    """The cell's training, if a job stopped after it completed (in its evaluation, say): the same
+    data and train config, run to `completed`, its student still in the cell's folder with that
+    run's provenance. Training is the long stage; a rerun need not pay for it twice."""
+    want = cfg.model_dump(mode="json")
+    for info in reversed(store.list_runs(kind="train")):
+        if info.parent_id != generate_run or info.status != "completed" or info.config.get("train") != want:
+            continue
+        out_dir = Path(str(info.config.get("out_dir", "")))
+        if out_dir != student_dir and not out_dir.name.startswith(f"{student_dir.name}-"):
+            continue
+        try:
+            kept = json.loads((out_dir / "provenance.json").read_text(encoding="utf-8")).get("train_run_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kept == info.id:
+            rows = [ev.payload.get("rows") for ev in store.iter_events(info.id, types=["training_finished"])]
+            return {"run_id": info.id, "out_dir": str(out_dir), "rows": rows[-1] if rows else 0}
+    return None
+
+
 def train_eval_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train the cell's student (unless it is the untrained baseline) and score it on the held-out
-    set. A restart begins from scratch: the student folder is cleared first."""
+    set. A restart begins from scratch (the student folder is cleared first), unless the cell's
+    training had completed: then only the evaluation runs again."""
     from ..student.runs import TrainConfig, eval_run, train_run
 
     _quiet_worker(job.get("num_cpus", 1))
@@ -129,11 +151,14 @@ def train_eval_job(job: dict[str, Any]) -> dict[str, Any]:
     out = {"cell": job["cell"], "train_run": None, "rows": 0}
     model = job["student"]
     if job.get("generate_run"):
-        student_dir = Path(job["train"]["output"]["dir"])
-        shutil.rmtree(student_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        trained = train_run(job["generate_run"], TrainConfig.model_validate(job["train"]), store, progress=False)
-        wall["train"] = round(time.perf_counter() - t0, 3)
+        train_cfg = TrainConfig.model_validate(job["train"])
+        student_dir = Path(job["train"]["output"]["dir"]).expanduser().resolve()
+        trained = kept_training(store, job["generate_run"], train_cfg, student_dir)
+        if trained is None:
+            shutil.rmtree(student_dir, ignore_errors=True)
+            t0 = time.perf_counter()
+            trained = train_run(job["generate_run"], train_cfg, store, progress=False)
+            wall["train"] = round(time.perf_counter() - t0, 3)
         out.update(train_run=trained["run_id"], rows=int(trained.get("rows") or 0))
         model = trained["out_dir"]
     ev = job["eval"]
