@@ -135,7 +135,7 @@ def test_third_party_options_are_validated_with_key_paths(plugin_path, server, t
     project = write_project(tmp_path, server.url, extra='prefx = "typo"')
     r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{project / 'store.db'}",
             plugins=plugin_path, cwd=project)
-    assert r.returncode == 2 and "run.toml: invalid [strategy] options strategy.prefx: unknown key" in r.stderr
+    assert r.returncode == 2 and "run.toml: invalid [strategy] options: strategy.prefx: unknown key" in r.stderr
     assert not (project / "store.db").exists()
 
 
