@@ -113,11 +113,13 @@ class PluginHost:
             try:
                 module = ep.load()
             except Exception as exc:  # a broken third-party plugin must not take the CLI down silently
-                raise PluginError(f"plugin {ep.name!r} from {dist} failed to load: {exc}") from exc
+                raise PluginError(f"plugin {ep.name!r} from {dist} failed to load: {exc} (uninstall it, or load only "
+                                  f"the others with {ENV_VAR}, e.g. {ENV_VAR}=synthledger)") from exc
             try:
                 self.add(module, ep.name, dist, version)
             except pluggy.PluginValidationError as exc:  # a hook with the wrong name or arguments
                 raise PluginError(f"plugin {ep.name!r} from {dist} has a malformed hook: {exc}") from exc
+        self._check_hook_names()
         if not found_builtin:
             # Running from a source checkout that was never pip-installed: same modules, same hooks.
             from .. import __version__
@@ -127,6 +129,17 @@ class PluginHost:
                     continue
                 if not self.pm.has_plugin(name):
                     self.add(importlib.import_module(modname), name, "synthledger", __version__)
+
+    def _check_hook_names(self) -> None:
+        """A hook implementation no spec declares (`register_strategys`) would never be called: the
+        plugin's strategy would simply not exist, with nothing said."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = self.pm.get_name(exc.plugin) or "?"
+            dist = self._plugin_dist.get(name, ("local", "?"))[0]
+            raise PluginError(f"plugin {name!r} from {dist} implements a hook synthledger does not have: {exc} "
+                              f"(the hooks are {', '.join(f'register_{k}' for k in KINDS)})") from exc
 
     def add(self, module: Any, name: str, distribution: str = "local", version: str = "?") -> None:
         self.pm.register(module, name=name)

@@ -92,7 +92,8 @@ def test_synthledger_plugins_restricts_loading(plugin_path, only, echo, builtins
     assert any(r["name"] == "echo_strategy" for r in regs) == echo
     assert any(r["distribution"] == "synthledger" for r in regs) == builtins
     if only == "echo,teachers":
-        assert {r["kind"] for r in regs} == {"teachers", "strategies"}
+        # echo's kinds, and the built-in teachers
+        assert {r["kind"] for r in regs} == {"teachers", "strategies", "verifiers", "seed_sources"}
 
 
 def test_a_misspelt_restriction_is_an_error(plugin_path):
@@ -196,3 +197,69 @@ def test_a_plan_that_only_repeats_answered_queries_ends(plugin_path, server, tmp
     assert "took nothing from the budget" in r.stderr and "sample_index" in r.stderr, r.stderr
     (settled,), = con.execute("SELECT count(*) FROM events WHERE type = 'query_settled'").fetchall()
     assert settled == 4  # one per seed: every later round asked the same four queries
+
+
+def test_a_strategy_that_catches_the_budgets_refusal_ends_budget_exhausted(plugin_path, server, tmp_path):
+    # It turned the run `failed` ("its plan would never end"), with 4,096 junk rejected items
+    # recorded, and 4,096 more at each resume.
+    r, status, con = run_faulty(plugin_path, tmp_path, server.url, "catch")
+    assert r.returncode == 0 and status == "budget_exhausted", r.stderr
+    counts = dict(con.execute("SELECT type, count(*) FROM events GROUP BY type").fetchall())
+    assert counts["query_settled"] == 10 and counts["item_done"] <= 10 + 1, counts
+    assert counts.get("sample_rejected", 0) <= 1, counts
+
+
+@pytest.mark.parametrize("fault, said", [
+    ("role", "asked role 'augmenter', which neither the strategy nor the verifier declares in its `roles`"),
+    ("bad_ask", "gave ctx.ask() a bad max_tokens: Input should be greater than 0"),
+    ("answer_type", "whose answer is int; expected str"),
+])
+def test_a_strategy_that_asks_or_answers_out_of_contract_is_one_line(plugin_path, server, tmp_path, fault, said):
+    r, status, con = run_faulty(plugin_path, tmp_path, server.url, fault)
+    assert r.returncode == 1 and status == "failed" and "Traceback" not in r.stderr
+    assert said in r.stderr, r.stderr
+    if fault == "role":  # it went to the teacher's model, counted as the teacher's, with nothing said
+        assert con.execute("SELECT count(*) FROM events WHERE type = 'query_reserved'").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("fault, said", [
+    ("raise", "verifier 'echo_verifier' (plugin echo from synthledger-echo 0.3.1) verify() on item 'echo:1' raised "
+              "ZeroDivisionError at synthledger_echo.py:"),
+    ("bool", "verifier 'echo_verifier' (plugin echo from synthledger-echo 0.3.1) returned bool from verify() on "
+             "item 'echo:1'; expected a Verdict"),
+])
+def test_a_broken_verifier_is_named_not_the_strategy(plugin_path, server, tmp_path, fault, said):
+    project = write_project(tmp_path, server.url, extra=f'\n[verifier]\nname = "echo_verifier"\nfault = "{fault}"\n',
+                            seeds=1)
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{project / 'store.db'}",
+            plugins=plugin_path, cwd=project)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and said in r.stderr, r.stderr
+
+
+def test_a_seed_source_that_returns_no_seeds_is_one_line_naming_it(plugin_path, server, tmp_path):
+    project = write_project(tmp_path, server.url)
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{project / 'store.db'}",
+            "--set", 'seeds.source="echo_seeds"', plugins=plugin_path, cwd=project)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert ("seed source 'echo_seeds' (plugin echo from synthledger-echo 0.3.1) load() returned a dict at "
+            "position 1; expected a Seed") in r.stderr
+
+
+def test_a_misspelt_hook_is_an_error_not_a_silent_nothing(plugin_path):
+    r = cli("plugins", plugins=plugin_path, SYNTHLEDGER_ECHO_FAULT="hookname")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "plugin 'echo' from synthledger-echo implements a hook synthledger does not have" in r.stderr
+    assert "register_strategys" in r.stderr
+
+
+def test_a_plugin_asking_a_max_tokens_the_server_refuses_is_named_and_its_peers_settle(plugin_path, tmp_path):
+    # The message blamed [teacher] max_tokens, which the user had set right; the other requests in
+    # flight were cancelled and counted as maybe billed, at a worst case of 10**9 output tokens each.
+    with run_in_thread(ServerConfig(latency_ms=1000)) as slow:  # the refusal comes at once, the answers in 1 s
+        r, status, con = run_faulty(plugin_path, tmp_path, slow.url, "huge_ask", seeds=10)
+    assert r.returncode == 1 and status == "failed", r.stderr
+    assert "refuses max_tokens = 1000000000" in r.stderr and "ctx.ask()" in r.stderr, r.stderr
+    billed = con.execute("SELECT count(*) FROM events WHERE type = 'attempt_failed' "
+                         "AND json_extract(payload, '$.maybe_billed')").fetchone()[0]
+    settled = con.execute("SELECT count(*) FROM events WHERE type = 'query_settled'").fetchone()[0]
+    assert billed == 0 and settled == 9

@@ -24,7 +24,7 @@ from ..ledger.pricing import ModelPrice, price_for
 from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
 from ..scheduler.shaper import SendShaper
 from ..api import Seed, Strategy, Task, Verifier, draw_subset
-from ..errors import SynthledgerError
+from ..errors import PluginFailed, SynthledgerError
 
 # Pace at 99.5% of a configured (or learned) limit. The limiter's catch-up allowance follows the
 # safety (4 ms here), so a late release can never overfill a one-second window by itself; what
@@ -74,6 +74,23 @@ def _named(kind: str, name: str, what: str) -> str:
     return f"{host.get_host().describe(kind, name)} {what}"
 
 
+def _loaded_seeds(source: Any, what: str) -> list[Seed]:
+    """A seed source's seeds, checked: a source that returned something else, or gave two seeds one
+    id, failed later inside the engine (a traceback, or the strategy blamed for repeated items)."""
+    got = guarded(what, source.load)
+    if isinstance(got, (str, bytes, dict)) or not hasattr(got, "__iter__"):
+        raise PluginFailed(f"{what} returned {type(got).__name__}; expected a list of Seed")
+    seeds = guarded(what, list, got)
+    seen: set[str] = set()
+    for i, seed in enumerate(seeds):
+        if not isinstance(seed, Seed):
+            raise PluginFailed(f"{what} returned a {type(seed).__name__} at position {i + 1}; expected a Seed")
+        if seed.id in seen:
+            raise PluginFailed(f"{what} gave two seeds the id {seed.id!r}; each seed needs its own id")
+        seen.add(seed.id)
+    return seeds
+
+
 def build_parts(cfg: RunConfig) -> Parts:
     """The run's plugins, made; a plugin whose own code fails here is one line naming it (guarded)."""
     task = guarded(_named("tasks", cfg.task.name, "(making it)"), _plugin("tasks", cfg.task.name, "task"))
@@ -84,7 +101,7 @@ def build_parts(cfg: RunConfig) -> Parts:
     source_opts = _options(cfg, source_cls, extras, "seeds")
     source = guarded(_named("seed_sources", cfg.seeds.source, "(making it)"), source_cls, source_opts,
                      base_dir=cfg.base_dir)
-    loaded = guarded(_named("seed_sources", cfg.seeds.source, "load()"), lambda: list(source.load()))
+    loaded = _loaded_seeds(source, _named("seed_sources", cfg.seeds.source, "load()"))
     if cfg.seeds.size is not None and cfg.seeds.size > len(loaded):  # (it ran on all, recording the size asked)
         raise ConfigError(f"[seeds] size = {cfg.seeds.size}, but the {cfg.seeds.source} source has only "
                           f"{len(loaded)} seeds; lower size, or leave it out to use them all")

@@ -269,7 +269,7 @@ class Dispatcher(Retrier, Sender):
                 if err.kind is FailureKind.TIMEOUT and err.maybe_billed:
                     timeouts += 1
                     self._said_slow(ep)
-                await self._after_failure(ep, role, members, err, counted)
+                await self._after_failure(ep, role, members, err, counted, request.max_tokens)
                 for m in members:
                     m.attempt += 1
                     m.holding = m.holding and not err.maybe_billed

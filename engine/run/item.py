@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..api import PlanItem, Sample
-from ..errors import BudgetExhausted, PluginFailed
+from .. import host
+from ..api import PlanItem, Sample, Verdict
+from ..errors import BudgetExhausted, PluginFailed, SynthledgerError
 from ..ledger.event_base import EventBase
 from ..ledger.events import SampleAccepted, SampleProposed, SampleRejected, is_plain_json
 from ..ledger.journal import Journal
+from ..plugin_faults import failure
 from .context import CutOff, ItemContext, ItemHost
 from .quality_gate import QualityGate, answer_reply
 
@@ -47,7 +49,13 @@ async def _produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
     if sample is not None and not isinstance(sample, Sample):
         raise PluginFailed(f"strategy {item.strategy!r} returned {type(sample).__name__} from run() on item "
                            f"{item.key!r}; expected a Sample or None")
+    if sample is not None and not (type(sample.question) is str and type(sample.answer) is str):
+        wrong = "question" if type(sample.question) is not str else "answer"
+        raise PluginFailed(f"strategy {item.strategy!r} returned a Sample from run() on item {item.key!r} whose "
+                           f"{wrong} is {type(getattr(sample, wrong)).__name__}; expected str")
     if sample is None:
+        if ctx.refused is not None:  # the strategy caught the budget's refusal and gave up the item
+            raise ctx.refused
         if not ctx.rejected:
             runner.recorder.emit(SampleRejected(item=item.key, strategy=item.strategy, stage="parse",
                                                 reason="strategy produced no sample"))
@@ -88,6 +96,13 @@ async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemCont
                                 kind="budget", reason=f"budget exhausted before verification ({exc})",
                                 question=sample.question))
         return "rejected"
+    except SynthledgerError:
+        raise
+    except Exception as exc:  # the verifier's own code: named, not taken for the strategy's
+        raise PluginFailed(failure(f"{_verifier(runner)} verify() on item {item.key!r}", exc)) from exc
+    if not isinstance(verdict, Verdict):
+        raise PluginFailed(f"{_verifier(runner)} returned {type(verdict).__name__} from verify() on item "
+                           f"{item.key!r}; expected a Verdict")
     if verdict.accepted:
         _emit(rec, SampleAccepted, type(verdict.reason) is str and is_plain_json(verdict.details), sample_id=sid,
               reason=verdict.reason, details=verdict.details, query_ids=ctx.query_ids[n_before:])
@@ -95,6 +110,10 @@ async def _decide(runner: ItemRunner, item: PlanItem, sample: Any, ctx: ItemCont
     rec.emit(SampleRejected(sample_id=sid, item=item.key, strategy=item.strategy, stage="verification",
                             reason=verdict.reason, details=verdict.details, question=sample.question))
     return "rejected"
+
+
+def _verifier(runner: ItemRunner) -> str:
+    return host.get_host().describe("verifiers", runner.cfg.verifier.name)
 
 
 def _plain_sample(sample: Sample) -> bool:

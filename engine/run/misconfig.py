@@ -21,11 +21,12 @@ def endpoint_url(teacher: Any) -> str:
 
 
 def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, url: str,
-                     answered: int) -> str | None:
+                     answered: int, asked_max_tokens: int | None = None) -> str | None:
     """The one-line reason to stop the run, or None when `err` may be transient.
 
     `answered` is how many replies this endpoint has given in this session: a refused connection
-    before the first reply means nothing listens at `url`; after one, a server restarting."""
+    before the first reply means nothing listens at `url`; after one, a server restarting.
+    `asked_max_tokens`: a request's max_tokens that a plugin set (ctx.ask), not the config's."""
     if err.kind is FailureKind.MODEL_NOT_FOUND:
         status = f"HTTP {err.status}" if err.status else "not found"
         return (f"the {role} endpoint {url} has no model {model!r} ({status}); "
@@ -36,6 +37,10 @@ def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, 
     if err.kind is FailureKind.TOO_LARGE and answered == 0:
         return (f"the {role} endpoint {url} refuses one request of this run as larger than its tokens-per-minute "
                 f"limit ({err.message}); lower [{section}] max_tokens, or raise the limit with the provider")
+    if err.kind is FailureKind.BAD_REQUEST and "max_tokens" in err.message.lower() and asked_max_tokens is not None:
+        return (f"the {role} endpoint {url} refuses max_tokens = {asked_max_tokens} ({err.message}), which the "
+                f"strategy or verifier asked for in ctx.ask() ([{section}] max_tokens is not it); "
+                f"have the plugin ask for what model {model!r} allows")
     if err.kind is FailureKind.BAD_REQUEST and answered == 0 and "max_tokens" in err.message.lower():
         return (f"the {role} endpoint {url} refuses this run's max_tokens ({err.message}); "
                 f"lower [{section}] max_tokens to what model {model!r} allows")

@@ -33,8 +33,9 @@ class Retrier:
         def _abandon(self, qid: str, holding: bool, reason: str) -> None: ...
 
     async def _after_failure(self, ep: "Endpoint", role: str, members: list[Member], err: TeacherError,
-                             counted: int) -> None:
-        """Raise if this failure ends the query (its members abandoned); else wait before the retry."""
+                             counted: int, max_tokens: int | None = None) -> None:
+        """Raise if this failure ends the query (its members abandoned); else wait before the retry.
+        `max_tokens`: the request's, which a plugin may have set apart from the config's."""
         attempt = members[0].attempt
         said = one_line(err.message, 300)  # a provider's words, from any plugin, as one line
 
@@ -43,8 +44,9 @@ class Retrier:
                 self._abandon(m.qid, m.holding and not err.maybe_billed, reason)
             raise exc(message) from err
 
+        configured = ep.params.get("max_tokens")
         stop = misconfiguration(err, role=role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
-                                answered=ep.answered)
+                                answered=ep.answered, asked_max_tokens=max_tokens if max_tokens != configured else None)
         if stop is not None:  # a wrong model or base_url fails every query alike: stop at the first
             give_up(stop, FatalRunError, stop)
         if err.kind is FailureKind.AUTH:

@@ -35,6 +35,7 @@ from .store_choice import StoreChoice
 # Items started in a row, with room for all of them, before the walk lets them go first (see
 # `_let_started_go`).
 START_BURST = 8
+FATAL_GRACE_S = 5.0  # what requests already out get to come back once a fatal error stops the run
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Runner(RunSession):
         self._fatal: str | None = None
         self._stopping = False
         self._items_scope: anyio.CancelScope | None = None
+        self._outer_tg: Any = None  # the run's own task group, for the cut after a fatal error's grace
+        self._cutting = False
         self._handoff: asyncio.Queue[PlanItem | None]  # items for idle workers: each walk of the plan makes its own
         self._idle_workers = 0
         self._free_items = FreeItemWatch()  # a plan that only repeats answered queries would never end
@@ -100,9 +103,21 @@ class Runner(RunSession):
             self._items_scope.cancel()
 
     def _fail(self, reason: str) -> None:
-        """A fatal error stops the run at once: nothing queued behind a dead teacher should wait."""
+        """A fatal error stops the run: nothing more is sent, and requests already out get
+        FATAL_GRACE_S to come back before they are cut. The server that refused one (a wrong model,
+        a max_tokens it does not take) refuses the others as fast, and each then settles as not
+        billed; cut at once, each counted as maybe billed, at its worst case."""
         if self._fatal is None:
             self._fatal = reason
+        self.request_stop()
+        if self._outer_tg is not None and not self._cutting:
+            self._cutting = True
+            self._outer_tg.start_soon(self._cut_after, FATAL_GRACE_S)
+        elif self._outer_tg is None and self._items_scope is not None:
+            self._items_scope.cancel()
+
+    async def _cut_after(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
         if self._items_scope is not None:
             self._items_scope.cancel()
 
@@ -127,6 +142,7 @@ class Runner(RunSession):
         try:
             with progress:
                 async with anyio.create_task_group() as outer:
+                    self._outer_tg = outer
                     outer.start_soon(self.recorder.run)
                     outer.start_soon(self._tick, progress)
                     for ep in self._unique_endpoints():
@@ -417,13 +433,14 @@ class Runner(RunSession):
             outcome = await produce(self, item, ctx)
             rec.emit_plain(ItemDone, item=item.key, strategy=item.strategy, outcome=outcome)
             self._mark_done(item)
+            if ctx.refused is not None:  # a sample made of less than it asked for: the budget ended all the same
+                self._budget_hit(item, ctx.refused)
             endless = (self._free_items.observe(item.strategy, ctx.fresh)
                        or self._unbounded.observe(item.strategy, ctx.fresh, ctx.fresh_bounded))
             if endless is not None:
                 self._plugin_failed(endless)
         except BudgetExhausted as exc:
-            self._refused_by = str(exc) or self._refused_by
-            self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
+            self._budget_hit(item, exc)
             self._bounced.append(item)
         except (RunStopping, WriterFailed):
             pass  # not done: a resume runs the item again, its settled answers come from the store
@@ -436,12 +453,18 @@ class Runner(RunSession):
         except PluginFailed as exc:
             self._plugin_failed(str(exc))
         except Exception as exc:  # the strategy's or verifier's own code: one line, where it raised
-            self._plugin_failed(failure(f"item {item.key!r} of strategy {item.strategy!r}", exc))
+            self._plugin_failed(failure(f"item {item.key!r} of {host.get_host().describe('strategies', item.strategy)}",
+                                        exc))
         finally:
             self.admission.finish(item)
             self._in_flight_items -= 1
             self._running[item.strategy] -= 1
             self._notify_item()
+
+
+    def _budget_hit(self, item: PlanItem, exc: BudgetExhausted) -> None:
+        self._refused_by = str(exc) or self._refused_by
+        self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
 
 
 def _only(exc: BaseException, kind: type[BaseException]) -> bool:
