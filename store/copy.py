@@ -5,11 +5,13 @@ been checked twice: as it is read from the source (every link, and the head the 
 and as the destination reads back what it was given, before committing. A run already in the
 destination is left alone when it is the same run (a no-op) and extended when the destination
 holds a prefix of it (an earlier copy of a run that has gone on since); any other difference is
-refused, never overwritten.
+refused, never overwritten. A run still being extended is not copied (its copy, resumed, would
+send the same queries again beside it), and a generate run is not copied beside another of its name.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -20,7 +22,7 @@ from .errors import RunNotFound, StoreError
 from .eventstore import EventStore
 from .hashing import GENESIS, chain_hash
 from .keys import insert_row_keys
-from .records import RunInfo
+from .records import RunInfo, owner_alive
 
 PAGE = 5000
 IDENTITY = ("name", "kind", "parent_id", "created", "config_hash", "config")
@@ -77,6 +79,30 @@ def _differs(src: RunInfo, dst: RunInfo) -> str | None:
     return None
 
 
+def _refuse_live(info: RunInfo, where: str) -> None:
+    """A run whose holder is alive, its lease fresh: QA resumed such a copy while the original ran on,
+    and the provider got 222 requests for a budget of 150, with both stores' audits ok."""
+    if info.status != "running" or not info.owner or info.heartbeat is None:
+        return
+    ttl = float((info.config.get("run") or {}).get("lease_ttl_s", 30.0))
+    if time.time() - info.heartbeat <= ttl and owner_alive(info.owner):
+        raise CopyRefused(f"run {info.id} ({info.name}) is still running in {where} (held by {info.owner}); copy "
+                          "it once it has finished or stopped: a copy resumed beside it would pay for its queries "
+                          "twice")
+
+
+def _refuse_name_clash(info: RunInfo, dst: EventStore) -> None:
+    """Generate runs are found by name, and a store holds one of each (see EventStore.start_run):
+    a second would make the name name nothing (`show pg1`: "'pg1' names 2 runs")."""
+    if info.kind != "generate":
+        return
+    other = next((r for r in dst.list_runs(name=info.name, kind="generate") if r.id != info.id and r.last_seq > 0),
+                 None)
+    if other is not None:
+        raise CopyRefused(f"run {info.id} ({info.name}): {dst.where} already has another run named {info.name!r} "
+                          f"({other.id}); not copied")
+
+
 def _prefix_head(src: EventStore, run_id: str, seq: int) -> str | None:
     with src.engine.connect() as conn:
         row = conn.execute(text("SELECT hash FROM events WHERE run_id = :id AND seq = :s"),
@@ -86,10 +112,12 @@ def _prefix_head(src: EventStore, run_id: str, seq: int) -> str | None:
 
 def copy_run(src: EventStore, dst: EventStore, info: RunInfo) -> Copied:
     """Copy one run (see the module docstring); raises CopyRefused and writes nothing if it cannot."""
+    _refuse_live(info, src.where)
     try:
         have: RunInfo | None = dst.get_run(info.id)
     except RunNotFound:
         have = None
+        _refuse_name_clash(info, dst)
     start_seq, start_head = 0, GENESIS
     if have is not None:
         field = _differs(info, have)

@@ -141,3 +141,30 @@ def test_bad_arguments_are_one_line(stores, tmp_path):
     new = cli("store", "copy", lite, f"sqlite:///{tmp_path / 'new.db'}", "no-such-run")
     assert new.returncode == 2 and not (tmp_path / "new.db").exists()  # refused before it was made
     assert "Traceback" not in missing.stderr + unknown.stderr
+
+
+def test_a_run_still_being_extended_is_not_copied(tmp_path):
+    # Its copy, resumed beside it, sent the same queries again: 222 requests for a budget of 150.
+    from synthledger.store.records import owner_token
+
+    src_url, dst_url = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    src = EventStore(src_url)
+    start = RunStarted(config={"run": {"name": "live"}}, config_hash="h", plan_hash="p", version="test")
+    me = owner_token()  # this test's own process: alive, its heartbeat fresh
+    run_id, _, _ = src.start_run("live", {"run": {"name": "live"}}, "h", [NewEvent(*to_payload(start))], owner=me)
+    r = cli("store", "copy", src_url, dst_url)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"run {run_id} (live) is still running in" in r.stderr and "twice" in r.stderr, r.stderr
+    assert not (tmp_path / "b.db").exists() or not EventStore(dst_url).list_runs()
+    src.release(run_id, me, "interrupted")  # stopped: now it may move
+    assert cli("store", "copy", src_url, dst_url).returncode == 0
+
+
+def test_a_generate_run_is_not_copied_beside_another_of_its_name(tmp_path):
+    src_url, dst_url = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    mine, _, _ = record(EventStore(src_url), "twin", 2)
+    theirs, _, _ = record(EventStore(dst_url), "twin", 3)
+    r = cli("store", "copy", src_url, dst_url)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"already has another run named 'twin' ({theirs})" in r.stderr, r.stderr
+    assert [x.id for x in EventStore(dst_url).list_runs()] == [theirs]
