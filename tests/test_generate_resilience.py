@@ -471,6 +471,11 @@ def test_resume_refuses_a_changed_plan_and_accepts_a_changed_budget(make_run):
     res = run.generate(cfg, "--run", run_id, "--set", "teacher.model=other-model")
     assert res.returncode == 2 and "teacher.model" in res.stderr and "other-model" in res.stderr, res.stderr
     assert run.audit(run_id)["spent"]["queries"] == 30, "a refused resume must not touch the run"
+    # Lowered below what is spent, the run stopped at once and failed every later audit for good.
+    res = run.generate(run.write("less.toml", budget={"queries": 20}), "--run", run_id)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "has already spent 30 queries in its total budget" in res.stderr and "than the 20 now set" in res.stderr
+    assert run.audit(run_id)["ok"]
 
     # A bigger budget, and a different teacher URL (where the same model is served), are fine.
     other = run.write("more.toml", budget={"queries": 50}, limits={"max_concurrency": 4})

@@ -124,6 +124,13 @@ class BudgetSpec:
             out.append((strategy_scope(strategy), self.strategies[strategy]))
         return out
 
+    def limits_of(self, scope: str) -> Limits | None:
+        """The limits of a ledger scope ("total", "role:R", "strategy:S"), None if this spec has none."""
+        kind, _, name = scope.partition(":")
+        if kind == "total":
+            return self.total
+        return (self.roles if kind == "role" else self.strategies if kind == "strategy" else {}).get(name)
+
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total.as_dict(), "roles": {k: v.as_dict() for k, v in self.roles.items()},
                 "strategies": {k: v.as_dict() for k, v in self.strategies.items()},

@@ -129,10 +129,12 @@ class RunSession:
             raise ResumeRefused(
                 f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
                 + "\n  ".join(diffs or ["(plan hash differs)"]))
+        over_before = _overruns(state.ledger)  # (a provider that billed past its cap: not this resume's doing)
+        state.ledger.spec = self.parts.budget  # budgets and limits may change between sessions, but not
+        _refuse_a_budget_below_spend(run_id, state.ledger, over_before)  # below what is spent
         self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s)
         info = self.store.get_run(run_id)
         self.ledger = state.ledger
-        self.ledger.spec = self.parts.budget  # budgets and limits may change between sessions
         self.recorder = self._recorder(run_id, info.last_seq, info.head_hash)
         unsettled = list(self.ledger.queries)
         self.recorder.emit(RunResumed(pid=os.getpid(), host=socket.gethostname(), owner=self.owner,
@@ -228,3 +230,25 @@ class RunSession:
         self.gate = QualityGate(self.parts.task, keep_truncated=q.keep_truncated,
                                 keep_duplicates=q.keep_duplicate_answers, warn=self._warn)
         self.gate.load(earlier)
+
+
+def _overruns(ledger: Any) -> dict[tuple[str, str], tuple[float, float]]:
+    """(scope, dimension) -> (used, limit) wherever spent + reserved is over the ledger's limits."""
+    out = {}
+    for scope in sorted(set(ledger.spent) | set(ledger.reserved)):
+        limits = ledger.spec.limits_of(scope)
+        for dim, used, limit in ledger.overruns(scope, limits) if limits is not None else ():
+            out[(scope, dim)] = (used, limit)
+    return out
+
+
+def _refuse_a_budget_below_spend(run_id: str, ledger: Any, over_before: dict[tuple[str, str], Any]) -> None:
+    """A resume may keep a budget, raise it, or lower it to what the run has spent (counting what was
+    out when its last session ended, which counts as spent). Lowered below that, the resumed run
+    stopped at once and `audit` failed it for good at every later settlement ("spent+reserved 37 >
+    limit 5"), though nothing went over what was set when it was sent."""
+    for (scope, dim), (used, limit) in _overruns(ledger).items():
+        if (scope, dim) not in over_before:
+            raise ResumeRefused(f"run {run_id} has already spent {used:g} {dim} in its {scope} budget (with what was "
+                                f"out when it stopped), more than the {limit:g} now set; a resume may keep or raise "
+                                "a budget, or lower it to no less than what is spent")
