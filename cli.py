@@ -108,9 +108,24 @@ def _exit_now(code: object) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (| head) or stream: nothing more can be written
+        except BrokenPipeError:  # `| head` has what it wanted: quiet, as when the command met it (commands/common)
+            status = status or 1
+        except OSError as exc:  # the output is lost (a full disk): that must not read as success
+            if stream is sys.stdout:
+                _say(f"error: {exc.strerror or exc}")
+                status = status or 2
+        except ValueError:  # a closed stream: nothing more can be written
             pass
     os._exit(status)
+
+
+def _say(line: str) -> None:
+    import os
+
+    try:
+        os.write(2, (line + "\n").encode())
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

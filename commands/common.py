@@ -86,8 +86,24 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail_line(str(exc))
         except DatabaseError as exc:  # the store's driver, below the store's own errors (a lock, a full disk)
             _fail_line(_database_error(exc))
+        except BrokenPipeError:  # `| head` has what it wanted: nothing to say, and nothing more to write
+            _silence_stdout()
+            raise typer.Exit(1) from None
+        except OSError as exc:  # output that cannot be written (a full disk, > /dev/full)
+            _fail_line(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the exit's own flush does not fail on the closed pipe again."""
+    import os
+    import sys
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 @app.callback()

@@ -106,3 +106,28 @@ def test_called_from_a_thread_other_than_main_it_ends_that_thread_with_systemexi
     """, timeout=60)
     assert r.returncode == 0, r.stderr[-800:]
     assert "worker exited with [0]" in r.stdout
+
+
+def _store_with_a_run(tmp_path: Path) -> str:
+    from synthledger.engine.ledger.events import RunStarted, to_payload
+    from synthledger.store.eventstore import EventStore, NewEvent
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    start = RunStarted(config={"run": {"name": "r"}}, config_hash="h", plan_hash="p", version="test")
+    EventStore(url).start_run("r", {"run": {"name": "r"}}, "h", [NewEvent(*to_payload(start))])
+    return url
+
+
+def test_output_that_cannot_be_written_is_one_line_and_a_closed_pipe_is_quiet(tmp_path):
+    # `runs --json > /dev/full` ended in a traceback; so did `events RUN | head`.
+    url = _store_with_a_run(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "runs", "--json", "--store", url], stdout=full,
+                           stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == "error: No space left on device", r.stderr
+    events = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "events", "r", "--store", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    events.stdout.close()  # the reader is gone before the first line
+    _, err = events.communicate(timeout=60)
+    assert events.returncode == 1 and b"Traceback" not in err and err.strip() == b"", err

@@ -99,3 +99,29 @@ def test_empty_and_unknown_format(tmp_path):
     assert (tmp_path / "e.jsonl").read_text() == ""
     with pytest.raises(ValueError, match="unknown export format 'csv'"):
         write_rows(rows(), "csv", tmp_path / "x.csv")
+
+
+def test_a_symlink_target_gets_the_export_and_the_link_stays(tmp_path):
+    # The temporary file was renamed over the link: the link was gone, its target untouched.
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    assert write_rows(rows(), "jsonl", link) == 3
+    assert link.is_symlink() and len(target.read_text().splitlines()) == 3
+
+
+def test_a_fifo_is_written_through_not_replaced(tmp_path):
+    # Renamed over, the FIFO became a file and its reader got nothing (and /dev/stdout, as root,
+    # became a file for every process).
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    assert write_rows(rows(), "jsonl", fifo) == 3
+    reader.join(10)
+    assert fifo.is_fifo() and [json.loads(line) for line in got[0].splitlines()] == rows()

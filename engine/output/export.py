@@ -88,6 +88,10 @@ def _dumps(record: dict[str, Any]) -> str:
 
 
 def _write_lines(records: Iterable[dict[str, Any]], out: Path) -> int:
+    if out.exists() and not out.is_file():  # /dev/stdout, a FIFO: written through, not renamed over
+        return _write_through(records, out)
+    if out.is_symlink():  # the link stays; the file it names gets the export
+        out = Path(os.path.realpath(out))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     count = 0
     try:
@@ -102,6 +106,18 @@ def _write_lines(records: Iterable[dict[str, Any]], out: Path) -> int:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return count
+
+
+def _write_through(records: Iterable[dict[str, Any]], out: Path) -> int:
+    """A target that is not a regular file (a device, a FIFO, /dev/stdout) is written in place:
+    a temporary file renamed over it replaced the device node itself (as root, /dev/stdout became
+    a file for every process), and a FIFO's reader got nothing."""
+    count = 0
+    with open(out, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(_dumps(record) + "\n")
+            count += 1
     return count
 
 
