@@ -83,8 +83,8 @@ class EventStore(KeyIndex):
         if self.url.startswith("sqlite"):
             self._sqlite_path = sqlite_path(self.url, self.must_exist)
             self.where = self._sqlite_path or self.where
-            if self.must_exist and self._sqlite_path:
-                self._refuse_a_foreign_file(self._sqlite_path)
+            if self._sqlite_path and (self.must_exist or os.path.exists(self._sqlite_path)):
+                self._refuse_a_foreign_file(self._sqlite_path, empty_ok=not self.must_exist)
         self.engine = engine = open_engine(self.url, self.where, self.busy_timeout_s, self._sqlite_path)
         if self.must_exist and not self.url.startswith("sqlite"):
             self._require_schema()
@@ -123,10 +123,12 @@ class EventStore(KeyIndex):
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         return engine
 
-    def _refuse_a_foreign_file(self, path: str) -> None:
-        """A command that only reads must not turn another program's SQLite file into a store: opening
-        it migrated it (our tables added, the file switched to WAL) and could leave it half done.
-        Looked at read-only, before anything writes; a file SQLite cannot read is left to the open."""
+    def _refuse_a_foreign_file(self, path: str, empty_ok: bool = False) -> None:
+        """Another program's SQLite file is not turned into a store: opening it migrated it (our tables
+        added beside its own, the file switched to WAL), by a command that only reads or by `generate`
+        and `store copy` alike. An empty database may become one (`empty_ok`) where the command may
+        create a store. Looked at read-only, before anything writes; a file SQLite cannot read is left
+        to the open."""
         import sqlite3
         from urllib.parse import quote
 
@@ -139,7 +141,7 @@ class EventStore(KeyIndex):
                 con.close()
         except sqlite3.Error:
             return
-        if "schema_migrations" not in tables:
+        if "schema_migrations" not in tables and not (empty_ok and not tables):
             held = f"it holds other tables ({', '.join(tables[:5])})" if tables else "it is an empty database"
             raise StoreError(f"{path} is not a synthledger store: {held}; nothing was written to it")
 

@@ -212,6 +212,25 @@ def test_a_read_command_on_a_file_that_is_no_store_refuses_and_writes_nothing(tm
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
 
 
+def test_a_writing_command_leaves_another_programs_file_alone_but_may_fill_an_empty_one(recorded, tmp_path):
+    # `generate --store other.db` and `store copy ... other.db` added our tables beside the file's own.
+    url, run_id, project = recorded
+    db = tmp_path / "other.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    r = cli("store", "copy", url, f"sqlite:///{db}")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {db} is not a synthledger store"), r.stderr
+    r = cli("generate", "-c", str(project / "run.toml"), "--store", f"sqlite:///{db}", "--no-progress")
+    assert r.returncode == 2 and f"{db} is not a synthledger store" in r.stderr, r.stderr
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a database with nothing in it yet: a store may be made there
+    assert cli("store", "copy", url, f"sqlite:///{empty}").returncode == 0
+
+
 def test_a_damaged_event_payload_is_named_by_run_and_seq(recorded, tmp_path):
     url, run_id, project = recorded
     broken, con = damaged_copy(project, tmp_path)
