@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..store.eventstore import EventStore, RunInfo
-from .errors import MissingExtra
+from .errors import ConfigError, MissingExtra
 from .python_terms import python_terms, result_in_python_terms
 from .run.config import RunConfig, apply_overrides, config_from_dict, load_config as _load_toml
 from .run.launch import generate as _generate, prepare
@@ -34,8 +34,10 @@ def load_config(config: RunConfig | Mapping[str, Any] | str | Path, overrides: I
                 *, name: str | None = None) -> RunConfig:
     """A validated run config from a TOML file path, a dict shaped like the TOML, or a RunConfig.
 
-    `overrides` are `section.key=value` strings (as `--set`); `name` renames the run (as `--name`)."""
+    `overrides` are `section.key=value` strings (as `--set`; one string is one override); `name`
+    renames the run (as `--name`)."""
     with python_terms():
+        overrides = [overrides] if isinstance(overrides, str) else overrides  # (not its characters one by one)
         sets = [*overrides, *([f"run.name={_toml_string(name)}"] if name else [])]
         if isinstance(config, RunConfig):
             if not sets:
@@ -47,6 +49,9 @@ def load_config(config: RunConfig | Mapping[str, Any] | str | Path, overrides: I
 
             return config_from_dict(apply_overrides(copy.deepcopy(dict(config)), sets), base_dir=str(Path.cwd()),
                                     source="the given config")
+        if not isinstance(config, (str, Path)):
+            raise ConfigError(f"config must be a path to a TOML file, a dict shaped like one or a RunConfig, "
+                              f"not {type(config).__name__}")
         return _load_toml(Path(config), sets)
 
 
@@ -124,9 +129,12 @@ class Store:
         return self._store.resolve(ref)
 
     def events(self, run: str, *, types: Iterable[str] | None = None, from_seq: int = 1) -> Iterator[dict[str, Any]]:
-        """The run's events as dicts `{seq, type, v, ts, hash, payload}`, streamed in order."""
+        """The run's events as dicts `{seq, type, v, ts, hash, payload}`, streamed in order; `types`
+        (one name or several) keeps those types only."""
+        names = [types] if isinstance(types, str) else list(types or [])
+        _check_event_types(names)
         info = self._store.resolve(run)
-        for ev in self._store.iter_events(info.id, from_seq, types=list(types) if types else None):
+        for ev in self._store.iter_events(info.id, from_seq, types=names or None):
             yield ev.as_dict()
 
     def rows(self, run: str, *, include_seeds: bool = False) -> list[dict[str, Any]]:
@@ -158,6 +166,17 @@ class Store:
         from .output.summary import summarize
 
         return summarize(self._store, self._store.resolve(run))
+
+
+def _check_event_types(names: list[str]) -> None:
+    """A misspelt type matches nothing, and an empty stream says nothing of why (`events --type` checks too)."""
+    from .ledger.events import EVENT_TYPES
+    from .run.config_errors import suggestion
+
+    for t in names:
+        if t not in EVENT_TYPES:
+            raise ConfigError(f"{t!r} is not an event type{suggestion(t, EVENT_TYPES)}; the types: "
+                              + ", ".join(sorted(EVENT_TYPES)))
 
 
 def open_store(url: str | None = None) -> Store:

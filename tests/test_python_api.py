@@ -198,3 +198,20 @@ def test_a_summary_says_when_its_answers_were_reused_not_sent(project):
     assert "reused" not in first.summary
     again = synthledger.generate(config, store=url, name="api-again")
     assert again.ok and "3 queries (3 reused from the store, not paid)" in again.summary, again.summary
+
+
+def test_arguments_of_the_wrong_shape_are_the_apis_own_errors(project):
+    # generate(42) raised a bare TypeError; one override string was read character by character
+    # ("override 'b' must look like section.key=value"); events(types="query_settled") and a
+    # misspelt type silently gave nothing.
+    config, url = project
+    for bad in (42, None):
+        with pytest.raises(ValueError, match="config must be a path to a TOML file"):
+            synthledger.generate(bad, store=url)
+    result = synthledger.generate(config, store=url, name="one-override", overrides="budget.queries=3")
+    assert result.snapshot["spent"]["queries"] == 3
+    with synthledger.open_store(url) as store:
+        settled = list(store.events(result.run_id, types="query_settled"))
+        assert len(settled) == 3 and {e["type"] for e in settled} == {"query_settled"}
+        with pytest.raises(ValueError, match="'query_setled' is not an event type"):
+            list(store.events(result.run_id, types=["query_setled"]))
