@@ -487,6 +487,28 @@ def test_resume_refuses_a_changed_plan_and_accepts_a_changed_budget(make_run):
     assert len(assert_dataset_exact(run, run_id)) == 50
 
 
+@pytest.mark.parametrize("damage, said", [
+    ("DELETE FROM events WHERE seq = (SELECT min(seq) FROM events WHERE type = 'query_settled')", "sequence gap"),
+    ("UPDATE events SET payload = replace(payload, '\"attempt\":1', '\"attempt\":2') "
+     "WHERE seq = (SELECT max(seq) FROM events WHERE type = 'query_settled')", "hash chain broken"),
+], ids=["removed", "edited"])
+def test_a_resume_refuses_a_log_someone_damaged(make_run, damage, said):
+    # It went on from the damaged fold (a settled answer gone from its budget and dataset), and
+    # only a later `audit` said anything.
+    run, server = make_run()
+    res = run.generate(run.write(budget={"queries": 10}))
+    run_id, _ = last_line(res)
+    con = sqlite3.connect(run.dir / "store.db")
+    con.execute(damage)
+    con.commit()
+    con.close()
+    sent = server.stats()["received"]
+    res = run.generate(run.write("more.toml", budget={"queries": 20}), "--run", run_id)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"run {run_id} cannot be resumed: its event log is damaged at seq" in res.stderr and said in res.stderr
+    assert server.stats()["received"] == sent
+
+
 def test_finished_run_exits_0_and_names_run_and_status(make_run):
     run, server = make_run()
     cfg = run.write(strategy={"name": "answer_augmentation", "samples_per_seed": 2}, budget={"queries": 100})

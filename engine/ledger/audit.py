@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import ValidationError
 
@@ -139,6 +139,23 @@ def _link_violations(ev: Any, expected_seq: int, prev_hash: str) -> list[Violati
     if chain_hash(prev_hash, ev.seq, ev.type, ev.schema_version, ev.ts, raw) != ev.hash:
         out.append(Violation(ev.seq, "hash chain broken: event was altered or the chain re-linked"))
     return out
+
+
+def checked_chain(events: Iterable[Any], head: tuple[int, str], damaged: Callable[[Violation], Exception]
+                  ) -> Iterator[Any]:
+    """`events` as they come, each checked as the next link of the chain and the end against the
+    run's recorded head; the first break raises `damaged(violation)`. A resume folds its run through
+    this: extended past an event someone removed or edited, the run went on as if nothing was wrong
+    (only a later `audit` said so), its budget and dataset folds short of what was settled."""
+    expected, prev = 1, GENESIS
+    for ev in events:
+        for v in _link_violations(ev, expected, prev):
+            raise damaged(v)
+        expected, prev = ev.seq + 1, ev.hash
+        yield ev
+    if expected - 1 < head[0]:  # cut short (a log longer than its head may be a live writer's: its lease says)
+        for v in _head_violations(expected - 1, prev, head):
+            raise damaged(v)
 
 
 def _head_violations(last_in_log: int, log_head: str, head: tuple[int, str]) -> list[Violation]:

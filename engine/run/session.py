@@ -21,6 +21,7 @@ from ..errors import ResumeRefused, RunNameTaken
 from ..ledger import crashpoints
 from ..ledger.events import (SCHEMA_VERSION, RunFinished, RunResumed, RunStarted, RunWarning,
                              to_payload)
+from ..ledger.audit import checked_chain
 from ..ledger.journal import HEARTBEAT_S, Journal
 from ..ledger.ledger import Ledger
 from ..ledger.replay import replay
@@ -123,7 +124,10 @@ class RunSession:
     def start_resume(self, run_id: str) -> str:
         info_before = self.store.get_run(run_id)
         events = self.store.iter_events(run_id)
-        state = replay(events)
+        state = replay(checked_chain(events, (info_before.last_seq, info_before.head_hash),
+                                     lambda v: ResumeRefused(f"run {run_id} cannot be resumed: its event log is "
+                                                             f"damaged at seq {v.seq} ({v.message}); `audit "
+                                                             f"{run_id}` reports it")))
         if state.plan_hash != self.cfg.plan_hash():
             diffs = _diff(self._plan_view_of(state.config or {}), self.cfg.plan_view())
             raise ResumeRefused(
