@@ -221,3 +221,14 @@ def test_a_signal_right_after_the_first_commit_stops_the_run_cleanly(tmp_path, s
     resumed = fork_cli([*args, "--resume"], cwd=tmp_path)
     assert resumed.rc == 0, resumed.stderr
     check_run_exact(store, run_events_run_id(tmp_path / "store.db"), 4)
+
+
+def test_a_bad_crash_point_count_is_said_once_and_ignored(monkeypatch, capfd):
+    # "invalid literal for int()" failed the run's writer, naming no variable, the run left running.
+    from synthledger.engine.ledger import crashpoints
+
+    monkeypatch.setenv(crashpoints.ENV, "abc")
+    crashpoints.committed()
+    crashpoints.committed()
+    err = capfd.readouterr().err
+    assert err.count("SYNTHLEDGER_EXIT_AFTER_COMMITS='abc' is not a whole number; ignored") == 1, err

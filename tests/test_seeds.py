@@ -206,3 +206,10 @@ def test_a_seed_set_size_beyond_the_file_is_refused_not_silently_shrunk(tmp_path
         build_parts(config_from_dict(data, base_dir=str(tmp_path)))
     data["seeds"]["size"] = 2
     assert len(build_parts(config_from_dict(data, base_dir=str(tmp_path))).seeds) == 2
+
+
+def test_a_seed_path_that_is_a_folder_says_so(tmp_path):
+    (tmp_path / "data").mkdir()  # it said "seed file not found" of a folder that is there
+    for cls in (JsonlSeedSource, CsvSeedSource):
+        with pytest.raises(SeedError, match=r"data: a folder, not a seed file"):
+            load(cls, tmp_path, path="data")

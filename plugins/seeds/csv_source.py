@@ -9,7 +9,7 @@ from pydantic import field_validator
 
 from synthledger.engine.api import Seed, SeedError, SeedSource
 
-from .rows import FieldOptions, build_seeds, resolve
+from .rows import FieldOptions, build_seeds, seed_file
 
 
 class CsvSeedSource(SeedSource):
@@ -28,9 +28,7 @@ class CsvSeedSource(SeedSource):
     options: Options
 
     def load(self) -> list[Seed]:
-        path = resolve(self.options.path, self.base_dir)
-        if not path.is_file():
-            raise SeedError(f"{path}: seed file not found")
+        path = seed_file(self.options.path, self.base_dir)
         try:
             with path.open(newline="", encoding="utf-8-sig") as fh:
                 return build_seeds(self._rows(fh, str(path)), self.options, str(path))

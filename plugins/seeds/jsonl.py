@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Iterator
 from synthledger.engine.output.jsonl import JsonlError, read_jsonl
 from synthledger.engine.api import SeedError, Seed, SeedSource
 
-from .rows import FieldOptions, build_seeds, resolve
+from .rows import FieldOptions, build_seeds, seed_file
 
 
 class JsonlSeedSource(SeedSource):
@@ -19,9 +19,7 @@ class JsonlSeedSource(SeedSource):
     options: Options
 
     def load(self) -> list[Seed]:
-        path = resolve(self.options.path, self.base_dir)
-        if not path.is_file():
-            raise SeedError(f"{path}: seed file not found")
+        path = seed_file(self.options.path, self.base_dir)
 
         def rows() -> Iterator[tuple[int, dict[str, Any]]]:
             try:

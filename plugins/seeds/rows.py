@@ -43,6 +43,16 @@ def resolve(path: str, base_dir: str) -> Path:
     return p if p.is_absolute() else Path(base_dir) / p
 
 
+def seed_file(path: str, base_dir: str) -> Path:
+    """The seed file a source reads, which must be one (a folder was reported as "not found")."""
+    p = resolve(path, base_dir)
+    if p.is_dir():
+        raise SeedError(f"{p}: a folder, not a seed file; name the file in it")
+    if not p.is_file():
+        raise SeedError(f"{p}: seed file not found")
+    return p
+
+
 def _scalar_text(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
