@@ -85,7 +85,7 @@ def experiment_run(
     exp = load_experiment(grid, set_)
     outcome = run_experiment(exp, store, executor=executor, resume=resume, progress=progress, announce=_announce)
     render(outcome.result, _wide())
-    err.print(outcome.message, highlight=False)
+    err.print(outcome.message, highlight=False, markup=False, soft_wrap=True)  # one line, as the engine wrote it
     print(f"experiment {outcome.run_id} {outcome.status}")
     if not outcome.ok:
         raise typer.Exit(1)

@@ -129,6 +129,39 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def check_loadable(name_or_path: str) -> None:
+    """Raise UnknownModel (one line) unless the model's config and tokenizer load from local files.
+
+    A folder that exists but holds no usable model (an empty config.json, no tokenizer) otherwise
+    passes every check and fails only in the training or evaluation that loads it, after the
+    teacher was paid for its data. Loading config and tokenizer costs a second; the weights are
+    left to the run. A hub id (online) is left to the run too: it may need fetching."""
+    resolved = resolve_model(name_or_path)
+    if not Path(resolved).is_dir():
+        return
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+    except ImportError:  # without the `train` extra the trainer or evaluator says what to install
+        return
+    base, tokenizer_source, what = resolved, resolved, f"model {name_or_path!r}"
+    if is_adapter(resolved):
+        base = adapter_base(Path(resolved))
+        what = f"LoRA adapter {name_or_path!r} (base model {base})"
+        if not (Path(resolved) / "tokenizer_config.json").is_file():
+            tokenizer_source = base
+    tokenizer = None
+    try:
+        if Path(base).is_dir():
+            AutoConfig.from_pretrained(base, local_files_only=True)
+        if Path(tokenizer_source).is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, local_files_only=True)
+    except Exception as exc:  # whatever transformers raises for a folder it cannot read
+        why = " ".join(str(exc).split()) or "no reason given"
+        raise UnknownModel(f"{what} does not load: {type(exc).__name__}: {why}") from None
+    if tokenizer is not None and not getattr(tokenizer, "chat_template", None):  # (as load_tokenizer refuses)
+        raise UnknownModel(f"{what}: its tokenizer ({tokenizer_source}) has no chat template")
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 

@@ -100,11 +100,24 @@ def test_reuse_can_be_turned_off(tmp_path):
 
 
 # ---- the grid file: one-line errors before anything runs ---------------------------------------
+@pytest.fixture(scope="module")
+def loadable_student(tmp_path_factory) -> Path:
+    """The tiny student's config and tokenizer (what the grid's check loads), without its weights."""
+    built = tmp_path_factory.mktemp("tiny") / "llama"
+    res = subprocess.run([sys.executable, "-m", "synthledger.testing.tiny_model", "--out", str(built)],
+                         capture_output=True, text=True, env=ENV, timeout=600)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path_factory.mktemp("student") / "student"
+    out.mkdir()
+    for f in built.iterdir():
+        if not f.name.endswith(".safetensors"):
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
 @pytest.fixture
-def grid(tmp_path) -> Path:
-    (tmp_path / "student").mkdir()
-    (tmp_path / "student" / "config.json").write_text("{}")
-    return write_experiment(tmp_path, "http://127.0.0.1:9", tmp_path / "student")
+def grid(tmp_path, loadable_student) -> Path:
+    return write_experiment(tmp_path, "http://127.0.0.1:9", loadable_student)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -123,6 +136,11 @@ def grid(tmp_path) -> Path:
     (["experiment.strategy_options.new_questions.check_well_posed=false"],
      "experiment.strategy_options.new_questions: no strategy of that name"),
     (["experiment.eval.heldout=\"nofile.jsonl\""], "experiment.eval.heldout: held-out file"),
+    # Strict integers: a quoted, fractional or boolean count was coerced ("experiment budget 1 ...").
+    (['experiment.budgets=["4", 8]'], "experiment.budgets.0: Input should be a valid integer"),
+    (["experiment.budgets=[true, 8]"], "experiment.budgets.0: Input should be a valid integer"),
+    (["experiment.seed_sizes=[4.0]"], "experiment.seed_sizes.0: Input should be a valid integer"),
+    (["experiment.replicates=2.0"], "experiment.replicates: Input should be a valid integer"),
 ])
 def test_grid_errors_are_one_line_before_anything_runs(grid, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -185,6 +203,156 @@ def test_a_resume_where_no_store_is_makes_none(grid, tmp_path):
     assert res.stderr.count("error:") == 1 and "Traceback" not in res.stderr and not store.exists()
 
 
+def test_grid_errors_about_the_seed_pool_and_the_student_name_their_file_and_key(grid, tmp_path):
+    # The seed pool's error lacked the grid file; a missing student named neither the train file nor its key.
+    with pytest.raises(ConfigError) as err:
+        prepare(load_experiment(grid, ["experiment.seed_sizes=[9]"]))
+    assert str(err.value).startswith(f"{grid}: experiment.seed_sizes: the largest seed set (9) needs more seeds")
+    (tmp_path / "train.toml").write_text((tmp_path / "train.toml").read_text().replace(
+        "student = ", f'student = "{tmp_path / "nomodel"}"\n# was: '))
+    with pytest.raises(ConfigError) as err:
+        prepare(load_experiment(grid))
+    assert str(err.value).startswith(f"{tmp_path / 'train.toml'}: trainer.student: model '{tmp_path / 'nomodel'}': "
+                                     "not an existing folder"), str(err.value)
+
+
+def _broken_student(tmp_path: Path, grid: Path) -> Path:
+    """A student folder that exists but holds no usable model, named by the grid's train config."""
+    broken = tmp_path / "brokenmodel"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}\n")
+    train = tmp_path / "train.toml"
+    train.write_text(train.read_text().replace("student = ", f'student = "{broken}"\n# was: '))
+    return broken
+
+
+def test_a_student_folder_that_does_not_load_is_refused_before_anything_runs(grid, tmp_path):
+    # It passed every check; the grid paid 16 teacher queries, then every cell failed on the tokenizer.
+    broken = _broken_student(tmp_path, grid)
+    with pytest.raises(ConfigError) as err:
+        prepare(load_experiment(grid))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'train.toml'}: trainer.student: model '{broken}' does not load: "
+                              "ValueError: "), message
+    assert "model_type" in message and "\n" not in message
+
+
+def test_a_student_that_does_not_load_costs_no_teacher_query(grid, tmp_path):
+    broken = _broken_student(tmp_path, grid)
+    store = tmp_path / "store.db"
+    with run_in_thread(ServerConfig()) as srv:
+        (tmp_path / "run.toml").write_text((tmp_path / "run.toml").read_text().replace("http://127.0.0.1:9", srv.url))
+        res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "experiment", "run", str(grid), "--store",
+                              f"sqlite:///{store}", "--no-progress"], capture_output=True, text=True, env=ENV,
+                             timeout=600)
+        assert srv.stats()["received"] == 0
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert f"trainer.student: model '{broken}' does not load" in res.stderr and not store.exists()
+
+
+def test_train_names_its_config_file_and_key_for_a_student_that_does_not_load(grid, tmp_path):
+    broken = _broken_student(tmp_path, grid)
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", str(data), "-c", str(tmp_path / "train.toml"),
+                          "--store", f"sqlite:///{tmp_path / 's.db'}", "--no-progress"], capture_output=True,
+                         text=True, env=ENV, timeout=300)
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "Traceback" not in said, said
+    assert f"{tmp_path / 'train.toml'}: trainer.student: model '{broken}' does not load: ValueError:" in said, said
+
+
+class _Journal:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def emit(self, event) -> None:
+        self.events.append(event)
+
+
+def test_a_failed_cells_reason_is_one_whole_line(monkeypatch):
+    # "6 of 6 cells did not finish (first: untrained: ValueError: Couldn't instantiate " — the
+    # reason cut at its first line break, and the summary then wrapped across lines.
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from synthledger.engine.experiment import driver
+    from synthledger.engine.experiment.cells import Cell
+    from synthledger.engine.experiment.results import CellRecord
+
+    why = "Couldn't instantiate the backend tokenizer from one of: \n(1) a `tokenizers` file, \n(2) a slow tokenizer."
+    failed: Future = Future()
+    failed.set_exception(ValueError(why))
+    journal = _Journal()
+    d = driver.Driver(SimpleNamespace(exp=None), None, "", journal, None, SimpleNamespace(failed_cell=lambda *a: None))
+    d.pending = {failed: Cell("untrained")}
+    d.harvest(block=True)
+    (event,) = journal.events
+    whole = "ValueError: " + " ".join(why.split())
+    assert event.reason == whole
+    state = SimpleNamespace(cells={"untrained": CellRecord(Cell("untrained"), failed={"reason": event.reason})})
+    monkeypatch.setattr(driver, "load_state", lambda store, run_id: state)
+    status, message = driver._verdict(None, "x", d)
+    assert (status, message) == ("failed", f"1 of 1 cells did not finish (first: untrained: {whole})")
+    long = driver.one_line_reason("A first sentence. " * 200)
+    assert "\n" not in long and long.split(" (... ")[0].endswith("sentence.")
+
+
+def test_a_small_held_out_set_gets_one_warning_about_its_intervals():
+    from synthledger.engine.experiment.report import heldout_lines
+
+    (line,) = heldout_lines({"heldout": {"n": 8}})
+    assert "only 8 examples" in line and "confidence intervals" in line
+    assert heldout_lines({"heldout": {"n": 30}}) == [] and heldout_lines({"heldout": {}}) == []
+
+
+# ---- one workdir, one experiment -----------------------------------------------------------------
+def test_an_experiment_never_runs_in_another_experiments_workdir(grid, tmp_path, monkeypatch):
+    # A second name in the same grid file (or the same grid against another store) shares `work/`:
+    # its jobs cleared and retrained the first experiment's students and replaced its predictions,
+    # while the first store's runs still pointed at them.
+    from synthledger.engine.experiment import driver
+
+    ran: list[str] = []
+
+    def drive(prep, store, url, journal, *rest):  # the grid itself is not what is tested here
+        ran.append(prep.exp.name)
+        journal.finish("interrupted", "stopped by the test")
+        return driver.Outcome(journal.run_id, "interrupted", "stopped by the test", {})
+
+    monkeypatch.setattr(driver, "_drive", drive)
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    owner = driver.run_experiment(load_experiment(grid), first, progress=False).run_id
+    before = {p: p.read_bytes() for p in (tmp_path / "work").rglob("*") if p.is_file()}
+    for overrides, store in ([['experiment.name="grid2"'], first], [[], f"sqlite:///{tmp_path / 'other.db'}"]):
+        with pytest.raises(ConfigError) as err:
+            driver.run_experiment(load_experiment(grid, overrides), store, progress=False)
+        message = str(err.value)
+        assert "\n" not in message and f"experiment.workdir {tmp_path / 'work'} belongs to experiment 'grid' " \
+            f"({owner}) in store {tmp_path / 'first.db'}" in message, message
+        assert "set experiment.workdir to a folder of its own, or use {name} in it" in message
+    assert ran == ["grid"] and not (tmp_path / "other.db").exists()  # refused before anything ran, or was made
+    assert {p: p.read_bytes() for p in (tmp_path / "work").rglob("*") if p.is_file()} == before
+    assert [r.name for r in EventStore(first).list_runs(kind="experiment")] == ["grid"]
+    # The same experiment again resumes in its own workdir; another one with {name} in its own has its own.
+    assert driver.run_experiment(load_experiment(grid), first, progress=False).run_id == owner
+    driver.run_experiment(load_experiment(grid, ['experiment.name="grid2"', 'experiment.workdir="work-{name}"']),
+                          first, progress=False)
+    assert ran == ["grid", "grid", "grid2"] and (tmp_path / "work-grid2" / "heldout.jsonl").is_file()
+
+
+def test_a_workdir_whose_experiment_is_gone_from_its_store_is_free(grid, tmp_path, monkeypatch):
+    from synthledger.engine.experiment import driver
+
+    monkeypatch.setattr(driver, "_drive", lambda prep, store, url, journal, *rest: journal.finish("interrupted", "x"))
+    db = tmp_path / "s.db"
+    driver.run_experiment(load_experiment(grid), f"sqlite:///{db}", progress=False)
+    db.unlink()  # the store deleted and made anew: no run points into the folder any more
+    driver.run_experiment(load_experiment(grid, ['experiment.name="grid2"']), f"sqlite:///{db}", progress=False)
+    assert "grid2" in (tmp_path / "work" / ".synthledger-experiment.json").read_text()
+
+
 def test_a_generation_killed_with_queries_out_says_how_many_it_lost(tmp_path):
     # kill -9 with requests out: they count as spent (their outcome is unknown), are never answered,
     # and the cell trains on fewer answers than Q; the grid's table said nothing of it.
@@ -213,8 +381,9 @@ def test_a_generation_killed_with_queries_out_says_how_many_it_lost(tmp_path):
     store.close()
     assert gen.lost == 4 and gen.paid["queries"] == 4 and gen.rows == 0
     cell = {"id": "answer_augmentation/s4/q4/r0", "budget": 4, "lost_queries": gen.lost}
-    assert lost_lines([cell]) == ["answer_augmentation/s4/q4/r0: 4 queries were out when a process was killed; "
-                                  "paid, never answered, so it trained on fewer answers than Q = 4"]
+    assert lost_lines([cell]) == ["answer_augmentation/s4/q4/r0: 4 queries were sent and never answered (a process "
+                                  "was killed or the connection dropped while they were out); counted as paid, so "
+                                  "it trained on fewer answers than Q = 4"]
 
 
 # ---- nested seed subsets -----------------------------------------------------------------------

@@ -152,6 +152,22 @@ def test_rerunning_a_finished_experiment_does_nothing(grid_run):
     assert grid_run["server"].stats()["answered"] == before
 
 
+def test_another_experiment_in_its_workdir_is_refused_before_it_pays(grid_run):
+    # `--set experiment.name=grid2` (or the same grid against another store) ran in the same `work/`:
+    # it retrained the students and replaced the predictions the first store's runs point at.
+    work = grid_run["folder"] / "work"
+    files = {p: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+    answered = grid_run["server"].stats()["answered"]
+    other = f"sqlite:///{grid_run['folder'] / 'other.db'}"
+    for args in (["--store", grid_run["store"], "--set", "experiment.name=grid2"], ["--store", other]):
+        res = cli("experiment", "run", str(grid_run["grid"]), "--no-progress", *args, ok=False)
+        (said,) = [line for line in res.stderr.splitlines() if line.startswith("error:")]  # (after the store line)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert f"experiment.workdir {work} belongs to experiment 'grid'" in said and "use {name} in it" in said, said
+    assert grid_run["server"].stats()["answered"] == answered and not (grid_run["folder"] / "other.db").exists()
+    assert {p: p.read_bytes() for p in work.rglob("*") if p.is_file()} == files
+
+
 # `experiment show` and `recommend --from` are folds over events: they run where torch cannot load.
 NO_TORCH = """
 import importlib.abc, runpy, sys

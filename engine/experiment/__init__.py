@@ -10,6 +10,7 @@ confidence intervals, crossovers and plots are folds over those events.
     seeds.py           the seed pool and its nested subsets per replicate
     cells.py           the cells and the run/train configs each one runs with
     journal.py         the experiment run's event writer (create, or reopen to resume)
+    claim.py           the workdir's marker: one experiment (one run in one store) per folder
     stages.py          one cell's generation (in the driver) and its train+eval job (in a worker)
     executor_local.py  train/eval jobs in a pool of local processes
     executor_ray.py    train/eval jobs as Ray tasks with declared resources

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, StrictInt, ValidationError
 
 from ...store.hashing import canonical
 from ..errors import ConfigError
@@ -48,10 +48,11 @@ class ExperimentSection(_Strict):
     base: str
     train: str
     strategies: list[str]
-    seed_sizes: list[int]
-    budgets: list[int] | None = None
+    # Strict: "4", 2.0 or true are a typo in a grid, not a budget of 4, 2 replicates or a budget of 1.
+    seed_sizes: list[StrictInt]
+    budgets: list[StrictInt] | None = None
     ratios: list[float] | None = None
-    replicates: int = Field(default=1, ge=1)
+    replicates: StrictInt = Field(default=1, ge=1)
     baselines: bool = True
     seed: int = 0  # shuffles the seed pool of each replicate
     bootstrap: int = Field(default=1000, ge=100)
@@ -82,6 +83,11 @@ class Experiment:
     @property
     def strategies(self) -> list[str]:
         return self.section.strategies
+
+    @property
+    def train_path(self) -> Path:
+        """The train config file, as errors about its keys name it."""
+        return (self.path.resolve().parent / self.section.train).resolve()
 
     @property
     def seed_sizes(self) -> list[int]:
@@ -163,7 +169,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     train_path = (root / sec.train).resolve()
     base = _read_toml(base_path, "experiment.base: run config")
     train = _read_toml(train_path, "experiment.train: train config")
-    workdir = Path(sec.workdir) if sec.workdir else Path(DEFAULT_WORKDIR.format(name=sec.name))
+    # {name} in a workdir of one's own too: one grid file can then run under several names.
+    workdir = Path((sec.workdir or DEFAULT_WORKDIR).replace("{name}", sec.name))
     if sec.workdir and not workdir.is_absolute():
         workdir = root / workdir
     task = sec.eval.task or str((base.get("task") or {}).get("name") or "gsm8k")

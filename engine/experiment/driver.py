@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...store.eventstore import EventStore
+from ...store.eventstore import EventStore, RunInfo
 from ..errors import ConfigError
 from ..ledger.events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
                              ExperimentResult)
 from ..ledger.ledger import Amount
 from ..student.ctrl_c import CtrlC, guarded_ctrl_c
 from .cells import Cell, generation_config, predictions_path, train_dict
+from .claim import check_claim, check_store, stake_claim
 from .config import Experiment
 from ..ledger.journal import Journal
 from .journal import create, existing, reopen
@@ -137,7 +138,7 @@ class Driver:
             try:
                 r = fut.result()
             except Exception as exc:  # the job's own error, phrased for the table
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+                reason = one_line_reason(f"{type(exc).__name__}: {exc}")
                 self.journal.emit(CellFailed(cell=cell.id, stage="train_eval", reason=reason))
                 self.view.failed_cell(cell.id, reason)
                 continue
@@ -189,7 +190,8 @@ class Driver:
                 self.stop_reason, self.interrupted = f"the generation of {cell.id} was interrupted", True
                 return
             if not gen.ok:
-                self.journal.emit(CellFailed(cell=cell.id, stage="generate", reason=f"{gen.status}: {gen.message}"))
+                self.journal.emit(CellFailed(cell=cell.id, stage="generate",
+                                             reason=one_line_reason(f"{gen.status}: {gen.message}")))
                 self.view.failed_cell(cell.id, gen.message)
                 self.stop_reason = f"generation of {cell.id} {gen.status}: {gen.message}"
                 continue
@@ -199,18 +201,29 @@ class Driver:
             self.harvest(block=True)
 
 
-def _start(prep: Prepared, store: EventStore, resume: bool) -> tuple[Journal | None, Any]:
-    """Open the experiment's run: create it, reopen it to resume, or (nothing left to do) None."""
+def _start(prep: Prepared, store: EventStore, info: RunInfo | None) -> tuple[Journal | None, Any]:
+    """Open the experiment's run: create it (`info` None), reopen it to resume, or (nothing left
+    to do) None. Either way its workdir is claimed before any cell runs."""
     exp = prep.exp
-    info = existing(store, exp)
     if info is None:
-        if resume:
-            raise ConfigError(f"no experiment named {exp.name!r} in {store.url} to resume; run without --resume")
-        return create(store, exp, grid_event(prep)), None
+        journal = create(store, exp, grid_event(prep))
+        stake_claim(exp, store, journal.run_id)
+        return journal, None
+    stake_claim(exp, store, info.id)  # (one created before a kill, or before claims, had none yet)
     state = load_state(store, info.id)
     if info.status == "completed" and all(r.status == "finished" for r in state.cells.values()):
         return None, state
     return reopen(store, info), None
+
+
+def _this_experiment(exp: Experiment, store: EventStore, resume: bool) -> RunInfo | None:
+    """The experiment's run in the store (None: a new one), once its workdir is known to be free
+    for it: before a file is written or a query paid."""
+    info = existing(store, exp)
+    if info is None and resume:
+        raise ConfigError(f"no experiment named {exp.name!r} in {store.url} to resume; run without --resume")
+    check_claim(exp, store, info.id if info is not None else None)
+    return info
 
 
 def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: str = "local", resume: bool = False,
@@ -222,9 +235,11 @@ def run_experiment(exp: Experiment, store_url: str | None = None, *, executor: s
     url, where = store_for(exp, store_url)
     if announce is not None:
         announce(where)
+    check_store(exp, url)  # (another store's experiment owns the workdir: refused before that store is made)
     store = EventStore(url, must_exist=resume)  # (a resume of a store that is not there is a typo, not a new store)
+    info = _this_experiment(exp, store, resume)
     _write_inputs(prep)  # deterministic files; written before the run so a failure here leaves no run behind
-    journal, done_state = _start(prep, store, resume)
+    journal, done_state = _start(prep, store, info)
     if journal is None:
         return Outcome(done_state.info.id, "completed", "every cell had finished already", build_result(done_state))
     view = GridView(exp.name, [c.id for c in prep.cells], enabled=progress)
@@ -301,5 +316,22 @@ def _verdict(store: EventStore, run_id: str, driver: Driver) -> tuple[str, str]:
     if not failed:
         return "completed", f"{len(state.cells)} cells finished"
     first = state.cells[failed[0]]
-    why = (first.failed or {}).get("reason") or driver.stop_reason or "not run"
+    why = one_line_reason((first.failed or {}).get("reason") or driver.stop_reason or "not run")
     return "failed", f"{len(failed)} of {len(state.cells)} cells did not finish (first: {failed[0]}: {why})"
+
+
+# A cell's failure reason is recorded and printed whole up to this length (a traceback-sized one is cut).
+REASON_CHARS = 2000
+
+
+def one_line_reason(text: str, limit: int = REASON_CHARS) -> str:
+    """A failure's reason as the one line the summary prints: whitespace (a library's wrapped
+    message, a list on several lines) collapsed, and only a very long one shortened, at the end of
+    a sentence where there is one (a reason cut mid-sentence reads as a different reason)."""
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    head = line[:limit]
+    end, space = head.rfind(". "), head.rfind(" ")
+    head = head[:end + 1] if end > limit // 2 else head[:space] if space > 0 else head
+    return f"{head} (... {len(line) - len(head)} more characters)"

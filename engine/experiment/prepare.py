@@ -100,14 +100,16 @@ def _check_train(exp: Experiment) -> str:
     except ValidationError as exc:
         from .config import _one_line
 
-        raise _one_line(exc, "experiment.train") from None
+        raise _one_line(exc, f"{exp.train_path} (experiment.train)") from None
     trainer_cls = host.get("trainers", cfg.trainer.name)
     options = validate_plugin_options(trainer_cls.Options, cfg.trainer.extras(), "trainer")
     student = str(getattr(options, "student", "") or "")
     if student:
         from ..student.runs import _check_model
 
-        _check_model(student)  # an unknown student fails now, not after the generation
+        # An unknown student, or a folder whose config or tokenizer does not load, fails now, not
+        # in its first cell's job after the generation was paid for.
+        _check_model(student, f"{exp.train_path}: trainer.student")
     return student
 
 
@@ -119,7 +121,7 @@ def _heldout(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> list[di
     options = validate_plugin_options(ev_cls.Options, {"heldout": ev.heldout, "limit": ev.limit}, "experiment.eval")
     host.get("tasks", exp.task)
     if not hasattr(ev_cls(options), "heldout"):
-        raise ConfigError(f"experiment.eval.evaluator {ev.evaluator!r} cannot load a held-out set")
+        raise ConfigError(f"{exp.path}: experiment.eval.evaluator {ev.evaluator!r} cannot load a held-out set")
     questions = {s.question for seeds in subs.values() for s in seeds}
     try:
         return ev_cls(options).heldout(questions, base_dir=str(exp.path.resolve().parent))

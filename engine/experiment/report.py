@@ -41,7 +41,7 @@ def render(result: dict[str, Any], console: Console) -> None:
                       str(row["paid_queries"]), str(row["reused_queries"]), f"{row['usd']:.4f}",
                       _pct(q.get("agreement")), _pct(q.get("truncation_rate")), _pct(q.get("duplicate_rate")))
     console.print(table)
-    for line in quality_lines(result["summary"]) + lost_lines(result["cells"]):
+    for line in quality_lines(result["summary"]) + lost_lines(result["cells"]) + heldout_lines(result):
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     if result["baselines"]:
         base = Table("baseline", "|S|", "accuracy", "95% CI", "reps", "rows", title="baselines")
@@ -62,11 +62,27 @@ def render(result: dict[str, Any], console: Console) -> None:
 
 
 def lost_lines(cells: list[dict[str, Any]]) -> list[str]:
-    """Cells whose generation lost queries in flight to a kill: each was paid for and never answered
-    (invariant: an unknown outcome counts as spent), so the cell trained on fewer answers than its
-    budget, and its score is not quite the uninterrupted grid's."""
-    return [f"{c['id']}: {c['lost_queries']} queries were out when a process was killed; paid, never answered, "
-            f"so it trained on fewer answers than Q = {c['budget']}" for c in cells if c.get("lost_queries")]
+    """Cells whose generation lost queries in flight, to a kill or to a teacher's connection that
+    dropped after sending: each was paid for and never answered (invariant: an unknown outcome
+    counts as spent), so the cell trained on fewer answers than its budget, and its score is not
+    quite the uninterrupted grid's. The wording holds for either cause: the count cannot tell them apart."""
+    return [f"{c['id']}: {c['lost_queries']} queries were sent and never answered (a process was killed or the "
+            f"connection dropped while they were out); counted as paid, so it trained on fewer answers than "
+            f"Q = {c['budget']}" for c in cells if c.get("lost_queries")]
+
+
+# Below this many held-out examples a 95% interval is wider than most differences a grid measures.
+SMALL_HELDOUT = 30
+
+
+def heldout_lines(result: dict[str, Any]) -> list[str]:
+    """One warning when the held-out set is too small for its intervals to separate cells: a table
+    with confidence intervals reads as a measurement whatever n is."""
+    n = (result.get("heldout") or {}).get("n")
+    if not n or n >= SMALL_HELDOUT:
+        return []
+    return [f"the held-out set has only {n} examples: at that size the 95% confidence intervals are too wide "
+            f"to tell most cells apart (use {SMALL_HELDOUT} or more, a few hundred to compare strategies)"]
 
 
 def crossover_lines(result: dict[str, Any]) -> list[str]:

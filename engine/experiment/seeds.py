@@ -32,14 +32,14 @@ def load_pool(exp: Experiment) -> list[Seed]:
     try:
         source_cls = host.get("seed_sources", source)
     except UnknownPlugin as exc:
-        raise ConfigError(f"experiment.base: [seeds] {exc}") from None
+        raise ConfigError(f"{exp.path}: experiment.base: [seeds] {exc}") from None
     if "size" in source_cls.Options.model_fields:
         seeds_cfg["size"] = max(exp.seed_sizes) * exp.section.replicates
     options = validate_plugin_options(source_cls.Options, seeds_cfg, "seeds")
     pool = source_cls(options, base_dir=exp.base_dir).load()
     if len(pool) < max(exp.seed_sizes):
-        raise ConfigError(f"experiment.seed_sizes: the largest seed set ({max(exp.seed_sizes)}) needs more seeds "
-                          f"than the base config's source has ({len(pool)})")
+        raise ConfigError(f"{exp.path}: experiment.seed_sizes: the largest seed set ({max(exp.seed_sizes)}) needs "
+                          f"more seeds than the base config's source has ({len(pool)})")
     return pool
 
 

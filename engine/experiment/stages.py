@@ -33,7 +33,7 @@ class Generated:
     reused: dict[str, Any]
     wall_s: float
     quality: dict[str, Any] = field(default_factory=dict)  # output.quality.brief of the run
-    lost: int = 0  # queries out when a process was killed: counted as spent, never answered
+    lost: int = 0  # queries out when a process was killed or a connection dropped: counted as spent, never answered
 
     @property
     def ok(self) -> bool:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ... import __version__
 from ...store.eventstore import EventStore, new_run_id, owner_token
@@ -56,11 +56,16 @@ class TrainConfig(_Strict):
     data: DataSection = DataSection()
     output: OutputSection = OutputSection()
     eval: EvalSection | None = None
+    # The file it was read from, for errors that name a key of it (not part of what is recorded).
+    _source: str = PrivateAttr(default="train config")
 
 
 def load_train_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
     data = apply_overrides(read_toml(path, "train config") if path is not None else {}, overrides or [])
-    return validate_config(TrainConfig, data, str(path or "train config"))
+    cfg = validate_config(TrainConfig, data, str(path or "train config"))
+    if path is not None:
+        cfg._source = str(path)
+    return cfg
 
 
 def open_log(store: EventStore, name: str, kind: str, config: dict[str, Any], parent_id: str | None = None,
@@ -212,7 +217,7 @@ def train_run(source: str, cfg: TrainConfig, store: EventStore, *, progress: boo
         raise ConfigError(f"{source}: no accepted samples to train on (export it or check `show {source}`)")
     student = getattr(options, "student", None)
     if student is not None:
-        _check_model(student)
+        _check_model(student, f"{cfg._source}: trainer.student")
     close_orphans(store)
     run_id = new_run_id()
     out_dir = student_dir(cfg.output.dir, label, run_id)
@@ -255,11 +260,18 @@ def check_eval(e: EvalSection, trained_on: set[str] | None = None) -> None:
     ev_cls(opts).heldout(trained_on)
 
 
-def _check_model(name: str) -> None:
-    """Fail on an unknown model before a run is recorded (needs the `train` extra)."""
-    from ...plugins.hf_models import resolve_model
+def _check_model(name: str, where: str | None = None) -> None:
+    """Fail on an unknown model, or a folder whose config or tokenizer does not load, before a run
+    is recorded (needs the `train` extra), in one line that starts with `where` (the file and key
+    that named it, when a config did)."""
+    from ...plugins.hf_models import UnknownModel, check_loadable
 
-    resolve_model(name)
+    try:
+        check_loadable(name)
+    except UnknownModel as exc:
+        if where is None:
+            raise
+        raise UnknownModel(f"{where}: {exc}") from None
 
 
 def training_questions(store: EventStore, run_id: str) -> set[str]:
