@@ -4,9 +4,11 @@ A key reaches output in ways no single code path controls: a 401 body that echoe
 OpenAI-compatible servers and gateways do) flows into an attempt's message, the run's final
 message and stderr; a credential typed into a header or a URL would be recorded with the config.
 So the values this process knows to be secret are registered where they are read (the resolved API
-keys, header values taken from the environment), and `scrub` replaces them, and anything shaped
-like a credential (URL userinfo, key-ish query parameters, bearer tokens, `sk-...` keys), in any
-text or JSON-like value. It runs at the boundaries where text leaves the process: the event writer
+keys, header values taken from the environment), and `scrub` replaces them (in every form a
+provider's body or our own one-line excerpt of it may give them: JSON-escaped, HTML-escaped,
+whitespace collapsed), and anything shaped like a credential (URL userinfo, key-ish query
+parameters, bearer tokens, provider key formats such as `sk-...` or `gsk_...`), in any text or
+JSON-like value. It runs at the boundaries where text leaves the process: the event writer
 (everything stored, hence every `events`, `show` and export) and the CLI's error lines.
 
 Configs are checked instead of scrubbed: a credential written into `extra_headers` or `base_url` is
@@ -16,6 +18,7 @@ refused with a pointer to the `*_env` settings, because the config is recorded v
 from __future__ import annotations
 
 import html
+import json
 import re
 import threading
 from typing import Any
@@ -32,9 +35,20 @@ MIN_SECRET_LEN = 6
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "apikey",
                                 "x-goog-api-key", "cookie", "x-auth-token", "ocp-apim-subscription-key"})
 _CREDENTIAL_FRAGMENTS = ("auth", "key", "token", "secret", "password", "cookie", "signature")
-# Query parameters that carry credentials in URLs (`?api_key=...`, `&key=...`, `?sig=...`).
-CREDENTIAL_PARAMS = re.compile(r"^(?:api[_-]?key|key|token|access[_-]?token|auth|secret|password|passwd|sig|"
-                               r"signature|x-api-key|subscription-key|code)$", re.I)
+# Query parameters that carry credentials, by name: case and `-`/`_` do not matter (`X-Amz-Signature`,
+# `client_secret`, `access-key`, `apiKey`), and any name ending in token, secret, password, signature or
+# credential counts (`private_token`, `x-amz-security-token`, `sslpassword`). A name is read whole, so
+# `max_tokens=` or `keyword=` is data.
+_PARAM_NAME = (r"(?:(?:x[-_]?)?api[-_]?key|key|(?:access|secret|private|subscription|client)[-_]?key|auth|"
+               r"authorization|code|sig|passwd|pwd|[A-Za-z0-9_-]*?(?:token|secret|password|signature|credentials?))")
+CREDENTIAL_PARAMS = re.compile(rf"^(?i:{_PARAM_NAME})$")
+
+# Provider key formats (OpenAI, Anthropic, Groq, GitHub, Google, Hugging Face, xAI, AWS access key ids),
+# each at a realistic length, so a word or identifier that merely starts like one (`hf_model`) stays.
+KEY_SHAPES = (r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}", r"\bgsk_[A-Za-z0-9]{20,}", r"\bgh[pousr]_[A-Za-z0-9]{30,}",
+              r"\bgithub_pat_[A-Za-z0-9_]{40,}", r"\bAIza[0-9A-Za-z_-]{30,}", r"\bhf_[A-Za-z0-9]{30,}",
+              r"\bxai-[A-Za-z0-9]{30,}", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+_KEY_SHAPE = re.compile("|".join(KEY_SHAPES))
 
 # Each generic pattern is (?P<kN>what stays) followed by what is replaced.
 _GENERIC = [
@@ -44,38 +58,91 @@ _GENERIC = [
     # a URL's userinfo that is a token on its own: scheme://token@host
     r"(?P<k5>://)[^/\s@:\"'<>]+(?=@)",
     # key-ish query parameters (the name stays)
-    r"(?P<k1>(?<=[?&])(?i:api[_-]?key|key|token|access[_-]?token|auth|secret|password|passwd|sig|signature)=)"
-    r"[^&#\s\"'<>]+",
+    rf"(?P<k1>(?<=[?&])(?i:{_PARAM_NAME})=)[^&#\s\"'<>]+",
     # bearer tokens in any header dump or message
     r"(?P<k2>(?i:bearer)\s+)[A-Za-z0-9._~+/=-]{6,}",
     # values of credential headers written as text (x-api-key: ..., "api-key": "...")
     r"(?P<k3>(?i:\b(?:x-api-key|api-key|x-goog-api-key))[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+",
-    # provider key formats (OpenAI, Anthropic)
-    r"(?P<k4>)\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}",
+    # provider key formats
+    rf"(?P<k4>)(?:{'|'.join(KEY_SHAPES)})",
 ]
+
+# A markup tag (`<h1>`, `</body>`, `<!DOCTYPE html>`, `<br/>`), or one cut off by an earlier
+# truncation at the very end; a bare `<` in prose ("a < b") is not one.
+_TAG = re.compile(r"<[A-Za-z!/?][^<>]*(?:>|$)")
+_BLANK = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 _lock = threading.Lock()
 _known: set[str] = set()
 _pattern: re.Pattern[str] = re.compile("|".join(_GENERIC))
+# Every form of every registered value (see `_forms`), and the shortest of them that the others
+# contain: finding one of those is what makes a text worth scrubbing.
+_forms_all: frozenset[str] = frozenset()
+_least: tuple[str, ...] = ()
+_b_known: tuple[bytes, ...] = ()  # `_least` as orjson writes it inside a JSON string
+_known_re: re.Pattern[str] | None = None
 
 
 def _compile() -> re.Pattern[str]:
     # Longest first, so a key that contains another registered value is replaced whole.
-    literal = [re.escape(s) for s in sorted(_known, key=len, reverse=True)]
-    return re.compile("|".join(literal + _GENERIC))
+    return re.compile("|".join(_literals() + _GENERIC))
+
+
+def _literals() -> list[str]:
+    return [re.escape(s) for s in sorted(_forms_all, key=len, reverse=True)]
+
+
+def _json_forms(value: str) -> set[str]:
+    """`value` as it reads inside a JSON string: a provider's error body that echoes a key escapes
+    `"` and `\\` (and control characters, and maybe non-ASCII), and PHP's json_encode writes `/` as `\\/`."""
+    out = set()
+    for escaped in (json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
+        out |= {escaped, escaped.replace("/", "\\/")}
+    return out
+
+
+def _text_forms(value: str) -> set[str]:
+    """`value` as it reads after `one_line` made a provider's words one line (tags dropped, entities
+    decoded, whitespace collapsed: `tab\\tkey` becomes `tab key`), and as an HTML page would carry it."""
+    flat = _BLANK.sub(" ", value).strip()
+    tagless = _BLANK.sub(" ", html.unescape(_TAG.sub(" ", value))).strip()
+    return {flat, tagless, html.unescape(value), html.escape(value), html.escape(value, quote=False)}
+
+
+def _forms(value: str) -> set[str]:
+    """Every form of a secret worth looking for, computed once when it is registered (`scrub` runs on
+    every event: it only searches). A form shorter than MIN_SECRET_LEN would blank ordinary words."""
+    forms = {value} | _json_forms(value) | _text_forms(value)
+    forms |= {j for t in _text_forms(value) for j in _json_forms(t)}
+    return {f for f in forms if len(f) >= MIN_SECRET_LEN}
+
+
+def _shortest(forms: frozenset[str]) -> tuple[str, ...]:
+    """The forms that contain no other: a text holding any form holds one of these."""
+    ordered = sorted(forms, key=len)
+    kept: list[str] = []
+    for f in ordered:
+        if not any(k in f for k in kept):
+            kept.append(f)
+    return tuple(kept)
 
 
 def register(value: str | None) -> None:
     """Remember a value that must never be written anywhere (an API key, a credential header)."""
-    global _pattern, _b_known
+    global _pattern, _forms_all, _least, _b_known, _known_re
     if not value or len(value) < MIN_SECRET_LEN:
         return
     with _lock:
         if value in _known:
             return
         _known.add(value)
+        _forms_all = _forms_all | _forms(value)
+        _least = _shortest(_forms_all)
+        # (orjson escapes `"`, `\` and control characters inside a string: the bytes of a payload
+        # hold that, not the raw form)
+        _b_known = tuple(dict.fromkeys(orjson.dumps(f)[1:-1] for f in _least))
+        _known_re = re.compile("|".join(_literals()))
         _pattern = _compile()
-        _b_known = tuple(k.encode() for k in _known)
 
 
 def known_secrets() -> frozenset[str]:
@@ -88,21 +155,22 @@ def _replace(m: re.Match[str]) -> str:
 
 
 # Literals that every generic pattern needs: a text without any of them (nearly all text) is passed
-# by a few substring searches, far cheaper than running the combined pattern over it.
-_HINTS = ("://", "sk-", "earer", "EARER", "-key", "-KEY", "-Key")
-_B_HINTS = tuple(h.encode() for h in _HINTS)
-_QUERY = re.compile(r"[?&](?i:api[_-]?key|key|token|access[_-]?token|auth|secret|password|passwd|sig|signature)=")
+# by one search, far cheaper than running the combined pattern over it.
+_HINT = re.compile(r"://|sk-|earer|EARER|-key|-KEY|-Key|gsk_|gh[pousr]_|github_pat_|AIza|hf_|xai-|A[KS]IA")
+_B_HINT = re.compile(_HINT.pattern.encode())
+_QUERY = re.compile(rf"[?&](?i:{_PARAM_NAME})=")
 _B_QUERY = re.compile(_QUERY.pattern.encode())
-_b_known: tuple[bytes, ...] = ()
 
 
 def _suspect(text: str) -> bool:
-    for h in _HINTS:
-        if h in text:
-            return True
+    if _HINT.search(text) is not None:
+        return True
     if "=" in text and _QUERY.search(text):
         return True
-    return any(s in text for s in _known)
+    for s in _least:
+        if s in text:
+            return True
+    return False
 
 
 def _suspect_bytes(raw: bytes, shapes: bool) -> bool:
@@ -111,9 +179,8 @@ def _suspect_bytes(raw: bytes, shapes: bool) -> bool:
             return True
     if not shapes:
         return False
-    for h in _B_HINTS:
-        if h in raw:
-            return True
+    if _B_HINT.search(raw) is not None:
+        return True
     return b"=" in raw and _B_QUERY.search(raw) is not None
 
 
@@ -160,16 +227,14 @@ def _scrub_items(value: dict[str, Any], scrub_one: Any) -> dict[str, Any]:
 
 def _scrub_known(value: Any) -> Any:
     if isinstance(value, str):
-        return _known_pattern().sub(REDACTED, value) if any(s in value for s in _known) else value
+        if _known_re is None or not any(s in value for s in _least):
+            return value
+        return _known_re.sub(REDACTED, value)
     if isinstance(value, dict):
         return {k: _scrub_known(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_scrub_known(v) for v in value]
     return value
-
-
-def _known_pattern() -> re.Pattern[str]:
-    return re.compile("|".join(re.escape(s) for s in sorted(_known, key=len, reverse=True)))
 
 
 def scrub_value(value: Any) -> Any:
@@ -188,11 +253,6 @@ def scrub_value(value: Any) -> Any:
 
 
 # ---- excerpts of what a provider sent, for messages -------------------------------------------------
-
-# A markup tag (`<h1>`, `</body>`, `<!DOCTYPE html>`, `<br/>`), or one cut off by an earlier
-# truncation at the very end; a bare `<` in prose ("a < b") is not one.
-_TAG = re.compile(r"<[A-Za-z!/?][^<>]*(?:>|$)")
-_BLANK = re.compile(r"[\s\x00-\x1f\x7f]+")
 
 
 def one_line(text: str | None, limit: int = 200, *, keep_tags: bool = False) -> str:
@@ -239,7 +299,55 @@ def url_credentials(url: str) -> str | None:
 
 
 def header_credentials(headers: Any) -> list[str]:
-    """Names of the headers in a mapping that carry credentials."""
+    """Names of the headers in a mapping that carry credentials: by their name, or by a value shaped
+    like a provider's key or a bearer token (`x-custom = "gsk_..."` is a key all the same)."""
     if not isinstance(headers, dict):
         return []
-    return [str(k) for k in headers if is_credential_header(str(k))]
+    return [str(k) for k, v in headers.items() if is_credential_header(str(k)) or is_credential_value(v)]
+
+
+_BEARER_VALUE = re.compile(r"\s*bearer\s+\S{6,}", re.I)
+# What a header value shaped like a credential is called in the refusals of engine/run/config.py and
+# plugins/teachers/settings.py.
+CREDENTIAL_VALUE = "holds a value shaped like a credential (a provider's key, a bearer token)"
+
+
+def is_credential_value(value: Any) -> bool:
+    """A header value shaped like a well-known provider's key, or a bearer token."""
+    return isinstance(value, str) and (_KEY_SHAPE.search(value) is not None or _BEARER_VALUE.match(value) is not None)
+
+
+# ---- names of environment variables: a key typed where its variable's name belongs ---------------
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SEGMENT = re.compile(r"[^_-]+")
+_SWITCH = re.compile(r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")  # a letter next to a digit
+KEY_NOT_NAME = ("looks like a key rather than the name of an environment variable; put the key in an "
+                "environment variable (export NAME=...) and give its name here")
+
+
+def looks_like_key(value: str) -> bool:
+    """`value` reads as a credential rather than a variable's name: a provider key's shape, or a long
+    run where letters and digits alternate as in random text (`Xq7Zp93LmK2n...`), which the names
+    people give variables (OPENAI_API_KEY, MY_GATEWAY_KEY_2, teacher_key, SOMEVERYLONGNAME123) lack."""
+    if _KEY_SHAPE.search(value):
+        return True
+    return any(len(seg) >= 16 and len(_SWITCH.findall(seg)) >= 3 for seg in _SEGMENT.findall(value))
+
+
+def env_name_problem(value: str) -> str | None:
+    """Why `value` cannot be the name of an environment variable holding a credential, or None. The
+    value is never repeated: when it is not a name, it may be the key itself."""
+    if looks_like_key(value):
+        return KEY_NOT_NAME
+    if not _ENV_NAME.fullmatch(value):
+        return "must be the *name* of an environment variable (like OPENAI_API_KEY), not the key itself"
+    return None
+
+
+def shown_env_name(name: str) -> str:
+    """`name` as a message may show it: a variable's name as people write them, else a description
+    (a key typed where its name belongs must not be echoed back)."""
+    if env_name_problem(name) is None:
+        return name
+    return "named there (not shown: it is no variable's name, maybe the key itself)"

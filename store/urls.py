@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote_plus
 
+from ..engine.redact import CREDENTIAL_PARAMS
 from .errors import StoreError
 
 DEFAULT_DIR = ".synthledger"
@@ -52,14 +54,30 @@ def in_memory(url: str) -> bool:
 
 
 def display(url: str) -> str:
-    """The URL as it may appear in a message or a log: any password replaced by ***."""
+    """The URL as it may appear in a message or a log: any password replaced by ***, in the user
+    info and in the query (`?host=/tmp/pg&password=...`, which libpq reads as well)."""
     try:
         from sqlalchemy.engine import make_url
 
         u = make_url(url)
     except Exception:
-        return url.split("@", 1)[-1] if "@" in url else url
-    return u.render_as_string(hide_password=True) if u.password else url
+        return _mask_query(url.split("@", 1)[-1] if "@" in url else url)
+    return _mask_query(u.render_as_string(hide_password=True) if u.password else url)
+
+
+def _mask_query(url: str) -> str:
+    """`url` with the value of every query parameter that carries a credential replaced by ***: the
+    names the run config's URL check refuses (see engine/redact.py), password and sslpassword
+    among them."""
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    return f"{head}?{'&'.join(_mask_param(p) for p in query.split('&'))}"
+
+
+def _mask_param(param: str) -> str:
+    name, eq, value = param.partition("=")
+    return f"{name}=***" if eq and value and CREDENTIAL_PARAMS.match(unquote_plus(name)) else param
 
 
 def busy_timeout_s() -> float:

@@ -201,3 +201,283 @@ def test_a_large_part_of_a_flagged_payload_is_scrubbed_only_where_it_needs_it():
     out = redact.scrub_payload({**payload, "seeds": leaky})
     assert out["seeds"][-1]["question"] == "curl -H 'Authorization: Bearer [REDACTED]'"
     assert out["seeds"][:40] == seeds and "abcdef123456" in leaky[-1]["question"]
+
+
+# ---- leaks found by QA: each case below once let a secret through ------------------------------------
+
+import json  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+from synthledger.engine.run.config import validate_plugin_options  # noqa: E402
+from synthledger.engine.run.store_choice import choose_store, display_url  # noqa: E402
+from synthledger.plugins.teachers.errors import status_error  # noqa: E402
+from synthledger.store.urls import display  # noqa: E402
+
+PG_PASSWORD = "PgS3cretPW"
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql+psycopg://postgres@/ledger?host=/tmp/x&password={PG_PASSWORD}",
+    f"postgresql+psycopg://postgres@/ledger?password={PG_PASSWORD}&host=/tmp/x",
+    f"postgresql+psycopg://postgres@/ledger?host=/tmp/x&sslpassword={PG_PASSWORD}",
+    f"postgresql+psycopg://postgres@/ledger?host=/tmp/x&PassWord={PG_PASSWORD}",
+    f"postgresql+psycopg://me:other-pw@db/ledger?password={PG_PASSWORD}",
+    f"mysql+pymysql://db/ledger?client_secret={PG_PASSWORD}",
+])
+def test_a_store_password_given_as_a_query_parameter_is_masked_when_the_store_is_shown(url, monkeypatch):
+    shown = [display(url), display_url(url), choose_store(url).describe()]
+    monkeypatch.setenv("SYNTHLEDGER_STORE", url)
+    shown.append(choose_store().describe())
+    monkeypatch.delenv("SYNTHLEDGER_STORE")
+    shown.append(choose_store(None, url, "run.toml").describe())
+    for text in shown:
+        assert PG_PASSWORD not in text and "other-pw" not in text, text
+        assert "/ledger?" in text, text  # the rest of the URL is still there to recognise the store
+    assert "host=/tmp/x" in display(url) or "host" not in url
+
+
+def test_a_store_password_in_the_url_query_is_never_printed_by_generate_or_store_copy(tmp_path, pg_url):
+    url = f"{pg_url}&password={PG_PASSWORD}"  # the test server trusts every local user: any password works
+    outputs = []
+    with ServerProcess() as server:
+        config = write_project(tmp_path, server.url, seeds=2, queries=2)
+        res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store", url], cwd=tmp_path)
+        assert res.rc == 0 and res.stderr.startswith("store "), res
+        outputs.append(res)
+        res = fork_cli(["generate", "--config", str(config), "--no-progress", "--name", "again"], cwd=tmp_path,
+                       env={"SYNTHLEDGER_STORE": url})
+        assert res.rc == 0, res
+        outputs.append(res)
+    src = f"sqlite:///{tmp_path / 'copy.db'}"
+    outputs.append(fork_cli(["store", "copy", url, src], cwd=tmp_path))
+    again = fork_cli(["store", "copy", src, url], cwd=tmp_path)
+    assert again.rc == 0 and "identical" in again.stdout, again
+    outputs.append(again)
+    printed = "".join(r.stdout + r.stderr for r in outputs)
+    assert PG_PASSWORD not in printed, printed
+
+
+class _PhpStyleGateway(BaseHTTPRequestHandler):
+    """A gateway whose 401 body repeats the key it was sent, JSON-encoded as PHP's json_encode does
+    (`/` written as `\\/`, `"` as `\\"`)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        key = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+        body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error",
+                                     "code": "invalid_api_key"}}).replace("/", "\\/").encode()
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("key, tail", [
+    ("Zm9vYmFy/c2VjcmV0+a2V5MTIz==", "c2VjcmV0"),
+    ('quo"teXq7Zp93Lm', "teXq7Zp93Lm"),
+    ("back\\slashQ8wE4rT", "slashQ8wE4rT"),
+    ("tab\tkeyR5tY7uI9o", "keyR5tY7uI9o"),
+])
+def test_a_key_the_provider_echoes_json_escaped_or_whitespace_collapsed_leaves_it_nowhere(tmp_path, key, tail):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PhpStyleGateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = write_project(tmp_path, f"http://127.0.0.1:{server.server_port}", seeds=2, queries=2)
+        config.write_text(config.read_text().replace('model = "test-teacher"',
+                                                     'model = "test-teacher"\napi_key_env = "MYKEY"'))
+        store_dir = tmp_path / "st"
+        store = f"sqlite:///{store_dir / 'store.db'}"
+        res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store", store], cwd=tmp_path,
+                       env={"MYKEY": key})
+        assert res.rc == 1 and "credentials" in res.stderr, res
+        events = fork_cli(["events", res.last_line()[1] if res.last_line() else "project", "--store", store],
+                          cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "attempt_failed" in events.stdout and "Incorrect API key provided: [REDACTED]" in events.stdout, events
+    assert tail not in res.stdout + res.stderr + events.stdout + events.stderr
+    assert tail.encode() not in _all_bytes(store_dir), "the key is in the store file"
+
+
+@pytest.mark.parametrize("key", ["Zm9vYmFy/c2VjcmV0+a2V5MTIz==", 'quo"te12345678', "back\\slash12345", "tab\tkey123456",
+                                 "new\nline123456", "<html&amp>key123", "caf\u00e9-key-123456", "a&b<c>d'e\"f"])
+def test_every_form_a_registered_key_takes_in_a_provider_body_is_scrubbed(key):
+    redact.register(key)
+    bodies = {json.dumps({"m": key})[7:-2], json.dumps({"m": key}, ensure_ascii=False)[7:-2],
+              json.dumps({"m": key})[7:-2].replace("/", "\\/")}
+    for body in bodies:
+        text = f'{{"error": {{"message": "Incorrect API key provided: {body}."}}}}'
+        scrubbed = redact.scrub_payload({"body_excerpt": text, "n": 1})["body_excerpt"]
+        assert scrubbed == '{"error": {"message": "Incorrect API key provided: [REDACTED]."}}', scrubbed
+        assert redact.scrub_payload({"text": text}, shapes=False)["text"] == scrubbed
+    for raw in (key, f"<p>{key}</p>"):
+        line = redact.one_line(f"Incorrect API key provided: {raw}.")
+        assert line.replace("] .", "].") == "Incorrect API key provided: [REDACTED].", line  # (a tag leaves a space)
+    err = status_error(401, f"Incorrect API key provided: {key}.", {}, json.dumps({"error": key}))
+    assert str(err).count("[REDACTED]") == 1 and redact.scrub_payload({"b": err.body_excerpt})["b"].endswith(
+        '"[REDACTED]"}')
+
+
+def test_scrubbing_a_key_with_few_forms_keeps_ordinary_text():
+    redact.register("plain-key-ABCDEF123456")
+    text = 'Tom said "hi" \\ then / left at 3 < 4 & 5 > 2'
+    assert redact.scrub(text) == text and redact.one_line(text) == text
+    payload = {"text": text}
+    assert redact.scrub_payload(payload) is payload
+
+
+CREDENTIAL_PARAMS = ["client_secret", "CLIENT-SECRET", "private_token", "X-Amz-Signature", "X-Amz-Credential",
+                     "x-amz-security-token", "access-key", "accessKey", "session_token", "authorization", "auth",
+                     "secret", "password", "passwd", "sig", "signature", "refresh_token", "apiKey", "Api-Key"]
+
+
+@pytest.mark.parametrize("param", CREDENTIAL_PARAMS)
+def test_credential_query_parameters_are_refused_in_a_base_url_and_scrubbed_from_text(param):
+    url = f"https://gw.example/v1?model=x&{param}=CSleak123456"
+    data = {"run": {"name": "x"}, "seeds": {"path": "s.jsonl"}, "teacher": {"model": "m", "base_url": url},
+            "budget": {"queries": 2}, "strategy": {"name": "answer_augmentation"}}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert "teacher.base_url: holds a credential" in str(info.value) and "CSleak123456" not in str(info.value)
+    with pytest.raises(ValueError):
+        TeacherSettings(provider="openai-compatible", model="m", base_url=url)
+    assert redact.scrub(f"GET {url} failed") == f"GET https://gw.example/v1?model=x&{param}=[REDACTED] failed"
+    assert redact.scrub_payload({"u": url})["u"].endswith("=[REDACTED]")
+
+
+@pytest.mark.parametrize("url", ["https://gw.example/v1?model=x&version=2", "https://gw.example/v1?page=3&keyword=a",
+                                 "https://gw.example/v1?tokens=5&max_tokens=9&monkey=1"])
+def test_ordinary_query_parameters_are_not_credentials(url):
+    assert redact.url_credentials(url) is None and redact.scrub(url) == url
+
+
+def test_a_credential_query_parameter_on_the_command_line_never_reaches_output_or_a_store(tmp_path):
+    with ServerProcess() as server:
+        config = write_project(tmp_path, server.url)
+        res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store",
+                        f"sqlite:///{tmp_path / 'st' / 'store.db'}", "--set",
+                        f"teacher.base_url={server.url}/v1?client_secret=CSleak123456"], cwd=tmp_path)
+    assert res.rc == 2 and "teacher.base_url" in res.error_line(), res
+    assert "CSleak123456" not in res.stderr + res.stdout
+    assert not (tmp_path / "st").exists()
+
+
+KEY_SHAPED = ["gsk_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd", "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW",
+              "ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "hf_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh",
+              "Xq7Zp93LmK2nB8vC4xR6tY1uW5", "sk_live_51HqLyjWDarjtT1zdp7dcXq7Zp93LmK2n"]
+
+
+@pytest.mark.parametrize("value", KEY_SHAPED)
+def test_a_key_typed_into_api_key_env_is_refused_without_being_echoed(tmp_path, value):
+    with ServerProcess() as server:
+        config = write_project(tmp_path, server.url)
+        res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store",
+                        f"sqlite:///{tmp_path / 'st' / 'store.db'}", "--set", f"teacher.api_key_env={value}"],
+                       cwd=tmp_path)
+    line = res.error_line()
+    assert res.rc == 2 and "teacher.api_key_env" in line and "looks like a key" in line, res
+    assert value not in res.stderr + res.stdout and value[4:20] not in res.stderr
+    assert not (tmp_path / "st").exists()
+    for headers_env in ({"x-api-key": value}, {"x-gateway": value}):
+        with pytest.raises(ValueError) as info:
+            TeacherSettings(provider="openai-compatible", model="m", extra_headers_env=headers_env)
+        assert value not in str(info.value) and "looks like a key" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        TeacherSettings(provider="openai-compatible", model="m", api_key_env=value)
+    assert value not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "GROQ_API_KEY", "MY_GATEWAY_KEY_2", "teacher_key", "HF_TOKEN",
+                                  "AZURE_OPENAI_API_KEY_WESTEUROPE_PRODUCTION"])
+def test_ordinary_variable_names_are_still_named_in_messages(name, monkeypatch):
+    monkeypatch.delenv(name, raising=False)
+    assert not redact.looks_like_key(name)
+    settings = TeacherSettings(provider="openai-compatible", model="m", api_key_env=name)
+    with pytest.raises(MissingApiKey, match=name):
+        from synthledger.plugins.teachers.settings import resolve_api_key
+        resolve_api_key(settings)
+
+
+@pytest.mark.parametrize("value", ["gsk_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd", "sk-live-abcdef1234567890abcd",
+                                   "ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "AKIAIOSFODNN7EXAMPLE",
+                                   "xai-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "Bearer abcdef123456",
+                                   "github_pat_11ABCDEFG0123456789_" + "abcdefghijklmnopqrstuvwxyz0123456789" * 2])
+def test_a_provider_key_in_an_ordinary_header_is_refused_and_scrubbed(tmp_path, value):
+    data = {"run": {"name": "x"}, "seeds": {"path": "s.jsonl"},
+            "teacher": {"model": "m", "base_url": "http://127.0.0.1:9/v1", "extra_headers": {"x-custom": value}},
+            "budget": {"queries": 2}, "strategy": {"name": "answer_augmentation"}}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    msg = str(info.value)
+    assert "teacher.extra_headers.x-custom" in msg and "extra_headers_env" in msg and value not in msg, msg
+    with pytest.raises(ValueError) as err:
+        TeacherSettings(provider="openai-compatible", model="m", extra_headers={"x-custom": value})
+    assert "extra_headers_env" in str(err.value) and value not in str(err.value)
+    assert value.split()[-1] not in redact.scrub(f"sent x-custom: {value} and failed")
+
+
+def test_a_provider_key_in_a_header_given_on_the_command_line_never_reaches_a_store(tmp_path):
+    value = "gsk_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd"
+    with ServerProcess() as server:
+        config = write_project(tmp_path, server.url)
+        res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store",
+                        f"sqlite:///{tmp_path / 'st' / 'store.db'}", "--set",
+                        f'teacher.extra_headers={{x-custom="{value}"}}'], cwd=tmp_path)
+    assert res.rc == 2 and "extra_headers_env" in res.error_line(), res
+    assert value not in res.stderr + res.stdout and not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize("text", [
+    "Janet's ducks lay 16 eggs per day; the answer is 18.", "gsk_short and hf_model_name_or_path and AIza",
+    "the skill-tree-of-an-ordinary-sentence", "use ghp_ prefixes", "AKIA is a prefix", "xai-grok-2-latest",
+    "self.hf_tokenizer_name_or_path_for_the_student_model",
+])
+def test_key_shapes_leave_ordinary_text_alone(text):
+    assert redact.scrub(text) == text
+
+
+def test_an_extra_headers_env_that_is_not_a_name_is_said_so_without_the_scrubber_blanking_it():
+    with pytest.raises(ConfigError) as info:
+        validate_plugin_options(TeacherSettings, {"provider": "openai-compatible", "model": "m",
+                                                  "extra_headers_env": {"x-api-key": "not a name"}}, "teacher")
+    msg = redact.scrub(str(info.value))
+    assert "[REDACTED]" not in msg and "must be the *name* of an environment variable" in msg, msg
+    assert "teacher.extra_headers_env" in msg and "x-api-key" in msg
+    with pytest.raises(ConfigError) as info:
+        validate_plugin_options(TeacherSettings, {"provider": "openai-compatible", "model": "m",
+                                                  "extra_headers": {"x-api-key": "abcdef"}}, "teacher")
+    msg = redact.scrub(str(info.value))
+    assert "[REDACTED]" not in msg and "extra_headers_env" in msg and "abcdef" not in msg, msg
+
+
+@pytest.mark.parametrize("teacher", [{"x-api-key": "abcdef123456"}, {"api-key": "abcdef123456"},
+                                     {"x-goog-api-key": "abcdef123456"}, {"extra_headers": {"api-key": "abcdef123456"}},
+                                     {"extra_headers": {"x-api-key-2": "abcdef123456"}}])
+def test_config_refusals_name_the_key_path_without_a_colon_the_scrubber_reads_as_a_header(teacher):
+    data = {"run": {"name": "x"}, "seeds": {"path": "s.jsonl"}, "teacher": {"model": "m", **teacher},
+            "budget": {"queries": 2}, "strategy": {"name": "answer_augmentation"}}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    msg = redact.scrub(str(info.value))
+    assert "[REDACTED]" not in msg and "abcdef123456" not in msg and "_env" in msg, msg
+
+
+def test_a_key_that_slips_past_validation_into_api_key_env_is_still_not_echoed(monkeypatch):
+    # model_construct skips the validators, as a plugin building its settings by hand might.
+    key = "gsk_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd"
+    monkeypatch.delenv(key, raising=False)
+    from synthledger.plugins.teachers.settings import resolve_api_key
+    settings = TeacherSettings.model_construct(provider="openai-compatible", model="m", api_key_env=key,
+                                               extra_headers={}, extra_headers_env={"x-api-key": key})
+    for call in (lambda: resolve_api_key(settings), settings.headers):
+        with pytest.raises(MissingApiKey) as info:
+            call()
+        assert key not in str(info.value) and key[4:20] not in str(info.value), info.value

@@ -19,7 +19,8 @@ from ..errors import ConfigError
 from .config_errors import format_errors as _format_errors
 from .configfile import read_toml, tomllib, validate_config
 from ..ledger.ledger import BudgetSpec, Limits
-from ..redact import ENV_HINT, header_credentials, url_credentials
+from ..redact import (CREDENTIAL_VALUE, ENV_HINT, env_name_problem, header_credentials, is_credential_header, scrub,
+                      url_credentials)
 from ...store.hashing import canonical
 
 
@@ -91,9 +92,11 @@ class ModelSection(_Open):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-            raise ValueError("must be the *name* of an environment variable (like OPENAI_API_KEY), "
-                             "not the key itself")
+        """A key typed here (`gsk_...`) is refused without being repeated: a later "not set" message
+        would echo it, and the config is recorded with the run."""
+        problem = env_name_problem(v) if v is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("base_url")
@@ -106,13 +109,15 @@ class ModelSection(_Open):
 
     @model_validator(mode="after")
     def _no_secrets(self) -> "ModelSection":
+        """(Reached when a section is validated on its own; `config_from_dict` refuses these first, by
+        their full key path. Each message names the key and goes on without a colon: see _secret_advice.)"""
         extras = self.extras()
         for key in extras:
             if is_secret_key(key):
-                raise ValueError(f"{key}: API keys come from the environment only; set api_key_env "
-                                 "to the name of the variable that holds it")
+                raise ValueError(f"{key} holds a secret, and API keys come from the environment only; set "
+                                 "api_key_env to the name of the variable that holds it")
         for name in header_credentials(extras.get("extra_headers")):
-            raise ValueError(f"extra_headers.{name}: a credential header in a config is recorded with the run; "
+            raise ValueError(f"extra_headers.{name} carries a credential, and a config is recorded with the run; "
                              f"name the environment variable that holds it instead: "
                              f"extra_headers_env, which maps {name} to the variable's name (or api_key_env for the API key)")
         return self
@@ -288,6 +293,9 @@ def find_secrets(data: Any, path: str = "") -> list[str]:
                 continue  # header name -> *name* of a variable: the place credential headers belong
             if isinstance(k, str) and is_secret_key(k):
                 found.append(where)
+            elif k == "extra_headers" and isinstance(v, dict):
+                found += [f"{where}.{name}" for name in header_credentials(v)]
+                continue
             found += find_secrets(v, where)
     elif isinstance(data, list):
         for i, v in enumerate(data):
@@ -296,14 +304,18 @@ def find_secrets(data: Any, path: str = "") -> list[str]:
 
 
 def _secret_advice(path: str) -> str:
-    """(The key path is followed by a word, not a colon: `x-api-key: ...` reads as a header to the
-    redaction, which would blank the advice that follows it.)"""
+    """(A header's path is followed by a word, not a colon: `x-api-key: ...` reads as a header to the
+    redaction, which would blank the advice that follows it; so is any other path the redaction
+    would read that way.)"""
     head, _, name = path.rpartition(".")
     if head.endswith("extra_headers"):
-        return (f"{path} is a credential header, and a run config is recorded in the event store; name the "
+        what = "is a credential header" if is_credential_header(name) else CREDENTIAL_VALUE
+        return (f"{path} {what}, and a run config is recorded in the event store; name the "
                 f"environment variable that holds it instead: extra_headers_env, which maps {name} to the variable's name")
-    return (f"{path}: secrets are not allowed in a run config (it is recorded in the event store); "
-            "put the key in an environment variable and name it with api_key_env")
+    advice = ("secrets are not allowed in a run config (it is recorded in the event store); "
+              "put the key in an environment variable and name it with api_key_env")
+    said = f"{path}: {advice}"
+    return said if scrub(said) == said else f"{path} holds a secret, and {advice}"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None,
@@ -320,13 +332,22 @@ def _given_by(message: str, overrides: list[str], flags: Mapping[str, str]) -> s
     """The file is named first; a key the command line set is said to come from there (by its name
     only: the value may be a secret). An error may name the key or a section above it."""
     keys = [o.partition("=")[0].strip() for o in overrides]
-    named = [k for k in keys if k and any(re.search(rf"(^|\s){re.escape(p)}:", message) for p in _prefixes(k))]
+    named = [k for k in keys if k and _names(message, k)]
     if not named:
         return ""
     options = [flags[k] for k in named if k in flags]
     sets = [k for k in named if k not in flags]
     said = options + ([f"--set {', '.join(sets)}"] if sets else [])
     return f" (given by {' and '.join(said)})"
+
+
+def _names(message: str, key: str) -> bool:
+    """The message is about `key`: it names the key (`teacher.api_key: ...`, `teacher.x-api-key holds
+    ...`) or one below it (`teacher.extra_headers.x-api-key`, from `--set teacher.extra_headers=...`),
+    or names a section above it with a colon."""
+    if re.search(rf"(^|\s){re.escape(key)}[:.\s]", message):
+        return True
+    return any(re.search(rf"(^|\s){re.escape(p)}:", message) for p in _prefixes(key)[1:])
 
 
 def _prefixes(key: str) -> list[str]:

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from synthledger.engine.errors import SynthledgerError
-from synthledger.engine.redact import ENV_HINT, is_credential_header, register, url_credentials
+from synthledger.engine.redact import (CREDENTIAL_VALUE, ENV_HINT, env_name_problem, is_credential_header,
+                                       is_credential_value, register, shown_env_name, url_credentials)
 
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY"}
 LOCAL_PLACEHOLDER_KEY = "sk-local-placeholder"
@@ -19,7 +20,8 @@ class MissingApiKey(SynthledgerError, ValueError):
 
 
 class TeacherSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A refused value may be the credential itself: pydantic's own message would repeat it.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     provider: str
     model: str
@@ -60,21 +62,37 @@ class TeacherSettings(BaseModel):
             raise ValueError(f"holds a credential ({what}); {ENV_HINT}")
         return v
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env_name(cls, v: str | None) -> str | None:
+        """A key typed here would be echoed by the "not set" message: refused without repeating it."""
+        problem = env_name_problem(v) if v is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
+    # Messages below name a header, then a word, never `name: ...`: the redaction reads `x-api-key: must`
+    # as a header written as text and blanks the word after it.
+
     @field_validator("extra_headers")
     @classmethod
     def _no_credential_headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if is_credential_header(name):
-                raise ValueError(f"{name}: a credential header must not be written in a config; name the "
-                                 f"environment variable that holds it: extra_headers_env, which maps {name} to the variable's name")
+        """By the header's name, or by a value shaped like a provider's key (`x-custom = "gsk_..."`)."""
+        for name, value in v.items():
+            what = ("is a credential header" if is_credential_header(name) else
+                    CREDENTIAL_VALUE if is_credential_value(value) else None)
+            if what is not None:
+                raise ValueError(f"header {name} {what}, which must not be written in a config; name the environment "
+                                 f"variable that holds it: extra_headers_env, which maps {name} to the variable's name")
         return v
 
     @field_validator("extra_headers_env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
         for name, var in v.items():
-            if not var.replace("_", "a").isalnum() or var[:1].isdigit():
-                raise ValueError(f"{name}: must be the *name* of an environment variable, not the value")
+            problem = env_name_problem(var)
+            if problem is not None:  # (the value is not repeated: it may be the credential itself)
+                raise ValueError(f"the value for header {name} {problem}")
         return v
 
     def headers(self) -> dict[str, str]:
@@ -85,7 +103,7 @@ class TeacherSettings(BaseModel):
             value = os.environ.get(var, "").strip()
             if not value:
                 raise MissingApiKey(f"[teacher] extra_headers_env: header {name} needs the environment variable "
-                                    f"{var}, which is unset or empty")
+                                    f"{shown_env_name(var)}, which is unset or empty")
             register(value)
             out[name] = value
         return out
@@ -114,7 +132,7 @@ def resolve_api_key(settings: TeacherSettings, *, local_placeholder: bool = Fals
         return LOCAL_PLACEHOLDER_KEY
     raise MissingApiKey(
         f"teacher provider {settings.provider!r} needs an API key in the environment variable "
-        f"{settings.key_env} (set it, or name another variable with [teacher] api_key_env)"
+        f"{shown_env_name(settings.key_env)} (set it, or name another variable with [teacher] api_key_env)"
     )
 
 
