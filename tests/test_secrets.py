@@ -481,3 +481,13 @@ def test_a_key_that_slips_past_validation_into_api_key_env_is_still_not_echoed(m
         with pytest.raises(MissingApiKey) as info:
             call()
         assert key not in str(info.value) and key[4:20] not in str(info.value), info.value
+
+
+def test_a_key_with_non_ascii_characters_is_refused_at_start_without_being_shown(monkeypatch):
+    # Every request failed (the test server answered 500), retried for two minutes.
+    from synthledger.plugins.teachers.settings import MissingApiKey, TeacherSettings, resolve_api_key
+
+    monkeypatch.setenv("MYKEY", "clé-secrète-123")
+    with pytest.raises(MissingApiKey, match="MYKEY holds a key with non-ASCII characters") as err:
+        resolve_api_key(TeacherSettings(provider="openai-compatible", model="m", api_key_env="MYKEY"))
+    assert "secrète" not in str(err.value)

@@ -127,6 +127,10 @@ def resolve_api_key(settings: TeacherSettings, *, local_placeholder: bool = Fals
     key = os.environ.get(settings.key_env, "").strip()
     if key:
         register(key)  # from here on, no event, log line or export can carry it
+        if not key.isascii():  # every request would fail (QA: HTTP 500s, retried for two minutes)
+            raise MissingApiKey(f"the environment variable {shown_env_name(settings.key_env)} holds a key with "
+                                "non-ASCII characters, which no API key has and an HTTP header cannot carry; "
+                                "check its value")
         return key
     if local_placeholder and settings.base_url_is_local():
         return LOCAL_PLACEHOLDER_KEY
