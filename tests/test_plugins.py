@@ -263,3 +263,14 @@ def test_a_plugin_asking_a_max_tokens_the_server_refuses_is_named_and_its_peers_
                          "AND json_extract(payload, '$.maybe_billed')").fetchone()[0]
     settled = con.execute("SELECT count(*) FROM events WHERE type = 'query_settled'").fetchone()[0]
     assert billed == 0 and settled == 9
+
+
+def test_an_item_that_asks_more_than_its_item_cost_is_warned_about_once(plugin_path, server, tmp_path):
+    # Items run side by side by their declared worst case: 8 of 20 queries went to items cut short,
+    # with nothing said.
+    r, status, con = run_faulty(plugin_path, tmp_path, server.url, "cost_lie")
+    assert r.returncode == 0, r.stderr
+    warned = [json.loads(p)["message"] for (p,) in
+              con.execute("SELECT payload FROM events WHERE type = 'run_warning'")
+              if json.loads(p)["kind"] == "item_cost_exceeded"]
+    assert len(warned) == 1 and "asked more teacher queries than its item_cost()" in warned[0], warned

@@ -16,7 +16,7 @@ run under those limits.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..api import ChatRequest, PlanItem
 from ..ledger.ledger import Amount, Ledger
@@ -39,8 +39,11 @@ def worst_case(ep: Endpoint, request: ChatRequest | None = None) -> Amount:
 
 
 class Admission:
-    def __init__(self, ledger: Ledger, endpoints: dict[str, Endpoint], strategy: Any, verifier: Any) -> None:
+    def __init__(self, ledger: Ledger, endpoints: dict[str, Endpoint], strategy: Any, verifier: Any,
+                 warn: Callable[[str, str], None] | None = None) -> None:
         self.ledger = ledger
+        self.warn = warn  # (kind, message): a run warning, said once (see `release`)
+        self._over_asked = False
         self.endpoints = endpoints
         self.strategy = strategy
         self.verifier = verifier
@@ -111,6 +114,22 @@ class Admission:
         if left and left.get(role, 0) > 0:
             left[role] -= 1
             self._add(item, {role: 1}, -1)
+        elif left is not None:
+            self._asked_beyond(item, role)
+
+    def _asked_beyond(self, item: PlanItem, role: str) -> None:
+        """An item asked more than its item_cost() declared: items are started side by side by their
+        declared worst case, so such an item may find the budget taken by the others and be cut short
+        (its queries paid, no sample), which QA saw as budget lost with nothing said."""
+        if self._over_asked or self.warn is None:
+            return
+        self._over_asked = True
+        declared = self.item_cost(item).get(role, 0)
+        self.warn("item_cost_exceeded", (
+            f"item {item.key!r} of strategy {item.strategy!r} asked more {role} queries than its item_cost() "
+            f"(with the verifier's) declares ({declared}): items run side by side by their declared worst case, so "
+            "one that asks more may be cut short by the budget, its queries paid and no sample made; declare the "
+            "most an item can ask"))
 
     def finish(self, item: PlanItem) -> None:
         """`item` ended: whatever it did not ask for is no longer pledged."""

@@ -78,7 +78,7 @@ class RunSession:
         return list({id(e): e for e in self.endpoints.values()}.values())
 
     def _admission(self) -> Admission:
-        return Admission(self.ledger, self.endpoints, self.parts.strategy, self.parts.verifier)
+        return Admission(self.ledger, self.endpoints, self.parts.strategy, self.parts.verifier, warn=self._warn)
 
     def _recorder(self, run_id: str, last_seq: int, head: str) -> Journal:
         """The run's event writer, with the budget ledger subscribed: heartbeats well inside the
