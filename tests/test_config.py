@@ -314,3 +314,12 @@ def test_an_error_in_a_key_given_by_set_says_so_without_its_value(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, ["teacher.api_key=sk-live-abcdef123456"])
     assert "(given by --set teacher.api_key)" in str(err.value) and "sk-live-abcdef123456" not in str(err.value)
+
+
+def test_an_override_key_may_quote_a_part_with_dots_in_it():
+    # `pricing."gpt-4.1".input_per_mtok=2` was stored under the keys '"gpt-4' and '1"'.
+    from synthledger.engine.run.config import parse_override
+
+    assert parse_override('pricing."gpt-4.1".input_per_mtok=2') == (["pricing", "gpt-4.1", "input_per_mtok"], 2)
+    assert parse_override("budget.queries=3") == (["budget", "queries"], 3)
+    assert parse_override("a..b=1")[0] == ["a", "b"]  # not TOML: split on its dots, as before

@@ -265,7 +265,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return [k for k in key.strip().split(".") if k], value
+    return _key_path(key), value
+
+
+def _key_path(key: str) -> list[str]:
+    """A dotted key read as TOML reads one, so a quoted part may hold dots or quotes of its own
+    (`pricing."gpt-4.1".input_per_mtok`: split on every dot, it was stored under `"gpt-4`); a key
+    TOML does not take is split on its dots."""
+    try:
+        doc: Any = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        return [k for k in key.strip().split(".") if k]
+    path: list[str] = []
+    while isinstance(doc, dict) and len(doc) == 1:
+        (name, doc), = doc.items()
+        path.append(name)
+    return path
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
