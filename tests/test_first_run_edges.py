@@ -78,6 +78,17 @@ def test_an_unfinished_run_of_the_same_name_offers_resume(server, tmp_path):
     assert r.returncode == 2 and f"taken by run {held}" in r.stderr and "--resume" in r.stderr
 
 
+def test_a_run_is_not_named_with_another_runs_id(server, tmp_path):
+    # `show ID` then meant the other run: this one was reachable by its own id alone.
+    write_project(tmp_path, server.url, name="first", seeds=2, queries=2)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    first = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, cwd=tmp_path)
+    (run_id,) = run_ids(url)
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", url, "--name", run_id, cwd=tmp_path)
+    assert first.returncode == 0 and r.returncode == 2, r.stderr
+    assert f"run name {run_id!r} is the id of run {run_id} (first)" in r.stderr and run_ids(url) == [run_id]
+
+
 # ---- 4: read-only commands never create a store -------------------------------------------------------------
 
 

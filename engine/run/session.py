@@ -10,7 +10,7 @@ from typing import Any
 
 from ... import __version__
 from ...store.errors import NameTaken
-from ...store.eventstore import EventStore, NewEvent, StoreMissing, owner_token
+from ...store.eventstore import EventStore, NewEvent, RunNotFound, StoreMissing, owner_token
 
 from .admission import Admission
 from .assemble import Parts, build_endpoints, build_parts, repeated_seeds
@@ -169,12 +169,23 @@ class RunSession:
         release left when killed before its first commit, holds no name: it never started.)"""
         taken = [r for r in self.store.list_runs(name=name) if r.last_seq > 0]
         if not taken:
+            self._check_name_is_no_id(name)
             return
         r = taken[-1]
         unfinished = r.kind == "generate" and r.status not in ("completed", "budget_exhausted")
         cont = "pass --resume to continue it" if unfinished else f"pass --run {r.id} to continue it"
         raise RunNameTaken(f"run name {name!r} is taken by run {r.id} ({r.kind}, {r.status}); {cont}, "
                            "or --name NEW to start another run")
+
+    def _check_name_is_no_id(self, name: str) -> None:
+        """A run reference is an id first: a run named with another run's id could be reached by
+        its own id alone (`show NAME` showed the other run)."""
+        try:
+            other = self.store.get_run(name)
+        except RunNotFound:
+            return
+        raise RunNameTaken(f"run name {name!r} is the id of run {other.id} ({other.name}); names and ids are "
+                           "both run references, so choose another name")
 
     def abandon_unstarted(self, why: str) -> None:
         """A run started but never driven (its event loop could not start, an interrupt came first)
