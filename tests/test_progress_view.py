@@ -178,4 +178,6 @@ def test_sigusr1_prints_where_every_thread_is_and_the_run_goes_on(tmp_path):
                 proc.kill()
     assert "most recent call first" in err and "Current thread" in err, err
     assert re.search(r'File ".*engine/run/\w+\.py", line \d+ in \w+', err), err
+    # and every task's: a query waiting on its answer is in no thread's stack, only in its task's
+    assert "Task " in err and re.search(r'engine/run/sending\.py", line \d+, in _attempt', err), err
     assert proc.returncode == 1 and "stopped by a signal; `generate --resume` continues the run" in err, err

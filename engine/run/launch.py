@@ -62,12 +62,67 @@ async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
                     runner.request_stop()
                     tg.start_soon(cut_after_grace)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg)
-        try:
-            return await runner.run()
-        finally:
-            tg.cancel_scope.cancel()
+    stacks = _StacksOnRequest()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg)
+            if stacks.taken:
+                tg.start_soon(stacks.serve)
+            try:
+                return await runner.run()
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        stacks.give_back()  # (after the receiver is gone: leaving, it set the signal to its default)
+
+
+class _StacksOnRequest:
+    """While a run lasts, `kill -USR1` (see cli.py) also prints every task's stack: a plugin waiting
+    in an `await` is in no thread's stack, only in its task's (QA's `await asyncio.sleep(3600)` in a
+    strategy showed as the event loop's select). Taken only where faulthandler held the signal (the
+    CLI), and given back to it after: a program using the Python API keeps its own SIGUSR1."""
+
+    def __init__(self) -> None:
+        import faulthandler
+
+        self.taken = hasattr(signal, "SIGUSR1") and faulthandler.unregister(signal.SIGUSR1)
+
+    async def serve(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGUSR1) as requests:
+            async for _ in requests:
+                _print_stacks()
+
+    def give_back(self) -> None:
+        import faulthandler
+
+        if self.taken:
+            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
+def _print_stacks() -> None:
+    import asyncio
+    import faulthandler
+    import sys
+
+    faulthandler.dump_traceback(all_threads=True)
+    for task in asyncio.all_tasks():
+        lines = [f'  File "{f.f_code.co_filename}", line {f.f_lineno}, in {f.f_code.co_name}'
+                 for f in _awaiting(task.get_coro())]
+        sys.stderr.write(f"Task {task.get_name()} (most recent call last):\n" + "\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+def _awaiting(coro: Any) -> list[Any]:
+    """The frames of a suspended task, down the chain of what each awaits (a task's own stack, as
+    asyncio prints it, is its outermost coroutine alone: anyio's wrapper)."""
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
