@@ -255,6 +255,23 @@ def test_requests_large_against_a_per_second_token_limit_go_one_a_second_without
     assert stats["rate_limited"] <= (3 if configured else 12), stats
 
 
+@pytest.mark.parametrize("configured", [False, True], ids=["learned", "configured"])
+def test_n_sample_requests_against_a_per_second_token_limit_go_without_a_429_storm(project, configured):
+    """n = 2 requests of ~450 tokens against 36,000 TPM enforced per second (600 a second): one fits
+    a second. The window check dropped the sends still in the window whenever it looked ahead to
+    when the average pace allowed the next: QA saw requests go 20 ms apart, 179 of 201 refused."""
+    proj, srv = project("--tpm", "36000", "--window-s", "1", "--latency-ms", "50", seeds=10)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "test-teacher",
+                              "max_tokens": 200},
+                     budget={"queries": 20}, strategy={"samples_per_seed": 2},
+                     limits={"tokens_per_minute": 36000} if configured else {})
+    res = proj.generate(cfg, timeout=300)
+    assert res.returncode == 0, res.stderr
+    stats = srv.stats()
+    assert stats["answered"] == 10 and stats["choices"] == 20, stats  # ten n = 2 requests
+    assert stats["rate_limited"] <= (3 if configured else 12), stats
+
+
 def test_a_paced_run_sends_its_first_request_before_it_starts_every_item_it_has_room_for(project):
     """256 in flight leaves room for 512 items. Started in one go, every one of them was reserved
     (its events written) before the run's first request went out; at the ~1,200 items Little's law

@@ -198,7 +198,7 @@ class RateLimiter:
                     now = anyio.current_time()
                     at = self._earliest()
                     if self._tokens_paced:
-                        at = max(at, self._windows.room_at(counts_of(estimate), self._window_shares(), max(at, now)))
+                        at = self._windows.room_at(counts_of(estimate), self._window_shares(), now, at)
                     if at <= now:
                         self._claim(estimate, now)
                         return

@@ -34,14 +34,18 @@ class TokenWindows:
     def __init__(self, dimensions: tuple[str, ...]) -> None:
         self._entries: dict[str, deque[_Entry]] = {name: deque() for name in dimensions}
 
-    def room_at(self, counts: dict[str, int], shares: dict[str, float], now: float) -> float:
-        """The earliest time (>= now) a request counting `counts` fits every limit's share."""
-        at = now
+    def room_at(self, counts: dict[str, int], shares: dict[str, float], now: float, after: float | None = None
+                ) -> float:
+        """The earliest time (>= now, and >= `after`: when the average pace allows the request) a
+        request counting `counts` fits every limit's share. Only what left the window by `now` is
+        dropped: dropping by `after` lost sends that were still in it, and QA's n=2 requests, each
+        over half a second's share, then went out 20 ms apart, nine in ten refused."""
+        at = max(now, after if after is not None else now)
         for name, share in shares.items():
             need = counts.get(name, 0)
             if need <= 0:
                 continue
-            entries = self._expire(name, now)
+            entries = [e for e in self._expire(name, now) if e.at > at - WINDOW_S]  # still in it at `at`
             used = sum(e.tokens for e in entries)
             if used + need <= share:
                 continue
