@@ -318,3 +318,21 @@ def test_the_live_view_shows_batch_states_and_pacing_changes():
     assert "paused 1s" in pacing_line(led)
     led.apply(5, "batch_status", {"key": "b1", "status": "finalizing", "counts": {"total": 1, "completed": 1}})
     assert batch_line(led) == " | batches: finalizing 1/1"
+
+
+def test_a_dollar_budget_fills_batches_not_one_query_each(project):
+    # Items the budget bounced while others' worst cases were held were rerun one by one, so each
+    # waited batch_wait_s for a batch of one query: QA's batches went 7, 1, 1, 1, ... (21 batches in
+    # two minutes for 23 queries).
+    proj, srv = project("--batch-request-s", "0.001", seeds=20)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "test-teacher",
+                              "max_tokens": 200, **BATCH},
+                     strategy={"samples_per_seed": 4}, budget={"usd": 0.004},
+                     pricing={"test-teacher": {"input_per_mtok": 1.0, "output_per_mtok": 4.0}})
+    res = proj.generate(cfg, timeout=300)
+    assert res.returncode == 0, res.stderr
+    run_id, status = last_line(res)
+    report = proj.audit(run_id)
+    assert report["ok"] and status == "budget_exhausted" and report["spent"]["usd"] <= 0.004
+    settled, batches = report["counts"]["settled"], srv.stats()["batches"]
+    assert settled >= 15 and batches <= settled / 3, (settled, batches)

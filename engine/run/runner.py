@@ -349,6 +349,8 @@ class Runner(RunSession):
             await self._drain()  # (the items in flight may bounce too)
             if not self._bounced or self._halted():
                 break
+            if self._batch_room and len(self._bounced) > 1 and await self._rerun_wave(tg):
+                continue
             item = self._bounced.pop(0)
             if item.strategy in self._exhausted:
                 self._parked.append(item)
@@ -358,6 +360,22 @@ class Runner(RunSession):
             if await self._ran_into_budget(item, hits):
                 return True
         return self._spent_out()
+
+    async def _rerun_wave(self, tg: Any) -> bool:
+        """Batch mode: the bounced items again together, as many as may run at once; True if any
+        of them got its queries in. One by one, each waited `batch_wait_s` for a batch of one query:
+        QA's dollar budget went 7, 1, 1, 1... queries a batch, 21 batches in two minutes. Those the
+        budget refuses again bounce again; when none gets in, the caller goes on one by one, which
+        alone tells a spent budget from one held by reservations that settle lower."""
+        wave = [item for item in self._bounced if item.strategy not in self._exhausted][: self._item_room()]
+        if len(wave) < 2:
+            return False
+        taken = {item.key for item in wave}
+        self._bounced = [item for item in self._bounced if item.key not in taken]
+        for item in wave:
+            self._start(tg, item, self.admission.item_cost(item))
+        await self._drain()
+        return sum(item.key in taken for item in self._bounced) < len(wave)
 
     def _ending(self, finished: bool) -> tuple[str, str]:
         if self._fatal:
