@@ -323,3 +323,13 @@ def test_an_override_key_may_quote_a_part_with_dots_in_it():
     assert parse_override('pricing."gpt-4.1".input_per_mtok=2') == (["pricing", "gpt-4.1", "input_per_mtok"], 2)
     assert parse_override("budget.queries=3") == (["budget", "queries"], 3)
     assert parse_override("a..b=1")[0] == ["a", "b"]  # not TOML: split on its dots, as before
+
+
+def test_a_config_without_a_budget_says_to_add_one(project):
+    # It said "its only limits are for roles this run does not have (; this run's: teacher)".
+    text = (project / "run.toml").read_text()
+    start = text.index("[budget]")
+    end = text.find("\n[", start + 1)
+    (project / "run.toml").write_text(text[:start] + (text[end + 1:] if end != -1 else ""))
+    r = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}")
+    assert r.returncode == 2 and "budget: no limit is set; add one, e.g. [budget] queries = 100" in r.stderr, r.stderr

@@ -275,12 +275,14 @@ def test_seeds_that_repeat_a_question_are_said_once_before_the_run(server, tmp_p
     assert "warning: seeds: 1 seed(s) repeat an earlier seed's question (e.g. seed 4 repeats seed 1)" in r.stderr
 
 
-def test_a_budget_of_zero_queries_is_shown_as_one_not_as_no_limit(server, tmp_path):
-    # (An experiment's seeds-only cell is such a run: it asks nothing.) The live view said "(no limit)".
+def test_generate_refuses_a_budget_of_zero_queries(server, tmp_path):
+    # It took the run's name, loaded the seeds (a local model's too) and ended budget_exhausted, exit
+    # 0, with nothing: the README says a budget that cannot cover one query fails the run. (An
+    # experiment's seeds-only cell asks for nothing on purpose: it drives the Runner itself.)
     write_project(tmp_path, server.url, name="zero", seeds=2, queries=0)
     r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
-    assert r.returncode == 0 and "budget_exhausted" in r.stdout, r.stderr
-    assert "queries 0 of 0" in r.stderr and "no limit" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "budget.queries = 0 lets no query go" in r.stderr and not (tmp_path / "s.db").exists()
 
 
 def test_exporting_a_run_that_did_not_finish_says_so(server, tmp_path):

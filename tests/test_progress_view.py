@@ -51,6 +51,12 @@ def test_projection_under_a_query_limit_and_the_eta():
     assert "ETA 1m15s" in line  # 10 points in 10 s, 75 points to go
 
 
+def test_a_budget_of_zero_queries_is_shown_as_one_not_as_no_limit():
+    # (An experiment's seeds-only cell is such a run: it asks nothing.) The live view said "(no limit)".
+    line = RunProgress(ledger_with(Amount(), Limits(queries=0)), "r", enabled=False).stats_line()
+    assert "queries 0 of 0" in line and "no limit" not in line, line
+
+
 def test_summary_line_has_the_same_figures():
     led = ledger_with(Amount(40, 4000, 2000, 0.499), Limits(usd=0.5))
     view = RunProgress(led, "gsm", enabled=False, accepted=30, rejected=2)

@@ -141,6 +141,9 @@ def _check_budget_roles(cfg: RunConfig, roles: tuple[str, ...]) -> None:
     if totals and counted is not None and not set(counted) & set(roles):
         raise ConfigError(f"{cfg.source}: budget.counted_roles: none of this run's roles ({', '.join(roles)}) "
                           "is counted, so the budget's totals would limit nothing")
+    if not totals and not cfg.budget.roles:
+        raise ConfigError(f"{cfg.source}: budget: no limit is set; add one, e.g. [budget] queries = 100 (or usd, "
+                          "input_tokens, output_tokens): nothing else would end the run")
     if not totals and not set(cfg.budget.roles) & set(roles):
         raise ConfigError(f"{cfg.source}: budget: its only limits are for roles this run does not have "
                           f"({', '.join(cfg.budget.roles)}; this run's: {', '.join(roles)}), so nothing would limit it")

@@ -11,7 +11,7 @@ import anyio
 from sqlalchemy.exc import DatabaseError
 
 from ...store.eventstore import EventStore
-from ..errors import ResumeRefused, RunNameTaken
+from ..errors import ConfigError, ResumeRefused, RunNameTaken
 from ..ledger.replay import replay
 from .abort import start_error
 from .collector import tuned_for_a_run
@@ -199,6 +199,7 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="synthledger-run") as pool:
             return pool.submit(generate, cfg, store, resume=resume, run_id=run_id, show_progress=show_progress,
                                announce=announce).result()
+    _refuse_a_zero_budget(cfg)
     uvloop = use_uvloop()
     try:
         runner = prepare(cfg, store, resume=resume, run_id=run_id, show_progress=show_progress, announce=announce,
@@ -213,6 +214,17 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
     if result.error is not None:
         raise result.error
     return result
+
+
+def _refuse_a_zero_budget(cfg: RunConfig) -> None:
+    """A total limit of 0 lets no query go: the run took its name, loaded its seeds (a local model's
+    too) and ended `budget_exhausted`, exit 0, with nothing. (An experiment's seeds-only cell asks
+    for nothing on purpose, through the Runner, not here.)"""
+    b = cfg.budget
+    zero = [name for name in ("queries", "usd", "input_tokens", "output_tokens") if getattr(b, name) == 0]
+    if zero:
+        raise ConfigError(f"{cfg.source}: budget.{zero[0]} = 0 lets no query go, so the run could make nothing; "
+                          "set it above 0")
 
 
 def _never_started(store: EventStore, name: str) -> bool:
