@@ -187,3 +187,5 @@ def test_sigusr1_prints_where_every_thread_is_and_the_run_goes_on(tmp_path):
     # and every task's: a query waiting on its answer is in no thread's stack, only in its task's
     assert "Task " in err and re.search(r'engine/run/sending\.py", line \d+, in _attempt', err), err
     assert proc.returncode == 1 and "stopped by a signal; `generate --resume` continues the run" in err, err
+    # said at once, not only when the answers in flight came back (QA took the silence for a lost Ctrl-C)
+    assert "stopping: nothing new starts; what is in flight gets up to 5s" in err, err

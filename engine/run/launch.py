@@ -61,6 +61,7 @@ async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
                 else:
                     runner.request_stop()
                     tg.start_soon(cut_after_grace)
+                    _say_stopping(grace_s)
 
     stacks = _StacksOnRequest()
     try:
@@ -74,6 +75,19 @@ async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
                 tg.cancel_scope.cancel()
     finally:
         stacks.give_back()  # (after the receiver is gone: leaving, it set the signal to its default)
+
+
+def _say_stopping(grace_s: float) -> None:
+    """Said at once: a run waiting on answers in flight (a local model's batch on a CPU, a slow
+    provider) otherwise looked as if the signal had been lost."""
+    import sys
+
+    try:
+        sys.stderr.write(f"stopping: nothing new starts; what is in flight gets up to {grace_s:g}s to come back "
+                         "(Ctrl-C again to stop now)\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class _StacksOnRequest:
