@@ -333,3 +333,18 @@ def test_a_config_without_a_budget_says_to_add_one(project):
     (project / "run.toml").write_text(text[:start] + (text[end + 1:] if end != -1 else ""))
     r = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}")
     assert r.returncode == 2 and "budget: no limit is set; add one, e.g. [budget] queries = 100" in r.stderr, r.stderr
+
+
+def test_a_grid_given_to_generate_and_a_run_config_given_to_experiment_name_the_command(project):
+    # They listed nine unknown keys, or "run: required key is missing", and never the right command.
+    (project / "grid.toml").write_text('[experiment]\nname = "g"\nbase = "run.toml"\ntrain = "t.toml"\n'
+                                       'strategies = ["answer_augmentation"]\nseed_sizes = [4]\n')
+    r = generate(project, "-c", "grid.toml")
+    assert r.returncode == 2 and "grid.toml is an experiment grid, not a run config" in r.stderr, r.stderr
+    assert "run it with `experiment run grid.toml`" in r.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, CLI, "experiment", "run", "run.toml"], cwd=project, env=env,
+                       capture_output=True, text=True, timeout=60)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "run.toml is a run config, not an experiment grid" in said, said
+    assert "run it with `generate -c run.toml`" in said

@@ -159,6 +159,9 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     """Read and check the grid file and the configs it names (not yet the plugins: see checks.py)."""
     path = Path(path)
     data = apply_overrides(_read_toml(path, "experiment file"), overrides or [])
+    if "experiment" not in data and {"run", "teacher", "seeds"} & set(data):
+        raise ConfigError(f"{path} is a run config, not an experiment grid (it has no [experiment]): "
+                          f"run it with `generate -c {path}`")
     try:
         sec = GridFile.model_validate(data).experiment
     except ValidationError as exc:

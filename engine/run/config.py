@@ -337,6 +337,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
                 given_by: Mapping[str, str] | None = None) -> RunConfig:
     """`given_by` names the option an override came from where it is not `--set` (`--name`)."""
     data = apply_overrides(read_toml(path, "config file"), overrides or [])
+    if "experiment" in data and "run" not in data:
+        raise ConfigError(f"{path} is an experiment grid, not a run config (it has [experiment]): "
+                          f"run it with `experiment run {path}`")
     try:
         return config_from_dict(data, base_dir=str(Path(path).resolve().parent), source=str(path))
     except ConfigError as exc:
