@@ -246,3 +246,15 @@ def test_a_damaged_event_payload_is_named_by_run_and_seq(recorded, tmp_path):
     audit = cli("audit", run_id, "--json", "--store", store)  # the audit lists it as one violation
     report = json.loads(audit.stdout)
     assert audit.returncode == 1 and report["violations"][0]["seq"] == seq, audit.stderr
+
+
+def test_audit_of_a_run_still_going_says_running_not_none(tmp_path):
+    # It printed "status None" while `show` and `runs` said running.
+    from synthledger.engine.ledger.events import RunStarted, to_payload
+    from synthledger.store.eventstore import NewEvent
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    start = RunStarted(config={"run": {"name": "going"}}, config_hash="h", plan_hash="p", version="test")
+    EventStore(url).start_run("going", {"run": {"name": "going"}}, "h", [NewEvent(*to_payload(start))])
+    r = cli("audit", "going", "--json", "--store", url)
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "running", r.stdout + r.stderr

@@ -218,6 +218,8 @@ def audit_run(store: EventStore, run_id: str) -> AuditReport:
     events = itertools.takewhile(lambda ev: ev.seq <= upto, store.iter_events(run_id))
     report = audit_events(run_id, events, head=(info.last_seq, info.head_hash),
                           check_reuse=lambda p: reuse_problem(store, run_id, p))
+    if report.status is None:  # no run_finished yet: the run is going, or its process is gone
+        report.status = info.status
     recorded, stored = store.log_end(run_id)
     if stored > recorded:
         report.violations.append(Violation(recorded + 1, f"events {recorded + 1}..{stored} were added outside "
