@@ -98,7 +98,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     b = summary.get("batches") or {}
     if b.get("batches"):
         ended = ", ".join(f"{k} {v}" for k, v in sorted(b["ended"].items())) or "none ended"
-        lines.append(f"{b['queries']} queries went out in {b['batches']} provider batches ({ended})")
+        # (attempts: a request that expired or failed in one batch goes again in a later one)
+        lines.append(f"{b['queries']} query attempts went out in {b['batches']} provider batches ({ended})")
     pc = summary.get("pacing") or {}
     if pc.get("notes"):
         lines.append(f"pacing: {len(pc['notes'])} change(s), {pc['pauses']} pause(s); last: {pc['notes'][-1]}")
