@@ -3,6 +3,7 @@
 (e) `n`: answer augmentation with k = 8 samples per seed, run twice in the same session against
     the same server - as one `n=8` request per seed, then as one request per sample - and the
     input tokens each run paid (from `audit`) compared: target <= 1/8 + 5% of the second.
+    The same again in OpenAI's batch mode (`e_batch`), where the 8 samples are one line of the batch.
 (f) batch mode: 2,000 queries as one OpenAI batch; the run is SIGKILLed while it polls, then
     resumed: the server saw exactly one batch, every query settled once, and `audit` is exact.
 
@@ -29,23 +30,30 @@ QUESTION = ("A baker makes {i} trays of rolls with 12 rolls on each tray, sells 
             "gives {m} rolls to a neighbour. How many rolls are left at the end of the day? Think it through.")
 
 
-def n_samples(seeds: int = 100, k: int = 8) -> dict[str, Any]:
+BATCH = "batch = true\nbatch_size = 5000\nbatch_wait_s = 0.5\nbatch_poll_s = 0.2\n"
+
+
+def n_samples(seeds: int = 100, k: int = 8, batch: bool = False) -> dict[str, Any]:
+    """Online (openai-compatible), or in OpenAI's batch mode, where the k samples are one `n=k` line."""
     runs = {}
     with tempfile.TemporaryDirectory(prefix="bench-e-") as tmp, Server("--latency-ms", "50") as server:
         for name, per_request in (("n8", k), ("one_per_sample", 1)):
             before = server.stats()
             cfg = write_run(Path(tmp), server.url, budget=seeds * k, concurrency=64, seeds=seeds, name=name,
-                            question=QUESTION,
+                            question=QUESTION, provider="openai" if batch else "openai-compatible",
+                            teacher=BATCH if batch else "",
                             strategy=f"samples_per_seed = {k}\nsamples_per_request = {per_request}\n")
             res = run_generate(cfg)
             report = audit(cfg, run_id_of(res["last_line"]))
             after = server.stats()
+            sent = "batch_requests" if batch else "answered"
             runs[name] = {"queries": report["spent"]["queries"], "input_tokens": report["spent"]["input_tokens"],
                           "output_tokens": report["spent"]["output_tokens"],
-                          "requests": after["answered"] - before["answered"], "wall_s": res["wall_s"],
+                          "requests": after[sent] - before[sent], "wall_s": res["wall_s"],
                           "audit_ok": report["ok"], "shared_requests": report["shared_requests"]}
     share = runs["n8"]["input_tokens"] / runs["one_per_sample"]["input_tokens"]
-    out = {"k": k, "seeds": seeds, "runs": runs, "input_share": round(share, 4), "target": round(N8_TARGET, 4)}
+    out = {"k": k, "seeds": seeds, "batch": batch, "runs": runs, "input_share": round(share, 4),
+           "target": round(N8_TARGET, 4)}
     out["met"] = (share <= N8_TARGET and all(r["audit_ok"] and r["queries"] == seeds * k for r in runs.values()))
     return out
 
@@ -87,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     ok = True
     if "e" in args.only:
-        r = n_samples()
-        print("e", json.dumps(r), flush=True)
-        ok &= r["met"]
+        for batch in (False, True):
+            r = n_samples(batch=batch)
+            print("e_batch" if batch else "e", json.dumps(r), flush=True)
+            ok &= r["met"]
     if "f" in args.only:
         r = batch_kill_resume()
         print("f", json.dumps(r), flush=True)

@@ -19,7 +19,8 @@
 (d) SIGKILL half way, then `generate --resume`: no settled query is paid twice, and the requests
     the provider answered beyond what the ledger settled are no more than were in flight at the kill.
 (e) `n`: answer augmentation with k = 8 samples per seed, once as one `n=8` request per seed and
-    once as one request per sample: input tokens paid with `n` <= 1/8 + 5% of the other.
+    once as one request per sample: input tokens paid with `n` <= 1/8 + 5% of the other; online,
+    and again in OpenAI's batch mode (the 8 samples one line of the batch).
 (f) batch mode: a 2,000-request OpenAI batch run is SIGKILLed while it polls, resumed, never
     submitted twice, and audits exact.
 (g) a provider that announces no limit (`--rate-headers none`: no `x-ratelimit-*`, a 429 says only
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if "e" in only:
         from efficiency import n_samples
         record("e_n8_input_tokens", n_samples())
+        record("e_n8_input_tokens_batch", n_samples(batch=True))
     if "f" in only:
         from efficiency import batch_kill_resume
         record("f_batch_kill_resume", batch_kill_resume())

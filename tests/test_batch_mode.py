@@ -49,7 +49,9 @@ def test_a_batch_run_settles_every_query_at_batch_prices(project, provider, base
     res = proj.generate(cfg)
     report = completed(proj, res)
     stats = srv.stats()
-    assert stats["batches"] == 1 and stats["batch_requests"] == 40 == report["counts"]["settled"]
+    # OpenAI takes `n`: a seed's 2 samples are one line of the batch, its prompt paid once (below).
+    lines = 20 if provider == "openai" else 40
+    assert stats["batches"] == 1 and stats["batch_requests"] == lines and report["counts"]["settled"] == 40
     assert stats["received"] == 0  # nothing went through the online endpoints
     spent = report["spent"]
     assert (spent["input_tokens"], spent["output_tokens"]) == (stats["input_tokens"], stats["output_tokens"])
@@ -336,3 +338,45 @@ def test_a_dollar_budget_fills_batches_not_one_query_each(project):
     assert report["ok"] and status == "budget_exhausted" and report["spent"]["usd"] <= 0.004
     settled, batches = report["counts"]["settled"], srv.stats()["batches"]
     assert settled >= 15 and batches <= settled / 3, (settled, batches)
+
+
+def test_k_samples_of_a_seed_go_as_one_n_line_and_a_resume_gives_each_answer_to_its_query(project):
+    # OpenAI's batch lines take `n` as its online endpoint does: 4 samples of a seed are one line,
+    # its prompt paid once. Killed while the batch runs, the resume must know which of the line's
+    # answers belongs to which query (recorded with the batch), or they would be lost and re-asked.
+    proj, srv = project("--batch-request-s", "0.2", seeds=10)  # the batch takes ~2 s
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 40}, strategy={"samples_per_seed": 4})
+    proc = proj.popen(cfg)
+    wait_for(lambda: any(e["status"] == "in_progress" for e in proj.events("batch_status")), 60, "the batch to run")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not proj.events("query_settled")
+    (prepared,) = proj.events("batch_prepared")
+    assert len(prepared["query_ids"]) == 40 and len(prepared["lines"]) == 10
+    assert all(len(qids) == 4 and qids[0] == cid for cid, qids in prepared["lines"].items())
+    res = proj.generate(cfg, "--resume")
+    report = completed(proj, res)
+    stats = srv.stats()
+    assert stats["batches"] == 1 and stats["batch_requests"] == 10, "the resumed run submitted the batch again"
+    assert report["counts"]["settled"] == 40 == report["spent"]["queries"] and report["counts"]["lost"] == 0
+    assert (report["spent"]["input_tokens"], report["spent"]["output_tokens"]) == (stats["input_tokens"],
+                                                                                   stats["output_tokens"])
+    assert report["shared_requests"]["requests"] == 10 and report["shared_requests"]["queries"] == 40
+    texts = {e["query_id"]: e["text"] for e in proj.events("query_settled")}
+    assert len(set(texts.values())) > 10  # each query its own answer, not its line's first
+    assert len(proj.events("sample_proposed")) == 40  # every answer reached the dataset
+
+
+def test_an_n_line_that_fails_in_its_batch_goes_again_whole_and_is_never_charged(project):
+    proj, srv = project("--batch-request-s", "0.001", "--batch-error-rate", "0.3", seeds=10)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 40}, limits={"max_attempts": 8}, strategy={"samples_per_seed": 4})
+    res = proj.generate(cfg, timeout=180)
+    report = completed(proj, res)
+    failed = proj.events("attempt_failed")
+    assert failed and not any(e["maybe_billed"] for e in failed) and len(failed) % 4 == 0  # a line's 4 together
+    stats = srv.stats()
+    assert stats["batches"] >= 2 and stats["batch_requests"] == 10
+    assert report["counts"]["settled"] == 40 == report["spent"]["queries"]
+    assert report["shared_requests"]["requests"] == 10

@@ -25,9 +25,12 @@ class BatchFold:
             if q is None or not q.holding:
                 self._violate(seq, f"query {qid} put in batch {p['key']} without a reservation")
             self.batched[qid] = p["key"]
-        self.batches[p["key"]] = {"status": "preparing", "requests": len(p["query_ids"]), "counts": {},
+        lines = p.get("lines") or {}
+        requests = len(p["query_ids"]) - sum(len(qids) - 1 for qids in lines.values())  # as the provider counts
+        self.batches[p["key"]] = {"status": "preparing", "requests": requests, "counts": {},
                                   "model": p.get("model", ""), "provider": p.get("provider", ""),
-                                  "at": p.get("at", 0.0), "batch_id": None, "input_file_id": None}
+                                  "at": p.get("at", 0.0), "batch_id": None, "input_file_id": None,
+                                  "lines": dict(lines)}
 
     def _on_batch_submitted(self, seq: int, p: dict[str, Any]) -> None:
         self.batch_ids.add(p["batch_id"])

@@ -270,6 +270,10 @@ class BatchPrepared(_Event):
     role: str
     query_ids: list[str]
     at: float  # wall-clock time, to find the batch in the provider's list
+    # A request that carries several queries (k samples of a prompt as one `n=k` line): its custom
+    # id (the first query's id) -> its queries in the order of the answers' `index`; a resume needs
+    # it to give each answer of the line to its query.
+    lines: dict[str, list[str]] = {}
 
 
 class BatchSubmitted(_Event):

@@ -4,18 +4,19 @@ the queue's dispatcher, endpoint, waiting queries and room)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..api import ChatRequest, Completion
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, TeacherError
-from ..ledger.events import AttemptFailed, BatchFinished, Cost, QueryAbandoned, QuerySettled, RunWarning
+from ..ledger.events import AttemptFailed, BatchFinished, QueryAbandoned, RunWarning
 from ..redact import one_line
 from .batch_room import BatchRoom
 from .misconfig import endpoint_url, misconfiguration
-from .samples import Member, shares
+from ..ledger.ledger import Amount
+from .samples import Member
 from .usage_check import fault_error, fault_event
 
 if TYPE_CHECKING:
@@ -30,8 +31,9 @@ MAX_REFUSED_BATCHES = 3
 
 @dataclass
 class Pending:
-    """A query waiting for its batch; `request` is None for one adopted from an earlier session
-    (its asker re-asks if it does not settle)."""
+    """One request waiting for its batch: a query, or k samples of one prompt as an `n=k` line
+    (`member` first, its custom id, then `others` in the order of the answers). `request` is None
+    for one adopted from an earlier session (its askers re-ask what does not settle)."""
 
     member: Member
     role: str
@@ -41,8 +43,13 @@ class Pending:
     done: anyio.Event
     prompt: int = 0
     nbytes: int = 0  # what it adds to its batch's upload (BatchAPI.request_bytes)
-    text: str | None = None
+    others: list[Member] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)  # by query id, once answered
     error: BaseException | None = None
+
+    @property
+    def members(self) -> list[Member]:
+        return [self.member, *self.others]
 
 
 class BatchOutcomes:
@@ -100,30 +107,18 @@ class BatchOutcomes:
         assert d is not None and ep is not None
         settled = failed = 0
         retry: list[tuple[Pending, TeacherError]] = []
-        for qid, p in pendings.items():
-            self._waiting.pop(qid, None)
-            r = results.get(qid, missing)
-            m = p.member
+        for cid, p in pendings.items():
+            self._waiting.pop(cid, None)
+            r = results.get(cid, missing)
             if isinstance(r, Completion):
-                text = r.texts[0] if r.texts else ""
-                amount = shares(r.usage.input_tokens, [r.usage.output_tokens], ep.price, r.usage.cached_input_tokens)[0]
-                fault = fault_event(qid, m.attempt, r.usage, m.worst, amount.usd) if m.worst is not None else None
-                if fault is not None:  # settled below at what it reported, then the asker stops the run
-                    d.recorder.emit(fault)
-                d.recorder.emit(QuerySettled(query_id=qid, attempt=m.attempt, actual=Cost(**amount.as_dict()),
-                                             text=text, finish_reason=r.finish_reasons[0] if r.finish_reasons else None,
-                                             cached_input_tokens=r.usage.cached_input_tokens))
-                d.remember(qid, text)
-                d.note_finish(qid, r.finish_reasons[0] if r.finish_reasons else None)
-                if fault is not None:
-                    self._resolve(p, error=fault_error(ep.teacher.provider, ep.model, fault))
-                else:
-                    self._resolve(p, text=text)
-                settled += 1
+                texts = self._answered(p, r)
+                settled += len(texts)
+                failed += len(p.others) + 1 - len(texts)
                 continue
-            failed += 1
-            d.recorder.emit(AttemptFailed(query_id=qid, attempt=m.attempt, kind=r.kind.value,
-                                          maybe_billed=r.maybe_billed, message=r.message[:300], status=r.status))
+            failed += len(p.others) + 1
+            for m in p.members:
+                d.recorder.emit(AttemptFailed(query_id=m.qid, attempt=m.attempt, kind=r.kind.value,
+                                              maybe_billed=r.maybe_billed, message=r.message[:300], status=r.status))
             retry.append((p, r))
         d.recorder.emit(BatchFinished(key=key, status=status, settled=settled, failed=failed,
                                       message=missing.message[:300] if failed else ""))
@@ -134,15 +129,41 @@ class BatchOutcomes:
             stop = (f"the {ep.section}'s batches are refused ({self._refused_in_a_row} in a row, none run; the last: "
                     f"{one_line(missing.message, 200)}); stopping")
             for p, _ in retry:
-                d.recorder.emit(QueryAbandoned(query_id=p.member.qid, reason=stop))
+                self._abandon_all(p, stop)
                 self._resolve(p, error=FatalRunError(stop))
             return
         for p, err in retry:
             p.member.spared += no_room
             self._retry_or_release(p, err, verdict=not no_room)
 
+    def _answered(self, p: Pending, r: Completion) -> dict[str, str]:
+        """Settle the queries of an answered request (k samples of one: each at its share, as online)
+        and wake their asker; their texts by query id."""
+        d, ep = self._d, self._ep
+        assert d is not None and ep is not None
+        members, usage = p.members, r.usage
+        worst = None
+        if all(m.worst is not None for m in members):
+            worst = Amount()
+            for m in members:
+                worst.add(m.worst)  # type: ignore[arg-type]
+        usd = ep.price.cost(usage.input_tokens, usage.output_tokens, usage.cached_input_tokens) if ep.price else 0.0
+        fault = fault_event(p.member.qid, p.member.attempt, usage, worst, usd) if worst is not None else None
+        if fault is not None:  # settled below at what it reported, then the asker stops the run
+            d.recorder.emit(fault)
+        max_tokens = p.request.max_tokens if p.request is not None else max(
+            (m.worst.output_tokens for m in members if m.worst is not None), default=0)
+        texts = d._settle(ep, members, max_tokens, r, None, p.member.qid if p.others else None)
+        for qid, text in texts.items():
+            d.remember(qid, text)
+        if fault is not None:
+            self._resolve(p, error=fault_error(ep.teacher.provider, ep.model, fault))
+        else:
+            self._resolve(p, texts=texts)
+        return texts
+
     def _retry_or_release(self, p: Pending, err: TeacherError, *, verdict: bool = True) -> None:
-        """Into the next batch within the query's attempts and the budget; else released. Without
+        """Into the next batch within the request's attempts and the budget; else released. Without
         `verdict` the error said nothing of the request itself (its batch found no room)."""
         d, ep = self._d, self._ep
         assert d is not None and ep is not None
@@ -150,26 +171,33 @@ class BatchOutcomes:
         stop = misconfiguration(err, role=p.role, section=ep.section, model=ep.model, url=endpoint_url(ep.teacher),
                                 answered=ep.answered) if p.request is not None and verdict else None
         if stop is not None:  # nothing listens at base_url, or no such model: every batch would fail alike
-            d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=stop))
+            self._abandon_all(p, stop)
             self._resolve(p, error=FatalRunError(stop))
             return
         again = not verdict or ep.retry.should_retry(err.kind, m.attempt - m.spared)
         if p.request is not None and not self._stopped and again:
-            m.attempt += 1
+            for x in p.members:
+                x.attempt += 1
             if not err.maybe_billed:
-                self._enqueue(p)  # still holding its reservation
+                self._enqueue(p)  # still holding its reservations
                 return
+            base = p.request.model_copy(update={"n": 1})
             try:
-                members, worsts = d._fit(ep, p.role, p.strategy, p.request, p.prompt, [m])
-                d.reserve(ep, p.role, p.purpose, p.strategy, p.request, members, worsts)
-                self._enqueue(p)
-                return
+                kept, worsts = d._fit(ep, p.role, p.strategy, base, p.prompt, p.members)
             except BudgetExhausted as exc:
-                d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=f"budget cannot cover a retry ({exc})"))
+                self._abandon_all(p, f"budget cannot cover a retry ({exc})")
                 self._resolve(p, error=exc)
                 return
+            for x in p.members[len(kept):]:
+                d.recorder.emit(QueryAbandoned(query_id=x.qid, reason=(
+                    "budget cannot cover its share of a retry; asked again on its own")))
+            d.reserve(ep, p.role, p.purpose, p.strategy, base, kept, worsts)
+            p.others = kept[1:]
+            p.request = p.request.model_copy(update={"n": len(kept)})
+            self._enqueue(p)
+            return
         reason = f"{err.kind.value} after {m.attempt} attempt(s): {err.message}"
-        d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=reason))
+        self._abandon_all(p, reason)
         if p.request is None:
             self._resolve(p)
         elif err.kind is FailureKind.AUTH:
@@ -177,8 +205,14 @@ class BatchOutcomes:
         else:
             self._resolve(p, error=QueryFailed(reason))
 
-    def _resolve(self, p: Pending, *, text: str | None = None, error: BaseException | None = None) -> None:
-        p.text, p.error = text, error
-        if p.request is None and self._d is not None:  # adopted: its event is the dispatcher's
-            self._d._asking.pop(p.member.qid, None)
+    def _abandon_all(self, p: Pending, reason: str) -> None:
+        assert self._d is not None
+        for m in p.members:
+            self._d.recorder.emit(QueryAbandoned(query_id=m.qid, reason=reason))
+
+    def _resolve(self, p: Pending, *, texts: dict[str, str] | None = None, error: BaseException | None = None) -> None:
+        p.texts, p.error = texts or {}, error
+        if p.request is None and self._d is not None:  # adopted: its events are the dispatcher's
+            for m in p.members:
+                self._d._asking.pop(m.qid, None)
         p.done.set()

@@ -28,7 +28,8 @@ import anyio
 
 from ..api import BatchAPI, ChatRequest
 from ..errors import FailureKind, RunStopping, TeacherError
-from ..ledger.events import BatchPrepared, BatchStatus, BatchSubmitted, QueryAbandoned, QueryDispatched
+from ..ledger.events import BatchPrepared, BatchStatus, BatchSubmitted, QueryDispatched
+from ..ledger.ledger import Amount
 from .batch_outcomes import BatchOutcomes, Pending
 from .batch_room import BatchRoom, typical_tokens
 from .samples import Member
@@ -81,22 +82,25 @@ class BatchQueue(BatchOutcomes):
 
     # ---- asking ------------------------------------------------------------------------------
 
-    async def ask(self, d: "Dispatcher", ep: "Endpoint", role: str, member: Member, params: dict[str, Any],
-                  messages: list[dict[str, str]], purpose: str, strategy: str) -> str:
+    async def ask(self, d: "Dispatcher", ep: "Endpoint", role: str, members: list[Member], params: dict[str, Any],
+                  messages: list[dict[str, str]], purpose: str, strategy: str) -> dict[str, str]:
+        """Queue the request for `members` (k samples of one prompt go as one `n=k` line) and wait
+        for its batch; the answers by query id (those the budget let in: at least the first)."""
         if self._stopped:
             raise RunStopping("the run is stopping")
         base = ChatRequest(model=ep.model, messages=tuple(messages), **params)
         prompt = ep.teacher.prompt_tokens_upper_bound(base)
-        d._start(ep, [member])
-        members, worsts = d._fit(ep, role, strategy, base, prompt, [member])
+        d._start(ep, members)
+        members, worsts = d._fit(ep, role, strategy, base, prompt, members)
         d.reserve(ep, role, purpose, strategy, base, members, worsts)
-        p = Pending(member, role, strategy, purpose, base, anyio.Event(), prompt,
-                    nbytes=self.api.request_bytes(member.qid, base))
+        request = base.model_copy(update={"n": len(members)}) if len(members) > 1 else base
+        p = Pending(members[0], role, strategy, purpose, request, anyio.Event(), prompt,
+                    nbytes=self.api.request_bytes(members[0].qid, request), others=members[1:])
         self._enqueue(p)
         await p.done.wait()
         if p.error is not None:
             raise p.error
-        return p.text or ""
+        return p.texts
 
     def _enqueue(self, p: Pending) -> None:
         self._queue.append(p)
@@ -118,8 +122,7 @@ class BatchQueue(BatchOutcomes):
         d = self._d
         for p in self._queue:
             if d is not None:
-                d.recorder.emit(QueryAbandoned(query_id=p.member.qid,
-                                               reason="the run stopped before its batch was submitted"))
+                self._abandon_all(p, "the run stopped before its batch was submitted")
             self._resolve(p, error=RunStopping("the run is stopping"))
         self._queue.clear()
         self._queued_bytes = 0
@@ -158,10 +161,12 @@ class BatchQueue(BatchOutcomes):
         assert d is not None and ep is not None
         key = "b" + uuid.uuid4().hex[:16]
         at = time.time()
+        lines = {p.member.qid: [m.qid for m in p.members] for p in pendings if p.others}
         d.recorder.emit(BatchPrepared(key=key, provider=ep.teacher.provider, model=ep.model, role=pendings[0].role,
-                                      query_ids=[p.member.qid for p in pendings], at=at))
+                                      query_ids=[m.qid for p in pendings for m in p.members], at=at, lines=lines))
         for p in pendings:
-            d.recorder.emit(QueryDispatched(query_id=p.member.qid, attempt=p.member.attempt, request=key))
+            for m in p.members:
+                d.recorder.emit(QueryDispatched(query_id=m.qid, attempt=m.attempt, request=key))
             self._waiting[p.member.qid] = p
         await d.recorder.flush()  # recorded before anything is uploaded
         self.room.started(key, _tokens(pendings))
@@ -265,13 +270,20 @@ class BatchQueue(BatchOutcomes):
         for key, info in d.ledger.batches.items():
             if info.get("model") != ep.model or info.get("provider") != ep.teacher.provider:
                 continue
+            inside = [q for q, k in d.ledger.batched.items() if k == key]
+            lines = info.get("lines") or {}
+            sharing = {q for qids in lines.values() for q in qids[1:]}  # answered under their line's id
             pendings: dict[str, Pending] = {}
-            for qid in [q for q, k in d.ledger.batched.items() if k == key]:
-                q = d.ledger.queries[qid]
-                done = d._asking.setdefault(qid, asyncio.Event())
-                pendings[qid] = Pending(Member(qid, q.key, 0, "", attempt=q.dispatched_attempt or q.attempts),
-                                        q.role, q.strategy, "", None, done)
-                self._waiting[qid] = pendings[qid]
+            for cid in inside:
+                if cid in sharing:
+                    continue
+                members = [_adopted(d, q) for q in lines.get(cid, [cid]) if d.ledger.batched.get(q) == key]
+                done = d._asking.setdefault(cid, asyncio.Event())
+                for m in members:  # an item asking for any of them waits for the line's answer
+                    d._asking[m.qid] = done
+                q = d.ledger.queries[cid]
+                pendings[cid] = Pending(members[0], q.role, q.strategy, "", None, done, others=members[1:])
+                self._waiting[cid] = pendings[cid]
             self._adopted.append((key, dict(info), pendings))
 
     async def _resume_batch(self, key: str, info: dict[str, Any], pendings: dict[str, Pending]) -> None:
@@ -293,6 +305,13 @@ class BatchQueue(BatchOutcomes):
             await self._follow(key, batch_id, pendings)
         finally:
             self.room.ended(key)
+
+
+def _adopted(d: "Dispatcher", qid: str) -> Member:
+    """A query of a batch an earlier session submitted, as the ledger knows it (its reservation
+    checks what the provider reports)."""
+    q = d.ledger.queries[qid]
+    return Member(qid, q.key, 0, "", attempt=q.dispatched_attempt or q.attempts, worst=Amount.of(q.worst.as_dict()))
 
 
 def _tokens(pendings: list[Pending]) -> float:

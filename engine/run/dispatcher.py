@@ -119,7 +119,7 @@ class Dispatcher(Retrier, Sender):
         """The other samples of this prompt that may share its request: not settled, not being
         asked, not open in the ledger (at most MAX_N in all)."""
         cap = MAX_N if ep.max_n is None else ep.max_n
-        if group is None or not ep.supports_n or ep.batch is not None or cap <= 1:
+        if group is None or not ep.supports_n or cap <= 1:
             return []
         items = group if isinstance(group, Mapping) else {i: item for i in group}
         if index not in items:
@@ -169,7 +169,7 @@ class Dispatcher(Retrier, Sender):
             self._asking[m.qid] = done
         try:
             if ep.batch is not None:
-                texts = {qid: await ep.batch.ask(self, ep, role, primary, params, messages, purpose, strategy)}
+                texts = await ep.batch.ask(self, ep, role, members, params, messages, purpose, strategy)
             else:
                 texts = await self._ask_new(ep, role, members, params, messages, purpose, strategy)
         finally:

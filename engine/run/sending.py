@@ -104,7 +104,7 @@ class Sender:
                             ep.price.cost(usage.input_tokens, usage.output_tokens) if ep.price else 0.0)
         if fault is not None:  # recorded before the settlement it explains
             self.recorder.emit(fault)
-        texts = self._settle(ep, members, request, completion, latency, shared)
+        texts = self._settle(ep, members, request.max_tokens, completion, latency, shared)
         ep.answered += 1
         # As counted: the output limit corrected to what was written, cache reads not input (Anthropic).
         counted = Tokens(usage.input_tokens + cap, max(0, usage.input_tokens - usage.cached_input_tokens),
@@ -114,8 +114,10 @@ class Sender:
             raise fault_error(ep.teacher.provider, ep.model, fault)
         return texts
 
-    def _settle(self, ep: "Endpoint", members: list[Member], request: ChatRequest, completion: Completion,
-                latency: float, shared: str | None) -> dict[str, str]:
+    def _settle(self, ep: "Endpoint", members: list[Member], max_tokens: int, completion: Completion,
+                latency: float | None, shared: str | None) -> dict[str, str]:
+        """Settle each member the completion answered at its share (used by batches too, which know
+        no latency); members it left unanswered (a provider that ignores `n`) are released."""
         usage = completion.usage
         texts = list(completion.texts) or [""]
         reasons = list(completion.finish_reasons)
@@ -124,7 +126,7 @@ class Sender:
             amounts = shares(usage.input_tokens, [usage.output_tokens], ep.price, usage.cached_input_tokens)
         else:
             amounts = shares(usage.input_tokens, output_split(usage.output_tokens, texts[: len(answered)],
-                                                              request.max_tokens), ep.price, usage.cached_input_tokens)
+                                                              max_tokens), ep.price, usage.cached_input_tokens)
         cached = split_evenly(usage.cached_input_tokens, len(answered))
         whole = ({"request": shared, "n": len(answered), "input_tokens": usage.input_tokens,
                   "output_tokens": usage.output_tokens} if shared is not None else None)
@@ -134,7 +136,8 @@ class Sender:
             self.note_finish(m.qid, reasons[i] if i < len(reasons) else None)
             self.recorder.emit_plain(
                 QuerySettled, query_id=m.qid, attempt=m.attempt, actual=plain_cost(**amount.as_dict()), text=texts[i],
-                finish_reason=reasons[i] if i < len(reasons) else None, latency_s=round(latency, 4), shared=whole,
+                finish_reason=reasons[i] if i < len(reasons) else None,
+                latency_s=round(latency, 4) if latency is not None else None, shared=whole,
                 cached_input_tokens=cached[i])
         for m in members[len(answered):]:  # a server that ignores `n`: the rest were never answered
             ep.supports_n = False
