@@ -274,6 +274,9 @@ class BatchView:
 
 # How far a provider's clock may lag ours when a batch is looked up by when it was created.
 BATCH_CLOCK_SKEW_S = 60.0
+# A key of BatchAPI.results: the outcome of every request the results do not name, when some of
+# them could not be read (a line cut off): those requests may have run and been billed.
+UNREADABLE = "*"
 
 
 @runtime_checkable
@@ -311,7 +314,9 @@ class BatchAPI(Protocol):
 
     async def results(self, batch_id: str) -> "dict[str, Completion | TeacherError]":
         """Each finished request's completion or error by custom id; requests that never ran
-        (expired, cancelled) are absent or a TeacherError of kind EXPIRED."""
+        (expired, cancelled) are absent or a TeacherError of kind EXPIRED. A result that cannot be
+        read is a MALFORMED error (maybe billed) under its custom id where that can be read, else
+        under UNREADABLE. A TeacherError means the results could not be fetched (tried again)."""
         ...
 
     async def cancel(self, batch_id: str) -> None: ...

@@ -144,8 +144,11 @@ class OpenAIBatches(BatchStore):
                 err.append({"id": rid, "custom_id": custom_id, "error": None,
                             "response": {"status_code": res[1], "request_id": rid, "body": res[2]}})
         if out:
-            batch.output_file_id = self.add_file(b"\n".join(map(orjson.dumps, out)) + b"\n",
-                                                 "batch_output.jsonl", "batch_output")["id"]
+            lines = [orjson.dumps(x) for x in out]
+            cut = self.server.config.batch_cut_lines
+            for i in range(max(0, len(lines) - cut), len(lines)):
+                lines[i] = lines[i][: len(lines[i]) // 2]
+            batch.output_file_id = self.add_file(b"\n".join(lines) + b"\n", "batch_output.jsonl", "batch_output")["id"]
         if err:
             batch.error_file_id = self.add_file(b"\n".join(map(orjson.dumps, err)) + b"\n",
                                                 "batch_errors.jsonl", "batch_output")["id"]

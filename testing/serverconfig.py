@@ -81,6 +81,9 @@ class ServerConfig:
     # connection hangs until the client gives up, as when it drops after the provider acted. What a
     # resumed run, or the client itself, then has to find without re-submitting it.
     batch_create_hang: int = 0
+    # The last N lines of an OpenAI batch's output file come cut off mid-way (a gateway or a broken
+    # transfer): the requests ran and were billed, and what they said cannot be read.
+    batch_cut_lines: int = 0
     # Faults of a dishonest or sloppy provider (a gateway, an OpenAI-compatible server):
     usage_factor: float = 1.0  # reported usage = real usage x this (> 1: a provider that overbills)
     no_usage_rate: float = 0.0  # share of 200s whose body has no `usage` (counted as malformed)

@@ -380,3 +380,44 @@ def test_an_n_line_that_fails_in_its_batch_goes_again_whole_and_is_never_charged
     assert stats["batches"] >= 2 and stats["batch_requests"] == 10
     assert report["counts"]["settled"] == 40 == report["spent"]["queries"]
     assert report["shared_requests"]["requests"] == 10
+
+
+def test_batch_results_cut_off_count_as_spent_and_the_run_ends_cleanly(project):
+    # The last line of each output file is cut off mid-way (a gateway, a broken transfer): those
+    # requests ran and may be billed. The run crashed with a JSON traceback, or hung for good.
+    proj, srv = project("--batch-request-s", "0.001", "--batch-cut-lines", "1", seeds=10)
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 12}, strategy={"samples_per_seed": 1})
+    res = proj.generate(cfg, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    run_id, status = last_line(res)
+    assert status == "budget_exhausted"
+    report = proj.audit(run_id)
+    stats = srv.stats()
+    # Every request the server ran is paid for in the ledger (the unreadable ones at their worst case).
+    assert report["spent"]["queries"] == stats["batch_requests"] == 12
+    failed = proj.events("attempt_failed")
+    assert failed and all(e["kind"] == "malformed" and e["maybe_billed"] for e in failed)
+    assert report["counts"]["settled"] == 12 - len(failed)
+
+
+def test_a_batch_that_can_no_longer_be_polled_stops_the_run_and_a_resume_follows_it(project):
+    # The key is revoked while the batch runs: every poll is a 401. It was polled every 5 s for
+    # ever, saying nothing. Now the run stops in one line; the batch stays with the provider, and a
+    # resume with a working key follows it instead of submitting it again.
+    proj, srv = project("--batch-request-s", "0.5", seeds=8)  # ~4 s in progress
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 8}, strategy={"samples_per_seed": 1})
+    proc = proj.popen(cfg)
+    wait_for(lambda: proj.events("batch_submitted"), 60, "the batch to be submitted")
+    srv.control(require_api_key="sk-rotated")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and any("cannot poll batch" in ln and "--resume" in ln for ln in lines), err
+    assert not proj.events("query_settled")
+    srv.control(require_api_key=None)
+    res = proj.generate(cfg, "--resume")
+    report = completed(proj, res)
+    assert srv.stats()["batches"] == 1 and report["counts"]["settled"] == 8 == report["spent"]["queries"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..api import ChatRequest, Completion
+from ..api import UNREADABLE, ChatRequest, Completion
 from ..errors import BudgetExhausted, FailureKind, FatalRunError, QueryFailed, TeacherError
 from ..ledger.events import AttemptFailed, BatchFinished, QueryAbandoned, RunWarning
 from ..redact import one_line
@@ -109,7 +109,7 @@ class BatchOutcomes:
         retry: list[tuple[Pending, TeacherError]] = []
         for cid, p in pendings.items():
             self._waiting.pop(cid, None)
-            r = results.get(cid, missing)
+            r = results[cid] if cid in results else results.get(UNREADABLE, missing)
             if isinstance(r, Completion):
                 texts = self._answered(p, r)
                 settled += len(texts)

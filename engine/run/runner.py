@@ -185,7 +185,10 @@ class Runner(RunSession):
         try:
             await ep.batch.run(self.dispatcher, ep)
         except Exception as exc:
-            if not _only(exc, WriterFailed):
+            fatal = _first(exc, FatalRunError)  # a batch that cannot be followed (see batching._follow)
+            if fatal is not None:
+                self._fail(str(fatal))
+            elif not _only(exc, WriterFailed):
                 raise
 
     async def _tick(self, progress: RunProgress) -> None:
@@ -483,6 +486,15 @@ class Runner(RunSession):
     def _budget_hit(self, item: PlanItem, exc: BudgetExhausted) -> None:
         self._refused_by = str(exc) or self._refused_by
         self._budget_hits[item.strategy] = self._budget_hits.get(item.strategy, 0) + 1
+
+
+def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc`, or the first in its group (task groups wrap), that is a `kind`."""
+    for e in getattr(exc, "exceptions", None) or [exc]:
+        found = _first(e, kind) if e is not exc else (e if isinstance(e, kind) else None)
+        if found is not None:
+            return found
+    return None
 
 
 def _only(exc: BaseException, kind: type[BaseException]) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import anthropic
 
-from synthledger.engine.api import BATCH_CLOCK_SKEW_S
+from synthledger.engine.api import BATCH_CLOCK_SKEW_S, UNREADABLE
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
 from .errors import one_line, sdk_error
@@ -102,8 +102,24 @@ class AnthropicBatchAPI:
 
     async def results(self, batch_id: str) -> dict[str, Completion | TeacherError]:
         out: dict[str, Completion | TeacherError] = {}
-        async for r in await self._call(self._client.messages.batches.results(batch_id)):
-            out[r.custom_id] = result_of(r.result, self._extract)
+        stream = await self._call(self._client.messages.batches.results(batch_id))
+        try:
+            async for r in stream:
+                out[r.custom_id] = result_of(r.result, self._extract)
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # a line not as Anthropic writes it
+            # (pydantic's ValidationError and a JSON decode error are ValueErrors): what is left
+            # may have run and been billed, and cannot be read.
+            out[UNREADABLE] = TeacherError(FailureKind.MALFORMED, "the batch's results could not be read past "
+                                           f"{len(out)} of them: {type(exc).__name__}: {one_line(str(exc), 200)}",
+                                           maybe_billed=True)
+        except anthropic.AnthropicError as exc:
+            mapped = sdk_error(exc, anthropic)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        except Exception as exc:  # the transfer broke off (its HTTP library's errors): fetched again
+            raise TeacherError(FailureKind.CONNECTION, f"the batch's results broke off ({type(exc).__name__}: "
+                                                       f"{one_line(str(exc), 200)})") from exc
         return out
 
     async def cancel(self, batch_id: str) -> None:

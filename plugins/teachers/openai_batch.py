@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import orjson
 
-from synthledger.engine.api import BATCH_CLOCK_SKEW_S
+from synthledger.engine.api import BATCH_CLOCK_SKEW_S, UNREADABLE
 from synthledger.engine.teacher import BatchView, ChatRequest, Completion, FailureKind, TeacherError
 
 from .errors import error_message, one_line, sdk_error, status_error
@@ -29,6 +29,7 @@ MAX_BYTES = 200_000_000
 # token_limit_exceeded: "Enqueued token limit reached for gpt-4o-mini in organization org-...
 # Limit: 2,000,000 enqueued tokens. Please try again once some in_progress batches have been completed."
 _ENQUEUED_LIMIT = re.compile(r"Limit: ([\d,]+) enqueued tokens")
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]+)"')
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
@@ -63,6 +64,21 @@ def result_of(line: dict[str, Any]) -> Completion | TeacherError:
         return TeacherError(FailureKind.MALFORMED,
                             f"malformed batch result: {type(exc).__name__}: {one_line(str(exc), 300)}",
                             maybe_billed=True)
+
+
+def read_line(raw: bytes) -> tuple[str, Completion | TeacherError]:
+    """(custom id, outcome) of one line of an output or error file. A line that is not what OpenAI
+    writes (cut off by a gateway or a broken transfer) ran and may be billed: a MALFORMED error
+    under its custom id if that can still be read, else under UNREADABLE (every request the
+    results do not name)."""
+    try:
+        line = orjson.loads(raw)
+        return str(line["custom_id"]), result_of(line)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        found = _CUSTOM_ID.search(raw)
+        err = TeacherError(FailureKind.MALFORMED, f"a batch result could not be read ({type(exc).__name__}): "
+                                                  f"{one_line(raw.decode(errors='replace'), 120)}", maybe_billed=True)
+        return (found[1].decode() if found else UNREADABLE), err
 
 
 def request_line(cid: str, request: ChatRequest) -> bytes:
@@ -134,8 +150,8 @@ class OpenAIBatchAPI:
             content = await self._call(self._client.files.content(file_id))
             for raw in content.content.splitlines():
                 if raw.strip():
-                    line = orjson.loads(raw)
-                    out[line["custom_id"]] = result_of(line)
+                    cid, result = read_line(raw)
+                    out[cid] = result
         return out
 
     async def cancel(self, batch_id: str) -> None:
