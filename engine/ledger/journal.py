@@ -166,6 +166,9 @@ class Journal:
             if self._closed:
                 raise StoreError("event writer is closed")
             if self._writer_gone:  # the writer task is gone (cancelled at shutdown): commit here
+                if not self._pending:  # nothing left to commit, and still behind: never wait for it
+                    raise StoreError(f"events {self._durable_seq + 1}..{target} were taken for a commit "
+                                     "that did not finish")
                 self.commit_now()
                 continue
             await self._committed.wait()
@@ -199,8 +202,12 @@ class Journal:
     async def _commit_some(self) -> None:
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         base = self._durable_seq
-        last, head = await anyio.to_thread.run_sync(
-            lambda: self.store.append(self.run_id, batch, base, self._head, owner=self.owner))
+        # Shielded: a cancellation (the run's teardown) arriving while the thread commits would
+        # otherwise skip the line below, leaving the events in the store and the journal behind
+        # them - and every later flush waiting forever for a commit that already happened.
+        with anyio.CancelScope(shield=True):
+            last, head = await anyio.to_thread.run_sync(
+                lambda: self.store.append(self.run_id, batch, base, self._head, owner=self.owner))
         self._durable_seq, self._head = last, head
         crashpoints.committed()
         done, self._committed = self._committed, anyio.Event()
