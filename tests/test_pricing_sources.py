@@ -32,7 +32,7 @@ def test_config_then_genai_prices_then_nothing():
     assert p.cached_input_per_mtok is not None and p.cached_input_per_mtok < p.input_per_mtok
     assert "gpt-5-mini" not in BUILTIN
     claude = price_for("claude-sonnet-4-5", "anthropic", {})
-    assert claude is not None and claude.output_per_mtok >= 15.0  # tiered: the highest tier, never under-counted
+    assert claude is not None and claude.output_per_mtok >= 15.0 and claude.tiers  # tiered by prompt size
     # a self-hosted OpenAI-compatible server is not priced as the hosted model of that name
     assert price_for("gpt-4o-mini", "openai-compatible", {}, "http://127.0.0.1:8000/v1") is None
     assert price_for("gpt-4o-mini", "openai-compatible", {}, "https://api.openai.com/v1") is not None
@@ -120,3 +120,18 @@ def test_cached_prompt_tokens_are_settled_at_the_cached_price(tmp_path):
         a, c = p["actual"], p["cached_input_tokens"]
         assert a["usd"] == pytest.approx(((a["input_tokens"] - c) * 2.0 + c * 0.5 + a["output_tokens"] * 8.0) / 1e6)
     st.close()
+
+
+@pytest.mark.parametrize("prompt", [248, 200_000, 200_001, 250_000])
+def test_a_tiered_price_charges_each_call_at_its_prompts_tier_as_genai_prices_does(prompt):
+    # QA: every call was charged at the highest tier (claude-sonnet-4-5's prompts over 200K tokens):
+    # $0.0027 for a call genai-prices prices at $0.001569, a dollar budget buying 40% fewer queries.
+    claude = price_for("claude-sonnet-4-5", "anthropic", {})
+    expected = genai_prices.calc_price(genai_prices.Usage(input_tokens=prompt, output_tokens=55),
+                                       "claude-sonnet-4-5", provider_id="anthropic").total_price
+    assert claude.cost(prompt, 55) == pytest.approx(float(expected), rel=1e-9)
+    # A worst case bounds the call: tiers only raise rates, and a share is priced at its request's tier.
+    assert claude.cost(prompt + 1000, 64) >= claude.cost(prompt, 55)
+    from synthledger.engine.run.samples import shares
+    assert sum(a.usd for a in shares(prompt, [55] * 4, claude)) == pytest.approx(claude.cost(prompt, 220), rel=1e-9)
+    assert claude.scaled(0.5, "batch").cost(prompt, 55) == pytest.approx(claude.cost(prompt, 55) / 2)

@@ -29,18 +29,29 @@ class ModelPrice:
     output_per_mtok: float
     cached_input_per_mtok: float | None = None  # None: cached input costs what input costs
     source: str = "config"
+    # Prices by prompt size (genai-prices' "cliff" tiers): (start, input, output, cached input) -
+    # a call whose prompt is over `start` tokens pays that tier's rates for all its tokens.
+    tiers: tuple[tuple[int, float, float, float | None], ...] = ()
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
-        """Dollars for one call; `cached_input_tokens` are part of `input_tokens`."""
-        cached = min(max(cached_input_tokens, 0), input_tokens) if self.cached_input_per_mtok is not None else 0
-        return ((input_tokens - cached) * self.input_per_mtok + cached * (self.cached_input_per_mtok or 0.0)
-                + output_tokens * self.output_per_mtok) / 1_000_000
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
+             prompt_tokens: int | None = None) -> float:
+        """Dollars for one call; `cached_input_tokens` are part of `input_tokens`. Rising with each
+        count (tiers only raise rates), so a worst case's cost bounds the call's. `prompt_tokens`:
+        the whole request's prompt, which decides the tier, when this is one share of it."""
+        inp, out, cached_rate = self.input_per_mtok, self.output_per_mtok, self.cached_input_per_mtok
+        for start, t_in, t_out, t_cached in self.tiers:
+            if (input_tokens if prompt_tokens is None else prompt_tokens) > start:
+                inp, out, cached_rate = t_in, t_out, t_cached
+        cached = min(max(cached_input_tokens, 0), input_tokens) if cached_rate is not None else 0
+        return ((input_tokens - cached) * inp + cached * (cached_rate or 0.0) + output_tokens * out) / 1_000_000
 
     def scaled(self, factor: float, why: str) -> "ModelPrice":
         """Every rate times `factor` (a provider's batch discount), the reason added to the source."""
-        cached = None if self.cached_input_per_mtok is None else self.cached_input_per_mtok * factor
-        return ModelPrice(self.input_per_mtok * factor, self.output_per_mtok * factor, cached,
-                          f"{self.source}, {why} x{factor:g}")
+        def times(v: float | None) -> float | None:
+            return None if v is None else v * factor
+        tiers = tuple((start, i * factor, o * factor, times(c)) for start, i, o, c in self.tiers)
+        return ModelPrice(self.input_per_mtok * factor, self.output_per_mtok * factor,
+                          times(self.cached_input_per_mtok), f"{self.source}, {why} x{factor:g}", tiers)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,15 +70,35 @@ FREE = ModelPrice(0.0, 0.0, None, "local model")
 _PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic"}
 
 
-def _highest(value: Any) -> float | None:
-    """A genai-prices price as one number: tiered prices (by prompt size) at their highest tier, so
-    a budget is never under-counted."""
+def _base(value: Any) -> float | None:
+    """A genai-prices price below its first tier (a plain price is its own base)."""
     if value is None:
         return None
-    tiers = getattr(value, "tiers", None)
-    if tiers is not None:
-        return float(max([value.base, *(t.price for t in tiers)]))
-    return float(value)
+    return float(value.base) if getattr(value, "tiers", None) is not None else float(value)
+
+
+def _at(value: Any, tokens: int) -> float | None:
+    """A genai-prices price for a prompt of `tokens` (the last tier it is over)."""
+    if value is None or getattr(value, "tiers", None) is None:
+        return _base(value)
+    price = value.base
+    for tier in sorted(value.tiers, key=lambda t: t.start):
+        if tokens > tier.start:
+            price = tier.price
+    return float(price)
+
+
+def _tiers(mp: Any) -> tuple[tuple[int, float, float, float | None], ...]:
+    """Every tier start of the model's input, output and cache-read prices, with the three rates
+    there (QA: the highest tier was charged for every call: 1.72x for claude-sonnet-4-5)."""
+    starts = sorted({t.start for v in (mp.input_mtok, mp.output_mtok, mp.cache_read_mtok)
+                     for t in (getattr(v, "tiers", None) or [])})
+    out = []
+    for start in starts:
+        i, o = _at(mp.input_mtok, start + 1), _at(mp.output_mtok, start + 1)
+        if i is not None and o is not None:
+            out.append((int(start), i, o, _at(mp.cache_read_mtok, start + 1)))
+    return tuple(out)
 
 
 def _private_address(url: str) -> bool:
@@ -111,12 +142,12 @@ def _from_genai_prices(model: str, provider: str, base_url: str | None) -> Model
     if calc is None:
         return None
     mp = calc.model_price
-    inp, out = _highest(mp.input_mtok), _highest(mp.output_mtok)
+    inp, out = _base(mp.input_mtok), _base(mp.output_mtok)
     if inp is None or out is None:
         return None
     version = getattr(genai_prices, "__version__", "?")
-    return ModelPrice(inp, out, _highest(mp.cache_read_mtok),
-                      f"genai-prices {version} ({calc.provider.id}/{calc.model.id})")
+    return ModelPrice(inp, out, _base(mp.cache_read_mtok),
+                      f"genai-prices {version} ({calc.provider.id}/{calc.model.id})", _tiers(mp))
 
 
 def price_for(model: str, provider: str, overrides: dict[str, ModelPrice],

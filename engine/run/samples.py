@@ -59,7 +59,8 @@ def shares(input_tokens: int, output_tokens: list[int], price: ModelPrice | None
     outputs as given; cached prompt tokens cost the cached-input price."""
     ins = split_evenly(input_tokens, len(output_tokens))
     cached = split_evenly(cached_input_tokens, len(output_tokens))
-    return [Amount(1, i, o, price.cost(i, o, c) if price else 0.0) for i, o, c in zip(ins, output_tokens, cached)]
+    return [Amount(1, i, o, price.cost(i, o, c, prompt_tokens=input_tokens) if price else 0.0)
+            for i, o, c in zip(ins, output_tokens, cached)]
 
 
 def worst_shares(prompt_bound: int, max_tokens: int, k: int, price: ModelPrice | None) -> list[Amount]:
