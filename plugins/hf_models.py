@@ -130,12 +130,13 @@ def is_adapter(path: str | Path) -> bool:
 
 
 def check_loadable(name_or_path: str) -> None:
-    """Raise UnknownModel (one line) unless the model's config and tokenizer load from local files.
+    """Raise UnknownModel (one line) unless the model's config and tokenizer load from local files
+    and its weights are there.
 
-    A folder that exists but holds no usable model (an empty config.json, no tokenizer) otherwise
-    passes every check and fails only in the training or evaluation that loads it, after the
-    teacher was paid for its data. Loading config and tokenizer costs a second; the weights are
-    left to the run. A hub id (online) is left to the run too: it may need fetching."""
+    A folder that exists but holds no usable model (an empty config.json, no tokenizer, no weights)
+    otherwise passes every check and fails only in the training or evaluation that loads it, after
+    the teacher was paid for its data. Loading config and tokenizer costs a second; the weights are
+    only looked for. A hub id (online) is left to the run: it may need fetching."""
     resolved = resolve_model(name_or_path)
     if not Path(resolved).is_dir():
         return
@@ -160,6 +161,18 @@ def check_loadable(name_or_path: str) -> None:
         raise UnknownModel(f"{what} does not load: {type(exc).__name__}: {why}") from None
     if tokenizer is not None and not getattr(tokenizer, "chat_template", None):  # (as load_tokenizer refuses)
         raise UnknownModel(f"{what}: its tokenizer ({tokenizer_source}) has no chat template")
+    folders = [(resolved, "adapter"), (base, "model")] if base != resolved else [(resolved, "model")]
+    for folder, kind in folders:
+        if Path(folder).is_dir() and not _has_weights(Path(folder), kind):
+            raise UnknownModel(f"{what}: {folder} holds no {kind} weights (no "
+                               f"{'adapter_model.safetensors' if kind == 'adapter' else '*.safetensors'} or .bin file)")
+
+
+def _has_weights(folder: Path, kind: str) -> bool:
+    """What from_pretrained loads: a safetensors or a PyTorch file (or shards, with their index)."""
+    if kind == "adapter":
+        return any((folder / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin"))
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
 
 
 def pick_device(device: str = "auto") -> str:

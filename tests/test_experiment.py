@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import sqlite3
 import subprocess
@@ -102,7 +103,7 @@ def test_reuse_can_be_turned_off(tmp_path):
 # ---- the grid file: one-line errors before anything runs ---------------------------------------
 @pytest.fixture(scope="module")
 def loadable_student(tmp_path_factory) -> Path:
-    """The tiny student's config and tokenizer (what the grid's check loads), without its weights."""
+    """The tiny student (config, tokenizer and weights: what the grid's check looks for)."""
     built = tmp_path_factory.mktemp("tiny") / "llama"
     res = subprocess.run([sys.executable, "-m", "synthledger.testing.tiny_model", "--out", str(built)],
                          capture_output=True, text=True, env=ENV, timeout=600)
@@ -110,8 +111,7 @@ def loadable_student(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("student") / "student"
     out.mkdir()
     for f in built.iterdir():
-        if not f.name.endswith(".safetensors"):
-            (out / f.name).write_bytes(f.read_bytes())
+        (out / f.name).write_bytes(f.read_bytes())
     return out
 
 
@@ -235,6 +235,32 @@ def test_a_student_folder_that_does_not_load_is_refused_before_anything_runs(gri
     assert message.startswith(f"{tmp_path / 'train.toml'}: trainer.student: model '{broken}' does not load: "
                               "ValueError: "), message
     assert "model_type" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("ratios", ["[inf]", "[nan, 1.0]", "[-inf, 2.0]"])
+def test_ratios_that_are_not_finite_are_one_line_naming_the_key(grid, ratios):
+    # TOML reads inf and nan as floats: `[inf]` was a traceback (OverflowError), `[nan, 1.0]`
+    # "cannot convert float NaN to integer", naming neither the file nor the key.
+    text = grid.read_text()
+    grid.write_text(re.sub(r"budgets = \[[^\]]*\]", f"ratios = {ratios}", text))
+    with pytest.raises(ConfigError) as err:
+        prepare(load_experiment(grid))
+    assert f"{grid}: experiment.ratios must be finite numbers" in str(err.value)
+
+
+def test_a_student_folder_without_weights_is_refused_before_anything_runs(grid, tmp_path, loadable_student):
+    # Config and tokenizer loaded, so it passed; all 16 queries were paid, then every cell failed
+    # on "no file named model.safetensors".
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    for f in loadable_student.iterdir():
+        if not f.name.endswith(".safetensors"):
+            (weightless / f.name).write_bytes(f.read_bytes())
+    train = tmp_path / "train.toml"
+    train.write_text(train.read_text().replace("student = ", f'student = "{weightless}"\n# was: '))
+    with pytest.raises(ConfigError) as err:
+        prepare(load_experiment(grid))
+    assert f"trainer.student: model '{weightless}': {weightless} holds no model weights" in str(err.value)
 
 
 def test_a_student_that_does_not_load_costs_no_teacher_query(grid, tmp_path):

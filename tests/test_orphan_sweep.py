@@ -67,3 +67,16 @@ def test_sweeps_at_once_close_each_orphan_once(store_url):
         assert (info.status, info.owner) == ("interrupted", None)
         [ended] = [e.payload for e in store.iter_events(run, types=["run_finished"])]
         assert ended["message"] == ORPHAN_MESSAGE
+
+
+def test_a_pool_worker_whose_driver_died_before_it_started_exits_at_once():
+    # The kernel's parent-death signal is asked for in the worker's initializer; a driver killed
+    # before that (QA: a kill in the experiment's first commits) left two workers training on for a
+    # minute with nobody to report to. The worker now checks that its parent is still its driver.
+    code = ("import os, sys; from synthledger.engine.experiment.executor_local import _die_with_parent; "
+            "_die_with_parent(int(sys.argv[1])); print('alive')")
+    gone = subprocess.run([sys.executable, "-c", code, "1"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "alive" not in gone.stdout
+    here = subprocess.run([sys.executable, "-c", code.replace("int(sys.argv[1])", "os.getppid()")],
+                          capture_output=True, text=True, timeout=60)
+    assert here.returncode == 0 and "alive" in here.stdout

@@ -138,6 +138,8 @@ def _grid_shape(sec: ExperimentSection, where: str) -> dict[int, list[int]]:
     key = "budgets" if sec.budgets is not None else "ratios"
     if not values:
         raise ConfigError(f"{where}: experiment.{key} is empty: the grid has no cells")
+    if any(not math.isfinite(v) for v in values):  # (TOML takes inf and nan as floats)
+        raise ConfigError(f"{where}: experiment.{key} must be finite numbers, got {values}")
     if any(v <= 0 for v in values) or len(set(values)) != len(values):
         raise ConfigError(f"{where}: experiment.{key} must be distinct positive numbers, got {values}")
     if any(s <= 0 for s in sec.seed_sizes):

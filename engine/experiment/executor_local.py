@@ -8,6 +8,7 @@ training behind to race the rerun.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -16,7 +17,7 @@ from typing import Any
 from .stages import train_eval_job
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(driver_pid: int) -> None:
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -24,6 +25,8 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    if os.getppid() != driver_pid:  # the driver died before we asked: the kernel will not tell us
+        os._exit(1)  # (QA: two workers trained and evaluated on for a minute with nobody to report to)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
 
 
@@ -32,7 +35,7 @@ class LocalExecutor:
 
     def __init__(self, parallel: int, num_cpus: float = 1, num_gpus: float = 0) -> None:
         self.pool = ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_die_with_parent)
+                                        initializer=_die_with_parent, initargs=(os.getpid(),))
 
     def submit(self, job: dict[str, Any]) -> Future:
         return self.pool.submit(train_eval_job, job)
