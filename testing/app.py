@@ -278,6 +278,9 @@ class TeacherServer(ServerControl):
             salt = (p.model + p.messages_sha).encode() if cfg.greedy else body + self._counter.to_bytes(8, "little")
             digest = blake2b(salt, digest_size=16).digest()
             text, words, reason = shape(reply_text(digest, answer, cfg.wrong_rate, p.last_user), p.max_tokens, p.stop)
+            if cfg.refusal_rate and digest[15] < cfg.refusal_rate * 256:  # stopped part way by a safety filter
+                kept = text.split()[: max(1, words // 2)]
+                text, words, reason = " ".join(kept), len(kept), "content_filter"
             ctoks += words
             outs.append((text, reason))
         cached = self._cache.cached(f"{proto}:{p.model}:{p.messages_sha}", ptoks) if cfg.prompt_cache else 0

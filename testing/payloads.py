@@ -53,7 +53,8 @@ def error_object(proto: str, status: int, message: str, kind: str | None = None)
 
 def openai_completion(rid: str, model: str, outs: list[tuple[str, str]], ptoks: int, ctoks: int,
                       cached: int = 0) -> dict[str, Any]:
-    """A chat.completion; `outs` are (text, reason) with reason "stop", "stop_sequence" or "length"."""
+    """A chat.completion; `outs` are (text, reason) with reason "stop", "stop_sequence", "length" or
+    "content_filter"."""
     return {
         "id": f"chatcmpl-{rid}",
         "object": "chat.completion",
@@ -64,7 +65,7 @@ def openai_completion(rid: str, model: str, outs: list[tuple[str, str]], ptoks: 
                 "index": i,
                 "message": {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None,
-                "finish_reason": "length" if reason == "length" else "stop",
+                "finish_reason": reason if reason in ("length", "content_filter") else "stop",
             }
             for i, (text, reason) in enumerate(outs)
         ],
@@ -89,7 +90,7 @@ def anthropic_message(rid: str, model: str, out: tuple[str, str], stop: list[str
         "role": "assistant",
         "model": model,
         "content": [{"type": "text", "text": text}],
-        "stop_reason": {"length": "max_tokens", "stop": "end_turn"}.get(reason, reason),
+        "stop_reason": {"length": "max_tokens", "stop": "end_turn", "content_filter": "refusal"}.get(reason, reason),
         "stop_sequence": stop_seq,
         "usage": ({"input_tokens": ptoks, "output_tokens": ctoks} if cached is None else
                   {"input_tokens": ptoks - cached, "output_tokens": ctoks, "cache_read_input_tokens": cached,

@@ -156,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-error-rate", type=float, default=0.0)
     ap.add_argument("--batch-enqueued-tokens", type=int,
                     help="OpenAI's enqueued token limit: a batch that would go over fails with token_limit_exceeded")
+    ap.add_argument("--refusal-rate", type=float, default=0.0,
+                    help="share of answers stopped part way (OpenAI content_filter, Anthropic refusal)")
     ap.add_argument("--batch-cut-lines", type=int, default=0, metavar="N",
                     help="the last N lines of an OpenAI batch's output file are cut off mid-way")
     ap.add_argument("--batch-create-hang", type=int, default=0, metavar="N",
@@ -188,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         batch_expire_s=args.batch_expire_s, batch_fail=args.batch_fail, batch_error_rate=args.batch_error_rate,
         batch_enqueued_tokens=args.batch_enqueued_tokens, batch_max_bytes=args.batch_max_bytes,
         batch_create_hang=args.batch_create_hang, batch_cut_lines=args.batch_cut_lines,
+        refusal_rate=args.refusal_rate,
         usage_factor=args.usage_factor, no_usage_rate=args.no_usage_rate, echo_key=args.echo_key,
         garbled_headers=args.garbled_headers,
     )

@@ -86,6 +86,9 @@ class ServerConfig:
     batch_cut_lines: int = 0
     # Faults of a dishonest or sloppy provider (a gateway, an OpenAI-compatible server):
     usage_factor: float = 1.0  # reported usage = real usage x this (> 1: a provider that overbills)
+    # Share of answers the provider's safety system stops part way: the text is cut, and OpenAI says
+    # finish_reason "content_filter", Anthropic stop_reason "refusal" (billed as written).
+    refusal_rate: float = 0.0
     no_usage_rate: float = 0.0  # share of 200s whose body has no `usage` (counted as malformed)
     echo_key: bool = False  # a 401 body repeats the key it was sent, as some gateways do
     # Rate-limit headers that are not numbers (`inf`, `nan`, `1.2.3s`, a date that is not one), as
@@ -98,7 +101,7 @@ class ServerConfig:
         if self.usage_factor <= 0:
             raise ValueError(f"ServerConfig.usage_factor must be > 0, got {self.usage_factor}")
         for name in ("error_rate", "drop_rate", "malformed_rate", "slow_rate", "wrong_rate", "batch_error_rate",
-                     "no_usage_rate"):
+                     "no_usage_rate", "refusal_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"ServerConfig.{name} must be in [0, 1], got {v}")

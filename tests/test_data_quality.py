@@ -103,6 +103,27 @@ def test_answers_cut_off_at_max_tokens_are_rejected_counted_and_exported_with_th
         assert reasons == ["stop"] * accepted
 
 
+@pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
+def test_answers_a_safety_filter_stopped_are_rejected_even_with_keep_truncated(tmp_path, provider):
+    # QA: OpenAI's finish_reason "content_filter" (text cut part way) and Anthropic's stop_reason
+    # "refusal" were accepted and exported as training data, with no verifier to catch them.
+    from synthledger.testing.server import ServerConfig
+
+    url_db = f"sqlite:///{tmp_path / 's.db'}"
+    store = EventStore(url_db)
+    with run_in_thread(ServerConfig(refusal_rate=0.4)) as srv:
+        cfg = run_config(tmp_path, provider, srv.url, queries=20, quality={"keep_truncated": True},
+                         verifier={"name": "none"})
+        result = generate(config_from_dict(cfg), store, show_progress=False)
+    settled = events(store, result.run_id, "query_settled")
+    stopped = {p["query_id"] for p in settled if p["finish_reason"] == "content_filter"}
+    assert 0 < len(stopped) < len(settled)
+    rejected = [p for p in events(store, result.run_id, "sample_rejected") if p.get("kind") == "filtered"]
+    assert sorted(p["details"]["query_id"] for p in rejected) == sorted(stopped)
+    rows = export(url_db, result.run_id, "jsonl", tmp_path / "out.jsonl")
+    assert len(rows) == len(settled) - len(stopped) and all(r["finish_reason"] == "stop" for r in rows)
+
+
 def test_keep_truncated_keeps_them_and_says_so_in_every_format(tmp_path):
     url_db = f"sqlite:///{tmp_path / 's.db'}"
     store = EventStore(url_db)

@@ -73,6 +73,14 @@ def truncated(reply: Reply) -> Problem:
                    {"query_id": reply.query_id, "role": reply.role, "purpose": reply.purpose})
 
 
+def filtered(reply: Reply) -> Problem:
+    """A sample rejected because the provider's safety system stopped `reply` part way (OpenAI's
+    finish_reason "content_filter", Anthropic's stop_reason "refusal")."""
+    return Problem("filtered", f"filtered: the {reply.role}'s {reply.purpose} reply was stopped by the provider's "
+                               "content filter (or a refusal) part way",
+                   {"query_id": reply.query_id, "role": reply.role, "purpose": reply.purpose})
+
+
 def answer_reply(replies: list[Reply]) -> Reply | None:
     """The reply the sample's answer came from: the last one asked for an answer (else the last
     teacher reply, else none: the answer is not a model's, e.g. a seed's own)."""
@@ -140,6 +148,9 @@ class QualityGate:
     # ---- the check -------------------------------------------------------------------------
     def check(self, item_key: str, sample: Sample, replies: list[Reply]) -> Problem | None:
         """None to go on to the verifier, else why the sample is rejected."""
+        stopped = [r for r in replies if r.finish_reason == "content_filter"]
+        if stopped:  # (kept by no option: what a safety filter left of an answer is no answer)
+            return filtered(stopped[-1])
         cut = [r for r in replies if r.finish_reason == "length"]
         if cut and not self.keep_truncated:
             return truncated(cut[-1])

@@ -10,7 +10,11 @@ from typing import Any
 
 from synthledger.engine.api import ChatRequest, Completion, Usage
 
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+# Anthropic's stop reasons in OpenAI's words, which the engine reads: an answer cut off (by max_tokens,
+# the context window, or a long turn paused to be continued) is "length"; one a refusal stopped part
+# way is "content_filter". Either is an incomplete answer, never a training sample.
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "model_context_window_exceeded": "length",
+           "pause_turn": "length", "refusal": "content_filter"}
 
 
 def split_system(messages: tuple[dict[str, str], ...]) -> tuple[str | None, list[dict[str, str]]]:
