@@ -424,6 +424,17 @@ def test_seed_subsets_are_nested_within_a_replicate_and_differ_between_replicate
 
 
 # ---- statistics --------------------------------------------------------------------------------
+def test_replicates_scored_on_one_held_out_set_get_no_narrower_an_interval_than_one_evaluation():
+    # QA: an untrained student (one evaluation, present in both replicates) got 1.7-13.3% where its
+    # own interval is 0-16.7%: each replicate's copy of the held-out set was resampled apart, as if
+    # scored on sets of their own.
+    cell = Scored.parse("11" + "0" * 28)
+    alone = interval([w["u"] for w in bootstrap({0: {"u": cell}}, 30, 2000, seed=3)])
+    both = interval([w["u"] for w in bootstrap({0: {"u": cell}, 1: {"u": cell}}, 30, 2000, seed=3)])
+    assert both[0] == pytest.approx(alone[0], abs=0.02) and both[1] == pytest.approx(alone[1], abs=0.02)
+    assert both[0] == 0.0 and both[1] >= 0.15
+
+
 def test_crossover_is_interpolated_on_log_br():
     value, note = crossover([2.0, 8.0, 32.0], [-0.2, -0.1, 0.1])
     assert value == pytest.approx(16.0) and note == ""  # half way between 8 and 32 in log space
