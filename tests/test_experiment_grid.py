@@ -152,6 +152,24 @@ def test_rerunning_a_finished_experiment_does_nothing(grid_run):
     assert grid_run["server"].stats()["answered"] == before
 
 
+@pytest.mark.parametrize("edit", ["heldout.jsonl", "seeds.jsonl"])
+def test_a_rerun_after_its_seeds_or_held_out_file_changed_is_refused(grid_run, edit):
+    # QA: the grid hash names the files, not what is in them. A held-out file cut to 20 rows between
+    # two sessions scored 3 cells on the old 30 examples and 3 on the new 20, in one table; changed
+    # seed answers trained one cell on the new ones.
+    path = grid_run["folder"] / edit
+    kept = path.read_text()
+    try:
+        lines = kept.splitlines(keepends=True)
+        path.write_text("".join(lines[:-1]) if edit == "heldout.jsonl" else kept.replace("####", "#### 99"))
+        res = cli("experiment", "run", str(grid_run["grid"]), "--store", grid_run["store"], "--no-progress", ok=False)
+    finally:
+        path.write_text(kept)
+    what = "held-out examples" if edit == "heldout.jsonl" else "seed examples"
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"the {what} of experiment 'grid' changed since it started" in " ".join(res.stderr.split())
+
+
 def test_another_experiment_in_its_workdir_is_refused_before_it_pays(grid_run):
     # `--set experiment.name=grid2` (or the same grid against another store) ran in the same `work/`:
     # it retrained the students and replaced the predictions the first store's runs point at.

@@ -3,6 +3,8 @@ held-out examples, each strategy's minimum budget. Nothing here writes to the st
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,12 @@ class Prepared:
     heldout: list[dict[str, str]]
     minimum: dict[str, int] = field(default_factory=dict)  # strategy -> counted queries of one sample
     student: str = ""
+
+    def digests(self) -> dict[str, str]:
+        """What the cells are made from, as digests (see ExperimentGrid.inputs)."""
+        seeds = {f"{rep}/{size}": [[s.question, s.answer] for s in subset]
+                 for (rep, size), subset in sorted(self.subsets.items())}
+        return {"seeds": _digest(seeds), "heldout": _digest(self.heldout)}
 
     def cell(self, cell_id: str) -> Cell:
         for c in self.cells:
@@ -127,6 +135,10 @@ def _heldout(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> list[di
         return ev_cls(options).heldout(questions, base_dir=str(exp.path.resolve().parent))
     except ValueError as exc:
         raise ConfigError(f"{exp.path}: experiment.eval.heldout: {exc}") from None  # (missing, or overlapping)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def prepare(exp: Experiment) -> Prepared:

@@ -48,6 +48,7 @@ class ExperimentState:
     info: RunInfo
     cells: dict[str, CellRecord] = field(default_factory=dict)
     heldout: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # see ExperimentGrid.inputs
     bootstrap: int = 1000
     result: dict[str, Any] | None = None
     stale: bool = True  # a cell changed after the last recorded result
@@ -91,6 +92,7 @@ def _started(state: ExperimentState, p: dict[str, Any]) -> None:
 def _grid(state: ExperimentState, p: dict[str, Any]) -> None:
     state.cells = {c["id"]: CellRecord(Cell.from_dict(c)) for c in p["cells"]}
     state.heldout = p.get("heldout") or {}
+    state.inputs = p.get("inputs") or {}
 
 
 def _result(state: ExperimentState, p: dict[str, Any]) -> None:

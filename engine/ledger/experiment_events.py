@@ -22,6 +22,10 @@ class ExperimentGrid(_ExperimentEvent):
     grid_hash: str
     cells: list[dict[str, Any]]
     heldout: dict[str, Any] = {}
+    # Digests of what the cells were made from ("seeds": every cell's seed subset, "heldout": the
+    # examples they are scored on): the grid hash names the files, and a file edited between two
+    # sessions would mix two data sets in one table.
+    inputs: dict[str, str] = {}
 
 
 class CellStarted(_ExperimentEvent):
