@@ -41,6 +41,9 @@ try:
     from synthledger.commands.common import CliError, app  # noqa: E402,F401  (still importable from here)
 except ModuleNotFoundError as _error:
     _missing_dependency(_error)
+except KeyboardInterrupt:  # Ctrl-C while the commands load (a second on a slow machine): nothing began
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 
 def _stacks_on_sigusr1() -> None:
@@ -129,4 +132,8 @@ def _say(line: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # one that lands before a command has its own handling (Typer loading it)
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None

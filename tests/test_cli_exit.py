@@ -131,3 +131,21 @@ def test_output_that_cannot_be_written_is_one_line_and_a_closed_pipe_is_quiet(tm
     events.stdout.close()  # the reader is gone before the first line
     _, err = events.communicate(timeout=60)
     assert events.returncode == 1 and b"Traceback" not in err and err.strip() == b"", err
+
+
+def test_a_ctrl_c_while_the_commands_load_exits_130_without_a_traceback(tmp_path):
+    # QA: a SIGINT in the first second (the CLI still importing) printed a KeyboardInterrupt
+    # traceback. A Ctrl-C is raised as KeyboardInterrupt wherever the main thread is: here 50 ms in,
+    # well inside the imports.
+    code = textwrap.dedent(f"""
+        import runpy, signal, sys
+        def ctrl_c(*_):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGALRM, ctrl_c)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        sys.argv = [{str(ROOT / 'cli.py')!r}, "runs", "--store", "sqlite:///{tmp_path / 'x.db'}"]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 130 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip() == "interrupted"
