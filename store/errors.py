@@ -14,6 +14,10 @@ class ConcurrencyError(StoreError):
     """Someone else extended this run since we last read it, or holds its lease."""
 
 
+class RunMovedOn(ConcurrencyError):
+    """The run's log grew past what the caller read before taking its lease (see EventStore.acquire)."""
+
+
 class RunNotFound(StoreError):
     pass
 

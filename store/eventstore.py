@@ -30,7 +30,7 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
 from .engines import (insert_sql, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
                       sqlite_path, unwritable, wait_ms)
-from .errors import ConcurrencyError, NameTaken, RunNotFound, StoreBusy, StoreError, StoreMissing
+from .errors import ConcurrencyError, NameTaken, RunMovedOn, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .hashing import GENESIS, canonical
 from .keys import KeyIndex
 from .migrations import migrate
@@ -307,9 +307,12 @@ class EventStore(KeyIndex):
             conn.execute(text("UPDATE runs SET status = :s WHERE id = :id"), {"s": status, "id": run_id})
 
     # ---- lease: one process extends a run ---------------------------------------------
-    def acquire(self, run_id: str, owner: str, ttl_s: float = 30.0) -> None:
+    def acquire(self, run_id: str, owner: str, ttl_s: float = 30.0, at_seq: int | None = None) -> None:
         """Take the run's lease, or fail at once naming the holder. A holder is gone when its heartbeat
-        is older than ttl_s, or, on this host, when its process no longer exists."""
+        is older than ttl_s, or, on this host, when its process no longer exists. With `at_seq`, only
+        while the run's log still ends there (RunMovedOn otherwise): a resume folds the log before it
+        takes the lease, and a holder thought gone may have appended since - settlements the resume's
+        budget would not know of, and would pay for again."""
         info = self.get_run(run_id)
         now = time.time()
         holder = info.owner
@@ -319,13 +322,16 @@ class EventStore(KeyIndex):
                 raise ConcurrencyError(
                     f"run {run_id} is being extended by another process ({holder}); "
                     "wait for it to finish or stop it first")
+        same_log = "" if at_seq is None else " AND last_seq = :seq"
         with self._begin() as conn:
             res = conn.execute(
                 text("UPDATE runs SET owner = :me, heartbeat = :now WHERE id = :id AND "
-                     "(owner IS NULL OR owner = :old OR owner = :me)"),
-                {"me": owner, "now": now, "id": run_id, "old": holder},
+                     f"(owner IS NULL OR owner = :old OR owner = :me){same_log}"),
+                {"me": owner, "now": now, "id": run_id, "old": holder, "seq": at_seq},
             )
         if res.rowcount != 1:
+            if at_seq is not None and self.get_run(run_id).last_seq != at_seq:
+                raise RunMovedOn(f"run {run_id} moved on (events were appended) while it was being read")
             raise ConcurrencyError(f"run {run_id} was taken by another process just now")
 
     def take_from(self, run_id: str, owner: str, gone: str) -> bool:

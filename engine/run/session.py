@@ -4,12 +4,13 @@ lease taken, `run_resumed`) - with the journal, ledger, admission and dispatcher
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from typing import Any
 
 from ... import __version__
-from ...store.errors import NameTaken
+from ...store.errors import ConcurrencyError, NameTaken, RunMovedOn
 from ...store.eventstore import EventStore, NewEvent, RunNotFound, StoreMissing, owner_token
 
 from .admission import Admission
@@ -29,6 +30,8 @@ from ..redact import scrub_payload, scrub_value
 from .quality_gate import GATE_EVENTS, QualityGate
 from .reuse import ReuseSource, endpoints_here
 from .store_choice import StoreChoice, choose_store, open_store
+
+RESUME_READS = 3  # reads of a run's log a resume makes while its holder keeps appending, before it gives up
 
 
 def _diff(old: Any, new: Any, path: str = "") -> list[str]:
@@ -122,21 +125,17 @@ class RunSession:
         return run_id
 
     def start_resume(self, run_id: str) -> str:
-        info_before = self.store.get_run(run_id)
-        events = self.store.iter_events(run_id)
-        state = replay(checked_chain(events, (info_before.last_seq, info_before.head_hash),
-                                     lambda v: ResumeRefused(f"run {run_id} cannot be resumed: its event log is "
-                                                             f"damaged at seq {v.seq} ({v.message}); `audit "
-                                                             f"{run_id}` reports it")))
-        if state.plan_hash != self.cfg.plan_hash():
-            diffs = _diff(self._plan_view_of(state.config or {}), self.cfg.plan_view())
-            raise ResumeRefused(
-                f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
-                + "\n  ".join(diffs or ["(plan hash differs)"]))
-        over_before = _overruns(state.ledger)  # (a provider that billed past its cap: not this resume's doing)
-        state.ledger.spec = self.parts.budget  # budgets and limits may change between sessions, but not
-        _refuse_a_budget_below_spend(run_id, state.ledger, over_before)  # below what is spent
-        self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s)
+        for _ in range(RESUME_READS):
+            info_before = self.store.get_run(run_id)
+            state = self._fold_for_resume(run_id, info_before)
+            try:  # only while the log still ends where it was read (a holder thought gone may live)
+                self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s, at_seq=info_before.last_seq)
+                break
+            except RunMovedOn:
+                continue  # read it again: its holder may now be seen alive, or it finished
+        else:
+            raise ConcurrencyError(f"run {run_id} kept moving on while this resume read it: another process is "
+                                   "extending it; wait for it to finish or stop it first")
         info = self.store.get_run(run_id)
         self.ledger = state.ledger
         self.recorder = self._recorder(run_id, info.last_seq, info.head_hash)
@@ -158,6 +157,29 @@ class RunSession:
         self._done = state.done_items
         self._samples_before = (state.accepted, sum(state.rejected.values()))
         return run_id
+
+    def _fold_for_resume(self, run_id: str, info: Any) -> Any:
+        """The run's state from its log as it ends now, refused if its chain is damaged, its plan is
+        not this config's, or this config's budget is below what it spent."""
+        events = self.store.iter_events(run_id)
+        state = replay(checked_chain(events, (info.last_seq, info.head_hash),
+                                     lambda v: ResumeRefused(f"run {run_id} cannot be resumed: its event log is "
+                                                             f"damaged at seq {v.seq} ({v.message}); `audit "
+                                                             f"{run_id}` reports it")))
+        if state.plan_hash != self.cfg.plan_hash():
+            diffs = _diff(self._plan_view_of(state.config or {}), self.cfg.plan_view())
+            raise ResumeRefused(
+                f"run {run_id} was started with a different plan; refusing to mix them. Changed:\n  "
+                + "\n  ".join(diffs or ["(plan hash differs)"]))
+        # As the ledger will stand once this resume is recorded: what was reserved and never sent
+        # released, what was out counted spent (QA: 16 reserved, never sent, were counted).
+        resumed = copy.deepcopy(state.ledger)
+        resumed.apply(info.last_seq + 1, RunResumed.TYPE, {})
+        over_before = _overruns(resumed)  # (a provider that billed past its cap: not this resume's doing)
+        resumed.spec = self.parts.budget  # budgets and limits may change between sessions, but not
+        _refuse_a_budget_below_spend(run_id, resumed, over_before)  # below what is spent
+        state.ledger.spec = self.parts.budget
+        return state
 
     def prices(self) -> dict[str, dict[str, Any]]:
         """The price each model is counted at, as recorded in the run's events."""
