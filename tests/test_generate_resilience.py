@@ -458,6 +458,44 @@ def test_counted_roles_and_per_role_limits(make_run):
     assert served["test-teacher"] == 30 and served["aug-model"] == report["by_role"]["augmenter"]["queries"]
 
 
+def _reserve_unsent(store_url: str, run_id: str, n: int, budget: dict[str, Any]) -> None:
+    """Append what a session (resumed with `budget`) killed between its reservations and their
+    dispatch leaves: `n` queries reserved and never sent (the dispatch is recorded before a send)."""
+    from synthledger.engine.ledger.events import Cost, QueryReserved, RunResumed
+    from synthledger.engine.ledger.journal import Journal
+    from synthledger.store.eventstore import EventStore
+    from synthledger.store.records import owner_token
+
+    store, owner = EventStore(store_url), owner_token()
+    store.acquire(run_id, owner)
+    info = store.get_run(run_id)
+    journal = Journal(store, run_id, info.last_seq, info.head_hash, owner, durable_each=True)
+    journal.emit(RunResumed(pid=os.getpid(), owner=owner, config_hash=info.config_hash, budget=budget))
+    for i in range(n):
+        journal.emit(QueryReserved(query_id=f"qunsent{i}", key=f"k{i}", role="teacher", purpose="answer",
+                                   strategy="answer_augmentation", item=f"unsent{i}", provider="openai-compatible",
+                                   model="test-teacher", worst=Cost(queries=1, input_tokens=10, output_tokens=64)))
+    store.release(run_id, owner, "interrupted")
+    store.close()
+
+
+def test_a_budget_lowered_to_what_was_sent_is_accepted_though_more_was_reserved(make_run):
+    # QA: killed with 95 settled, 16 out and 16 reserved but never sent, the resume refused any
+    # budget under 127 ("has already spent 127 queries"); 111 were spent. What was never sent is
+    # released by the resume, so it is no spend.
+    run, server = make_run()
+    cfg = run.write(budget={"queries": 30})
+    res = run.generate(cfg)
+    run_id, status = last_line(res)
+    assert status == "budget_exhausted"
+    (_, started), = run.events("run_started")
+    _reserve_unsent(run.store, run_id, 5, {**started["budget"], "total": {**started["budget"]["total"], "queries": 40}})
+    res = run.generate(cfg, "--run", run_id)  # with its budget of 30 again: what it sent
+    assert res.returncode == 0 and "already spent" not in res.stderr, res.stderr
+    report = run.audit(run_id)
+    assert report["spent"]["queries"] == 30  # (audit ok: the 5 were released, nothing over)
+
+
 def test_resume_refuses_a_changed_plan_and_accepts_a_changed_budget(make_run):
     run, server = make_run()
     cfg = run.write(budget={"queries": 30})
@@ -542,3 +580,28 @@ def test_identical_queries_are_answered_from_the_store(make_run):
     assert len(rows) == 60
     by_query = Counter(r["metadata"]["query_ids"][0] for r in rows)
     assert len(by_query) == 12 and set(by_query.values()) == {5}
+
+
+def test_ctrl_c_on_a_mix_whose_small_part_is_spent_is_an_interrupt_and_resume_finishes_it(make_run):
+    # QA: a mix of answer augmentation (0.9) and new questions (0.1) stopped by Ctrl-C half way said
+    # `budget_exhausted` (exit 0) as soon as its small part had spent its share; `--resume` then
+    # found no unfinished run, and only `--run ID` went on.
+    run, server = make_run("--latency-ms", "100")
+    cfg = run.write(
+        augmenter={"provider": "openai-compatible", "base_url": run.url + "/v1", "model": "aug-model",
+                   "max_tokens": 48},
+        strategy={"name": "mix", "parts": [{"name": "answer_augmentation", "fraction": 0.9},
+                                           {"name": "new_question", "fraction": 0.1, "check_well_posed": False}]},
+        limits={"max_concurrency": 4}, budget={"queries": 100})
+    proc = run.popen_generate(cfg)
+    # (the new questions' share of 10 is spent by then: 5 questions and their answers)
+    wait_for(lambda: len(run.events("query_settled")) >= 75, 60, "most of the budget to settle", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, (out, err)
+    run_id, status = last_line(subprocess.CompletedProcess([], 0, out, err))
+    assert status == "interrupted", out
+    res = run.generate(cfg, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert last_line(res)[0] == run_id
+    assert run.audit(run_id)["spent"]["queries"] == 100

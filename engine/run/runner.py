@@ -385,7 +385,7 @@ class Runner(RunSession):
             return "failed", self._fatal
         if finished and not self._stopping and not self._exhausted and not self._bounced:
             return "completed", "the plan is complete"
-        if self._stopping and not self._exhausted:
+        if self._stopping and not self._spent_out():  # (a mix part spent its share: the others had not)
             return "interrupted", "stopped by a signal; `generate --resume` continues the run"
         spent = self.ledger.total_spent()
         if self._admits_nothing(spent):
