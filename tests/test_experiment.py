@@ -442,6 +442,9 @@ def test_crossover_is_interpolated_on_log_br():
     assert "ahead (or tied)" in crossover([2.0, 8.0], [-0.1, 0.0])[1]
     assert "the same" in crossover([2.0, 8.0], [0.0, 0.0])[1]
     assert crossover([2.0, 8.0, 32.0], [0.0, 0.2, 0.3])[0] == pytest.approx(2.0)
+    # QA: answers 16.7/6.7/23.3%, questions 10/13.3/10%: the crossover, and answers ahead again after it
+    value, note = crossover([1.0, 2.0, 4.0], [-0.067, 0.066, -0.133])
+    assert value == pytest.approx(2 ** (0.067 / 0.133), rel=1e-3) and note == "answer augmentation leads again at BR 4"
 
 
 def test_paired_bootstrap_interval_holds_the_estimate_and_skips_unscored_examples():

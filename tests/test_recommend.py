@@ -138,3 +138,36 @@ def test_the_pasted_advice_spends_q_on_teacher_answers(tmp_path):
     reserved = [e.payload for e in EventStore(raw["run"]["store"]).iter_events(result.run_id, types=["query_reserved"])]
     assert result.status == "budget_exhausted"
     assert sum(1 for p in reserved if p["role"] == "teacher") == 60
+
+
+def _measured(aa: tuple[float, float, float], nq: tuple[float, float, float], support: float = 0.98) -> dict:
+    """An experiment's result: crossover BR 1.4 at |S|=4, and the cells at Q=16 (BR 4)."""
+    row = lambda name, v: {"strategy": name, "seed_size": 4, "budget": 16, "accuracy": v[0], "ci_low": v[1],
+                           "ci_high": v[2]}
+    return {"experiment": {"name": "g6", "id": "e1", "status": "completed"},
+            "crossovers": [{"seed_size": 4, "ratio": 1.4, "ci_low": 1.2, "ci_high": 1.7, "support": support,
+                            "note": ""}],
+            "summary": [row("answer_augmentation", aa), row("new_question", nq)]}
+
+
+def test_advice_at_a_point_the_grid_measured_follows_that_measurement():
+    # QA: the first sign change put the crossover at BR 1.4 and the advice at |S|=4, Q=16 said
+    # new_question, though there answer augmentation had measured 23.3% against 10%.
+    from synthledger.engine.experiment.advice import recommend_from
+
+    clear = recommend_from(_measured((0.233, 0.15, 0.32), (0.10, 0.03, 0.14)), seeds=4, budget=16)
+    assert clear.strategy == "answer_augmentation" and clear.fractions is None
+    assert "answer_augmentation is measured best here" in clear.reasons[0] and "23.3%" in clear.reasons[0]
+    overlap = recommend_from(_measured((0.20, 0.10, 0.30), (0.15, 0.05, 0.25)), seeds=4, budget=16)
+    assert overlap.strategy == "new_question" and "intervals overlap" in overlap.reasons[0]
+    elsewhere = recommend_from(_measured((0.233, 0.15, 0.32), (0.10, 0.03, 0.14)), seeds=4, budget=12)
+    assert elsewhere.strategy == "new_question" and not any("measured best" in r for r in elsewhere.reasons)
+
+
+def test_a_crossover_few_bootstrap_draws_found_is_called_weak():
+    from synthledger.engine.experiment.advice import recommend_from
+
+    weak = recommend_from(_measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25), support=0.56), seeds=4, budget=12)
+    assert any("found in 56% of bootstrap draws; a weak measurement" in r for r in weak.reasons)
+    strong = recommend_from(_measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25), support=0.97), seeds=4, budget=12)
+    assert any("found in 97% of bootstrap draws" in r and "weak" not in r for r in strong.reasons)

@@ -95,7 +95,8 @@ def crossover_lines(result: dict[str, Any]) -> list[str]:
         else:
             ci = ("" if c["ci_low"] is None else
                   f", 95% CI {c['ci_low']:.1f}-{c['ci_high']:.1f} (found in {100 * c['support']:.0f}% of bootstrap draws)")
-            out.append(f"crossover at |S|={c['seed_size']} ({c['from']} -> {c['to']}): BR {c['ratio']:.1f}{ci}")
+            again = f"; {c['note']}" if c.get("note") else ""
+            out.append(f"crossover at |S|={c['seed_size']} ({c['from']} -> {c['to']}): BR {c['ratio']:.1f}{ci}{again}")
     return out
 
 

@@ -99,16 +99,19 @@ def bootstrap(replicates: dict[int, dict[Key, Scored]], n: int, draws: int,
 
 def crossover(ratios: list[float], diffs: list[float | None]) -> tuple[float | None, str]:
     """Where `diffs` (questions minus answers, by ascending BR) first turns positive, interpolated
-    linearly on log BR between the two grid points around it; or None and why not."""
+    linearly on log BR between the two grid points around it, with a note if answers lead again at
+    a higher BR; or None and why not."""
     points = [(r, d) for r, d in zip(ratios, diffs) if d is not None]
     if len(points) < 2:
         return None, "fewer than two budgets were scored"
     if points[0][1] > 0:
         return None, "new questions are already ahead at the lowest budget ratio of the grid"
-    for (r0, d0), (r1, d1) in zip(points, points[1:]):
+    for k, ((r0, d0), (r1, d1)) in enumerate(zip(points, points[1:])):
         if d0 <= 0 < d1:
             t = -d0 / (d1 - d0)
-            return math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0))), ""
+            back = [r for r, d in points[k + 2:] if d <= 0]  # the first sign change is not always the last
+            note = f"answer augmentation leads again at BR {back[0]:g}" if back else ""
+            return math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0))), note
     if all(d == 0 for _, d in points):
         return None, "the two strategies score the same at every budget of the grid"
     return None, "answer augmentation is ahead (or tied) at every budget ratio of the grid"
