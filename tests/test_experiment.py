@@ -237,6 +237,19 @@ def test_a_student_folder_that_does_not_load_is_refused_before_anything_runs(gri
     assert "model_type" in message and "\n" not in message
 
 
+def test_a_seeds_only_baseline_over_seeds_without_answers_is_refused_before_anything_runs(grid, tmp_path):
+    # QA: seeds without answers and `baselines = true`: every grid cell was paid and finished, then
+    # the seeds-only cell failed ("no accepted samples to train on") and the experiment exited 1.
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"question": json.loads(line)["question"]}) + "\n"
+                             for line in seeds.read_text().splitlines()))
+    with pytest.raises(ConfigError) as err:
+        prepare(load_experiment(grid))
+    assert "experiment.baselines = true trains a student on the seeds' own answers, and 4 of the seeds have none" \
+        in str(err.value)
+    prepare(load_experiment(grid, ["experiment.baselines=false"]))  # without the baseline: fine
+
+
 @pytest.mark.parametrize("ratios", ["[inf]", "[nan, 1.0]", "[-inf, 2.0]"])
 def test_ratios_that_are_not_finite_are_one_line_naming_the_key(grid, ratios):
     # TOML reads inf and nan as floats: `[inf]` was a traceback (OverflowError), `[nan, 1.0]`

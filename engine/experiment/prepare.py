@@ -99,6 +99,18 @@ def _check_strategies(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -
     return minimum
 
 
+def _check_baselines(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> None:
+    """The seeds-only baseline trains on the seeds' own answers: seeds without one leave it nothing
+    (QA: every grid cell finished, then the baseline failed and the experiment exited 1)."""
+    if not exp.section.baselines:
+        return
+    unanswered = {s.question for seeds in subs.values() for s in seeds if not s.answer}
+    if unanswered:
+        raise ConfigError(f"{exp.path}: experiment.baselines = true trains a student on the seeds' own answers, and "
+                          f"{len(unanswered)} of the seeds have none; set experiment.baselines = false, or give "
+                          "the seeds answers")
+
+
 def _check_train(exp: Experiment) -> str:
     from .. import host
     from ..student.runs import TrainConfig
@@ -147,6 +159,7 @@ def prepare(exp: Experiment) -> Prepared:
         pool = load_pool(exp)
         subs = subsets(pool, exp.seed_sizes, exp.section.replicates, exp.section.seed)
         minimum = _check_strategies(exp, subs)
+        _check_baselines(exp, subs)
         student = _check_train(exp)
         heldout = _heldout(exp, subs)
     except (ValueError, PluginError) as exc:  # ConfigError, SeedError, a missing API key...
