@@ -346,6 +346,17 @@ def test_a_small_held_out_set_gets_one_warning_about_its_intervals():
     assert heldout_lines({"heldout": {"n": 30}}) == [] and heldout_lines({"heldout": {}}) == []
 
 
+def test_cells_scored_on_fewer_held_out_examples_are_named():
+    # QA: held-out questions a new-question cell trained on were left out of its score silently: it
+    # was scored on 2 of 4 examples, the others on all 4 ("every cell on the same examples").
+    from synthledger.engine.experiment.report import heldout_lines
+
+    cells = [{"id": "new_question/s4/q4/r0", "n": 2}, {"id": "answer_augmentation/s4/q4/r0", "n": 30},
+             {"id": "new_question/s4/q8/r0", "n": None}]
+    (line,) = heldout_lines({"heldout": {"n": 30}, "cells": cells, "baseline_cells": []})
+    assert line.startswith("1 cell(s) were scored on fewer than the 30 held-out examples") and "q4/r0 on 2" in line
+
+
 # ---- one workdir, one experiment -----------------------------------------------------------------
 def test_an_experiment_never_runs_in_another_experiments_workdir(grid, tmp_path, monkeypatch):
     # A second name in the same grid file (or the same grid against another store) shares `work/`:

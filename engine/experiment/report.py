@@ -76,13 +76,20 @@ SMALL_HELDOUT = 30
 
 
 def heldout_lines(result: dict[str, Any]) -> list[str]:
-    """One warning when the held-out set is too small for its intervals to separate cells: a table
-    with confidence intervals reads as a measurement whatever n is."""
+    """A warning when the held-out set is too small for its intervals to separate cells (a table with
+    confidence intervals reads as a measurement whatever n is), and one naming the cells scored on
+    fewer examples than the rest (held-out questions that were in their own training data)."""
     n = (result.get("heldout") or {}).get("n")
-    if not n or n >= SMALL_HELDOUT:
-        return []
-    return [f"the held-out set has only {n} examples: at that size the 95% confidence intervals are too wide "
-            f"to tell most cells apart (use {SMALL_HELDOUT} or more, a few hundred to compare strategies)"]
+    out = []
+    if n and n < SMALL_HELDOUT:
+        out.append(f"the held-out set has only {n} examples: at that size the 95% confidence intervals are too wide "
+                   f"to tell most cells apart (use {SMALL_HELDOUT} or more, a few hundred to compare strategies)")
+    short = [c for c in result.get("cells", []) + result.get("baseline_cells", []) if n and c.get("n") is not None and c["n"] < n]
+    if short:
+        named = ", ".join(f"{c['id']} on {c['n']}" for c in short[:4]) + (", ..." if len(short) > 4 else "")
+        out.append(f"{len(short)} cell(s) were scored on fewer than the {n} held-out examples, leaving out held-out "
+                   f"questions that were in their own training data (new questions can write them): {named}")
+    return out
 
 
 def crossover_lines(result: dict[str, Any]) -> list[str]:
