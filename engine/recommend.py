@@ -45,6 +45,9 @@ class Recommendation:
     reasons: list[str] = field(default_factory=list)
     thresholds: dict[str, Threshold] = field(default_factory=dict)
     budget: int | None = None  # Q, in teacher queries
+    # Q counted as an experiment counted it (`recommend --from`): its crossover is in those units.
+    # None: as the research counts it (teacher answers); else the roles, [] for every role.
+    counted_as: list[str] | None = None
 
     def render(self) -> str:
         """What a person reads: the choice, the config section to paste, the reasons and the
@@ -60,7 +63,7 @@ class Recommendation:
         if budget:
             lines += ["", "[budget]", f"queries = {budget['queries']}"]
             if "counted_roles" in budget:
-                lines.append('counted_roles = ["teacher"]')
+                lines.append("counted_roles = [" + ", ".join(f'"{r}"' for r in budget["counted_roles"]) + "]")  # type: ignore[union-attr]
         lines += ["", "why:"] + [f"  - {reason}" for reason in self.reasons]
         if self.thresholds:
             lines += ["", "thresholds:"] + [f"  {name} = {t.value}  ({t.source})" for name, t in self.thresholds.items()]
@@ -72,6 +75,8 @@ class Recommendation:
         a third of the samples at the same `queries` (new question: augmenter, check, teacher)."""
         if self.budget is None:
             return {}
+        if self.counted_as is not None:
+            return {"queries": self.budget, **({"counted_roles": self.counted_as} if self.counted_as else {})}
         names = [self.strategy] if self.fractions is None else list(self.fractions)
         if any(name in QUESTION_STRATEGIES for name in names):
             return {"queries": self.budget, "counted_roles": ["teacher"]}

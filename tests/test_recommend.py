@@ -171,3 +171,20 @@ def test_a_crossover_few_bootstrap_draws_found_is_called_weak():
     assert any("found in 56% of bootstrap draws; a weak measurement" in r for r in weak.reasons)
     strong = recommend_from(_measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25), support=0.97), seeds=4, budget=12)
     assert any("found in 97% of bootstrap draws" in r and "weak" not in r for r in strong.reasons)
+
+
+def test_advice_from_an_experiment_counts_q_as_the_experiment_counted_its_budgets():
+    # QA: a grid whose base config counted every role measured its crossover in those units, and the
+    # advice applied it as teacher answers, printing `counted_roles = ["teacher"]`.
+    from synthledger.engine.experiment.advice import recommend_from
+
+    every = _measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25))
+    every["experiment"]["counted_roles"] = None
+    rec = recommend_from(every, seeds=4, budget=12)
+    assert rec.strategy == "new_question" and rec.budget_config() == {"queries": 12}
+    assert "counted_roles" not in rec.render() and any("Q counts the queries of every role" in r for r in rec.reasons)
+    teacher = _measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25))
+    teacher["experiment"]["counted_roles"] = ["teacher"]
+    rec = recommend_from(teacher, seeds=4, budget=12)
+    assert rec.budget_config() == {"queries": 12, "counted_roles": ["teacher"]}
+    assert 'counted_roles = ["teacher"]' in rec.render()

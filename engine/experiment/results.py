@@ -50,6 +50,7 @@ class ExperimentState:
     heldout: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # see ExperimentGrid.inputs
     bootstrap: int = 1000
+    counted_roles: list[str] | None = None  # the base config's: what a budget Q of the grid counts (None: every role)
     result: dict[str, Any] | None = None
     stale: bool = True  # a cell changed after the last recorded result
     status: str | None = None
@@ -86,7 +87,9 @@ def _on_cell(state: ExperimentState, p: dict[str, Any], handle: Callable[..., No
 
 
 def _started(state: ExperimentState, p: dict[str, Any]) -> None:
-    state.bootstrap = int(((p.get("config") or {}).get("experiment") or {}).get("bootstrap") or 1000)
+    config = p.get("config") or {}
+    state.bootstrap = int((config.get("experiment") or {}).get("bootstrap") or 1000)
+    state.counted_roles = ((config.get("base") or {}).get("budget") or {}).get("counted_roles")
 
 
 def _grid(state: ExperimentState, p: dict[str, Any]) -> None:
@@ -238,7 +241,8 @@ def build_result(state: ExperimentState) -> dict[str, Any]:
     rows = _rows(cells, points, cis)
     info = state.info
     return {
-        "experiment": {"id": info.id, "name": info.name, "status": state.status or info.status},
+        "experiment": {"id": info.id, "name": info.name, "status": state.status or info.status,
+                       "counted_roles": state.counted_roles},
         "heldout": state.heldout,
         "cells": [c for c in cells if c["kind"] == "grid"],
         "summary": [r for r in rows if r["kind"] == "grid"],
