@@ -87,6 +87,25 @@ def test_nothing_listening_stops_the_run_at_once_naming_the_url(tmp_path, provid
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+def test_an_unreachable_proxy_is_named_not_taken_for_a_wrong_base_url(tmp_path, provider, monkeypatch):
+    # QA: HTTP_PROXY pointing where nothing listens, the teacher up: "is the server running, and is
+    # [teacher] base_url right?", the proxy unmentioned. Its password must not be shown.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://alice:Pr0xyPassw0rdZZ@127.0.0.1:{port}")
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        result = generate(config_from_dict(run_config(tmp_path, provider, srv.url)), store, show_progress=False)
+    assert result.status == "failed"
+    assert f"through the proxy http://127.0.0.1:{port} that the environment names" in result.message, result.message
+    assert result.message.endswith("is the proxy up (HTTPS_PROXY / HTTP_PROXY), or should the host be in NO_PROXY?")
+    assert "Pr0xyPassw0rdZZ" not in result.message and "alice" not in result.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_base_url_with_no_chat_api_at_its_path_stops_the_run_at_the_first_naming_base_url(tmp_path, provider):
     """A missing or doubled /v1 answers HTTP 404 to every request, before any answer: not five
     "invalid requests" that never say where to look, but one line naming the URL and the key."""
