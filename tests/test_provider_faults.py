@@ -9,6 +9,7 @@ settled at what was reported (that is what will be billed), the run stops with t
 from __future__ import annotations
 
 import json
+import re
 
 from synthledger.engine.api import Usage
 from synthledger.engine.ledger.ledger import Amount
@@ -71,6 +72,9 @@ def test_a_fault_that_breaks_a_limit_is_named_as_the_cause_in_audit(tmp_path):
     assert audit.rc == 1 and not report["ok"]
     assert report["spent"]["output_tokens"] > 100
     assert any("provider_fault" in v["message"] for v in report["violations"]), report["violations"]
+    # The summary says what was spent, past the limit too (it was capped: "... of 100 (100.0%)").
+    said = re.search(r"output_tokens (\d+) of 100 \((\d+\.\d)%\)", res.stderr)
+    assert said and int(said[1]) == report["spent"]["output_tokens"] and float(said[2]) == int(said[1]), res.stderr
 
 
 def test_honest_usage_is_no_fault(tmp_path):

@@ -121,8 +121,8 @@ class RunProgress:
             return f"{dim} {_amount(dim, done)} (no limit)", 0.0
         if limit <= 0:  # a run that asks nothing (an experiment's seeds-only cell)
             return f"{dim} {_amount(dim, done)} of {_amount(dim, limit)}", 1.0
-        frac = min(1.0, done / limit)
-        text = f"{dim} {_amount(dim, done)} of {_amount(dim, limit)} ({100 * frac:.1f}%)"
+        frac = min(1.0, done / limit)  # (the bar's fraction; the words say what was spent, even past it)
+        text = f"{dim} {_amount(dim, done)} of {_amount(dim, limit)} ({100 * done / limit:.1f}%)"
         usd = self.ledger.total_spent().usd
         if projection and usd > 0 and frac > 0:
             projected = usd / frac
