@@ -26,21 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..api import UNREADABLE, BatchAPI, ChatRequest
+from ..api import BatchAPI, ChatRequest
 from ..errors import FailureKind, FatalRunError, RunStopping, TeacherError
 from ..ledger.events import BatchPrepared, BatchStatus, BatchSubmitted, QueryDispatched
 from ..ledger.ledger import Amount
+from .batch_calls import RETRY_S, from_provider, read_results
 from .batch_outcomes import BatchOutcomes, Pending
 from .batch_room import BatchRoom, typical_tokens
-from ..redact import one_line
 from .samples import Member
 
 if TYPE_CHECKING:
     from ..scheduler.endpoint import Endpoint
     from .dispatcher import Dispatcher
 
-RETRY_S = 5.0  # wait after a failed poll or results download before trying again
-SAY_AFTER = 6  # failed tries in a row before a run warning says so (30 s)
 
 
 class BatchUnsure(Exception):
@@ -241,15 +239,15 @@ class BatchQueue(BatchOutcomes):
         last = None
         try:
             while True:
-                view = await self._from_provider(batch_id, "poll", lambda: self.api.poll(batch_id))
+                view = await from_provider(batch_id, "poll", lambda: self.api.poll(batch_id), self._warn_once)
                 if view.status != last:
                     d.recorder.emit(BatchStatus(key=key, status=view.status, counts=view.counts))
                     last = view.status
                 if view.ended:
                     break
                 await anyio.sleep(self.api.poll_s)
-            results = await self._from_provider(batch_id, "download the results of", lambda: self._results(batch_id)) \
-                if last != "failed" else {}
+            results = await from_provider(batch_id, "download the results of", lambda: read_results(self.api, batch_id),
+                                          self._warn_once) if last != "failed" else {}
         except FatalRunError as stop:  # the batch stays with the provider, its queries with it; the run
             for p in pendings.values():  # stops (raised through the queue: an adopted batch has no asker)
                 self._waiting.pop(p.member.qid, None)
@@ -261,34 +259,6 @@ class BatchQueue(BatchOutcomes):
             f" ({view.message})" if view.message else ""))
         no_room = last == "failed" and view.over_token_limit and self._no_room(key, view, len(pendings))
         self._settle_all(key, pendings, results, last or "ended", note, no_room=no_room)
-
-    async def _results(self, batch_id: str) -> dict[str, Any]:
-        """The batch's results; results that cannot be read at all (a provider plugin's bug, a
-        format it does not know) are every request's, maybe billed: counted spent, never free."""
-        try:
-            return await self.api.results(batch_id)
-        except TeacherError:
-            raise
-        except Exception as exc:
-            return {UNREADABLE: TeacherError(FailureKind.MALFORMED, f"the batch's results could not be read: "
-                                             f"{type(exc).__name__}: {one_line(str(exc), 200)}", maybe_billed=True)}
-
-    async def _from_provider(self, batch_id: str, what: str, call: Any) -> Any:
-        """A poll or a download, tried again while its failures may pass (said once they persist);
-        FatalRunError when they cannot (the key revoked, the batch unknown): a resume follows it."""
-        tries = 0
-        while True:
-            try:
-                return await call()
-            except TeacherError as err:
-                if not err.kind.retryable:
-                    raise FatalRunError(f"cannot {what} batch {batch_id}: {one_line(err.message, 200)}; it stays "
-                                        "with the provider, and `generate --resume` follows it again") from err
-                tries += 1
-                if tries == SAY_AFTER:
-                    self._warn_once(f"batch_{what}", f"cannot {what} batch {batch_id} ({tries} tries: "
-                                                     f"{one_line(err.message, 160)}); trying again every {RETRY_S:g}s")
-                await anyio.sleep(RETRY_S)
 
     # ---- a resumed run: batches an earlier session submitted -----------------------------------
 
