@@ -131,6 +131,7 @@ def grid(tmp_path, loadable_student) -> Path:
      "experiment.strategies: no strategy named 'no_such_strategy'"),
     (["experiment.seed_sizes=[64]"], "the largest seed set (64) needs more seeds"),
     (["experiment.eval.colour=1"], "experiment.eval.colour: unknown key"),
+    (['experiment.eval.task="nosuch"'], "grid.toml: experiment.eval.task: no task named 'nosuch'"),
     (["experiment.budgts=[8]"], "experiment.budgts: unknown key (did you mean `budgets`?)"),
     (["experiment.eval.heldot=\"x.jsonl\""], "experiment.eval.heldot: unknown key (did you mean `heldout`?)"),
     (["experiment.strategy_options.new_questions.check_well_posed=false"],

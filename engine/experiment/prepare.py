@@ -139,7 +139,12 @@ def _heldout(exp: Experiment, subs: dict[tuple[int, int], list[Any]]) -> list[di
     ev = exp.section.eval
     ev_cls = host.get("evaluators", ev.evaluator)
     options = validate_plugin_options(ev_cls.Options, {"heldout": ev.heldout, "limit": ev.limit}, "experiment.eval")
-    host.get("tasks", exp.task)
+    try:
+        host.get("tasks", exp.task)
+    except PluginError as exc:  # (the grid's eval.task, or the base config's [task] it defaults to)
+        if ev.task:
+            raise ConfigError(f"{exp.path}: experiment.eval.task: {exc}") from None
+        raise ConfigError(f"{(exp.path.resolve().parent / exp.section.base).resolve()}: task.name: {exc}") from None
     if not hasattr(ev_cls(options), "heldout"):
         raise ConfigError(f"{exp.path}: experiment.eval.evaluator {ev.evaluator!r} cannot load a held-out set")
     questions = {s.question for seeds in subs.values() for s in seeds}
