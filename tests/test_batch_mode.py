@@ -58,7 +58,8 @@ def test_a_batch_run_settles_every_query_at_batch_prices(project, provider, base
     # gpt-4o-mini online is $0.15 / $0.60 per million tokens; batches are half that.
     expected = (stats["input_tokens"] * 0.075 + stats["output_tokens"] * 0.30) / 1e6
     assert spent["usd"] == pytest.approx(expected, rel=1e-6)
-    assert report["batches"] == {"batches": 1, "queries": 40, "ended": {"completed" if provider == "openai" else "ended": 1}}
+    assert report["batches"] == {"batches": 1, "queries": 40, "ended": {"completed" if provider == "openai" else "ended": 1},
+                                 "failed": 0}
     statuses = [e["status"] for e in proj.events("batch_status")]
     assert statuses[-1] in ("completed", "ended")
     # Reserved before submission: every query's reservation precedes the batch's preparation.
@@ -192,6 +193,8 @@ def test_requests_a_batch_answered_with_errors_are_retried_in_the_next_batch_and
     assert failed and not any(e["maybe_billed"] for e in failed)
     stats = srv.stats()
     assert stats["batches"] >= 2  # the errored ones went out again, in a later batch
+    # An Anthropic batch always "ended": the summary counts its requests that did not run.
+    assert report["batches"]["failed"] == len(failed)
     assert stats["batch_requests"] == 40  # what the server answered: each query once, its errors aside
     assert report["counts"]["settled"] == 40 == report["spent"]["queries"]
     assert (report["spent"]["input_tokens"], report["spent"]["output_tokens"]) == (stats["input_tokens"],

@@ -25,6 +25,7 @@ class SharingAudit:
         self.batches = 0
         self.batch_queries = 0
         self.batch_ends: Counter[str] = Counter()
+        self.batch_failed = 0
         self.notes: list[str] = []
         self.pauses = 0
 
@@ -43,6 +44,7 @@ class SharingAudit:
 
     def _batch_finished(self, seq: int, p: dict[str, Any]) -> None:
         self.batch_ends[p.get("status", "?")] += 1
+        self.batch_failed += int(p.get("failed") or 0)  # (an Anthropic batch always "ended": its requests say how)
 
     def _rate_adjusted(self, seq: int, p: dict[str, Any]) -> None:
         self.pauses += bool(p.get("pause_s"))
@@ -77,7 +79,8 @@ class SharingAudit:
                                 "output_tokens": self.output_tokens,
                                 "split": "prompt tokens evenly, completion tokens by answer length",
                                 "incomplete": len(self._open)},
-            "batches": {"batches": self.batches, "queries": self.batch_queries, "ended": dict(self.batch_ends)},
+            "batches": {"batches": self.batches, "queries": self.batch_queries, "ended": dict(self.batch_ends),
+                        "failed": self.batch_failed},
             "pacing": {"pauses": self.pauses, "notes": self.notes},
         }
 
@@ -99,7 +102,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if b.get("batches"):
         ended = ", ".join(f"{k} {v}" for k, v in sorted(b["ended"].items())) or "none ended"
         # (attempts: a request that expired or failed in one batch goes again in a later one)
-        lines.append(f"{b['queries']} query attempts went out in {b['batches']} provider batches ({ended})")
+        failed = (f"; {b['failed']} of the attempts failed, expired or were cancelled (retried or released)"
+                  if b.get("failed") else "")
+        lines.append(f"{b['queries']} query attempts went out in {b['batches']} provider batches ({ended}){failed}")
     pc = summary.get("pacing") or {}
     if pc.get("notes"):
         lines.append(f"pacing: {len(pc['notes'])} change(s), {pc['pauses']} pause(s); last: {pc['notes'][-1]}")
