@@ -424,3 +424,13 @@ def test_a_batch_that_can_no_longer_be_polled_stops_the_run_and_a_resume_follows
     res = proj.generate(cfg, "--resume")
     report = completed(proj, res)
     assert srv.stats()["batches"] == 1 and report["counts"]["settled"] == 8 == report["spent"]["queries"]
+
+
+def test_the_audit_text_counts_the_attempts_a_batch_did_not_run():
+    from synthledger.engine.ledger.audit_sharing import summary_lines
+
+    (line,) = summary_lines({"batches": {"batches": 2, "queries": 24, "ended": {"ended": 2}, "failed": 4}})
+    assert line == ("24 query attempts went out in 2 provider batches (ended 2); 4 of the attempts failed, expired "
+                    "or were cancelled (retried or released)")
+    (line,) = summary_lines({"batches": {"batches": 1, "queries": 20, "ended": {"completed": 1}, "failed": 0}})
+    assert line == "20 query attempts went out in 1 provider batches (completed 1)"
