@@ -188,3 +188,13 @@ def test_advice_from_an_experiment_counts_q_as_the_experiment_counted_its_budget
     rec = recommend_from(teacher, seeds=4, budget=12)
     assert rec.budget_config() == {"queries": 12, "counted_roles": ["teacher"]}
     assert 'counted_roles = ["teacher"]' in rec.render()
+
+
+def test_advice_of_a_strategy_the_grid_never_ran_says_it_is_not_measured():
+    from synthledger.engine.experiment.advice import recommend_from
+
+    rec = recommend_from(_measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25)), seeds=4, budget=12, augmenter="weak")
+    assert rec.strategy == "question_rephrase"
+    assert any(r.startswith("question_rephrase was not in experiment g6's grid") for r in rec.reasons)
+    strong = recommend_from(_measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25)), seeds=4, budget=12)
+    assert not any("was not in experiment" in r for r in strong.reasons)

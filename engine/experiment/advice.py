@@ -92,6 +92,13 @@ def recommend_from(result: dict[str, Any], seeds: int, budget: int, augmenter: s
     else:
         rec.reasons.insert(0, why_not)
     _heed_the_point(rec, *measured_here(result, seeds, budget))
+    ran = {r["strategy"] for r in result.get("summary", [])}
+    advised = [rec.strategy] if rec.fractions is None else list(rec.fractions)
+    unmeasured = [name for name in advised if ran and name not in ran]
+    if unmeasured:  # (QA: a weak augmenter's question_rephrase, advised from a grid that never ran it)
+        rec.reasons.append(f"{', '.join(unmeasured)} was not in experiment {exp['name']}'s grid: advising it rests on "
+                           "the literature (rephrasing holds up with a weak augmenter), not on your task; add it "
+                           "to the grid to measure it")
     rec.reasons.append(f"source experiment: {exp['name']} ({exp['id']}), status {exp['status']}")
     return rec
 
