@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api import environment_proxy, without_credentials
 from ..errors import FailureKind, TeacherError
 
 
@@ -18,24 +19,6 @@ def endpoint_url(teacher: Any) -> str:
     """Where a teacher sends its requests, as the user configured it (or the SDK's default)."""
     url = getattr(teacher, "url", None)
     return str(url) if url else f"the {getattr(teacher, 'provider', '?')} provider"
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy HTTP(S)_PROXY names for `url` (less NO_PROXY), as scheme://host:port - never its
-    credentials - or None. (The SDKs and our own client all honour these variables.)"""
-    import os
-
-    if "://" not in url or not any(name.lower().endswith("_proxy") for name in os.environ):
-        return None
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies_environment, proxy_bypass_environment
-
-    target = urlsplit(url)
-    proxy = getproxies_environment().get(target.scheme.lower())
-    if not proxy or proxy_bypass_environment(target.netloc):
-        return None
-    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, url: str,
@@ -66,11 +49,11 @@ def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, 
         return (f"the {role} endpoint {url} serves no API at that path ({err.message}); "
                 f"is [{section}] base_url right (with or without /v1)?")
     if err.kind is FailureKind.CONNECTION and not err.maybe_billed and answered == 0:
-        proxy = proxy_for(url)
+        proxy = environment_proxy(url)
         if proxy is not None:  # (QA: an unreachable proxy was reported as a wrong base_url)
-            return (f"cannot connect to the {role} endpoint {url} through the proxy {proxy} that the environment "
-                    f"names ({err.message}); is the proxy up (HTTPS_PROXY / HTTP_PROXY), or should the host be "
-                    "in NO_PROXY?")
+            return (f"cannot connect to the {role} endpoint {url} through the proxy {without_credentials(proxy)} "
+                    f"that the environment names ({err.message}); is the proxy up (HTTPS_PROXY / HTTP_PROXY), or "
+                    "should the host be in NO_PROXY?")
         return (f"cannot connect to the {role} endpoint {url} ({err.message}); "
                 f"is the server running, and is [{section}] base_url right?")
     return None

@@ -9,26 +9,19 @@ rules (lower-case names win, NO_PROXY matched as urllib matches it); its credent
 from __future__ import annotations
 
 import base64
-import os
 from urllib.parse import unquote, urlsplit
 
+from synthledger.engine.api import environment_proxy, without_credentials
 from synthledger.engine.redact import register
 
 
 def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
     """(proxy URL without credentials, headers for the proxy) or (None, None)."""
-    if not any(name.lower().endswith("_proxy") for name in os.environ):
-        return None, None  # (nearly always: skip importing urllib.request)
-    from urllib.request import getproxies_environment, proxy_bypass_environment
-
-    target = urlsplit(url)
-    proxy = getproxies_environment().get(target.scheme.lower())
-    if not proxy or proxy_bypass_environment(target.netloc):
+    proxy = environment_proxy(url)
+    if proxy is None:
         return None, None
-    if "://" not in proxy:
-        proxy = "http://" + proxy
     parts = urlsplit(proxy)
-    bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # (an IPv6 host keeps its brackets)
+    bare = without_credentials(proxy)
     if parts.username is None:
         return bare, None
     login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
