@@ -125,8 +125,10 @@ def recommend(
     augmenter: Literal["weak", "strong"] = "strong",
     verifiable: bool | None = None,
     measured: Measured | None = None,
+    counted_as: list[str] | None = None,
 ) -> Recommendation:
-    """A strategy (or mix) for `seeds` seed questions and `budget` teacher queries."""
+    """A strategy (or mix) for `seeds` seed questions and `budget` teacher queries (`counted_as`:
+    see Recommendation)."""
     _check_inputs(seeds, budget, augmenter)
     ratio = budget / seeds
     cross = crossover(seeds) if measured is None else Threshold(max(round(measured.value, 1), 0.1), measured.source)
@@ -136,6 +138,7 @@ def recommend(
         strategy="",
         ratio=round(ratio, 3),
         budget=budget,
+        counted_as=counted_as,
         thresholds={
             "crossover_br": cross,
             "mix_band_low": low,
@@ -155,7 +158,7 @@ def recommend(
                        f"{questions} may already pay off")
     if seeds >= LARGE_SEED_SET:
         reasons.append(f"with {seeds} seeds the choice matters much less than with few seeds")
-    if "counted_roles" in rec.budget_config():
+    if counted_as is None and "counted_roles" in rec.budget_config():
         reasons.append(f"Q = {budget} teacher answers, as the research counts the budget: counted_roles = "
                        "[\"teacher\"], the augmenter's calls (1 per rephrase, 2 per new question with its "
                        "check) paid on top")

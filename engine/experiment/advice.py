@@ -82,13 +82,22 @@ def measured_here(result: dict[str, Any], seeds: int, budget: int) -> tuple[dict
 def recommend_from(result: dict[str, Any], seeds: int, budget: int, augmenter: str = "strong",
                    verifiable: bool | None = None) -> Recommendation:
     measured, why_not = measured_crossover(result, seeds)
-    rec = recommend(seeds, budget, augmenter=augmenter, verifiable=verifiable, measured=measured)  # type: ignore[arg-type]
     exp = result["experiment"]
+    # A measured crossover is in the grid's budget units: Q as its base config counted it (QA: a grid
+    # that counted every role was read as teacher answers, and `counted_roles = ["teacher"]` advised).
+    # An older result does not say: the research's units are kept.
+    units = measured is not None and "counted_roles" in exp
+    counted_as = list(exp["counted_roles"] or []) if units else None
+    rec = recommend(seeds, budget, augmenter=augmenter, verifiable=verifiable, measured=measured,  # type: ignore[arg-type]
+                    counted_as=counted_as)
     if measured is not None:
         ci = "" if measured.low is None else f" (95% CI {measured.low:.1f}-{measured.high:.1f})"
         rec.reasons.insert(0, f"crossover BR {measured.value:.1f}{ci} {measured.source}: measured on your task, "
                               f"not taken from the literature")
-        _in_the_experiments_units(rec, exp)
+    if counted_as is not None:
+        counted = f"{', '.join(counted_as)} queries" if counted_as else "the queries of every role (augmenter and checks too)"
+        rec.reasons.append(f"Q counts {counted}, as experiment {exp['name']} counted its budgets: its crossover is in "
+                           "those units")
     else:
         rec.reasons.insert(0, why_not)
     _heed_the_point(rec, *measured_here(result, seeds, budget))
@@ -101,19 +110,6 @@ def recommend_from(result: dict[str, Any], seeds: int, budget: int, augmenter: s
                            "to the grid to measure it")
     rec.reasons.append(f"source experiment: {exp['name']} ({exp['id']}), status {exp['status']}")
     return rec
-
-
-def _in_the_experiments_units(rec: Recommendation, exp: dict[str, Any]) -> None:
-    """A measured crossover is in the grid's budget units: Q as its base config counted it (QA: a
-    grid that counted every role was read as teacher answers, and `counted_roles = ["teacher"]` advised)."""
-    if "counted_roles" not in exp:  # (an older result: units unknown, the research's kept)
-        return
-    roles = exp["counted_roles"]
-    rec.counted_as = list(roles) if roles else []
-    rec.reasons = [r for r in rec.reasons if not r.startswith(f"Q = {rec.budget} teacher answers, as the research")]
-    counted = f"{', '.join(roles)} queries" if roles else "the queries of every role (augmenter and checks too)"
-    rec.reasons.append(f"Q counts {counted}, as experiment {exp['name']} counted its budgets: its crossover is in "
-                       "those units")
 
 
 def _heed_the_point(rec: Recommendation, best: dict[str, Any] | None, said: str) -> None:
