@@ -68,15 +68,16 @@ def cell_interval(cell: Scored, n: int, draws: int, seed: int = 0) -> tuple[floa
     return interval(values)
 
 
-def mean_over(replicates: dict[int, dict[Key, Scored]], key: Key, counts: dict[int, list[int]] | None = None,
+def mean_over(replicates: dict[int, dict[Key, Scored]], key: Key, counts: Sequence[int] | None = None,
               drawn: list[int] | None = None) -> float | None:
-    """Mean accuracy of `key` over the (drawn) replicates that have it."""
+    """Mean accuracy of `key` over the (drawn) replicates that have it, each scored with the example
+    weights `counts` (one resample of the held-out set: see the module's docstring)."""
     values = []
-    for pos, r in enumerate(drawn if drawn is not None else sorted(replicates)):
+    for r in (drawn if drawn is not None else sorted(replicates)):
         cell = replicates[r].get(key)
         if cell is None:
             continue
-        acc = cell.accuracy(None if counts is None else counts[pos])
+        acc = cell.accuracy(counts)
         if acc is not None:
             values.append(acc)
     return sum(values) / len(values) if values else None
@@ -92,8 +93,7 @@ def bootstrap(replicates: dict[int, dict[Key, Scored]], n: int, draws: int,
     for _ in range(draws):
         drawn = [reps[rng.randrange(len(reps))] for _ in reps]
         examples = _counts(rng, n)  # one held-out set, resampled once for all
-        counts = {pos: examples for pos in range(len(drawn))}
-        worlds.append({k: mean_over(replicates, k, counts, drawn) for k in keys})
+        worlds.append({k: mean_over(replicates, k, examples, drawn) for k in keys})
     return worlds
 
 
