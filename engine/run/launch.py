@@ -12,6 +12,7 @@ from sqlalchemy.exc import DatabaseError
 
 from ...store.eventstore import EventStore
 from ..errors import ConfigError, ResumeRefused, RunNameTaken
+from ..ledger.budget import DIMENSIONS
 from ..ledger.replay import replay
 from .abort import start_error
 from .collector import tuned_for_a_run
@@ -235,7 +236,7 @@ def _refuse_a_zero_budget(cfg: RunConfig) -> None:
     too) and ended `budget_exhausted`, exit 0, with nothing. (An experiment's seeds-only cell asks
     for nothing on purpose, through the Runner, not here.)"""
     b = cfg.budget
-    zero = [name for name in ("queries", "usd", "input_tokens", "output_tokens") if getattr(b, name) == 0]
+    zero = [name for name in DIMENSIONS if getattr(b, name) == 0]
     if zero:
         raise ConfigError(f"{cfg.source}: budget.{zero[0]} = 0 lets no query go, so the run could make nothing; "
                           "set it above 0")

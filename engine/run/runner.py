@@ -490,8 +490,10 @@ class Runner(RunSession):
 
 def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     """`exc`, or the first in its group (task groups wrap), that is a `kind`."""
-    for e in getattr(exc, "exceptions", None) or [exc]:
-        found = _first(e, kind) if e is not exc else (e if isinstance(e, kind) else None)
+    if isinstance(exc, kind):
+        return exc
+    for inner in getattr(exc, "exceptions", None) or ():
+        found = _first(inner, kind)
         if found is not None:
             return found
     return None
