@@ -102,21 +102,21 @@ class AnthropicBatchAPI:
 
     async def results(self, batch_id: str) -> dict[str, Completion | TeacherError]:
         out: dict[str, Completion | TeacherError] = {}
-        stream = await self._call(self._client.messages.batches.results(batch_id))
-        try:
-            async for r in stream:
+
+        async def read() -> None:
+            async for r in await self._client.messages.batches.results(batch_id):
                 out[r.custom_id] = result_of(r.result, self._extract)
+
+        try:
+            await self._call(read())  # (the SDK's errors, while fetching or reading, mapped as any call's)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:  # a line not as Anthropic writes it
             # (pydantic's ValidationError and a JSON decode error are ValueErrors): what is left
             # may have run and been billed, and cannot be read.
             out[UNREADABLE] = TeacherError(FailureKind.MALFORMED, "the batch's results could not be read past "
                                            f"{len(out)} of them: {type(exc).__name__}: {one_line(str(exc), 200)}",
                                            maybe_billed=True)
-        except anthropic.AnthropicError as exc:
-            mapped = sdk_error(exc, anthropic)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        except TeacherError:
+            raise
         except Exception as exc:  # the transfer broke off (its HTTP library's errors): fetched again
             raise TeacherError(FailureKind.CONNECTION, f"the batch's results broke off ({type(exc).__name__}: "
                                                        f"{one_line(str(exc), 200)})") from exc
