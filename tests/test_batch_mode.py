@@ -67,15 +67,20 @@ def test_a_batch_run_settles_every_query_at_batch_prices(project, provider, base
     assert [e["type"] for e in prepared][-1] == "batch_prepared" and len(prepared) == 41
 
 
-def test_killed_while_polling_then_resumed_polls_the_same_batch(project):
-    proj, srv = project("--batch-request-s", "0.1", seeds=30)  # the batch takes ~3 s
-    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
-                     budget={"queries": 30}, strategy={"samples_per_seed": 1})
+def killed_while_the_batch_runs(proj: Project, cfg: Path) -> None:
+    """`generate` SIGKILLed once its batch is in progress at the provider, before any result."""
     proc = proj.popen(cfg)
     wait_for(lambda: any(e["status"] == "in_progress" for e in proj.events("batch_status")), 60, "the batch to run")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not proj.events("query_settled")
+
+
+def test_killed_while_polling_then_resumed_polls_the_same_batch(project):
+    proj, srv = project("--batch-request-s", "0.1", seeds=30)  # the batch takes ~3 s
+    cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
+                     budget={"queries": 30}, strategy={"samples_per_seed": 1})
+    killed_while_the_batch_runs(proj, cfg)
     res = proj.generate(cfg, "--resume")
     report = completed(proj, res)
     stats = srv.stats()
@@ -350,11 +355,7 @@ def test_k_samples_of_a_seed_go_as_one_n_line_and_a_resume_gives_each_answer_to_
     proj, srv = project("--batch-request-s", "0.2", seeds=10)  # the batch takes ~2 s
     cfg = proj.write(teacher={"provider": "openai", "base_url": srv.url + "/v1", "model": "gpt-4o-mini", **BATCH},
                      budget={"queries": 40}, strategy={"samples_per_seed": 4})
-    proc = proj.popen(cfg)
-    wait_for(lambda: any(e["status"] == "in_progress" for e in proj.events("batch_status")), 60, "the batch to run")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not proj.events("query_settled")
+    killed_while_the_batch_runs(proj, cfg)
     (prepared,) = proj.events("batch_prepared")
     assert len(prepared["query_ids"]) == 40 and len(prepared["lines"]) == 10
     assert all(len(qids) == 4 and qids[0] == cid for cid, qids in prepared["lines"].items())
