@@ -1,5 +1,4 @@
 import random
-import time
 
 import pytest
 
@@ -95,34 +94,35 @@ def test_deterministic_across_instances():
     assert results[0] == results[1]
 
 
-def test_check_time_does_not_grow_with_the_index():
-    rng = random.Random(3)
-    texts = words(rng, 20_000)
-    probes = words(random.Random(4), 300)
+def test_a_check_compares_a_handful_of_candidates_however_large_the_index(monkeypatch):
+    """The index confirms band collisions only: the exact similarity checks per probe do not grow
+    with the index (a scan would make one per entry). Speed at 100,000 entries: benchmarks/dedupe.py."""
+    from synthledger.engine.run import dedupe
+
+    compared = 0
+    real = dedupe.jaccard
+
+    def counted(a, b):
+        nonlocal compared
+        compared += 1
+        return real(a, b)
+
+    monkeypatch.setattr(dedupe, "jaccard", counted)
+    texts = words(random.Random(3), 5_000)
     index = NearDuplicateIndex()
 
-    def probe_time() -> float:
-        start = time.perf_counter()
-        for p in probes:
-            index.check(p)
-        return time.perf_counter() - start
+    def checks_for(probes: list[str]) -> int:
+        nonlocal compared
+        compared = 0
+        assert all(index.check(p) is not None for p in probes)
+        return compared
 
-    for i, t in enumerate(texts[:1000]):
+    for i, t in enumerate(texts[:500]):
         index.add(t, f"q{i}")
-    small = probe_time()
-    for i, t in enumerate(texts[1000:], 1000):
+    near = [t + " again" for t in texts[:100]]  # each is a near duplicate of one entry
+    small = checks_for(near)
+    for i, t in enumerate(texts[500:], 500):
         index.add(t, f"q{i}")
-    large = probe_time()
-    assert large < 3 * small + 0.05  # a linear scan would be ~20x slower
-
-
-@pytest.mark.slow
-def test_hundred_thousand_entries_stay_fast():
-    texts = words(random.Random(5), 100_000)
-    index = NearDuplicateIndex()
-    start = time.perf_counter()
-    for i, t in enumerate(texts):
-        index.check_and_add(t, f"q{i}")
-    elapsed = time.perf_counter() - start
-    assert len(index) == 100_000
-    assert elapsed < 60, elapsed  # ~8 s on a 2-core laptop-class machine
+    large = checks_for(near)
+    assert len(index) == 5_000
+    assert 100 <= small <= 200 and large <= small + 20, (small, large)
