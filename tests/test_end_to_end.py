@@ -101,11 +101,11 @@ seed = 5
 [teacher]
 provider = "local"
 model = "smollm2"
-max_tokens = 48
+max_tokens = 32
 timeout_s = 900
 batch_size = 8
 [budget]
-queries = 6
+queries = 4
 [strategy]
 name = "new_question"
 check_well_posed = false
@@ -113,6 +113,6 @@ check_well_posed = false
     gen = cli("generate", "--config", str(tmp_path / "run.toml"), "--store", store, "--no-progress", timeout=900)
     run_id = gen.stdout.strip().splitlines()[-1].split()[1]
     report = json.loads(cli("audit", run_id, "--json", "--store", store).stdout)
-    assert report["ok"] and report["spent"]["queries"] == 6
+    assert report["ok"] and report["spent"]["queries"] == 4
     assert set(report["by_role"]) <= {"augmenter", "teacher"} and report["by_role"]["augmenter"]["queries"] >= 1
     assert report["spent"]["usd"] == 0 and report["spent"]["output_tokens"] > 0
