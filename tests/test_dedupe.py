@@ -1,7 +1,5 @@
 import random
 
-import pytest
-
 from synthledger.engine.run.dedupe import NearDuplicateIndex, choose_banding, jaccard, normalise, shingles
 
 
