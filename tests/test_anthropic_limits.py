@@ -51,3 +51,40 @@ def test_learned_split_limits_are_kept_apart_and_forgotten_together():
     assert lim.current_tpm is None and lim.token_limits() == {"input_tokens": 30_000.0, "output_tokens": 8_000.0}
     assert lim.forget_learned() == ["input_tokens", "output_tokens", "requests"]
     assert not lim.paced
+
+
+async def test_an_output_limit_is_paced_at_what_replies_write_not_at_their_cap():
+    """1,000 output tokens a second, `max_tokens` 64, replies of 32 tokens that end 60 ms after
+    their send. Charged at the cap and refunded at the end, each refund came back after the next
+    release was due, and the time waited for the cap was lost: a release every ~60 ms, about half
+    the limit (a real run: 0.63-0.83 of it). The pace charges what replies have been writing; only
+    the per-second window, which counts the cap until a reply ends as the provider does, holds it
+    below the whole limit. On a virtual clock: exact figures, no real time."""
+    import asyncio
+
+    from synthledger.engine.scheduler.limiter import RateLimiter, Tokens
+    from synthledger.testing.virtual_clock import VirtualClock
+
+    est, written = Tokens(74, 10, 64), Tokens(42, 10, 32)
+    sent: list[float] = []
+    with VirtualClock(asyncio.get_running_loop()):
+        lim = RateLimiter(None, None, safety=1.0, output_tokens_per_minute=60_000)
+
+        async def one() -> None:
+            await lim.acquire(est)
+            lim.sent(est)
+            sent.append(anyio.current_time())
+            await anyio.sleep(0.06)
+            lim.settle(est, written)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(300):
+                    tg.start_soon(one)
+    per_s = 32 * (len(sent) - 1) / (sent[-1] - sent[0])
+    assert per_s >= 0.9 * 1000, per_s  # 0.93 (the cap-charged pace: 0.53)
+    # The window still holds: no second's sends count more than the limit as the provider counts
+    # them (the cap while a reply is being written, what it wrote after).
+    for t in sent:
+        counted = sum(32 if s + 0.06 <= t else 64 for s in sent if t - 1.0 < s <= t)
+        assert counted <= 1000, (t, counted)

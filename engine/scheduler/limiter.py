@@ -24,7 +24,8 @@ the real usage is known, so the average token rate is right even when estimates 
 Three token limits, each counting its own share of a request (`Tokens`): a tokens-per-minute limit
 (OpenAI's: the prompt and every completion's `max_tokens`), and Anthropic's separate input and output
 limits (the output one is charged at `max_tokens` as a request starts and corrected to what was
-written). Pacing prompt + `max_tokens` against an output limit alone would use a fraction of it.
+written; its average pace charges what replies have been writing, see `output_pace.py`). Pacing
+prompt + `max_tokens` against an output limit alone would use a fraction of it.
 Each token limit also holds its share of every second over the whole requests sent (a provider may
 enforce a per-minute limit per second): see `token_window.py`.
 
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from .output_pace import OutputPace
 from .token_window import WINDOW_S, TokenWindows
 
 __all__ = ["RateLimiter", "Tokens", "as_tokens", "counted"]
@@ -119,6 +121,7 @@ class RateLimiter:
         self._req_tat = _NEVER
         self._tat = {name: _NEVER for name in TOKEN_LIMITS}
         self._windows = TokenWindows(TOKEN_LIMITS)  # each token limit's one-second share (token_window.py)
+        self._output = OutputPace()  # what the output limit's average pace charges (output_pace.py)
         self._pause_until = _NEVER
         self._learned: set[str] = set()  # dimensions whose limit came from the provider's headers
         self._lock = anyio.Lock(fast_acquire=True)
@@ -235,7 +238,10 @@ class RateLimiter:
             self._req_tat = max(self._req_tat, floor) + 60.0 / (self._rpm * self._safety * self._factor)
         for name, v in self._per_min.items():
             if v is not None:
-                self._tat[name] = max(self._tat[name], floor) + counted(name, tokens) * self._seconds_per(name)
+                n = counted(name, tokens)
+                if name == "output_tokens":
+                    n = self._output.charge(n)
+                self._tat[name] = max(self._tat[name], floor) + n * self._seconds_per(name)
 
     def _seconds_per(self, name: str) -> float:
         per_min = self._per_min[name]
@@ -259,11 +265,16 @@ class RateLimiter:
         for name, v in self._per_min.items():
             if v is None:  # (an unpaced dimension: nothing to count, on every query of a run)
                 continue
-            diff = counted(name, act) - counted(name, est)
-            if diff:
-                self._tat[name] += diff * self._seconds_per(name)
-                self._windows.settle(name, counted(name, est), counted(name, act))
-                refunded = refunded or diff < 0
+            estimated, actual = counted(name, est), counted(name, act)
+            charged = estimated
+            if name == "output_tokens":  # the pace charged a likely output, not the cap
+                answered = act.total > 0 or act.input > 0 or act.output > 0
+                charged = self._output.settle(estimated, actual if answered else None)
+            if actual != charged:
+                self._tat[name] += (actual - charged) * self._seconds_per(name)
+            if actual != estimated:
+                self._windows.settle(name, estimated, actual)
+            refunded = refunded or actual < charged or actual < estimated
         if refunded:
             self._notify()
 
