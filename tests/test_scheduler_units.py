@@ -663,3 +663,20 @@ async def test_a_breaker_at_its_last_opening_lets_no_probe_through(clock) -> Non
         await breaker.wait_ready()
     assert scope.cancelled_caught and breaker.state == "open" and breaker.opened_count == 2
     assert breaker.record_failure() is None and breaker.opened_count == 2  # late reports change nothing
+
+
+async def test_requests_of_a_whole_share_leave_the_window_a_margin_after_a_second(clock) -> None:
+    """Requests of ~550 tokens against 60,000 a minute (1,000 a second): one a second. Sent exactly
+    one second apart, a late arrival of the first made two of them land within one second of the
+    provider's clock: a 429 (CI: 4 in 14 sends). Each now waits a margin in proportion to the size
+    of what must leave; small requests keep their exact pace (test_tpm_is_paced)."""
+    from synthledger.engine.scheduler.token_window import WIRE_MARGIN_S
+
+    limiter = RateLimiter(requests_per_minute=None, tokens_per_minute=60_000)
+    times: list[float] = []
+    for _ in range(4):
+        await limiter.acquire(550)
+        limiter.sent(550)
+        times.append(anyio.current_time())
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps == pytest.approx([1.0 + 0.55 * WIRE_MARGIN_S] * 3, abs=1e-6), gaps

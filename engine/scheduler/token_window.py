@@ -12,6 +12,15 @@ a second; a request larger than that share goes alone. An entry counts from its 
 request is on the wire, then from the send (the run's first commit can hold a send for most of a
 second); it is corrected to what the provider counted once that is known, except a refusal, which
 keeps its place: the refusal says the window was full.
+
+An entry leaves the window a little after one second from its send, as the send shaper's window
+does (shaper.py): the provider's clock stamps a request when it arrives, and a send one second after
+another can arrive less than a second after it when the earlier one was held up on the way. With
+requests of a whole second's share each, that was a 429 for every such pair (CI: 4 in 14 sends).
+So an entry counts up to WIRE_MARGIN_S longer, in proportion to its part of the limit's share:
+jitter lets two sends overlap in the provider's window by about the tokens sent within it, which
+for a steady stream of small requests is less than the slack the average pace leaves (a margin
+there would only slow it), and for requests of a whole share each is a whole request.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 
 WINDOW_S = 1.0
+WIRE_MARGIN_S = 0.020  # see the module docstring
 
 
 @dataclass
@@ -45,14 +55,16 @@ class TokenWindows:
             need = counts.get(name, 0)
             if need <= 0:
                 continue
-            entries = [e for e in self._expire(name, now) if e.at > at - WINDOW_S]  # still in it at `at`
-            used = sum(e.tokens for e in entries)
+            leaving = [(e.at + WINDOW_S + WIRE_MARGIN_S * min(1.0, e.tokens / share), e.tokens)
+                       for e in self._expire(name, now)]
+            still = [(t, n) for t, n in leaving if t > at]  # still in it at `at`
+            used = sum(n for _, n in still)
             if used + need <= share:
                 continue
-            for e in sorted(entries, key=lambda e: e.at):  # the oldest leave the window first
-                used -= e.tokens
+            for t, n in sorted(still):  # the first to leave first
+                used -= n
                 if used + need <= share or used <= 0:
-                    at = max(at, e.at + WINDOW_S)
+                    at = max(at, t)
                     break
         return at
 
@@ -78,6 +90,6 @@ class TokenWindows:
 
     def _expire(self, name: str, now: float) -> deque[_Entry]:
         entries = self._entries[name]
-        while entries and entries[0].at <= now - WINDOW_S:
+        while entries and entries[0].at <= now - WINDOW_S - WIRE_MARGIN_S:
             entries.popleft()
         return entries
