@@ -64,9 +64,8 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import DatabaseError
-
         from synthledger.engine.errors import SynthledgerError
+        from synthledger.store import dberrors
 
         # The root covers every error synthledger raises for a user (see engine/errors.py); a
         # third-party plugin's ValueError is still a bad input rather than a crash.
@@ -84,7 +83,7 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except known as exc:
             _fail_line(str(exc))
-        except DatabaseError as exc:  # the store's driver, below the store's own errors (a lock, a full disk)
+        except dberrors.DatabaseError as exc:  # the store's driver, below the store's own errors (a lock, a full disk)
             _fail_line(_database_error(exc))
         except BrokenPipeError:  # `| head` has what it wanted: nothing to say, and nothing more to write
             _silence_stdout()

@@ -1,21 +1,19 @@
-"""Opening a store's database: the SQLAlchemy engine each backend needs, and the SQL we send
-straight to the driver (positional parameters in its own style) where SQLAlchemy's per-row work
-would cost more than the database's own."""
+"""Opening a store's database: the engine each backend needs (a SQLite file's own, `lite.py`, or
+SQLAlchemy's), and the SQL we send straight to the driver (positional parameters in its own style)
+where SQLAlchemy's per-row work would cost more than the database's own."""
 
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.pool import StaticPool
-
 from .errors import StoreError, StoreMissing
 from .folders import make_parent
+from .lite import LiteEngine
 from .records import EVENT_COLUMNS
 from .urls import check_driver, sqlite_file
 
@@ -29,7 +27,7 @@ def wait_ms(seconds: float) -> int:
     return MAX_WAIT_MS if seconds * 1000 >= MAX_WAIT_MS else int(seconds * 1000)
 
 
-def _sqlite_pragmas(timeout_ms: int, read_only: bool, dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(timeout_ms: int, read_only: bool, dbapi_conn: Any, _record: Any = None) -> None:
     cur = dbapi_conn.cursor()
     # First: switching a store to WAL needs its lock too, and waited only the driver's 5 s for it.
     cur.execute(f"PRAGMA busy_timeout={timeout_ms}")
@@ -81,7 +79,6 @@ def _read_only_connection(path: str) -> Any:
     SQLite reads a WAL-mode database read-only through its `-shm` index; where that file is missing
     and cannot be created the database is opened as immutable, which is exact only when no write-ahead
     log holds events the database file lacks: with one, refusing is the only honest answer."""
-    import sqlite3
     from urllib.parse import quote
 
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
@@ -100,9 +97,25 @@ def _read_only_connection(path: str) -> Any:
     return sqlite3.connect(f"{uri}&immutable=1", uri=True, check_same_thread=False)
 
 
+def _plain_sqlite_file(url: str, db_file: str | None) -> bool:
+    """A SQLite file named without a driver or options (`sqlite:///store.db`, the default): opened
+    without SQLAlchemy. `sqlite+pysqlite:///...` or a query string goes through SQLAlchemy as written."""
+    return db_file is not None and url.startswith("sqlite:///") and "?" not in url
+
+
 def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None,
-                read_only: bool = False) -> Engine:
+                read_only: bool = False) -> Any:
     """The engine for `url`; `read_only` (a SQLite file only) opens connections that never write."""
+    timeout_ms = wait_ms(busy_timeout_s)
+    if _plain_sqlite_file(url, db_file):
+        assert db_file is not None
+        opener = (partial(_read_only_connection, db_file) if read_only
+                  else partial(sqlite3.connect, db_file, check_same_thread=False))
+        return LiteEngine(opener, partial(_sqlite_pragmas, timeout_ms, read_only, _record=None))
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import StaticPool
+
     kwargs: dict[str, Any] = {}
     if read_only and db_file is not None:
         kwargs = {"creator": partial(_read_only_connection, db_file)}  # the URL still picks the dialect, pool
@@ -115,7 +128,7 @@ def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None
         # Sessions say whose they are (pg_stat_activity), and a lock is waited for as long as a busy
         # SQLite file would be, not forever.
         app = f"synthledger {socket.gethostname()}:{os.getpid()}"[:63]
-        options = f"-c lock_timeout={wait_ms(busy_timeout_s)}"
+        options = f"-c lock_timeout={timeout_ms}"
         given = make_url(url).query.get("options")  # the URL's own server options come first
         options = f"{given if isinstance(given, str) else ' '.join(given)} {options}" if given else options
         kwargs = {"connect_args": {"application_name": app, "options": options}}
@@ -124,7 +137,7 @@ def open_engine(url: str, where: str, busy_timeout_s: float, db_file: str | None
     except Exception as exc:  # bad URL or missing driver
         raise StoreError(f"cannot open store {where}: {one_line(exc)}") from exc
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", partial(_sqlite_pragmas, wait_ms(busy_timeout_s), read_only))
+        event.listen(engine, "connect", partial(_sqlite_pragmas, timeout_ms, read_only))
     return engine
 
 

@@ -20,13 +20,11 @@ import uuid
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
+from . import dberrors
 from .busy import busy_error, is_busy, pg_holders, sqlite_holders
 from .engines import (insert_sql, max_seq_sql, next_match_sql, one_line, open_engine, page_sql, read_ahead,
                       sqlite_path, unwritable, wait_ms)
@@ -36,7 +34,11 @@ from .keys import KeyIndex
 from .migrations import migrate
 from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, owner_alive, chain_rows, iso_ms,
                       owner_token)
+from .sql import has_table, text
 from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, default_url, display, resolve_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 __all__ = ["DEFAULT_DIR", "ENV_STORE", "ConcurrencyError", "EventStore", "NewEvent", "RunInfo", "RunNotFound",
            "StoreBusy", "StoreError", "StoreMissing", "StoredEvent", "default_url", "iso_ms", "new_run_id",
@@ -79,7 +81,7 @@ class EventStore(KeyIndex):
         self.dialect = self.engine.dialect.name
         _OPEN.add(self)
 
-    def _open(self) -> Engine:
+    def _open(self) -> Any:
         if self.url.startswith("sqlite"):
             self._sqlite_path = sqlite_path(self.url, self.must_exist)
             self.where = self._sqlite_path or self.where
@@ -90,7 +92,7 @@ class EventStore(KeyIndex):
             self._require_schema()
         try:
             migrate(engine)
-        except DatabaseError as exc:
+        except dberrors.DatabaseError as exc:
             if is_busy(exc):
                 raise self._busy() from None
             why = unwritable(self._sqlite_path) if self._sqlite_path else None
@@ -105,7 +107,7 @@ class EventStore(KeyIndex):
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         return engine
 
-    def _open_read_only(self, why: str) -> Engine:
+    def _open_read_only(self, why: str) -> Any:
         """The store cannot be written here (an archive, a shared copy, a read-only mount): open it
         for reading, which is all a command that must find an existing store mostly needs; a write
         then fails naming the store and why."""
@@ -114,7 +116,7 @@ class EventStore(KeyIndex):
                                            read_only=True)
         try:
             migrate(engine)  # an up-to-date store only reads here
-        except DatabaseError as exc:
+        except dberrors.DatabaseError as exc:
             engine.dispose()
             raise StoreError(f"cannot open store {self.where}: {why}, and it cannot be read either: "
                              f"{one_line(exc)}") from exc
@@ -149,7 +151,7 @@ class EventStore(KeyIndex):
         """A server database counts as a store once it holds our tables; an empty one is not created here."""
         try:
             with self.engine.connect() as conn:
-                present = inspect(conn).has_table("runs")
+                present = has_table(conn, "runs")
         except Exception as exc:
             raise StoreError(f"cannot open store {self.where}: {one_line(exc)}") from exc
         if not present:
@@ -168,9 +170,9 @@ class EventStore(KeyIndex):
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except IntegrityError:
+        except dberrors.IntegrityError:
             raise
-        except DatabaseError as exc:
+        except dberrors.DatabaseError as exc:
             if is_busy(exc):
                 raise self._busy() from None
             if self.read_only and "readonly" in one_line(exc).lower():
@@ -205,7 +207,7 @@ class EventStore(KeyIndex):
         try:
             self._insert_run(run_id, name, config, config_hash, kind, parent_id, owner, now, last, head, rows,
                              events, unique_name)
-        except IntegrityError as exc:
+        except dberrors.IntegrityError as exc:
             raise StoreError(f"cannot create run {name!r} in {self.where}: {one_line(exc)}") from exc
         return run_id, last, head
 
@@ -386,7 +388,7 @@ class EventStore(KeyIndex):
                     raise ConcurrencyError(self._conflict_message(conn, run_id, expected_seq, owner))
                 self._insert_events(conn, rows)
                 self._insert_keys(conn, run_id, expected_seq, events, now)
-        except IntegrityError as exc:
+        except dberrors.IntegrityError as exc:
             raise ConcurrencyError(f"run {run_id}: sequence {expected_seq + 1} already written") from exc
         return seq, head
 
@@ -401,6 +403,8 @@ class EventStore(KeyIndex):
                     for row in rows:
                         copy.write_row(row)
             except dbapi.Error as exc:  # as SQLAlchemy would have wrapped it (IntegrityError, ...)
+                from sqlalchemy.exc import DBAPIError
+
                 raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=self.engine.dialect) from exc
             return
         conn.exec_driver_sql(insert_sql(conn.dialect.paramstyle), rows)

@@ -8,12 +8,13 @@ behind the log.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .records import NewEvent, StoredEvent
+from .sql import text
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 # Which events are indexed, under which key: a settled query under its id, so an identical query in
 # another run is answered from the store; a reused one under "reused:" + its id, so a run finds

@@ -9,19 +9,27 @@ then find the work done.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import Connection, inspect, text
-from sqlalchemy.engine import Engine
-from . import schema_v1
+from . import schema_v1_sqlite
 from .keys import create_event_keys
+from .sql import has_table, text
 from .views import create_views
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 PG_MIGRATION_LOCK = 0x5E1D1ED6  # any constant: the key of the advisory lock migrations take
 
 
 def _initial(conn: Connection) -> None:
-    schema_v1.metadata.create_all(conn, tables=[schema_v1.runs, schema_v1.events])
+    if conn.dialect.name == "sqlite":  # (a SQLite file's own connection has no SQLAlchemy Core)
+        for ddl in schema_v1_sqlite.RUNS_AND_EVENTS:
+            conn.exec_driver_sql(ddl)
+    else:
+        from . import schema_v1
+
+        schema_v1.metadata.create_all(conn, tables=[schema_v1.runs, schema_v1.events])
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_events_type ON events (run_id, type)"))
 
 
@@ -38,7 +46,7 @@ class StoreTooNew(RuntimeError):
 
 
 def _applied(conn: Connection) -> set[int]:
-    if not inspect(conn).has_table("schema_migrations"):
+    if not has_table(conn, "schema_migrations"):
         return set()
     return {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
 
@@ -50,7 +58,7 @@ def _check_not_newer(applied: set[int]) -> None:
         )
 
 
-def migrate(engine: Engine) -> int:
+def migrate(engine: Any) -> int:
     """Bring the schema to LATEST; returns the version. Refuses a store from a newer release."""
     with engine.connect() as conn:  # the common case, an up-to-date store, takes no lock at all
         applied = _applied(conn)
@@ -62,7 +70,12 @@ def migrate(engine: Engine) -> int:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
         elif conn.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: read, decide and write under it
-        schema_v1.schema_migrations.create(conn, checkfirst=True)
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(schema_v1_sqlite.SCHEMA_MIGRATIONS)
+        else:
+            from . import schema_v1
+
+            schema_v1.schema_migrations.create(conn, checkfirst=True)
         applied = _applied(conn)  # again, under the lock: another process may have just migrated
         _check_not_newer(applied)
         for version, name, fn in MIGRATIONS:

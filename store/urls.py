@@ -56,6 +56,8 @@ def in_memory(url: str) -> bool:
 def display(url: str) -> str:
     """The URL as it may appear in a message or a log: any password replaced by ***, in the user
     info and in the query (`?host=/tmp/pg&password=...`, which libpq reads as well)."""
+    if url.startswith("sqlite") and "@" not in url:  # a file or memory: no credentials, no parsing
+        return _mask_query(url)
     try:
         from sqlalchemy.engine import make_url
 

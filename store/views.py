@@ -14,7 +14,10 @@ views are written for SQLite and PostgreSQL from one template, so both answer th
 
 from __future__ import annotations
 
-from sqlalchemy import Connection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 USD_DECIMALS = 10
 VIEWS = ("samples", "charges", "queries", "spend_by_run")  # in dependency order

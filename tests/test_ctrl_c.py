@@ -16,11 +16,11 @@ import sys
 import threading
 
 import pytest
-import sqlalchemy
 
 from synthledger.engine.student.ctrl_c import guarded_ctrl_c
 from synthledger.engine.student.runs import Interrupted, _recorded, open_log
 from synthledger.store.eventstore import EventStore
+from synthledger.store.lite import LiteConnection
 
 
 class _InterruptedWhileFinalized:
@@ -141,16 +141,19 @@ def test_a_ctrl_c_while_the_run_is_opened_closes_it_as_interrupted(store):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_ctrl_c_while_the_runs_end_is_recorded_lets_it_complete_then_stops_the_caller(store):
+def test_a_ctrl_c_while_the_runs_end_is_recorded_lets_it_complete_then_stops_the_caller(store, monkeypatch):
+    commit = LiteConnection.commit
+
     def closing(log, result):  # the work is done: from the next commit on, the run's end is being written
         fired = []
 
-        def ctrl_c_in_commit(conn):
+        def ctrl_c_in_commit(conn):  # the SQLite file's own connection, as a store opens it by default
             if not fired:
                 fired.append(1)
                 _ctrl_c_here()
+            commit(conn)
 
-        sqlalchemy.event.listen(store.engine, "commit", ctrl_c_in_commit)
+        monkeypatch.setattr(LiteConnection, "commit", ctrl_c_in_commit)
         return "done"
 
     stopped = _stopped_by("eval", lambda: open_log(store, "eval-x", "eval", {}), lambda on_event: {"accuracy": 1.0},

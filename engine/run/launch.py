@@ -8,8 +8,8 @@ import threading
 from typing import Any
 
 import anyio
-from sqlalchemy.exc import DatabaseError
 
+from ...store import dberrors
 from ...store.eventstore import EventStore
 from ..errors import ConfigError, ResumeRefused, RunNameTaken
 from ..ledger.budget import DIMENSIONS
@@ -185,7 +185,7 @@ def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None,
             runner.start_resume(_latest_unfinished(runner.store, cfg.run.name))
         else:
             runner.start_new()
-    except DatabaseError as exc:  # the store refused the run's start or its lease (read-only, full, locked)
+    except dberrors.DatabaseError as exc:  # the store refused the run's start or its lease (read-only, full, locked)
         raise start_error(runner.store, exc) from None
     return runner
 
