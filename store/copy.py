@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
-
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import RunNotFound, StoreError
 from .eventstore import EventStore
 from .hashing import GENESIS, chain_hash
 from .keys import insert_row_keys
 from .records import RunInfo, owner_alive
+from .sql import text
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 PAGE = 5000
 IDENTITY = ("name", "kind", "parent_id", "created", "config_hash", "config")
