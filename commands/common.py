@@ -3,6 +3,7 @@ that turns the engine's input errors into one line and a non-zero exit."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,7 +16,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Budget-exact synthetic fine-tuning data, with every teacher query on an event ledger.\n\n"
                        "Start with: synthledger demo (offline), or synthledger generate -c CONFIG; "
                        "COMMAND --help shows each command's options and examples.")
+# Piped into a file or another program, rich would lay tables out for 80 columns and cut their
+# cells short ("runs | cat" lost the end of every run id): give what is read later room instead.
+# An explicit COLUMNS still rules.
+PIPED_WIDTH = 200
 out = Console()
+if not out.is_terminal and "COLUMNS" not in os.environ:
+    out = Console(width=PIPED_WIDTH)
 err = Console(stderr=True)
 
 

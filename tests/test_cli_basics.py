@@ -60,6 +60,17 @@ def test_runs_json_has_stable_keys(recorded):
     assert run["kind"] == "generate" and run["events"] > 6
 
 
+def test_a_table_piped_into_a_file_keeps_its_cells_whole(recorded):
+    """Piped, rich laid tables out for 80 columns and cut cells short: `runs | cat` printed the
+    creation time as `2026-11-30T23:…`. (The other tests here set COLUMNS; a user's pipe does not.)"""
+    url, run_id, _ = recorded
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "SYNTHLEDGER_STORE")}
+    r = subprocess.run([sys.executable, CLI, "runs", "--store", url], capture_output=True, text=True, env=env,
+                       timeout=120)
+    created = ok_json(cli("runs", "--json", "--store", url))[0]["created"]
+    assert r.returncode == 0 and run_id in r.stdout and created in r.stdout and "…" not in r.stdout, r.stdout
+
+
 def test_runs_json_on_an_empty_store(tmp_path):
     EventStore(f"sqlite:///{tmp_path / 'empty.db'}").close()  # only generate creates a store (issue 12, item 4)
     assert ok_json(cli("runs", "--json", "--store", f"sqlite:///{tmp_path / 'empty.db'}")) == []
