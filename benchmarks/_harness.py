@@ -74,7 +74,10 @@ class Server:
 
 def write_run(d: Path, url: str, *, budget: int, concurrency: int | None, rpm: float | None = None, seeds: int = 500,
               name: str = "bench", strategy: str = "", teacher: str = "", provider: str = "openai-compatible",
-              max_tokens: int = MAX_TOKENS, question: str = "What is {i} plus {m}?") -> Path:
+              max_tokens: int = MAX_TOKENS, question: str = "What is {i} plus {m}?", api_path: str = "/v1",
+              limits: str = "") -> Path:
+    """A run project in `d`; `api_path` follows the server's URL in `base_url` (the Anthropic SDK adds its
+    own `/v1`), `limits` is more of the `[limits]` section."""
     seed_file = d / f"seeds-{seeds}.jsonl"
     if not seed_file.exists():
         with seed_file.open("w") as fh:
@@ -82,7 +85,7 @@ def write_run(d: Path, url: str, *, budget: int, concurrency: int | None, rpm: f
                 fh.write(json.dumps({"id": f"s{i}", "question": question.format(i=i, m=i % 7),
                                      "answer": f"#### {i + i % 7}"}) + "\n")
     limits = ((f"max_concurrency = {concurrency}\n" if concurrency else "")
-              + (f"requests_per_minute = {rpm}\n" if rpm else ""))
+              + (f"requests_per_minute = {rpm}\n" if rpm else "") + limits)
     cfg = d / f"{name}.toml"
     cfg.write_text(f"""[run]
 name = "{name}"
@@ -94,7 +97,7 @@ path = "{seed_file}"
 
 [teacher]
 provider = "{provider}"
-base_url = "{url}/v1"
+base_url = "{url}{api_path}"
 model = "test-teacher"
 max_tokens = {max_tokens}
 timeout_s = 30
@@ -130,9 +133,11 @@ def wait_generate(proc: subprocess.Popen, check: bool = True) -> dict[str, Any]:
 
 
 def run_generate(cfg: Path, *args: str) -> dict[str, Any]:
-    t0 = time.monotonic()
+    """`generate` to its exit: its wall time, and `spawned_at` on the clock the test server's log uses."""
+    spawned_at, t0 = time.time(), time.monotonic()
     res = wait_generate(start_generate(cfg, *args))
     res["wall_s"] = round(time.monotonic() - t0, 3)
+    res["spawned_at"] = spawned_at
     return res
 
 
