@@ -88,3 +88,19 @@ async def test_an_output_limit_is_paced_at_what_replies_write_not_at_their_cap()
     for t in sent:
         counted = sum(32 if s + 0.06 <= t else 64 for s in sent if t - 1.0 < s <= t)
         assert counted <= 1000, (t, counted)
+
+
+def test_the_output_pace_learns_each_max_tokens_apart_and_settles_what_it_charged():
+    """A teacher's short answers (cap 64, ~32 written) and an augmenter's long questions (cap 256,
+    ~240) on one endpoint: one mean for both would under-charge the one and over-charge the other."""
+    from synthledger.engine.scheduler.output_pace import OutputPace
+
+    pace = OutputPace()
+    assert pace.charge(64) == 64 and pace.charge(256) == 256  # nothing written yet: the caps
+    assert pace.settle(64, 32) == 64 and pace.settle(256, 240) == 256
+    first, second = pace.charge(64), pace.charge(64)
+    assert (first, second, pace.charge(256)) == (32, 32, 240)
+    assert pace.settle(64, None) == 32  # refused: what it was charged comes back, and nothing is learned
+    assert pace.charge(64) == 32
+    assert pace.settle(64, 64) == 32 and pace.charge(64) == 36  # a full reply moves the mean a tenth
+    assert pace.settle(999, 10) == 999  # nothing charged at that cap: the cap itself
