@@ -1,6 +1,6 @@
 """Engine throughput against the test teacher server, each side in its own process.
 
-    python benchmarks/throughput.py [--quick] [--only a,b,c,d,e,f,g,h,i] [--styles openai,kind]
+    python benchmarks/throughput.py [--quick] [--only a,b,c,d,e,f,g,h,i,j] [--styles openai,kind]
 
 (a) 6000 RPM enforced over a one-second window (100/s), 200 +/- 50 ms latency: successful
     requests/s over RPM/60 >= 0.97 and 429s <= 1% of requests sent; 4,000 requests (40 s), and
@@ -39,6 +39,11 @@
     provider, counts the cap of replies in flight) leaves about 0.93. The provider is `anthropic`, the
     official SDK, whose import is most of the time to the first request reported beside it. Recorded
     like (g), no target; in the default set.
+(j) a tokens-per-minute limit (OpenAI's kind, the prompt and `max_tokens`), 600,000 a minute over a
+    one-second window, prompts of ~550 tokens (~2,200 bytes, the bound the budget reserves), `max_tokens`
+    64, answers after 2 s: counted tokens/s over the limit, over the server's span and the whole
+    process. Paced at the byte bound until each answer came back, a run got 0.29 of it. Recorded like
+    (g), no target; in the default set.
 
 Every engine run is the real `python cli.py generate` in a subprocess. Results are printed and
 saved to benchmarks/results/throughput.json.
@@ -124,6 +129,29 @@ def paced_output(n: int) -> dict[str, Any]:
             "process_wall_s": res["wall_s"],
             "first_request_after_s": round(min(e["t"] for e in stats["log"]) - res["spawned_at"], 3),
             "output_ratio_whole_process": round(stats["output_tokens"] / res["wall_s"] / per_s, 4),
+            "sent": stats["received"], "rate_limited": stats["rate_limited"],
+            "share_429": round(stats["rate_limited"] / stats["received"], 4),
+            "audit_ok": report["ok"], "spent": report["spent"]["queries"], "met": None}
+
+
+def paced_prompts(n: int) -> dict[str, Any]:
+    """(j): a tokens-per-minute limit that long prompts bind (see the module docstring)."""
+    tpm = 600_000
+    args = ["--tpm", str(tpm), "--window-s", "1", "--latency-ms", "2000", "--jitter-ms", "100"]
+    question = "Consider the following carefully. " * 60 + "What is {i} plus {m}?"
+    with tempfile.TemporaryDirectory(prefix="bench-j-") as tmp, Server(*args) as server:
+        cfg = write_run(Path(tmp), server.url, budget=n, concurrency=None, seeds=n, max_tokens=64,
+                        question=question, limits=f"tokens_per_minute = {tpm}\n")
+        res = run_generate(cfg)
+        stats = server.stats(log=True)
+        report = audit(cfg, run_id_of(res["last_line"]))
+    answered = sorted(e["t"] for e in stats["log"] if e["outcome"] == "answered")
+    per_s, span = tpm / 60.0, answered[-1] - answered[0]
+    counted = stats["input_tokens"] + 64 * stats["answered"]  # as the server counts a request: prompt + max_tokens
+    return {"tokens_per_minute": tpm, "requests": n, "max_tokens": 64, "latency_ms": 2000,
+            "prompt_tokens_per_request": round(stats["input_tokens"] / stats["answered"], 1),
+            "token_ratio": round(counted / span / per_s, 4), "process_wall_s": res["wall_s"],
+            "token_ratio_whole_process": round(counted / res["wall_s"] / per_s, 4),
             "sent": stats["received"], "rate_limited": stats["rate_limited"],
             "share_429": round(stats["rate_limited"] / stats["received"], 4),
             "audit_ok": report["ok"], "spent": report["spent"]["queries"], "met": None}
@@ -270,7 +298,7 @@ def kill_and_resume(n: int = 2000) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="skip the 50k-request memory run, fewer paced requests")
-    ap.add_argument("--only", default="a,b,c,d,e,f,h,i", help="comma-separated scenarios to run (g: see above)")
+    ap.add_argument("--only", default="a,b,c,d,e,f,h,i,j", help="comma-separated scenarios to run (g: see above)")
     ap.add_argument("--styles", default="openai,kind", help="rate-limit header styles for (a) and (b)")
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     args = ap.parse_args(argv)
@@ -310,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         record("h_rpm6000_window1s_latency3s_openai_defaults", h)
     if "i" in only:
         record("i_output_tokens_60000_per_min_window1s", paced_output(300 if args.quick else 600))
+    if "j" in only:
+        record("j_tokens_600000_per_min_window1s_latency2s", paced_prompts(200 if args.quick else 500))
     if "c" in only:
         record("c_overhead", overhead(args.quick))
     if "d" in only:

@@ -3,6 +3,8 @@ test server's side is in test_testserver_rates.py, a whole run's in test_pacing_
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 
@@ -90,17 +92,30 @@ async def test_an_output_limit_is_paced_at_what_replies_write_not_at_their_cap()
         assert counted <= 1000, (t, counted)
 
 
-def test_the_output_pace_learns_each_max_tokens_apart_and_settles_what_it_charged():
-    """A teacher's short answers (cap 64, ~32 written) and an augmenter's long questions (cap 256,
-    ~240) on one endpoint: one mean for both would under-charge the one and over-charge the other."""
-    from synthledger.engine.scheduler.output_pace import OutputPace
+def test_likely_tokens_learn_the_prompt_per_byte_and_each_max_tokens_apart():
+    """Charged at their bounds, requests counting 548 prompt tokens took 2,064 of a limit each. The
+    prompt is learned per byte of its bound; the output for each `max_tokens` apart, since a
+    teacher's short answers (cap 64, ~32 written) and an augmenter's long questions (cap 256, ~240)
+    on one endpoint would under-charge the one and over-charge the other under one mean."""
+    from synthledger.engine.scheduler.likely_tokens import PROMPT_MARGIN, LikelyTokens
+    from synthledger.engine.scheduler.limiter import Tokens
 
-    pace = OutputPace()
-    assert pace.charge(64) == 64 and pace.charge(256) == 256  # nothing written yet: the caps
-    assert pace.settle(64, 32) == 64 and pace.settle(256, 240) == 256
-    first, second = pace.charge(64), pace.charge(64)
-    assert (first, second, pace.charge(256)) == (32, 32, 240)
-    assert pace.settle(64, None) == 32  # refused: what it was charged comes back, and nothing is learned
-    assert pace.charge(64) == 32
-    assert pace.settle(64, 64) == 32 and pace.charge(64) == 36  # a full reply moves the mean a tenth
-    assert pace.settle(999, 10) == 999  # nothing charged at that cap: the cap itself
+    likely = LikelyTokens()
+    short, long = Tokens(1000 + 64, 1000, 64), Tokens(2000 + 256, 2000, 256)
+    assert likely.likely(short) == short  # nothing counted yet: the bounds
+    assert likely.settle(short, Tokens(250 + 64, 250, 32)) == short  # (nothing was charged below it)
+    assert likely.settle(long, None) == long  # refused: nothing learned from it
+    prompt = math.ceil(1000 * 0.25 * PROMPT_MARGIN)
+    assert likely.likely(short) == Tokens(prompt + 64, prompt, 32)  # max_tokens stays whole in the total
+    assert likely.at_admission(short) == Tokens(prompt + 64, prompt, 64)  # while written: the cap
+    assert likely.likely(long).output == 256  # no reply of this cap yet
+    likely.settle(long, Tokens(500 + 256, 500, 240))
+    first = likely.likely(short)
+    assert first.output == 32 and likely.likely(long).output == 240
+    likely.charged(short, first)
+    likely.charged(short, likely.likely(short))
+    assert likely.settle(short, None) == first  # oldest first: what was charged comes back
+    assert likely.settle(short, Tokens(314, 250, 64)) == first  # (as charged: the mean moved after)
+    assert likely.likely(short).output == math.ceil(64 * 0.55)  # a full reply moved the mean a tenth
+    assert likely.settle(short, None) == short  # nothing left charged: the estimate itself
+

@@ -680,3 +680,36 @@ async def test_requests_of_a_whole_share_leave_the_window_a_margin_after_a_secon
         times.append(anyio.current_time())
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert gaps == pytest.approx([1.0 + 0.55 * WIRE_MARGIN_S] * 3, abs=1e-6), gaps
+
+
+async def test_a_tokens_per_minute_limit_is_paced_at_the_prompt_as_counted_not_its_bound():
+    """600,000 tokens a minute (10,000 a second, OpenAI's kind: the prompt and `max_tokens`),
+    prompts of 2,000 bytes that count 500 tokens, `max_tokens` 64, answers after 2 s. Charged at the
+    byte bound until each answer came back, every request of the last second counted 2,064: 0.22 of
+    the limit (a real run: 0.29). Charged at the prompt as counted so far (and a twentieth more), the
+    run uses most of it, and no second's sends count more than the limit. On a virtual clock."""
+    import asyncio
+
+    from synthledger.engine.scheduler.limiter import RateLimiter, Tokens
+    from synthledger.testing.virtual_clock import VirtualClock
+
+    est, counted = Tokens(2064, 2000, 64), Tokens(564, 500, 64)
+    sent: list[float] = []
+    with VirtualClock(asyncio.get_running_loop()):
+        lim = RateLimiter(None, 600_000)
+
+        async def one() -> None:
+            await lim.acquire(est)
+            lim.sent(est)
+            sent.append(anyio.current_time())
+            await anyio.sleep(2.0)
+            lim.settle(est, counted)
+
+        with anyio.fail_after(600):
+            async with anyio.create_task_group() as tg:
+                for _ in range(400):
+                    tg.start_soon(one)
+    steady = [t for t in sent if t >= sent[0] + 4.0]  # after the first answers taught the count
+    per_s = 564 * (len(steady) - 1) / (steady[-1] - steady[0])
+    assert per_s >= 0.85 * 10_000, per_s  # 0.90 (charged at the bound: 0.22)
+    assert max(sum(1 for s in sent if t - 1.0 < s <= t) for t in sent) * 564 <= 10_000

@@ -19,13 +19,14 @@ and, when they persist, a slightly lower `factor` (the share of the limit actual
 none is configured, or below a configured one), and a request rate inferred from its 429s (when
 it announces none) through `pace_inferred`.
 
-Tokens are charged when a request is released (by its estimate) and corrected by `settle` once
-the real usage is known, so the average token rate is right even when estimates are upper bounds.
-Three token limits, each counting its own share of a request (`Tokens`): a tokens-per-minute limit
-(OpenAI's: the prompt and every completion's `max_tokens`), and Anthropic's separate input and output
-limits (the output one is charged at `max_tokens` as a request starts and corrected to what was
-written; its average pace charges what replies have been writing, see `output_pace.py`). Pacing
-prompt + `max_tokens` against an output limit alone would use a fraction of it.
+Tokens are charged when a request is released and corrected by `settle` once the real usage is
+known, so the average token rate is right whatever was charged. A request's estimate is an upper
+bound (the budget needs one); what is charged is what it will likely count, learned from the
+replies so far (`likely_tokens.py`): charged at the bound, a run used 0.29 of a tokens-per-minute
+limit. Three token limits, each counting its own share of a request (`Tokens`): a tokens-per-minute
+limit (OpenAI's: the prompt and every completion's `max_tokens`), and Anthropic's separate input and
+output limits (the output one is charged at `max_tokens` as a request starts and corrected to what
+was written). Pacing prompt + `max_tokens` against an output limit alone would use a fraction of it.
 Each token limit also holds its share of every second over the whole requests sent (a provider may
 enforce a per-minute limit per second): see `token_window.py`.
 
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .output_pace import OutputPace
+from .likely_tokens import LikelyTokens
 from .token_window import WINDOW_S, TokenWindows
 
 __all__ = ["RateLimiter", "Tokens", "as_tokens", "counted"]
@@ -121,7 +122,7 @@ class RateLimiter:
         self._req_tat = _NEVER
         self._tat = {name: _NEVER for name in TOKEN_LIMITS}
         self._windows = TokenWindows(TOKEN_LIMITS)  # each token limit's one-second share (token_window.py)
-        self._output = OutputPace()  # what the output limit's average pace charges (output_pace.py)
+        self._likely = LikelyTokens()  # what a request's estimate will likely count (likely_tokens.py)
         self._pause_until = _NEVER
         self._learned: set[str] = set()  # dimensions whose limit came from the provider's headers
         self._lock = anyio.Lock(fast_acquire=True)
@@ -201,7 +202,8 @@ class RateLimiter:
                     now = anyio.current_time()
                     at = self._earliest()
                     if self._tokens_paced:
-                        at = self._windows.room_at(counts_of(estimate), self._window_shares(), now, at)
+                        admitted = self._likely.at_admission(estimate)
+                        at = self._windows.room_at(counts_of(admitted), self._window_shares(), now, at)
                     if at <= now:
                         self._claim(estimate, now)
                         return
@@ -230,18 +232,20 @@ class RateLimiter:
         to the limit's share (20 of 100 tokens at 120,000 a minute), which the provider admits."""
         return {name: v * self._factor * WINDOW_S / 60.0 for name, v in self._per_min.items() if v is not None}
 
-    def _claim(self, tokens: Tokens, now: float) -> None:
+    def _claim(self, estimate: Tokens, now: float) -> None:
+        """Release a request of `estimate`, charged what it will likely count (likely_tokens.py)."""
+        tokens = estimate
         if self._tokens_paced:
-            self._windows.add(counts_of(tokens), self._window_shares(), now)
+            tokens = self._likely.likely(estimate)
+            self._windows.add(counts_of(estimate), counts_of(self._likely.at_admission(estimate)),
+                              self._window_shares(), now)
+            self._likely.charged(estimate, tokens)
         floor = now - self._catch_up
         if self._rpm is not None:
             self._req_tat = max(self._req_tat, floor) + 60.0 / (self._rpm * self._safety * self._factor)
         for name, v in self._per_min.items():
             if v is not None:
-                n = counted(name, tokens)
-                if name == "output_tokens":
-                    n = self._output.charge(n)
-                self._tat[name] = max(self._tat[name], floor) + n * self._seconds_per(name)
+                self._tat[name] = max(self._tat[name], floor) + counted(name, tokens) * self._seconds_per(name)
 
     def _seconds_per(self, name: str) -> float:
         per_min = self._per_min[name]
@@ -261,20 +265,19 @@ class RateLimiter:
         est, act = as_tokens(estimated), as_tokens(actual)
         if min(est.total, est.input, est.output, act.total, act.input, act.output) < 0:
             raise ValueError(f"RateLimiter.settle: token counts must be >= 0, got estimated={estimated!r}, actual={actual!r}")
+        if not self._tokens_paced:  # (nothing to count, on every query of such a run)
+            return
+        answered = act.total > 0 or act.input > 0 or act.output > 0  # (all 0: refused)
+        charged = self._likely.settle(est, act if answered else None)
         refunded = False
         for name, v in self._per_min.items():
-            if v is None:  # (an unpaced dimension: nothing to count, on every query of a run)
+            if v is None:
                 continue
-            estimated, actual = counted(name, est), counted(name, act)
-            charged = estimated
-            if name == "output_tokens":  # the pace charged a likely output, not the cap
-                answered = act.total > 0 or act.input > 0 or act.output > 0
-                charged = self._output.settle(estimated, actual if answered else None)
-            if actual != charged:
-                self._tat[name] += (actual - charged) * self._seconds_per(name)
-            if actual != estimated:
-                self._windows.settle(name, estimated, actual)
-            refunded = refunded or actual < charged or actual < estimated
+            actual, was = counted(name, act), counted(name, charged)
+            if actual != was:
+                self._tat[name] += (actual - was) * self._seconds_per(name)
+                refunded = refunded or actual < was
+            refunded = self._windows.settle(name, counted(name, est), actual) or refunded
         if refunded:
             self._notify()
 

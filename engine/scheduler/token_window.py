@@ -8,8 +8,8 @@ refused. Its tokens were refunded, which let the next request go at once into th
 a storm of 429s (exploratory QA: 407 for 10 answers, and items failed after 24 attempts).
 
 So a release also waits until the last second's sends leave room for it under the limit's share of
-a second; a request larger than that share goes alone. An entry counts from its release until its
-request is on the wire, then from the send (the run's first commit can hold a send for most of a
+a second; a request larger than that share goes alone. An entry counts what its request will
+likely count (likely_tokens.py), from its release until the request is on the wire, then from the send (the run's first commit can hold a send for most of a
 second); it is corrected to what the provider counted once that is known, except a refusal, which
 keeps its place: the refusal says the window was full.
 
@@ -35,7 +35,8 @@ WIRE_MARGIN_S = 0.020  # see the module docstring
 @dataclass
 class _Entry:
     at: float  # released, then sent
-    tokens: int  # as estimated, then as the provider counted them
+    tokens: int  # as likely (likely_tokens.py), then as the provider counted them
+    key: int  # the request's estimate, by which `sent` and `settle` find it
     sent: bool = False
     settled: bool = False
 
@@ -68,25 +69,30 @@ class TokenWindows:
                     break
         return at
 
-    def add(self, counts: dict[str, int], shares: dict[str, float], now: float) -> None:
+    def add(self, estimated: dict[str, int], counts: dict[str, int], shares: dict[str, float], now: float) -> None:
+        """A request `estimated` at these counts, likely to count `counts`, was released now."""
         for name in shares:
             if counts.get(name, 0) > 0:
-                self._entries[name].append(_Entry(now, counts[name]))
+                self._entries[name].append(_Entry(now, counts[name], estimated.get(name, 0)))
 
-    def sent(self, counts: dict[str, int], now: float) -> None:
-        """The oldest release of these counts not yet sent is on the wire now."""
+    def sent(self, estimated: dict[str, int], now: float) -> None:
+        """The oldest release of a request so estimated, not yet sent, is on the wire now."""
         for name, entries in self._entries.items():
-            e = next((e for e in entries if not e.sent and e.tokens == counts.get(name)), None)
+            e = next((e for e in entries if not e.sent and e.key == estimated.get(name)), None)
             if e is not None:
                 e.at, e.sent = max(e.at, now), True
 
-    def settle(self, name: str, estimated: int, actual: int) -> None:
-        """The oldest unsettled request of `estimated` tokens counted `actual` at the provider."""
+    def settle(self, name: str, estimated: int, actual: int) -> bool:
+        """The oldest unsettled request `estimated` at these tokens counted `actual` at the provider;
+        True when that left more room in the window."""
         if actual <= 0:  # refused: it keeps its place (see the module docstring)
-            return
-        e = next((e for e in self._entries[name] if not e.settled and e.tokens == estimated), None)
-        if e is not None:
-            e.tokens, e.settled = actual, True
+            return False
+        e = next((e for e in self._entries[name] if not e.settled and e.key == estimated), None)
+        if e is None:
+            return False
+        freed = actual < e.tokens
+        e.tokens, e.settled = actual, True
+        return freed
 
     def _expire(self, name: str, now: float) -> deque[_Entry]:
         entries = self._entries[name]
