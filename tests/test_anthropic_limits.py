@@ -118,4 +118,7 @@ def test_likely_tokens_learn_the_prompt_per_byte_and_each_max_tokens_apart():
     assert likely.settle(short, Tokens(314, 250, 64)) == first  # (as charged: the mean moved after)
     assert likely.likely(short).output == math.ceil(64 * 0.55)  # a full reply moved the mean a tenth
     assert likely.settle(short, None) == short  # nothing left charged: the estimate itself
+    terse = LikelyTokens()  # a tokenizer that reads 10 bytes a token: the provider's admission may not
+    terse.settle(short, Tokens(100 + 64, 100, 64))
+    assert terse.likely(short).input == 105 and terse.at_admission(short).input == 250
 

@@ -37,6 +37,7 @@ _WEIGHT = 0.1  # each new reply's weight in a running mean
 # The prompt is charged this much above the mean count per byte: the provider estimates a prompt's
 # tokens from its characters when it admits it, before any tokenizer has counted them.
 PROMPT_MARGIN = 1.05
+ADMISSION_BYTES_PER_TOKEN = 4  # see `at_admission`
 
 
 def _scaled(bound: int, ratio: float | None, margin: float = 1.0) -> int:
@@ -57,12 +58,14 @@ class LikelyTokens:
         return self._with(est, _scaled(est.output, self._output.get(est.output)))
 
     def at_admission(self, est: "Tokens") -> "Tokens":
-        """What the provider probably counts while the reply is being written: the output at
-        `max_tokens`, as both OpenAI and Anthropic count it then (what a one-second window holds)."""
-        return self._with(est, est.output)
+        """What the provider probably counts while the reply is being written (what a one-second
+        window holds): the output at `max_tokens`, as OpenAI and Anthropic both count it then, and the
+        prompt at no less than a token per 4 bytes, OpenAI's rule of thumb for its estimate from the
+        characters (a prompt of ASCII prose counts fewer tokens once a tokenizer has read it)."""
+        return self._with(est, est.output, floor=math.ceil(est.input / ADMISSION_BYTES_PER_TOKEN))
 
-    def _with(self, est: "Tokens", output: int) -> "Tokens":
-        prompt = _scaled(est.input, self._prompt, PROMPT_MARGIN)
+    def _with(self, est: "Tokens", output: int, floor: int = 0) -> "Tokens":
+        prompt = max(floor, _scaled(est.input, self._prompt, PROMPT_MARGIN))
         if prompt == est.input and output == est.output:
             return est
         return type(est)(est.total - est.input + prompt, prompt, output)
