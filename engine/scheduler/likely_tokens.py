@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .limiter import Tokens
+from .tokens import Tokens
 
 __all__ = ["LikelyTokens"]
 
@@ -50,32 +48,32 @@ class LikelyTokens:
     def __init__(self) -> None:
         self._prompt: float | None = None  # counted prompt tokens / the prompt's bound
         self._output: dict[int, float] = {}  # written / max_tokens, by max_tokens
-        self._charged: dict["Tokens", deque["Tokens"]] = {}  # by estimate, oldest first
+        self._charged: dict[Tokens, deque[Tokens]] = {}  # by estimate, oldest first
 
-    def likely(self, est: "Tokens") -> "Tokens":
+    def likely(self, est: Tokens) -> Tokens:
         """What `est` (prompt bound in `input`, `max_tokens` in `output`) will probably count once
         its reply is written: what the average pace charges."""
         return self._with(est, _scaled(est.output, self._output.get(est.output)))
 
-    def at_admission(self, est: "Tokens") -> "Tokens":
+    def at_admission(self, est: Tokens) -> Tokens:
         """What the provider probably counts while the reply is being written (what a one-second
         window holds): the output at `max_tokens`, as OpenAI and Anthropic both count it then, and the
         prompt at no less than a token per 4 bytes, OpenAI's rule of thumb for its estimate from the
         characters (a prompt of ASCII prose counts fewer tokens once a tokenizer has read it)."""
         return self._with(est, est.output, floor=math.ceil(est.input / ADMISSION_BYTES_PER_TOKEN))
 
-    def _with(self, est: "Tokens", output: int, floor: int = 0) -> "Tokens":
+    def _with(self, est: Tokens, output: int, floor: int = 0) -> Tokens:
         prompt = max(floor, _scaled(est.input, self._prompt, PROMPT_MARGIN))
         if prompt == est.input and output == est.output:
             return est
-        return type(est)(est.total - est.input + prompt, prompt, output)
+        return Tokens(est.total - est.input + prompt, prompt, output)
 
-    def charged(self, est: "Tokens", likely: "Tokens") -> None:
+    def charged(self, est: Tokens, likely: Tokens) -> None:
         """`likely` was charged for a request estimated at `est` (see `settle`)."""
         if likely != est:
             self._charged.setdefault(est, deque()).append(likely)
 
-    def settle(self, est: "Tokens", counted: "Tokens | None") -> "Tokens":
+    def settle(self, est: Tokens, counted: Tokens | None) -> Tokens:
         """What was charged for the oldest unsettled request estimated at `est`; learns from what
         the provider `counted` (None: refused, which says nothing of what it would have counted)."""
         if counted is not None:

@@ -36,45 +36,18 @@ All times are on the event loop's clock (`anyio.current_time()`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import anyio
 
 from .likely_tokens import LikelyTokens
 from .token_window import WINDOW_S, TokenWindows
+from .tokens import TOKEN_LIMITS, Tokens, as_tokens, counted, counts_of
 
 __all__ = ["RateLimiter", "Tokens", "as_tokens", "counted"]
 
 # Lateness we absorb without losing schedule time, at most; see the module docstring for the bound.
 _JITTER_S = 0.010
 _NEVER = -math.inf
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """One request's tokens as each token limit counts them (see the module docstring)."""
-
-    total: int = 0
-    input: int = 0
-    output: int = 0
-
-
-TOKEN_LIMITS = ("tokens", "input_tokens", "output_tokens")  # the dimensions, as `learn` names them
-
-
-def counted(name: str, t: "Tokens") -> int:
-    """What token limit `name` (TOKEN_LIMITS) counts of a request's tokens."""
-    return t.total if name == "tokens" else t.input if name == "input_tokens" else t.output
-
-
-def counts_of(t: "Tokens") -> dict[str, int]:
-    """What each token limit (TOKEN_LIMITS) counts of a request's tokens."""
-    return {name: counted(name, t) for name in TOKEN_LIMITS}
-
-
-def as_tokens(t: "int | Tokens") -> "Tokens":
-    """A bare count is a `total` (what a tokens-per-minute limit counts)."""
-    return t if isinstance(t, Tokens) else Tokens(total=t)
 
 
 def _check_limit(name: str, value: float | None) -> float | None:
