@@ -51,3 +51,26 @@ class VirtualClock:
         selector, real_select = self._restore
         selector.select = real_select
         del self.loop.time
+
+
+async def paced_sends(limiter: Any, estimate: Any, counted: Any, latency_s: float, n: int) -> list[float]:
+    """The send times of `n` requests through a RateLimiter on a virtual clock: each acquires
+    `estimate`, goes on the wire at once and settles to `counted` `latency_s` later, as the
+    dispatcher does with a provider's answer."""
+    import anyio
+
+    sent: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire(estimate)
+        limiter.sent(estimate)
+        sent.append(anyio.current_time())
+        await anyio.sleep(latency_s)
+        limiter.settle(estimate, counted)
+
+    with VirtualClock(asyncio.get_running_loop()):
+        with anyio.fail_after(3600):  # (virtual seconds: a deadlock fails, never hangs)
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(one)
+    return sent

@@ -62,27 +62,11 @@ async def test_an_output_limit_is_paced_at_what_replies_write_not_at_their_cap()
     the limit (a real run: 0.63-0.83 of it). The pace charges what replies have been writing; only
     the per-second window, which counts the cap until a reply ends as the provider does, holds it
     below the whole limit. On a virtual clock: exact figures, no real time."""
-    import asyncio
-
     from synthledger.engine.scheduler.limiter import RateLimiter, Tokens
-    from synthledger.testing.virtual_clock import VirtualClock
+    from synthledger.testing.virtual_clock import paced_sends
 
-    est, written = Tokens(74, 10, 64), Tokens(42, 10, 32)
-    sent: list[float] = []
-    with VirtualClock(asyncio.get_running_loop()):
-        lim = RateLimiter(None, None, safety=1.0, output_tokens_per_minute=60_000)
-
-        async def one() -> None:
-            await lim.acquire(est)
-            lim.sent(est)
-            sent.append(anyio.current_time())
-            await anyio.sleep(0.06)
-            lim.settle(est, written)
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                for _ in range(300):
-                    tg.start_soon(one)
+    lim = RateLimiter(None, None, safety=1.0, output_tokens_per_minute=60_000)
+    sent = await paced_sends(lim, Tokens(74, 10, 64), Tokens(42, 10, 32), 0.06, 300)
     per_s = 32 * (len(sent) - 1) / (sent[-1] - sent[0])
     assert per_s >= 0.9 * 1000, per_s  # 0.93 (the cap-charged pace: 0.53)
     # The window still holds: no second's sends count more than the limit as the provider counts

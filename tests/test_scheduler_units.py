@@ -688,27 +688,10 @@ async def test_a_tokens_per_minute_limit_is_paced_at_the_prompt_as_counted_not_i
     byte bound until each answer came back, every request of the last second counted 2,064: 0.22 of
     the limit (a real run: 0.29). Charged at the prompt as counted so far (and a twentieth more), the
     run uses most of it, and no second's sends count more than the limit. On a virtual clock."""
-    import asyncio
+    from synthledger.engine.scheduler.limiter import Tokens
+    from synthledger.testing.virtual_clock import paced_sends
 
-    from synthledger.engine.scheduler.limiter import RateLimiter, Tokens
-    from synthledger.testing.virtual_clock import VirtualClock
-
-    est, counted = Tokens(2064, 2000, 64), Tokens(564, 500, 64)
-    sent: list[float] = []
-    with VirtualClock(asyncio.get_running_loop()):
-        lim = RateLimiter(None, 600_000)
-
-        async def one() -> None:
-            await lim.acquire(est)
-            lim.sent(est)
-            sent.append(anyio.current_time())
-            await anyio.sleep(2.0)
-            lim.settle(est, counted)
-
-        with anyio.fail_after(600):
-            async with anyio.create_task_group() as tg:
-                for _ in range(400):
-                    tg.start_soon(one)
+    sent = await paced_sends(RateLimiter(None, 600_000), Tokens(2064, 2000, 64), Tokens(564, 500, 64), 2.0, 400)
     steady = [t for t in sent if t >= sent[0] + 4.0]  # after the first answers taught the count
     per_s = 564 * (len(steady) - 1) / (steady[-1] - steady[0])
     assert per_s >= 0.85 * 10_000, per_s  # 0.90 (charged at the bound: 0.22)
