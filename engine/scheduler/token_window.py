@@ -9,9 +9,10 @@ a storm of 429s (exploratory QA: 407 for 10 answers, and items failed after 24 a
 
 So a release also waits until the last second's sends leave room for it under the limit's share of
 a second; a request larger than that share goes alone. An entry counts what its request will
-likely count (likely_tokens.py), from its release until the request is on the wire, then from the send (the run's first commit can hold a send for most of a
-second); it is corrected to what the provider counted once that is known, except a refusal, which
-keeps its place: the refusal says the window was full.
+likely count (likely_tokens.py), from its release until the request is on the wire, then from the
+send (the run's first commit can hold a send for most of a second); it is corrected to what the
+provider counted once that is known, except a refusal, which keeps its place: the refusal says the
+window was full.
 
 An entry leaves the window a little after one second from its send, as the send shaper's window
 does (shaper.py): the provider's clock stamps a request when it arrives, and a send one second after
