@@ -104,7 +104,7 @@ def test_empty_and_unknown_format(tmp_path):
 def test_a_symlink_target_gets_the_export_and_the_link_stays(tmp_path):
     # The temporary file was renamed over the link: the link was gone, its target untouched.
     target = tmp_path / "real.jsonl"
-    target.write_text("old\n")
+    write_rows(rows(1), "jsonl", target)  # an earlier export
     link = tmp_path / "link.jsonl"
     link.symlink_to(target)
     assert write_rows(rows(), "jsonl", link) == 3
@@ -125,3 +125,32 @@ def test_a_fifo_is_written_through_not_replaced(tmp_path):
     assert write_rows(rows(), "jsonl", fifo) == 3
     reader.join(10)
     assert fifo.is_fifo() and [json.loads(line) for line in got[0].splitlines()] == rows()
+
+
+def test_a_file_that_is_not_an_earlier_export_is_never_written_over(tmp_path):
+    """`--out` naming the store, a config or a seed file by mistake used to replace it with rows."""
+    import sqlite3
+
+    store = tmp_path / "synthledger.db"
+    con = sqlite3.connect(store)
+    con.execute("CREATE TABLE events (seq INTEGER)")
+    con.commit()
+    con.close()
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\nname = "x"\n')
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"id": "s1", "question": "What is 2 + 2?", "answer": "4"}\n')
+    for victim, why in ((store, "is a SQLite database"), (config, "is not an earlier export"),
+                        (seeds, "is not an earlier export")):
+        before = victim.read_bytes()
+        for fmt in ("jsonl", "chat", "openai"):
+            with pytest.raises(ExportError, match=why):
+                write_rows(rows(), fmt, victim)
+            assert victim.read_bytes() == before
+    # An earlier export of any line format, or an empty file, is replaced.
+    out = tmp_path / "data.jsonl"
+    for fmt in ("jsonl", "chat", "openai", "jsonl"):
+        assert write_rows(rows(), fmt, out) == 3
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    assert write_rows(rows(), "chat", empty) == 3

@@ -182,6 +182,7 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: Path, *, system: s
             return _write_hf(rows, out, system, card)
         if out.is_dir():
             raise ExportError(f"{out}: is a folder; the {fmt} format writes a file")
+        _check_overwritable(out)
         records = _checked(rows)
         if fmt == "jsonl":
             return _write_lines(records, out)
@@ -206,6 +207,25 @@ def _check_replaceable(out: Path) -> None:
     if any(out.iterdir()) and not all((out / name).is_file() for name in SAVED_DATASET_FILES):
         raise ExportError(f"{out}: is a folder that holds other files, not an earlier dataset export; "
                           "the hf format replaces its folder whole, so give a new or empty one")
+
+
+def _check_overwritable(out: Path) -> None:
+    """A file format replaces its file, so `--out` naming the store, a config or a seed file by
+    mistake would lose it: only an empty file or an earlier export (a first line that is a JSON
+    object with `messages`, or with a sample's `sample_id`) is written over."""
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    with open(out, "rb") as fh:
+        head = fh.read(1 << 20)
+    if head.startswith(b"SQLite format 3\x00"):
+        raise ExportError(f"{out}: is a SQLite database (a store?), not an earlier export; give a new path")
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except ValueError:
+        first = None
+    if not (isinstance(first, dict) and ("messages" in first or "sample_id" in first)):
+        raise ExportError(f"{out}: exists and is not an earlier export (its first line is not an exported row); "
+                          "give a new path, or remove the file first")
 
 
 def _make_parent(out: Path) -> None:
