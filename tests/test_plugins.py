@@ -274,3 +274,38 @@ def test_an_item_that_asks_more_than_its_item_cost_is_warned_about_once(plugin_p
               con.execute("SELECT payload FROM events WHERE type = 'run_warning'")
               if json.loads(p)["kind"] == "item_cost_exceeded"]
     assert len(warned) == 1 and "asked more teacher queries than its item_cost()" in warned[0], warned
+
+
+@pytest.mark.parametrize("fault, said", [
+    ("int_text", "returned a Completion from complete() whose texts[0] is int; expected str"),
+    ("raise", "complete() raised RuntimeError at synthledger_echo.py:"),
+    ("none", "returned NoneType from complete(); expected a Completion"),
+    ("bound", "returned -100 from prompt_tokens_upper_bound()"),
+    ("factory", "returned int from its factory; expected a teacher"),
+])
+def test_a_broken_teacher_is_named_stops_at_once_and_leaves_a_resumable_run(plugin_path, tmp_path, fault, said):
+    """A teacher's int text was stored in `query_settled` (audit failed, and a resume replayed it
+    from the store for good), and one that raised was retried as a server error until the budget
+    was spent, each attempt charged; both, and the rest, were blamed on the strategy."""
+    project = write_project(tmp_path, "http://127.0.0.1:9")
+    config = project / "run.toml"
+    config.write_text(config.read_text().replace('provider = "openai-compatible"', 'provider = "echo_teacher"'))
+    store = f"sqlite:///{project / 'store.db'}"
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", store, plugins=plugin_path, cwd=project,
+            SYNTHLEDGER_ECHO_TEACHER=fault)
+    assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert "teacher 'echo_teacher' (plugin echo from synthledger-echo 0.3.1)" in r.stderr and said in r.stderr, r.stderr
+    if fault == "factory":  # refused before a run began
+        return
+    con = sqlite3.connect(project / "store.db")
+    texts = [json.loads(p).get("text") for (p,) in
+             con.execute("SELECT payload FROM events WHERE type = 'query_settled'").fetchall()]
+    assert all(isinstance(t, str) for t in texts), texts
+    attempts = [json.loads(p)["attempt"] for (p,) in
+                con.execute("SELECT payload FROM events WHERE type = 'attempt_failed'").fetchall()]
+    assert all(a == 1 for a in attempts) and len(attempts) <= 4, attempts  # stopped, never retried
+    audit = cli("audit", "echo-run", "--json", "--store", store, plugins=plugin_path)
+    assert audit.returncode == 0 and json.loads(audit.stdout)["ok"], audit.stdout + audit.stderr
+    again = cli("generate", "-c", "run.toml", "--resume", "--no-progress", "--store", store, plugins=plugin_path,
+                cwd=project)
+    assert again.returncode == 0 and "completed" in again.stdout, again.stderr

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from ..api import ChatRequest, PlanItem
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
+from .teacher_contract import prompt_bound
 
 # What an item's pledge is checked on: a prompt's size is unknown before the strategy writes it.
 ITEM_DIMENSIONS = ("queries", "output_tokens")
@@ -32,7 +33,7 @@ def worst_case(ep: Endpoint, request: ChatRequest | None = None) -> Amount:
     if request is None:
         prompt, max_tokens, n = 0, int(ep.params.get("max_tokens", 256)), 1
     else:
-        prompt, max_tokens, n = ep.teacher.prompt_tokens_upper_bound(request), request.max_tokens, request.n
+        prompt, max_tokens, n = prompt_bound(ep.teacher, request, ep.who), request.max_tokens, request.n
     out = max_tokens * n
     usd = ep.price.cost(prompt, out) if ep.price else 0.0
     return Amount(queries=n, input_tokens=prompt, output_tokens=out, usd=usd)

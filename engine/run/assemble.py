@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import host
-from ..plugin_faults import guarded
+from ..plugin_faults import failure, guarded
 from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
 from .config_errors import suggestion
 from ..scheduler.endpoint import Endpoint
 from .batching import BatchQueue
+from .teacher_contract import checked_teacher
 from ..ledger.ledger import BudgetSpec
 from ..ledger.pricing import ModelPrice, price_for
 from ..scheduler import AdaptiveConcurrency, CircuitBreaker, RateLimiter, RetryPolicy
@@ -202,16 +203,19 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
             factory = _plugin("teachers", section.provider, role if role in ("teacher", "augmenter") else "teacher")
             where = "augmenter" if role == "augmenter" and cfg.augmenter is not None else "teacher"
             check_api_key_env(section, where)
+            who = host.get_host().describe("teachers", section.provider)
             try:
-                teacher = factory(section.model_dump(exclude_none=True))
+                teacher = checked_teacher(factory(section.model_dump(exclude_none=True)), who)
             except ValidationError as exc:  # the provider's own settings model: report full key paths
                 # Suggest from the section's own keys and those the provider says it takes.
                 known = sorted(set(ModelSection.model_fields) | set(getattr(factory, "settings_fields", ())))
                 raise ConfigError(f"{cfg.source}: {options_error(exc, where, known=known)}") from None
-            except ConfigError:
+            except (ConfigError, PluginFailed):
                 raise
             except SynthledgerError as exc:  # e.g. a local model that does not exist: say which section
                 raise ConfigError(f"[{where}] {exc}") from None
+            except Exception as exc:  # the plugin's own code
+                raise PluginFailed(failure(f"{who} factory", exc)) from exc
             price = price_for(section.model, section.provider, overrides, section.base_url)
             batch_api = getattr(teacher, "batch_api", None)
             if price is not None and batch_api is not None:
@@ -232,7 +236,7 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
                 breaker=CircuitBreaker(lim.breaker_threshold, lim.breaker_cooldown_s, cooldown_factor=2.0),
                 retry=RetryPolicy(max_attempts=lim.max_attempts, base_s=lim.backoff_base_s,
                                   max_s=max(lim.backoff_max_s, lim.backoff_base_s)),
-                price=price, timeout_s=section.timeout_s, section=where,
+                price=price, timeout_s=section.timeout_s, section=where, who=who,
                 shaper=(SendShaper(lim.requests_per_minute, PACING_SAFETY)
                         if lim.requests_per_minute is not None else None),
                 batch=BatchQueue(batch_api) if batch_api is not None else None,

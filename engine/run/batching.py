@@ -34,6 +34,7 @@ from .batch_calls import RETRY_S, from_provider, read_results
 from .batch_outcomes import BatchOutcomes, Pending
 from .batch_room import BatchRoom, typical_tokens
 from .samples import Member
+from .teacher_contract import prompt_bound
 
 if TYPE_CHECKING:
     from ..scheduler.endpoint import Endpoint
@@ -89,7 +90,7 @@ class BatchQueue(BatchOutcomes):
         if self._stopped:
             raise RunStopping("the run is stopping")
         base = ChatRequest(model=ep.model, messages=tuple(messages), **params)
-        prompt = ep.teacher.prompt_tokens_upper_bound(base)
+        prompt = prompt_bound(ep.teacher, base, ep.who)
         d._start(ep, members)
         members, worsts = d._fit(ep, role, strategy, base, prompt, members)
         d.reserve(ep, role, purpose, strategy, base, members, worsts)

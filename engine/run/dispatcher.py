@@ -32,6 +32,7 @@ from .admission import Admission
 from .samples import MAX_N, Member, worst_shares
 from .retrying import Retrier
 from .sending import Sender
+from .teacher_contract import prompt_bound
 
 __all__ = ["Dispatcher", "request_key"]
 
@@ -245,7 +246,7 @@ class Dispatcher(Retrier, Sender):
     async def _ask_new(self, ep: Endpoint, role: str, members: list[Member], params: dict[str, Any],
                        messages: list[dict[str, str]], purpose: str, strategy: str) -> dict[str, str]:
         base = ChatRequest(model=ep.model, messages=tuple(messages), **params)
-        prompt = ep.teacher.prompt_tokens_upper_bound(base)
+        prompt = prompt_bound(ep.teacher, base, ep.who)
         self._start(ep, members)
         members, worsts = self._fit(ep, role, strategy, base, prompt, members)
         self.reserve(ep, role, purpose, strategy, base, members, worsts)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..api import ChatRequest, Completion
-from ..errors import FailureKind, RunStopping, TeacherError
+from ..errors import FailureKind, PluginFailed, RunStopping, TeacherError
 from ..ledger.events import (AttemptFailed, QueryAbandoned, QueryDispatched, QuerySettled, RateAdjusted, RunWarning,
                              plain_cost)
 from ..ledger.ledger import Amount
@@ -21,6 +21,7 @@ from ..redact import one_line
 from ..scheduler.limiter import Tokens
 from .eventloop import time_limit
 from .samples import Member, output_split, shares, split_evenly
+from .teacher_contract import checked_completion, raised
 from .usage_check import fault_error, fault_event
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class Sender:
             limit = request.timeout_s or ep.timeout_s
             try:
                 async with time_limit(limit):
-                    completion = await ep.teacher.complete(request)
+                    completion = checked_completion(await ep.teacher.complete(request), ep.who)
             except TimeoutError:
                 err = TeacherError(FailureKind.TIMEOUT, f"no answer within {limit:g}s", maybe_billed=True)
                 self._failed(ep, members, err, est, started)
@@ -92,11 +93,13 @@ class Sender:
                 # the ledger keeps its worst case now rather than leaving the attempt open.
                 self._cancelled(members, True, "cancelled while in flight (the run stopped)")
                 raise
-            except Exception as exc:  # a provider bug must not lose the accounting
+            except Exception as exc:  # a bug in the teacher: the accounting kept (it may have been sent), then stop
                 err = TeacherError(FailureKind.SERVER_ERROR, f"{type(exc).__name__}: {one_line(str(exc), 300)}",
                                   maybe_billed=True)
                 self._failed(ep, members, err, est, started)
-                raise err from exc
+                if isinstance(exc, PluginFailed):  # a reply that breaks the contract (teacher_contract)
+                    raise
+                raise raised(ep.who, exc) from exc
         latency = time.monotonic() - started
         usage = completion.usage
         worst = Amount(len(members), prompt_bound, cap)

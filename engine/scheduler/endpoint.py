@@ -56,6 +56,7 @@ class Endpoint:
     max_n: int | None = None  # at most this many in one request (halved when n made one too large)
     last_note: str | None = None  # the last pacing change, for the live view
     section: str = "teacher"  # the config section that describes this endpoint (for messages)
+    who: str = "teacher"  # how a one-line error names its teacher plugin ("teacher 'x' (plugin p from d 1.0)")
     answered: int = 0  # replies received this session: a refused connect before the first is a config error
     # Replies in a row that were not chat completions (a 200 we cannot read), with no good one in
     # between: a web page or a broken proxy where the API should be. Each may have been billed, so
