@@ -21,6 +21,9 @@ def store_copy(
     src: str = typer.Argument(..., metavar="SRC_URL", help="Store to copy from (SQLAlchemy URL)."),
     dst: str = typer.Argument(..., metavar="DST_URL", help="Store to copy into (created if it is a new SQLite file)."),
     refs: list[str] = typer.Argument(None, metavar="RUN", help="Runs to copy (id or name); default: all."),
+    unfinished: bool = typer.Option(False, "--unfinished", help="Copy the named generate runs even if they have not "
+                                    "finished, to move one and resume it in one store only (resumed in both, it "
+                                    "would pay for its remaining queries twice)."),
 ) -> None:
     """Copy runs between stores, verifying every hash chain; a run that differs is never overwritten.
 
@@ -34,7 +37,7 @@ def store_copy(
     new_file = _new_sqlite_file(dst)
     target = EventStore(dst)
     failed = copied = 0
-    for result in copy_runs(source, target, refs or []):
+    for result in copy_runs(source, target, refs or [], unfinished=unfinished):
         if isinstance(result, CopyRefused):
             from rich.markup import escape
 

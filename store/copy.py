@@ -6,7 +6,9 @@ and as the destination reads back what it was given, before committing. A run al
 destination is left alone when it is the same run (a no-op) and extended when the destination
 holds a prefix of it (an earlier copy of a run that has gone on since); any other difference is
 refused, never overwritten. A run still being extended is not copied (its copy, resumed, would
-send the same queries again beside it), and a generate run is not copied beside another of its name.
+send the same queries again beside it), nor one that has not finished unless asked to (see
+copy_plan, which also takes along the runs a copied run reused answers from), and a generate run is
+not copied beside another of its name.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from .errors import RunNotFound, StoreError
+from .errors import RunNotFound
 from .eventstore import EventStore
 from .hashing import GENESIS, chain_hash
 from .keys import insert_row_keys
+from .copy_plan import CopyRefused, lacking, refuse_unfinished, with_sources
 from .records import RunInfo, owner_alive
 from .sql import text
 
@@ -27,10 +30,6 @@ if TYPE_CHECKING:
 
 PAGE = 5000
 IDENTITY = ("name", "kind", "parent_id", "created", "config_hash", "config")
-
-
-class CopyRefused(StoreError):
-    """This run cannot be copied (broken chain, or a different run under its id in the destination)."""
 
 
 @dataclass
@@ -111,9 +110,12 @@ def _prefix_head(src: EventStore, run_id: str, seq: int) -> str | None:
     return None if row is None else row[0]
 
 
-def copy_run(src: EventStore, dst: EventStore, info: RunInfo) -> Copied:
-    """Copy one run (see the module docstring); raises CopyRefused and writes nothing if it cannot."""
+def copy_run(src: EventStore, dst: EventStore, info: RunInfo, unfinished: bool = False) -> Copied:
+    """Copy one run (see the module docstring); raises CopyRefused and writes nothing if it cannot.
+    `unfinished`: a generate run that has not finished may be copied (see copy_plan)."""
     _refuse_live(info, src.where)
+    if not unfinished:
+        refuse_unfinished(info, src.where)
     try:
         have: RunInfo | None = dst.get_run(info.id)
     except RunNotFound:
@@ -179,13 +181,23 @@ def _copy_events(src: EventStore, dst: EventStore, out: Connection, info: RunInf
     return written
 
 
-def copy_runs(src: EventStore, dst: EventStore, refs: Iterable[str] = ()) -> Iterator[Copied | CopyRefused]:
-    """Every named run (all of the source's when none are named), each in its own transaction; a
-    refused run is yielded as its error and the others go on."""
+def copy_runs(src: EventStore, dst: EventStore, refs: Iterable[str] = (),
+              unfinished: bool = False) -> Iterator[Copied | CopyRefused]:
+    """Every named run (all of the source's when none are named) and the runs they reused answers
+    from, each in its own transaction; a refused run is yielded as its error and the others go on.
+    `unfinished` lets the named runs be copied before they have finished (never the ones taken along)."""
     refs = list(refs)
     infos = [src.resolve(r) for r in refs] if refs else src.list_runs()
-    for info in infos:
+    named = {info.id for info in infos} if refs else set()
+    order, sources = with_sources(src, infos)
+    for info in order:
+        missing = lacking(dst, sources[info.id])
+        if missing:
+            yield CopyRefused(f"run {info.id} ({info.name}) reuses answers settled by run {', '.join(missing)}, "
+                              f"which {dst.where} does not hold and which was not copied; not copied (its copy "
+                              "would fail audit)")
+            continue
         try:
-            yield copy_run(src, dst, info)
+            yield copy_run(src, dst, info, unfinished=unfinished and info.id in named)
         except CopyRefused as exc:
             yield exc

@@ -31,11 +31,12 @@ def admitted(j: int) -> NewEvent:
 
 
 def record(st: EventStore, name: str, n: int) -> tuple[str, int, str]:
-    """A run of n+1 valid events (so `audit` passes it) written in a few group commits."""
+    """A finished run of n+1 valid events (so `audit` passes it) written in a few group commits."""
     start = RunStarted(config={"run": {"name": name}}, config_hash="h", plan_hash="p", version="test")
     run_id, seq, head = st.start_run(name, {"run": {"name": name}}, "h", [NewEvent(*to_payload(start))])
     for i in range(0, n, 3):
-        seq, head = st.append(run_id, [admitted(j) for j in range(i, min(n, i + 3))], seq, head)
+        seq, head = st.append(run_id, [admitted(j) for j in range(i, min(n, i + 3))], seq, head,
+                              status="completed" if i + 3 >= n else None)
     return run_id, seq, head
 
 
@@ -156,8 +157,8 @@ def test_a_run_still_being_extended_is_not_copied(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"run {run_id} (live) is still running in" in r.stderr and "twice" in r.stderr, r.stderr
     assert not (tmp_path / "b.db").exists() or not EventStore(dst_url).list_runs()
-    src.release(run_id, me, "interrupted")  # stopped: now it may move
-    assert cli("store", "copy", src_url, dst_url).returncode == 0
+    src.release(run_id, me, "interrupted")  # stopped: now it may move, when asked by name
+    assert cli("store", "copy", src_url, dst_url, "live", "--unfinished").returncode == 0
 
 
 def test_a_generate_run_is_not_copied_beside_another_of_its_name(tmp_path):
@@ -168,3 +169,43 @@ def test_a_generate_run_is_not_copied_beside_another_of_its_name(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"already has another run named 'twin' ({theirs})" in r.stderr, r.stderr
     assert [x.id for x in EventStore(dst_url).list_runs()] == [theirs]
+
+
+def test_a_run_that_has_not_finished_moves_only_when_asked(tmp_path):
+    # A killed run is not live, so it was copied; resumed in both stores it paid for its remaining
+    # queries twice (316 requests for a budget of 200), each store's audit ok.
+    src_url, dst_url = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    src = EventStore(src_url)
+    start = RunStarted(config={"run": {"name": "killed"}}, config_hash="h", plan_hash="p", version="test")
+    dead = "vm:999999:0"  # a holder that is gone (kill -9)
+    run_id, _, _ = src.start_run("killed", {"run": {"name": "killed"}}, "h", [NewEvent(*to_payload(start))], owner=dead)
+    done, _, _ = record(src, "done", 2)
+    r = cli("store", "copy", src_url, dst_url)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"run {run_id} (killed) is running in" in r.stderr and "twice" in r.stderr and "--unfinished" in r.stderr
+    assert [x.id for x in EventStore(dst_url).list_runs()] == [done]  # the finished one went
+    moved = cli("store", "copy", src_url, dst_url, "killed", "--unfinished")
+    assert moved.returncode == 0 and f"copied run {run_id} (killed)" in moved.stdout, moved.stderr
+
+
+def test_a_run_takes_along_the_runs_it_reused_answers_from(tmp_path):
+    # Copied alone, its copy failed audit: "reused query ...: source <run>#14 does not exist".
+    import json
+
+    from synthledger.testing.projects import write_project
+    from synthledger.testing.server import run_in_thread
+
+    store = f"sqlite:///{tmp_path / 'a.db'}"
+    with run_in_thread() as server:
+        write_project(tmp_path, server.url, name="first", queries=4)
+        for name in ("first", "second"):  # the second's answers all come from the first
+            r = cli("generate", "-c", str(tmp_path / "run.toml"), "--name", name, "--no-progress", "--store", store)
+            assert r.returncode == 0, r.stderr
+    first, second = (EventStore(store).resolve(n).id for n in ("first", "second"))
+    assert EventStore(store).get_run(second).status in ("completed", "budget_exhausted")
+    out = f"sqlite:///{tmp_path / 'b.db'}"
+    r = cli("store", "copy", store, out, "second")
+    assert r.returncode == 0, r.stderr
+    assert f"copied run {first} (first)" in r.stdout and f"copied run {second} (second)" in r.stdout
+    report = cli("audit", second, "--json", "--store", out)
+    assert report.returncode == 0 and json.loads(report.stdout)["ok"], report.stdout

@@ -147,7 +147,7 @@ def test_both_databases_answer_the_same_rows(tmp_path, pg_url):
     run_id, seq, head = lite.start_run("views", {}, "c", [NewEvent(*to_payload(e)) for e in SESSION_1])
     lite.append(run_id, [NewEvent(*to_payload(e)) for e in SESSION_2], seq, head)
     pg = EventStore(pg_url)
-    assert [c.action for c in copy_runs(lite, pg)] == ["copied"]
+    assert [c.action for c in copy_runs(lite, pg, [run_id], unfinished=True)] == ["copied"]
     for view, order in (("samples", "seq"), ("queries", "query_id"), ("charges", "seq, query_id"),
                         ("spend_by_run", "run_id")):
         a = [{k: plain(v) for k, v in r.items()} for r in rows(lite, f"SELECT * FROM {view} ORDER BY {order}")]
