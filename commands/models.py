@@ -12,11 +12,15 @@ from rich.table import Table
 
 from .common import CliError, StoreOpt, _announce, _handled, _store, app, err, out
 
+# The largest whole number a config (and so a recommended one) may hold (engine/run/configfile.MAX_INT):
+# a recommendation `generate` would refuse is no recommendation, and a larger one overflowed a float.
+MAX_COUNT = 2**63 - 1
+
 
 @app.command()
 @_handled
-def recommend(seeds: int = typer.Option(..., "--seeds", min=1, metavar="N", help="Seed-set size |S|."),
-              budget: int = typer.Option(..., "--budget", min=1, metavar="Q", help="Query budget Q."),
+def recommend(seeds: int = typer.Option(..., "--seeds", min=1, max=MAX_COUNT, metavar="N", help="Seed-set size |S|."),
+              budget: int = typer.Option(..., "--budget", min=1, max=MAX_COUNT, metavar="Q", help="Query budget Q."),
               augmenter: str = typer.Option("strong", "--augmenter", metavar="[weak|strong]",
                                             help="How capable the question-writing model is."),
               verifiable: Optional[str] = typer.Option(None, "--verifiable", metavar="[yes|no]",

@@ -198,3 +198,18 @@ def test_advice_of_a_strategy_the_grid_never_ran_says_it_is_not_measured():
     assert any(r.startswith("question_rephrase was not in experiment g6's grid") for r in rec.reasons)
     strong = recommend_from(_measured((0.2, 0.1, 0.3), (0.15, 0.05, 0.25)), seeds=4, budget=12)
     assert not any("was not in experiment" in r for r in strong.reasons)
+
+
+@pytest.mark.parametrize("budget", ["9" * 330, "99999999999999999999"])
+def test_a_budget_no_config_can_hold_is_one_line(budget):
+    """A 330-digit budget overflowed a float (a traceback); a 20-digit one was recommended as a
+    config that `generate` then refused (at most 2**63 - 1)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    r = subprocess.run([sys.executable, str(cli), "recommend", "--seeds", "1", "--budget", budget],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not r.stdout, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--budget" in r.stderr
