@@ -174,6 +174,8 @@ def run_faulty(plugin_path, tmp_path, url: str, fault: str, seeds: int = 4):
              "synthledger_echo.py:"),
     ("type", "strategy 'echo_strategy' returned str from run() on item"),
     ("dupkey", "plan() yielded the item key 'echo:dup' twice"),
+    ("cost_str", "strategy 'echo_strategy' returned {'teacher': '2'} from item_cost(); expected a dict of role -> "
+                 "whole number of queries"),
 ])
 def test_a_broken_strategy_fails_its_run_in_one_line(plugin_path, server, tmp_path, fault, said):
     r, status, _ = run_faulty(plugin_path, tmp_path, server.url, fault)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..api import ChatRequest, PlanItem
+from ..errors import PluginFailed
+from ..redact import one_line
 from ..ledger.ledger import Amount, Ledger
 from ..scheduler.endpoint import Endpoint
 from .teacher_contract import prompt_bound
@@ -66,8 +68,8 @@ class Admission:
     # ---- whole plan items -----------------------------------------------------------------
     def item_cost(self, item: PlanItem) -> dict[str, int]:
         """Worst-case queries per role for one item: the strategy's plus the verifier's."""
-        cost = dict(self.strategy.item_cost(item))
-        for role, n in self.verifier.item_cost().items():
+        cost = dict(_counts(self.strategy.item_cost(item), f"strategy {item.strategy!r}"))
+        for role, n in _counts(self.verifier.item_cost(), f"verifier {getattr(self.verifier, 'name', '?')!r}").items():
             cost[role] = cost.get(role, 0) + n
         return cost
 
@@ -139,3 +141,12 @@ class Admission:
     def _add(self, item: PlanItem, cost: dict[str, int], sign: int) -> None:
         for scope, amount in self._need(item, cost).items():
             self._pledged.setdefault(scope, Amount()).add(amount, sign)
+
+
+def _counts(cost: Any, who: str) -> dict[str, int]:
+    """A plugin's item_cost(), if it is what admission can price: a string in it made the first
+    item's pricing raise deep in the run's task group (a traceback, the run left `interrupted`)."""
+    if not isinstance(cost, dict) or not all(type(k) is str and type(n) is int and n >= 0 for k, n in cost.items()):
+        raise PluginFailed(f"{who} returned {one_line(repr(cost), 200)} from item_cost(); expected a dict of "
+                           "role -> whole number of queries, 0 or more")
+    return cost
