@@ -88,6 +88,27 @@ def _name_and_version(dist: Any, seen: dict[int, tuple[str, str]]) -> tuple[str,
     return seen[id(dist)]
 
 
+# Kinds whose registered factory is a class with an `Options` model (what their config section holds).
+WITH_OPTIONS = ("seed_sources", "strategies", "verifiers", "trainers", "evaluators")
+
+
+def _check_registration(kind: str, name: Any, factory: Any, where: str) -> None:
+    """What `register(name, factory)` was given, checked as it is given: a non-string name crashed
+    `plugins`, an empty one was listed blank, and a factory that is no plugin class was a traceback
+    from the run that first used it."""
+    if type(name) is not str or not name.strip() or name != name.strip():
+        raise PluginError(f"{where} registered the name {name!r}; a name is a non-empty string without "
+                          "surrounding spaces")
+    if kind in WITH_OPTIONS:
+        options = getattr(factory, "Options", None)
+        if not isinstance(factory, type) or not (isinstance(options, type) and hasattr(options, "model_fields")):
+            raise PluginError(f"{where} registered {name!r} as {factory!r}, which is not a {singular(kind)} class "
+                              "with an Options model (subclass the base class in synthledger.engine.api)")
+    elif not callable(factory):
+        raise PluginError(f"{where} registered {name!r} as {factory!r}, which cannot be called to make a "
+                          f"{singular(kind)}")
+
+
 class PluginHost:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(GROUP)
@@ -158,6 +179,7 @@ class PluginHost:
 
                 def register(name: str, factory: Any, _kind: str = kind, _p: str = plugin_name,
                              _d: str = dist, _v: str = version) -> None:
+                    _check_registration(_kind, name, factory, f"plugin {_p!r} ({_d}) register_{_kind}")
                     prior = registry[_kind].get(name)
                     if prior is not None and prior.plugin != _p:  # never let one plugin shadow another
                         raise PluginError(

@@ -247,6 +247,19 @@ def test_a_seed_source_that_returns_no_seeds_is_one_line_naming_it(plugin_path, 
             "position 1; expected a Seed") in r.stderr
 
 
+@pytest.mark.parametrize("fault, said", [
+    ("not_a_class", "registered 'objstrat' as <class 'object'>, which is not a strategy class with an Options model"),
+    ("int_name", "registered the name 5; a name is a non-empty string"),
+    ("blank_name", "registered the name ''; a name is a non-empty string"),
+])
+def test_a_registration_that_is_no_plugin_is_one_line_naming_it(plugin_path, fault, said):
+    """`object` as a strategy was a traceback from the first run that used it; the name 5 crashed
+    `plugins` (rich cannot render an int); an empty name was listed blank."""
+    r = cli("plugins", plugins=plugin_path, SYNTHLEDGER_ECHO_FAULT=fault)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not r.stdout, r.stderr
+    assert "plugin 'echo' (synthledger-echo) register_strategies" in r.stderr and said in r.stderr, r.stderr
+
+
 def test_a_misspelt_hook_is_an_error_not_a_silent_nothing(plugin_path):
     r = cli("plugins", plugins=plugin_path, SYNTHLEDGER_ECHO_FAULT="hookname")
     assert r.returncode == 2 and "Traceback" not in r.stderr
