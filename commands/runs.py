@@ -49,7 +49,7 @@ def generate(
 
     named = [f"run.name={json.dumps(name)}"] if name is not None else []  # (--name "" is refused, not ignored)
     if config is not None:
-        cfg = load_config(config, [*set_, *named], given_by={"run.name": "--name"})
+        cfg = load_config(config, [*set_, *named], given_by={"run.name": "--name"} if named else None)
         result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
     elif resume or run:
         from synthledger.engine.run.store_choice import choose_store, open_store

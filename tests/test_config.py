@@ -103,6 +103,11 @@ def test_unknown_top_level_section():
     (("budget", "queries"), True),  # was a budget of 1 query
     (("budget", "queries"), 2.5),  # was 2
     (("budget", "output_tokens"), False),
+    (("seeds", "size"), True),  # was a run of one seed (QA)
+    (("teacher", "max_tokens"), True),  # was 1 token
+    (("teacher", "temperature"), False),  # was 0.0
+    (("limits", "requests_per_minute"), True),
+    (("teacher", "model"), ""),  # reached the provider: eight failed attempts, then "model: field required"
 ])
 def test_wrong_type_names_its_path(path, value):
     data = good()
@@ -302,6 +307,8 @@ def test_cli_lists_several_bad_keys_apart_and_names_the_option_that_gave_each(pr
     assert r.returncode == 2 and "\n" not in line, r.stderr
     assert "invalid config: " in line and line.count("; ") == 2, line  # three bad keys, one line
     assert line.endswith("(given by --name and --set budget.queries, nosection.x)"), line
+    only_set = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}", "--set", "run.name=")
+    assert only_set.returncode == 2 and only_set.stderr.strip().endswith("(given by --set run.name)"), only_set.stderr
 
 
 def test_an_error_in_a_key_given_by_set_says_so_without_its_value(tmp_path):

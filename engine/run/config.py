@@ -53,13 +53,13 @@ def is_secret_key(key: str) -> bool:
 class RunSection(_Strict):
     name: str = Field(min_length=1)
     store: str | None = None
-    seed: int = 0
+    seed: StrictInt = 0
     description: str | None = None
     # A process that stops heartbeating for this long (frozen, partitioned) loses the run to a
     # `generate --resume`; the holder heartbeats at a third of it.
-    lease_ttl_s: float = Field(default=30.0, gt=0)
+    lease_ttl_s: StrictFloat = Field(default=30.0, gt=0)
     # Part of every query's identity: replicates of an experiment are independent samples.
-    replicate: int = Field(default=0, ge=0)
+    replicate: StrictInt = Field(default=0, ge=0)
     # Answer a query already settled by another run of the store from there, paying nothing.
     reuse: bool = True
 
@@ -74,20 +74,20 @@ class RunSection(_Strict):
 
 class SeedsSection(_Open):
     source: str = "jsonl"
-    size: int | None = Field(default=None, gt=0)
+    size: StrictInt | None = Field(default=None, gt=0)
 
 
 class ModelSection(_Open):
     """A model endpoint for one role (the teacher, the augmenter...)."""
 
     provider: str = "openai-compatible"
-    model: str
+    model: str = Field(min_length=1)
     base_url: str | None = None
-    max_tokens: int = Field(default=256, gt=0)
-    temperature: float = Field(default=0.7, ge=0)
-    top_p: float | None = None
+    max_tokens: StrictInt = Field(default=256, gt=0)
+    temperature: StrictFloat = Field(default=0.7, ge=0)
+    top_p: StrictFloat | None = None
     api_key_env: str | None = None
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: StrictFloat = Field(default=60.0, gt=0)
 
     @field_validator("api_key_env")
     @classmethod
@@ -124,21 +124,21 @@ class ModelSection(_Open):
 
 
 class LimitsSection(_Strict):
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    tokens_per_minute: float | None = Field(default=None, gt=0)
+    requests_per_minute: StrictFloat | None = Field(default=None, gt=0)
+    tokens_per_minute: StrictFloat | None = Field(default=None, gt=0)
     # Anthropic's separate limits: the prompt (cache reads excluded), and what is written (charged
     # at max_tokens until the answer says). Learned from its headers where not set.
-    input_tokens_per_minute: float | None = Field(default=None, gt=0)
-    output_tokens_per_minute: float | None = Field(default=None, gt=0)
+    input_tokens_per_minute: StrictFloat | None = Field(default=None, gt=0)
+    output_tokens_per_minute: StrictFloat | None = Field(default=None, gt=0)
     # Unset: what a known rate needs at the observed latency (Little's law), or up to 64 while probing
     # a provider whose limits are unknown; see run/assemble.py.
-    max_concurrency: int | None = Field(default=None, ge=1)
-    initial_concurrency: int | None = Field(default=None, ge=1)
-    max_attempts: int = Field(default=6, ge=1)
-    backoff_base_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    breaker_threshold: int = Field(default=8, ge=1)
-    breaker_cooldown_s: float = Field(default=5.0, ge=0)
+    max_concurrency: StrictInt | None = Field(default=None, ge=1)
+    initial_concurrency: StrictInt | None = Field(default=None, ge=1)
+    max_attempts: StrictInt = Field(default=6, ge=1)
+    backoff_base_s: StrictFloat = Field(default=0.5, ge=0)
+    backoff_max_s: StrictFloat = Field(default=30.0, ge=0)
+    breaker_threshold: StrictInt = Field(default=8, ge=1)
+    breaker_cooldown_s: StrictFloat = Field(default=5.0, ge=0)
 
 
 class LimitValues(_Strict):
@@ -165,9 +165,9 @@ class BudgetSection(LimitValues):
 
 
 class Price(_Strict):
-    input_per_mtok: float = Field(ge=0)
-    output_per_mtok: float = Field(ge=0)
-    cached_input_per_mtok: float | None = Field(default=None, ge=0)  # prompt-cache reads, when billed apart
+    input_per_mtok: StrictFloat = Field(ge=0)
+    output_per_mtok: StrictFloat = Field(ge=0)
+    cached_input_per_mtok: StrictFloat | None = Field(default=None, ge=0)  # prompt-cache reads, when billed apart
 
 
 class NamedSection(_Open):
@@ -180,8 +180,8 @@ class TaskSection(_Strict):
 
 class DedupeSection(_Strict):
     enabled: bool = True
-    threshold: float = Field(default=0.8, gt=0, le=1)
-    ngram: int = Field(default=5, ge=1)
+    threshold: StrictFloat = Field(default=0.8, gt=0, le=1)
+    ngram: StrictInt = Field(default=5, ge=1)
 
 
 class QualitySection(_Strict):
