@@ -238,3 +238,21 @@ def test_a_bad_busy_timeout_is_one_line(tmp_path):
             extra_env={"SYNTHLEDGER_BUSY_TIMEOUT": "soon"})
     assert r.returncode == 2 and "SYNTHLEDGER_BUSY_TIMEOUT must be a number of seconds" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_resuming_a_finished_run_by_name_says_what_does_go_on(tmp_path):
+    # It said "run with --config (and without --resume) to start one", which was then refused:
+    # "run name 'dup' is taken".
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    with run_in_thread() as srv:
+        write_project(tmp_path, srv.url, name="dup", queries=2)
+        assert cli("generate", "-c", "run.toml", "--no-progress", "--store", store, cwd=tmp_path).returncode == 0
+        again = cli("generate", "-c", "run.toml", "--resume", "--no-progress", "--store", store, cwd=tmp_path)
+        line = " ".join(again.stderr.split())
+        assert again.returncode == 2 and "Traceback" not in line
+        run_id = EventStore(store).resolve("dup").id
+        assert f"run {run_id} (dup) has finished (budget_exhausted)" in line, line
+        assert f"generate --run {run_id} --set budget.queries=N" in line and "--name NEW" in line, line
+        more = cli("generate", "--run", run_id, "--set", "budget.queries=4", "--no-progress", "--store", store,
+                   cwd=tmp_path)
+        assert more.returncode == 0 and "budget_exhausted" in more.stdout, more.stderr

@@ -249,13 +249,18 @@ def _never_started(store: EventStore, name: str) -> bool:
 
 
 def _latest_unfinished(store: EventStore, name: str | None) -> str:
-    runs = [r for r in store.list_runs(name=name, kind="generate")
-            if r.status not in ("completed", "budget_exhausted") and r.last_seq > 0]
-    if not runs:
-        named = f" named {name!r}" if name else ""
-        raise ResumeRefused(f"no unfinished run{named} to resume in {store.where}; "
-                            "run with --config (and without --resume) to start one")
-    return runs[-1].id
+    every = [r for r in store.list_runs(name=name, kind="generate") if r.last_seq > 0]
+    runs = [r for r in every if r.status not in ("completed", "budget_exhausted")]
+    if runs:
+        return runs[-1].id
+    named = f" named {name!r}" if name else ""
+    if name and every:  # "start one with --config" led to "run name taken" (QA): say what does go on
+        done = every[-1]
+        raise ResumeRefused(f"run {done.id} ({name}) has finished ({done.status}) in {store.where}: nothing to "
+                            f"resume; to go on with a larger budget: generate --run {done.id} --set budget.queries=N "
+                            "(or another limit); to start another run: --name NEW")
+    raise ResumeRefused(f"no unfinished run{named} to resume in {store.where}; "
+                        "run with --config (and without --resume) to start one")
 
 
 def recorded_config(store: EventStore, run_ref: str | None = None,
