@@ -122,9 +122,14 @@ def _global_options(
                                  help="Print the version and exit."),
 ) -> None:
     if busy_timeout is not None:
+        import math
         import os
 
         from synthledger.store.urls import ENV_BUSY_TIMEOUT
+
+        if not math.isfinite(busy_timeout):  # (said by the variable's check, it named a variable never set)
+            raise typer.BadParameter(f"must be a finite number of seconds (got {busy_timeout})",
+                                     param_hint="'--busy-timeout'")
 
         os.environ[ENV_BUSY_TIMEOUT] = str(busy_timeout)  # every store this process opens reads it
 

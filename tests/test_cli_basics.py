@@ -192,6 +192,8 @@ def test_an_error_whose_message_spans_lines_is_printed_as_one(tmp_path):
     (["export"], "Missing argument 'RUN'. (see: cli.py export --help)"),
     (["generate", "--bogus"], "No such option: --bogus (see: cli.py generate --help)"),
     (["--busy-timeout", "-1", "runs"], "Invalid value for '--busy-timeout'"),
+    # It named $SYNTHLEDGER_BUSY_TIMEOUT, which the user never set.
+    (["--busy-timeout", "inf", "runs"], "Invalid value for '--busy-timeout': must be a finite number of seconds"),
     (["nonsense"], "No such command 'nonsense'."),
     # An in-memory store ends with the command: generate paid for a run and kept nothing.
     (["generate", "--store", "sqlite://"], "'sqlite://' is an in-memory store, gone when the command ends"),
