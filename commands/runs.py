@@ -179,9 +179,10 @@ def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id 
             table.add_row(f"model {model}", *map(str, amt.values()))
         out.print(table)
         counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
-        out.print(f"events {report.events}, status {report.status}; queries: {counts}", highlight=False)
+        out.print(f"events {report.events}, status {report.status}; queries: {counts}", highlight=False,
+                  soft_wrap=True)
         for line in report.sharing_lines():
-            out.print(line, highlight=False)
+            out.print(escape(line), highlight=False, soft_wrap=True)
         for f in report.provider_faults:
             out.print(f"[yellow]provider fault[/yellow] at seq {f.seq}: {escape(f.message)}", highlight=False,
                       soft_wrap=True)
@@ -189,8 +190,10 @@ def audit(ref: str = typer.Argument(..., metavar="RUN", help="Run id, unique id 
             out.print("[green]audit ok[/green]: hash chain, sequence and budget invariants hold")
         else:
             for v in report.violations[:20]:
-                err.print(f"[red]seq {v.seq}[/red]: {v.message}", highlight=False)
-            err.print(f"[red]audit failed[/red]: first bad sequence number {report.violations[0].seq}")
+                # One line each, as every error is (piped, rich cut them at 80 columns); escaped:
+                # a message quoting a payload may hold what rich reads as markup.
+                err.print(f"[red]seq {v.seq}[/red]: {escape(v.message)}", highlight=False, soft_wrap=True)
+            err.print(f"[red]audit failed[/red]: first bad sequence number {report.violations[0].seq}", soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -110,6 +110,22 @@ def test_audit_json_violations_are_seq_and_message(recorded, tmp_path):
     assert report["violations"][0]["seq"] == seq
 
 
+def test_audit_violations_are_one_line_each_when_piped(recorded, tmp_path):
+    # Piped, rich cut them at the width (80 by default): "...the log ends $ at 1187" over two lines.
+    url, run_id, project = recorded
+    broken, con = damaged_copy(project, tmp_path)
+    (last,) = con.execute("SELECT max(seq) FROM events").fetchone()
+    con.execute("DELETE FROM events WHERE seq > ?", (last - 3,))
+    con.commit()
+    con.close()
+    r = subprocess.run([sys.executable, CLI, "audit", run_id, "--store", f"sqlite:///{broken}"], capture_output=True,
+                       text=True, env={**os.environ, "COLUMNS": "40", "HF_HUB_OFFLINE": "1"}, timeout=120)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and lines and lines[-1].startswith("audit failed"), r.stderr
+    assert all(line.startswith(("seq ", "audit failed")) for line in lines), lines
+    assert any(len(line) > 40 and "missing" in line for line in lines), lines
+
+
 def test_run_by_id_prefix_or_name(recorded):
     url, run_id, _ = recorded
     for ref in (run_id, run_id[:6], "basics"):
