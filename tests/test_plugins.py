@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -324,3 +325,31 @@ def test_a_broken_teacher_is_named_stops_at_once_and_leaves_a_resumable_run(plug
     again = cli("generate", "-c", "run.toml", "--resume", "--no-progress", "--store", store, plugins=plugin_path,
                 cwd=project)
     assert again.returncode == 0 and "completed" in again.stdout, again.stderr
+
+
+def test_sigusr1_shows_where_a_plugin_spinning_in_plan_is_and_does_not_kill_the_run(plugin_path, server, tmp_path):
+    """The handler was taken from faulthandler before the loop's was in, and a plan() that never
+    yields kept the loop from ever putting it in: a USR1 killed the process (its default action)."""
+    import signal
+    import time
+
+    project = write_project(tmp_path, server.url, extra='fault = "spin"\n')
+    mark = tmp_path / "spinning"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": plugin_path + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "SYNTHLEDGER_ECHO_SPIN_MARK": str(mark)}
+    env.pop("SYNTHLEDGER_PLUGINS", None)
+    proc = subprocess.Popen([sys.executable, CLI, "generate", "-c", "run.toml", "--no-progress", "--store",
+                             f"sqlite:///{project / 'store.db'}"], cwd=project, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert mark.exists(), proc.communicate(timeout=10)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        assert proc.poll() is None  # it printed, and goes on (spinning)
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert "most recent call first" in err and re.search(r'synthledger_echo\.py", line \d+ in plan', err), err
