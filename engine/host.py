@@ -210,6 +210,10 @@ class PluginHost:
             return f"{singular(kind)} {name!r}"
         return f"{singular(kind)} {name!r} (plugin {reg.plugin} from {reg.distribution} {reg.version})"
 
+    def is_builtin(self, kind: str, name: str) -> bool:
+        reg = self._collect()[kind].get(name)
+        return reg is None or reg.distribution == "synthledger"
+
     def names(self, kind: str) -> list[str]:
         return sorted(self._collect()[kind])
 

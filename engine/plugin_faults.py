@@ -46,3 +46,24 @@ def guarded_iter(what: str, items: Iterable[T]) -> Iterator[T]:
     it = guarded(what, iter, items)
     while (item := guarded(what, next, it, _END)) is not _END:
         yield item  # type: ignore[misc]
+
+
+class GuardedCalls:
+    """A plugin object every method of which is `guarded` as "task 'x' (plugin ...) extract()": a
+    third-party task is called from inside other plugins (a verifier's check, a strategy's parse),
+    and its failures were told as theirs (QA: a task's `equivalent()` raising was "item ... of
+    strategy 'answer_augmentation' raised", and its `extract()` raising at a run's start a traceback).
+    Built-in tasks are not wrapped: their calls are on every sample's path."""
+
+    def __init__(self, inner: Any, who: str) -> None:
+        self._inner, self._who = inner, who
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if name.startswith("_") or not callable(value):
+            return value
+        what = f"{self._who} {name}()"
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return guarded(what, value, *args, **kwargs)
+        return call

@@ -94,7 +94,7 @@ def test_synthledger_plugins_restricts_loading(plugin_path, only, echo, builtins
     assert any(r["distribution"] == "synthledger" for r in regs) == builtins
     if only == "echo,teachers":
         # echo's kinds, and the built-in teachers
-        assert {r["kind"] for r in regs} == {"teachers", "strategies", "verifiers", "seed_sources"}
+        assert {r["kind"] for r in regs} == {"teachers", "strategies", "verifiers", "seed_sources", "tasks"}
 
 
 def test_a_misspelt_restriction_is_an_error(plugin_path):
@@ -353,3 +353,19 @@ def test_sigusr1_shows_where_a_plugin_spinning_in_plan_is_and_does_not_kill_the_
         proc.kill()
         _, err = proc.communicate(timeout=30)
     assert "most recent call first" in err and re.search(r'synthledger_echo\.py", line \d+ in plan', err), err
+
+
+@pytest.mark.parametrize("fault, rc", [("extract", 2), ("equivalent", 1)])
+def test_a_broken_task_is_named_not_the_strategy_or_verifier_that_called_it(plugin_path, server, tmp_path, fault, rc):
+    """Its `equivalent()` raising was told as "item ... of strategy 'answer_augmentation' raised", and
+    its `extract()` raising at the run's start (the verifier's check of the seeds) was a traceback."""
+    from synthledger.testing.projects import write_project as write
+
+    write(tmp_path, server.url, name="task-run", queries=4, seeds=4, strategy="answer_augmentation",
+          extra='\n[task]\nname = "echo_task"\n\n[verifier]\nname = "final_answer"\n')
+    r = cli("generate", "-c", "run.toml", "--no-progress", "--store", f"sqlite:///{tmp_path / 'store.db'}",
+            plugins=plugin_path, cwd=tmp_path, SYNTHLEDGER_ECHO_TASK=fault)
+    assert r.returncode == rc and "Traceback" not in r.stderr + r.stdout, r.stderr
+    said = f"task 'echo_task' (plugin echo from synthledger-echo 0.3.1) {fault}() raised"
+    assert said in r.stderr and "synthledger_echo.py:" in r.stderr, r.stderr
+    assert "strategy 'answer_augmentation'" not in r.stderr, r.stderr

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import host
-from ..plugin_faults import failure, guarded
+from ..plugin_faults import GuardedCalls, failure, guarded
 from pydantic import ValidationError
 
 from .config import ConfigError, ModelSection, RunConfig, options_error, validate_plugin_options
@@ -95,6 +95,8 @@ def _loaded_seeds(source: Any, what: str) -> list[Seed]:
 def build_parts(cfg: RunConfig) -> Parts:
     """The run's plugins, made; a plugin whose own code fails here is one line naming it (guarded)."""
     task = guarded(_named("tasks", cfg.task.name, "(making it)"), _plugin("tasks", cfg.task.name, "task"))
+    if not host.get_host().is_builtin("tasks", cfg.task.name):
+        task = GuardedCalls(task, host.get_host().describe("tasks", cfg.task.name))
     source_cls = _plugin("seed_sources", cfg.seeds.source, "seeds")
     extras = cfg.seeds.extras()
     if "size" in source_cls.Options.model_fields and cfg.seeds.size is not None:
