@@ -127,6 +127,14 @@ def test_a_fifo_is_written_through_not_replaced(tmp_path):
     assert fifo.is_fifo() and [json.loads(line) for line in got[0].splitlines()] == rows()
 
 
+def test_an_hf_export_of_no_rows_loads(tmp_path):
+    # It wrote no data file, and load_from_disk raised IndexError on the folder.
+    datasets = pytest.importorskip("datasets")
+    assert write_rows([], "hf", tmp_path / "empty") == 0
+    ds = datasets.load_from_disk(str(tmp_path / "empty"))
+    assert len(ds) == 0 and "messages" in ds.column_names and "question" in ds.column_names
+
+
 def test_a_file_that_is_not_an_earlier_export_is_never_written_over(tmp_path):
     """`--out` naming the store, a config or a seed file by mistake used to replace it with rows."""
     import sqlite3

@@ -150,7 +150,8 @@ def _write_hf(rows: Iterable[dict[str, Any]], out: Path, system: str | None, car
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
-        table.save_to_disk(str(tmp))
+        # No rows is no shard by default, and a folder without one fails load_from_disk (IndexError).
+        table.save_to_disk(str(tmp), **({} if len(table) else {"num_shards": 1}))
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
         _open_up(tmp)
