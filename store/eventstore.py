@@ -143,9 +143,12 @@ class EventStore(KeyIndex):
                 con.close()
         except sqlite3.Error:
             return
-        if "schema_migrations" not in tables and not (empty_ok and not tables):
-            held = f"it holds other tables ({', '.join(tables[:5])})" if tables else "it is an empty database"
-            raise StoreError(f"{path} is not a synthledger store: {held}; nothing was written to it")
+        if not tables and not empty_ok:  # (QA: what a store's creation on a full disk leaves, called "not a store")
+            raise StoreMissing(f"store {path} holds nothing yet (an empty database: no run was ever recorded in it; "
+                               "one whose creation failed, on a full disk say, is left so, and `generate` may use it)")
+        if "schema_migrations" not in tables and tables:
+            raise StoreError(f"{path} is not a synthledger store: it holds other tables ({', '.join(tables[:5])}); "
+                             "nothing was written to it")
 
     def _require_schema(self) -> None:
         """A server database counts as a store once it holds our tables; an empty one is not created here."""
