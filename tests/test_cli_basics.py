@@ -289,3 +289,15 @@ def test_audit_of_a_run_still_going_says_running_not_none(tmp_path):
     EventStore(url).start_run("going", {"run": {"name": "going"}}, "h", [NewEvent(*to_payload(start))])
     r = cli("audit", "going", "--json", "--store", url)
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "running", r.stdout + r.stderr
+
+
+def test_a_store_that_cannot_be_opened_says_where_its_choice_came_from(tmp_path):
+    # generate's first line names the store and the rule that chose it; a store that failed to open
+    # said only its path (QA: a full disk, a corrupt file).
+    bad = tmp_path / "garbage.db"
+    bad.write_text("this is not a database at all, just some text that is long enough\n" * 20)
+    r = cli("runs", "--store", str(bad))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: cannot open store {bad}"), r.stderr
+    assert r.stderr.rstrip().endswith("(store from --store)"), r.stderr
+    env = cli("runs", store_env=str(bad))
+    assert env.returncode == 2 and "(store from $SYNTHLEDGER_STORE)" in env.stderr, env.stderr

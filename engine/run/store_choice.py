@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ...store.eventstore import ENV_STORE, EventStore, StoreMissing, default_url
+from ...store.eventstore import ENV_STORE, EventStore, StoreError, StoreMissing, default_url
 from ...store.urls import normalize
 
 __all__ = ["StoreChoice", "choose_store", "open_store", "display_url"]
@@ -67,3 +67,5 @@ def open_store(choice: StoreChoice | str | None = None, *, create: bool = False)
     except StoreMissing as exc:
         raise StoreMissing(f"{exc} (from {choice.origin}); check the path — only `generate` "
                            "and `experiment run` starting anew create a store") from None
+    except StoreError as exc:  # (a store that failed to open said no more where it came from than its path)
+        raise type(exc)(f"{exc} (store from {choice.origin})") from None
