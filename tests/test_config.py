@@ -184,6 +184,10 @@ def test_bad_toml_names_file_and_line(project):
     (project / "latin1.toml").write_bytes(GOOD_TOML.replace("[run]", "# caf\xe9\n[run]").encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(byte 0xe9 at offset [0-9]+\)"):
         load_config(project / "latin1.toml")
+    # A Windows editor's byte-order mark was "not valid TOML: Invalid statement (at line 1, column 1)".
+    (project / "bom.toml").write_bytes(b"\xef\xbb\xbf" + GOOD_TOML.encode())
+    (project / "plain.toml").write_text(GOOD_TOML)
+    assert load_config(project / "bom.toml").run == load_config(project / "plain.toml").run
 
 
 # ---- --set overrides --------------------------------------------------------------------------------

@@ -138,9 +138,12 @@ def test_csv_loads_and_names_lines(tmp_path):
     write(tmp_path / "bad.csv", "question,answer\nok,1\ntoo,many,fields\n")
     with pytest.raises(SeedError, match=r"bad.csv, line 3: 3 fields but the header has 2"):
         load(CsvSeedSource, tmp_path, path="bad.csv")
-    write(tmp_path / "noq.csv", "question,answer\nok,1\n,2\n")
-    with pytest.raises(SeedError, match=r"noq.csv, line 3: missing field 'question'"):
+    write(tmp_path / "noq.csv", "question,answer\nok,1\n,2\n")  # said "missing field", where JSONL says empty
+    with pytest.raises(SeedError, match=r"noq.csv, line 3: field 'question' is empty"):
         load(CsvSeedSource, tmp_path, path="noq.csv")
+    write(tmp_path / "nocol.csv", "prompt,answer\nok,1\n")
+    with pytest.raises(SeedError, match=r"nocol.csv, line 2: missing field 'question' \(fields: answer, prompt\)"):
+        load(CsvSeedSource, tmp_path, path="nocol.csv")
     write(tmp_path / "empty.csv", "question,answer\n")
     with pytest.raises(SeedError, match="contains no seeds"):
         load(CsvSeedSource, tmp_path, path="empty.csv")
@@ -213,3 +216,5 @@ def test_a_seed_path_that_is_a_folder_says_so(tmp_path):
     for cls in (JsonlSeedSource, CsvSeedSource):
         with pytest.raises(SeedError, match=r"data: a folder, not a seed file"):
             load(cls, tmp_path, path="data")
+        with pytest.raises(SeedError, match=r"/dev/null: not a regular file"):  # said "not found" too
+            load(cls, tmp_path, path="/dev/null")

@@ -27,7 +27,8 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """The file's tables; `what` names the kind of file in the error ("train config ... does not exist")."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors write one) was "Invalid statement (at line 1, column 1)".
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:

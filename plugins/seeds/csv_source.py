@@ -53,8 +53,10 @@ class CsvSeedSource(SeedSource):
             if len(cells) != len(header):
                 raise SeedError(f"{where}, {_lines(start, reader.line_num)}: {len(cells)} fields but the header "
                                 f"has {len(header)}{_unclosed_hint(start, reader.line_num)}")
-            # Empty cells are missing values, so an empty answer is "no answer", not "".
-            yield reader.line_num, {k: v for k, v in zip(header, cells) if v != ""}
+            # Empty cells are missing values, so an empty answer is "no answer", not ""; an empty
+            # question stays, to be said empty as JSONL's is (not "missing field").
+            question = self.options.question_field
+            yield reader.line_num, {k: v for k, v in zip(header, cells) if v != "" or k == question}
 
 
 def _header(cells: list[str] | None, where: str) -> list[str] | None:

@@ -49,7 +49,8 @@ def seed_file(path: str, base_dir: str) -> Path:
     if p.is_dir():
         raise SeedError(f"{p}: a folder, not a seed file; name the file in it")
     if not p.is_file():
-        raise SeedError(f"{p}: seed file not found")
+        raise SeedError(f"{p}: not a regular file (a device or a pipe), not a seed file" if p.exists()
+                        else f"{p}: seed file not found")
     return p
 
 
