@@ -76,6 +76,29 @@ def test_audit_checks_every_reuse_against_its_source(tmp_path):
     assert any("different answer text" in v.message for v in report.violations)
 
 
+def test_a_reused_answer_counts_its_tokens_at_this_runs_price(tmp_path):
+    # It carried the source's dollars: from a run with no price, $0, so a usd budget of $1 let a
+    # run "spend" $2.31 at its own prices, and made 12 rows where an empty store made 2 (QA).
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    price = ['pricing."test-teacher".input_per_mtok=1000.0', 'pricing."test-teacher".output_per_mtok=3000.0']
+    with run_in_thread(ServerConfig()) as srv:
+        cfg = write_project(tmp_path, srv.url, queries=10)
+        generate(load_config(cfg), store, show_progress=False)  # no price, no usd budget
+        priced = generate(load_config(cfg, ["run.name=priced", "budget.queries=20", "budget.usd=1.0", *price]),
+                          store, show_progress=False)
+        fresh_store = EventStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+        fresh = generate(load_config(cfg, ["run.name=priced", "budget.queries=20", "budget.usd=1.0", *price]),
+                         fresh_store, show_progress=False)
+    report = audit_run(store, priced.run_id)
+    assert report.ok, report.violations
+    spent = report.spent
+    assert spent["usd"] == pytest.approx((spent["input_tokens"] * 1000 + spent["output_tokens"] * 3000) / 1e6)
+    assert spent["usd"] <= 1.0
+    assert report.reused["queries"] > 0 and report.reused["usd"] > 0
+    # the data does not depend on what the store held
+    assert spent["queries"] == audit_run(fresh_store, fresh.run_id).spent["queries"]
+
+
 def test_answers_are_reused_only_from_the_endpoint_that_gave_them(tmp_path):
     # One model name at two servers is two teachers: a run moved to the second got the first's answers.
     store = EventStore(f"sqlite:///{tmp_path / 's.db'}")

@@ -2,7 +2,8 @@
 
 A reused answer must be exactly what its source settled: the event it names exists, is a settled
 query, of the same query id (which derives from the identity key the reuse records), with the
-same text and usage. Paid and reused amounts are reported apart by the ledger itself.
+same text and token usage (its dollars are at the reusing run's price). Paid and reused amounts are
+reported apart by the ledger itself.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def reuse_problem(store: EventStore, run_id: str, p: dict[str, Any]) -> str | No
         return f"{where} settled another query ({sp.get('query_id')})"
     if sp.get("text") != p.get("text"):
         return f"{where} has a different answer text"
-    if dict(sp.get("actual") or {}) != dict(p.get("actual") or {}):
+    # (dollars apart: a reuse counts them at its own run's price)
+    tokens = ("queries", "input_tokens", "output_tokens")
+    theirs, mine = dict(sp.get("actual") or {}), dict(p.get("actual") or {})
+    if [theirs.get(k) for k in tokens] != [mine.get(k) for k in tokens]:
         return f"{where} has a different usage ({sp.get('actual')} != {p.get('actual')})"
     return None
 

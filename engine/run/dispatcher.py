@@ -202,7 +202,7 @@ class Dispatcher(Retrier, Sender):
         self.recorder.emit(QueryReused(
             query_id=m.qid, key=m.key, role=role, purpose=purpose, strategy=strategy, item=m.item,
             provider=ep.teacher.provider, model=ep.model, source_run=source_run, source_seq=source_seq,
-            actual=Cost(**settled.get("actual", {})), text=text, finish_reason=finish))
+            actual=_at_this_price(ep, settled), text=text, finish_reason=finish))
         self.note_finish(m.qid, finish)
         return text
 
@@ -299,3 +299,14 @@ class Dispatcher(Retrier, Sender):
             self._abandon(m.qid, False, "budget cannot cover its share of a retry; asked again on its own")
         self.reserve(ep, role, purpose, strategy, base, kept, worsts)
         return kept
+
+
+def _at_this_price(ep: Endpoint, settled: dict[str, Any]) -> Cost:
+    """A reused answer's usage as the source settled it, in dollars at this run's price: the source's
+    own dollars (none, from a run with no price) let a usd budget count it as free (QA: $2.31 spent
+    against a $1 limit, and 12 rows where an empty store gave 2)."""
+    actual = dict(settled.get("actual") or {})
+    inp, out = int(actual.get("input_tokens", 0)), int(actual.get("output_tokens", 0))
+    cached = int(settled.get("cached_input_tokens") or 0)
+    actual["usd"] = ep.price.cost(inp, out, cached) if ep.price is not None else 0.0
+    return Cost(**actual)
