@@ -244,6 +244,25 @@ def test_self_consistency_votes_that_copy_the_answer_are_said_once_while_the_run
     assert "50 of the first 50 verifier votes" in log and "honours temperature" in log
 
 
+def test_a_vote_cut_off_at_the_verifiers_max_tokens_is_no_answer_and_its_setting_is_named(tmp_path):
+    """A vote cut off ("Step 1: Read the question and note the quantities 60") counted as a vote for
+    its last number, so samples were rejected for disagreeing with a "majority" of fragments; and the
+    warning told the user to raise the teacher's max_tokens, which was not the one cutting them off."""
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread() as srv:
+        cfg = run_config(tmp_path, "openai-compatible", srv.url, queries=60,
+                         verifier={"name": "self_consistency", "k": 3, "max_tokens": 12})
+        result = generate(config_from_dict(cfg), store, show_progress=False)
+    verdicts = [p for p in events(store, result.run_id, "sample_rejected", "sample_accepted")
+                if "votes" in (p.get("details") or {})]
+    assert verdicts, "no verdict with votes"
+    for p in verdicts:  # every vote was cut off: only the sample's own answer is counted
+        assert set(p["details"]["votes"]) <= {p["details"]["own"]}, p
+    said = [w["message"] for w in events(store, result.run_id, "run_warning") if w["kind"] == "truncated_replies"]
+    assert said and "the verifier's votes, each counted as no answer: raise [verifier] max_tokens" in said[0], said
+    assert "Raise max_tokens for the teacher" not in said[0], said
+
+
 def test_sampled_votes_and_a_judges_verdicts_are_not_said_to_be_copies(tmp_path):
     store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
     with run_in_thread() as srv:

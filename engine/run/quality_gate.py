@@ -122,6 +122,7 @@ class QualityGate:
         self.referenced = self.agreeing = 0
         self.replies = 0
         self.cut_by_role: dict[str, list[int]] = {}  # role -> [cut off, replies] among the first WINDOW
+        self.cut_votes: dict[str, int] = {}  # role -> of its cut-off replies, the verifier's votes
         self.questions = self.repeated_questions = 0
         self.votes = self.copied_votes = 0
 
@@ -211,6 +212,8 @@ class QualityGate:
             counts = self.cut_by_role.setdefault(r.role, [0, 0])
             counts[0] += r.finish_reason == "length"
             counts[1] += 1
+            if r.finish_reason == "length" and r.purpose == "verify":
+                self.cut_votes[r.role] = self.cut_votes.get(r.role, 0) + 1
         if self.replies >= WINDOW:
             self._judge_truncation()
 
@@ -273,11 +276,17 @@ class QualityGate:
         if not worst:
             return
         said = "; ".join(f"{cut} of the first {n} {role} replies" for role, cut, n in worst)
-        roles = " and ".join(f"the {role}" for role, _, _ in worst)
+        roles = " and ".join(f"the {role}" for role, cut, _ in worst if cut > self.cut_votes.get(role, 0))
+        votes = sum(self.cut_votes.get(role, 0) for role, _, _ in worst)
         fate = ("kept cut off ([quality] keep_truncated)" if self.keep_truncated else "rejected")
+        # (QA: votes cut off at the verifier's own max_tokens were told as the teacher's setting)
+        advice = (f"Raise max_tokens for {roles} in the config" if roles else "")
+        if votes:
+            advice += ("; " if advice else "") + (f"{votes} of them were the verifier's votes, each counted as no "
+                                                  "answer: raise [verifier] max_tokens")
         self._say("truncated_replies",
-                  f"{said} were cut off at max_tokens: each is paid for, then {fate}. Raise max_tokens for "
-                  f"{roles} in the config; the run goes on as configured")
+                  f"{said} were cut off at max_tokens: each is paid for, then {fate if roles else 'of no use'}. "
+                  f"{advice}; the run goes on as configured")
 
     def _judge_questions(self) -> None:
         self._say_copies("questions_repeated", self.repeated_questions, self.questions, MIN_QUESTIONS,

@@ -74,5 +74,13 @@ class SelfConsistency(Verifier):
                 max_tokens=self.options.max_tokens,
                 group=range(1, self.options.k + 1),  # one `n=k` request where the teacher supports it
             )
-            others.append(self.task.extract(text))
+            others.append(None if _stopped_short(ctx) else self.task.extract(text))
         return vote(own, others, self.task, self.options.threshold)
+
+
+def _stopped_short(ctx: Context) -> bool:
+    """The reply just asked was cut off at max_tokens or stopped by a content filter: the number its
+    text ends on is not an answer (QA: "Combine them to get 105", cut off, was a vote for 105, and
+    samples every reference agreed with were rejected for want of a majority)."""
+    replies = getattr(ctx, "replies", None)
+    return bool(replies) and replies[-1].finish_reason in ("length", "content_filter")
