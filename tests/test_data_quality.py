@@ -124,6 +124,32 @@ def test_answers_a_safety_filter_stopped_are_rejected_even_with_keep_truncated(t
     assert len(rows) == len(settled) - len(stopped) and all(r["finish_reason"] == "stop" for r in rows)
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_question_a_safety_filter_stopped_is_rejected_before_the_teacher_answers_it(tmp_path, keep):
+    # A rephrase cut short at max_tokens was rejected at once; one a content filter stopped was
+    # admitted, answered (paid), and only then rejected as filtered (QA).
+    from synthledger.testing.server import ServerConfig
+
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    with run_in_thread(ServerConfig(refusal_rate=0.4)) as srv:
+        cfg = run_config(tmp_path, "openai-compatible", srv.url, queries=30, quality={"keep_truncated": keep},
+                         verifier={"name": "none"}, strategy={"name": "question_rephrase"})
+        result = generate(config_from_dict(cfg), store, show_progress=False)
+    rows = [(e.type, e.payload) for e in store.iter_events(result.run_id)]
+    reserved = {p["query_id"]: p for t, p in rows if t == "query_reserved"}
+    stopped_items = {reserved[p["query_id"]]["item"] for t, p in rows
+                     if t == "query_settled" and p["finish_reason"] == "content_filter"
+                     and reserved[p["query_id"]]["purpose"] == "rephrase"}
+    assert stopped_items, "no rephrase was stopped by the filter"
+    for t, p in rows:
+        if t == "query_reserved" and p["item"] in stopped_items:
+            assert p["purpose"] == "rephrase", p  # nothing more was asked for the item
+        if t == "question_admitted":
+            assert p["item"] not in stopped_items, p
+    kinds = {p["item"]: p.get("kind") for t, p in rows if t == "sample_rejected" and p["item"] in stopped_items}
+    assert set(kinds) == stopped_items and set(kinds.values()) == {"filtered"}, kinds
+
+
 def test_keep_truncated_keeps_them_and_says_so_in_every_format(tmp_path):
     url_db = f"sqlite:///{tmp_path / 's.db'}"
     store = EventStore(url_db)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from pydantic import ValidationError
 
@@ -11,7 +11,7 @@ from ..errors import BudgetExhausted, PluginFailed
 from ..ledger.events import QuestionAdmitted, SampleRejected
 from ..api import PlanItem, Seed, Task
 from .admission import Admission
-from .quality_gate import Problem, Reply, truncated
+from .quality_gate import Problem, Reply, filtered, truncated
 
 
 MAX_REFUSALS = 100  # asks an item may make after the budget refused one: then it is a plugin's endless loop
@@ -34,8 +34,8 @@ class CutOff(Exception):
     rejected now, before anything more is asked for it (the teacher's answer to a rewrite that was
     cut short would be paid for and then rejected all the same)."""
 
-    def __init__(self, reply: Reply) -> None:
-        self.problem: Problem = truncated(reply)
+    def __init__(self, reply: Reply, problem: Callable[[Reply], Problem] = truncated) -> None:
+        self.problem: Problem = problem(reply)
         super().__init__(self.problem.reason)
 
 
@@ -52,7 +52,8 @@ class ItemContext:
         self.admitted_question: str | None = None
         self.fresh = 0  # queries this item took from the budget (not answers the run already held)
         self.fresh_bounded = 0  # of them, those some budget limit counts (see plan_guard.UnboundedSpendWatch)
-        self.stop_on_cut_off = False  # set while the strategy makes its sample and cut-off replies are rejected
+        self.making_sample = False  # set while the strategy makes its sample (not while the verifier judges it)
+        self.stop_on_cut_off = False  # and cut-off replies are rejected ([quality] keep_truncated is off)
         self.refused: BudgetExhausted | None = None  # the budget refused a query (the plugin may have caught it)
         self._refusals = 0
 
@@ -100,6 +101,14 @@ class ItemContext:
                 "{'role': ..., 'content': ...} dicts")
 
     def _stop_if_cut_off(self) -> None:
+        """A reply the sample is made from that the gate would reject ends the item before anything
+        more is asked for it: one cut off at max_tokens (unless kept), and one a content filter
+        stopped (kept by no option: QA saw a filtered question admitted, answered, paid, then rejected)."""
+        if not self.making_sample:
+            return
+        stopped = next((r for r in self.replies if r.finish_reason == "content_filter"), None)
+        if stopped is not None:
+            raise CutOff(stopped, filtered)
         if self.stop_on_cut_off:
             cut = next((r for r in self.replies if r.finish_reason == "length"), None)
             if cut is not None:

@@ -36,6 +36,7 @@ async def produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
 
 
 async def _produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
+    ctx.making_sample = True
     ctx.stop_on_cut_off = not runner.gate.keep_truncated  # the gate would reject the sample anyway
     try:
         sample = await runner.parts.strategy.run(item, ctx)
@@ -45,7 +46,7 @@ async def _produce(runner: ItemRunner, item: PlanItem, ctx: ItemContext) -> str:
                                             reason=p.reason, details=p.details))
         return "rejected"
     finally:
-        ctx.stop_on_cut_off = False  # the verifier's own replies (votes) may be cut off: they are its to judge
+        ctx.making_sample = ctx.stop_on_cut_off = False  # the verifier's own replies (votes) are its to judge
     if sample is not None and not isinstance(sample, Sample):
         raise PluginFailed(f"strategy {item.strategy!r} returned {type(sample).__name__} from run() on item "
                            f"{item.key!r}; expected a Sample or None")
