@@ -289,3 +289,23 @@ def test_a_paced_run_sends_its_first_request_before_it_starts_every_item_it_has_
         con.close()
     assert before < 128, f"{before} queries were reserved before the first request went out"
     assert proj.audit(run_id)["counts"]["settled"] == 600
+
+
+def test_every_pause_for_a_providers_retry_after_is_counted(project):
+    """A 429 storm's pauses are said together ("13 pauses since the last note"), one event per 10 s;
+    `show` and `audit` counted one pause per event (3 where the notes said 24), and the pauses since
+    the last note were never recorded at all."""
+    import re
+
+    proj, srv = project("--rpm", "60", "--window-s", "2", "--rate-headers", "none", seeds=30)
+    cfg = proj.write(budget={"queries": 30}, strategy={"samples_per_seed": 1})
+    _, run_id = completed_run(proj, cfg)
+    notes = [e for e in proj.events("rate_adjusted")]
+    said = 0
+    for e in notes:
+        m = re.search(r"\((\d+) pauses? since the last note\)|paused (\d+) more times? for", e["note"])
+        said += int(m.group(1) or m.group(2)) if m else (1 if e["pause_s"] else 0)
+    report = proj.audit(run_id)
+    assert said > len([e for e in notes if e["pause_s"]]), notes  # the storm's pauses were said together
+    assert report["counts"]["pauses"] == said == report["pacing"]["pauses"], (report["counts"], notes)
+    assert said <= srv.stats()["rate_limited"]

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from .ledger import Violation
-from .events import BatchFinished, BatchPrepared, QuerySettled, RateAdjusted
+from .events import BatchFinished, BatchPrepared, QuerySettled, RateAdjusted, pauses_of
 
 
 class SharingAudit:
@@ -47,7 +47,7 @@ class SharingAudit:
         self.batch_failed += int(p.get("failed") or 0)  # (an Anthropic batch always "ended": its requests say how)
 
     def _rate_adjusted(self, seq: int, p: dict[str, Any]) -> None:
-        self.pauses += bool(p.get("pause_s"))
+        self.pauses += pauses_of(p)
         if len(self.notes) < 20:
             self.notes.append(p.get("note", ""))
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .events import pauses_of
+
 
 class BatchFold:
     queries: dict[str, Any]
@@ -55,5 +57,6 @@ class BatchFold:
 
     def _on_rate_adjusted(self, seq: int, p: dict[str, Any]) -> None:
         self.pacing[p["model"]] = {k: p.get(k) for k in ("note", "rpm", "tpm", "factor", "pause_s")}
-        if p.get("pause_s"):
-            self.counts["pauses"] = self.counts.get("pauses", 0) + 1
+        n = pauses_of(p)
+        if n:
+            self.counts["pauses"] = self.counts.get("pauses", 0) + n

@@ -257,6 +257,13 @@ class RateAdjusted(_Event):
     tpm: float | None = None
     factor: float = 1.0
     pause_s: float = 0.0
+    pauses: int | None = None  # the pauses it stands for (a 429 storm's are said together); None: 1 if pause_s
+
+
+def pauses_of(p: dict[str, Any]) -> int:
+    """How many pauses a `rate_adjusted` payload records (one written before `pauses`: 1 if it paused)."""
+    n = p.get("pauses")
+    return (1 if p.get("pause_s") else 0) if n is None else int(n)
 
 
 class BatchPrepared(_Event):

@@ -84,7 +84,7 @@ class Retrier:
             await anyio.sleep(wait)
         if ep.breaker.exhausted:
             give_up(f"{err.kind.value}: teacher unavailable", FatalRunError,
-                    f"the {role} did not recover after {ep.breaker.opened_count} pauses "
+                    f"the {role} did not recover after {ep.breaker.opened_count - 1} pauses "
                     f"({err.kind.value}: {said}); stopping")
         if self.stopping:
             give_up("the run stopped before a retry", RunStopping, "the run is stopping")

@@ -156,6 +156,8 @@ class Runner(RunSession):
                                 queue.release_queued()
                             if not self._fatal:
                                 self.gate.finish()
+                            for ep in self._unique_endpoints():
+                                self.dispatcher.say_unsaid_pauses(ep)
                             if self._fatal:
                                 status, message = "failed", self._fatal
                             self.recorder.emit(RunFinished(status=status, message=message))

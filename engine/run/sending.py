@@ -169,9 +169,9 @@ class Sender:
                 body_excerpt=err.body_excerpt))
         decision = ep.on_failure(err, est, time.monotonic() - started)
         if decision is not None:
-            self._note(ep, decision.note, decision.pause_s)
+            self._note(ep, decision.note, decision.pause_s, getattr(decision, "pauses", None))
 
-    def _note(self, ep: "Endpoint", note: str | None, pause_s: float = 0.0) -> None:
+    def _note(self, ep: "Endpoint", note: str | None, pause_s: float = 0.0, pauses: int | None = None) -> None:
         """A pacing change users should see: recorded as an event (the live view shows the last).
         A configured limit the provider's announced one overruled is also a run warning, said once:
         the config is wrong for this provider, and the user should see it where warnings are seen
@@ -185,4 +185,11 @@ class Sender:
         lim = ep.limiter
         ep.last_note = note
         self.recorder.emit(RateAdjusted(model=ep.model, note=note, rpm=lim.current_rpm, tpm=lim.current_tpm,
-                                        factor=round(lim.factor, 4), pause_s=round(pause_s, 3)))
+                                        factor=round(lim.factor, 4), pause_s=round(pause_s, 3), pauses=pauses))
+
+    def say_unsaid_pauses(self, ep: "Endpoint") -> None:
+        """At the run's end: the provider's pauses since the last note, so the count of pauses is whole."""
+        n = ep.rate.take_unsaid_pauses()
+        if n:
+            self._note(ep, f"paused {n} more time{'s' if n > 1 else ''} for the provider's retry-after since the "
+                           "last note", 0.0, n)

@@ -139,11 +139,11 @@ class Endpoint:
         `max_breaker_trips` openings the run stops instead (run/retrying.py), and says so. The
         decision's `retry_in` is None: the failed request itself waits for the retry policy."""
         b = self.breaker
-        if b.exhausted:
+        if b.exhausted:  # (its last opening pauses nothing: it stops the run)
             return RateDecision(None, 0.0, f"{self.section} still failing ({err.kind.value}) after "
-                                           f"{b.opened_count} pauses: the run stops")
+                                           f"{b.opened_count - 1} pauses: the run stops")
         wait = b.current_cooldown_s
         why = (f"its test request failed too ({err.kind.value})" if reopened
                else f"{b.consecutive_failures} failures in a row ({err.kind.value})")
         return RateDecision(None, wait, f"{self.section} paused {wait:g}s: {why}; pause {b.opened_count} "
-                                        f"of at most {self.max_breaker_trips}")
+                                        f"of at most {self.max_breaker_trips - 1}")

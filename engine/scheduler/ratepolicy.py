@@ -69,6 +69,7 @@ class RateDecision:
     retry_in: float | None
     pause_s: float = 0.0
     note: str | None = None
+    pauses: int | None = None  # the pauses the note stands for (None: this one, if it pauses)
 
 
 def _own_wait(retry_after: float | None, exact: bool) -> float:
@@ -232,7 +233,10 @@ class RatePolicy:
         if wait <= 0.01:
             return RateDecision(None, wait, note)
         self.limiter.pause_for(wait)
-        return RateDecision(None, wait, note or self._pause_note(now, wait))
+        if note is not None:
+            return RateDecision(None, wait, note)
+        said, pauses = self._pause_note(now, wait)
+        return RateDecision(None, wait, said, pauses)
 
     def _paced_changed(self) -> None:
         """The request pace was inferred, moved or dropped: the send shaper follows it."""
@@ -255,15 +259,21 @@ class RatePolicy:
         if self.shaper is not None and self.limiter.interval_s is not None:
             self.shaper.set_interval(self.limiter.interval_s)
 
-    def _pause_note(self, now: float, wait: float) -> str | None:
-        """A pause with no limit known is said at most once per PERSIST_S, with how many there were:
-        a 429 storm is visible in the log and the live view without one more event per 429."""
+    def _pause_note(self, now: float, wait: float) -> tuple[str | None, int]:
+        """A pause with no limit known is said at most once per PERSIST_S, with how many there were
+        (and the event counts them all: `show` said 3 pauses of 24): a 429 storm is visible in the
+        log and the live view without one more event per 429."""
         self._pauses_unsaid += 1
         if now - self._last_pause_note < PERSIST_S:
-            return None
+            return None, 0
         n, self._pauses_unsaid, self._last_pause_note = self._pauses_unsaid, 0, now
         return (f"paused {wait:g}s for the provider's retry-after ({n} pause{'s' if n > 1 else ''} since the last "
-                "note): no limit is configured or announced, so its 429s set the pace")
+                "note): no limit is configured or announced, so its 429s set the pace"), n
+
+    def take_unsaid_pauses(self) -> int:
+        """The pauses no note has counted yet (said at the run's end)."""
+        n, self._pauses_unsaid = self._pauses_unsaid, 0
+        return n
 
     def _distrust(self, now: float, share: float) -> str | None:
         """Count a 429 far below a learned pace; at the third within PERSIST_S, drop the learned
