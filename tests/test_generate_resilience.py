@@ -420,8 +420,9 @@ def test_token_and_usd_budgets_are_never_exceeded(make_run):
     assert stats["output_tokens"] == report["spent"]["output_tokens"]
     assert 1500 - 64 < report["spent"]["output_tokens"]  # stops only when one more reply might not fit
 
-    # USD: $2 per million input and $8 per million output tokens; a $0.01 budget.
-    cfg = run.write("usd.toml", run={"name": "usd"}, budget={"queries": None, "usd": 0.01},
+    # USD: $2 per million input and $8 per million output tokens; a $0.01 budget. Asked afresh: the
+    # first run's answers, reused, would count at this run's price without reaching the server.
+    cfg = run.write("usd.toml", run={"name": "usd", "reuse": False}, budget={"queries": None, "usd": 0.01},
                     **{'pricing."test-teacher"': {"input_per_mtok": 2.0, "output_per_mtok": 8.0}})
     before = server.stats()
     res = run.generate(cfg, timeout=120)
