@@ -256,3 +256,23 @@ def test_resuming_a_finished_run_by_name_says_what_does_go_on(tmp_path):
         more = cli("generate", "--run", run_id, "--set", "budget.queries=4", "--no-progress", "--store", store,
                    cwd=tmp_path)
         assert more.returncode == 0 and "budget_exhausted" in more.stdout, more.stderr
+
+
+def test_a_resume_that_would_count_unpriced_queries_as_free_against_a_usd_budget_is_refused(tmp_path):
+    # Resumed with a price and a usd limit, the first session's queries (no price known: $0) were
+    # taken as free, and the run spent $2.28 against $1 by its own prices (QA).
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    price = ["--set", 'pricing."test-teacher".input_per_mtok=1000.0',
+             "--set", 'pricing."test-teacher".output_per_mtok=3000.0']
+    with run_in_thread() as srv:
+        write_project(tmp_path, srv.url, name="unpriced", queries=4)
+        assert cli("generate", "-c", "run.toml", "--no-progress", "--store", store, cwd=tmp_path).returncode == 0
+        run_id = EventStore(store).resolve("unpriced").id
+        r = cli("generate", "--run", run_id, "--set", "budget.queries=8", "--set", "budget.usd=1.0", *price,
+                "--no-progress", "--store", store, cwd=tmp_path)
+        line = " ".join(r.stderr.split())
+        assert r.returncode == 2 and "Traceback" not in line, line
+        assert "paid queries to 'test-teacher' with no price known, so they count $0" in line, line
+        more = cli("generate", "--run", run_id, "--set", "budget.queries=8", *price, "--no-progress", "--store", store,
+                   cwd=tmp_path)  # a price without a usd limit: nothing is taken as free
+        assert more.returncode == 0, more.stderr

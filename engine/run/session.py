@@ -28,6 +28,7 @@ from ..ledger.ledger import Ledger
 from ..ledger.replay import replay
 from ..redact import scrub_payload, scrub_value
 from .quality_gate import GATE_EVENTS, QualityGate
+from .resume_prices import refuse_unpriced_past
 from .reuse import ReuseSource, endpoints_here
 from .store_choice import StoreChoice, choose_store, open_store
 
@@ -178,6 +179,7 @@ class RunSession:
         over_before = _overruns(resumed)  # (a provider that billed past its cap: not this resume's doing)
         resumed.spec = self.parts.budget  # budgets and limits may change between sessions, but not
         _refuse_a_budget_below_spend(run_id, resumed, over_before)  # below what is spent
+        refuse_unpriced_past(self.store, run_id, self.cfg, state.ledger.by_model)
         state.ledger.spec = self.parts.budget
         return state
 
