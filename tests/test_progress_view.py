@@ -164,6 +164,15 @@ def test_a_breaker_that_never_closes_records_that_the_run_stops(tmp_path):
     notes = _audit(tmp_path, store, out)["pacing"]
     assert notes["pauses"] == 5, notes
     assert notes["notes"][-1] == "teacher still failing (server_error) after 5 pauses: the run stops", notes
+    # Every query the run reserved ends: answered, or abandoned when the run stopped (QA: the ones
+    # waiting for the breaker or a retry were left open for good in a finished, failed run).
+    import json
+    import sqlite3
+
+    rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT type, payload FROM events").fetchall()
+    of = {t: {json.loads(p)["query_id"] for tt, p in rows if tt == t}
+          for t in ("query_reserved", "query_settled", "query_abandoned")}
+    assert of["query_reserved"] and of["query_reserved"] == of["query_settled"] | of["query_abandoned"], of
 
 
 def test_sigusr1_prints_where_every_thread_is_and_the_run_goes_on(tmp_path):

@@ -251,31 +251,39 @@ class Dispatcher(Retrier, Sender):
         members, worsts = self._fit(ep, role, strategy, base, prompt, members)
         self.reserve(ep, role, purpose, strategy, base, members, worsts)
         counted = timeouts = 0  # failed attempts that count against max_attempts (429s do not); timed out
-        while True:
-            update: dict[str, Any] = {"n": len(members)} if len(members) > 1 else {}
-            if timeouts:
-                update["timeout_s"] = ep.timeout_after(timeouts)
-            request = base.model_copy(update=update) if update else base
-            try:
-                return await self._attempt(ep, members, request, prompt)
-            except TeacherError as err:
-                if err.kind is FailureKind.TOO_LARGE and len(members) > 1:
-                    members = self._split(ep, members)  # fewer samples in one request, at once
-                    self._start(ep, members)
-                    members, worsts = self._fit(ep, role, strategy, base, prompt, members)
-                    self.reserve(ep, role, purpose, strategy, base, members, worsts)
-                    continue
-                limited = err.kind is FailureKind.RATE_LIMITED
-                counted += not limited
-                if err.kind is FailureKind.TIMEOUT and err.maybe_billed:
-                    timeouts += 1
-                    self._said_slow(ep)
-                await self._after_failure(ep, role, members, err, counted, request.max_tokens)
-                for m in members:
-                    m.attempt += 1
-                    m.holding = m.holding and not err.maybe_billed
-                if not members[0].holding:  # possibly billed: a retry must reserve afresh
-                    members = self._refit(ep, role, strategy, purpose, base, prompt, members, err)
+        try:
+            while True:
+                update: dict[str, Any] = {"n": len(members)} if len(members) > 1 else {}
+                if timeouts:
+                    update["timeout_s"] = ep.timeout_after(timeouts)
+                request = base.model_copy(update=update) if update else base
+                try:
+                    return await self._attempt(ep, members, request, prompt)
+                except TeacherError as err:
+                    if err.kind is FailureKind.TOO_LARGE and len(members) > 1:
+                        members = self._split(ep, members)  # fewer samples in one request, at once
+                        self._start(ep, members)
+                        members, worsts = self._fit(ep, role, strategy, base, prompt, members)
+                        self.reserve(ep, role, purpose, strategy, base, members, worsts)
+                        continue
+                    limited = err.kind is FailureKind.RATE_LIMITED
+                    counted += not limited
+                    if err.kind is FailureKind.TIMEOUT and err.maybe_billed:
+                        timeouts += 1
+                        self._said_slow(ep)
+                    await self._after_failure(ep, role, members, err, counted, request.max_tokens)
+                    for m in members:
+                        m.attempt += 1
+                        m.holding = m.holding and not err.maybe_billed
+                    if not members[0].holding:  # possibly billed: a retry must reserve afresh
+                        members = self._refit(ep, role, strategy, purpose, base, prompt, members, err)
+        except asyncio.CancelledError:
+            # The run is torn down (a fatal error elsewhere) while this query waits for a turn, a
+            # retry or its answer: what was out is recorded by the attempt; each query then ends
+            # abandoned, not left open for good (QA: a failed run's waiting queries stayed open).
+            for m in members:
+                self._abandon(m.qid, m.holding, "the run stopped before this query was answered")
+            raise
 
     def _said_slow(self, ep: Endpoint) -> None:
         """The first timeout of an endpoint, told once: retries wait longer, and the config may want it."""
