@@ -244,11 +244,12 @@ def export(
     st = _store(store)
     info = st.resolve(ref)
     rows = list(accepted_rows(st, info.id, include_seeds=include_seeds))
+    seed_rows = sum(r.get("strategy") == "seed" for r in rows)
     card = None
     if fmt == "hf":
         from synthledger.engine.output.dataset_card import dataset_card
 
-        card = dataset_card(st, info, len(rows), licence=licence)
+        card = dataset_card(st, info, len(rows), licence=licence, seed_rows=seed_rows)
     n = write_rows(rows, fmt, out_path, system=system, card=card)
     print(f"wrote {n} rows to {out_path}")
     from rich.markup import escape
@@ -265,7 +266,7 @@ def export(
         from synthledger.engine.output.hub import push_dataset
 
         url = push_dataset(hf_dataset(rows, system), push_to_hub,
-                           dataset_card(st, info, len(rows), licence=licence, data_files=True),
+                           dataset_card(st, info, len(rows), licence=licence, data_files=True, seed_rows=seed_rows),
                            private=private, message=f"synthledger export of run {info.id} ({info.name})")
         print(f"pushed {n} rows to {url}")
 

@@ -107,6 +107,22 @@ def test_the_card_gives_the_seed_set_size_of_a_file_source(recorded, tmp_path):
     assert "seeds from `jsonl` (|S| = 3)" in (out / "README.md").read_text()
 
 
+def test_the_card_tells_seed_rows_from_the_teachers(recorded, tmp_path):
+    # With --include-seeds it said every row was "written by a teacher model ... and accepted by the
+    # verifier", seed rows too (QA).
+    datasets = pytest.importorskip("datasets")
+    project, url, _ = recorded
+    out = tmp_path / "hf"
+    r = cli("export", "hf-run", "--format", "hf", "--out", str(out), "--include-seeds", "--store", url, cwd=project)
+    assert r.returncode == 0, r.stderr
+    ds = datasets.load_from_disk(str(out))
+    seeds = sum(s == "seed" for s in ds["strategy"])
+    assert seeds > 0
+    card = (out / "README.md").read_text()
+    assert f": {len(ds) - seeds} question/answer rows, written by a teacher model" in card, card
+    assert f"and {seeds} rows of the seed questions with their own answers" in card, card
+
+
 def test_hf_export_trains_in_trl_sft_trainer_as_is(tmp_path):
     pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")

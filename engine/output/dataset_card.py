@@ -81,8 +81,9 @@ def _seed_count(config: dict[str, Any], started: dict[str, Any]) -> Any:
 
 
 def dataset_card(store: EventStore, info: RunInfo, n_rows: int, *, licence: str | None = None,
-                 data_files: bool = False) -> str:
-    """README.md text for an export of `info` with `n_rows` rows; `data_files` adds the hub layout."""
+                 data_files: bool = False, seed_rows: int = 0) -> str:
+    """README.md text for an export of `info` with `n_rows` rows, `seed_rows` of them the seeds' own
+    (`--include-seeds`); `data_files` adds the hub layout."""
     config = info.config or {}
     started = _first_event(store, info.id)
     summary = summarize(store, info)
@@ -93,8 +94,10 @@ def dataset_card(store: EventStore, info: RunInfo, n_rows: int, *, licence: str 
     samples = summary.get("samples") or {}
     body = [
         f"# {info.name}", "",
-        f"Synthetic fine-tuning data made by synthledger run `{info.id}`: {n_rows} question/answer rows, "
-        f"written by a teacher model under an exactly enforced budget and accepted by the `{verifier}` verifier. "
+        f"Synthetic fine-tuning data made by synthledger run `{info.id}`: {n_rows - seed_rows} question/answer rows, "
+        f"written by a teacher model under an exactly enforced budget and accepted by the `{verifier}` verifier"
+        + (f", and {seed_rows} rows of the seed questions with their own answers (strategy `seed`, unverified). "
+           if seed_rows else ". ") +
         "Every row carries its provenance (run, sample, seed, model, query ids, verification); the `messages` "
         "column is the conversation in the format TRL's `SFTTrainer` reads as is.", "",
         "## Provenance", "", "| | |", "| --- | --- |",
