@@ -36,7 +36,7 @@ def test_usd_is_the_binding_limit_and_reads_in_dollars():
     view.on_event(0, "sample_rejected", {})
     line = view.stats_line()
     assert "usd $0.1250 of $0.5000 (25.0%), projected $0.5000" in line
-    assert "accepted 4, rejected 1 (1 unchecked)" in line
+    assert "accepted 4 (1 unchecked), rejected 1" in line  # (after the rejected count, it read as theirs)
     assert "0/0" not in line and "req/s" in line and "ETA" in line
 
 
@@ -64,6 +64,8 @@ def test_summary_line_has_the_same_figures():
     assert line.startswith("gsm: budget_exhausted after ")
     assert "usd $0.4990 of $0.5000 (99.8%)" in line and "accepted 30, rejected 2" in line
     assert "40 queries, tok 4000/2000" in line and "req/s" in line
+    one = RunProgress(ledger_with(Amount(1, 10, 5, 0.0), Limits(queries=1)), "one", enabled=False)
+    assert "| 1 query, tok 10/5" in one.summary("budget_exhausted")  # it said "1 queries"
 
 
 def test_generate_under_a_usd_budget_shows_dollars_samples_and_a_summary(tmp_path):

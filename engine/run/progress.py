@@ -100,9 +100,10 @@ class RunProgress:
 
     # ---- what is shown -----------------------------------------------------------------
     def _rates(self, fraction: float) -> tuple[float, float, float | None]:
-        """(settled queries/s, samples/min, seconds to the limit) over the recent window."""
+        """(settled queries/s, accepted samples/min, seconds to the limit) over the recent window.
+        (Accepted: counting rejected ones too, a run rejecting everything read "108 samples/min".)"""
         now = time.monotonic()
-        decided = self.accepted + self.rejected
+        decided = self.accepted
         self._window.append((now, self.ledger.counts["settled"], fraction, decided))
         while len(self._window) > 2 and now - self._window[0][0] > WINDOW_S:
             self._window.pop(0)
@@ -133,8 +134,8 @@ class RunProgress:
         return text, frac
 
     def samples_text(self) -> str:
-        text = f"accepted {self.accepted}, rejected {self.rejected}"
-        return text + (f" ({self.unchecked} unchecked)" if self.unchecked else "")
+        unchecked = f" ({self.unchecked} unchecked)" if self.unchecked else ""  # (of the accepted ones)
+        return f"accepted {self.accepted}{unchecked}, rejected {self.rejected}"
 
     def stats_line(self) -> str:
         budget, frac = self.budget_text()
@@ -143,7 +144,7 @@ class RunProgress:
         c = led.counts
         spent = led.total_spent()
         eta_text = f"ETA {_duration(eta)}" if eta is not None else "ETA -"
-        line = (f"{budget} | {self.samples_text()} | {rate:.1f} req/s, {per_min:.0f} samples/min | {eta_text} | "
+        line = (f"{budget} | {self.samples_text()} | {rate:.1f} req/s, {per_min:.0f} accepted/min | {eta_text} | "
                 f"tok {spent.input_tokens}/{spent.output_tokens} | 429s {c['rate_limited']} | "
                 f"retries {c['retries']} | in flight {led.in_flight}")
         line += batch_line(led) + pacing_line(led, self._paused_until)
@@ -161,7 +162,7 @@ class RunProgress:
         # Answers reused from the store were never sent: without saying so, "0.0 req/s" beside
         # "32 queries" reads as a stalled run.
         reused = self.ledger.counts["reused"]
-        queries = f"{spent.queries} queries" + (f" ({reused} reused from the store, not paid)" if reused else "")
+        queries = f"{spent.queries} quer{'y' if spent.queries == 1 else 'ies'}" + (f" ({reused} reused from the store, not paid)" if reused else "")
         return (f"{self.label}: {status} after {_duration(elapsed)} | {budget} | {self.samples_text()} | "
                 f"{queries}, tok {spent.input_tokens}/{spent.output_tokens} | {rate:.1f} req/s")
 
