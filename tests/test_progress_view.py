@@ -201,3 +201,15 @@ def test_sigusr1_prints_where_every_thread_is_and_the_run_goes_on(tmp_path):
     assert proc.returncode == 1 and "stopped by a signal; `generate --resume` continues the run" in err, err
     # said at once, not only when the answers in flight came back (QA took the silence for a lost Ctrl-C)
     assert "stopping: nothing new starts; what is in flight gets up to 5s" in err, err
+
+
+def test_a_roles_limit_that_binds_is_the_one_named():
+    # It said "queries 15 of 20 (75.0%)" of a run its augmenter's limit (3 of 3) had ended (QA).
+    led = Ledger(BudgetSpec(total=Limits(queries=20), roles={"augmenter": Limits(queries=3)}))
+    led.spent["total"] = Amount(15, 100, 50, 0.0)
+    led.spent["role:augmenter"] = Amount(3, 30, 10, 0.0)
+    led.counts["settled"] = 15
+    view = RunProgress(led, "r", enabled=False)
+    assert "| augmenter queries 3 of 3 (100.0%) |" in view.summary("budget_exhausted")
+    led.spent["role:augmenter"] = Amount(1, 10, 5, 0.0)  # a third of it: the total binds
+    assert "| queries 15 of 20 (75.0%), $0.0000 |" in view.summary("budget_exhausted")

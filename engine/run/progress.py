@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..ledger.ledger import Ledger
+from ..ledger.ledger import Amount, Ledger
 from ..ledger.events import AttemptFailed, QueryAbandoned, RateAdjusted, RunWarning, SampleAccepted, SampleRejected
 
 DIMS = ("queries", "input_tokens", "output_tokens", "usd")
@@ -37,6 +37,25 @@ def binding_limit(ledger: Ledger) -> tuple[str, float, float | None]:
             f = getattr(spent, dim) / limit if limit > 0 else 1.0  # (0: a run that asks nothing, all spent)
             if f > frac:
                 frac, best = f, (dim, float(getattr(spent, dim)), float(limit))
+    return best
+
+
+def binding_scope(ledger: Ledger) -> tuple[str, str, float, float | None]:
+    """(role, dimension, spent, limit): `binding_limit`, unless a `[budget.roles.R]` limit is nearer
+    to running out (role R; "" for the total). The last line said "queries 15 of 20 (75.0%)" of a
+    run its augmenter's 3 of 3 had ended (QA)."""
+    dim, done, limit = binding_limit(ledger)
+    best = ("", dim, done, limit)
+    frac = (done / limit if limit > 0 else 1.0) if limit is not None else -1.0
+    for role, lims in sorted(ledger.spec.roles.items()):
+        spent = ledger.spent.get(f"role:{role}") or Amount()
+        for d in DIMS:
+            cap = getattr(lims, d)
+            if cap is None:
+                continue
+            f = getattr(spent, d) / cap if cap > 0 else 1.0
+            if f > frac:
+                frac, best = f, (role, d, float(getattr(spent, d)), float(cap))
     return best
 
 
@@ -116,8 +135,13 @@ class RunProgress:
         return (self.ledger.counts["settled"] - s0) / dt, 60 * (decided - d0) / dt, eta
 
     def budget_text(self, projection: bool = True) -> tuple[str, float]:
-        """`usd $0.1234 of $0.5000 (24.7%), projected $0.4990` and the binding fraction."""
-        dim, done, limit = binding_limit(self.ledger)
+        """`usd $0.1234 of $0.5000 (24.7%), projected $0.4990` and the binding fraction (a role's
+        limit named: `augmenter queries 3 of 3 (100.0%)`)."""
+        role, dim, done, limit = binding_scope(self.ledger)
+        if role:
+            pct = f" ({100 * done / limit:.1f}%)" if limit else ""
+            return f"{role} {dim} {_amount(dim, done)} of {_amount(dim, limit or 0)}{pct}", \
+                (min(1.0, done / limit) if limit else 1.0)
         if limit is None:
             return f"{dim} {_amount(dim, done)} (no limit)", 0.0
         if limit <= 0:  # a run that asks nothing (an experiment's seeds-only cell)
