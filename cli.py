@@ -80,10 +80,12 @@ def main() -> None:
         _exit_now("aborted")
     except typer.TyperException as exc:
         _exit_now(_usage_error(exc))
+    if code == 130:  # Typer turns a Ctrl-C it catches (while parsing, or in a command) into 130, said nowhere
+        _exit_now("interrupted", 130)
     _exit_now(code if isinstance(code, int) else 0)
 
 
-def _exit_now(code: object) -> None:
+def _exit_now(code: object, status_for_text: int = 1) -> None:
     """Exit without the interpreter's teardown of ~1,500 modules: a third of a second on a slow
     machine, after every command, and part of every rate a whole run is measured by.
 
@@ -97,7 +99,7 @@ def _exit_now(code: object) -> None:
 
     if isinstance(code, str):
         print(code, file=sys.stderr)
-        code = 1
+        code = status_for_text
     status = 0 if code is None else code if isinstance(code, int) else 1
     wait_for_threads = getattr(threading, "_shutdown", None)  # what the interpreter's exit calls first
     if wait_for_threads is None or threading.current_thread() is not threading.main_thread():

@@ -90,7 +90,7 @@ def _reported_interrupt() -> Iterator[None]:
     except Interrupted as exc:
         err.print(f"interrupted: {exc.kind} run {exc.run_id} is recorded as interrupted; "
                   f"{exc.kind} again to replace it", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise SystemExit(130) from None  # (not typer.Exit(130): that is how Typer returns a Ctrl-C it caught, unsaid)
 
 
 @app.command()
