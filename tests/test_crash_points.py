@@ -83,7 +83,8 @@ def _kill_at_every_commit(tmp: Path, url: str, strategy: str, budget: int, concu
         assert killed.rc in (EXIT_CODE, 0), f"N={n}: rc {killed.rc}\n{killed.stderr}"
         resumed = fork_cli([*args, "--resume"], cwd=folder)
         if killed.rc == 0:  # nothing left to resume: the run finished before the N-th commit
-            assert resumed.rc == 2 and "no unfinished run" in resumed.stderr, resumed.stderr
+            assert resumed.rc == 2 and "has finished" in resumed.stderr and "nothing to resume" in resumed.stderr, \
+                resumed.stderr
         else:
             assert resumed.rc == 0, f"N={n}: resume failed (rc {resumed.rc})\n{resumed.stderr}"
             assert resumed.last_line()[2] in ("budget_exhausted", "completed"), resumed.stdout

@@ -150,6 +150,7 @@ def test_ctrl_c_mid_training_records_the_run_as_interrupted_and_says_so(tmp_path
     import time
 
     import synthledger
+    from synthledger.store.errors import StoreMissing
 
     store = f"sqlite:///{tmp_path / 's.db'}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
@@ -163,9 +164,12 @@ def test_ctrl_c_mid_training_records_the_run_as_interrupted_and_says_so(tmp_path
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the run has recorded training_started
             if (tmp_path / "s.db").exists():
-                with synthledger.open_store(store) as st:
-                    if any(r.status == "running" and r.last_seq >= 2 for r in st.runs()):
-                        break
+                try:
+                    with synthledger.open_store(store) as st:
+                        if any(r.status == "running" and r.last_seq >= 2 for r in st.runs()):
+                            break
+                except StoreMissing:  # the file is there, its tables not yet: the store is being made
+                    pass
             time.sleep(0.3)
         time.sleep(1)
         proc.send_signal(signal.SIGINT)
