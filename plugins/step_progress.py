@@ -6,11 +6,21 @@ in the shape `generate` prints its own (`[   12.3s] evaluating: 16/50`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
 
 LINE_EVERY_S = 5.0  # as a generation run's plain progress lines
+ENV_EVERY = "SYNTHLEDGER_PROGRESS_EVERY_S"  # another spacing for the plain lines (a log's granularity)
+
+
+def line_every_s() -> float:
+    try:
+        value = float(os.environ.get(ENV_EVERY, LINE_EVERY_S))
+    except ValueError:
+        return LINE_EVERY_S
+    return value if value >= 0 else LINE_EVERY_S
 
 
 class StepProgress:
@@ -20,6 +30,7 @@ class StepProgress:
         self.label, self.total, self.with_loss = label, total, loss
         self.completed, self.loss = 0, "-"
         self._t0 = self._last_line = time.monotonic()
+        self._every = line_every_s()
         self._bar: Any = None
         console = Console(stderr=True)
         if console.is_terminal:
@@ -37,7 +48,7 @@ class StepProgress:
         self.loss = loss if loss is not None else self.loss
         if self._bar is not None:
             self._bar.update(self._task, completed=self.completed, loss=self.loss)
-        elif time.monotonic() - self._last_line >= LINE_EVERY_S:
+        elif time.monotonic() - self._last_line >= self._every:
             self._line()
 
     def stop(self) -> None:
