@@ -108,6 +108,8 @@ def test_unknown_top_level_section():
     (("teacher", "temperature"), False),  # was 0.0
     (("limits", "requests_per_minute"), True),
     (("teacher", "model"), ""),  # reached the provider: eight failed attempts, then "model: field required"
+    (("budget", "usd"), float("inf")),  # was no limit at all
+    (("limits", "requests_per_minute"), float("inf")),
 ])
 def test_wrong_type_names_its_path(path, value):
     data = good()

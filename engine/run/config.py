@@ -25,13 +25,14 @@ from ...store.hashing import canonical
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No inf: `usd = inf` was taken as no limit at all, silently (QA).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Open(BaseModel):
     """A section whose extra keys belong to a plugin; they are checked against its Options."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     def extras(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
