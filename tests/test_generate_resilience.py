@@ -457,6 +457,16 @@ def test_counted_roles_and_per_role_limits(make_run):
     assert report["by_role"]["augmenter"]["queries"] <= 45
     served = server.answered_by_model()
     assert served["test-teacher"] == 30 and served["aug-model"] == report["by_role"]["augmenter"]["queries"]
+    # The limit that ended the run is named, a role's too (QA: "queries 15 of 20" of a run its
+    # augmenter's limit had ended).
+    tight = run.write("tight.toml", run={"name": "tight"}, augmenter={
+        "provider": "openai-compatible", "base_url": run.url + "/v1", "model": "aug-model", "max_tokens": 64},
+        strategy={"name": "question_rephrase"}, dedupe={"enabled": False},
+        budget={"queries": 30, "counted_roles": ["teacher"], "roles": {"augmenter": {"queries": 3}}})
+    res = run.generate(tight)
+    assert res.returncode == 0 and "| augmenter queries 3 of 3 (100.0%) |" in res.stderr, res.stderr
+    shown = run.cli("show", "tight", "--json", "--store", run.store)
+    assert "budget exhausted (augmenter queries 3 of 3): spent" in shown.stdout, shown.stdout
 
 
 def _reserve_unsent(store_url: str, run_id: str, n: int, budget: dict[str, Any]) -> None:

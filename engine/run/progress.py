@@ -59,7 +59,8 @@ def binding_scope(ledger: Ledger) -> tuple[str, str, float, float | None]:
     return best
 
 
-def _amount(dim: str, v: float) -> str:
+def amount_text(dim: str, v: float) -> str:
+    """An amount of `dim` as the live view shows it: `$0.1234`, `250k`, `42`."""
     if dim == "usd":
         return f"${v:.4f}"
     if v >= 100_000:
@@ -140,14 +141,14 @@ class RunProgress:
         role, dim, done, limit = binding_scope(self.ledger)
         if role:
             pct = f" ({100 * done / limit:.1f}%)" if limit else ""
-            return f"{role} {dim} {_amount(dim, done)} of {_amount(dim, limit or 0)}{pct}", \
+            return f"{role} {dim} {amount_text(dim, done)} of {amount_text(dim, limit or 0)}{pct}", \
                 (min(1.0, done / limit) if limit else 1.0)
         if limit is None:
-            return f"{dim} {_amount(dim, done)} (no limit)", 0.0
+            return f"{dim} {amount_text(dim, done)} (no limit)", 0.0
         if limit <= 0:  # a run that asks nothing (an experiment's seeds-only cell)
-            return f"{dim} {_amount(dim, done)} of {_amount(dim, limit)}", 1.0
+            return f"{dim} {amount_text(dim, done)} of {amount_text(dim, limit)}", 1.0
         frac = min(1.0, done / limit)  # (the bar's fraction; the words say what was spent, even past it)
-        text = f"{dim} {_amount(dim, done)} of {_amount(dim, limit)} ({100 * done / limit:.1f}%)"
+        text = f"{dim} {amount_text(dim, done)} of {amount_text(dim, limit)} ({100 * done / limit:.1f}%)"
         usd = self.ledger.total_spent().usd
         if projection and usd > 0 and frac > 0:
             projected = usd / frac

@@ -28,7 +28,7 @@ from . import handover
 from .context import ItemContext
 from .item import produce
 from .plan_guard import FreeItemWatch, UnboundedSpendWatch, walk_plan
-from .progress import RunProgress
+from .progress import RunProgress, amount_text, binding_scope
 from .session import RunSession
 from .store_choice import StoreChoice
 
@@ -396,7 +396,10 @@ class Runner(RunSession):
             return "failed", (f"the budget cannot cover a single query: one query's worst case (its prompt and "
                               f"max_tokens of answer, at its price) is over the {self._refused_by}; raise that "
                               "limit or lower max_tokens")
-        return "budget_exhausted", (f"budget exhausted: spent {spent.queries} queries, {spent.input_tokens} in / "
+        role, dim, done, limit = binding_scope(self.ledger)  # (QA: a role's limit that ended it went unnamed)
+        bound = f" ({f'{role} ' if role else ''}{dim} {amount_text(dim, done)} of {amount_text(dim, limit)})" \
+            if limit is not None else ""
+        return "budget_exhausted", (f"budget exhausted{bound}: spent {spent.queries} queries, {spent.input_tokens} in / "
                                     f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
 
     def _admits_nothing(self, spent: Any) -> bool:
