@@ -44,13 +44,16 @@ def generate(
 
       synthledger generate --resume            # the latest unfinished run, with its recorded config
     """
-    from synthledger.engine.run.config import load_config
+    from synthledger.engine.run.config import ConfigError, load_config, with_origin
     from synthledger.engine.run.launch import generate as run_generate, recorded_config
 
     named = [f"run.name={json.dumps(name)}"] if name is not None else []  # (--name "" is refused, not ignored)
     if config is not None:
         cfg = load_config(config, [*set_, *named], given_by={"run.name": "--name"} if named else None)
-        result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
+        try:
+            result = run_generate(cfg, store, resume=resume, run_id=run, show_progress=progress, announce=_announce)
+        except ConfigError as exc:  # a plugin's options, checked as its parts are made
+            raise ConfigError(with_origin(str(exc), set_)) from None
     elif resume or run:
         from synthledger.engine.run.store_choice import choose_store, open_store
 

@@ -315,6 +315,11 @@ def test_cli_lists_several_bad_keys_apart_and_names_the_option_that_gave_each(pr
     assert line.endswith("(given by --name and --set budget.queries, nosection.x)"), line
     only_set = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}", "--set", "run.name=")
     assert only_set.returncode == 2 and only_set.stderr.strip().endswith("(given by --set run.name)"), only_set.stderr
+    # A plugin's options are checked as its parts are made, after loading: the origin went unsaid (QA).
+    plugin = generate(project, "-c", "run.toml", "--store", f"sqlite:///{project / 'x.db'}", "--set", "strategy.bogus=1")
+    line = plugin.stderr.strip()
+    assert plugin.returncode == 2 and "\n" not in line and "strategy.bogus: unknown key" in line, line
+    assert line.endswith("(given by --set strategy.bogus)"), line
 
 
 def test_an_error_in_a_key_given_by_set_says_so_without_its_value(tmp_path):

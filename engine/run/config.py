@@ -347,6 +347,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
         raise ConfigError(f"{exc}{_given_by(str(exc), overrides or [], given_by or {})}") from None
 
 
+def with_origin(message: str, overrides: list[str]) -> str:
+    """`message` with the `--set` that gave the key it names, for errors found after loading (a
+    plugin's options are checked as its parts are made: "verifier.bogus: unknown key" named no origin)."""
+    return message if "(given by " in message else message + _given_by(message, overrides, {})
+
+
 def _given_by(message: str, overrides: list[str], flags: Mapping[str, str]) -> str:
     """The file is named first; a key the command line set is said to come from there (by its name
     only: the value may be a secret). An error may name the key or a section above it."""
