@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from synthledger.engine.ledger.ledger import Amount, BudgetSpec, Ledger, Limits
-from synthledger.engine.run.progress import RunProgress, binding_limit
+from synthledger.engine.run.progress import RunProgress, binding_scope
 from synthledger.testing.projects import write_project
 from synthledger.testing.server import run_in_thread
 
@@ -28,7 +28,7 @@ def ledger_with(spent: Amount, limits: Limits) -> Ledger:
 
 def test_usd_is_the_binding_limit_and_reads_in_dollars():
     led = ledger_with(Amount(10, 1000, 500, 0.125), Limits(queries=1000, usd=0.5))
-    assert binding_limit(led) == ("usd", 0.125, 0.5)
+    assert binding_scope(led) == ("", "usd", 0.125, 0.5)
     view = RunProgress(led, "r", enabled=False)
     for _ in range(3):
         view.on_event(0, "sample_accepted", {"details": {}})

@@ -26,41 +26,37 @@ BAR_STEPS = 1000  # the bar's resolution; the numbers are in the text beside it
 WINDOW_S = 15.0  # rates and the ETA are measured over the last this many seconds
 
 
-def binding_limit(ledger: Ledger) -> tuple[str, float, float | None]:
-    """(dimension, spent, limit) of the total limit nearest to running out; (queries, n, None) if none."""
-    spent = ledger.total_spent()
-    best: tuple[str, float, float | None] = ("queries", float(spent.queries), None)
-    frac = -1.0
+Binding = tuple[str, str, float, "float | None"]  # (role, or "" for the total; dimension; spent; limit)
+
+
+def _nearest(role: str, spent: Amount, limits: Any, best: Binding, frac: float) -> tuple[Binding, float]:
+    """`best` and its spent fraction, or a limit of `limits` nearer to running out than it."""
     for dim in DIMS:
-        limit = getattr(ledger.spec.total, dim)
+        limit = getattr(limits, dim)
         if limit is not None:
             f = getattr(spent, dim) / limit if limit > 0 else 1.0  # (0: a run that asks nothing, all spent)
             if f > frac:
-                frac, best = f, (dim, float(getattr(spent, dim)), float(limit))
+                frac, best = f, (role, dim, float(getattr(spent, dim)), float(limit))
+    return best, frac
+
+
+def binding_scope(ledger: Ledger) -> Binding:
+    """The limit nearest to running out: the total's, unless a `[budget.roles.R]` limit is nearer
+    (the last line said "queries 15 of 20 (75.0%)" of a run its augmenter's 3 of 3 had ended: QA);
+    ("", "queries", n, None) if there is none."""
+    spent = ledger.total_spent()
+    best, frac = _nearest("", spent, ledger.spec.total, ("", "queries", float(spent.queries), None), -1.0)
+    for role, limits in sorted(ledger.spec.roles.items()):
+        best, frac = _nearest(role, ledger.spent.get(f"role:{role}") or Amount(), limits, best, frac)
     return best
 
 
-def binding_scope(ledger: Ledger) -> tuple[str, str, float, float | None]:
-    """(role, dimension, spent, limit): `binding_limit`, unless a `[budget.roles.R]` limit is nearer
-    to running out (role R; "" for the total). The last line said "queries 15 of 20 (75.0%)" of a
-    run its augmenter's 3 of 3 had ended (QA)."""
-    dim, done, limit = binding_limit(ledger)
-    best = ("", dim, done, limit)
-    frac = (done / limit if limit > 0 else 1.0) if limit is not None else -1.0
-    for role, lims in sorted(ledger.spec.roles.items()):
-        spent = ledger.spent.get(f"role:{role}") or Amount()
-        for d in DIMS:
-            cap = getattr(lims, d)
-            if cap is None:
-                continue
-            f = getattr(spent, d) / cap if cap > 0 else 1.0
-            if f > frac:
-                frac, best = f, (role, d, float(getattr(spent, d)), float(cap))
-    return best
+def limit_words(role: str, dim: str, done: float, limit: float) -> str:
+    """`augmenter queries 3 of 3`, `usd $0.1234 of $0.5000`."""
+    return f"{f'{role} ' if role else ''}{dim} {_amount(dim, done)} of {_amount(dim, limit)}"
 
 
-def amount_text(dim: str, v: float) -> str:
-    """An amount of `dim` as the live view shows it: `$0.1234`, `250k`, `42`."""
+def _amount(dim: str, v: float) -> str:
     if dim == "usd":
         return f"${v:.4f}"
     if v >= 100_000:
@@ -123,32 +119,30 @@ class RunProgress:
         """(settled queries/s, accepted samples/min, seconds to the limit) over the recent window.
         (Accepted: counting rejected ones too, a run rejecting everything read "108 samples/min".)"""
         now = time.monotonic()
-        decided = self.accepted
-        self._window.append((now, self.ledger.counts["settled"], fraction, decided))
+        accepted = self.accepted
+        self._window.append((now, self.ledger.counts["settled"], fraction, accepted))
         while len(self._window) > 2 and now - self._window[0][0] > WINDOW_S:
             self._window.pop(0)
-        t0, s0, f0, d0 = self._window[0]
+        t0, s0, f0, a0 = self._window[0]
         dt = now - t0
         if dt <= 0:
             return 0.0, 0.0, None
         speed = (fraction - f0) / dt
         eta = (1.0 - fraction) / speed if speed > 0 and fraction < 1 else None
-        return (self.ledger.counts["settled"] - s0) / dt, 60 * (decided - d0) / dt, eta
+        return (self.ledger.counts["settled"] - s0) / dt, 60 * (accepted - a0) / dt, eta
 
     def budget_text(self, projection: bool = True) -> tuple[str, float]:
         """`usd $0.1234 of $0.5000 (24.7%), projected $0.4990` and the binding fraction (a role's
         limit named: `augmenter queries 3 of 3 (100.0%)`)."""
         role, dim, done, limit = binding_scope(self.ledger)
-        if role:
-            pct = f" ({100 * done / limit:.1f}%)" if limit else ""
-            return f"{role} {dim} {amount_text(dim, done)} of {amount_text(dim, limit or 0)}{pct}", \
-                (min(1.0, done / limit) if limit else 1.0)
         if limit is None:
-            return f"{dim} {amount_text(dim, done)} (no limit)", 0.0
+            return f"{dim} {_amount(dim, done)} (no limit)", 0.0
         if limit <= 0:  # a run that asks nothing (an experiment's seeds-only cell)
-            return f"{dim} {amount_text(dim, done)} of {amount_text(dim, limit)}", 1.0
+            return limit_words(role, dim, done, limit), 1.0
         frac = min(1.0, done / limit)  # (the bar's fraction; the words say what was spent, even past it)
-        text = f"{dim} {amount_text(dim, done)} of {amount_text(dim, limit)} ({100 * done / limit:.1f}%)"
+        text = f"{limit_words(role, dim, done, limit)} ({100 * done / limit:.1f}%)"
+        if role:  # (a role's share: the total's dollars are no projection of it)
+            return text, frac
         usd = self.ledger.total_spent().usd
         if projection and usd > 0 and frac > 0:
             projected = usd / frac

@@ -28,7 +28,7 @@ from . import handover
 from .context import ItemContext
 from .item import produce
 from .plan_guard import FreeItemWatch, UnboundedSpendWatch, walk_plan
-from .progress import RunProgress, amount_text, binding_scope
+from .progress import RunProgress, binding_scope, limit_words
 from .session import RunSession
 from .store_choice import StoreChoice
 
@@ -397,8 +397,7 @@ class Runner(RunSession):
                               f"max_tokens of answer, at its price) is over the {self._refused_by}; raise that "
                               "limit or lower max_tokens")
         role, dim, done, limit = binding_scope(self.ledger)  # (QA: a role's limit that ended it went unnamed)
-        bound = f" ({f'{role} ' if role else ''}{dim} {amount_text(dim, done)} of {amount_text(dim, limit)})" \
-            if limit is not None else ""
+        bound = f" ({limit_words(role, dim, done, limit)})" if limit is not None else ""
         return "budget_exhausted", (f"budget exhausted{bound}: spent {spent.queries} queries, {spent.input_tokens} in / "
                                     f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
 

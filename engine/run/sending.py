@@ -169,7 +169,7 @@ class Sender:
                 body_excerpt=err.body_excerpt))
         decision = ep.on_failure(err, est, time.monotonic() - started)
         if decision is not None:
-            self._note(ep, decision.note, decision.pause_s, getattr(decision, "pauses", None))
+            self._note(ep, decision.note, decision.pause_s, decision.pauses)
 
     def _note(self, ep: "Endpoint", note: str | None, pause_s: float = 0.0, pauses: int | None = None) -> None:
         """A pacing change users should see: recorded as an event (the live view shows the last).
