@@ -8,10 +8,9 @@ run went on as if those queries had cost nothing, and spent $2.28 against $1 by 
 
 from __future__ import annotations
 
-from typing import Any
-
 from ...store.eventstore import EventStore
 from ..errors import ResumeRefused
+from ..ledger.ledger import Amount
 from .config import RunConfig
 
 
@@ -20,7 +19,7 @@ def usd_limited(cfg: RunConfig) -> bool:
     return b.usd is not None or any(r.usd is not None for r in b.roles.values())
 
 
-def refuse_unpriced_past(store: EventStore, run_id: str, cfg: RunConfig, by_model: dict[str, Any]) -> None:
+def refuse_unpriced_past(store: EventStore, run_id: str, cfg: RunConfig, by_model: dict[str, Amount]) -> None:
     """Raise ResumeRefused when a usd limit is set and a model the run paid queries to had no price
     in the sessions that paid them."""
     if not usd_limited(cfg):
@@ -28,7 +27,7 @@ def refuse_unpriced_past(store: EventStore, run_id: str, cfg: RunConfig, by_mode
     priced: set[str] = set()
     for e in store.iter_events(run_id, types=["run_started", "run_resumed"]):
         priced |= set(e.payload.get("prices") or {})
-    free = sorted(m for m, spent in by_model.items() if getattr(spent, "queries", 0) and m not in priced)
+    free = sorted(m for m, spent in by_model.items() if spent.queries and m not in priced)
     if free:
         raise ResumeRefused(f"run {run_id} paid queries to {', '.join(map(repr, free))} with no price known, so they "
                             "count $0; a usd budget would take them as free. Resume it without a usd limit, or "
