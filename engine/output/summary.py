@@ -39,7 +39,6 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
     quality = data_quality(store, info.id)
     rejected = {f"{g['stage']}: {g['kind']}": g["count"] for g in quality["overall"]["rejections"]}
     duplicates = sum(v for k, v in rejected.items() if "duplicate" in k)
-    decided = state.accepted + sum(rejected.values())
     return {
         "id": info.id, "name": info.name, "status": info.status,
         "message": state.message,
@@ -47,7 +46,7 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
         "budget": snap["budget"],
         "queries": snap["counts"],
         "samples": {"accepted": state.accepted, "proposed": state.proposed,
-                    "acceptance_rate": round(state.accepted / decided, 4) if decided else None,
+                    "acceptance_rate": acceptance_rate(state.accepted, state.proposed),
                     "duplicates_dropped": duplicates, "accepted_unchecked": unchecked,
                     "rows_per_strategy": rows_by_strategy},
         "rejected": rejected,  # "stage: kind" -> count, most first
@@ -56,6 +55,14 @@ def summarize(store: EventStore, info: RunInfo) -> dict[str, Any]:
                       "answers_distinct_2gram": round(distinct_ngram_ratio(answers, 2), 4) if answers else None},
         "data_quality": quality,
     }
+
+
+def acceptance_rate(accepted: int, proposed: int) -> float | None:
+    """Accepted samples of those proposed, as the name and the `proposed` beside it say; None before any.
+    It was accepted / (accepted + rejected): undecided samples of a stopped run left out, and rejections
+    of items that never made a sample (a failed query, an unparsable reply) counted in, so it agreed
+    with neither figure shown beside it."""
+    return round(accepted / proposed, 4) if proposed else None
 
 
 def _rounded(value: Any, digits: int = 4) -> Any:
