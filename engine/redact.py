@@ -53,12 +53,13 @@ _KEY_SHAPE = re.compile("|".join(KEY_SHAPES))
 # Each generic pattern is (?P<kN>what stays) followed by what is replaced.
 _GENERIC = [
     # a URL's password: scheme://user:pass@host (the user and host stay; an already masked
-    # `user:***@`, as store URLs are displayed, is left alone)
-    r"(?P<k0>://[^/\s@:\"'<>]*:)(?!\*+@)[^/\s@\"'<>]+(?=@)",
-    # a URL's userinfo that is a token on its own: scheme://token@host
+    # `user:***@`, as store URLs are displayed, is left alone; a password with an unencoded `@`
+    # goes whole)
+    r"(?P<k0>://[^/\s@:\"'<>]*:)(?!\*+@)[^/\s@\"'<>]+(?:@[^/\s@\"'<>?]*(?=@))*(?=@)",
+    # a URL's userinfo that is a token on its own: https://token@host (but see `_is_db_user`)
     r"(?P<k5>://)[^/\s@:\"'<>]+(?=@)",
-    # key-ish query parameters (the name stays)
-    rf"(?P<k1>(?<=[?&])(?i:{_PARAM_NAME})=)[^&#\s\"'<>]+",
+    # key-ish query parameters (the name stays; an already masked `password=***` is left alone)
+    rf"(?P<k1>(?<=[?&])(?i:{_PARAM_NAME})=)(?!\*+(?:[&#\s\"'<>]|$))[^&#\s\"'<>]+",
     # bearer tokens in any header dump or message
     r"(?P<k2>(?i:bearer)\s+)[A-Za-z0-9._~+/=-]{6,}",
     # values of credential headers written as text (x-api-key: ..., "api-key": "...")
@@ -151,7 +152,24 @@ def known_secrets() -> frozenset[str]:
 
 def _replace(m: re.Match[str]) -> str:
     keep = m.group(m.lastgroup) if m.lastgroup else ""
+    if m.lastgroup == "k5" and _is_db_user(m):  # (a key or a known secret in its place still goes)
+        return keep + _pattern.sub(_replace, m.group(0)[len(keep):])
     return keep + REDACTED
+
+
+# A database URL's scheme (`postgresql`, `mysql+pymysql`) ending where a `://` starts.
+_DB_SCHEME = re.compile(r"(?<![A-Za-z0-9+.-])(?i:postgres(?:ql)?|mysql|mariadb|mssql|oracle|cockroachdb|sqlite)"
+                        r"(?:\+[A-Za-z0-9_]+)?\Z")
+
+
+def _is_db_user(m: re.Match[str]) -> bool:
+    """The userinfo `m` found alone before a host is a database URL's user (postgresql://alice@/db):
+    there a password always follows a `:`, and a user name is no secret. Store URLs show it
+    (store/urls.py), and scrubbing it here made the same store read `alice@` in one message and
+    `[REDACTED]@` in the next (every CLI error line is scrubbed). Any other scheme's
+    (https://TOKEN@host, git+https://TOKEN@...) goes as before. Asked only of a match, so the
+    search that every suspect text gets stays as it was."""
+    return _DB_SCHEME.search(m.string, max(0, m.start() - 64), m.start()) is not None
 
 
 # Literals that every generic pattern needs: a text without any of them (nearly all text) is passed

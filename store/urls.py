@@ -7,6 +7,7 @@ Any SQLAlchemy URL works. `postgresql://` and `postgres://` mean PostgreSQL thro
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote_plus
 
@@ -55,16 +56,19 @@ def in_memory(url: str) -> bool:
 
 def display(url: str) -> str:
     """The URL as it may appear in a message or a log: any password replaced by ***, in the user
-    info and in the query (`?host=/tmp/pg&password=...`, which libpq reads as well)."""
-    if url.startswith("sqlite") and "@" not in url:  # a file or memory: no credentials, no parsing
-        return _mask_query(url)
-    try:
-        from sqlalchemy.engine import make_url
+    info and in the query (`?host=/tmp/pg&password=...`, which libpq reads as well). Everything else
+    reads as written, the user name included: re-rendering the URL (SQLAlchemy's) percent-encoded
+    its query (`host=%2Ftmp%2Fx`) only when a password was masked, so one store read two ways."""
+    m = _USERINFO.match(url)
+    if m is not None and m["password"]:
+        url = f"{m['head']}:***@{url[m.end():]}"
+    return _mask_query(url)
 
-        u = make_url(url)
-    except Exception:
-        return _mask_query(url.split("@", 1)[-1] if "@" in url else url)
-    return _mask_query(u.render_as_string(hide_password=True) if u.password else url)
+
+# `scheme://user:password@`, read as SQLAlchemy reads it (the user up to the first `:` or `/`, the
+# password up to an `@`), except that a password holding an unencoded `@` is masked whole
+# (`p@ss@host`: SQLAlchemy would take `ss@host` for the host, and that is half the password).
+_USERINFO = re.compile(r"(?P<head>[^:/?#\s]*://[^:/]*):(?P<password>[^@]*(?:@[^@/?]*(?=@))*)@")
 
 
 def _mask_query(url: str) -> str:

@@ -491,3 +491,96 @@ def test_a_key_with_non_ascii_characters_is_refused_at_start_without_being_shown
     with pytest.raises(MissingApiKey, match="MYKEY holds a key with non-ASCII characters") as err:
         resolve_api_key(TeacherSettings(provider="openai-compatible", model="m", api_key_env="MYKEY"))
     assert "secrète" not in str(err.value)
+
+
+# ---- a store URL's user name: kept, and the same, in every message ----------------------------------
+
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from synthledger.store.eventstore import EventStore, StoreError  # noqa: E402
+from synthledger.store.urls import normalize  # noqa: E402
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a database URL's user is a user name, not a token (store URLs show it); its password goes
+    ("postgresql+psycopg://alice@/ledger?host=/tmp/x", "postgresql+psycopg://alice@/ledger?host=/tmp/x"),
+    ("store postgres://alice@db:5432/ledger", "store postgres://alice@db:5432/ledger"),
+    ("mysql+pymysql://bob@db/x", "mysql+pymysql://bob@db/x"),
+    ("postgresql+psycopg://alice:s3cret@/ledger", "postgresql+psycopg://alice:[REDACTED]@/ledger"),
+    ("postgresql://alice:p@ss@db/ledger", "postgresql://alice:[REDACTED]@db/ledger"),  # an unencoded @ too
+    ("postgresql+psycopg://alice@/ledger?password=***", "postgresql+psycopg://alice@/ledger?password=***"),
+    ("postgresql+psycopg://alice@/ledger?password=s3cret", "postgresql+psycopg://alice@/ledger?password=[REDACTED]"),
+    # ... but a token before the host of any other URL still goes, whatever the scheme is called
+    ("git+https://tok3n-abcdef@github.com/x", "git+https://[REDACTED]@github.com/x"),
+    ("xpostgresql://tok3n-abcdef@h/x", "xpostgresql://[REDACTED]@h/x"),
+    ("postgresqlx://tok3n-abcdef@h/x", "postgresqlx://[REDACTED]@h/x"),
+    ("1https://tok3n-abcdef@h/x", "1https://[REDACTED]@h/x"),
+    ("see ://tok3n-abcdef@h/x", "see ://[REDACTED]@h/x"),
+    ("https://u:p@ss@gw.example/v1", "https://u:[REDACTED]@gw.example/v1"),
+    # and a provider's key is a key wherever it stands, a database URL's user place included
+    ("postgresql://sk-proj-abcdefghijklmnopqrstu@db/ledger", "postgresql://[REDACTED]@db/ledger"),
+])
+def test_scrub_keeps_a_database_users_name_and_nothing_else(text, expected):
+    assert redact.scrub(text) == expected
+
+
+def test_a_known_secret_in_a_database_urls_user_place_still_goes():
+    redact.register("user-who-is-a-secret-42")
+    assert redact.scrub("postgresql://user-who-is-a-secret-42@db/x and postgresql://alice@db/x") == \
+        "postgresql://[REDACTED]@db/x and postgresql://alice@db/x"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://alice:s3cret@/ledger?host=/tmp/x", "postgresql+psycopg://alice:***@/ledger?host=/tmp/x"),
+    ("postgresql://alice@/ledger?host=/tmp/x", "postgresql+psycopg://alice@/ledger?host=/tmp/x"),
+    ("postgresql://alice@/ledger?host=/tmp/x&password=s3cret",
+     "postgresql+psycopg://alice@/ledger?host=/tmp/x&password=***"),
+    ("postgresql://svc_a1b2c3d4e5f6a7b8c9d0:s3cret@db:5432/ledger",
+     "postgresql+psycopg://svc_a1b2c3d4e5f6a7b8c9d0:***@db:5432/ledger"),
+    ("postgresql://alice%40corp:s3%40cret@/ledger?host=/tmp/x",
+     "postgresql+psycopg://alice%40corp:***@/ledger?host=/tmp/x"),
+    ("postgresql://alice:p@ss@db/ledger", "postgresql+psycopg://alice:***@db/ledger"),
+    ("my-db://alice:s3cret@db/ledger", "my-db://alice:***@db/ledger"),  # (no driver: still masked)
+])
+def test_a_store_url_reads_the_same_in_every_message(url, shown):
+    # The user was kept where the URL was displayed and [REDACTED] where a message with it was
+    # scrubbed (every CLI error line), and a masked password re-rendered the query (host=%2Ftmp%2Fx).
+    url = normalize(url)
+    assert display(url) == shown and display_url(url) == shown
+    assert redact.scrub(display(url)) == shown  # an error line about the store, as the CLI prints it
+    assert choose_store(url).describe() == f"store {shown} (from --store)"
+    assert "s3cret" not in shown and "s3%40cret" not in shown and "ss@" not in shown
+
+
+def test_a_store_that_cannot_be_opened_names_its_user_as_every_other_line_does(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "300"}
+    env.pop("SYNTHLEDGER_STORE", None)
+    for url in (f"postgresql://alice@/ledger?host={tmp_path}", f"postgresql://alice:s3cret@/ledger?host={tmp_path}"):
+        with pytest.raises(StoreError) as info:  # no server listens there
+            EventStore(url)
+        shown = display(normalize(url))
+        assert f"cannot open store {shown}:" in str(info.value)
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "cli.py"), "runs",
+                            "--store", url], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 2 and f"error: cannot open store {shown}:" in r.stderr, r.stderr
+        assert "s3cret" not in r.stderr and "[REDACTED]" not in r.stderr and f"host={tmp_path}" in r.stderr
+
+
+def test_a_postgresql_store_reads_the_same_in_what_generate_says_and_in_an_error(tmp_path, pg_url):
+    # The test cluster's URLs name a user and no password, as a local socket login does.
+    user = pg_url.split("://", 1)[1].split("@", 1)[0]
+    url = pg_url.replace(f"://{user}@", f"://{user}:any-pw-works@", 1)
+    shown = display(url)
+    assert re.match(rf"postgresql\+psycopg://{user}:\*\*\*@/t\d+\?host=/", shown), shown
+    with ServerProcess() as server:
+        config = write_project(tmp_path, server.url, seeds=2, queries=2)
+        for store in (pg_url, url):
+            res = fork_cli(["generate", "--config", str(config), "--no-progress", "--store", store,
+                            "--name", f"r{len(store)}"], cwd=tmp_path)
+            assert res.rc == 0 and res.stderr.startswith(f"store {display(store)} (from --store)"), res
+            res = fork_cli(["show", "no-such-run", "--store", store], cwd=tmp_path)
+            assert res.rc == 2 and f"no run with id or name 'no-such-run' in {display(store)}" in res.stderr, res
+    assert f"://{user}@" in display(pg_url) and "any-pw-works" not in shown
