@@ -37,7 +37,9 @@ def test_usd_is_the_binding_limit_and_reads_in_dollars():
     line = view.stats_line()
     assert "usd $0.1250 of $0.5000 (25.0%), projected $0.5000" in line
     assert "accepted 4 (1 unchecked), rejected 1" in line  # (after the rejected count, it read as theirs)
-    assert "0/0" not in line and "req/s" in line and "ETA" in line
+    assert "0/0" not in line and "ETA" in line
+    view._window[0] = (view._window[0][0] - 5, 0, 0.0, 0)  # five seconds on: the rates are shown
+    assert "req/s" in view.stats_line()
 
 
 def test_projection_under_a_query_limit_and_the_eta():
@@ -60,6 +62,7 @@ def test_a_budget_of_zero_queries_is_shown_as_one_not_as_no_limit():
 def test_summary_line_has_the_same_figures():
     led = ledger_with(Amount(40, 4000, 2000, 0.499), Limits(usd=0.5))
     view = RunProgress(led, "gsm", enabled=False, accepted=30, rejected=2)
+    view._t0 -= 10  # (a run of ten seconds: under one there is no rate to show)
     line = view.summary("budget_exhausted")
     assert line.startswith("gsm: budget_exhausted after ")
     assert "usd $0.4990 of $0.5000 (99.8%)" in line and "accepted 30, rejected 2" in line
@@ -213,3 +216,33 @@ def test_a_roles_limit_that_binds_is_the_one_named():
     assert "| augmenter queries 3 of 3 (100.0%) |" in view.summary("budget_exhausted")
     led.spent["role:augmenter"] = Amount(1, 10, 5, 0.0)  # a third of it: the total binds
     assert "| queries 15 of 20 (75.0%), $0.0000 |" in view.summary("budget_exhausted")
+
+
+def test_a_rate_over_less_than_a_second_is_left_out_of_the_live_and_the_last_line():
+    # The last line of a 100-query run that took 0.04 s read "2309.0 req/s": noise, not a rate.
+    led = ledger_with(Amount(100, 1000, 500, 0.0), Limits(queries=100))
+    view = RunProgress(led, "quick", enabled=False, accepted=100)
+    line = view.summary("completed")
+    assert re.match(r"quick: completed after 0\.\d\ds \| ", line), line  # the duration instead
+    assert "req/s" not in line and line.endswith("| 100 queries, tok 1000/500"), line
+    view._t0 -= 4
+    line = view.summary("completed")
+    assert re.match(r"quick: completed after 4s \| ", line) and re.search(r"\| 2\d\.\d req/s$", line), line
+
+    live = RunProgress(ledger_with(Amount(0, 0, 0, 0.0), Limits(queries=100)), "r", enabled=False)
+    first = live.stats_line()  # the window spans nothing yet
+    assert "req/s" not in first and "accepted/min" not in first and "ETA -" in first, first
+    live.ledger.counts["settled"] = 50
+    live.ledger.spent["total"] = Amount(50, 0, 0, 0.0)
+    live._window[0] = (live._window[0][0] - 0.5, 0, 0.0, 0)  # half a second: still noise
+    assert "req/s" not in live.stats_line()
+    live._window[0] = (live._window[0][0] - 1.5, 0, 0.0, 0)  # two seconds
+    line = live.stats_line()
+    assert re.search(r"\| 2\d\.\d req/s, 0 accepted/min \| ETA \d+s \|", line), line
+
+
+def test_the_last_line_can_say_why_a_run_completed_with_nothing_done():
+    view = RunProgress(ledger_with(Amount(), Limits(queries=8)), "idle", enabled=False)
+    assert view.summary("completed", "the plan had no items").startswith(
+        "idle: completed (the plan had no items) after ")
+    assert view.summary("completed").startswith("idle: completed after ")

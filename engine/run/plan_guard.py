@@ -31,6 +31,17 @@ def walk_plan(strategy: Any, name: str, on_failure: Callable[[str], None]) -> It
         on_failure(str(exc))
 
 
+NO_ITEMS = "the plan had no items"
+
+
+def nothing_planned(name: str, seeds: int, source: str) -> str:
+    """Why a run ended `completed` having asked nothing, as far as the engine can tell: its strategy
+    planned no item for the seeds it was given (the seeds themselves were checked: a source that gives
+    none is refused before the run starts). Said as a run warning; the run ended silently before."""
+    return (f"the plan has no items: {name} planned nothing for {seeds} seed{'' if seeds == 1 else 's'} "
+            f"from {source}, so nothing was asked and the dataset is empty; check the strategy's options")
+
+
 class FreeItemWatch:
     """Counts items in a row that took nothing from the budget (every answer one the run already
     held, or no question asked). Replayed items do that for a while after a resume, at most the

@@ -24,6 +24,9 @@ from ..ledger.events import AttemptFailed, QueryAbandoned, RateAdjusted, RunWarn
 DIMS = ("queries", "input_tokens", "output_tokens", "usd")
 BAR_STEPS = 1000  # the bar's resolution; the numbers are in the text beside it
 WINDOW_S = 15.0  # rates and the ETA are measured over the last this many seconds
+# A rate (or an ETA) taken over less time than this is noise: a 100-query run over in 0.04 s read
+# "2309.0 req/s". Under it the live line leaves rates out and the final line gives only the duration.
+MIN_RATE_S = 1.0
 
 
 Binding = tuple[str, str, float, "float | None"]  # (role, or "" for the total; dimension; spent; limit)
@@ -115,9 +118,10 @@ class RunProgress:
                                soft_wrap=True)
 
     # ---- what is shown -----------------------------------------------------------------
-    def _rates(self, fraction: float) -> tuple[float, float, float | None]:
-        """(settled queries/s, accepted samples/min, seconds to the limit) over the recent window.
-        (Accepted: counting rejected ones too, a run rejecting everything read "108 samples/min".)"""
+    def _rates(self, fraction: float) -> tuple[float | None, float | None, float | None]:
+        """(settled queries/s, accepted samples/min, seconds to the limit) over the recent window;
+        all None while it spans less than MIN_RATE_S. (Accepted: counting rejected ones too, a run
+        rejecting everything read "108 samples/min".)"""
         now = time.monotonic()
         accepted = self.accepted
         self._window.append((now, self.ledger.counts["settled"], fraction, accepted))
@@ -125,8 +129,8 @@ class RunProgress:
             self._window.pop(0)
         t0, s0, f0, a0 = self._window[0]
         dt = now - t0
-        if dt <= 0:
-            return 0.0, 0.0, None
+        if dt < MIN_RATE_S:
+            return None, None, None
         speed = (fraction - f0) / dt
         eta = (1.0 - fraction) / speed if speed > 0 and fraction < 1 else None
         return (self.ledger.counts["settled"] - s0) / dt, 60 * (accepted - a0) / dt, eta
@@ -163,7 +167,8 @@ class RunProgress:
         c = led.counts
         spent = led.total_spent()
         eta_text = f"ETA {_duration(eta)}" if eta is not None else "ETA -"
-        line = (f"{budget} | {self.samples_text()} | {rate:.1f} req/s, {per_min:.0f} accepted/min | {eta_text} | "
+        rates = f"{rate:.1f} req/s, {per_min:.0f} accepted/min | " if rate is not None and per_min is not None else ""
+        line = (f"{budget} | {self.samples_text()} | {rates}{eta_text} | "
                 f"tok {spent.input_tokens}/{spent.output_tokens} | 429s {c['rate_limited']} | "
                 f"retries {c['retries']} | in flight {led.in_flight}")
         line += batch_line(led) + pacing_line(led, self._paused_until)
@@ -172,18 +177,20 @@ class RunProgress:
             line += f" | last error {time.monotonic() - when:.0f}s ago: {what}"
         return line
 
-    def summary(self, status: str) -> str:
-        """The one line a finished run leaves: the same figures as the live view, at the end."""
+    def summary(self, status: str, note: str = "") -> str:
+        """The one line a finished run leaves: the same figures as the live view, at the end. `note`
+        follows the status (`completed (the plan had no items)`): a status alone read as work done."""
         budget, _ = self.budget_text(projection=False)
         elapsed = time.monotonic() - self._t0
         spent = self.ledger.total_spent()
-        rate = self.ledger.counts["settled"] / elapsed if elapsed > 0 else 0.0
+        took = _duration(elapsed) if elapsed >= MIN_RATE_S else f"{elapsed:.2f}s"
+        rate = f" | {self.ledger.counts['settled'] / elapsed:.1f} req/s" if elapsed >= MIN_RATE_S else ""
         # Answers reused from the store were never sent: without saying so, "0.0 req/s" beside
         # "32 queries" reads as a stalled run.
         reused = self.ledger.counts["reused"]
         queries = f"{spent.queries} quer{'y' if spent.queries == 1 else 'ies'}" + (f" ({reused} reused from the store, not paid)" if reused else "")
-        return (f"{self.label}: {status} after {_duration(elapsed)} | {budget} | {self.samples_text()} | "
-                f"{queries}, tok {spent.input_tokens}/{spent.output_tokens} | {rate:.1f} req/s")
+        return (f"{self.label}: {status}{f' ({note})' if note else ''} after {took} | {budget} | "
+                f"{self.samples_text()} | {queries}, tok {spent.input_tokens}/{spent.output_tokens}{rate}")
 
     # ---- display -----------------------------------------------------------------------
     def __enter__(self) -> "RunProgress":

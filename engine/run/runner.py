@@ -19,7 +19,7 @@ from .. import host
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, PluginFailed, QueryFailed, RunStopping
 from ..ledger.budget import DIMENSIONS, Amount, strategy_scope
-from ..ledger.events import ItemDone, RunFinished, SampleRejected
+from ..ledger.events import ItemDone, RunFinished, RunWarning, SampleRejected
 from ..ledger.journal import WriterFailed
 from ..plugin_faults import failure, guarded
 from .abort import abort_error
@@ -27,7 +27,7 @@ from .config import RunConfig
 from . import handover
 from .context import ItemContext
 from .item import produce
-from .plan_guard import FreeItemWatch, UnboundedSpendWatch, walk_plan
+from .plan_guard import NO_ITEMS, FreeItemWatch, UnboundedSpendWatch, nothing_planned, walk_plan
 from .progress import RunProgress, binding_scope, limit_words
 from .session import RunSession
 from .store_choice import StoreChoice
@@ -82,6 +82,7 @@ class Runner(RunSession):
         self._ended_parts: Any = None
         self._regain: Any = None
         self._refused_by: str | None = None  # the limit the budget last refused a query by
+        self._planned = 0  # items the plan yielded, done ones too: none at all is a run with nothing to do
 
     def route(self, role: str) -> str:
         return self.admission.route(role)
@@ -174,7 +175,9 @@ class Runner(RunSession):
                         await ep.teacher.aclose()
                     except Exception:
                         pass
-        result = RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status), self.store.url)
+        note = NO_ITEMS if status == "completed" and not self._planned else ""
+        result = RunResult(run_id, status, message, self.ledger.snapshot(), progress.summary(status, note),
+                           self.store.url)
         if self.recorder.failed is not None:  # raised by `generate`, outside every task group
             result.error = abort_error(self.store, run_id, self.owner, self.recorder.failed,
                                        self.recorder.durable_seq, self.cfg.run.lease_ttl_s)
@@ -273,6 +276,7 @@ class Runner(RunSession):
         finished, burst, waits = False, 0, self._item_waits
         for item in walk_plan(strategy, host.get_host().describe("strategies", self.cfg.strategy.name),
                               self._plugin_failed):
+            self._planned += 1
             self._hand_over()
             if self._halted() or (self._bounced and await self._rerun_bounced(items)):
                 break
@@ -386,7 +390,7 @@ class Runner(RunSession):
         if self._fatal:
             return "failed", self._fatal
         if finished and not self._stopping and not self._exhausted and not self._bounced:
-            return "completed", "the plan is complete"
+            return "completed", "the plan is complete" if self._planned else self._nothing_planned()
         if self._stopping and not self._spent_out():  # (a mix part spent its share: the others had not)
             return "interrupted", "stopped by a signal; `generate --resume` continues the run"
         spent = self.ledger.total_spent()
@@ -400,6 +404,15 @@ class Runner(RunSession):
         bound = f" ({limit_words(role, dim, done, limit)})" if limit is not None else ""
         return "budget_exhausted", (f"budget exhausted{bound}: spent {spent.queries} queries, {spent.input_tokens} in / "
                                     f"{spent.output_tokens} out tokens, ${spent.usd:.4f}")
+
+    def _nothing_planned(self) -> str:
+        """A plan without items: a run warning says why (live, in `show`), the message that it was so."""
+        seeds = self.cfg.seeds
+        path = seeds.extras().get("path")
+        source = f"{path} ({seeds.source})" if isinstance(path, str) else seeds.source
+        name = host.get_host().describe("strategies", self.cfg.strategy.name)
+        self.recorder.emit(RunWarning(kind="empty_plan", message=nothing_planned(name, len(self.parts.seeds), source)))
+        return f"{NO_ITEMS}; nothing was asked"
 
     def _admits_nothing(self, spent: Any) -> bool:
         """The budget refused the run's very first query: nothing was ever sent or reused in any
