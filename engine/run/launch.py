@@ -19,6 +19,8 @@ from .collector import tuned_for_a_run
 from .eventloop import drive, use_uvloop
 from .config import RunConfig
 from .runner import Runner, RunResult
+from .stacks_on_request import StacksOnRequest
+from .stop_watchdog import StopWatchdog, resume_hint
 from .store_choice import StoreChoice
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
@@ -26,28 +28,34 @@ from .store_choice import StoreChoice
 STOP_GRACE_S = 5.0
 
 
-async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S) -> RunResult:
+async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S, command: str | None = None) -> RunResult:
     """SIGINT/SIGTERM stop a run cleanly: nothing new starts, in-flight requests get `grace_s` to
-    finish, and the run is recorded as `interrupted` (a second signal cuts the grace short).
+    finish, and the run is recorded as `interrupted` (a second signal cuts the grace short). Where
+    synchronous code (a plugin's) holds the event loop so that it cannot take the signal, the
+    process ends hard instead (see stop_watchdog.py).
 
     Signal handlers belong to the main thread; a run driven from another thread (the Python API
     inside a notebook's event loop) runs without them and is stopped by its caller. The handlers
     the caller had are theirs again once the run ends: the event loop's own cleanup would leave
     SIGTERM at the default (an experiment that went on to train was then killed by a `kill`, its
-    run left `running`), and a program using the Python API would lose its own handlers."""
+    run left `running`), and a program using the Python API would lose its own handlers.
+    `command`: what continues the run, for the line said when it ends hard (see `resume_hint`)."""
     if threading.current_thread() is not threading.main_thread():
         return await runner.run()
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    # A signal the caller ignores (an experiment's worker ignores Ctrl-C) never ends the process hard.
+    watched = {sig for sig, handler in previous.items() if handler is not signal.SIG_IGN}
     try:
-        return await _run_listening(runner, grace_s)
+        return await _run_listening(runner, grace_s, StopWatchdog(watched, resume_hint(command)))
     finally:
         for sig, handler in previous.items():
             if handler is not None:  # (None: set outside Python, nothing we can put back)
                 signal.signal(sig, handler)
 
 
-async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
-    """The run, with SIGINT/SIGTERM turned into its clean stop while it lasts."""
+async def _run_listening(runner: Runner, grace_s: float, watchdog: StopWatchdog) -> RunResult:
+    """The run, with SIGINT/SIGTERM turned into its clean stop while it lasts. The watchdog is
+    armed once the loop listens and disarmed the moment the run is over, however it ends."""
 
     async def cut_after_grace() -> None:
         await anyio.sleep(grace_s)
@@ -55,8 +63,10 @@ async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
 
     async def watch(tg: Any) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            watchdog.arm()  # (before the release: the watching thread starts with the signals held)
             _release_signals()  # one that came while the run started is delivered here, as a clean stop
             async for _ in signals:
+                watchdog.heard()
                 if runner._stopping:
                     runner.hard_stop()
                 else:
@@ -64,7 +74,7 @@ async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
                     tg.start_soon(cut_after_grace)
                     _say_stopping(grace_s)
 
-    stacks = _StacksOnRequest()
+    stacks = StacksOnRequest()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch, tg)
@@ -72,8 +82,10 @@ async def _run_listening(runner: Runner, grace_s: float) -> RunResult:
             try:
                 return await runner.run()
             finally:
+                watchdog.disarm()
                 tg.cancel_scope.cancel()
     finally:
+        watchdog.disarm()  # (again: a task group that failed before the run began)
         stacks.give_back()  # (after the receiver is gone: leaving, it set the signal to its default)
 
 
@@ -88,72 +100,6 @@ def _say_stopping(grace_s: float) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
-
-class _StacksOnRequest:
-    """While a run lasts, `kill -USR1` (see cli.py) also prints every task's stack: a plugin waiting
-    in an `await` is in no thread's stack, only in its task's (QA's `await asyncio.sleep(3600)` in a
-    strategy showed as the event loop's select). Taken only where faulthandler held the signal (the
-    CLI), and given back to it after: a program using the Python API keeps its own SIGUSR1.
-
-    faulthandler keeps the signal, chained to the loop's handler: its thread dump comes at once even
-    while a plugin's synchronous code holds the loop (QA: a `plan()` that spun printed nothing), and
-    it holds the signal until the loop's handler is in (taken away before the serving task first
-    ran, a USR1 killed the process, its default action)."""
-
-    def __init__(self) -> None:
-        self.taken = False
-
-    async def serve(self) -> None:
-        import faulthandler
-
-        if not hasattr(signal, "SIGUSR1"):
-            return
-        usr1 = {signal.SIGUSR1}
-        signal.pthread_sigmask(signal.SIG_BLOCK, usr1)  # (one arriving while the handlers change waits)
-        try:
-            self.taken = faulthandler.unregister(signal.SIGUSR1)
-            if not self.taken:
-                return
-            with anyio.open_signal_receiver(signal.SIGUSR1) as requests:
-                faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, usr1)
-                async for _ in requests:
-                    _print_tasks()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, usr1)
-
-    def give_back(self) -> None:
-        import faulthandler
-
-        if self.taken:  # (the receiver, leaving, set the signal to its default under faulthandler)
-            faulthandler.unregister(signal.SIGUSR1)
-            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
-
-
-def _print_tasks() -> None:
-    """Every task's stack (faulthandler has printed every thread's)."""
-    import asyncio
-    import sys
-
-    for task in asyncio.all_tasks():
-        lines = [f'  File "{f.f_code.co_filename}", line {f.f_lineno}, in {f.f_code.co_name}'
-                 for f in _awaiting(task.get_coro())]
-        sys.stderr.write(f"Task {task.get_name()} (most recent call last):\n" + "\n".join(lines) + "\n")
-    sys.stderr.flush()
-
-
-def _awaiting(coro: Any) -> list[Any]:
-    """The frames of a suspended task, down the chain of what each awaits (a task's own stack, as
-    asyncio prints it, is its outermost coroutine alone: anyio's wrapper)."""
-    frames = []
-    while coro is not None:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is None:
-            break
-        frames.append(frame)
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return frames
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -237,7 +183,7 @@ def generate(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None
                          hold_signals=True)
         try:
             with tuned_for_a_run():
-                result = drive(_run_with_signals, runner, uvloop=uvloop)
+                result = drive(_run_with_signals, runner, STOP_GRACE_S, "generate", uvloop=uvloop)
         finally:
             runner.abandon_unstarted("the run could not be started (its event loop failed before the first query)")
     finally:
