@@ -29,7 +29,7 @@ def _lazy(module: str) -> Callable[[Any], Any]:
 
 
 openai_factory = _lazy("openai_sdk")
-anthropic_factory = _lazy("anthropic_sdk")
+anthropic_factory = _lazy("anthropic_http")  # (the SDK only in batch mode: anthropic_sdk)
 openai_compatible_factory = _lazy("openai_compatible")
 lazy_local_factory = _lazy("local")
 # The keys the HTTP providers take, so a misspelt one gets a "did you mean" without importing an SDK.

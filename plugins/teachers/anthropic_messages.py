@@ -1,7 +1,8 @@
 """The Messages API wire format, shared by the online provider and its batch mode.
 
-Kept apart from `anthropic_sdk` so the batch module can use it without importing the provider
-that lazily imports the batch module (an import cycle).
+Kept apart from the provider (`anthropic_http`) and from the SDK (`anthropic_sdk`, batch mode only):
+the online path must not import the SDK, and the batch module must not import the provider that
+lazily imports it (an import cycle).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def split_system(messages: tuple[dict[str, str], ...]) -> tuple[str | None, list
     return ("\n\n".join(system) if system else None), rest
 
 
+_INPUTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
 def _count(v: Any, name: str) -> int:
     if v is None:
         return 0
@@ -31,27 +35,34 @@ def _count(v: Any, name: str) -> int:
     return v
 
 
+def _field(obj: Any, name: str) -> Any:
+    """`obj[name]` of a decoded JSON object, or `obj.name` of the SDK's model (batch results); None if
+    absent. Both shapes are read by one `_extract`, so the online and batch modes cannot drift apart."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
 def _extract(parsed: Any) -> Completion:
-    blocks = parsed.content
+    """A Messages API `message` as a Completion: the JSON object the online client decodes, or the
+    SDK's Message that batch mode reads. ValueError/TypeError when it is not one (a malformed reply)."""
+    blocks = _field(parsed, "content")
     if not isinstance(blocks, list):
         raise ValueError("no content in the response")
-    text = "".join(b.text for b in blocks if getattr(b, "type", None) == "text")
-    usage = parsed.usage
-    if usage is None or usage.input_tokens is None or usage.output_tokens is None:
+    text = "".join(_field(b, "text") for b in blocks if _field(b, "type") == "text")
+    usage = _field(parsed, "usage")
+    if usage is None or _field(usage, "input_tokens") is None or _field(usage, "output_tokens") is None:
         raise ValueError("no usage in the response")
     # Prompt-cache reads and writes are billed input too (at other rates); count them as input.
-    inputs = (
-        _count(usage.input_tokens, "input_tokens")
-        + _count(getattr(usage, "cache_creation_input_tokens", None), "cache_creation_input_tokens")
-        + _count(getattr(usage, "cache_read_input_tokens", None), "cache_read_input_tokens")
-    )
-    reason = parsed.stop_reason
-    cache_reads = _count(getattr(usage, "cache_read_input_tokens", None), "cache_read_input_tokens")
+    fresh, written, cache_reads = (_count(_field(usage, n), n) for n in _INPUTS)
+    inputs = fresh + written + cache_reads
+    reason = _field(parsed, "stop_reason")
+    model = _field(parsed, "model")
     return Completion(
         texts=[text],
-        usage=Usage(inputs, _count(usage.output_tokens, "output_tokens"), cache_reads),
+        usage=Usage(inputs, _count(_field(usage, "output_tokens"), "output_tokens"), cache_reads),
         finish_reasons=[_FINISH.get(reason, reason)],
-        raw_model=parsed.model if isinstance(parsed.model, str) else None,
+        raw_model=model if isinstance(model, str) else None,
     )
 
 

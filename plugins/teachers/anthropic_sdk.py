@@ -1,26 +1,23 @@
-"""Anthropic messages through the official SDK.
+"""The official `anthropic` SDK's client, for batch mode (`[teacher] batch = true`) only.
 
-Chat-style `system` messages become the `system` parameter, stop reasons are renamed to the
-engine's OpenAI vocabulary ("stop"/"length"), and the API's one-sample-per-call rule is enforced
-here rather than silently ignored. `temperature`/`top_p` are not sent: API version 2026-10-21,
-which SDK 2.x speaks, rejects every sampling parameter (even at default values) with a 400.
+Online Messages calls go through `anthropic_http`, which never imports the SDK: importing it costs
+seconds of start-up. The Message Batches API (create, list, poll, stream results) stays on the SDK,
+set up as `SdkTeacher` sets up every SDK client (its retries off, the pool unbounded unless
+`max_connections`, errors mapped by `errors.sdk_error`); this module is imported only when a run
+asks for batch mode, and that import is what pulls in the SDK.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import anthropic
 
-from synthledger.engine.api import ChatRequest, Completion
-
 from .anthropic_messages import _extract, message_params
-from .errors import malformed, rate_limits
 from .sdk import SdkTeacher
-from .settings import TeacherSettings
 
 
-class AnthropicTeacher(SdkTeacher):
+class AnthropicSdk(SdkTeacher):
+    """Holds the SDK client and the batch API over it; `AnthropicTeacher` owns and closes it."""
+
     provider = "anthropic"
     sdk = anthropic
     client_class = "AsyncAnthropic"
@@ -32,22 +29,3 @@ class AnthropicTeacher(SdkTeacher):
         s = self.settings
         return AnthropicBatchAPI(self._client, s.batch_size, s.batch_wait_s, s.batch_poll_s,
                                  params=message_params, extract=_extract, max_bytes=s.batch_max_bytes)
-
-    async def complete(self, request: ChatRequest) -> Completion:
-        kwargs = message_params(request)
-        if request.timeout_s is not None:  # a retry after a timeout waits longer
-            kwargs["timeout"] = request.timeout_s
-        raw = await self._call(self._client.messages.with_raw_response.create, **kwargs)
-        try:
-            completion = _extract(await raw.parse())
-        except Exception as exc:  # whatever a broken 200 body does to the SDK, it is "malformed"
-            body = None
-            with contextlib.suppress(Exception):
-                body = await raw.read()
-            raise malformed(f"{type(exc).__name__}: {exc}", raw.status_code, body, raw.headers) from exc
-        completion.rate_limits = rate_limits(raw.headers)
-        return completion
-
-
-def factory(settings: TeacherSettings | dict) -> AnthropicTeacher:
-    return AnthropicTeacher.factory(settings)
