@@ -3,8 +3,8 @@
 This is the boundary where a lean provider's transport and HTTP failures are translated, once:
 what went wrong before anything was sent (not billed), after it was sent (maybe billed), or a
 non-2xx answer (`errors.status_error`, the table the SDK providers use too). The caller gets a
-2xx's status, headers and body, and only has to read the body. `openai_compatible` does the same
-inline; `anthropic_http` uses this.
+2xx's status, headers and body, and only has to read the body (`openai_compatible`,
+`anthropic_http`).
 
 The pool belongs to the event loop that made its connections: a call from another loop (each
 `asyncio.run`, each test) gets a new pool rather than a connection it cannot use.

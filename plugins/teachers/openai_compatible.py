@@ -8,16 +8,14 @@ orjson encode, one POST on a pooled keep-alive connection (`http1`) and one orjs
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 
-from synthledger.engine.api import ChatRequest, Completion, FailureKind, TeacherError, Usage, utf8_prompt_bound
+from synthledger.engine.api import ChatRequest, Completion, Usage, utf8_prompt_bound
 
-from .env_proxy import env_proxy
-from .errors import error_message, malformed, rate_limits, status_error
-from .http1 import ConnectFailed, ConnectTimeout, Http1Client, HttpFailure, ReadTimeout, parse_url
+from .errors import malformed, rate_limits
+from .json_post import JsonPoster
 from .settings import TeacherSettings, as_settings, resolve_api_key
 
 
@@ -72,29 +70,14 @@ class OpenAICompatibleTeacher:
         self.settings = settings
         self.url = settings.base_url  # named in configuration errors
         key = resolve_api_key(settings, local_placeholder=True)
-        self._url = settings.base_url.rstrip("/") + "/chat/completions"
-        self._headers = {
+        headers = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             **settings.headers(),
         }
-        try:
-            parse_url(self._url)
-        except ValueError as exc:
-            raise ValueError(f"[teacher] base_url is not a usable URL: {exc}") from None
-        self._proxy, self._proxy_headers = env_proxy(self._url)
-        try:
-            self._client = self._make_client()  # (a URL or header it cannot send fails here, at start-up)
-        except ValueError as exc:
-            raise ValueError(f"[teacher] {exc}") from None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _make_client(self) -> Http1Client:
-        return Http1Client(
-            self._url, self._headers, connect_timeout=self.settings.timeout_s, read_timeout=self.settings.timeout_s,
-            max_connections=self.settings.max_connections, proxy=self._proxy, proxy_headers=self._proxy_headers,
-        )
+        self._http = JsonPoster(settings.base_url.rstrip("/") + "/chat/completions", headers,
+                                timeout_s=settings.timeout_s, max_connections=settings.max_connections)
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)
@@ -117,30 +100,7 @@ class OpenAICompatibleTeacher:
         return orjson.dumps(body)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        client, loop = self._client, asyncio.get_running_loop()
-        if self._loop is not loop:  # connections belong to the loop that made them: a new loop, a new pool
-            if self._loop is not None:
-                client = self._client = self._make_client()
-            self._loop = loop
-        try:
-            status, headers, raw = await client.post(self._body(request), request.timeout_s)
-        except ConnectTimeout as exc:
-            raise TeacherError(FailureKind.TIMEOUT, f"connect timed out: {exc}", maybe_billed=False) from exc
-        except ConnectFailed as exc:
-            raise TeacherError(FailureKind.CONNECTION, f"cannot connect: {exc}", maybe_billed=False) from exc
-        except ReadTimeout as exc:
-            msg = f"no response within {request.timeout_s or self.settings.timeout_s:g}s"
-            raise TeacherError(FailureKind.TIMEOUT, msg, maybe_billed=True) from exc
-        except HttpFailure as exc:
-            # Disconnected, reset or garbled after the request went out: it may have been served.
-            raise TeacherError(FailureKind.CONNECTION, f"{type(exc).__name__}: {exc}", maybe_billed=True) from exc
-        if not 200 <= status < 300:
-            try:
-                parsed_err = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                parsed_err = None
-            text = raw[:2000].decode("utf-8", "replace")
-            raise status_error(status, error_message(parsed_err, text or "no body"), headers, text, request.model)
+        status, headers, raw = await self._http.post(self._body(request), request.timeout_s, request.model)
         try:
             completion = completion_from_openai(orjson.loads(raw))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -149,7 +109,7 @@ class OpenAICompatibleTeacher:
         return completion
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
 
 def factory(settings: TeacherSettings | dict) -> OpenAICompatibleTeacher:
