@@ -11,21 +11,28 @@ from typing import Any, Callable, Iterator
 
 from ..api import PlanItem
 from ..errors import PluginFailed
+from ..ledger.idset import IntSet
 from ..plugin_faults import guarded_iter
 
 
 def walk_plan(strategy: Any, name: str, on_failure: Callable[[str], None]) -> Iterator[PlanItem]:
     """`strategy.plan()`, checked item by item; on a failure `on_failure(reason)` and the walk ends.
-    `name` is how messages name the strategy (its plugin and distribution when third-party)."""
-    seen: set[str] = set()
+    `name` is how messages name the strategy (its plugin and distribution when third-party).
+
+    The keys seen are kept as their hashes (`IntSet`): a set of the key strings was the largest
+    part of a long run's memory growth (about 80 bytes an item, 4 MB at 50,000 items). Two keys
+    sharing a 64-bit hash would be taken for one yielded twice: under one run in 10^7 at a million
+    items, against a plan that would otherwise grow memory without bound."""
+    seen = IntSet()
     try:
         for item in guarded_iter(f"{name} plan()", strategy.plan()):
             if not isinstance(item, PlanItem):
                 raise PluginFailed(f"{name} plan() yielded {type(item).__name__}, not a PlanItem")
-            if item.key in seen:
+            key_hash = hash(item.key)
+            if key_hash in seen:
                 raise PluginFailed(f"{name} plan() yielded the item key {item.key!r} twice; "
                                    "keys must be unique within a run")
-            seen.add(item.key)
+            seen.add(key_hash)
             yield item
     except PluginFailed as exc:
         on_failure(str(exc))
