@@ -75,7 +75,9 @@ def _warn_if_unfinished(info) -> None:  # noqa: ANN001 - a store's RunInfo
     but said, before the wait, as `export` says it of the file it writes."""
     from rich.markup import escape
 
-    if info.kind == "generate" and info.status not in ("completed", "budget_exhausted"):
+    from synthledger.store.records import FINISHED
+
+    if info.kind == "generate" and info.status not in FINISHED:
         err.print(f"warning: run {info.id} ({escape(info.name)}) is {info.status}: training on the rows it had "
                   "accepted so far", highlight=False, soft_wrap=True)
 

@@ -257,7 +257,9 @@ def export(
     print(f"wrote {n} rows to {out_path}")
     from rich.markup import escape
 
-    if info.status not in ("completed", "budget_exhausted"):  # easy to miss in a file that looks finished
+    from synthledger.store.records import FINISHED
+
+    if info.status not in FINISHED:  # easy to miss in a file that looks finished
         err.print(f"warning: run {info.id} ({escape(info.name)}) is {info.status}: these are the rows it had accepted "
                   "so far" + ("; it has none" if not n else ""), highlight=False, soft_wrap=True)
     elif not n:

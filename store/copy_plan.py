@@ -16,10 +16,9 @@ from typing import Iterable
 
 from .errors import RunNotFound, StoreError
 from .eventstore import EventStore
-from .records import RunInfo
+from .records import FINISHED, RunInfo
 from .sql import text
 
-FINISHED = ("completed", "budget_exhausted")
 
 
 class CopyRefused(StoreError):

@@ -63,6 +63,11 @@ class StoredEvent:
                 "hash": self.hash, "payload": self.payload}
 
 
+# A run's status once it did what it could: its plan is done, or its budget is spent. Any other
+# (running, interrupted, failed) leaves a run that a resume may continue.
+FINISHED = frozenset({"completed", "budget_exhausted"})
+
+
 @dataclass
 class RunInfo:
     id: str

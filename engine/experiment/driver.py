@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...store.eventstore import EventStore, RunInfo
+from ...store.records import FINISHED
 from ..errors import ConfigError
 from ..ledger.events import (CellFailed, CellFinished, CellGenerated, CellStarted, ExperimentGrid,
                              ExperimentResult)
@@ -182,7 +183,7 @@ class Driver:
                 continue
             if self.stop_reason is not None:
                 continue
-            if rec.generated is not None and rec.generated.get("status") in ("completed", "budget_exhausted"):
+            if rec.generated is not None and rec.generated.get("status") in FINISHED:
                 self.submit(cell, rec.generate_run)
                 continue
             gen = self.generate(cell, rec.generate_run)

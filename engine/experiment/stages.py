@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ...store.eventstore import EventStore
+from ...store.records import FINISHED
 from ..ledger.replay import replay
 from ..output.quality import QUALITY_EVENTS, brief, fold_quality
 from ..run.config import RunConfig
@@ -37,7 +38,7 @@ class Generated:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("completed", "budget_exhausted")
+        return self.status in FINISHED
 
 
 def generation_outcome(store: EventStore, run_id: str, wall_s: float = 0.0) -> Generated:

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from ...store.eventstore import EventStore
 from ...store.hashing import GENESIS, chain_hash
+from ...store.records import FINISHED
 from .audit_reuse import ReuseAudit, ReuseCheck, reuse_problem
 from .audit_sharing import SharingAudit, summary_lines
 from .events import (EVENT_TYPES, AttemptFailed, ProviderFault, QueryAbandoned, QueryDispatched,
@@ -106,7 +107,7 @@ class _AuditFold:
 
     def _finished(self, seq: int, p: dict[str, Any]) -> None:
         self.status = p["status"]
-        if self.status in ("completed", "budget_exhausted") and self.open_attempts:
+        if self.status in FINISHED and self.open_attempts:
             # Reported where it became certain (the finish), so the first bad seq stays meaningful.
             qid, sent = next(iter(self.open_attempts.items()))
             self.violations.append(Violation(seq, f"query {qid} dispatched at seq {sent} but never settled, "

@@ -11,6 +11,7 @@ import anyio
 
 from ...store import dberrors
 from ...store.eventstore import EventStore
+from ...store.records import FINISHED
 from ..errors import ConfigError, ResumeRefused, RunNameTaken
 from ..ledger.budget import DIMENSIONS
 from ..ledger.replay import replay
@@ -212,7 +213,7 @@ def _never_started(store: EventStore, name: str) -> bool:
 
 def _latest_unfinished(store: EventStore, name: str | None) -> str:
     every = [r for r in store.list_runs(name=name, kind="generate") if r.last_seq > 0]
-    runs = [r for r in every if r.status not in ("completed", "budget_exhausted")]
+    runs = [r for r in every if r.status not in FINISHED]
     if runs:
         return runs[-1].id
     named = f" named {name!r}" if name else ""

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from ...store.eventstore import EventStore
+from ...store.records import FINISHED
 from .. import host
 from ..api import PlanItem
 from ..errors import BudgetExhausted, FatalRunError, PluginFailed, QueryFailed, RunStopping
@@ -51,7 +52,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("completed", "budget_exhausted")
+        return self.status in FINISHED
 
 
 class Runner(RunSession):

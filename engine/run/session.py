@@ -12,6 +12,7 @@ from typing import Any
 from ... import __version__
 from ...store.errors import ConcurrencyError, NameTaken, RunMovedOn
 from ...store.eventstore import EventStore, NewEvent, RunNotFound, StoreMissing, owner_token
+from ...store.records import FINISHED
 
 from .admission import Admission
 from .assemble import Parts, build_endpoints, build_parts, repeated_seeds
@@ -196,7 +197,7 @@ class RunSession:
             self._check_name_is_no_id(name)
             return
         r = taken[-1]
-        unfinished = r.kind == "generate" and r.status not in ("completed", "budget_exhausted")
+        unfinished = r.kind == "generate" and r.status not in FINISHED
         cont = "pass --resume to continue it" if unfinished else f"pass --run {r.id} to continue it"
         raise RunNameTaken(f"run name {name!r} is taken by run {r.id} ({r.kind}, {r.status}); {cont}, "
                            "or --name NEW to start another run")
