@@ -330,3 +330,15 @@ def test_faults_under_one_budget_are_charged_once_each(tmp_path):
     assert counts["settled"] == stats["answered"] and counts["settled"] + counts["lost"] == budget
     failures = [p for _, t, p, _ in run_events(tmp_path / "store.db") if t == "attempt_failed"]
     assert any("usage" in p["message"] for p in failures) and any(p["kind"] == "timeout" for p in failures)
+
+
+def test_values_from_anthropic_custom_headers_are_secrets(monkeypatch):
+    """A gateway token given in ANTHROPIC_CUSTOM_HEADERS is scrubbed like the API key: a provider that
+    echoed it back in an error was printed and stored (QA), where one in extra_headers_env was not."""
+    from synthledger.engine.redact import scrub
+
+    monkeypatch.setenv("ANTHROPIC_CUSTOM_HEADERS", "x-gateway-token: gwenvsecretZZZZ98765\nx-team: research")
+    settings = TeacherSettings(provider="anthropic", model="test-teacher", base_url="http://127.0.0.1:9")
+    teachers_plugin.anthropic_factory(settings)
+    assert "gwenvsecretZZZZ98765" not in scrub("401: invalid x-gateway-token gwenvsecretZZZZ98765")
+    assert scrub("a research question") == "a research question"  # (no credential: data stays whole)

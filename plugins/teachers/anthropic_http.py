@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from synthledger.engine.api import ChatRequest, Completion, utf8_prompt_bound
+from synthledger.engine.redact import header_credentials, register
 
 from .anthropic_messages import _extract, message_params
 from .errors import malformed, rate_limits
@@ -38,12 +39,17 @@ def base_url(settings: TeacherSettings) -> str:
 
 
 def env_headers() -> dict[str, str]:
-    """ANTHROPIC_CUSTOM_HEADERS (`Name: value` lines), which the SDK adds to every request."""
+    """ANTHROPIC_CUSTOM_HEADERS (`Name: value` lines), which the SDK adds to every request. A value
+    that carries a credential (by its header's name or its shape) is registered as a secret: a
+    gateway's token goes there (QA: one echoed back in a 401 was printed and stored three times).
+    Others are not: a secret is scrubbed from the data too, and `x-team: research` is no secret."""
     out: dict[str, str] = {}
     for line in os.environ.get("ANTHROPIC_CUSTOM_HEADERS", "").split("\n"):
         name, colon, value = line.partition(":")
         if colon and name.strip():
             out[name.strip()] = value.strip()
+            if header_credentials({name.strip(): value.strip()}):
+                register(value.strip())
     return out
 
 
