@@ -54,3 +54,26 @@ def test_a_store_with_other_runs_is_looked_up_from_the_first_query(tmp_path):
     found = ReuseSource(store, lambda: mine, clock=Clock()).find("q1")
     assert found is not None and found[0] == other
     store.close()
+
+
+def test_a_base_url_from_the_providers_variable_keeps_two_servers_apart(tmp_path, monkeypatch):
+    """ANTHROPIC_BASE_URL (as OPENAI_BASE_URL) names the endpoint when base_url is unset: it is
+    recorded as the run's base_url, so answers from one server are not reused by a run asking
+    another (QA: the second run sent nothing and took all three answers of the first)."""
+    from synthledger.testing.cli_runs import Project, Server
+
+    first, second = Server(), Server()
+    try:
+        proj = Project(tmp_path, first.url, 3)
+        cfg = proj.write(teacher={"provider": "anthropic", "base_url": None}, budget={"queries": 3})
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", first.url)
+        proj.run_to(cfg, "budget_exhausted")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", second.url)
+        res = proj.generate(cfg, "--name", "t2")
+        assert res.returncode == 0, res.stderr
+        assert first.stats()["answered"] == 3 and second.stats()["answered"] == 3
+        recorded = [e["config"]["teacher"]["base_url"] for e in proj.events("run_started")]
+        assert recorded == [first.url, second.url]
+    finally:
+        first.close()
+        second.close()

@@ -8,6 +8,7 @@ are validated by that plugin's own `Options` model, so a misspelt option fails w
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -78,6 +79,10 @@ class SeedsSection(_Open):
     size: StrictInt | None = Field(default=None, gt=0)
 
 
+# The variable each official SDK reads for its endpoint when no base_url is given.
+BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+
+
 class ModelSection(_Open):
     """A model endpoint for one role (the teacher, the augmenter...)."""
 
@@ -107,6 +112,19 @@ class ModelSection(_Open):
         if what is not None:  # the URL itself is not repeated: it holds the credential
             raise ValueError(f"holds a credential ({what}), and the config is recorded with the run; {ENV_HINT}")
         return v
+
+    @model_validator(mode="after")
+    def _endpoint_from_environment(self) -> "ModelSection":
+        """A base URL given only by the provider's variable (OPENAI_BASE_URL, ANTHROPIC_BASE_URL) is
+        recorded as base_url: where a query was answered decides which answers a later run may reuse
+        (run/reuse.py), and a resume must go where its run went. Unrecorded, a run against one server
+        reused every answer another server had given (QA). (A URL holding a credential is not
+        recorded; the provider still reads it from the variable.)"""
+        var = BASE_URL_ENV.get(self.provider)
+        url = os.environ.get(var, "").strip() if var is not None and self.base_url is None else ""
+        if url and url_credentials(url) is None:
+            self.base_url = url
+        return self
 
     @model_validator(mode="after")
     def _no_secrets(self) -> "ModelSection":
