@@ -89,6 +89,20 @@ def test_jsonl_bad_utf8_names_the_line(tmp_path):
         load(JsonlSeedSource, tmp_path, path="b.jsonl")
 
 
+@pytest.mark.parametrize("row, field", [
+    ('{"question": "What is \\ud800 1 + 1?"}', "question"),
+    ('{"question": "ok", "answer": "#### \\udfff"}', "answer"),
+    ('{"question": "ok", "id": "a\\ud83d"}', "id"),
+])
+def test_a_lone_surrogate_is_refused_naming_the_line_and_field(tmp_path, row, field):
+    """JSON's `\\ud800` escape reads as a lone surrogate: no character, which UTF-8 cannot encode.
+    A run crashed on it with a traceback when the first event was written (QA)."""
+    jsonl(tmp_path / "s.jsonl", ['{"question": "fine", "id": "x"}', row])
+    options = {"id_field": "id"} if field == "id" else {}
+    with pytest.raises(SeedError, match=rf"line 2: field '{field}' holds .* a lone surrogate, which is not text"):
+        load(JsonlSeedSource, tmp_path, path="s.jsonl", **options)
+
+
 def test_jsonl_rows_read_as_the_json_module_reads_them(tmp_path):
     # Lines take a faster parser where it agrees with json: a big integer id (which it would read
     # as a float), a float, a nested value, NaN, a byte-order mark and blank lines read as before.

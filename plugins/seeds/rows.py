@@ -64,6 +64,23 @@ def _scalar_text(value: Any) -> str | None:
     return None
 
 
+def _not_text(value: str) -> str | None:
+    """Why `value` cannot be stored or sent, if it cannot: a lone surrogate (JSON's `"\\ud800"`
+    escape) is no character, and UTF-8 cannot encode it (QA: a run crashed with a traceback)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds {value[exc.start]!r} at character {exc.start + 1}, a lone surrogate, which is not text"
+    return None
+
+
+def _check_text(at: str, fields: dict[str, str | None]) -> None:
+    for name, value in fields.items():
+        problem = _not_text(value) if value is not None else None
+        if problem is not None:
+            raise SeedError(f"{at}: field {name!r} {problem}")
+
+
 def build_seeds(
     rows: Iterable[tuple[int, dict[str, Any]]],
     options: FieldOptions,
@@ -106,6 +123,8 @@ def build_seeds(
             if seed_id is None or not seed_id.strip():
                 raise SeedError(f"{at}: field {options.id_field!r} must be a non-empty string or number")
             seed_id = seed_id.strip()
+        _check_text(at, {options.question_field: question, options.answer_field or "answer": answer,
+                         options.id_field or "id": seed_id})
         if seed_id in seen:
             raise SeedError(f"{at}: duplicate id {seed_id!r} (first seen at {unit} {seen[seed_id]})")
         seen[seed_id] = number
