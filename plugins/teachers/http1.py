@@ -9,6 +9,9 @@ read one response (Content-Length, chunked or until close; gzip/deflate), keep t
 the next one, and time out the way the SDKs' httpx does (connect and read apart; waiting for a
 pooled connection is not counted, so a request queued here is never "maybe billed").
 
+Headers are one case-insensitive set (`request_head`): the user's replace ours (Host, User-Agent,
+Accept-Encoding...) as httpx lets them, since a header sent twice is a 400 at many servers.
+
 Failures are one small tree (`http1_errors`), each saying whether the request may have reached
 the server; one connection's bytes and timeouts are `http1_connection`, parsing is `http1_parse`.
 """
@@ -21,15 +24,22 @@ import ssl
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from synthledger import __version__
+
 from .http1_connection import Connection
 from .http1_errors import (BadResponse, ConnectFailed, ConnectTimeout, Disconnected, HttpFailure, ReadTimeout,
                            Response)
 
 # The client and its failures, from one place (the failures live in http1_errors for the connection's sake).
 __all__ = ["BadResponse", "ConnectFailed", "ConnectTimeout", "Disconnected", "Http1Client", "HttpFailure",
-           "ReadTimeout", "Response", "Target", "header_line", "parse_url", "target_for"]
+           "ReadTimeout", "Response", "Target", "endpoint_url", "header_line", "parse_url", "request_head",
+           "target_for", "unsupported_proxy"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Some gateways and WAFs refuse a request that names no client (the SDKs send theirs).
+USER_AGENT = f"synthledger/{__version__}"
+# The body's framing is ours (Content-Length on every request): one given too is a conflict, a 400.
+FRAMING = ("content-length", "transfer-encoding")
 
 
 class Target(NamedTuple):
@@ -45,7 +55,8 @@ class Target(NamedTuple):
 
 
 def parse_url(url: str) -> tuple[str, str, int, str]:
-    """(scheme, host, port, path with query); ValueError naming what is wrong."""
+    """(scheme, host, port, path with query); ValueError naming what is wrong. A #fragment is
+    never sent: it names a place in a page, not part of the request."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
@@ -62,6 +73,30 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
     return scheme, parts.hostname, port, path
 
 
+def endpoint_url(base_url: str, path: str) -> str:
+    """`path` appended to `base_url`, less the base's #fragment: a provider builds its endpoint as
+    base_url + "/chat/completions", which put the path inside the fragment (never sent), so the POST
+    went to the base's own path or "/". The SDKs (httpx) drop the fragment before joining."""
+    return base_url.partition("#")[0].rstrip("/") + path
+
+
+def unsupported_proxy(proxy: str, origin: str = "the proxy") -> str | None:
+    """Why `proxy` cannot be used (None if it can): this client speaks plain HTTP to a proxy, and an
+    https:// request goes through it in a CONNECT tunnel, encrypted end to end all the same. The
+    message says what to change; the proxy is shown without credentials."""
+    parts = urlsplit(proxy)
+    scheme = parts.scheme.lower()
+    if scheme == "http":
+        return None
+    shown = f"{scheme}://{parts.netloc.rpartition('@')[2]}"
+    if scheme == "https":
+        fix = "give it as http:// (a CONNECT tunnel still encrypts end to end)"
+    else:
+        fix = ("name an http:// proxy instead (a CONNECT tunnel still encrypts https end to end), "
+               "or list the teacher's host in NO_PROXY")
+    return f"{origin} ({shown!r}) is {scheme}://, which is not supported: {fix}"
+
+
 def target_for(url: str, proxy: str | None = None) -> Target:
     scheme, host, port, path = parse_url(url)
     named = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed wherever a port may follow
@@ -69,9 +104,10 @@ def target_for(url: str, proxy: str | None = None) -> Target:
     tls = host if scheme == "https" else None
     if proxy is None:
         return Target(scheme, host, port, path.encode(), authority.encode(), None, tls)
-    p_scheme, p_host, p_port, _ = parse_url(proxy)
-    if p_scheme != "http":
-        raise ValueError(f"proxy {proxy!r}: only http:// proxies are supported")
+    problem = unsupported_proxy(proxy)
+    if problem is not None:
+        raise ValueError(problem)
+    _, p_host, p_port, _ = parse_url(proxy)
     if scheme == "http":  # a plain-http request goes to the proxy whole, its URL absolute
         return Target(scheme, p_host, p_port, f"http://{authority}{path}".encode(), authority.encode(), None, None)
     tunnel = f"CONNECT {named}:{port} HTTP/1.1\r\nHost: {named}:{port}\r\n".encode()
@@ -90,6 +126,27 @@ def header_line(name: str, value: str) -> bytes:
         raise ValueError(f"header {name!r} holds characters HTTP headers cannot carry (only Latin-1)") from None
 
 
+def request_head(target: Target, headers: dict[str, str], proxy_headers: dict[str, str] | None = None) -> bytes:
+    """The request line and headers up to `Content-Length: ` (each request adds its length and body).
+    Names are case-insensitive, as httpx's headers are: a later header replaces an earlier one of the
+    same name, and the user's replace our Host, User-Agent and Accept-Encoding, so none goes out
+    twice (two Host headers are a 400). `proxy_headers` ride along only on a plain-http request sent
+    to the proxy; a tunnel's are on its CONNECT, whose Host stays the target's."""
+    given: dict[str, tuple[str, str]] = {}
+    to_proxy = proxy_headers if proxy_headers and target.tunnel is None else {}
+    for name, value in [*headers.items(), *to_proxy.items()]:
+        if name.lower() in FRAMING:
+            raise ValueError(f"header {name!r} cannot be set: the client frames each request body itself "
+                             "(Content-Length), and a second framing header makes servers refuse every request; "
+                             "remove it from extra_headers")
+        given[name.lower()] = (name, value)
+    host = given.pop("host", ("Host", target.host_header.decode("latin-1")))
+    defaults = [("User-Agent", USER_AGENT), ("Accept-Encoding", "gzip, deflate")]
+    pairs = [host, *given.values(), *((k, v) for k, v in defaults if k.lower() not in given)]
+    lines = [b"POST " + target.request_target + b" HTTP/1.1", *(header_line(k, v) for k, v in pairs)]
+    return b"\r\n".join(lines) + b"\r\nContent-Length: "
+
+
 class Http1Client:
     """POSTs to one URL. `headers` are sent with every request (values must be latin-1 text);
     `proxy_headers` only to the proxy (on the CONNECT for https, else with each request)."""
@@ -98,13 +155,7 @@ class Http1Client:
                  max_connections: int | None = None, proxy: str | None = None,
                  proxy_headers: dict[str, str] | None = None) -> None:
         self.target = target_for(url, proxy)
-        extra = dict(headers)
-        if proxy_headers and self.target.tunnel is None:
-            extra.update(proxy_headers)
-        lines = [b"POST " + self.target.request_target + b" HTTP/1.1", b"Host: " + self.target.host_header]
-        lines += [header_line(k, v) for k, v in extra.items()]
-        lines.append(b"Accept-Encoding: gzip, deflate")
-        self._head = b"\r\n".join(lines) + b"\r\nContent-Length: "
+        self._head = request_head(self.target, headers, proxy_headers)
         self._tunnel = None
         if self.target.tunnel is not None:
             auth = b"".join(header_line(k, v) + b"\r\n" for k, v in (proxy_headers or {}).items())
