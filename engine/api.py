@@ -24,16 +24,17 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protoco
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import BudgetExhausted, FailureKind, QueryFailed, SeedError, TeacherError
+from .errors import BudgetExhausted, FailureKind, QueryFailed, SeedError, TeacherError, TeacherSetupError
+from .proxies import environment_proxy, environment_proxy_source, without_credentials
 from .scheduler.headers import (RateLimitInfo, header_count, parse_reset, parse_retry_after, rate_limits_from_headers,
                                 wait_seconds)
 
 __all__ = [
     "BudgetExhausted", "ChatRequest", "Completion", "Context", "Evaluator", "FailureKind", "PlanItem",
     "PluginOptions", "QueryFailed", "RateLimitInfo", "Sample", "Seed", "SeedError", "SeedSource", "Strategy",
-    "Task", "Teacher", "TeacherError", "Trainer", "Usage", "Verdict", "Verifier", "draw_subset",
+    "Task", "Teacher", "TeacherError", "TeacherSetupError", "Trainer", "Usage", "Verdict", "Verifier", "draw_subset",
     "header_count", "parse_reset", "parse_retry_after", "rate_limits_from_headers", "utf8_prompt_bound",
-    "wait_seconds",
+    "wait_seconds", "environment_proxy", "environment_proxy_source", "without_credentials",
 ]
 
 
@@ -357,29 +358,3 @@ class Evaluator(Protocol):
 
     def evaluate(self, model_or_adapter: str, examples: list[dict[str, str]], task: Task, out_path: Path | str,
                  on_event: OnEvent | None = None, progress: bool = True) -> dict[str, Any]: ...
-
-
-def environment_proxy(url: str) -> str | None:
-    """The proxy HTTP(S)_PROXY names for `url` (less NO_PROXY), with its scheme and credentials as
-    given, or None. The SDKs (httpx) honour these variables, and so must every teacher; the
-    standard library's own rules: lower-case names win, NO_PROXY matched as urllib matches it."""
-    import os
-
-    if "://" not in url or not any(name.lower().endswith("_proxy") for name in os.environ):
-        return None  # (nearly always: skip importing urllib.request)
-    from urllib.parse import urlsplit
-    from urllib.request import getproxies_environment, proxy_bypass_environment
-
-    target = urlsplit(url)
-    proxy = getproxies_environment().get(target.scheme.lower())
-    if not proxy or proxy_bypass_environment(target.netloc):
-        return None
-    return proxy if "://" in proxy else "http://" + proxy
-
-
-def without_credentials(proxy: str) -> str:
-    """scheme://host:port of a proxy URL: what may be shown or logged (an IPv6 host keeps its brackets)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(proxy)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"

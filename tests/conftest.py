@@ -50,3 +50,16 @@ def store_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("pg_url")
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_proxy(monkeypatch):
+    """Tests talk to servers on 127.0.0.1: a proxy the machine's environment names (a CI runner's,
+    for the package registries) must not route them, now that ALL_PROXY counts as the SDKs count it.
+    Tests of proxies set their own."""
+    for name in list(os.environ):
+        if name.lower() in PROXY_VARIABLES:
+            monkeypatch.delenv(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import environment_proxy, without_credentials
+from ..proxies import environment_proxy, without_credentials
 from ..errors import FailureKind, TeacherError
 
 
