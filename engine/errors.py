@@ -49,6 +49,12 @@ class ConfigError(SynthledgerError, ValueError):
     """A config problem, with every offending key path in the message."""
 
 
+class TeacherSetupError(SynthledgerError, ValueError):
+    """A provider cannot be set up from its settings (a base_url it cannot use, a header it cannot
+    send). Said as a problem of the config section that named the provider, not as a crash of the
+    provider's code: no section prefix in the message, the run adds it."""
+
+
 class SeedError(SynthledgerError, ValueError):
     """A seed file or row is unusable; the message names the file and line."""
 

@@ -86,6 +86,23 @@ def test_nothing_listening_stops_the_run_at_once_naming_the_url(tmp_path, provid
     assert len(attempts) == 1 and attempts[0]["kind"] == "connection" and attempts[0]["maybe_billed"] is False
 
 
+@pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
+def test_a_base_url_the_client_cannot_use_is_a_config_error_of_its_section(tmp_path, provider, monkeypatch):
+    """QA: `teacher 'anthropic' factory raised ValueError at json_post.py:38 in __init__: [teacher] base_url
+    is not a usable URL: 'http://127.0.0.1:99999/v1/messages'`, read as a plugin's crash, naming a URL
+    the user never wrote. It is the section's config error, naming what the config gave."""
+    from synthledger.engine.errors import ConfigError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-key")
+    cfg = run_config(tmp_path, provider, "http://127.0.0.1:99999")
+    cfg["teacher"]["base_url"] = "http://127.0.0.1:99999"
+    with pytest.raises(ConfigError) as caught:
+        generate(config_from_dict(cfg), EventStore(f"sqlite:///{tmp_path / 's.db'}"), show_progress=False)
+    assert str(caught.value) == ("[teacher] base_url is not a usable URL: 'http://127.0.0.1:99999': "
+                                 "Port out of range 0-65535")
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_an_unreachable_proxy_is_named_not_taken_for_a_wrong_base_url(tmp_path, provider, monkeypatch):
     # QA: HTTP_PROXY pointing where nothing listens, the teacher up: "is the server running, and is

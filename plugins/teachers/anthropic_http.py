@@ -78,7 +78,7 @@ class AnthropicTeacher:
             env_headers(),
             settings.headers(),
         )
-        self._http = JsonPoster(self.url + "/v1/messages", headers, timeout_s=settings.timeout_s,
+        self._http = JsonPoster(self.url, "/v1/messages", headers, timeout_s=settings.timeout_s,
                                 max_connections=settings.max_connections)
         self._sdk: Any = None
         self.batch_api = self._batch_api() if settings.batch else None

@@ -16,33 +16,37 @@ import asyncio
 
 import orjson
 
-from synthledger.engine.api import FailureKind, TeacherError
+from synthledger.engine.api import FailureKind, TeacherError, TeacherSetupError
 
 from .env_proxy import env_proxy
 from .errors import error_message, status_error
-from .http1 import ConnectFailed, ConnectTimeout, Http1Client, HttpFailure, ReadTimeout, Response, parse_url
+from .http1 import (ConnectFailed, ConnectTimeout, Http1Client, HttpFailure, ReadTimeout, Response, endpoint_url,
+                    parse_url)
 
 # How much of an error body is decoded for the message and the excerpt (an HTML error page can be large).
 ERROR_BODY_BYTES = 2000
 
 
 class JsonPoster:
-    """POSTs to `url` with `headers` on pooled keep-alive connections (through the environment's
-    proxy, if it names one). Bad URLs and headers fail here, at start-up, as ValueError."""
+    """POSTs to `base_url` + `path` with `headers` on pooled keep-alive connections (through the
+    environment's proxy, if it names one). A base_url, proxy or header it cannot use fails here, at
+    start-up, as TeacherSetupError naming what the user gave (not the URL built from it)."""
 
-    def __init__(self, url: str, headers: dict[str, str], *, timeout_s: float,
+    def __init__(self, base_url: str, path: str, headers: dict[str, str], *, timeout_s: float,
                  max_connections: int | None = None) -> None:
         try:
+            parse_url(base_url)
+            url = endpoint_url(base_url, path)
             parse_url(url)
         except ValueError as exc:
-            raise ValueError(f"[teacher] base_url is not a usable URL: {exc}") from None
+            raise TeacherSetupError(f"base_url is not a usable URL: {exc}") from None
         self.url, self.timeout_s = url, timeout_s
         self._headers, self._max_connections = headers, max_connections
-        self._proxy, self._proxy_headers = env_proxy(url)
         try:
+            self._proxy, self._proxy_headers = env_proxy(url)
             self._client = self._make_client()
-        except ValueError as exc:  # a header it cannot send
-            raise ValueError(f"[teacher] {exc}") from None
+        except ValueError as exc:  # a proxy it cannot use, a header it cannot send
+            raise TeacherSetupError(str(exc)) from None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _make_client(self) -> Http1Client:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from synthledger.engine.api import ChatRequest, Completion, Usage, utf8_prompt_bound
+from synthledger.engine.api import ChatRequest, Completion, TeacherSetupError, Usage, utf8_prompt_bound
 
 from .errors import malformed, rate_limits
 from .json_post import JsonPoster
@@ -62,11 +62,9 @@ class OpenAICompatibleTeacher:
 
     def __init__(self, settings: TeacherSettings) -> None:
         if not settings.base_url:
-            raise ValueError(
-                "[teacher] base_url is required for provider 'openai-compatible' (e.g. http://127.0.0.1:8000/v1)"
-            )
+            raise TeacherSetupError("base_url is required for provider 'openai-compatible' (e.g. http://127.0.0.1:8000/v1)")
         if settings.batch:
-            raise ValueError("[teacher] batch = true needs provider 'openai' or 'anthropic' (their batch APIs)")
+            raise TeacherSetupError("batch = true needs provider 'openai' or 'anthropic' (their batch APIs)")
         self.settings = settings
         self.url = settings.base_url  # named in configuration errors
         key = resolve_api_key(settings, local_placeholder=True)
@@ -76,7 +74,7 @@ class OpenAICompatibleTeacher:
             "Accept": "application/json",
             **settings.headers(),
         }
-        self._http = JsonPoster(settings.base_url.rstrip("/") + "/chat/completions", headers,
+        self._http = JsonPoster(settings.base_url, "/chat/completions", headers,
                                 timeout_s=settings.timeout_s, max_connections=settings.max_connections)
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
