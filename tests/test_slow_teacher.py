@@ -57,3 +57,24 @@ def test_the_time_limit_doubles_per_timeout_up_to_four_times():
     # The limit travels with the request and is never part of what the model is sent.
     req = ChatRequest(model="m", messages=({"role": "user", "content": "hi"},), max_tokens=8, timeout_s=120.0)
     assert b"timeout" not in teacher._body(req)
+
+
+def test_a_pool_smaller_than_max_concurrency_bounds_what_is_in_flight(tmp_path):
+    """`max_connections` (the client's pool) below `max_concurrency`: requests past the pool waited for
+    a connection inside the call, under its timeout, and timed out counted as maybe billed though they
+    never left (QA: 9 of 12 lost). In flight is bounded by the pool: each waits its turn unsent."""
+    from synthledger.testing.cli_runs import Project, Server, last_line
+
+    srv = Server("--latency-ms", "400")
+    try:
+        proj = Project(tmp_path, srv.url, 4)
+        cfg = proj.write(teacher={"max_connections": 1, "timeout_s": 1.0}, limits={"max_concurrency": 4},
+                         budget={"queries": 4})
+        res = proj.generate(cfg)
+        assert res.returncode == 0, res.stderr
+        run_id, status = last_line(res)
+        report = proj.audit(run_id)
+        assert srv.stats()["received"] == 4 and not proj.events("attempt_failed")
+        assert report["spent"]["queries"] == 4
+    finally:
+        srv.close()

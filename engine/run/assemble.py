@@ -234,7 +234,7 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
                 limiter=RateLimiter(lim.requests_per_minute, lim.tokens_per_minute, safety=PACING_SAFETY,
                                     input_tokens_per_minute=lim.input_tokens_per_minute,
                                     output_tokens_per_minute=lim.output_tokens_per_minute),
-                concurrency=_concurrency(cfg),
+                concurrency=_concurrency(cfg, section.extras().get("max_connections")),
                 breaker=CircuitBreaker(lim.breaker_threshold, lim.breaker_cooldown_s, cooldown_factor=2.0),
                 retry=RetryPolicy(max_attempts=lim.max_attempts, base_s=lim.backoff_base_s,
                                   max_s=max(lim.backoff_max_s, lim.backoff_base_s)),
@@ -247,18 +247,22 @@ def build_endpoints(cfg: RunConfig, roles: tuple[str, ...]) -> dict[str, Endpoin
     return out
 
 
-def _concurrency(cfg: RunConfig) -> AdaptiveConcurrency:
+def _concurrency(cfg: RunConfig, connections: int | None = None) -> AdaptiveConcurrency:
     """Where concurrency starts: what a configured rate needs (Little's law, at an assumed latency
     until one is observed); with no limit known, a slow start that probes the provider.
 
     A `max_concurrency` the user set bounds all of it. Unset, a known rate (configured, or learned
     from the provider's headers later) may take what its latency needs, up to `concurrency_ceiling()`,
-    while growth with no rate known stops at PROBE_CAP."""
+    while growth with no rate known stops at PROBE_CAP. A section's `max_connections` (the client's
+    pool) bounds it too: a request past the pool waited for a connection inside the teacher's call,
+    under its timeout, and timed out counted as maybe billed though it never left (QA: 9 of 12)."""
     lim = cfg.limits
     if lim.max_concurrency is not None:
         top, cap = lim.max_concurrency, None
     else:
         top, cap = concurrency_ceiling(), PROBE_CAP
+    if isinstance(connections, int) and connections >= 1:
+        top = min(top, connections)
     if lim.initial_concurrency:
         return AdaptiveConcurrency(initial=min(lim.initial_concurrency, top), maximum=top, growth_cap=cap)
     if lim.requests_per_minute is not None:
