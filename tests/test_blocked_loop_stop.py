@@ -48,6 +48,10 @@ class SleepyStrategy(Strategy):
         block_at: int = 1
 
     def plan(self) -> Iterator[PlanItem]:
+        mark = os.environ.get("SLEEPY_MARK")
+        if mark and os.environ.get("SLEEPY_WHERE") == "plan":  # before the run's first await
+            open(mark, "w").close()
+            time.sleep(600)
         for seed in self.seeds:
             yield PlanItem(key=f"sleepy:{seed.id}", strategy=self.name, seed=seed)
 
@@ -108,11 +112,13 @@ def _cli(plugin_path: str, cwd: Path, *args: str) -> subprocess.CompletedProcess
                           text=True, timeout=120)
 
 
-def _start_blocking(plugin_path: str, tmp_path: Path, store: str, how: str = "sleep") -> subprocess.Popen:
+def _start_blocking(plugin_path: str, tmp_path: Path, store: str, how: str = "sleep",
+                    where: str = "run") -> subprocess.Popen:
     """`generate` started, and returned once the plugin holds the loop."""
     mark = tmp_path / "blocking"
     proc = subprocess.Popen([sys.executable, CLI, "generate", "-c", "run.toml", "--no-progress", "--store", store],
-                            cwd=tmp_path, env=_env(plugin_path, SLEEPY_MARK=str(mark), SLEEPY_HOW=how),
+                            cwd=tmp_path, env=_env(plugin_path, SLEEPY_MARK=str(mark), SLEEPY_HOW=how,
+                                                   SLEEPY_WHERE=where),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -170,6 +176,18 @@ def test_a_signal_stops_a_run_whose_plugin_blocks_the_loop(plugin_path, server, 
     assert "synthledger_sleepy.py:" in said[0] and "run()" in said[0], said  # where it is blocked
     assert said[0].endswith("`python cli.py generate --resume` continues the run"), said
     _resumes_and_audits(plugin_path, tmp_path, store, server, before)
+
+
+def test_a_signal_stops_a_run_whose_plan_blocks_before_the_loop_first_yields(plugin_path, server, tmp_path):
+    """The run's first steps (the plan's first items) are synchronous: a plan blocking there held the
+    stop signals for as long as it blocked, watchdog unarmed (QA: SIGTERM ignored for a minute)."""
+    store = _project(tmp_path, server.url)
+    proc = _start_blocking(plugin_path, tmp_path, store, where="plan")
+    proc.send_signal(signal.SIGTERM)
+    out, err = _ended(proc, "SIGTERM did not stop a run whose plan blocks at its start")
+    assert proc.returncode == 143, (proc.returncode, err)
+    said = [line for line in err.splitlines() if "stopped hard" in line]
+    assert len(said) == 1 and "plan()" in said[0] and "Traceback" not in err + out, err
 
 
 def test_a_further_signal_stops_a_blocked_run_at_once(plugin_path, server, tmp_path):

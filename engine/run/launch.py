@@ -62,10 +62,11 @@ async def _run_listening(runner: Runner, grace_s: float, watchdog: StopWatchdog)
         await anyio.sleep(grace_s)
         runner.hard_stop()
 
-    async def watch(tg: Any) -> None:
+    async def watch(tg: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             watchdog.arm()  # (before the release: the watching thread starts with the signals held)
             _release_signals()  # one that came while the run started is delivered here, as a clean stop
+            task_status.started()
             async for _ in signals:
                 watchdog.heard()
                 if runner._stopping:
@@ -78,7 +79,10 @@ async def _run_listening(runner: Runner, grace_s: float, watchdog: StopWatchdog)
     stacks = StacksOnRequest()
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, tg)
+            # Listening (and the watchdog armed) before the run begins: its first steps (the plan's
+            # first items, their costs) are synchronous, and a plugin blocking there held the
+            # signals for as long as it blocked (QA: a SIGTERM ignored for a minute).
+            await tg.start(watch, tg)
             tg.start_soon(stacks.serve)
             try:
                 return await runner.run()
