@@ -43,3 +43,24 @@ def test_a_run_that_proposed_nothing_has_no_rate(tmp_path):
     store.append(run_id, [NewEvent("run_started", {"config": {}}), failed], 0, GENESIS)
     samples = summarize(store, store.get_run(run_id))["samples"]
     assert samples["proposed"] == 0 and samples["acceptance_rate"] is None  # (it said 0.0)
+
+
+def test_a_sample_proposed_again_by_a_resume_is_one_sample(tmp_path):
+    """Stopped during verification, an item has a proposal and no item_done: a resume runs it again and
+    it proposes its sample again. Still one sample (QA: `accepted 4, proposed 8, acceptance_rate 0.5`
+    and 8 answers in data quality, where 4 of 4 were accepted)."""
+    store = EventStore(f"sqlite:///{tmp_path / 's.db'}")
+    run_id = store.create_run("resumed", {}, "h")
+    events = [NewEvent("run_started", {"config": {}, "budget": {"total": {"queries": 10}}}),
+              *(proposed(n) for n in range(2)),
+              NewEvent("run_finished", {"status": "interrupted"}),
+              NewEvent("run_resumed", {}),
+              *(proposed(n) for n in range(2)),
+              *(NewEvent("sample_accepted", {"sample_id": f"s-{n}"}) for n in range(2)),
+              *(NewEvent("item_done", {"item": f"i{n}", "strategy": "answer_augmentation", "outcome": "accepted"})
+                for n in range(2))]
+    store.append(run_id, events, 0, GENESIS)
+    summary = summarize(store, store.get_run(run_id))
+    samples = summary["samples"]
+    assert (samples["accepted"], samples["proposed"], samples["acceptance_rate"]) == (2, 2, 1.0)
+    assert summary["data_quality"]["overall"]["answers"] == 2

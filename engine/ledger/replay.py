@@ -46,6 +46,9 @@ class _Replay:
         self.texts_open: dict[str, dict[str, str]] = {}
         self.finish_open: dict[str, dict[str, str | None]] = {}
         self.query_item: dict[str, str] = {}
+        # Items with a proposal and no item_done yet: a resume runs such an item again and it proposes
+        # its sample again, which is still one sample (QA: 4 of 8 "proposed" where 4 of 4 were).
+        self.proposing: set[str] = set()
 
     def apply(self, seq: int, type_: str, p: dict[str, Any]) -> None:
         before, after = _HANDLERS.get(type_, _NONE)
@@ -95,7 +98,9 @@ class _Replay:
         self.admitted_open[p["item"]] = p["question"]
 
     def _proposed(self, seq: int, p: dict[str, Any]) -> None:
-        self.state.proposed += 1
+        if p["item"] not in self.proposing:
+            self.proposing.add(p["item"])
+            self.state.proposed += 1
 
     def _accepted(self, seq: int, p: dict[str, Any]) -> None:
         self.state.accepted += 1
@@ -107,6 +112,7 @@ class _Replay:
     def _item_done(self, seq: int, p: dict[str, Any]) -> None:
         state, item = self.state, p["item"]
         state.done_items.add(item)
+        self.proposing.discard(item)
         self.texts_open.pop(item, None)
         self.finish_open.pop(item, None)
         q = self.admitted_open.pop(item, None)

@@ -123,6 +123,8 @@ class _Fold:
 
     def _on_sample_proposed(self, p: dict[str, Any]) -> None:
         strategy = p["strategy"]
+        if p["sample_id"] in self.open_samples:  # proposed again by a resume (its item never ended): counted once
+            return
         self.open_samples[p["sample_id"]] = strategy
         key = blake2b(f"{' '.join(p['question'].split())}\0{' '.join(p['answer'].split())}".encode(),
                       digest_size=16).digest()
