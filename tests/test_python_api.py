@@ -215,3 +215,14 @@ def test_arguments_of_the_wrong_shape_are_the_apis_own_errors(project):
         assert len(settled) == 3 and {e["type"] for e in settled} == {"query_settled"}
         with pytest.raises(ValueError, match="'query_setled' is not an event type"):
             list(store.events(result.run_id, types=["query_setled"]))
+
+
+def test_a_run_results_repr_never_shows_the_stores_password():
+    """A notebook shows a result's repr: a PostgreSQL URL's password was in it whole (QA)."""
+    from synthledger.engine.run.runner import RunResult
+
+    url = "postgresql+psycopg://qat:p%40ss%3Aw%2540rd@127.0.0.1:5439/ledger"
+    result = RunResult("r1", "completed", "the plan is complete", store_url=url)
+    assert result.store_url == url  # (still what opens the store)
+    for shown in (repr(result), str(result)):
+        assert "p%40ss" not in shown and "qat:***@127.0.0.1:5439/ledger" in shown, shown

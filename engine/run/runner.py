@@ -46,13 +46,26 @@ class RunResult:
     message: str
     snapshot: dict[str, Any] = field(default_factory=dict)
     summary: str = ""  # one line: status, binding limit, samples accepted/rejected, rate
-    store_url: str = ""  # where the run is recorded (open_store(result.store_url) reads it back)
+    # Where the run is recorded (open_store(result.store_url) reads it back). Not in the repr, which a
+    # notebook shows: a PostgreSQL URL may hold the password (QA); `store` is the masked form.
+    store_url: str = field(default="", repr=False)
     # Why the run could not record its end (store unwritable, lease taken over); `generate` raises it.
     error: Exception | None = None
 
     @property
     def ok(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def store(self) -> str:
+        """The store's URL as it may be shown: any password masked."""
+        from ...store.urls import display
+
+        return display(self.store_url)
+
+    def __repr__(self) -> str:
+        return (f"RunResult(run_id={self.run_id!r}, status={self.status!r}, message={self.message!r}, "
+                f"store={self.store!r}, summary={self.summary!r})")
 
 
 class Runner(RunSession):
