@@ -35,7 +35,7 @@ from .migrations import migrate
 from .records import (EVENT_COLUMNS, NewEvent, RunInfo, StoredEvent, owner_alive, chain_rows, iso_ms,
                       owner_token)
 from .sql import has_table, text
-from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, default_url, display, resolve_url
+from .urls import DEFAULT_DIR, ENV_STORE, busy_timeout_s, default_url, display, resolve_url, userinfo_problem
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -73,6 +73,9 @@ class EventStore(KeyIndex):
         self.url = resolve_url(url)
         self.must_exist = must_exist
         self.where = display(self.url)  # what messages show: never a password
+        problem = userinfo_problem(self.url)
+        if problem is not None:
+            raise StoreError(f"cannot open store {self.where}: {problem}")
         self.busy_timeout_s = busy_timeout_s() if busy_timeout is None else busy_timeout
         self._sqlite_path: str | None = None
         self.read_only = False  # a SQLite store opened for reading only: its file or folder cannot be written

@@ -58,11 +58,34 @@ def display(url: str) -> str:
     """The URL as it may appear in a message or a log: any password replaced by ***, in the user
     info and in the query (`?host=/tmp/pg&password=...`, which libpq reads as well). Everything else
     reads as written, the user name included: re-rendering the URL (SQLAlchemy's) percent-encoded
-    its query (`host=%2Ftmp%2Fx`) only when a password was masked, so one store read two ways."""
+    its query (`host=%2Ftmp%2Fx`) only when a password was masked, so one store read two ways.
+    Where the user info cannot be read as written (`userinfo_problem`), all after the user is masked."""
+    if userinfo_problem(url) is not None:
+        head, _, rest = url.partition("://")
+        before_query, mark, query = rest.partition("?")
+        userinfo, _, host = before_query.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        shown = f"{user}:***" if "@" not in user and "/" not in user else "***"
+        return _mask_query(f"{head}://{shown}@{host}{mark}{query}")
     m = _USERINFO.match(url)
     if m is not None and m["password"]:
         url = f"{m['head']}:***@{url[m.end():]}"
     return _mask_query(url)
+
+
+def userinfo_problem(url: str) -> str | None:
+    """Why a database URL's user or password cannot be read as written: an unencoded `@` or `/` in it
+    splits it in the wrong place, and SQLAlchemy or the driver then read part of the password as the
+    host, port or database, and print it in their errors (QA: `invalid literal for int() with base
+    10: 'w%40rd@127.0.0.1:5439'`). None for a SQLite URL or one that reads as written."""
+    head, sep, rest = url.partition("://")
+    if not sep or head.startswith("sqlite"):
+        return None
+    before_query = rest.split("?", 1)[0]
+    userinfo = before_query.rpartition("@")[0]
+    if "@" in userinfo or "/" in userinfo:
+        return "its user name or password holds an unencoded '@' or '/': percent-encode them (%40, %2F)"
+    return None
 
 
 # `scheme://user:password@`, read as SQLAlchemy reads it (the user up to the first `:` or `/`, the

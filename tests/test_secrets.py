@@ -584,3 +584,23 @@ def test_a_postgresql_store_reads_the_same_in_what_generate_says_and_in_an_error
             res = fork_cli(["show", "no-such-run", "--store", store], cwd=tmp_path)
             assert res.rc == 2 and f"no run with id or name 'no-such-run' in {display(store)}" in res.stderr, res
     assert f"://{user}@" in display(pg_url) and "any-pw-works" not in shown
+
+
+@pytest.mark.parametrize("url, parts", [
+    ("postgresql://qat:p@ss:w%40rd@127.0.0.1:5439/ledger2", ("p@ss", "w%40rd", "ss:w")),
+    ("postgresql://qat:x@y@127.0.0.1:5439/ledger2", ("x@y", "y@127")),
+    ("postgresql://qat:p@ss/w@127.0.0.1:5439/ledger2", ("ss/w", "p@ss")),
+])
+def test_a_store_url_whose_password_holds_an_unencoded_at_or_slash_is_refused_unread(url, parts):
+    """SQLAlchemy and the driver split such a URL in the wrong place and printed part of the password
+    in their own errors (`invalid literal for int() with base 10: 'w%40rd@127.0.0.1:5439'`) (QA)."""
+    from synthledger.store.errors import StoreError
+    from synthledger.store.eventstore import EventStore
+    from synthledger.store.urls import display
+
+    with pytest.raises(StoreError) as caught:
+        EventStore(url)
+    message = str(caught.value)
+    assert message.endswith("percent-encode them (%40, %2F)") and "127.0.0.1:5439/ledger2" in message
+    for shown in (message, display(url)):
+        assert not any(part in shown for part in parts), shown
