@@ -220,8 +220,9 @@ def test_a_roles_limit_that_binds_is_the_one_named():
 
 def test_a_rate_over_less_than_a_second_is_left_out_of_the_live_and_the_last_line():
     # The last line of a 100-query run that took 0.04 s read "2309.0 req/s": noise, not a rate.
-    led = ledger_with(Amount(100, 1000, 500, 0.0), Limits(queries=100))
+    led = ledger_with(Amount(), Limits(queries=100))
     view = RunProgress(led, "quick", enabled=False, accepted=100)
+    led.spent["total"], led.counts["settled"] = Amount(100, 1000, 500, 0.0), 100  # settled this session
     line = view.summary("completed")
     assert re.match(r"quick: completed after 0\.\d\ds \| ", line), line  # the duration instead
     assert "req/s" not in line and line.endswith("| 100 queries, tok 1000/500"), line
@@ -246,3 +247,12 @@ def test_the_last_line_can_say_why_a_run_completed_with_nothing_done():
     assert view.summary("completed", "the plan had no items").startswith(
         "idle: completed (the plan had no items) after ")
     assert view.summary("completed").startswith("idle: completed after ")
+
+
+def test_a_resumed_runs_last_line_rates_only_what_this_session_settled():
+    # QA: a resume that settled 19 queries in 2 s read "19.5 req/s", counting the earlier sessions' 20.
+    led = ledger_with(Amount(20, 200, 100, 0.0), Limits(queries=40))  # as replayed at the resume
+    view = RunProgress(led, "again", enabled=False)
+    led.spent["total"], led.counts["settled"] = Amount(40, 400, 200, 0.0), 40
+    view._t0 -= 4
+    assert view.summary("completed").endswith("| 40 queries, tok 400/200 | 5.0 req/s")  # 20 in 4 s

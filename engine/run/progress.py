@@ -88,6 +88,7 @@ class RunProgress:
         self.rejected = rejected
         self.unchecked = 0
         self._t0 = time.monotonic()
+        self._settled0 = ledger.counts["settled"]  # settled by earlier sessions (a resume): not this one's rate
         self._last_log = 0.0
         self._window: list[tuple[float, int, float, int]] = []  # (t, settled, fraction, decided)
         self._progress: Progress | None = None
@@ -184,7 +185,8 @@ class RunProgress:
         elapsed = time.monotonic() - self._t0
         spent = self.ledger.total_spent()
         took = _duration(elapsed) if elapsed >= MIN_RATE_S else f"{elapsed:.2f}s"
-        rate = f" | {self.ledger.counts['settled'] / elapsed:.1f} req/s" if elapsed >= MIN_RATE_S else ""
+        settled = self.ledger.counts["settled"] - self._settled0
+        rate = f" | {settled / elapsed:.1f} req/s" if elapsed >= MIN_RATE_S else ""
         # Answers reused from the store were never sent: without saying so, "0.0 req/s" beside
         # "32 queries" reads as a stalled run.
         reused = self.ledger.counts["reused"]
