@@ -256,3 +256,18 @@ def test_a_base_url_with_no_api_at_its_path_stops_a_batch_run_at_its_first_submi
     finished = [e.payload for e in store.iter_events(result.run_id, types=["batch_finished"])]
     assert len(finished) == 1  # one submission, not three refused batches in a row
     assert all(a["status"] == 404 for a in failed_attempts(store, result.run_id))
+
+
+def test_a_407_from_a_plain_http_proxy_is_named_as_the_proxy_wanting_credentials(monkeypatch):
+    """QA: a forwarding proxy's 407 read "the teacher refuses our requests as invalid (... HTTP 407)",
+    the proxy unmentioned. Only a proxy says 407: it stops the run at the first, naming it."""
+    from synthledger.engine.run.misconfig import misconfiguration
+    from synthledger.plugins.teachers.errors import status_error
+
+    monkeypatch.setenv("HTTP_PROXY", "http://alice:Pr0xyPassw0rdZZ@127.0.0.1:3128")
+    err = status_error(407, "Proxy Authentication Required", {}, "")
+    said = misconfiguration(err, role="teacher", section="teacher", model="m", url="http://10.1.2.3:8000/v1",
+                            answered=5)
+    assert said == ("the proxy http://127.0.0.1:3128 that HTTP_PROXY names wants credentials to reach the teacher "
+                    "endpoint http://10.1.2.3:8000/v1 (HTTP 407 Proxy Authentication Required); give them in the "
+                    "proxy's URL (http://user:password@host:port)")

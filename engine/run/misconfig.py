@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..proxies import environment_proxy, without_credentials
+from ..proxies import environment_proxy, environment_proxy_source, without_credentials
 from ..errors import FailureKind, TeacherError
 
 
@@ -45,6 +45,12 @@ def misconfiguration(err: TeacherError, *, role: str, section: str, model: str, 
     if err.kind is FailureKind.BAD_REQUEST and answered == 0 and "max_tokens" in err.message.lower():
         return (f"the {role} endpoint {url} refuses this run's max_tokens ({err.message}); "
                 f"lower [{section}] max_tokens to what model {model!r} allows")
+    if err.status == 407:  # only a proxy says it (QA: read as "the teacher refuses our requests as invalid")
+        found = environment_proxy_source(url)
+        named = (f"the proxy {without_credentials(found[1])} that {found[0]} names" if found is not None
+                 else "a proxy between us and it")
+        return (f"{named} wants credentials to reach the {role} endpoint {url} (HTTP 407 Proxy Authentication "
+                f"Required); give them in the proxy's URL (http://user:password@host:port)")
     if err.kind is FailureKind.BAD_REQUEST and err.status in (404, 405) and answered == 0:
         return (f"the {role} endpoint {url} serves no API at that path ({err.message}); "
                 f"is [{section}] base_url right (with or without /v1)?")
