@@ -271,3 +271,27 @@ def test_a_407_from_a_plain_http_proxy_is_named_as_the_proxy_wanting_credentials
     assert said == ("the proxy http://127.0.0.1:3128 that HTTP_PROXY names wants credentials to reach the teacher "
                     "endpoint http://10.1.2.3:8000/v1 (HTTP 407 Proxy Authentication Required); give them in the "
                     "proxy's URL (http://user:password@host:port)")
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
+def test_a_local_server_that_wants_a_key_when_none_was_set_says_none_was(tmp_path, provider):
+    """No key set and a local base_url: a placeholder is sent (most local servers ignore keys). One
+    that checks keys answered 401 and the run said only "rejected our credentials" (QA)."""
+    import subprocess
+    import sys
+
+    from synthledger.testing.cli_runs import CLI, Project, Server, env
+
+    srv = Server("--require-api-key", "sk-the-real-one")
+    try:
+        proj = Project(tmp_path, srv.url, 2)
+        teacher = {"provider": provider, "base_url": base_url(provider, srv.url)}
+        keyless = {k: v for k, v in env().items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+        res = subprocess.run([sys.executable, CLI, "generate", "--config", str(proj.write(teacher=teacher)),
+                              "--no-progress"], cwd=tmp_path, env=keyless, capture_output=True, text=True, timeout=120)
+    finally:
+        srv.close()
+    assert res.returncode == 1, res.stderr
+    variable = "OPENAI_API_KEY" if provider == "openai-compatible" else "ANTHROPIC_API_KEY"
+    assert (f"no API key was set ({variable} is unset), so a placeholder went to this local server; "
+            f"set {variable}") in res.stderr, res.stderr

@@ -25,7 +25,7 @@ from synthledger.engine.redact import header_credentials, register
 from .anthropic_messages import _extract, message_params
 from .errors import malformed, rate_limits
 from .json_post import JsonPoster
-from .settings import TeacherSettings, as_settings, resolve_api_key
+from .settings import TeacherSettings, as_settings, keyless_hint, resolve_api_key
 
 # What `anthropic._constants.ANTHROPIC_API_VERSION` says in the SDK we pin (2.x). This version
 # refuses sampling parameters, which is why `message_params` sends none.
@@ -79,7 +79,8 @@ class AnthropicTeacher:
             settings.headers(),
         )
         self._http = JsonPoster(self.url, "/v1/messages", headers, timeout_s=settings.timeout_s,
-                                max_connections=settings.max_connections)
+                                max_connections=settings.max_connections,
+                                unauthorized_hint=keyless_hint(settings, key))
         self._sdk: Any = None
         self.batch_api = self._batch_api() if settings.batch else None
 

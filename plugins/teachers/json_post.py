@@ -33,7 +33,7 @@ class JsonPoster:
     start-up, as TeacherSetupError naming what the user gave (not the URL built from it)."""
 
     def __init__(self, base_url: str, path: str, headers: dict[str, str], *, timeout_s: float,
-                 max_connections: int | None = None) -> None:
+                 max_connections: int | None = None, unauthorized_hint: str | None = None) -> None:
         try:
             parse_url(base_url)
             url = endpoint_url(base_url, path)
@@ -42,6 +42,7 @@ class JsonPoster:
             raise TeacherSetupError(f"base_url is not a usable URL: {exc}") from None
         self.url, self.timeout_s = url, timeout_s
         self._headers, self._max_connections = headers, max_connections
+        self._unauthorized_hint = unauthorized_hint  # said with a 401/403 (settings.keyless_hint)
         try:
             self._proxy, self._proxy_headers = env_proxy(url)
             self._client = self._make_client()
@@ -76,7 +77,11 @@ class JsonPoster:
             # Disconnected, reset or garbled after the request went out: it may have been served.
             raise TeacherError(FailureKind.CONNECTION, f"{type(exc).__name__}: {exc}", maybe_billed=True) from exc
         if not 200 <= response.status < 300:
-            raise refusal(response, model)
+            err = refusal(response, model)
+            if self._unauthorized_hint is not None and err.kind is FailureKind.AUTH:
+                err.message = f"{err.message} ({self._unauthorized_hint})"
+                err.args = (err.message,)
+            raise err
         return response
 
     async def aclose(self) -> None:

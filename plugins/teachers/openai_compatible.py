@@ -16,7 +16,7 @@ from synthledger.engine.api import ChatRequest, Completion, TeacherSetupError, U
 
 from .errors import malformed, rate_limits
 from .json_post import JsonPoster
-from .settings import TeacherSettings, as_settings, resolve_api_key
+from .settings import TeacherSettings, as_settings, keyless_hint, resolve_api_key
 
 
 def _count(v: Any, name: str) -> int:
@@ -75,7 +75,8 @@ class OpenAICompatibleTeacher:
             **settings.headers(),
         }
         self._http = JsonPoster(settings.base_url, "/chat/completions", headers,
-                                timeout_s=settings.timeout_s, max_connections=settings.max_connections)
+                                timeout_s=settings.timeout_s, max_connections=settings.max_connections,
+                                unauthorized_hint=keyless_hint(settings, key))
 
     def prompt_tokens_upper_bound(self, request: ChatRequest) -> int:
         return utf8_prompt_bound(request.messages)

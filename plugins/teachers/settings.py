@@ -140,6 +140,16 @@ def resolve_api_key(settings: TeacherSettings, *, local_placeholder: bool = Fals
     )
 
 
+def keyless_hint(settings: TeacherSettings, key: str) -> str | None:
+    """What to add to a 401/403 when `key` is the placeholder a local server got because no key was
+    set: that server wants one after all, and the refusal alone did not say none was sent (QA)."""
+    if key != LOCAL_PLACEHOLDER_KEY:
+        return None
+    name = shown_env_name(settings.key_env)
+    return (f"no API key was set ({name} is unset), so a placeholder went to this local server; "
+            f"set {name}, or name another variable with api_key_env")
+
+
 def as_settings(settings: TeacherSettings | dict) -> TeacherSettings:
     """Factories accept the model or the raw `[teacher]` table (validated here, with its errors)."""
     return settings if isinstance(settings, TeacherSettings) else TeacherSettings.model_validate(settings)
