@@ -14,6 +14,7 @@ from .errors import SynthledgerError
 
 # Most specific first: `generate --resume` before `--resume`.
 _FLAGS = [
+    (re.compile(r"`?generate --config (?:'[^']*'|\S+) --resume`?"), "generate(..., resume=True)"),
     (re.compile(r"`?generate --resume`?"), "generate(..., resume=True)"),
     (re.compile(r"run with --config \(and without --resume\)"), "call generate(config) without resume=True"),
     (re.compile(r"without --resume"), "without resume=True"),

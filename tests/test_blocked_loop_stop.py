@@ -174,7 +174,7 @@ def test_a_signal_stops_a_run_whose_plugin_blocks_the_loop(plugin_path, server, 
     assert len(said) == 1 and "Traceback" not in err + out, err
     assert said[0].startswith(f"synthledger: stopped hard on {sig.name}: the event loop was blocked for "), said
     assert "synthledger_sleepy.py:" in said[0] and "run()" in said[0], said  # where it is blocked
-    assert said[0].endswith("`python cli.py generate --resume` continues the run"), said
+    assert said[0].endswith(f"`python cli.py generate --resume --store {tmp_path / 'store.db'}` continues the run"), said
     _resumes_and_audits(plugin_path, tmp_path, store, server, before)
 
 

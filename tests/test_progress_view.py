@@ -201,7 +201,9 @@ def test_sigusr1_prints_where_every_thread_is_and_the_run_goes_on(tmp_path):
     assert re.search(r'File ".*engine/run/\w+\.py", line \d+ in \w+', err), err
     # and every task's: a query waiting on its answer is in no thread's stack, only in its task's
     assert "Task " in err and re.search(r'engine/run/sending\.py", line \d+, in _attempt', err), err
-    assert proc.returncode == 1 and "stopped by a signal; `generate --resume` continues the run" in err, err
+    # (the hint names the store the run was given with --store: a bare `--resume` opens the default one)
+    assert proc.returncode == 1 and (f"stopped by a signal; `generate --resume --store {tmp_path / 's.db'}` "
+                                     "continues the run") in err, err
     # said at once, not only when the answers in flight came back (QA took the silence for a lost Ctrl-C)
     assert "stopping: nothing new starts; what is in flight gets up to 5s" in err, err
 
@@ -256,3 +258,17 @@ def test_a_resumed_runs_last_line_rates_only_what_this_session_settled():
     led.spent["total"], led.counts["settled"] = Amount(40, 400, 200, 0.0), 40
     view._t0 -= 4
     assert view.summary("completed").endswith("| 40 queries, tok 400/200 | 5.0 req/s")  # 20 in 4 s
+
+
+def test_the_resume_hint_names_the_store_a_bare_resume_would_not_find():
+    """A resume without --config looks in the store --store or $SYNTHLEDGER_STORE names, else the
+    default: the hints said `generate --resume`, which opened the default store (QA)."""
+    from synthledger.engine.run.store_choice import StoreChoice, resume_words
+
+    assert resume_words(StoreChoice("sqlite:////tmp/a b/s.db", "--store")) == "generate --resume --store '/tmp/a b/s.db'"
+    assert resume_words(StoreChoice("postgresql+psycopg://me:secret@db/x", "--store")) == (
+        "generate --resume with the same --store")  # (a password is never repeated)
+    assert resume_words(StoreChoice("sqlite:////w/s.db", "[run] store in runs/gsm.toml")) == (
+        "generate --config runs/gsm.toml --resume")
+    assert resume_words(StoreChoice("sqlite:////w/s.db", "$SYNTHLEDGER_STORE")) == "generate --resume"
+    assert resume_words(StoreChoice("sqlite:////w/s.db", "the default location")) == "generate --resume"

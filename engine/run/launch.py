@@ -22,7 +22,7 @@ from .config import RunConfig
 from .runner import Runner, RunResult
 from .stacks_on_request import StacksOnRequest
 from .stop_watchdog import StopWatchdog, resume_hint
-from .store_choice import StoreChoice
+from .store_choice import StoreChoice, resume_words
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
 # (its answers are paid for either way); a second signal, or the end of the grace, cuts it short.
@@ -47,7 +47,8 @@ async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S, comma
     # A signal the caller ignores (an experiment's worker ignores Ctrl-C) never ends the process hard.
     watched = {sig for sig, handler in previous.items() if handler is not signal.SIG_IGN}
     try:
-        return await _run_listening(runner, grace_s, StopWatchdog(watched, resume_hint(command)))
+        hint = resume_hint(resume_words(runner.store_choice) if command is not None else None)
+        return await _run_listening(runner, grace_s, StopWatchdog(watched, hint))
     finally:
         for sig, handler in previous.items():
             if handler is not None:  # (None: set outside Python, nothing we can put back)

@@ -31,7 +31,7 @@ from .item import produce
 from .plan_guard import NO_ITEMS, FreeItemWatch, UnboundedSpendWatch, nothing_planned, walk_plan
 from .progress import RunProgress, binding_scope, limit_words
 from .session import RunSession
-from .store_choice import StoreChoice
+from .store_choice import StoreChoice, resume_words
 
 # Items started in a row, with room for all of them, before the walk lets them go first (see
 # `_let_started_go`).
@@ -406,7 +406,8 @@ class Runner(RunSession):
         if finished and not self._stopping and not self._exhausted and not self._bounced:
             return "completed", "the plan is complete" if self._planned else self._nothing_planned()
         if self._stopping and not self._spent_out():  # (a mix part spent its share: the others had not)
-            return "interrupted", "stopped by a signal; `generate --resume` continues the run"
+            words, _, rest = resume_words(self.store_choice).partition(" with ")
+            return "interrupted", f"stopped by a signal; `{words}`{' with ' + rest if rest else ''} continues the run"
         spent = self.ledger.total_spent()
         if self._admits_nothing(spent):
             # Not a spent budget but a budget no query fits in: "budget exhausted, spent 0", exit 0,

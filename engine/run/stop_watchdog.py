@@ -160,11 +160,12 @@ def _in_stdlib(filename: str) -> bool:
     return bool(paths.get("stdlib")) and filename.startswith(paths["stdlib"])
 
 
-def resume_hint(command: str | None = "generate") -> str:
-    """How to go on, as the run's own "interrupted" message says it, with the program as the user
-    typed it (`python cli.py` from a checkout). None: a command other than `generate` drove the run
-    (an experiment's cell), which its own command continues."""
+def resume_hint(command: str | None = "generate --resume") -> str:
+    """How to go on, as the run's own "interrupted" message says it (`command`: store_choice's
+    `resume_words`), with the program as the user typed it (`python cli.py` from a checkout). None:
+    a command other than `generate` drove the run (an experiment's cell), which its own command continues."""
     if command is None:
         return "the same command with --resume continues it"
     program = "python cli.py" if os.path.basename(sys.argv[0] if sys.argv else "") == "cli.py" else "synthledger"
-    return f"`{program} {command} --resume` continues the run"
+    words, _, rest = command.partition(" with ")
+    return f"`{program} {words}`{' with ' + rest if rest else ''} continues the run"

@@ -42,6 +42,23 @@ def display_url(url: str) -> str:
     return display(url)
 
 
+def resume_words(choice: StoreChoice) -> str:
+    """`generate --resume` as it must be typed to find this run again. Without `--config` a resume
+    looks in the store that --store or $SYNTHLEDGER_STORE names, else the default one, so a run whose
+    store came from --store or from its config's [run] store says so (QA: the hints left --store out,
+    and the command they gave opened the default store). A URL holding a password is not repeated."""
+    import shlex
+
+    if choice.origin == "--store":
+        shown = display_url(choice.url)
+        return (f"generate --resume --store {shlex.quote(shown)}" if "***" not in shown
+                else "generate --resume with the same --store")
+    config = choice.origin.removeprefix("[run] store in ")
+    if config != choice.origin:
+        return f"generate --config {shlex.quote(config)} --resume"
+    return "generate --resume"
+
+
 def choose_store(flag: str | None = None, config_store: str | None = None,
                  config_source: str | None = None) -> StoreChoice:
     """The store a command uses: flag, then environment, then the run config, then the default.
