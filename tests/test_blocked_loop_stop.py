@@ -282,7 +282,8 @@ def _watched(body: str) -> subprocess.CompletedProcess:
 
 def test_a_signal_the_loop_takes_in_time_never_ends_the_process():
     r = _watched("import os\nfor _ in range(3):\n    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2); "
-                 "dog.heard(); time.sleep(0.3)\ntime.sleep(1.5)\nprint('alive')")
+                 "dog.heard(signal.SIGTERM); time.sleep(0.3)\n"
+                 "for _ in range(6):\n    dog.tick(); time.sleep(0.25)  # (the loop runs on)\nprint('alive')")
     assert r.returncode == 0 and r.stdout == "alive\n" and not r.stderr, r.stderr
 
 
@@ -299,3 +300,36 @@ def test_an_untaken_signal_ends_the_process_hard_with_one_line():
     assert r.returncode == 143 and not r.stdout, r
     assert r.stderr.startswith("synthledger: stopped hard on SIGTERM: the event loop was blocked for 1s")
     assert r.stderr.endswith("the hint\n") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_loop_that_blocks_while_the_run_stops_ends_the_process_hard():
+    """The loop took the signal, then a plugin's synchronous code blocked it during the grace: the stop
+    waited for it for good, until a second signal (QA: alive 8 s on). A loop that stops ticking for
+    the watchdog's wait once a stop is under way is blocked."""
+    r = _watched("import os\nos.kill(os.getpid(), signal.SIGTERM); time.sleep(0.1); dog.heard(signal.SIGTERM)\n"
+                 "time.sleep(30)\nprint('alive')")
+    assert r.returncode == 143 and not r.stdout, r
+    assert r.stderr.startswith("synthledger: stopped hard after SIGTERM: the run was stopping, but its event loop "
+                               "has been blocked for 1s"), r.stderr
+
+
+def test_a_plugin_that_blocks_during_the_grace_does_not_hold_the_stop_for_good(plugin_path, tmp_path):
+    """Ctrl-C taken by a healthy loop, then an answer in flight comes back in the grace and the plugin
+    blocks on it: the stop waited for the plugin for good, until a second signal (QA)."""
+    mark = tmp_path / "blocking"
+    with run_in_thread(ServerConfig(latency_ms=1500)) as slow:
+        store = _project(tmp_path, slow.url, concurrency=1)
+        proc = subprocess.Popen([sys.executable, CLI, "generate", "-c", "run.toml", "--no-progress", "--store",
+                                 store], cwd=tmp_path, env=_env(plugin_path, SLEEPY_MARK=str(mark)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while _settled(tmp_path) < 1 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # the loop waits on the next answer: it takes the signal at once
+        out, err = _ended(proc, "a plugin blocking during the stop's grace held the process")
+    assert mark.exists() and "stopping:" in err, err  # the graceful stop began, then the plugin blocked
+    assert proc.returncode == 130, (proc.returncode, err)
+    said = [line for line in err.splitlines() if "stopped hard" in line]
+    assert len(said) == 1 and said[0].startswith("synthledger: stopped hard after SIGINT: the run was stopping, "
+                                                 "but its event loop has been blocked for "), err
+    assert "synthledger_sleepy.py:" in said[0] and "Traceback" not in err + out, err

@@ -21,7 +21,7 @@ from .eventloop import drive, use_uvloop
 from .config import RunConfig
 from .runner import Runner, RunResult
 from .stacks_on_request import StacksOnRequest
-from .stop_watchdog import StopWatchdog, resume_hint
+from .stop_watchdog import POLL_S, StopWatchdog, resume_hint
 from .store_choice import StoreChoice, resume_words
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
@@ -68,14 +68,19 @@ async def _run_listening(runner: Runner, grace_s: float, watchdog: StopWatchdog)
             watchdog.arm()  # (before the release: the watching thread starts with the signals held)
             _release_signals()  # one that came while the run started is delivered here, as a clean stop
             task_status.started()
-            async for _ in signals:
-                watchdog.heard()
+            async for signum in signals:
+                watchdog.heard(signum)
                 if runner._stopping:
                     runner.hard_stop()
                 else:
                     runner.request_stop()
                     tg.start_soon(cut_after_grace)
                     _say_stopping(grace_s)
+
+    async def tick() -> None:  # the loop is running: see StopWatchdog.tick
+        while True:
+            watchdog.tick()
+            await anyio.sleep(POLL_S)
 
     stacks = StacksOnRequest()
     try:
@@ -84,6 +89,7 @@ async def _run_listening(runner: Runner, grace_s: float, watchdog: StopWatchdog)
             # first items, their costs) are synchronous, and a plugin blocking there held the
             # signals for as long as it blocked (QA: a SIGTERM ignored for a minute).
             await tg.start(watch, tg)
+            tg.start_soon(tick)
             tg.start_soon(stacks.serve)
             try:
                 return await runner.run()

@@ -52,7 +52,8 @@ class StopWatchdog:
         self.after_s = after_s
         self.again_s = again_s
         self._unheard: list[tuple[int, float]] = []  # (signal, monotonic time) the loop has not taken yet
-        self._stopping = False  # the loop took a stop signal: a further untaken one means "now"
+        self._stopping = 0  # the stop signal the loop took (0: none yet): a further untaken one means "now"
+        self._tick = time.monotonic()  # when the loop last said it was running (`tick`)
         self._wrapped: dict[int, Any] = {}
         self._done = threading.Event()
         self._closed = False
@@ -71,10 +72,17 @@ class StopWatchdog:
             self._thread = threading.Thread(target=self._watch, name=THREAD_NAME, daemon=True)
             self._thread.start()
 
-    def heard(self) -> None:
+    def heard(self, signum: int) -> None:
         """The loop took a stop signal: it is not blocked, and the run is stopping."""
-        self._stopping = True
+        self._stopping = signum
         self._unheard = []
+        self._tick = time.monotonic()
+
+    def tick(self) -> None:
+        """Called by the loop every POLL_S or so: it is running. Once a stop is under way, a loop that
+        stops ticking for `after_s` is blocked (a plugin's synchronous code during the grace), and
+        the stop would wait for it for good (QA: alive 8 s on, until a second Ctrl-C)."""
+        self._tick = time.monotonic()
 
     def disarm(self) -> None:
         """Stop watching and give the loop its own handlers back; safe to call more than once."""
@@ -103,6 +111,9 @@ class StopWatchdog:
         while not self._done.wait(POLL_S):
             unheard = self._unheard
             if not unheard:
+                blocked = time.monotonic() - self._tick
+                if self._stopping and blocked >= self.after_s and not self._done.is_set():
+                    _stop_hard(self._stopping, blocked, False, self.hint, stopping=True)
                 continue
             waited = time.monotonic() - unheard[0][1]
             again = len(unheard) > 1 or self._stopping
@@ -114,17 +125,21 @@ def _usr1() -> set[int]:
     return {signal.SIGUSR1} if hasattr(signal, "SIGUSR1") else set()
 
 
-def _stop_hard(signum: int, waited: float, again: bool, hint: str) -> None:
+def _stop_hard(signum: int, waited: float, again: bool, hint: str, stopping: bool = False) -> None:
     """One line on stderr, then exit with the shell's status for the signal (130, 143).
 
     Written with os.write, not through sys.stderr: the blocked main thread may hold the stream's
     lock. Nothing is flushed or committed, and no exit handler runs (each could wait on that lock,
-    or on the blocked loop)."""
+    or on the blocked loop). `stopping`: the loop took the signal, then blocked during the stop."""
     name = signal.Signals(signum).name
     which = f"a further {name}" if again else name
     line = (f"synthledger: stopped hard on {which}: the event loop was blocked for {waited:.0f}s "
             f"({_blocked_at()}: a plugin running synchronous code?) and could not stop the run cleanly; "
             f"everything settled is kept: {hint}\n")
+    if stopping:
+        line = (f"synthledger: stopped hard after {name}: the run was stopping, but its event loop has been "
+                f"blocked for {waited:.0f}s ({_blocked_at()}: a plugin running synchronous code?); everything "
+                f"settled is kept: {hint}\n")
     # On a terminal: show the cursor the live progress view hid, and start below that view.
     try:
         os.write(2, (("\x1b[?25h\n" if _tty(2) else "") + line).encode(errors="replace"))
