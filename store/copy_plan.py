@@ -20,7 +20,6 @@ from .records import FINISHED, RunInfo
 from .sql import text
 
 
-
 class CopyRefused(StoreError):
     """This run cannot be copied (broken chain, or a different run under its id in the destination)."""
 

@@ -22,7 +22,7 @@ from .config import RunConfig
 from .runner import Runner, RunResult
 from .stacks_on_request import StacksOnRequest
 from .stop_watchdog import POLL_S, StopWatchdog, resume_hint
-from .store_choice import StoreChoice, resume_words
+from .store_choice import StoreChoice
 
 # After the first SIGINT/SIGTERM nothing new starts and what is in flight may finish for this long
 # (its answers are paid for either way); a second signal, or the end of the grace, cuts it short.
@@ -40,14 +40,15 @@ async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S, comma
     the caller had are theirs again once the run ends: the event loop's own cleanup would leave
     SIGTERM at the default (an experiment that went on to train was then killed by a `kill`, its
     run left `running`), and a program using the Python API would lose its own handlers.
-    `command`: what continues the run, for the line said when it ends hard (see `resume_hint`)."""
+    `command`: the command that drove the run ("generate"), whose resume the line said when it ends
+    hard names; None for an experiment's cell, which its own command continues (see `resume_hint`)."""
     if threading.current_thread() is not threading.main_thread():
         return await runner.run()
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     # A signal the caller ignores (an experiment's worker ignores Ctrl-C) never ends the process hard.
     watched = {sig for sig, handler in previous.items() if handler is not signal.SIG_IGN}
     try:
-        hint = resume_hint(resume_words(runner.store_choice) if command is not None else None)
+        hint = resume_hint(runner.store_choice if command is not None else None)
         return await _run_listening(runner, grace_s, StopWatchdog(watched, hint))
     finally:
         for sig, handler in previous.items():

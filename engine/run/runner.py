@@ -31,7 +31,7 @@ from .item import produce
 from .plan_guard import NO_ITEMS, FreeItemWatch, UnboundedSpendWatch, nothing_planned, walk_plan
 from .progress import RunProgress, binding_scope, limit_words
 from .session import RunSession
-from .store_choice import StoreChoice, resume_words
+from .store_choice import StoreChoice, resume_phrase
 
 # Items started in a row, with room for all of them, before the walk lets them go first (see
 # `_let_started_go`).
@@ -46,9 +46,9 @@ class RunResult:
     message: str
     snapshot: dict[str, Any] = field(default_factory=dict)
     summary: str = ""  # one line: status, binding limit, samples accepted/rejected, rate
-    # Where the run is recorded (open_store(result.store_url) reads it back). Not in the repr, which a
-    # notebook shows: a PostgreSQL URL may hold the password (QA); `store` is the masked form.
-    store_url: str = field(default="", repr=False)
+    # Where the run is recorded (open_store(result.store_url) reads it back). Not in the repr (below),
+    # which a notebook shows: a PostgreSQL URL may hold the password (QA); `store` is the masked form.
+    store_url: str = ""
     # Why the run could not record its end (store unwritable, lease taken over); `generate` raises it.
     error: Exception | None = None
 
@@ -406,8 +406,7 @@ class Runner(RunSession):
         if finished and not self._stopping and not self._exhausted and not self._bounced:
             return "completed", "the plan is complete" if self._planned else self._nothing_planned()
         if self._stopping and not self._spent_out():  # (a mix part spent its share: the others had not)
-            words, _, rest = resume_words(self.store_choice).partition(" with ")
-            return "interrupted", f"stopped by a signal; `{words}`{' with ' + rest if rest else ''} continues the run"
+            return "interrupted", f"stopped by a signal; {resume_phrase(self.store_choice)}"
         spent = self.ledger.total_spent()
         if self._admits_nothing(spent):
             # Not a spent budget but a budget no query fits in: "budget exhausted, spent 0", exit 0,

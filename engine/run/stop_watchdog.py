@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Any
 
+from .store_choice import StoreChoice, resume_phrase
+
 # A loop that is not blocked takes a signal within milliseconds; this long untaken, it is blocked.
 UNHEARD_S = 5.0
 # A further signal while one is untaken (or after a stop was heard) ends the process this soon
@@ -175,12 +177,11 @@ def _in_stdlib(filename: str) -> bool:
     return bool(paths.get("stdlib")) and filename.startswith(paths["stdlib"])
 
 
-def resume_hint(command: str | None = "generate --resume") -> str:
-    """How to go on, as the run's own "interrupted" message says it (`command`: store_choice's
-    `resume_words`), with the program as the user typed it (`python cli.py` from a checkout). None:
-    a command other than `generate` drove the run (an experiment's cell), which its own command continues."""
-    if command is None:
+def resume_hint(choice: StoreChoice | None) -> str:
+    """How to go on, as the run's own "interrupted" message says it (`resume_phrase`), with the
+    program as the user typed it (`python cli.py` from a checkout). None: a command other than
+    `generate` drove the run (an experiment's cell), which its own command continues."""
+    if choice is None:
         return "the same command with --resume continues it"
     program = "python cli.py" if os.path.basename(sys.argv[0] if sys.argv else "") == "cli.py" else "synthledger"
-    words, _, rest = command.partition(" with ")
-    return f"`{program} {words}`{' with ' + rest if rest else ''} continues the run"
+    return resume_phrase(choice, program + " ")

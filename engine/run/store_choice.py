@@ -59,6 +59,13 @@ def resume_words(choice: StoreChoice) -> str:
     return "generate --resume"
 
 
+def resume_phrase(choice: StoreChoice, program: str = "") -> str:
+    """"`generate --resume ...` continues the run", the one wording of `resume_words` that the run's
+    interrupted message and the hard-stop line both say (`program`: "python cli.py ", as typed)."""
+    words, _, same = resume_words(choice).partition(" with ")
+    return f"`{program}{words}`{' with ' + same if same else ''} continues the run"
+
+
 def choose_store(flag: str | None = None, config_store: str | None = None,
                  config_source: str | None = None) -> StoreChoice:
     """The store a command uses: flag, then environment, then the run config, then the default.
