@@ -209,13 +209,13 @@ def scrub(text: str) -> str:
     return _pattern.sub(_replace, text)
 
 
-def scrub_payload(payload: dict[str, Any], *, shapes: bool = True) -> dict[str, Any]:
+def scrub_payload(payload: dict[str, Any], *, shapes: bool = True, raw: bytes | None = None) -> dict[str, Any]:
     """An event payload with every known secret scrubbed, and (with `shapes`) every credential-shaped
     part. One serialisation and a few substring searches over it decide that (nearly always) nothing
     needs scrubbing; only then is the payload walked. `shapes=False` is for bulk data (prompts, the
     teacher's answers), where a key-shaped string is data and scanning for shapes would cost on every
-    query: a key this process knows is still removed from it."""
-    if not _suspect_bytes(orjson.dumps(payload), shapes):
+    query: a key this process knows is still removed from it. `raw`: the payload already serialised."""
+    if not _suspect_bytes(raw if raw is not None else orjson.dumps(payload), shapes):
         return payload
     if not shapes:
         return _scrub_known(payload)

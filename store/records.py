@@ -23,6 +23,7 @@ class NewEvent:
     payload: dict[str, Any]
     schema_version: int = 1
     key: str | None = None  # indexed in `event_keys` (a settled query's id) for lookups across runs
+    raw: bytes | None = None  # the payload's canonical form, where the caller already made it
 
 
 def iso_ms(ts: float) -> str:
@@ -117,7 +118,7 @@ def chain_rows(run_id: str, events: Iterable[NewEvent], expected_seq: int, prev_
     seq, head = expected_seq, prev_hash
     for ev in events:
         seq += 1
-        raw = canonical(ev.payload)
+        raw = ev.raw if ev.raw is not None else canonical(ev.payload)
         head = chain_hash(head, seq, ev.type, ev.schema_version, now, raw)
         rows.append((run_id, seq, ev.type, ev.schema_version, raw.decode(), now, head))
     return rows, seq, head

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from ...store.eventstore import EventStore, NewEvent, StoreError
 from ..redact import scrub_payload
 from . import crashpoints
+from ...store.hashing import canonical
 from ...store.keys import key_of
 from .events import (SCHEMA_VERSION, ItemDone, QueryDispatched, QueryReserved, QuerySettled,
                      QuestionAdmitted, RunFinished, SampleAccepted, SampleProposed, parse_event, plain_payload,
@@ -61,8 +62,10 @@ Subscriber = Callable[[int, str, dict[str, Any]], None]  # (seq, type, payload),
 class Journal:
     def __init__(self, store: EventStore, run_id: str, last_seq: int, head_hash: str, owner: str, *,
                  max_batch: int = 2000, heartbeat_s: float = HEARTBEAT_S,
-                 on_failure: Callable[[BaseException], None] | None = None, durable_each: bool = False) -> None:
+                 on_failure: Callable[[BaseException], None] | None = None, durable_each: bool = False,
+                 appender: Any = None) -> None:
         self.store = store
+        self.appender = appender if appender is not None else store  # `append`, `heartbeat` (see writer_process)
         self.run_id = run_id
         self.owner = owner
         self._subscribers: list[Subscriber] = []
@@ -187,7 +190,7 @@ class Journal:
                     self._wakeup = anyio.Event()
                     if not self._pending:
                         if not self._closed:
-                            await anyio.to_thread.run_sync(self.store.heartbeat, self.run_id, self.owner)
+                            await anyio.to_thread.run_sync(self.appender.heartbeat, self.run_id, self.owner)
                         continue
                 await self._commit_some()
         except anyio.get_cancelled_exc_class():
@@ -207,7 +210,7 @@ class Journal:
         # them - and every later flush waiting forever for a commit that already happened.
         with anyio.CancelScope(shield=True):
             last, head = await anyio.to_thread.run_sync(
-                lambda: self.store.append(self.run_id, batch, base, self._head, owner=self.owner))
+                lambda: self.appender.append(self.run_id, batch, base, self._head, owner=self.owner))
         self._durable_seq, self._head = last, head
         crashpoints.committed()
         done, self._committed = self._committed, anyio.Event()
@@ -229,7 +232,7 @@ class Journal:
         """Synchronous final commit, for shutdown paths where the event loop is gone."""
         if self._pending and self._error is None:
             try:
-                last, head = self.store.append(self.run_id, self._pending, self._durable_seq, self._head,
+                last, head = self.appender.append(self.run_id, self._pending, self._durable_seq, self._head,
                                                owner=self.owner)
             except Exception as exc:
                 self._fail(exc)
@@ -246,9 +249,13 @@ def _plain(type_: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _new_event(type_: str, payload: dict[str, Any]) -> NewEvent:
-    """What the store appends: the payload scrubbed of secrets on its way in (see `redact`)."""
-    payload = scrub_payload(payload, shapes=type_ not in BULK_TYPES)
-    return NewEvent(type_, payload, SCHEMA_VERSION, key_of(type_, payload))
+    """What the store appends: the payload scrubbed of secrets on its way in (see `redact`), and its
+    canonical form, which the secrets check needs anyway and the commit then need not make again."""
+    raw = canonical(payload)
+    clean = scrub_payload(payload, shapes=type_ not in BULK_TYPES, raw=raw)
+    if clean is not payload:
+        raw = canonical(clean)
+    return NewEvent(type_, clean, SCHEMA_VERSION, key_of(type_, clean), raw)
 
 
 Recorder = Journal  # the name it had before it wrote every kind of run

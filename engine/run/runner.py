@@ -179,6 +179,7 @@ class Runner(RunSession):
                             await self.recorder.close()
                         outer.cancel_scope.cancel()
         finally:
+            self.close_writer()
             try:
                 self.store.release(run_id, self.owner, status)
             except Exception:

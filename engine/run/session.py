@@ -12,7 +12,9 @@ from typing import Any
 from ... import __version__
 from ...store.errors import ConcurrencyError, NameTaken, RunMovedOn
 from ...store.eventstore import EventStore, NewEvent, RunNotFound, StoreMissing, owner_token
+from ...store import writer_process
 from ...store.records import FINISHED
+from ...store.writer_process import WriterProcess
 
 from .admission import Admission
 from .assemble import Parts, build_endpoints, build_parts, repeated_seeds
@@ -67,6 +69,7 @@ class RunSession:
                 raise StoreMissing(f"{exc}; a run killed before its store existed recorded and paid nothing: "
                                    "start it without --resume") from None
         self._ran = False
+        self._writer: WriterProcess | None = None
         self._samples_before = (0, 0)  # (accepted, rejected) by earlier sessions of a resumed run
         self.owner = owner_token()
         self._dedupe: NearDuplicateIndex | None = None
@@ -88,9 +91,10 @@ class RunSession:
     def _recorder(self, run_id: str, last_seq: int, head: str) -> Journal:
         """The run's event writer, with the budget ledger subscribed: heartbeats well inside the
         lease, and stops the run at once if a commit is refused (store unwritable, lease taken over)."""
+        self._writer = WriterProcess(self.store) if writer_process.wanted(self.store) else None
         journal = Journal(self.store, run_id, last_seq, head, self.owner,
                           heartbeat_s=min(HEARTBEAT_S, self.cfg.run.lease_ttl_s / 3),
-                          on_failure=lambda _exc: self.hard_stop())
+                          on_failure=lambda _exc: self.hard_stop(), appender=self._writer)
         journal.subscribe(self.ledger.apply)
         return journal
 
@@ -221,7 +225,14 @@ class RunSession:
             self.recorder.emit(RunFinished(status="failed", message=why))
             self.recorder.commit_now()
         finally:
+            self.close_writer()
             self.store.release(self.recorder.run_id, self.owner, "failed")
+
+    def close_writer(self) -> None:
+        """End the child process that committed the run's events, if it had one (see writer_process)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def _plan_view_of(self, snapshot: dict[str, Any]) -> dict[str, Any]:
         try:

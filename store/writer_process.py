@@ -1,0 +1,194 @@
+"""A SQLite store's event commits, done by a process of their own.
+
+Why: at full speed a generation run commits about 20,000 events a second. Done in a thread, every
+commit held the interpreter lock for its Python work and took it back after each row SQLite
+inserted, so the run's event loop (which does all the rest: requests, the ledger, the plugins) lost
+about a fifth of its time to the writer and waited on commits that queued behind it. In a child
+process the commit runs on another core; the loop's thread hands it the batch, already serialised
+(`NewEvent.raw`), and sleeps until it answers.
+
+The child opens the same store URL and runs the store's own `append` and `heartbeat`, so the
+guards, the hash chain and the error messages are the store's. Its errors come back as the same
+`StoreError` kinds, with the database's own reason kept (`abort` reads it). It runs in its own
+process group (a Ctrl-C at the terminal is the run's to handle, and the run's last events still need
+committing after it), and it ends when its input closes: when the run closes it, or when the run's
+process dies, after at most the commit it was doing (the append's lease guard refuses anything a
+resume has since taken over).
+
+`SYNTHLEDGER_EVENT_WRITER=thread` keeps commits in the run's own process (and a store that is not
+a SQLite file always does)."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable
+
+from .errors import ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreError, StoreMissing
+from .records import NewEvent
+
+ENV_WRITER = "SYNTHLEDGER_EVENT_WRITER"
+_HEADER = struct.Struct(">I")
+_KINDS = {c.__name__: c for c in (StoreError, ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreMissing)}
+_LIVE: "weakref.WeakSet[WriterProcess]" = weakref.WeakSet()
+
+# Run as `python -c`: the package is loaded from where the parent's is (a checkout need not be installed).
+_BOOT = """
+import importlib.util, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+root, name = sys.argv[1], sys.argv[2]
+spec = importlib.util.spec_from_file_location(name, root + "/__init__.py", submodule_search_locations=[root])
+module = importlib.util.module_from_spec(spec)
+sys.modules[name] = module
+spec.loader.exec_module(module)
+importlib.import_module(name + ".store.writer_process").serve()
+"""
+
+
+def wanted(store: Any) -> bool:
+    """Whether `store`'s commits go to a child process: a SQLite file that can be written."""
+    if os.environ.get(ENV_WRITER, "process").strip().lower() == "thread" or os.name != "posix":
+        return False
+    return bool(getattr(store, "_sqlite_path", None)) and not getattr(store, "read_only", True)
+
+
+def _send(stream: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _receive(stream: BinaryIO) -> Any:
+    """The next message, or None at the end of the stream (also one cut short)."""
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(head)
+    data = stream.read(size)
+    return pickle.loads(data) if len(data) == size else None
+
+
+class WriterProcess:
+    """`append` and `heartbeat` for a SQLite store, run by a child process; callable from any
+    thread, one call at a time. The child starts at once and opens the store while the run gets
+    ready; the first call waits for that."""
+
+    def __init__(self, store: Any) -> None:
+        self.where = store.where
+        self._lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+        package = __name__.split(".")[0]
+        root = str(Path(__file__).resolve().parent.parent)
+        self._proc = subprocess.Popen([sys.executable, "-c", _BOOT, root, package], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, process_group=0)
+        _send(self._proc.stdin, ("open", store.url, store.busy_timeout_s))  # type: ignore[arg-type]
+        _LIVE.add(self)
+
+    def append(self, run_id: str, events: Iterable[NewEvent], expected_seq: int, prev_hash: str,
+               *, owner: str | None = None, status: str | None = None) -> tuple[int, str]:
+        rows = [(ev.type, ev.schema_version, ev.key, ev.raw if ev.raw is not None else ev.payload) for ev in events]
+        return self._call("append", run_id, rows, expected_seq, prev_hash, owner, status)
+
+    def heartbeat(self, run_id: str, owner: str) -> None:
+        self._call("heartbeat", run_id, owner)
+
+    def _call(self, *request: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"store {self.where}: the event writer is closed")
+            try:
+                if not self._opened:
+                    self._answer()  # the store's opening
+                    self._opened = True
+                _send(self._proc.stdin, request)  # type: ignore[arg-type]
+            except (BrokenPipeError, OSError):
+                self._gone()
+            return self._answer()
+
+    def _answer(self) -> Any:
+        reply = _receive(self._proc.stdout)  # type: ignore[arg-type]
+        if reply is None:
+            self._gone()
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, message, reason = reply
+        cls = _KINDS.get(kind)
+        exc = cls(message) if cls is not None else StoreError(f"store {self.where}: {kind}: {message}")
+        if reason is not None:
+            exc.orig = reason  # type: ignore[attr-defined]  # the database's own words (see engine/run/abort)
+        raise exc
+
+    def _gone(self) -> None:
+        code = self._proc.poll()
+        how = "" if code is None else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
+        raise StoreError(f"store {self.where}: the process committing its events ended unexpectedly{how}")
+
+    def close(self) -> None:
+        """Let the child finish and end (it has nothing queued: every call waits for its answer)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()  # type: ignore[union-attr]
+
+
+@atexit.register
+def _close_live() -> None:
+    for writer in list(_LIVE):
+        writer.close()
+
+
+# ---- the child -------------------------------------------------------------------------------------
+
+def _error(exc: BaseException) -> tuple[str, str, str, str | None]:
+    orig = getattr(exc, "orig", None) or getattr(exc.__cause__, "orig", None)
+    return ("error", type(exc).__name__, str(exc), None if orig is None else str(orig))
+
+
+def _append(store: Any, run_id: str, rows: list[tuple[Any, ...]], expected_seq: int, prev_hash: str,
+            owner: str | None, status: str | None) -> tuple[int, str]:
+    events = [NewEvent(t, {}, v, key, body) if isinstance(body, bytes) else NewEvent(t, body, v, key)
+              for t, v, key, body in rows]
+    return store.append(run_id, events, expected_seq, prev_hash, owner=owner, status=status)
+
+
+def serve() -> None:
+    """The child's loop: open the store the first message names, then answer each call in turn."""
+    from .eventstore import EventStore
+
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    opening = _receive(inp)
+    if opening is None:
+        return
+    _, url, busy_timeout = opening
+    try:
+        store = EventStore(url, busy_timeout=busy_timeout, must_exist=True)
+    except Exception as exc:
+        _send(out, _error(exc))
+        return
+    _send(out, ("ok", None))
+    ops = {"append": _append, "heartbeat": lambda s, run_id, owner: s.heartbeat(run_id, owner)}
+    while (request := _receive(inp)) is not None:
+        try:
+            reply: Any = ("ok", ops[request[0]](store, *request[1:]))
+        except Exception as exc:
+            reply = _error(exc)
+        _send(out, reply)
+    store.close()
