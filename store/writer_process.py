@@ -7,6 +7,10 @@ about a fifth of its time to the writer and waited on commits that queued behind
 process the commit runs on another core; the loop's thread hands it the batch, already serialised
 (`NewEvent.raw`), and sleeps until it answers.
 
+The run's event loop talks to the child itself (`aappend`): a thread in between had to take the
+interpreter lock back twice per commit from a loop that seldom lets it go, which held every commit
+up to a switch interval (5 ms) twice, and the requests waiting on it.
+
 The child opens the same store URL and runs the store's own `append` and `heartbeat`, so the
 guards, the hash chain and the error messages are the store's. Its errors come back as the same
 `StoreError` kinds, with the database's own reason kept (`abort` reads it). It runs in its own
@@ -20,7 +24,9 @@ a SQLite file always does)."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import fcntl
 import os
 import pickle
 import struct
@@ -29,7 +35,7 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, NoReturn
 
 from .errors import ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .records import NewEvent
@@ -54,7 +60,7 @@ importlib.import_module(name + ".store.writer_process").serve()
 
 def wanted(store: Any) -> bool:
     """Whether `store`'s commits go to a child process: a SQLite file that can be written."""
-    if os.environ.get(ENV_WRITER, "process").strip().lower() == "thread" or os.name != "posix":
+    if os.environ.get(ENV_WRITER, "process").strip().lower() == "thread" or os.name != "posix" or not sys.executable:
         return False
     return bool(getattr(store, "_sqlite_path", None)) and not getattr(store, "read_only", True)
 
@@ -75,6 +81,25 @@ def _receive(stream: BinaryIO) -> Any:
     return pickle.loads(data) if len(data) == size else None
 
 
+def _read_exact(fd: int, size: int) -> bytes:
+    parts, left = [], size
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _widen(fd: int) -> None:
+    """A pipe that holds a whole batch, so handing one over seldom waits for the child to read."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass  # (above the system's limit: the default size works, a little slower)
+
+
 class WriterProcess:
     """`append` and `heartbeat` for a SQLite store, run by a child process; callable from any
     thread, one call at a time. The child starts at once and opens the store while the run gets
@@ -85,38 +110,89 @@ class WriterProcess:
         self._lock = threading.Lock()
         self._opened = False
         self._closed = False
+        self._owed = 0  # answers to calls whose caller was cancelled before reading them
         package = __name__.split(".")[0]
         root = str(Path(__file__).resolve().parent.parent)
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOT, root, package], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, process_group=0)
-        _send(self._proc.stdin, ("open", store.url, store.busy_timeout_s))  # type: ignore[arg-type]
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, process_group=0, bufsize=0)
+        self._in, self._out = self._proc.stdin.fileno(), self._proc.stdout.fileno()  # type: ignore[union-attr]
+        _widen(self._in)
+        try:
+            self._write(("open", store.url, store.busy_timeout_s))
+        except OSError:
+            pass  # (gone at once: the first call says so)
         _LIVE.add(self)
 
     def append(self, run_id: str, events: Iterable[NewEvent], expected_seq: int, prev_hash: str,
                *, owner: str | None = None, status: str | None = None) -> tuple[int, str]:
-        rows = [(ev.type, ev.schema_version, ev.key, ev.raw if ev.raw is not None else ev.payload) for ev in events]
-        return self._call("append", run_id, rows, expected_seq, prev_hash, owner, status)
+        return self._call("append", run_id, _rows(events), expected_seq, prev_hash, owner, status)
 
     def heartbeat(self, run_id: str, owner: str) -> None:
         self._call("heartbeat", run_id, owner)
 
+    async def aappend(self, run_id: str, events: Iterable[NewEvent], expected_seq: int, prev_hash: str,
+                      *, owner: str | None = None, status: str | None = None) -> tuple[int, str]:
+        """`append` from the event loop, which waits for the answer without a thread."""
+        return await self._acall("append", run_id, _rows(events), expected_seq, prev_hash, owner, status)
+
+    async def aheartbeat(self, run_id: str, owner: str) -> None:
+        await self._acall("heartbeat", run_id, owner)
+
     def _call(self, *request: Any) -> Any:
         with self._lock:
-            if self._closed:
-                raise StoreError(f"store {self.where}: the event writer is closed")
-            try:
-                if not self._opened:
-                    self._answer()  # the store's opening
-                    self._opened = True
-                _send(self._proc.stdin, request)  # type: ignore[arg-type]
-            except (BrokenPipeError, OSError):
-                self._gone()
+            self._ask(request)
             return self._answer()
 
-    def _answer(self) -> Any:
-        reply = _receive(self._proc.stdout)  # type: ignore[arg-type]
-        if reply is None:
+    async def _acall(self, *request: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if not self._lock.acquire(blocking=False):  # another thread's call is out: wait for it there
+            return await loop.run_in_executor(None, lambda: self._call(*request))
+        sent = False
+        try:
+            if not self._opened:
+                await self._readable(loop)
+            self._ask(request)
+            sent = True
+            await self._readable(loop)
+            sent = False
+            return self._answer()
+        finally:
+            if sent:  # cancelled while the child works: its answer is the next to read, and not the next call's
+                self._owed += 1
+            self._lock.release()
+
+    async def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
+        ready = loop.create_future()
+        loop.add_reader(self._out, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self._out)
+
+    def _ask(self, request: tuple[Any, ...]) -> None:
+        """Send `request` (after taking the answer to the store's opening, the first time)."""
+        if self._closed:
+            raise StoreError(f"store {self.where}: the event writer is closed")
+        if not self._opened:
+            self._answer()
+            self._opened = True
+        try:
+            self._write(request)
+        except OSError:  # (a broken pipe: the child is gone)
             self._gone()
+
+    def _write(self, message: Any) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(_HEADER.pack(len(data)) + data)
+        while view:
+            view = view[os.write(self._in, view):]
+
+    def _answer(self) -> Any:
+        """The child's answer (all of it is there, or on its way: the child writes it at once)."""
+        while self._owed:
+            self._owed -= 1
+            self._frame()
+        reply = pickle.loads(self._frame())
         if reply[0] == "ok":
             return reply[1]
         _, kind, message, reason = reply
@@ -126,8 +202,18 @@ class WriterProcess:
             exc.orig = reason  # type: ignore[attr-defined]  # the database's own words (see engine/run/abort)
         raise exc
 
-    def _gone(self) -> None:
-        code = self._proc.poll()
+    def _frame(self) -> bytes:
+        head = _read_exact(self._out, _HEADER.size)
+        data = _read_exact(self._out, _HEADER.unpack(head)[0]) if len(head) == _HEADER.size else b""
+        if not data:
+            self._gone()
+        return data
+
+    def _gone(self) -> NoReturn:
+        try:
+            code = self._proc.wait(2)  # (its output just closed: it is exiting)
+        except subprocess.TimeoutExpired:
+            code = None
         how = "" if code is None else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
         raise StoreError(f"store {self.where}: the process committing its events ended unexpectedly{how}")
 
@@ -153,6 +239,10 @@ class WriterProcess:
 def _close_live() -> None:
     for writer in list(_LIVE):
         writer.close()
+
+
+def _rows(events: Iterable[NewEvent]) -> list[tuple[Any, ...]]:
+    return [(ev.type, ev.schema_version, ev.key, ev.raw if ev.raw is not None else ev.payload) for ev in events]
 
 
 # ---- the child -------------------------------------------------------------------------------------

@@ -241,3 +241,31 @@ def test_a_writer_whose_process_died_says_so_in_one_line(tmp_path):
     finally:
         writer.close()
         store.close()
+
+
+def test_a_call_from_the_loop_cancelled_in_flight_leaves_the_next_call_its_own_answer(tmp_path):
+    import asyncio
+
+    store = EventStore(f"sqlite:///{tmp_path / 'a.db'}")
+    me = owner_token()
+    run_id, last, head = store.start_run("r", {}, "h", _events(1), owner=me)
+    writer = WriterProcess(store)
+
+    async def cancelled_in_flight() -> None:
+        task = asyncio.create_task(writer.aappend(run_id, _events(2), last, head, owner=me))
+        await asyncio.sleep(0)  # the request is out; the task waits for the child's answer
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        writer.heartbeat(run_id, me)  # (the store is open in the child)
+        asyncio.run(cancelled_in_flight())
+        writer.heartbeat(run_id, me)  # answered after the cancelled call's answer, which it must skip
+        now = store.get_run(run_id)
+        assert now.last_seq == 3  # the child did append: it had the request
+        assert writer.append(run_id, _events(1, 5), now.last_seq, now.head_hash, owner=me)[0] == 4
+        assert asyncio.run(writer.aappend(run_id, _events(1, 6), 4, store.get_run(run_id).head_hash, owner=me))[0] == 5
+    finally:
+        writer.close()
+        store.close()

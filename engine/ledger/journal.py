@@ -190,7 +190,7 @@ class Journal:
                     self._wakeup = anyio.Event()
                     if not self._pending:
                         if not self._closed:
-                            await anyio.to_thread.run_sync(self.appender.heartbeat, self.run_id, self.owner)
+                            await self._heartbeat()
                         continue
                 await self._commit_some()
         except anyio.get_cancelled_exc_class():
@@ -209,12 +209,24 @@ class Journal:
         # otherwise skip the line below, leaving the events in the store and the journal behind
         # them - and every later flush waiting forever for a commit that already happened.
         with anyio.CancelScope(shield=True):
-            last, head = await anyio.to_thread.run_sync(
-                lambda: self.appender.append(self.run_id, batch, base, self._head, owner=self.owner))
+            aappend = getattr(self.appender, "aappend", None)  # (a writer process is asked from the loop itself)
+            if aappend is not None:
+                last, head = await aappend(self.run_id, batch, base, self._head, owner=self.owner)
+            else:
+                last, head = await anyio.to_thread.run_sync(
+                    lambda: self.appender.append(self.run_id, batch, base, self._head, owner=self.owner))
         self._durable_seq, self._head = last, head
         crashpoints.committed()
         done, self._committed = self._committed, anyio.Event()
         done.set()
+
+    async def _heartbeat(self) -> None:
+        aheartbeat = getattr(self.appender, "aheartbeat", None)
+        if aheartbeat is not None:
+            with anyio.CancelScope(shield=True):  # (as a thread's call would be: the answer is awaited)
+                await aheartbeat(self.run_id, self.owner)
+        else:
+            await anyio.to_thread.run_sync(self.appender.heartbeat, self.run_id, self.owner)
 
     async def close(self) -> None:
         """Commit what is queued and stop the writer loop (after a failure: just stop it)."""
