@@ -35,7 +35,7 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, NoReturn
+from typing import Any, BinaryIO, Callable, Iterable, NoReturn
 
 from .errors import ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .records import NewEvent
@@ -131,9 +131,13 @@ class WriterProcess:
         self._call("heartbeat", run_id, owner)
 
     async def aappend(self, run_id: str, events: Iterable[NewEvent], expected_seq: int, prev_hash: str,
-                      *, owner: str | None = None, status: str | None = None) -> tuple[int, str]:
-        """`append` from the event loop, which waits for the answer without a thread."""
-        return await self._acall("append", run_id, _rows(events), expected_seq, prev_hash, owner, status)
+                      *, owner: str | None = None, status: str | None = None,
+                      on_answer: Callable[[tuple[int, str]], None] | None = None) -> tuple[int, str]:
+        """`append` from the event loop, which waits for the answer without a thread. `on_answer(result)`
+        is called the moment a success is read, before this returns: whoever waits on the commit can be
+        woken a loop iteration sooner (the loop runs every ready task between the two)."""
+        request = ("append", run_id, _rows(events), expected_seq, prev_hash, owner, status)
+        return await self._acall(*request, on_answer=on_answer)
 
     async def aheartbeat(self, run_id: str, owner: str) -> None:
         await self._acall("heartbeat", run_id, owner)
@@ -143,31 +147,46 @@ class WriterProcess:
             self._ask(request)
             return self._answer()
 
-    async def _acall(self, *request: Any) -> Any:
+    async def _acall(self, *request: Any, on_answer: Callable[[Any], None] | None = None) -> Any:
         loop = asyncio.get_running_loop()
         if not self._lock.acquire(blocking=False):  # another thread's call is out: wait for it there
-            return await loop.run_in_executor(None, lambda: self._call(*request))
+            result = await loop.run_in_executor(None, lambda: self._call(*request))
+            if on_answer is not None:
+                on_answer(result)
+            return result
+        answer: asyncio.Future[Any] = loop.create_future()
         sent = False
         try:
             if not self._opened:
-                await self._readable(loop)
+                opened = loop.create_future()
+                loop.add_reader(self._out, lambda: opened.done() or opened.set_result(None))
+                try:
+                    await opened
+                finally:
+                    loop.remove_reader(self._out)
             self._ask(request)
             sent = True
-            await self._readable(loop)
-            sent = False
-            return self._answer()
-        finally:
-            if sent:  # cancelled while the child works: its answer is the next to read, and not the next call's
-                self._owed += 1
-            self._lock.release()
-
-    async def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
-        ready = loop.create_future()
-        loop.add_reader(self._out, lambda: ready.done() or ready.set_result(None))
-        try:
-            await ready
+            loop.add_reader(self._out, self._on_readable, loop, answer, on_answer)
+            return await answer
         finally:
             loop.remove_reader(self._out)
+            if sent and not (answer.done() and not answer.cancelled()):  # cancelled while the child works:
+                self._owed += 1  # its answer is the next to read, and not the next call's
+            self._lock.release()
+
+    def _on_readable(self, loop: asyncio.AbstractEventLoop, answer: "asyncio.Future[Any]",
+                     on_answer: Callable[[Any], None] | None) -> None:
+        loop.remove_reader(self._out)
+        if answer.done():  # (cancelled: its caller counts the answer as owed)
+            return
+        try:
+            result = self._answer()
+        except BaseException as exc:
+            answer.set_exception(exc)
+            return
+        if on_answer is not None:
+            on_answer(result)
+        answer.set_result(result)
 
     def _ask(self, request: tuple[Any, ...]) -> None:
         """Send `request` (after taking the answer to the store's opening, the first time)."""

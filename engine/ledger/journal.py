@@ -210,12 +210,14 @@ class Journal:
         # them - and every later flush waiting forever for a commit that already happened.
         with anyio.CancelScope(shield=True):
             aappend = getattr(self.appender, "aappend", None)  # (a writer process is asked from the loop itself)
-            if aappend is not None:
-                last, head = await aappend(self.run_id, batch, base, self._head, owner=self.owner)
+            if aappend is not None:  # (which wakes the flushers as soon as it reads the answer)
+                await aappend(self.run_id, batch, base, self._head, owner=self.owner, on_answer=self._committed_to)
             else:
-                last, head = await anyio.to_thread.run_sync(
-                    lambda: self.appender.append(self.run_id, batch, base, self._head, owner=self.owner))
-        self._durable_seq, self._head = last, head
+                self._committed_to(await anyio.to_thread.run_sync(
+                    lambda: self.appender.append(self.run_id, batch, base, self._head, owner=self.owner)))
+
+    def _committed_to(self, durable: tuple[int, str]) -> None:
+        self._durable_seq, self._head = durable
         crashpoints.committed()
         done, self._committed = self._committed, anyio.Event()
         done.set()
