@@ -4,20 +4,21 @@ Why: at full speed a generation run commits about 20,000 events a second. Done i
 commit held the interpreter lock for its Python work and took it back after each row SQLite
 inserted, so the run's event loop (which does all the rest: requests, the ledger, the plugins) lost
 about a fifth of its time to the writer and waited on commits that queued behind it. In a child
-process the commit runs on another core; the loop's thread hands it the batch, already serialised
-(`NewEvent.raw`), and sleeps until it answers.
+process the commit runs on another core; the loop hands it the batch, already serialised
+(`NewEvent.raw`), and goes on with its work.
 
-The run's event loop talks to the child itself (`aappend`): a thread in between had to take the
-interpreter lock back twice per commit from a loop that seldom lets it go, which held every commit
-up to a switch interval (5 ms) twice, and the requests waiting on it.
+The loop talks to the child itself (`aappend`, the answer read when the pipe is readable): a thread
+in between had to take the interpreter lock back twice per commit from a loop that seldom lets it
+go, up to a switch interval (5 ms) each time. `on_answer` acts on a commit in the reader callback,
+a loop iteration before the waiting task would.
 
 The child opens the same store URL and runs the store's own `append` and `heartbeat`, so the
 guards, the hash chain and the error messages are the store's. Its errors come back as the same
-`StoreError` kinds, with the database's own reason kept (`abort` reads it). It runs in its own
-process group (a Ctrl-C at the terminal is the run's to handle, and the run's last events still need
-committing after it), and it ends when its input closes: when the run closes it, or when the run's
-process dies, after at most the commit it was doing (the append's lease guard refuses anything a
-resume has since taken over).
+`StoreError` kinds, with the database's own reason kept (`abort` reads it). It runs in a session of
+its own, so outside the run's process group: a Ctrl-C at the terminal is the run's to handle, and
+the run's last events still need committing after it. It ends when its input closes: when the run
+closes it, or when the run's process dies, after at most the commit it was doing (the append's
+lease guard refuses anything a resume has since taken over).
 
 `SYNTHLEDGER_EVENT_WRITER=thread` keeps commits in the run's own process (and a store that is not
 a SQLite file always does)."""
@@ -114,7 +115,7 @@ class WriterProcess:
         package = __name__.split(".")[0]
         root = str(Path(__file__).resolve().parent.parent)
         self._proc = subprocess.Popen([sys.executable, "-c", _BOOT, root, package], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, process_group=0, bufsize=0)
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, bufsize=0)
         self._in, self._out = self._proc.stdin.fileno(), self._proc.stdout.fileno()  # type: ignore[union-attr]
         _widen(self._in)
         try:
