@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import fcntl
 import os
 import pickle
 import struct
@@ -95,6 +94,8 @@ def _read_exact(fd: int, size: int) -> bytes:
 
 def _widen(fd: int) -> None:
     """A pipe that holds a whole batch, so handing one over seldom waits for the child to read."""
+    import fcntl  # (POSIX only, as this module's use is: see `wanted`)
+
     try:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except OSError:
