@@ -451,9 +451,13 @@ class Runner(RunSession):
             await self._wait_item()
 
     def _item_room(self) -> int:
-        """How many items may run at once: twice what the endpoints let out now (their concurrency
-        grows to what a rate needs), or a whole batch in batch mode."""
-        return max(8, 2 * max(ep.concurrency.limit for ep in self.endpoints.values()), self._batch_room)
+        """How many items may run at once: a quarter more than the endpoints let out now (their
+        concurrency grows to what a rate needs), or a whole batch in batch mode. The quarter keeps
+        items ready for a slot that frees; twice as many, as before, only queued for slots, each
+        waiting item one more task wake-up: a zero-latency run went 12% faster with the quarter
+        (interleaved 10k runs; as many items as slots did no better)."""
+        slots = max(ep.concurrency.limit for ep in self.endpoints.values())
+        return max(8, slots + -(-slots // 4), self._batch_room)
 
     def _start(self, tg: Any, item: PlanItem, cost: dict[str, int]) -> None:
         """Hand `item` to an idle worker, or start one. Items run on reused worker tasks: starting a
