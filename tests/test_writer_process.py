@@ -109,6 +109,22 @@ def _status(out: str) -> str:
     return [ln for ln in out.splitlines() if ln.strip()][-1].split()[2]
 
 
+def _mid_run(tmp: Path, url: str) -> tuple[Path, Path, subprocess.Popen, int]:
+    """A 200-query run started and some answers settled: (config, store file, process, writer pid)."""
+    config = _project(tmp, url, 200)
+    db = tmp / "store.db"
+    proc = _start(tmp, config)
+    writer = _wait_for("its writer process", lambda: _writers(proc.pid), proc)[0]
+    _wait_for("answers to settle", lambda: len(_settled(db)) >= 10, proc)
+    return config, db, proc, writer
+
+
+def _resumes_exactly(tmp: Path, config: Path, budget: int) -> dict:
+    resumed = _resume(tmp, config)
+    assert resumed.returncode == 0, resumed.stderr
+    return check_run_exact(f"sqlite:///{tmp / 'store.db'}", _run_id(resumed.stdout), budget)
+
+
 def test_a_run_commits_through_its_own_writer_process_which_ends_with_it(tmp_path, server):
     config = _project(tmp_path, server.url, 40)
     proc = _start(tmp_path, config)
@@ -120,11 +136,7 @@ def test_a_run_commits_through_its_own_writer_process_which_ends_with_it(tmp_pat
 
 
 def test_the_writer_process_killed_mid_run_stops_it_in_one_line_and_a_resume_completes_exactly(tmp_path, server):
-    config = _project(tmp_path, server.url, 200)
-    db = tmp_path / "store.db"
-    proc = _start(tmp_path, config)
-    writer = _wait_for("its writer process", lambda: _writers(proc.pid), proc)[0]
-    _wait_for("answers to settle", lambda: len(_settled(db)) >= 10, proc)
+    config, db, proc, writer = _mid_run(tmp_path, server.url)
     os.kill(writer, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, (out, err)
@@ -134,20 +146,14 @@ def test_the_writer_process_killed_mid_run_stops_it_in_one_line_and_a_resume_com
     assert "generate --resume" in lines[0], lines[0]
     before = _settled(db)
     assert 0 < len(before) < 200
-    resumed = _resume(tmp_path, config)
-    assert resumed.returncode == 0, resumed.stderr
-    result = check_run_exact(f"sqlite:///{db}", _run_id(resumed.stdout), 200)
+    result = _resumes_exactly(tmp_path, config, 200)
     assert before <= set(result["settled"]), "answers settled before the writer died were lost"
 
 
 def test_a_ctrl_c_at_the_terminal_stops_the_run_and_its_writer_still_records_the_end(tmp_path, server):
     # A terminal's Ctrl-C signals every process of the foreground group: the writer must not die of
     # it, or the run's last events (its in-flight answers, `run_finished`) could not be committed.
-    config = _project(tmp_path, server.url, 200)
-    db = tmp_path / "store.db"
-    proc = _start(tmp_path, config)
-    writer = _wait_for("its writer process", lambda: _writers(proc.pid), proc)[0]
-    _wait_for("answers to settle", lambda: len(_settled(db)) >= 10, proc)
+    config, db, proc, writer = _mid_run(tmp_path, server.url)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and _status(out) == "interrupted", (out, err)
@@ -155,26 +161,18 @@ def test_a_ctrl_c_at_the_terminal_stops_the_run_and_its_writer_still_records_the
     finished = [p for _, t, p, _ in run_events(db) if t == "run_finished"]
     assert [p["status"] for p in finished] == ["interrupted"], finished
     assert not _alive(writer)
-    resumed = _resume(tmp_path, config)
-    assert resumed.returncode == 0, resumed.stderr
-    check_run_exact(f"sqlite:///{db}", _run_id(resumed.stdout), 200)
+    _resumes_exactly(tmp_path, config, 200)
 
 
 def test_a_killed_run_leaves_no_writer_behind_and_resumes_exactly(tmp_path, server):
-    config = _project(tmp_path, server.url, 200)
-    db = tmp_path / "store.db"
-    proc = _start(tmp_path, config)
-    writer = _wait_for("its writer process", lambda: _writers(proc.pid), proc)[0]
-    _wait_for("answers to settle", lambda: len(_settled(db)) >= 10, proc)
+    config, db, proc, writer = _mid_run(tmp_path, server.url)
     os.killpg(proc.pid, signal.SIGKILL)  # the run's group; the writer is in its own
     proc.communicate(timeout=30)
     deadline = time.monotonic() + 10
     while _alive(writer) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _alive(writer), "the writer process outlived a killed run by 10 s"
-    resumed = _resume(tmp_path, config)
-    assert resumed.returncode == 0, resumed.stderr
-    check_run_exact(f"sqlite:///{db}", _run_id(resumed.stdout), 200)
+    _resumes_exactly(tmp_path, config, 200)
 
 
 def test_with_the_thread_writer_asked_for_no_writer_process_starts(tmp_path, server):
