@@ -147,6 +147,24 @@ def test_a_framing_header_in_extra_headers_is_refused_at_start_up(provider, head
         TEACHERS[provider](settings)
 
 
+@pytest.mark.parametrize("value", ["br", "gzip, br", "zstd;q=0.5", "*"])
+@pytest.mark.parametrize("provider", TEACHERS)
+def test_an_accept_encoding_the_client_cannot_decode_is_refused_at_start_up(provider, value):
+    """QA: `Accept-Encoding: br` went out as given; a server that honoured it answered in brotli, and
+    every paid answer failed to decode."""
+    settings = TeacherSettings(provider=provider, model="m", base_url="http://127.0.0.1:9",
+                               extra_headers={"Accept-Encoding": value})
+    with pytest.raises(ValueError, match=r"header 'Accept-Encoding' asks for '.+', which the client cannot decode"):
+        TEACHERS[provider](settings)
+
+
+@pytest.mark.parametrize("value", ["identity", "gzip", "gzip;q=1.0, deflate", "gzip, br;q=0"])
+async def test_an_accept_encoding_the_client_decodes_is_sent_as_given(value):
+    async with Recorder() as srv:
+        await ask("openai-compatible", srv.url, extra_headers={"Accept-Encoding": value})
+        assert srv.values("accept-encoding") == [value]
+
+
 @pytest.mark.parametrize("provider", TEACHERS)
 async def test_a_user_agent_is_sent_unless_the_user_gives_one(provider):
     """Some gateways and WAFs refuse a request without one (the SDKs send theirs)."""

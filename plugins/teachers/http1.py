@@ -40,6 +40,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 USER_AGENT = f"synthledger/{__version__}"
 # The body's framing is ours (Content-Length on every request): one given too is a conflict, a 400.
 FRAMING = ("content-length", "transfer-encoding")
+DECODED = frozenset({"gzip", "x-gzip", "deflate", "identity"})  # what `decode_body` reads
 
 
 class Target(NamedTuple):
@@ -139,12 +140,26 @@ def request_head(target: Target, headers: dict[str, str], proxy_headers: dict[st
             raise ValueError(f"header {name!r} cannot be set: the client frames each request body itself "
                              "(Content-Length), and a second framing header makes servers refuse every request; "
                              "remove it from extra_headers")
+        if name.lower() == "accept-encoding":
+            _decodable(name, value)
         given[name.lower()] = (name, value)
     host = given.pop("host", ("Host", target.host_header.decode("latin-1")))
     defaults = [("User-Agent", USER_AGENT), ("Accept-Encoding", "gzip, deflate")]
     pairs = [host, *given.values(), *((k, v) for k, v in defaults if k.lower() not in given)]
     lines = [b"POST " + target.request_target + b" HTTP/1.1", *(header_line(k, v) for k, v in pairs)]
     return b"\r\n".join(lines) + b"\r\nContent-Length: "
+
+
+def _decodable(name: str, value: str) -> None:
+    """A user's Accept-Encoding may only ask for what the client decodes: a reply in another (br,
+    zstd, or any under `*`) could not be read, and every answer would be paid for and lost."""
+    for part in value.split(","):
+        coding, _, params = part.strip().partition(";")
+        coding = coding.strip().lower()
+        refused = params.replace(" ", "").lower() in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+        if coding and coding not in DECODED and not refused:
+            raise ValueError(f"header {name!r} asks for {coding!r}, which the client cannot decode; use gzip, "
+                             "deflate or identity (or leave the header out: gzip and deflate are asked for)")
 
 
 class Http1Client:
