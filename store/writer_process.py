@@ -12,13 +12,16 @@ in between had to take the interpreter lock back twice per commit from a loop th
 go, up to a switch interval (5 ms) each time. `on_answer` acts on a commit in the reader callback,
 a loop iteration before the waiting task would.
 
-The child opens the same store URL and runs the store's own `append` and `heartbeat`, so the
-guards, the hash chain and the error messages are the store's. Its errors come back as the same
+The child (`writer_child`) opens the same store URL and runs the store's own `append` and
+`heartbeat`, so the guards, the hash chain and the error messages are the store's. Its errors come back as the same
 `StoreError` kinds, with the database's own reason kept (`abort` reads it). It runs in a session of
 its own, so outside the run's process group: a Ctrl-C at the terminal is the run's to handle, and
 the run's last events still need committing after it. It ends when its input closes: when the run
 closes it, or when the run's process dies, after at most the commit it was doing (the append's
 lease guard refuses anything a resume has since taken over).
+
+A child that ends before it opens the store (it could not start) leaves the commits to this process,
+on the store's own connections, as before the writer process existed.
 
 `SYNTHLEDGER_EVENT_WRITER=thread` keeps commits in the run's own process (and a store that is not
 a SQLite file always does)."""
@@ -29,19 +32,18 @@ import asyncio
 import atexit
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 from .errors import ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .records import NewEvent
+from .writer_child import HEADER, events_of
 
 ENV_WRITER = "SYNTHLEDGER_EVENT_WRITER"
-_HEADER = struct.Struct(">I")
 _KINDS = {c.__name__: c for c in (StoreError, ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreMissing)}
 _LIVE: "weakref.WeakSet[WriterProcess]" = weakref.WeakSet()
 
@@ -54,7 +56,7 @@ spec = importlib.util.spec_from_file_location(name, root + "/__init__.py", submo
 module = importlib.util.module_from_spec(spec)
 sys.modules[name] = module
 spec.loader.exec_module(module)
-importlib.import_module(name + ".store.writer_process").serve()
+importlib.import_module(name + ".store.writer_child").serve()
 """
 
 
@@ -63,22 +65,6 @@ def wanted(store: Any) -> bool:
     if os.environ.get(ENV_WRITER, "process").strip().lower() == "thread" or os.name != "posix" or not sys.executable:
         return False
     return bool(getattr(store, "_sqlite_path", None)) and not getattr(store, "read_only", True)
-
-
-def _send(stream: BinaryIO, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _receive(stream: BinaryIO) -> Any:
-    """The next message, or None at the end of the stream (also one cut short)."""
-    head = stream.read(_HEADER.size)
-    if len(head) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(head)
-    data = stream.read(size)
-    return pickle.loads(data) if len(data) == size else None
 
 
 def _read_exact(fd: int, size: int) -> bytes:
@@ -102,6 +88,10 @@ def _widen(fd: int) -> None:
         pass  # (above the system's limit: the default size works, a little slower)
 
 
+class _NeverStarted(Exception):
+    """The child ended before it answered the store's opening."""
+
+
 class WriterProcess:
     """`append` and `heartbeat` for a SQLite store, run by a child process; callable from any
     thread, one call at a time. The child starts at once and opens the store while the run gets
@@ -109,7 +99,9 @@ class WriterProcess:
 
     def __init__(self, store: Any) -> None:
         self.where = store.where
+        self._store = store
         self._lock = threading.Lock()
+        self._local = False  # the child could not start: calls run here, on `store` (see `_here`)
         self._opened = False
         self._closed = False
         self._owed = 0  # answers to calls whose caller was cancelled before reading them
@@ -146,16 +138,28 @@ class WriterProcess:
 
     def _call(self, *request: Any) -> Any:
         with self._lock:
-            self._ask(request)
-            return self._answer()
+            if not self._local:
+                try:
+                    self._ask(request)
+                    return self._answer()
+                except _NeverStarted:
+                    self._local = True
+            return self._here(request)
+
+    def _here(self, request: tuple[Any, ...]) -> Any:
+        """A call made in this process, on the store's own connections: the child ended before it
+        opened the store (its interpreter could not import what this one did, say), and a run that
+        can commit in a thread should not stop for want of a faster way."""
+        op, run_id, *rest = request
+        if op == "heartbeat":
+            return self._store.heartbeat(run_id, *rest)
+        rows, expected_seq, prev_hash, owner, status = rest
+        return self._store.append(run_id, events_of(rows), expected_seq, prev_hash, owner=owner, status=status)
 
     async def _acall(self, *request: Any, on_answer: Callable[[Any], None] | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        if not self._lock.acquire(blocking=False):  # another thread's call is out: wait for it there
-            result = await loop.run_in_executor(None, lambda: self._call(*request))
-            if on_answer is not None:
-                on_answer(result)
-            return result
+        if self._local or not self._lock.acquire(blocking=False):  # (another thread's call is out)
+            return await self._in_a_thread(loop, request, on_answer)
         answer: asyncio.Future[Any] = loop.create_future()
         sent = False
         try:
@@ -166,15 +170,27 @@ class WriterProcess:
                     await opened
                 finally:
                     loop.remove_reader(self._out)
-            self._ask(request)
-            sent = True
-            loop.add_reader(self._out, self._on_readable, loop, answer, on_answer)
-            return await answer
+            try:
+                self._ask(request)
+            except _NeverStarted:
+                self._local = True
+            else:
+                sent = True
+                loop.add_reader(self._out, self._on_readable, loop, answer, on_answer)
+                return await answer
         finally:
             loop.remove_reader(self._out)
             if sent and not (answer.done() and not answer.cancelled()):  # cancelled while the child works:
                 self._owed += 1  # its answer is the next to read, and not the next call's
             self._lock.release()
+        return await self._in_a_thread(loop, request, on_answer)  # (the child never started)
+
+    async def _in_a_thread(self, loop: asyncio.AbstractEventLoop, request: tuple[Any, ...],
+                           on_answer: Callable[[Any], None] | None) -> Any:
+        result = await loop.run_in_executor(None, lambda: self._call(*request))
+        if on_answer is not None:
+            on_answer(result)
+        return result
 
     def _on_readable(self, loop: asyncio.AbstractEventLoop, answer: "asyncio.Future[Any]",
                      on_answer: Callable[[Any], None] | None) -> None:
@@ -195,7 +211,7 @@ class WriterProcess:
         if self._closed:
             raise StoreError(f"store {self.where}: the event writer is closed")
         if not self._opened:
-            self._answer()
+            self._answer(opening=True)
             self._opened = True
         try:
             self._write(request)
@@ -204,16 +220,16 @@ class WriterProcess:
 
     def _write(self, message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        view = memoryview(_HEADER.pack(len(data)) + data)
+        view = memoryview(HEADER.pack(len(data)) + data)
         while view:
             view = view[os.write(self._in, view):]
 
-    def _answer(self) -> Any:
+    def _answer(self, opening: bool = False) -> Any:
         """The child's answer (all of it is there, or on its way: the child writes it at once)."""
         while self._owed:
             self._owed -= 1
             self._frame()
-        reply = pickle.loads(self._frame())
+        reply = pickle.loads(self._frame(opening))
         if reply[0] == "ok":
             return reply[1]
         _, kind, message, reason = reply
@@ -223,10 +239,12 @@ class WriterProcess:
             exc.orig = reason  # type: ignore[attr-defined]  # the database's own words (see engine/run/abort)
         raise exc
 
-    def _frame(self) -> bytes:
-        head = _read_exact(self._out, _HEADER.size)
-        data = _read_exact(self._out, _HEADER.unpack(head)[0]) if len(head) == _HEADER.size else b""
+    def _frame(self, opening: bool = False) -> bytes:
+        head = _read_exact(self._out, HEADER.size)
+        data = _read_exact(self._out, HEADER.unpack(head)[0]) if len(head) == HEADER.size else b""
         if not data:
+            if opening:
+                raise _NeverStarted
             self._gone()
         return data
 
@@ -264,42 +282,3 @@ def _close_live() -> None:
 
 def _rows(events: Iterable[NewEvent]) -> list[tuple[Any, ...]]:
     return [(ev.type, ev.schema_version, ev.key, ev.raw if ev.raw is not None else ev.payload) for ev in events]
-
-
-# ---- the child -------------------------------------------------------------------------------------
-
-def _error(exc: BaseException) -> tuple[str, str, str, str | None]:
-    orig = getattr(exc, "orig", None) or getattr(exc.__cause__, "orig", None)
-    return ("error", type(exc).__name__, str(exc), None if orig is None else str(orig))
-
-
-def _append(store: Any, run_id: str, rows: list[tuple[Any, ...]], expected_seq: int, prev_hash: str,
-            owner: str | None, status: str | None) -> tuple[int, str]:
-    events = [NewEvent(t, {}, v, key, body) if isinstance(body, bytes) else NewEvent(t, body, v, key)
-              for t, v, key, body in rows]
-    return store.append(run_id, events, expected_seq, prev_hash, owner=owner, status=status)
-
-
-def serve() -> None:
-    """The child's loop: open the store the first message names, then answer each call in turn."""
-    from .eventstore import EventStore
-
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    opening = _receive(inp)
-    if opening is None:
-        return
-    _, url, busy_timeout = opening
-    try:
-        store = EventStore(url, busy_timeout=busy_timeout, must_exist=True)
-    except Exception as exc:
-        _send(out, _error(exc))
-        return
-    _send(out, ("ok", None))
-    ops = {"append": _append, "heartbeat": lambda s, run_id, owner: s.heartbeat(run_id, owner)}
-    while (request := _receive(inp)) is not None:
-        try:
-            reply: Any = ("ok", ops[request[0]](store, *request[1:]))
-        except Exception as exc:
-            reply = _error(exc)
-        _send(out, reply)
-    store.close()

@@ -24,7 +24,7 @@ from synthledger.testing.projects import write_project
 from synthledger.testing.reliability import ServerProcess, check_run_exact, run_events
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK = "store.writer_process"  # in the child's command line (its bootstrap names the module)
+MARK = "store.writer_child"  # in the child's command line (its bootstrap names the module)
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,39 @@ def test_a_call_from_the_loop_cancelled_in_flight_leaves_the_next_call_its_own_a
     finally:
         writer.close()
         store.close()
+
+
+def test_a_writer_whose_process_cannot_start_commits_in_this_process(tmp_path, monkeypatch):
+    # A child that ends before it opens the store (an interpreter that cannot import the package as
+    # this one did): the run commits as it did before the writer process, not stops.
+    import synthledger.store.writer_process as wp
+
+    monkeypatch.setattr(wp, "_BOOT", "import sys; sys.exit(3)")
+    store = EventStore(f"sqlite:///{tmp_path / 'a.db'}")
+    me = owner_token()
+    run_id, last, head = store.start_run("r", {}, "h", _events(1), owner=me)
+    writer = WriterProcess(store)
+    try:
+        writer.heartbeat(run_id, me)
+        seq, head = writer.append(run_id, _events(2), last, head, owner=me)
+        import asyncio
+
+        assert asyncio.run(writer.aappend(run_id, _events(1, 2), seq, head, owner=me))[0] == 4
+        assert [e.payload["message"] for e in store.iter_events(run_id)][1:] == ["event 0", "event 1", "event 2"]
+        assert writer._proc.poll() == 3
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_run_whose_writer_process_cannot_start_completes_exactly(tmp_path, server, monkeypatch):
+    import synthledger
+    import synthledger.store.writer_process as wp
+
+    monkeypatch.setattr(wp, "_BOOT", "import sys; sys.exit(3)")
+    monkeypatch.delenv(ENV_WRITER, raising=False)
+    config = _project(tmp_path, server.url, 40)
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    result = synthledger.generate(str(config), store=store)
+    assert result.status == "budget_exhausted", result
+    check_run_exact(store, result.run_id, 40)
