@@ -6,11 +6,13 @@ killed with the child still alive. `SYNTHLEDGER_EVENT_WRITER=thread` keeps commi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -224,79 +226,82 @@ def test_the_writer_appends_what_the_store_would_and_refuses_what_it_would_in_it
         writer.append(run_id, _events(1), 4, "x", owner=me)
 
 
-def test_a_writer_whose_process_died_says_so_in_one_line(tmp_path):
+@dataclass
+class OneRun:
+    """A store holding one run (its first event written), and a writer process for it."""
+    store: EventStore
+    writer: WriterProcess
+    run_id: str
+    owner: str
+    last: int
+    head: str
+
+
+@pytest.fixture
+def one_run(tmp_path):
     store = EventStore(f"sqlite:///{tmp_path / 'a.db'}")
     me = owner_token()
     run_id, last, head = store.start_run("r", {}, "h", _events(1), owner=me)
     writer = WriterProcess(store)
     try:
-        writer.heartbeat(run_id, me)
-        os.kill(writer._proc.pid, signal.SIGKILL)
-        writer._proc.wait(10)
-        with pytest.raises(StoreError, match=r"ended unexpectedly \(killed by signal 9\)") as died:
-            writer.append(run_id, _events(2), last, head, owner=me)
-        assert "\n" not in str(died.value) and str(tmp_path) in str(died.value)
+        yield OneRun(store, writer, run_id, me, last, head)
     finally:
         writer.close()
         store.close()
 
 
-def test_a_call_from_the_loop_cancelled_in_flight_leaves_the_next_call_its_own_answer(tmp_path):
-    import asyncio
+def test_a_writer_whose_process_died_says_so_in_one_line(one_run, tmp_path):
+    r = one_run
+    r.writer.heartbeat(r.run_id, r.owner)
+    os.kill(r.writer._proc.pid, signal.SIGKILL)
+    r.writer._proc.wait(10)
+    with pytest.raises(StoreError, match=r"ended unexpectedly \(killed by signal 9\)") as died:
+        r.writer.append(r.run_id, _events(2), r.last, r.head, owner=r.owner)
+    assert "\n" not in str(died.value) and str(tmp_path) in str(died.value)
 
-    store = EventStore(f"sqlite:///{tmp_path / 'a.db'}")
-    me = owner_token()
-    run_id, last, head = store.start_run("r", {}, "h", _events(1), owner=me)
-    writer = WriterProcess(store)
+
+def test_a_call_from_the_loop_cancelled_in_flight_leaves_the_next_call_its_own_answer(one_run):
+    r = one_run
 
     async def cancelled_in_flight() -> None:
-        task = asyncio.create_task(writer.aappend(run_id, _events(2), last, head, owner=me))
+        task = asyncio.create_task(r.writer.aappend(r.run_id, _events(2), r.last, r.head, owner=r.owner))
         await asyncio.sleep(0)  # the request is out; the task waits for the child's answer
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    try:
-        writer.heartbeat(run_id, me)  # (the store is open in the child)
-        asyncio.run(cancelled_in_flight())
-        writer.heartbeat(run_id, me)  # answered after the cancelled call's answer, which it must skip
-        now = store.get_run(run_id)
-        assert now.last_seq == 3  # the child did append: it had the request
-        assert writer.append(run_id, _events(1, 5), now.last_seq, now.head_hash, owner=me)[0] == 4
-        assert asyncio.run(writer.aappend(run_id, _events(1, 6), 4, store.get_run(run_id).head_hash, owner=me))[0] == 5
-    finally:
-        writer.close()
-        store.close()
+    r.writer.heartbeat(r.run_id, r.owner)  # (the store is open in the child)
+    asyncio.run(cancelled_in_flight())
+    r.writer.heartbeat(r.run_id, r.owner)  # answered after the cancelled call's answer, which it must skip
+    now = r.store.get_run(r.run_id)
+    assert now.last_seq == 3  # the child did append: it had the request
+    assert r.writer.append(r.run_id, _events(1, 5), now.last_seq, now.head_hash, owner=r.owner)[0] == 4
+    head = r.store.get_run(r.run_id).head_hash
+    assert asyncio.run(r.writer.aappend(r.run_id, _events(1, 6), 4, head, owner=r.owner))[0] == 5
 
 
-def test_a_writer_whose_process_cannot_start_commits_in_this_process(tmp_path, monkeypatch):
-    # A child that ends before it opens the store (an interpreter that cannot import the package as
-    # this one did): the run commits as it did before the writer process, not stops.
+@pytest.fixture
+def no_child(monkeypatch):
+    """A writer process that ends at once, before it opens the store (an interpreter that cannot
+    import the package as this one did, say)."""
     import synthledger.store.writer_process as wp
 
     monkeypatch.setattr(wp, "_BOOT", "import sys; sys.exit(3)")
-    store = EventStore(f"sqlite:///{tmp_path / 'a.db'}")
-    me = owner_token()
-    run_id, last, head = store.start_run("r", {}, "h", _events(1), owner=me)
-    writer = WriterProcess(store)
-    try:
-        writer.heartbeat(run_id, me)
-        seq, head = writer.append(run_id, _events(2), last, head, owner=me)
-        import asyncio
-
-        assert asyncio.run(writer.aappend(run_id, _events(1, 2), seq, head, owner=me))[0] == 4
-        assert [e.payload["message"] for e in store.iter_events(run_id)][1:] == ["event 0", "event 1", "event 2"]
-        assert writer._proc.poll() == 3
-    finally:
-        writer.close()
-        store.close()
 
 
-def test_a_run_whose_writer_process_cannot_start_completes_exactly(tmp_path, server, monkeypatch):
+def test_a_writer_whose_process_cannot_start_commits_in_this_process(no_child, one_run):
+    # The run commits as it did before the writer process, rather than stop.
+    r = one_run
+    r.writer.heartbeat(r.run_id, r.owner)
+    seq, head = r.writer.append(r.run_id, _events(2), r.last, r.head, owner=r.owner)
+    assert asyncio.run(r.writer.aappend(r.run_id, _events(1, 2), seq, head, owner=r.owner))[0] == 4
+    assert [e.payload["message"] for e in r.store.iter_events(r.run_id)][1:] == ["event 0", "event 1", "event 2"]
+    assert r.writer._proc.poll() == 3
+
+
+def test_a_run_whose_writer_process_cannot_start_completes_exactly(no_child, tmp_path, server, monkeypatch):
     import synthledger
-    import synthledger.store.writer_process as wp
 
-    monkeypatch.setattr(wp, "_BOOT", "import sys; sys.exit(3)")
     monkeypatch.delenv(ENV_WRITER, raising=False)
     config = _project(tmp_path, server.url, 40)
     store = f"sqlite:///{tmp_path / 'store.db'}"
