@@ -163,6 +163,11 @@ class EventStore(KeyIndex):
         if not present:
             raise StoreMissing(f"store {self.where} does not exist (the database holds no synthledger tables)")
 
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite file this store is, or None (a server database, or one in memory)."""
+        return self._sqlite_path
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -37,11 +37,14 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn
 
 from .errors import ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreError, StoreMissing
 from .records import NewEvent
 from .writer_child import HEADER, events_of
+
+if TYPE_CHECKING:
+    from .eventstore import EventStore
 
 ENV_WRITER = "SYNTHLEDGER_EVENT_WRITER"
 _KINDS = {c.__name__: c for c in (StoreError, ConcurrencyError, RunMovedOn, RunNotFound, StoreBusy, StoreMissing)}
@@ -60,11 +63,11 @@ importlib.import_module(name + ".store.writer_child").serve()
 """
 
 
-def wanted(store: Any) -> bool:
+def wanted(store: EventStore) -> bool:
     """Whether `store`'s commits go to a child process: a SQLite file that can be written."""
     if os.environ.get(ENV_WRITER, "process").strip().lower() == "thread" or os.name != "posix" or not sys.executable:
         return False
-    return bool(getattr(store, "_sqlite_path", None)) and not getattr(store, "read_only", True)
+    return store.sqlite_file is not None and not store.read_only
 
 
 def _read_exact(fd: int, size: int) -> bytes:
@@ -97,7 +100,7 @@ class WriterProcess:
     thread, one call at a time. The child starts at once and opens the store while the run gets
     ready; the first call waits for that."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: EventStore) -> None:
         self.where = store.where
         self._store = store
         self._lock = threading.Lock()

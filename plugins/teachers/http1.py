@@ -25,6 +25,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from synthledger import __version__
+from synthledger.engine.proxies import without_credentials
 
 from .http1_connection import Connection
 from .http1_errors import (BadResponse, ConnectFailed, ConnectTimeout, Disconnected, HttpFailure, ReadTimeout,
@@ -85,11 +86,10 @@ def unsupported_proxy(proxy: str, origin: str = "the proxy") -> str | None:
     """Why `proxy` cannot be used (None if it can): this client speaks plain HTTP to a proxy, and an
     https:// request goes through it in a CONNECT tunnel, encrypted end to end all the same. The
     message says what to change; the proxy is shown without credentials."""
-    parts = urlsplit(proxy)
-    scheme = parts.scheme.lower()
+    scheme = urlsplit(proxy).scheme.lower()
     if scheme == "http":
         return None
-    shown = f"{scheme}://{parts.netloc.rpartition('@')[2]}"
+    shown = without_credentials(proxy)
     if scheme == "https":
         fix = "give it as http:// (a CONNECT tunnel still encrypts end to end)"
     else:
