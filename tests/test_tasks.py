@@ -90,8 +90,8 @@ def test_every_task_has_an_instruction_and_is_registered():
 
 
 # Text made of what numbers are made of, and what sits around them, so that signs, points and
-# thousands groups meet in every order.
-_NUMBERISH = st.text(alphabet="0123456789-+.,/ $aA\nnswer:is\u2212", max_size=60)
+# thousands groups meet in every order (and digits of other scripts, which `\\d` matches too).
+_NUMBERISH = st.text(alphabet="0123456789-+.,/ $aA\nnswer:is\u2212\u0663\uff15", max_size=60)
 
 
 @settings(max_examples=3000, deadline=None)
