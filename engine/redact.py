@@ -192,14 +192,16 @@ def _suspect(text: str) -> bool:
 
 
 def _suspect_bytes(raw: bytes, shapes: bool) -> bool:
-    for s in _b_known:  # (a loop, not any(): this runs for every event, and a generator costs more)
-        if s in raw:
+    # (A loop, not any(): this runs for every event, and a generator costs more. `find`, not `in`:
+    # `in` first tries its operand as an integer, making and clearing a TypeError each time.)
+    for s in _b_known:
+        if raw.find(s) != -1:
             return True
     if not shapes:
         return False
     if _B_HINT.search(raw) is not None:
         return True
-    return b"=" in raw and _B_QUERY.search(raw) is not None
+    return raw.find(b"=") != -1 and _B_QUERY.search(raw) is not None
 
 
 def scrub(text: str) -> str:

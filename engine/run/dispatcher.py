@@ -39,6 +39,7 @@ __all__ = ["Dispatcher", "request_key"]
 # How many settled answers stay in memory for repeats of the same query (older ones are read back
 # from the store): enough for any verifier's look-back, small enough that memory stays flat.
 ANSWER_CACHE = 4096
+_SHA256 = hashlib.sha256()
 
 
 def request_key(provider: str, model: str, params: dict[str, Any], messages: list[dict[str, str]],
@@ -51,7 +52,9 @@ def request_key(provider: str, model: str, params: dict[str, Any], messages: lis
                              "why": purpose}
     if replicate:
         ident["rep"] = replicate
-    return hashlib.sha256(canonical(ident)).hexdigest()
+    h = _SHA256.copy()  # (a new sha256() looks its algorithm up in OpenSSL each time: a copy does not)
+    h.update(canonical(ident))
+    return h.hexdigest()
 
 
 # (source run id, source seq, payload of its query_settled event) of an identical query settled at
