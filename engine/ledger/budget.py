@@ -49,6 +49,13 @@ class Limits:
     def is_empty(self) -> bool:
         return all(getattr(self, d) is None for d in DIMENSIONS)
 
+    @functools.cached_property
+    def bound(self) -> tuple[tuple[str, Any], ...]:
+        """(dimension, limit) of each limit set: what a check against these limits looks at. The
+        ledger checks a query's limits at its reservation and again at its settlement, and nearly
+        every run sets one or two of the four. (Limits are frozen: found once.)"""
+        return tuple((d, getattr(self, d)) for d in DIMENSIONS if getattr(self, d) is not None)
+
     def scaled(self, fraction: float) -> "Limits":
         """A share of these limits (for mixes). Integer dimensions round down so shares never sum above."""
         def part(v: Any, integral: bool) -> Any:
@@ -64,7 +71,7 @@ class Limits:
         give the units left over to the largest remainders (the first listed on ties): the shares
         add up to the limit exactly, and each is within one of its fraction."""
         shares = {name: self.scaled(f) for name, f in fractions.items()}
-        out = {name: dict(vars(limits)) for name, limits in shares.items()}
+        out = {name: limits.as_dict() for name, limits in shares.items()}
         for d in DIMENSIONS[:3]:
             total = getattr(self, d)
             if total is None or not fractions:

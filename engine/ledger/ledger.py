@@ -115,9 +115,8 @@ class Ledger(BatchFold, LedgerReport):
         admission of plan items (run/admission.py) and the fold's own violation check use it."""
         spent = self.spent.get(scope) or _NOTHING
         held = self.reserved.get(scope) or _NOTHING
-        for dim in dims:
-            limit = getattr(limits, dim)
-            if limit is None:
+        for dim, limit in limits.bound:
+            if dims is not DIMENSIONS and dim not in dims:
                 continue
             used = getattr(spent, dim) + getattr(held, dim)
             if extra is not None:
