@@ -90,6 +90,9 @@ def parse_reset(value: str | None) -> float | None:
     return wait_seconds(total)
 
 
+_NAMES = tuple(f"x-ratelimit-{what}-{of}" for of in ("requests", "tokens") for what in ("limit", "remaining", "reset"))
+
+
 def rate_limits_from_headers(headers: Any) -> RateLimitInfo | None:
     """Read the de-facto `x-ratelimit-*` headers (OpenAI, vLLM proxies, our test server)."""
     if headers is None:
@@ -98,6 +101,11 @@ def rate_limits_from_headers(headers: Any) -> RateLimitInfo | None:
     def geti(name: str) -> int | None:
         return header_count(headers.get(name))
 
+    for name in _NAMES:  # (a provider that sends none: asked of every reply)
+        if headers.get(name) is not None:
+            break
+    else:
+        return None
     info = RateLimitInfo(
         limit_requests=geti("x-ratelimit-limit-requests"),
         remaining_requests=geti("x-ratelimit-remaining-requests"),
