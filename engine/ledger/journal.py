@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import anyio
 import anyio.lowlevel
@@ -69,7 +69,8 @@ class Journal:
         self.appender = appender if appender is not None else store  # `append`, `heartbeat` (see writer_process)
         self.run_id = run_id
         self.owner = owner
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: list[tuple[Subscriber, frozenset[str] | None]] = []
+        self._by_type: dict[str, tuple[Subscriber, ...]] = {}  # type -> its subscribers, found once
         self.durable_each = durable_each
         self.max_batch = max_batch
         self.heartbeat_s = heartbeat_s
@@ -96,9 +97,16 @@ class Journal:
                                              owner=owner, run_id=run_id)
         return cls(store, run_id, last, head, owner, **options)
 
-    def subscribe(self, fn: Subscriber) -> None:
-        """Call `fn(seq, type, payload)` with every event emitted from now on, as it is emitted."""
-        self._subscribers.append(fn)
+    def subscribe(self, fn: Subscriber, types: Iterable[str] | None = None) -> None:
+        """Call `fn(seq, type, payload)` with every event emitted from now on, as it is emitted; with
+        `types`, only with events of those types (a run emits six a query, and most subscribers
+        care about one or two of them)."""
+        self._subscribers.append((fn, None if types is None else frozenset(types)))
+        self._by_type.clear()
+
+    def _subscribers_of(self, type_: str) -> tuple[Subscriber, ...]:
+        fns = self._by_type[type_] = tuple(fn for fn, types in self._subscribers if types is None or type_ in types)
+        return fns
 
     @property
     def last_seq(self) -> int:
@@ -145,7 +153,8 @@ class Journal:
         new = _new_event(type_, payload)
         seq = self._next_seq
         self._next_seq += 1
-        for fn in self._subscribers:
+        fns = self._by_type.get(type_)
+        for fn in fns if fns is not None else self._subscribers_of(type_):
             fn(seq, type_, new.payload)
         self._pending.append(new)
         if self.durable_each:

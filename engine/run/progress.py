@@ -98,6 +98,10 @@ class RunProgress:
         self._paused_until: dict[str, float] = {}  # model -> when the last pause this session saw ends
 
     # ---- inputs --------------------------------------------------------------------------
+    # What `on_event` reads: the journal hands it these types only.
+    EVENTS = frozenset({SampleAccepted.TYPE, SampleRejected.TYPE, RateAdjusted.TYPE, RunWarning.TYPE,
+                        AttemptFailed.TYPE, QueryAbandoned.TYPE})
+
     def on_event(self, seq: int, type_: str, payload: dict[str, Any]) -> None:
         """Fed every event the run records: counts samples, keeps the latest error for the live
         view, and says a run warning once, on the terminal or in the log, whether or not progress is shown."""

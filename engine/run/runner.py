@@ -153,7 +153,7 @@ class Runner(RunSession):
         status, message = "interrupted", "stopped before the plan finished"
         progress = RunProgress(self.ledger, self.cfg.run.name, enabled=self.show_progress,
                                accepted=self._samples_before[0], rejected=self._samples_before[1])
-        self.recorder.subscribe(progress.on_event)
+        self.recorder.subscribe(progress.on_event, RunProgress.EVENTS)
         try:
             with progress:
                 async with anyio.create_task_group() as outer:
