@@ -186,7 +186,8 @@ def test_a_greedy_teacher_buys_copies_which_are_rejected_and_said_once(tmp_path)
     assert len(export(f"sqlite:///{tmp_path / 's.db'}", run_id, "jsonl", tmp_path / "o.jsonl")) == 4
     quality = data_quality(store, run_id)["overall"]
     assert (quality["duplicates"], quality["duplicate_rate"]) == (12, 0.75)
-    assert any("ignore sampling" in w for w in data_quality(store, run_id)["warnings"])
+    assert any(w["kind"] == "sampling_ignored" and "ignore sampling" in w["message"]
+               for w in data_quality(store, run_id)["warnings"])
 
 
 def test_a_sampling_teacher_gets_no_duplicate_rejections_and_no_warning(tmp_path):
@@ -348,8 +349,8 @@ def test_data_quality_per_strategy_and_role(mixed_run):
     wrong = kinds[("verification", "final answer differs from reference")]
     assert wrong["count"] == overall["with_reference"] - overall["agreeing"]
     assert re.fullmatch(r"final answer \d+ differs from reference \d+", wrong["example"])
-    assert any(w.startswith("low agreement: the teacher's final answers agree with the seeds' references in only ")
-               for w in quality["warnings"])
+    assert any(w["kind"] == "low_agreement" and w["message"].startswith(
+        "low agreement: the teacher's final answers agree with the seeds' references in only ") for w in quality["warnings"])
 
 
 def test_show_prints_tables_grouped_rejections_and_the_warning(mixed_run):

@@ -182,18 +182,23 @@ def data_quality(store: EventStore, run_id: str) -> dict[str, Any]:
     return fold_quality(store.iter_events(run_id, types=list(QUALITY_EVENTS)))
 
 
-def _warnings(overall: dict[str, Any], recorded: dict[str, str]) -> list[str]:
-    # The live warnings judged the first answers; the whole run's figures below say it better.
-    out = [message for kind, message in recorded.items() if kind not in ("low_agreement", "truncated_replies")]
+def _warnings(overall: dict[str, Any], recorded: dict[str, str]) -> list[dict[str, str]]:
+    """Each with its kind (as the run recorded it), so a reader of `show --json` can tell them apart
+    without matching their words. The live warnings judged the first answers; the whole run's figures
+    below say it better, under the same kinds."""
+    out = [{"kind": kind, "message": message} for kind, message in recorded.items()
+           if kind not in ("low_agreement", "truncated_replies")]
     n, agreeing = overall["with_reference"], overall["agreeing"]
     if low_agreement(agreeing, n):
-        out.append(f"low agreement: the teacher's final answers agree with the seeds' references in only "
-                   f"{agreeing} of {n} answers ({agreeing / n:.0%}); check the seeds' answers, [task] name, the "
-                   "answer template and max_tokens before training on this data")
+        out.append({"kind": "low_agreement", "message": (
+            f"low agreement: the teacher's final answers agree with the seeds' references in only "
+            f"{agreeing} of {n} answers ({agreeing / n:.0%}); check the seeds' answers, [task] name, the "
+            "answer template and max_tokens before training on this data")})
     for role, r in overall["roles"].items():
         if high_truncation(r["truncated"], r["replies"]):
-            out.append(f"{r['truncated']} of {r['replies']} {role} replies were cut off at max_tokens "
-                       f"({r['truncated'] / r['replies']:.0%}); raise max_tokens for the {role}")
+            out.append({"kind": "truncated_replies", "message": (
+                f"{r['truncated']} of {r['replies']} {role} replies were cut off at max_tokens "
+                f"({r['truncated'] / r['replies']:.0%}); raise max_tokens for the {role}")})
     return out
 
 

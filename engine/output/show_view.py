@@ -68,7 +68,7 @@ def _render_generate(s: dict[str, Any], console: Console) -> None:
         if key not in (*_HEADER_KEYS, "spend", "budget", "queries", "samples", "diversity", "rejected", "data_quality"):
             _line(console, key, value if isinstance(value, dict) else {"value": value})
     for warning in dq["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning['message'])}", highlight=False, soft_wrap=True)
 
 
 def _quality_table(dq: dict[str, Any], console: Console) -> None:
