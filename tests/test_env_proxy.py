@@ -9,12 +9,12 @@ import socket
 
 import pytest
 
-from synthledger.engine.api import ChatRequest
 from synthledger.engine.proxies import environment_proxy_source
 from synthledger.plugins.teachers.env_proxy import env_proxy
 from synthledger.plugins.teachers.openai_compatible import OpenAICompatibleTeacher
 from synthledger.plugins.teachers.settings import TeacherSettings
 from synthledger.testing.server import ServerConfig, TeacherServer
+from synthledger.testing.teacher_calls import ask_once
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +46,7 @@ def dead_port() -> int:
 
 
 async def answered(base_url: str) -> bool:
-    t = OpenAICompatibleTeacher(TeacherSettings(provider="openai-compatible", model="test-teacher", base_url=base_url))
-    try:
-        out = await t.complete(ChatRequest(model="test-teacher", messages=({"role": "user", "content": "q"},),
-                                           max_tokens=8))
-    finally:
-        await t.aclose()
-    return bool(out.texts and out.texts[0])
+    return bool(await ask_once(base_url))
 
 
 def test_all_proxy_serves_every_scheme_below_the_schemes_own(env):
@@ -105,12 +99,12 @@ async def test_a_cidr_block_in_no_proxy_keeps_a_local_teacher_off_the_proxy(env,
     ("https_proxy", "https://bob:Pr0xyPassw0rd@proxy.corp:3129",
      "the proxy in https_proxy ('https://proxy.corp:3129') is https://, which is not supported: "
      "give it as http:// (a CONNECT tunnel still encrypts end to end)"),
-    ("ALL_PROXY", "socks5://127.0.0.1:1080",
-     "the proxy in ALL_PROXY ('socks5://127.0.0.1:1080') is socks5://, which is not supported: name an "
-     "http:// proxy instead (a CONNECT tunnel still encrypts https end to end), or list the teacher's host "
-     "in NO_PROXY"),
+    ("ALL_PROXY", "socks4://127.0.0.1:1080",
+     "the proxy in ALL_PROXY ('socks4://127.0.0.1:1080') is socks4://, which is not supported: name an "
+     "http:// or socks5:// proxy instead (https still goes encrypted end to end through either), or list the "
+     "teacher's host in NO_PROXY"),
 ])
-def test_a_proxy_that_is_not_http_is_refused_naming_its_variable_and_the_fix(env, name, proxy, message):
+def test_a_proxy_the_client_cannot_speak_to_is_refused_naming_its_variable_and_the_fix(env, name, proxy, message):
     """QA: `proxy 'https://…': only http:// proxies are supported`, which named neither where the
     proxy came from nor what to do (and showed the proxy's password, had it one)."""
     env(**{name: proxy})

@@ -3,9 +3,10 @@
 The official SDKs (httpx) honour these variables, so behind a company proxy `openai` reached the
 teacher and `openai-compatible` must too. Read once per teacher, with the standard library's own
 rules plus httpx's (`engine.proxies.environment_proxy_source`); its credentials become a
-`Proxy-Authorization` header, and the password is registered as a secret so it is never written.
-A proxy the client cannot speak to (https://, socks5://) fails here, at start-up, naming the
-variable it came from: the user's fix is in their environment, not in the config.
+`Proxy-Authorization` header (a SOCKS5 proxy gets them in its own login instead), and the password
+is registered as a secret so it is never written. A proxy the client cannot speak to (https://,
+socks4://) fails here, at start-up, naming the variable it came from: the user's fix is in their
+environment, not in the config.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .http1 import unsupported_proxy
 
 def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
     """(proxy URL without credentials, headers for the proxy) or (None, None); ValueError for a
-    proxy that is not http://."""
+    proxy that is neither http:// nor socks5(h)://."""
     found = environment_proxy_source(url)
     if found is None:
         return None, None

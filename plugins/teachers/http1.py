@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from synthledger import __version__
 from synthledger.engine.proxies import without_credentials
 
+from . import socks5
 from .http1_connection import Connection
 from .http1_errors import (BadResponse, ConnectFailed, ConnectTimeout, Disconnected, HttpFailure, ReadTimeout,
                            Response)
@@ -54,6 +55,7 @@ class Target(NamedTuple):
     host_header: bytes
     tunnel: bytes | None  # a CONNECT request line to a proxy, for https through it
     tls_host: str | None  # server name for TLS; None for plain http
+    socks: tuple[str, int, bool] | None = None  # a SOCKS5 proxy's host, port, and whether it resolves names
 
 
 def parse_url(url: str) -> tuple[str, str, int, str]:
@@ -83,18 +85,19 @@ def endpoint_url(base_url: str, path: str) -> str:
 
 
 def unsupported_proxy(proxy: str, origin: str = "the proxy") -> str | None:
-    """Why `proxy` cannot be used (None if it can): this client speaks plain HTTP to a proxy, and an
-    https:// request goes through it in a CONNECT tunnel, encrypted end to end all the same. The
-    message says what to change; the proxy is shown without credentials."""
+    """Why `proxy` cannot be used (None if it can): this client speaks plain HTTP to an http://
+    proxy (an https:// request goes through it in a CONNECT tunnel, encrypted end to end all the
+    same), and SOCKS5 to a socks5:// or socks5h:// one. The message says what to change; the proxy
+    is shown without credentials."""
     scheme = urlsplit(proxy).scheme.lower()
-    if scheme == "http":
+    if scheme == "http" or scheme in socks5.SCHEMES:
         return None
     shown = without_credentials(proxy)
     if scheme == "https":
         fix = "give it as http:// (a CONNECT tunnel still encrypts end to end)"
     else:
-        fix = ("name an http:// proxy instead (a CONNECT tunnel still encrypts https end to end), "
-               "or list the teacher's host in NO_PROXY")
+        fix = ("name an http:// or socks5:// proxy instead (https still goes encrypted end to end through "
+               "either), or list the teacher's host in NO_PROXY")
     return f"{origin} ({shown!r}) is {scheme}://, which is not supported: {fix}"
 
 
@@ -108,6 +111,10 @@ def target_for(url: str, proxy: str | None = None) -> Target:
     problem = unsupported_proxy(proxy)
     if problem is not None:
         raise ValueError(problem)
+    remote_dns = socks5.SCHEMES.get(urlsplit(proxy).scheme.lower())
+    if remote_dns is not None:  # the proxy only opens the connection: the request is as sent direct
+        p_host, p_port = socks5.proxy_address(proxy)
+        return Target(scheme, host, port, path.encode(), authority.encode(), None, tls, (p_host, p_port, remote_dns))
     _, p_host, p_port, _ = parse_url(proxy)
     if scheme == "http":  # a plain-http request goes to the proxy whole, its URL absolute
         return Target(scheme, p_host, p_port, f"http://{authority}{path}".encode(), authority.encode(), None, None)
@@ -134,7 +141,7 @@ def request_head(target: Target, headers: dict[str, str], proxy_headers: dict[st
     twice (two Host headers are a 400). `proxy_headers` ride along only on a plain-http request sent
     to the proxy; a tunnel's are on its CONNECT, whose Host stays the target's."""
     given: dict[str, tuple[str, str]] = {}
-    to_proxy = proxy_headers if proxy_headers and target.tunnel is None else {}
+    to_proxy = proxy_headers if proxy_headers and target.tunnel is None and target.socks is None else {}
     for name, value in [*headers.items(), *to_proxy.items()]:
         if name.lower() in FRAMING:
             raise ValueError(f"header {name!r} cannot be set: the client frames each request body itself "
@@ -172,6 +179,7 @@ class Http1Client:
         self.target = target_for(url, proxy)
         self._head = request_head(self.target, headers, proxy_headers)
         self._tunnel = None
+        self._socks_login = socks5.login_from(proxy_headers) if self.target.socks is not None else None
         if self.target.tunnel is not None:
             auth = b"".join(header_line(k, v) + b"\r\n" for k, v in (proxy_headers or {}).items())
             self._tunnel = self.target.tunnel + auth + b"\r\n"
@@ -240,6 +248,8 @@ class Http1Client:
         loop = asyncio.get_running_loop()
         t = self.target
         try:
+            if t.socks is not None:
+                return await asyncio.wait_for(self._connect_through_socks(loop), self.connect_timeout)
             if self._tunnel is None:
                 _, conn = await asyncio.wait_for(loop.create_connection(
                     Connection, t.host, t.port, ssl=self._ssl, server_hostname=t.tls_host), self.connect_timeout)
@@ -249,6 +259,18 @@ class Http1Client:
             raise ConnectTimeout(f"connect timed out after {self.connect_timeout:g}s") from exc
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {t.host}:{t.port}: {exc}") from exc
+
+    async def _connect_through_socks(self, loop: asyncio.AbstractEventLoop) -> "Connection":
+        """The SOCKS5 proxy's tunnel to the teacher, then (for https) TLS inside it."""
+        t = self.target
+        p_host, p_port, remote_dns = t.socks  # type: ignore[misc]
+        sock = await socks5.open_tunnel(p_host, p_port, t.host, t.port, remote_dns=remote_dns, login=self._socks_login)
+        try:
+            _, conn = await loop.create_connection(Connection, sock=sock, ssl=self._ssl, server_hostname=t.tls_host)
+        except BaseException:
+            sock.close()
+            raise
+        return conn
 
     async def _connect_through_proxy(self, loop: asyncio.AbstractEventLoop) -> "Connection":
         """A CONNECT tunnel to the proxy, then TLS inside it."""
