@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Any
@@ -21,6 +22,7 @@ from .eventloop import drive, use_uvloop
 from .config import RunConfig
 from .runner import Runner, RunResult
 from .stacks_on_request import StacksOnRequest
+from .start_wait import StartWait
 from .stop_watchdog import POLL_S, StopWatchdog, resume_hint
 from .store_choice import StoreChoice
 
@@ -148,6 +150,15 @@ def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None,
             announce(f"warning: {line}")
     if hold_signals:
         _hold_signals()
+    with StartWait(_STOP_SIGNALS, runner.store.where) if hold_signals else contextlib.nullcontext() as waiting:
+        _start(runner, cfg, resume, run_id)
+        if waiting is not None:
+            waiting.started()
+    return runner
+
+
+def _start(runner: Runner, cfg: RunConfig, resume: bool, run_id: str | None) -> None:
+    """The run's first write: a new run's start, or a resume's lease and its `run_resumed`."""
     try:
         if run_id:
             runner.start_resume(runner.store.resolve(run_id).id)
@@ -162,7 +173,6 @@ def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None,
             runner.start_new()
     except dberrors.DatabaseError as exc:  # the store refused the run's start or its lease (read-only, full, locked)
         raise start_error(runner.store, exc) from None
-    return runner
 
 
 def event_loop_running() -> bool:
