@@ -51,7 +51,7 @@ async def _run_with_signals(runner: Runner, grace_s: float = STOP_GRACE_S, comma
     watched = {sig for sig, handler in previous.items() if handler is not signal.SIG_IGN}
     try:
         hint = resume_hint(runner.store_choice if command is not None else None)
-        return await _run_listening(runner, grace_s, StopWatchdog(watched, hint))
+        return await _run_listening(runner, grace_s, StopWatchdog(watched, hint, on_signal=runner.stop_sending))
     finally:
         for sig, handler in previous.items():
             if handler is not None:  # (None: set outside Python, nothing we can put back)
@@ -151,9 +151,9 @@ def prepare(cfg: RunConfig, store: EventStore | StoreChoice | str | None = None,
     if hold_signals:
         _hold_signals()
     with StartWait(_STOP_SIGNALS, runner.store.where) if hold_signals else contextlib.nullcontext() as waiting:
-        _start(runner, cfg, resume, run_id)
         if waiting is not None:
-            waiting.started()
+            runner.first_write = waiting.started
+        _start(runner, cfg, resume, run_id)
     return runner
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from ... import __version__
 from ...store.errors import ConcurrencyError, NameTaken, RunMovedOn
@@ -52,6 +52,9 @@ class RunSession:
                  show_progress: bool = True, create: bool = True) -> None:
         self.cfg = cfg
         self.show_progress = show_progress
+        # Called the moment the run's first write is in (a new run's start, a resume's lease): until
+        # then a stop signal may end the process with nothing recorded (see start_wait.py).
+        self.first_write: Callable[[], None] = lambda: None
         # Everything that can fail on bad input happens before the store is even opened.
         self.parts: Parts = build_parts(cfg)
         self.endpoints = build_endpoints(cfg, self.parts.roles)
@@ -118,6 +121,7 @@ class RunSession:
         except NameTaken:
             self._check_name_free(cfg.run.name)  # says which run has it, and how to go on
             raise
+        self.first_write()
         crashpoints.committed()
         self.ledger = Ledger(self.parts.budget)
         self.ledger.apply(last, type_, payload)
@@ -136,6 +140,7 @@ class RunSession:
             state = self._fold_for_resume(run_id, info_before)
             try:  # only while the log still ends where it was read (a holder thought gone may live)
                 self.store.acquire(run_id, self.owner, ttl_s=self.cfg.run.lease_ttl_s, at_seq=info_before.last_seq)
+                self.first_write()
                 break
             except RunMovedOn:
                 continue  # read it again: its holder may now be seen alive, or it finished
