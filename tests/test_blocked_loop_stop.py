@@ -64,7 +64,7 @@ class SleepyStrategy(Strategy):
             if os.environ.get("SLEEPY_HOW") == "spin":
                 while True:
                     pass
-            time.sleep(600)
+            time.sleep(float(os.environ.get("SLEEPY_FOR", "600")))
         return Sample(question=item.seed.question, answer=text.strip(), seed_id=item.seed.id, strategy=self.name)
 
 
@@ -220,6 +220,31 @@ def test_a_loop_that_is_not_blocked_still_stops_gracefully(plugin_path, tmp_path
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "interrupted" in out, (out, err)
     assert "stopping:" in err and "stopped hard" not in err and "Traceback" not in err, err
+    audit = _cli(plugin_path, tmp_path, "audit", "sleepy-run", "--json", "--store", store)
+    report = json.loads(audit.stdout)
+    assert report["ok"] and report["status"] == "interrupted" and report["counts"]["lost"] == 0, report
+
+
+def test_nothing_more_is_sent_once_a_signal_came_during_a_short_block(plugin_path, tmp_path):
+    """QA: Ctrl-C while a plugin held the loop for a moment (shorter than the watchdog's wait): when
+    the block ended, the items that were ready went on, and more requests went out before the loop
+    took the signal. The signal is noted as it comes; nothing is sent after it."""
+    with run_in_thread(ServerConfig(latency_ms=50)) as srv:
+        store = _project(tmp_path, srv.url, concurrency=3, seeds=12)
+        mark = tmp_path / "blocking"
+        proc = subprocess.Popen([sys.executable, CLI, "generate", "-c", "run.toml", "--no-progress", "--store",
+                                 store], cwd=tmp_path, env=_env(plugin_path, SLEEPY_MARK=str(mark), SLEEPY_FOR="2"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not mark.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.5)  # the loop is held; the requests that were out have come back by now
+        sent_before = srv.stats()["received"]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        sent_after = srv.stats()["received"]
+    assert proc.returncode == 1 and "interrupted" in out and "stopped hard" not in err, (out, err)
+    assert sent_after == sent_before, (sent_before, sent_after)
     audit = _cli(plugin_path, tmp_path, "audit", "sleepy-run", "--json", "--store", store)
     report = json.loads(audit.stdout)
     assert report["ok"] and report["status"] == "interrupted" and report["counts"]["lost"] == 0, report

@@ -111,6 +111,12 @@ class Runner(RunSession):
             queue.stop()
         self._notify_item()
 
+    def stop_sending(self) -> None:
+        """Send nothing more; safe in a signal handler (it only sets a flag). The loop then stops the
+        run as `request_stop` says, when it takes the signal."""
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.stopping = True
+
     def hard_stop(self) -> None:
         """Cancel whatever is still in flight; its attempts are recorded as possibly billed."""
         self.request_stop()

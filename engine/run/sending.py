@@ -75,6 +75,11 @@ class Sender:
                 # the send: the attempt surely never went out, and its record must say how it ended.
                 self._cancelled(members, False, "not sent: the run stopped before its send")
                 raise
+            if self.stopping:  # a stop signal came while the dispatch was being recorded: not sent
+                self._cancelled(members, False, "not sent: the run stopped before its send")
+                for m in members:
+                    self._abandon(m.qid, True, "the run stopped before this query was sent")
+                raise RunStopping("the run is stopping")
             ep.on_sent(est)
             started = time.monotonic()
             limit = request.timeout_s or ep.timeout_s

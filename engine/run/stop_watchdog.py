@@ -28,7 +28,7 @@ import sys
 import sysconfig
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .store_choice import StoreChoice, resume_phrase
 
@@ -48,9 +48,14 @@ class StopWatchdog:
     time it takes a signal, `disarm()` as the run ends: after that nothing here acts, the thread
     is gone and the loop's handlers are back, so a run that ended normally never exits from here."""
 
-    def __init__(self, signals: set[int], hint: str, after_s: float = UNHEARD_S, again_s: float = AGAIN_S) -> None:
+    def __init__(self, signals: set[int], hint: str, after_s: float = UNHEARD_S, again_s: float = AGAIN_S,
+                 on_signal: Callable[[], None] | None = None) -> None:
         self.signals = signals
         self.hint = hint
+        # Called as the signal comes, before the loop hears it: it may only set flags (it can interrupt
+        # anything). The run stops sending there: the loop takes a signal only when it gets control
+        # back, and after a short block the items that were ready sent requests first (QA).
+        self.on_signal = on_signal
         self.after_s = after_s
         self.again_s = again_s
         self._unheard: list[tuple[int, float]] = []  # (signal, monotonic time) the loop has not taken yet
@@ -101,6 +106,8 @@ class StopWatchdog:
     def _noted(self, signum: int, frame: Any) -> None:
         """The signal handler: note the signal (a list append: no lock), then the loop's own handler."""
         self._unheard.append((signum, time.monotonic()))
+        if self.on_signal is not None:
+            self.on_signal()
         loops = self._wrapped.get(signum)
         if callable(loops):
             loops(signum, frame)
