@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import random
 import time
@@ -120,6 +121,11 @@ class TeacherServer(ServerControl):
             if self._closing:
                 return self._drop(request, proto, "closed", None)
             cfg = self.config
+            if cfg.require_basic is not None and not _basic_ok(request, cfg.require_basic):
+                st.auth_failed += 1
+                st.record(proto, 401, "auth_failed", None)
+                return web.Response(status=401, text="401 Authorization Required",
+                                    headers={"WWW-Authenticate": 'Basic realm="gateway"'})
             if cfg.require_api_key is not None and self.api_key(request, proto) != cfg.require_api_key:
                 st.auth_failed += 1
                 st.record(proto, 401, "auth_failed", None)
@@ -343,3 +349,8 @@ class TeacherServer(ServerControl):
     ) -> web.Response:
         h = {"Content-Type": _JSON, **(headers or {})}
         return web.Response(status=status, body=error_body(proto, status, message, kind), headers=h)
+
+
+def _basic_ok(request: web.Request, login: str) -> bool:
+    auth = request.headers.get("Authorization", "")
+    return auth.startswith("Basic ") and base64.b64decode(auth[6:]).decode(errors="replace") == login

@@ -37,6 +37,9 @@ class ServerConfig:
     slow_s: float = 5.0
     hang: bool = False
     require_api_key: str | None = None
+    # "user:password" a gateway in front of the model asks for (HTTP Basic, as nginx's auth_basic):
+    # a request without it is a 401 with a WWW-Authenticate challenge, before any key is looked at.
+    require_basic: str | None = None
     seed: int = 0
     answers: dict[str, str] | None = None
     wrong_rate: float = 0.0  # share of known-question replies that give a wrong final answer

@@ -34,9 +34,15 @@ def env_proxy(url: str) -> tuple[str | None, dict[str, str] | None]:
     bare = without_credentials(proxy)
     if parts.username is None:
         return bare, None
-    login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return bare, {"Proxy-Authorization": basic_auth(parts.username, parts.password)}
+
+
+def basic_auth(username: str | None, password: str | None) -> str:
+    """The `Basic` header value for a URL's (percent-encoded) user name and password, both registered
+    as secrets first, so neither is ever written."""
+    login = f"{unquote(username or '')}:{unquote(password or '')}"
     header = "Basic " + base64.b64encode(login.encode()).decode()
-    if parts.password:
-        register(unquote(parts.password))
+    if password:
+        register(unquote(password))
     register(header)
-    return bare, {"Proxy-Authorization": header}
+    return header

@@ -13,15 +13,29 @@ The pool belongs to the event loop that made its connections: a call from anothe
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from synthledger.engine.api import FailureKind, TeacherError, TeacherSetupError
 
-from .env_proxy import env_proxy
+from .env_proxy import basic_auth, env_proxy
 from .errors import error_message, status_error
 from .http1 import (ConnectFailed, ConnectTimeout, Http1Client, HttpFailure, ReadTimeout, Response, endpoint_url,
                     parse_url)
+
+def with_url_login(url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """A user name and password in the URL (https://user:pw@gateway/v1) sent as HTTP Basic auth, as
+    the SDKs' httpx sends them (it too replaces an Authorization header given otherwise), the URL
+    without them, and the password registered as a secret. Dropped before, they left a gateway in
+    front of the model answering every request 401 (QA)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, headers
+    basic = basic_auth(parts.username, parts.password)
+    kept = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), {**kept, "Authorization": basic}
+
 
 # How much of an error body is decoded for the message and the excerpt (an HTML error page can be large).
 ERROR_BODY_BYTES = 2000
@@ -40,6 +54,7 @@ class JsonPoster:
             parse_url(url)
         except ValueError as exc:
             raise TeacherSetupError(f"base_url is not a usable URL: {exc}") from None
+        url, headers = with_url_login(url, headers)
         self.url, self.timeout_s = url, timeout_s
         self._headers, self._max_connections = headers, max_connections
         self._unauthorized_hint = unauthorized_hint  # said with a 401/403 (settings.keyless_hint)
